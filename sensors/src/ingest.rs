@@ -1,0 +1,71 @@
+//! The hand-off from sources to the daemon's durable log, with the durability acknowledgement.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::reading::Reading;
+
+/// Readings one source hands over in one go.
+#[derive(Debug)]
+pub struct IngestBatch {
+    /// Index of the source in the daemon's list of sources.
+    pub source: usize,
+    /// The validated readings, in arrival order.
+    pub readings: Vec<Reading>,
+    /// Answered once the readings are durable (or refused); `None` when the source does not
+    /// need to know (the simulator).
+    pub durable: Option<oneshot::Sender<Durability>>,
+}
+
+/// The answer to an [`IngestBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durability {
+    /// Every reading of the batch is on disk (flushed) and will be processed.
+    Durable,
+    /// The batch was not stored; the readings are not acknowledged. The string says why
+    /// (disk budget full, store failed, shutting down).
+    Refused(Arc<str>),
+}
+
+/// The sending side a source uses. Bounded: when the log cannot keep up, `send` waits, and the
+/// source stops reading its input (backpressure instead of unbounded buffering).
+#[derive(Debug, Clone)]
+pub struct IngestSender {
+    tx: mpsc::Sender<IngestBatch>,
+}
+
+/// The daemon's receiving side.
+pub type IngestReceiver = mpsc::Receiver<IngestBatch>;
+
+/// A bounded ingest channel of `capacity` batches.
+pub fn ingest_channel(capacity: usize) -> (IngestSender, IngestReceiver) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (IngestSender { tx }, rx)
+}
+
+/// The daemon stopped accepting readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the durable log is closed")]
+pub struct IngestClosed;
+
+impl IngestSender {
+    /// Hands readings over without waiting for durability.
+    pub async fn send(&self, source: usize, readings: Vec<Reading>) -> Result<(), IngestClosed> {
+        self.tx.send(IngestBatch { source, readings, durable: None }).await.map_err(|_| IngestClosed)
+    }
+
+    /// Hands readings over; the returned receiver answers once they are durable.
+    pub async fn send_acked(
+        &self,
+        source: usize,
+        readings: Vec<Reading>,
+    ) -> Result<oneshot::Receiver<Durability>, IngestClosed> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.tx
+            .send(IngestBatch { source, readings, durable: Some(done_tx) })
+            .await
+            .map_err(|_| IngestClosed)?;
+        Ok(done_rx)
+    }
+}

@@ -1,0 +1,19 @@
+//! Sensor readings and where they come from: the reading and its schema, line parsers with
+//! counted rejections, and the sources (TCP, built-in simulator) that feed the daemon.
+#![deny(missing_docs)]
+
+mod ingest;
+mod parse;
+mod reading;
+mod registry;
+mod reject;
+mod schema;
+mod stats;
+
+pub use crate::ingest::{ingest_channel, Durability, IngestBatch, IngestClosed, IngestReceiver, IngestSender};
+pub use crate::parse::{Format, Limits, LineDecoder, LineParser, ParsedLine, TsPrecision};
+pub use crate::reading::{Reading, MAX_SENSOR_BYTES};
+pub use crate::registry::{AdmittedSensors, SensorRegistry};
+pub use crate::reject::{RejectReason, Rejection};
+pub use crate::schema::{FieldSpec, InternedTags, Schema, TagSpec};
+pub use crate::stats::{SourceStats, SourceStatsSnapshot};

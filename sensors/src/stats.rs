@@ -1,0 +1,89 @@
+//! Per-source counters: received, accepted, rejected by reason. Shared with the daemon,
+//! which logs them and (later) serves them as metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::reject::RejectReason;
+
+/// Counters of one source. Cheap to update from the source's task; read by the daemon.
+#[derive(Debug)]
+pub struct SourceStats {
+    /// The source's name from the config (`tcp-0`, `simulator`).
+    pub name: String,
+    received: AtomicU64,
+    accepted: AtomicU64,
+    rejected: [AtomicU64; RejectReason::ALL.len()],
+    connections: AtomicU64,
+}
+
+/// A copy of a source's counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceStatsSnapshot {
+    /// Lines (or messages) received.
+    pub received: u64,
+    /// Readings accepted and handed to the durable log.
+    pub accepted: u64,
+    /// Rejected lines by reason, only reasons with a non-zero count.
+    pub rejected: Vec<(RejectReason, u64)>,
+    /// Connections accepted so far (TCP).
+    pub connections: u64,
+}
+
+impl SourceStatsSnapshot {
+    /// Sum of all rejections.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Count for one reason.
+    pub fn rejected_for(&self, reason: RejectReason) -> u64 {
+        self.rejected.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
+    }
+}
+
+impl SourceStats {
+    /// Zeroed counters for the source `name`.
+    pub fn new(name: impl Into<String>) -> SourceStats {
+        SourceStats {
+            name: name.into(),
+            received: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `n` received lines.
+    pub fn add_received(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` accepted readings.
+    pub fn add_accepted(&self, n: u64) {
+        self.accepted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one rejection.
+    pub fn add_rejected(&self, reason: RejectReason) {
+        self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one accepted connection.
+    pub fn add_connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads all counters.
+    pub fn snapshot(&self) -> SourceStatsSnapshot {
+        SourceStatsSnapshot {
+            received: self.received.load(Ordering::Relaxed),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            rejected: RejectReason::ALL
+                .iter()
+                .map(|reason| (*reason, self.rejected[reason.index()].load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            connections: self.connections.load(Ordering::Relaxed),
+        }
+    }
+}
