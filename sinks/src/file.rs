@@ -1,0 +1,430 @@
+//! The file sink: records appended as JSON lines, fsynced before a delivery counts.
+//!
+//! Contract:
+//! - Each delivery appends one line per record, `payload` then `\n`, in one write, then
+//!   `sync_data`s the file; only then is it `Delivered`. The first delivery into a file this
+//!   sink created also fsyncs the parent directory, so the new name survives a power cut.
+//! - A newline inside a payload would split the line, so it is written as a space. In valid
+//!   JSON a raw newline can only be whitespace between tokens, so the meaning is unchanged.
+//! - Any I/O error is `Offline` and the file is closed; the next delivery reopens it by path.
+//!   The same records then come again, so a retry after a failed write can duplicate records
+//!   (they carry deterministic ids for readers to drop duplicates). A failed write can also
+//!   leave a torn line: every (re)open checks the last byte and, if it is not `\n`, starts a
+//!   new line first, so a torn line never glues onto the next record. The same check repairs
+//!   the tail left by a crash before a restart.
+//! - Rotation (logrotate's move-and-create or a plain `mv`/`rm`): before each delivery the
+//!   path's device and inode are compared with the open file's; if they differ or the path is
+//!   gone, the file is reopened (created) by path. copytruncate also works, since writes
+//!   append at the current end.
+//! - Character devices and FIFOs (`/dev/stdout`, `/dev/null`) are accepted: they are written to
+//!   but neither fsynced nor tail-checked, since they have no disk state.
+//! - One writer per file: two sinks or processes appending to the same path interleave.
+
+use std::fmt;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::{reason_of, SinkError};
+use crate::record::{Delivery, OutRecord};
+
+/// Appends records as JSON lines to a file.
+pub struct FileSink {
+    name: String,
+    /// A std mutex locked only inside blocking tasks, never across an `.await`; shared with the
+    /// blocking task so that a cancelled delivery still finishes before the next one starts.
+    state: Arc<Mutex<FileState>>,
+}
+
+impl FileSink {
+    /// Opens (creating it and its parent directories if needed) `path` for appending.
+    ///
+    /// This does blocking file I/O: call it at start-up or inside `spawn_blocking`. An error
+    /// names the directory or file that failed; it is usually a configuration mistake.
+    pub fn open(name: &str, path: &Path) -> Result<FileSink, SinkError> {
+        let mut state =
+            FileState { sink: name.to_owned(), path: path.to_owned(), file: None, dir_sync_pending: false };
+        state.ensure_open()?;
+        Ok(FileSink { name: name.to_owned(), state: Arc::new(Mutex::new(state)) })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Appends `records` and fsyncs; see the module docs for what happens on errors.
+    pub(crate) async fn deliver(&mut self, records: &[OutRecord]) -> Delivery {
+        if records.is_empty() {
+            return Delivery::Delivered;
+        }
+        let lines = encode_lines(records);
+        let state = Arc::clone(&self.state);
+        // Reopen and repair warnings are logged on the blocking thread: keep the caller's span.
+        let span = tracing::Span::current();
+        let appended = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            state.lock().unwrap_or_else(PoisonError::into_inner).append(&lines)
+        })
+        .await;
+        match appended {
+            Ok(Ok(())) => Delivery::Delivered,
+            Ok(Err(error)) => Delivery::Offline { reason: reason_of(&error) },
+            Err(join_error) => Delivery::Offline { reason: format!("file write task failed: {join_error}") },
+        }
+    }
+
+    /// Syncs and closes the file; the next delivery reopens it. A failure is logged.
+    pub(crate) async fn close(&mut self) {
+        let state = Arc::clone(&self.state);
+        let closed =
+            tokio::task::spawn_blocking(move || state.lock().unwrap_or_else(PoisonError::into_inner).close())
+                .await;
+        let reason = match closed {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => reason_of(&error),
+            Err(join_error) => format!("file close task failed: {join_error}"),
+        };
+        tracing::warn!(sink = %self.name, %reason, "Could not sync the output file on close.");
+    }
+}
+
+impl fmt::Debug for FileSink {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.debug_struct("FileSink").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// What the blocking side of the sink owns.
+struct FileState {
+    /// The sink's name, for logs.
+    sink: String,
+    path: PathBuf,
+    /// `None` after an error or `close`: the next delivery opens the path again.
+    file: Option<OpenFile>,
+    /// This sink created the file and its directory entry is not fsynced yet. Kept apart from
+    /// `file` so that it survives a reopen after an error.
+    dir_sync_pending: bool,
+}
+
+/// The open output file.
+struct OpenFile {
+    file: File,
+    /// Device and inode at open time, to notice the path being moved or replaced.
+    identity: (u64, u64),
+    /// A regular file, which is fsynced and tail-checked.
+    regular: bool,
+    /// The file does not end in `\n` (a torn line): start a new line before the next record.
+    torn_tail: bool,
+}
+
+impl FileState {
+    /// Appends `lines`, closing the file on any error so the next attempt reopens it by path.
+    fn append(&mut self, lines: &[u8]) -> Result<(), SinkError> {
+        let appended = self.try_append(lines);
+        if appended.is_err() {
+            self.file = None;
+        }
+        appended
+    }
+
+    fn try_append(&mut self, lines: &[u8]) -> Result<(), SinkError> {
+        self.forget_if_moved();
+        self.ensure_open()?;
+        let path = &self.path;
+        let open = self.file.as_mut().expect("ensure_open succeeded, so the file is open");
+        if open.torn_tail {
+            tracing::warn!(sink = %self.sink, path = %path.display(), "Output file ends in a torn line; starting a new line.");
+            open.file.write_all(b"\n").map_err(|source| SinkError::Write { path: path.clone(), source })?;
+            open.torn_tail = false;
+        }
+        open.file.write_all(lines).map_err(|source| SinkError::Write { path: path.clone(), source })?;
+        if open.regular {
+            open.file.sync_data().map_err(|source| SinkError::Sync { path: path.clone(), source })?;
+        }
+        if self.dir_sync_pending {
+            sync_parent_dir(path)?;
+            self.dir_sync_pending = false;
+        }
+        Ok(())
+    }
+
+    /// Drops the open file if `path` no longer names it (moved, removed or replaced).
+    fn forget_if_moved(&mut self) {
+        let Some(open) = &self.file else { return };
+        let current = fs::metadata(&self.path).ok().map(|metadata| identity(&metadata));
+        if current != Some(open.identity) {
+            tracing::info!(sink = %self.sink, path = %self.path.display(), "Output file was moved or removed; reopening it.");
+            self.file = None;
+        }
+    }
+
+    /// Opens the path if no file is open: parent directories, the file, the tail check.
+    fn ensure_open(&mut self) -> Result<(), SinkError> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        let (open, created) = OpenFile::open(&self.path)?;
+        self.dir_sync_pending |= created;
+        self.file = Some(open);
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        let Some(open) = self.file.take() else { return Ok(()) };
+        if open.regular {
+            open.file.sync_data().map_err(|source| SinkError::Sync { path: self.path.clone(), source })?;
+        }
+        Ok(())
+    }
+}
+
+impl OpenFile {
+    /// Opens `path` for appending, creating it and its parent directories; says whether it
+    /// created the file.
+    fn open(path: &Path) -> Result<(OpenFile, bool), SinkError> {
+        if let Some(parent) = parent_dir(path) {
+            fs::create_dir_all(parent)
+                .map_err(|source| SinkError::CreateDir { path: parent.to_owned(), source })?;
+        }
+        // Read access is for the tail check. `create_new` tells whether we made the file, which
+        // decides whether its directory entry needs an fsync.
+        let mut options = OpenOptions::new();
+        options.read(true).append(true);
+        let (file, created) = match options.clone().create_new(true).open(path) {
+            Ok(file) => (file, true),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                let file =
+                    options.open(path).map_err(|source| SinkError::Open { path: path.to_owned(), source })?;
+                (file, false)
+            }
+            Err(source) => return Err(SinkError::Open { path: path.to_owned(), source }),
+        };
+        let inspect_error = |source| SinkError::Inspect { path: path.to_owned(), source };
+        let metadata = file.metadata().map_err(inspect_error)?;
+        let regular = metadata.is_file();
+        let torn_tail = regular && metadata.len() > 0 && last_byte(&file).map_err(inspect_error)? != b'\n';
+        Ok((OpenFile { file, identity: identity(&metadata), regular, torn_tail }, created))
+    }
+}
+
+/// The payloads as JSON lines, newlines inside a payload turned into spaces.
+fn encode_lines(records: &[OutRecord]) -> Vec<u8> {
+    let n_bytes = records.iter().map(|record| record.payload.len() + 1).sum();
+    let mut lines = Vec::with_capacity(n_bytes);
+    for record in records {
+        lines.extend(record.payload.iter().map(|&byte| if byte == b'\n' { b' ' } else { byte }));
+        lines.push(b'\n');
+    }
+    lines
+}
+
+fn last_byte(mut file: &File) -> io::Result<u8> {
+    // The position does not matter for writes: the file is opened in append mode.
+    file.seek(SeekFrom::End(-1))?;
+    let mut byte = [0_u8];
+    file.read_exact(&mut byte)?;
+    Ok(byte[0])
+}
+
+/// The directory holding `path`, if it names one (`out.jsonl` has none to create).
+fn parent_dir(path: &Path) -> Option<&Path> {
+    path.parent().filter(|parent| !parent.as_os_str().is_empty())
+}
+
+#[cfg(unix)]
+fn sync_parent_dir(path: &Path) -> Result<(), SinkError> {
+    let dir = parent_dir(path).unwrap_or(Path::new("."));
+    let sync_error = |source| SinkError::Sync { path: dir.to_owned(), source };
+    File::open(dir).and_then(|dir_file| dir_file.sync_all()).map_err(sync_error)
+}
+
+#[cfg(not(unix))]
+fn sync_parent_dir(_path: &Path) -> Result<(), SinkError> {
+    // Directories cannot be opened as files here; the entry is made durable by the file's sync.
+    Ok(())
+}
+
+#[cfg(unix)]
+fn identity(metadata: &Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (metadata.dev(), metadata.ino())
+}
+
+#[cfg(not(unix))]
+fn identity(_metadata: &Metadata) -> (u64, u64) {
+    // No cheap file identity: rotation is only noticed through a failed write.
+    (0, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::Sink;
+
+    fn record(seq: u64) -> OutRecord {
+        OutRecord {
+            seq,
+            kind: "window".into(),
+            group: "g".into(),
+            payload: format!(r#"{{"id":"w-{seq}","count":{seq}}}"#).into_bytes(),
+        }
+    }
+
+    fn line(seq: u64) -> String {
+        format!("{{\"id\":\"w-{seq}\",\"count\":{seq}}}\n")
+    }
+
+    fn lines(seqs: &[u64]) -> String {
+        seqs.iter().map(|&seq| line(seq)).collect()
+    }
+
+    fn read(path: &Path) -> String {
+        fs::read_to_string(path).unwrap()
+    }
+
+    fn offline_reason(delivery: Delivery) -> String {
+        match delivery {
+            Delivery::Offline { reason } => reason,
+            other => panic!("expected Offline, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn file_sink_appends_json_lines_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut sink = Sink::File(FileSink::open("results", &path).unwrap());
+        assert_eq!(sink.name(), "results");
+        assert_eq!(sink.deliver(&[record(1), record(2)]).await, Delivery::Delivered);
+        sink.close().await;
+        // A closed sink reopens on the next delivery.
+        assert_eq!(sink.deliver(&[record(3)]).await, Delivery::Delivered);
+
+        let mut reopened = FileSink::open("results", &path).unwrap();
+        assert_eq!(reopened.deliver(&[record(4)]).await, Delivery::Delivered);
+        assert_eq!(reopened.deliver(&[]).await, Delivery::Delivered);
+        assert_eq!(read(&path), lines(&[1, 2, 3, 4]));
+    }
+
+    #[tokio::test]
+    async fn file_sink_records_are_synced_in_the_file_when_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/out.jsonl");
+        let mut sink = FileSink::open("results", &path).unwrap();
+        assert!(sink.state.lock().unwrap().dir_sync_pending, "a new file's directory entry needs a sync");
+        assert_eq!(sink.deliver(&[record(1)]).await, Delivery::Delivered);
+        // The data and the new directory entry went through fsync before `Delivered`.
+        assert!(!sink.state.lock().unwrap().dir_sync_pending);
+        assert_eq!(read(&path), lines(&[1]));
+    }
+
+    #[tokio::test]
+    async fn file_sink_writes_newlines_inside_a_payload_as_spaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut sink = FileSink::open("results", &path).unwrap();
+        let record = OutRecord { payload: b"{\"a\":\n1}".to_vec(), ..record(1) };
+        assert_eq!(sink.deliver(&[record]).await, Delivery::Delivered);
+        assert_eq!(read(&path), "{\"a\": 1}\n");
+    }
+
+    #[tokio::test]
+    async fn file_sink_starts_a_new_line_after_a_torn_tail_left_by_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        fs::write(&path, format!("{}{{\"id\":\"w-", line(1))).unwrap();
+        let mut sink = FileSink::open("results", &path).unwrap();
+        assert_eq!(sink.deliver(&[record(2)]).await, Delivery::Delivered);
+        assert_eq!(read(&path), format!("{}{{\"id\":\"w-\n{}", line(1), line(2)));
+    }
+
+    #[tokio::test]
+    async fn file_sink_repairs_a_torn_line_when_retrying_after_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut sink = FileSink::open("results", &path).unwrap();
+        assert_eq!(sink.deliver(&[record(1)]).await, Delivery::Delivered);
+
+        // The path turns into a directory: the delivery fails and names the path.
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        let reason = offline_reason(sink.deliver(&[record(2), record(3)]).await);
+        assert!(reason.contains(&path.display().to_string()), "{reason}");
+
+        // The file comes back holding a torn line, as after a partial write: the retry starts
+        // a new line before the re-delivered records.
+        fs::remove_dir(&path).unwrap();
+        fs::write(&path, format!("{}{{\"id\":\"w-2\",\"co", line(1))).unwrap();
+        assert_eq!(sink.deliver(&[record(2), record(3)]).await, Delivery::Delivered);
+        assert_eq!(read(&path), format!("{}{{\"id\":\"w-2\",\"co\n{}", line(1), lines(&[2, 3])));
+    }
+
+    #[tokio::test]
+    async fn file_sink_follows_a_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let rotated = dir.path().join("out.jsonl.1");
+        let mut sink = FileSink::open("results", &path).unwrap();
+        assert_eq!(sink.deliver(&[record(1)]).await, Delivery::Delivered);
+        fs::rename(&path, &rotated).unwrap();
+        assert_eq!(sink.deliver(&[record(2)]).await, Delivery::Delivered);
+        assert_eq!(read(&rotated), lines(&[1]));
+        assert_eq!(read(&path), lines(&[2]));
+
+        // Removed outright: created again.
+        fs::remove_file(&path).unwrap();
+        assert_eq!(sink.deliver(&[record(3)]).await, Delivery::Delivered);
+        assert_eq!(read(&path), lines(&[3]));
+    }
+
+    #[tokio::test]
+    async fn file_sink_appends_at_the_end_after_copytruncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut sink = FileSink::open("results", &path).unwrap();
+        assert_eq!(sink.deliver(&[record(1), record(2)]).await, Delivery::Delivered);
+        File::options().write(true).open(&path).unwrap().set_len(0).unwrap();
+        assert_eq!(sink.deliver(&[record(3)]).await, Delivery::Delivered);
+        assert_eq!(read(&path), lines(&[3]));
+    }
+
+    #[test]
+    fn file_sink_open_names_the_path_when_it_is_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = FileSink::open("results", dir.path()).unwrap_err();
+        assert!(matches!(&error, SinkError::Open { path, .. } if path == dir.path()), "{error:?}");
+        assert!(error.to_string().contains(&dir.path().display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn file_sink_open_names_the_directory_it_cannot_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        fs::write(&blocker, "").unwrap();
+        let error = FileSink::open("results", &blocker.join("sub/out.jsonl")).unwrap_err();
+        assert!(
+            matches!(&error, SinkError::CreateDir { path, .. } if *path == blocker.join("sub")),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("not-a-dir/sub"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn file_sink_reports_offline_when_the_device_is_full() {
+        let mut sink = FileSink::open("results", Path::new("/dev/full")).unwrap();
+        let reason = offline_reason(sink.deliver(&[record(1)]).await);
+        assert!(reason.starts_with("cannot write output file /dev/full: "), "{reason}");
+        assert!(reason.contains("os error 28"), "ENOSPC expected: {reason}");
+        // Still offline on the retry, which reopens the path.
+        let reason = offline_reason(sink.deliver(&[record(1)]).await);
+        assert!(reason.contains("os error 28"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn file_sink_writes_to_character_devices_without_fsync() {
+        let mut sink = FileSink::open("discard", Path::new("/dev/null")).unwrap();
+        assert_eq!(sink.deliver(&[record(1)]).await, Delivery::Delivered);
+        sink.close().await;
+    }
+}

@@ -1,0 +1,38 @@
+//! The records sinks move and the outcome of handing them over.
+
+/// One record from the outbox.
+///
+/// Plain data: the daemon fills it in and sinks never look inside `payload` except to display
+/// it (the console) or to keep line framing intact (the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    /// Outbox sequence number; strictly increasing along the outbox.
+    pub seq: u64,
+    /// Record kind: `window`, `batch`, `late` or `raw`; used for filtering (and, later, topics).
+    pub kind: String,
+    /// Human heading chosen by the daemon; the console starts a new block when it changes,
+    /// e.g. `Batch: 850000123 [2023-11-14 22:13:20.000 UTC, +2s)`.
+    pub group: String,
+    /// One JSON object, UTF-8, without a newline.
+    pub payload: Vec<u8>,
+}
+
+/// What became of a delivery; an expected outcome, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every record is out: written and flushed (console) or written and fsynced (file).
+    Delivered,
+    /// The sink refuses these records and retrying will not help. The local sinks never answer
+    /// this; remote uplinks will (a hub that rejects a message).
+    Rejected {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// The output is unavailable right now (closed stdout, full disk, file replaced by a
+    /// directory); retry the same records later with backoff. Part of them may already be out,
+    /// so a retry can duplicate records.
+    Offline {
+        /// Why, naming the path or stream that failed, for the log.
+        reason: String,
+    },
+}

@@ -1,0 +1,49 @@
+//! The closed set of sinks the daemon drives, with one dispatching interface.
+
+use crate::console::ConsoleSink;
+use crate::file::FileSink;
+use crate::record::{Delivery, OutRecord};
+
+/// A configured output. The daemon reads the outbox through this sink's own durable cursor and
+/// calls [`Sink::deliver`] with the next records; it advances the cursor only on
+/// [`Delivery::Delivered`].
+#[derive(Debug)]
+pub enum Sink {
+    /// Human-readable tables on stdout (or an injected writer).
+    Console(ConsoleSink),
+    /// JSON lines appended to a file.
+    File(FileSink),
+}
+
+impl Sink {
+    /// The sink's configured name (it also names its cursor).
+    pub fn name(&self) -> &str {
+        match self {
+            Sink::Console(console) => console.name(),
+            Sink::File(file) => file.name(),
+        }
+    }
+
+    /// Delivers `records` in order. `Delivered` means all of them are written (for the file:
+    /// written and fsynced); `Offline` means retry the same records later.
+    ///
+    /// The blocking I/O runs on tokio's blocking pool. If this future is dropped before it
+    /// finishes, the write already started still completes in the background, and the next
+    /// call waits for it; the records count as not delivered, so re-delivering them may
+    /// duplicate some (file records carry deterministic ids for that reason).
+    pub async fn deliver(&mut self, records: &[OutRecord]) -> Delivery {
+        match self {
+            Sink::Console(console) => console.deliver(records).await,
+            Sink::File(file) => file.deliver(records).await,
+        }
+    }
+
+    /// Flushes and releases the output, for shutdown. Never fails: a problem is logged. A later
+    /// `deliver` reopens what it needs.
+    pub async fn close(&mut self) {
+        match self {
+            Sink::Console(console) => console.close().await,
+            Sink::File(file) => file.close().await,
+        }
+    }
+}
