@@ -2,6 +2,7 @@
 //! counted rejections, and the sources (TCP, built-in simulator) that feed the daemon.
 #![deny(missing_docs)]
 
+mod framing;
 mod ingest;
 mod parse;
 mod reading;
@@ -10,6 +11,7 @@ mod reject;
 mod schema;
 mod stats;
 
+pub use crate::framing::{Fill, Frame, LineFramer, READ_CHUNK_BYTES};
 pub use crate::ingest::{ingest_channel, Durability, IngestBatch, IngestClosed, IngestReceiver, IngestSender};
 pub use crate::parse::{Format, Limits, LineDecoder, LineParser, ParsedLine, TsPrecision};
 pub use crate::reading::{Reading, MAX_SENSOR_BYTES};
