@@ -1,0 +1,435 @@
+//! The durable store: the only module that touches sled.
+//!
+//! # Contract
+//! - **Log** (tree `log`): chunks of accepted readings under big-endian `u64` keys in arrival
+//!   order, each chunk a postcard `LogEnvelope`. A reading is acknowledged to its sender only
+//!   after [`Store::flush`] returned for the chunk holding it: from then on it survives
+//!   `kill -9` and power loss. Chunks are deleted ([`Store::trim_log_through`]) only once the
+//!   engine's commit that covers them is flushed.
+//! - **Main** (tree `main`): the outbox (`o` + seq), the engine's state (`s` + engine key) and
+//!   the engine's position (`m` keys), always written together by [`Store::commit`] in one sled
+//!   batch, which sled applies all-or-nothing, also after a crash. So results, the window state
+//!   that produced them and the log position they cover never disagree: after a crash the
+//!   engine restarts from the last commit and replays the log after its position, producing
+//!   the same results again under the same sequence numbers and ids.
+//! - **Sink cursors** (`m` + `cursor/` + name): the last outbox seq a sink delivered. Written
+//!   after delivery, so a crash between the two re-delivers at most one batch of records
+//!   (at-least-once, with deterministic ids). An outbox entry is deleted only once every
+//!   sink's cursor has passed it.
+//! - A record that cannot be decoded (torn by a power cut, or written by a future version) is
+//!   skipped and counted in [`StoreStats`], never a crash.
+//! - Size: bounded by sled's cache for memory (`storage.cache_capacity`); on disk, by how far
+//!   the engine and the sinks lag (a disk budget comes with store-and-forward).
+
+mod stored;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use eddy_sensors::Reading;
+
+use crate::storage::stored::{LogChunkV1Ref, LogEnvelope, LogEnvelopeRef, OutboxEnvelope, ReadingsRef};
+
+const OUTBOX: u8 = b'o';
+const STATE: u8 = b's';
+const META: u8 = b'm';
+const META_LOG_POS: &[u8] = b"mlog_pos";
+const META_NEXT_SEQ: &[u8] = b"mnext_seq";
+const META_CLOCK: &[u8] = b"mclock_ms";
+const META_CURSOR: &[u8] = b"mcursor/";
+
+/// Most readings stored under one log key. Keeps each value far below sled's blob threshold
+/// (a quarter of its 512 KiB segment) so that chunks stay inline in sled's log.
+pub const MAX_CHUNK_READINGS: usize = 512;
+
+/// A storage failure. Opening errors say what to do; the others are fatal for the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error(
+        "cannot open the store at {path}: {source}. If it is damaged, stop eddy, move the \
+         directory aside (mv {path} {path}.broken) and start again: eddy then begins with an \
+         empty store, and what the old one held is not processed"
+    )]
+    Open {
+        /// The data directory.
+        path: PathBuf,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// Another process (another eddy) holds the store's lock.
+    #[error(
+        "the store at {path} is in use by another process (is another eddy running with the \
+         same data_dir?)"
+    )]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// A read, write or flush failed.
+    #[error("store {operation} failed: {source}")]
+    Io {
+        /// What was attempted.
+        operation: &'static str,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// Encoding a record failed (a bug, not bad input).
+    #[error("cannot encode a {what}: {source}")]
+    Encode {
+        /// What was encoded.
+        what: &'static str,
+        /// postcard's error.
+        source: postcard::Error,
+    },
+}
+
+fn io(operation: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |source| StoreError::Io { operation, source }
+}
+
+/// Counters of the store.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Log chunks that could not be decoded and were skipped.
+    pub corrupt_log_chunks: AtomicU64,
+    /// Outbox entries that could not be decoded and were skipped.
+    pub corrupt_outbox_entries: AtomicU64,
+    /// Engine state entries that could not be decoded (counted by the engine's restore).
+    pub log_chunks_appended: AtomicU64,
+    /// Flushes (fsyncs) done.
+    pub flushes: AtomicU64,
+}
+
+/// A chunk of readings in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogChunk {
+    /// Its key: strictly increasing in arrival order.
+    pub key: u64,
+    /// Gateway time when the chunk was ingested (ms since the epoch, never decreasing).
+    pub ingest_ms: i64,
+    /// Micro-batch number (`ingest_ms / batch interval`).
+    pub batch: u64,
+    /// The readings.
+    pub readings: Vec<Reading>,
+}
+
+/// A result waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// `window`, `batch` or `late`.
+    pub kind: String,
+    /// Display heading for the console.
+    pub group: String,
+    /// The JSON record.
+    pub payload: Vec<u8>,
+}
+
+/// The engine's committed state.
+#[derive(Debug, Default)]
+pub struct EngineSnapshot {
+    /// Opaque engine state entries.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Last log key processed (0: none).
+    pub log_pos: u64,
+    /// Next outbox sequence number.
+    pub next_seq: u64,
+    /// The processing clock at the commit (ms since the epoch): the floor for the next run's
+    /// clock, so an NTP step backwards across a restart cannot reopen closed batches.
+    pub clock_ms: i64,
+}
+
+/// One atomic engine commit.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// New results; they get sequence numbers `next_seq - outbox.len() .. next_seq`.
+    pub outbox: Vec<OutboxEntry>,
+    /// Engine state changes (`None` deletes).
+    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Last log key processed.
+    pub log_pos: u64,
+    /// Next outbox sequence number after this commit.
+    pub next_seq: u64,
+    /// The processing clock.
+    pub clock_ms: i64,
+}
+
+/// The store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    log: sled::Tree,
+    main: sled::Tree,
+    stats: Arc<StoreStats>,
+    field_names: Arc<Vec<String>>,
+    tag_names: Arc<Vec<String>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. `field_names`/`tag_names` describe the current
+    /// schema: readings are stored with them and re-mapped on replay if they changed.
+    pub fn open(
+        dir: &Path,
+        cache_capacity: u64,
+        field_names: Vec<String>,
+        tag_names: Vec<String>,
+    ) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open { path: dir.to_path_buf(), source };
+        let sled_config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity)
+            // The log is flushed explicitly (group commit); sled's own timer flush only adds
+            // fsyncs on top, so it is slowed down.
+            .flush_every_ms(Some(1000))
+            .mode(sled::Mode::LowSpace);
+        // sled's file lock can outlive a closed handle for a moment (its flusher thread lets go
+        // last), so a lock conflict is retried briefly before it is reported as another owner.
+        let mut attempts = 0;
+        let db = loop {
+            match sled_config.open() {
+                Ok(db) => break db,
+                Err(error) if is_lock_conflict(&error) => {
+                    attempts += 1;
+                    if attempts >= 60 {
+                        return Err(StoreError::Locked { path: dir.to_path_buf() });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(error) => return Err(open_err(error)),
+            }
+        };
+        let log = db.open_tree("log").map_err(open_err)?;
+        let main = db.open_tree("main").map_err(open_err)?;
+        Ok(Store {
+            db,
+            log,
+            main,
+            stats: Arc::new(StoreStats::default()),
+            field_names: Arc::new(field_names),
+            tag_names: Arc::new(tag_names),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<StoreStats> {
+        &self.stats
+    }
+
+    /// Writes chunks to the log (not yet durable: call [`Store::flush`]).
+    pub fn append_log(&self, chunks: &[LogChunk]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for chunk in chunks {
+            let envelope = LogEnvelopeRef::V1(LogChunkV1Ref {
+                ingest_ms: chunk.ingest_ms,
+                batch: chunk.batch,
+                field_names: &self.field_names,
+                tag_names: &self.tag_names,
+                readings: ReadingsRef(&chunk.readings),
+            });
+            let bytes =
+                postcard::to_allocvec(&envelope).map_err(|source| StoreError::Encode { what: "log chunk", source })?;
+            batch.insert(&chunk.key.to_be_bytes(), bytes);
+        }
+        self.log.apply_batch(batch).map_err(io("log append"))?;
+        self.stats.log_chunks_appended.fetch_add(u64::try_from(chunks.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (one fsync for all writers: group commit).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map_err(io("flush"))?;
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The largest key in the log, if any.
+    pub fn last_log_key(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.log.last().map_err(io("log read"))?.map(|(key, _)| decode_key(&key)))
+    }
+
+    /// Up to `max` chunks with keys greater than `after`, in key order. Undecodable chunks are
+    /// skipped and counted; the second value is how many were skipped here.
+    pub fn read_log_after(&self, after: u64, max: usize) -> Result<(Vec<LogChunk>, u64), StoreError> {
+        let mut chunks = Vec::new();
+        let mut skipped = 0;
+        let start = after.saturating_add(1).to_be_bytes();
+        for item in self.log.range(start..).take(max) {
+            let (key, value) = item.map_err(io("log read"))?;
+            let key = decode_key(&key);
+            match self.decode_chunk(key, &value) {
+                Some(chunk) => chunks.push(chunk),
+                None => {
+                    skipped += 1;
+                    self.stats.corrupt_log_chunks.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(key, "Skipped an undecodable log chunk (torn write or unknown format).");
+                    // Return it as an empty chunk so the caller's position moves past it.
+                    chunks.push(LogChunk { key, ingest_ms: i64::MIN, batch: 0, readings: Vec::new() });
+                }
+            }
+        }
+        Ok((chunks, skipped))
+    }
+
+    fn decode_chunk(&self, key: u64, value: &[u8]) -> Option<LogChunk> {
+        let LogEnvelope::V1(chunk) = postcard::from_bytes::<LogEnvelope>(value).ok()?;
+        let field_map = remap(&chunk.field_names, &self.field_names);
+        let tag_map = remap(&chunk.tag_names, &self.tag_names);
+        let readings = chunk
+            .readings
+            .into_iter()
+            .map(|stored| Reading {
+                sensor: Arc::from(stored.sensor),
+                ts_ms: stored.ts_ms,
+                values: field_map.iter().map(|from| from.and_then(|idx| stored.values.get(idx).copied().flatten())).collect(),
+                tags: tag_map
+                    .iter()
+                    .map(|from| from.and_then(|idx| stored.tags.get(idx).cloned().flatten()).map(Arc::from))
+                    .collect(),
+            })
+            .collect();
+        Some(LogChunk { key, ingest_ms: chunk.ingest_ms, batch: chunk.batch, readings })
+    }
+
+    /// Deletes every log chunk with a key up to and including `key`.
+    pub fn trim_log_through(&self, key: u64) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.log.range(..=key.to_be_bytes()).keys() {
+            batch.remove(item.map_err(io("log read"))?);
+            n += 1;
+        }
+        self.log.apply_batch(batch).map_err(io("log trim"))?;
+        Ok(n)
+    }
+
+    /// Loads the engine's last commit.
+    pub fn load_engine(&self) -> Result<EngineSnapshot, StoreError> {
+        let mut snapshot = EngineSnapshot {
+            log_pos: self.meta_u64(META_LOG_POS)?.unwrap_or(0),
+            next_seq: self.meta_u64(META_NEXT_SEQ)?.unwrap_or(1),
+            clock_ms: self.meta_u64(META_CLOCK)?.map_or(0, |ms| i64::try_from(ms).unwrap_or(0)),
+            entries: Vec::new(),
+        };
+        for item in self.main.scan_prefix([STATE]) {
+            let (key, value) = item.map_err(io("state read"))?;
+            snapshot.entries.push((key[1..].to_vec(), value.to_vec()));
+        }
+        Ok(snapshot)
+    }
+
+    /// Applies one engine commit atomically (not yet durable: call [`Store::flush`]).
+    pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let first_seq = commit.next_seq - u64::try_from(commit.outbox.len()).unwrap_or(0);
+        for (seq, entry) in (first_seq..).zip(&commit.outbox) {
+            let envelope = OutboxEnvelope::V1 {
+                kind: entry.kind.clone(),
+                group: entry.group.clone(),
+                payload: entry.payload.clone(),
+            };
+            let bytes = postcard::to_allocvec(&envelope)
+                .map_err(|source| StoreError::Encode { what: "outbox entry", source })?;
+            batch.insert(prefixed(OUTBOX, &seq.to_be_bytes()), bytes);
+        }
+        for (key, value) in &commit.state {
+            match value {
+                Some(value) => batch.insert(prefixed(STATE, key), value.as_slice()),
+                None => batch.remove(prefixed(STATE, key)),
+            }
+        }
+        batch.insert(META_LOG_POS, &commit.log_pos.to_be_bytes());
+        batch.insert(META_NEXT_SEQ, &commit.next_seq.to_be_bytes());
+        batch.insert(META_CLOCK, &u64::try_from(commit.clock_ms).unwrap_or(0).to_be_bytes());
+        self.main.apply_batch(batch).map_err(io("commit"))
+    }
+
+    /// Up to `max` outbox entries with seq greater than `after`. Undecodable ones are skipped
+    /// and counted.
+    pub fn read_outbox_after(&self, after: u64, max: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let start = prefixed(OUTBOX, &after.saturating_add(1).to_be_bytes());
+        let end = [OUTBOX + 1];
+        let mut entries = Vec::new();
+        for item in self.main.range(start..end[..].to_vec()).take(max) {
+            let (key, value) = item.map_err(io("outbox read"))?;
+            let seq = decode_key(&key[1..]);
+            match postcard::from_bytes::<OutboxEnvelope>(&value) {
+                Ok(OutboxEnvelope::V1 { kind, group, payload }) => {
+                    entries.push((seq, OutboxEntry { kind, group, payload }))
+                }
+                Err(error) => {
+                    self.stats.corrupt_outbox_entries.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(seq, %error, "Skipped an undecodable outbox entry.");
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Deletes outbox entries up to and including `seq`.
+    pub fn trim_outbox_through(&self, seq: u64) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        let start = [OUTBOX].to_vec();
+        for item in self.main.range(start..=prefixed(OUTBOX, &seq.to_be_bytes())).keys() {
+            batch.remove(item.map_err(io("outbox read"))?);
+            n += 1;
+        }
+        self.main.apply_batch(batch).map_err(io("outbox trim"))?;
+        Ok(n)
+    }
+
+    /// The last seq sink `name` delivered (0: none).
+    pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self.meta_u64(&cursor_key(name))?.unwrap_or(0))
+    }
+
+    /// Records that sink `name` delivered everything up to `seq`.
+    pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
+        self.main.insert(cursor_key(name), &seq.to_be_bytes()).map_err(io("cursor write"))?;
+        Ok(())
+    }
+
+    /// Bytes used on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(io("size"))
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        Ok(self.main.get(key).map_err(io("meta read"))?.map(|value| decode_key(&value)))
+    }
+}
+
+fn is_lock_conflict(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
+}
+
+fn cursor_key(name: &str) -> Vec<u8> {
+    [META_CURSOR, name.as_bytes()].concat()
+}
+
+fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(rest.len() + 1);
+    key.push(prefix);
+    key.extend_from_slice(rest);
+    key
+}
+
+/// A big-endian u64 key; a key of another length (never written by us) reads as 0.
+fn decode_key(bytes: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes)
+}
+
+/// For each current name, the index it had in the stored names.
+fn remap(stored: &[String], current: &[String]) -> Vec<Option<usize>> {
+    if stored == current {
+        return (0..current.len()).map(Some).collect();
+    }
+    current.iter().map(|name| stored.iter().position(|old| old == name)).collect()
+}
+
+const _: () = assert!(META == b'm');
+
+#[cfg(test)]
+mod tests;

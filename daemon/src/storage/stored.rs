@@ -1,0 +1,88 @@
+//! Stored formats: the postcard envelopes of log chunks and outbox entries. They only ever
+//! gain variants (`V2`, …); an existing variant's layout never changes.
+
+use std::sync::Arc;
+
+use eddy_sensors::Reading;
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A log chunk as stored, owned form (decoding).
+#[derive(Debug, Deserialize)]
+pub(crate) enum LogEnvelope {
+    V1(LogChunkV1),
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LogChunkV1 {
+    pub(crate) ingest_ms: i64,
+    pub(crate) batch: u64,
+    /// The schema's field names at write time: values are positional, so a reading is
+    /// re-mapped by name if the schema changed between runs.
+    pub(crate) field_names: Vec<String>,
+    pub(crate) tag_names: Vec<String>,
+    pub(crate) readings: Vec<ReadingV1>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReadingV1 {
+    pub(crate) sensor: String,
+    pub(crate) ts_ms: i64,
+    pub(crate) values: Vec<Option<f64>>,
+    pub(crate) tags: Vec<Option<String>>,
+}
+
+/// The borrowed twin of `LogEnvelope::V1`, for encoding without copying readings. Its
+/// serialized layout is identical to the owned form (checked by a test).
+#[derive(Serialize)]
+pub(crate) enum LogEnvelopeRef<'a> {
+    V1(LogChunkV1Ref<'a>),
+}
+
+#[derive(Serialize)]
+pub(crate) struct LogChunkV1Ref<'a> {
+    pub(crate) ingest_ms: i64,
+    pub(crate) batch: u64,
+    pub(crate) field_names: &'a [String],
+    pub(crate) tag_names: &'a [String],
+    pub(crate) readings: ReadingsRef<'a>,
+}
+
+pub(crate) struct ReadingsRef<'a>(pub(crate) &'a [Reading]);
+
+impl Serialize for ReadingsRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for reading in self.0 {
+            seq.serialize_element(&ReadingRef(reading))?;
+        }
+        seq.end()
+    }
+}
+
+struct ReadingRef<'a>(&'a Reading);
+
+impl Serialize for ReadingRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut fields = serializer.serialize_struct("ReadingV1", 4)?;
+        fields.serialize_field("sensor", &*self.0.sensor)?;
+        fields.serialize_field("ts_ms", &self.0.ts_ms)?;
+        fields.serialize_field("values", &self.0.values)?;
+        fields.serialize_field("tags", &TagsRef(&self.0.tags))?;
+        fields.end()
+    }
+}
+
+struct TagsRef<'a>(&'a [Option<Arc<str>>]);
+
+impl Serialize for TagsRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|tag| tag.as_deref()))
+    }
+}
+
+/// An outbox entry as stored.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum OutboxEnvelope {
+    V1 { kind: String, group: String, payload: Vec<u8> },
+}

@@ -1,0 +1,177 @@
+//! Tests of the store: round trips, corruption handling, atomic commits, cursors.
+
+use std::sync::Arc;
+
+use eddy_sensors::Reading;
+
+use super::*;
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|name| (*name).to_owned()).collect()
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, 1 << 20, names(&["temp_c", "humidity"]), names(&["mode"])).expect("open")
+}
+
+fn reading(sensor: &str, ts_ms: i64, temp: f64) -> Reading {
+    Reading {
+        sensor: Arc::from(sensor),
+        ts_ms,
+        values: vec![Some(temp), None],
+        tags: vec![Some(Arc::from("heat"))],
+    }
+}
+
+fn chunk(key: u64, readings: Vec<Reading>) -> LogChunk {
+    LogChunk { key, ingest_ms: 1_700_000_000_000 + i64::try_from(key).unwrap(), batch: 7, readings }
+}
+
+#[tokio::test]
+async fn log_chunks_round_trip_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks = vec![
+        chunk(1, vec![reading("t-1", 10, 21.5), reading("t-2", 11, -3.25)]),
+        chunk(2, vec![reading("t-1", 12, 22.0)]),
+    ];
+    {
+        let store = open(dir.path());
+        store.append_log(&chunks).unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.last_log_key().unwrap(), Some(2));
+    let (read, skipped) = store.read_log_after(0, 100).unwrap();
+    assert_eq!(skipped, 0);
+    assert_eq!(read, chunks);
+    let (after_one, _) = store.read_log_after(1, 100).unwrap();
+    assert_eq!(after_one, chunks[1..]);
+}
+
+#[tokio::test]
+async fn undecodable_log_chunk_is_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.append_log(&[chunk(1, vec![reading("a", 1, 1.0)])]).unwrap();
+    store.log.insert(2u64.to_be_bytes(), &[0xff, 0x00, 0x13][..]).unwrap();
+    store.append_log(&[chunk(3, vec![reading("b", 2, 2.0)])]).unwrap();
+    let (read, skipped) = store.read_log_after(0, 100).unwrap();
+    assert_eq!(skipped, 1);
+    assert_eq!(read.iter().map(|c| c.key).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(read[1].readings.is_empty());
+    assert_eq!(store.stats().corrupt_log_chunks.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn readings_are_remapped_by_name_when_the_schema_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.append_log(&[chunk(1, vec![reading("a", 1, 20.0)])]).unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = Store::open(dir.path(), 1 << 20, names(&["pressure", "temp_c"]), vec![]).unwrap();
+    let (read, _) = store.read_log_after(0, 10).unwrap();
+    assert_eq!(read[0].readings[0].values, vec![None, Some(20.0)]);
+    assert!(read[0].readings[0].tags.is_empty());
+}
+
+#[tokio::test]
+async fn commit_writes_results_state_and_position_together() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let entry = |n: u8| OutboxEntry { kind: "window".into(), group: "g".into(), payload: vec![b'{', n, b'}'] };
+        store
+            .commit(&Commit {
+                outbox: vec![entry(1), entry(2)],
+                state: vec![(b"k1".to_vec(), Some(b"v1".to_vec())), (b"k2".to_vec(), Some(b"v2".to_vec()))],
+                log_pos: 5,
+                next_seq: 3,
+                clock_ms: 10,
+            })
+            .unwrap();
+        store
+            .commit(&Commit {
+                outbox: vec![entry(3)],
+                state: vec![(b"k1".to_vec(), None)],
+                log_pos: 9,
+                next_seq: 4,
+                clock_ms: 20,
+            })
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = open(dir.path());
+    let snapshot = store.load_engine().unwrap();
+    assert_eq!(snapshot.log_pos, 9);
+    assert_eq!(snapshot.next_seq, 4);
+    assert_eq!(snapshot.clock_ms, 20);
+    assert_eq!(snapshot.entries, vec![(b"k2".to_vec(), b"v2".to_vec())]);
+    let outbox = store.read_outbox_after(0, 10).unwrap();
+    assert_eq!(outbox.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(outbox[2].1.payload, b"{\x03}".to_vec());
+    assert_eq!(store.read_outbox_after(2, 10).unwrap().len(), 1);
+    store.trim_outbox_through(2).unwrap();
+    assert_eq!(store.read_outbox_after(0, 10).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_fresh_store_starts_at_position_zero_and_seq_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let snapshot = store.load_engine().unwrap();
+    assert_eq!((snapshot.log_pos, snapshot.next_seq, snapshot.entries.len()), (0, 1, 0));
+    assert_eq!(store.last_log_key().unwrap(), None);
+    assert_eq!(store.cursor("console").unwrap(), 0);
+}
+
+#[tokio::test]
+async fn cursors_are_kept_per_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.set_cursor("console", 7).unwrap();
+        store.set_cursor("file", 3).unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.cursor("console").unwrap(), 7);
+    assert_eq!(store.cursor("file").unwrap(), 3);
+    // A cursor key never collides with the outbox or the state.
+    assert!(store.read_outbox_after(0, 10).unwrap().is_empty());
+    assert!(store.load_engine().unwrap().entries.is_empty());
+}
+
+#[tokio::test]
+async fn trimming_the_log_keeps_later_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let chunks: Vec<_> = (1..=5).map(|key| chunk(key, vec![reading("a", 1, 1.0)])).collect();
+    store.append_log(&chunks).unwrap();
+    assert_eq!(store.trim_log_through(3).unwrap(), 3);
+    let (read, _) = store.read_log_after(0, 10).unwrap();
+    assert_eq!(read.iter().map(|c| c.key).collect::<Vec<_>>(), vec![4, 5]);
+}
+
+#[test]
+fn a_store_held_by_another_handle_is_reported_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    let error = Store::open(dir.path(), 1 << 20, vec![], vec![]).expect_err("second open must fail");
+    assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+    assert!(error.to_string().contains("another eddy"), "{error}");
+}
+
+#[test]
+fn an_unopenable_store_names_the_path_and_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    // A regular file where the directory should be cannot be opened.
+    let file_path = dir.path().join("not-a-dir");
+    std::fs::write(&file_path, b"x").unwrap();
+    let error = Store::open(&file_path, 1 << 20, vec![], vec![]).expect_err("must fail");
+    let message = error.to_string();
+    assert!(message.contains(&file_path.display().to_string()), "{message}");
+    assert!(message.contains("move the directory aside"), "{message}");
+}
