@@ -1,0 +1,374 @@
+//! The JSON lines format: one object per line, read in a single pass without a DOM.
+//!
+//! `{"sensor":"t-017","ts":1700000000123,"temp_c":21.37,"humidity":44.1,"mode":"heat"}`
+//!
+//! - `sensor`: a non-empty string of at most 64 bytes.
+//! - `ts`: integer milliseconds since the Unix epoch, or an RFC 3339 string; a float (even
+//!   `1.7e12`) is refused because it usually means seconds or a lossy conversion upstream.
+//! - the schema's fields: any JSON number; null means absent.
+//! - the schema's tags: strings; null means absent.
+//! - every other key is skipped without being decoded.
+//!
+//! The line is deserialised with a [`Visitor`] that matches each key against the schema and
+//! keeps the last value seen for it; nothing is checked until the whole object has been read,
+//! so a duplicate key replaces an earlier bad value, and a syntax error anywhere in the line
+//! wins over a bad value. Strings without escapes are borrowed from the line.
+//!
+//! serde_json refuses `NaN`, `Infinity` and numbers too large for an f64 (`1e999`) while
+//! parsing, so those are `bad_syntax` here; the finiteness check in
+//! [`LineParser::check_field`] remains as a guard.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::parse::{i64_to_f64, u64_to_f64, LineParser, ParsedLine};
+use crate::reject::{RejectReason, Rejection};
+use crate::schema::Schema;
+
+/// Parses one JSON line (already checked for length, UTF-8 and blankness).
+pub(crate) fn parse_json(parser: &LineParser, line: &str, now_ms: i64) -> Result<ParsedLine, Rejection> {
+    let mut deserializer = serde_json::Deserializer::from_str(line);
+    let shape = LineVisitor { schema: &parser.schema }
+        .deserialize(&mut deserializer)
+        .and_then(|shape| deserializer.end().map(|()| shape))
+        .map_err(|err| Rejection::new(RejectReason::BadSyntax, err.to_string()))?;
+    let collected = match shape {
+        Shape::Object(collected) => collected,
+        Shape::Other(kind) => {
+            return Err(Rejection::new(
+                RejectReason::NotObject,
+                format!("expected a JSON object, got {kind}"),
+            ));
+        }
+    };
+
+    let sensor = match collected.sensor {
+        None | Some(Value::Null) => {
+            return Err(Rejection::new(RejectReason::MissingSensor, "sensor: missing or null"));
+        }
+        Some(Value::Str(sensor)) => {
+            LineParser::check_sensor(&sensor)?;
+            sensor.into_owned()
+        }
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectReason::BadSensor,
+                format!("sensor: expected a string, got {}", other.kind()),
+            ));
+        }
+    };
+
+    let ts_ms = match collected.ts {
+        None | Some(Value::Null) => {
+            return Err(Rejection::new(RejectReason::MissingTs, "ts: missing or null"))
+        }
+        Some(Value::UInt(ts)) => i64::try_from(ts)
+            .map_err(|_| Rejection::new(RejectReason::BadTs, format!("ts: {ts} is outside 0..2^53")))?,
+        Some(Value::NegInt(ts)) => ts,
+        Some(Value::Str(text)) => rfc3339_to_ms(&text)?,
+        Some(_) => return Err(bad_ts_type()),
+    };
+    let ts_ms = parser.check_ts(ts_ms, now_ms)?;
+
+    let mut values = Vec::with_capacity(collected.fields.len());
+    for (field_idx, slot) in collected.fields.into_iter().enumerate() {
+        let number = match slot {
+            FieldSlot::Absent => None,
+            FieldSlot::Number(number) => Some(number),
+            FieldSlot::Wrong(kind) => {
+                return Err(Rejection::new(
+                    RejectReason::WrongType,
+                    format!("{}: expected a number, got {kind}", parser.schema.fields[field_idx].name),
+                ));
+            }
+        };
+        values.push(parser.check_field(field_idx, number)?);
+    }
+
+    let mut tags = Vec::with_capacity(collected.tags.len());
+    for (tag_idx, slot) in collected.tags.into_iter().enumerate() {
+        let text = match &slot {
+            None | Some(Value::Null) => None,
+            Some(Value::Str(text)) => Some(&**text),
+            Some(other) => {
+                return Err(Rejection::new(
+                    RejectReason::WrongType,
+                    format!("{}: expected a string, got {}", parser.schema.tags[tag_idx].name, other.kind()),
+                ));
+            }
+        };
+        tags.push(parser.check_tag(tag_idx, text)?);
+    }
+
+    Ok(ParsedLine { sensor, ts_ms, values, tags })
+}
+
+/// The rejection for a `ts` of a JSON type that cannot be a timestamp.
+fn bad_ts_type() -> Rejection {
+    Rejection::new(RejectReason::BadTs, "ts: expected integer milliseconds or an RFC 3339 string")
+}
+
+/// Converts an RFC 3339 time to ms since the epoch, rounding down so that a time just before
+/// the epoch stays negative (and is refused by the range check).
+fn rfc3339_to_ms(text: &str) -> Result<i64, Rejection> {
+    let time = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| bad_ts_type())?;
+    let ms = time.unix_timestamp_nanos().div_euclid(1_000_000);
+    // Years up to 9999 fit easily in i64 ms; saturate rather than fail if they ever did not.
+    Ok(i64::try_from(ms).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX }))
+}
+
+/// What the top-level JSON value turned out to be.
+enum Shape<'de> {
+    /// An object, with the values of the keys the schema names.
+    Object(Collected<'de>),
+    /// Anything else, named for the rejection detail.
+    Other(&'static str),
+}
+
+/// The last value seen for each key the parser cares about; `None` means the key was absent.
+struct Collected<'de> {
+    sensor: Option<Value<'de>>,
+    ts: Option<Value<'de>>,
+    /// One slot per schema field.
+    fields: Vec<FieldSlot>,
+    /// One slot per schema tag.
+    tags: Vec<Option<Value<'de>>>,
+}
+
+/// The value of a schema field, reduced to what the checks need as soon as it is read.
+#[derive(Clone, Copy)]
+enum FieldSlot {
+    /// Absent or null.
+    Absent,
+    /// Any JSON number, as f64.
+    Number(f64),
+    /// Not a number; names the JSON type.
+    Wrong(&'static str),
+}
+
+/// One JSON value as the checks need to see it. Strings are borrowed from the line unless
+/// they contain escapes; arrays and objects are skipped and only their kind is kept.
+enum Value<'de> {
+    Null,
+    Bool,
+    /// A non-negative integer.
+    UInt(u64),
+    /// A negative integer.
+    NegInt(i64),
+    /// A number with a fraction or exponent, or an integer too large for u64.
+    Float(f64),
+    Str(Cow<'de, str>),
+    Array,
+    Object,
+}
+
+impl Value<'_> {
+    /// The JSON type, for rejection details.
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool => "a boolean",
+            Value::UInt(_) | Value::NegInt(_) | Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Array => "an array",
+            Value::Object => "an object",
+        }
+    }
+
+    /// The value as a field slot.
+    fn into_field_slot(self) -> FieldSlot {
+        match self {
+            Value::Null => FieldSlot::Absent,
+            Value::UInt(number) => FieldSlot::Number(u64_to_f64(number)),
+            Value::NegInt(number) => FieldSlot::Number(i64_to_f64(number)),
+            Value::Float(number) => FieldSlot::Number(number),
+            other => FieldSlot::Wrong(other.kind()),
+        }
+    }
+}
+
+/// Which of the parser's keys a JSON key is.
+enum Key {
+    Sensor,
+    Ts,
+    Field(usize),
+    Tag(usize),
+    /// A key the schema does not name: its value is skipped.
+    Unknown,
+}
+
+/// Reads the top-level value; does the per-key work for an object.
+struct LineVisitor<'a> {
+    schema: &'a Schema,
+}
+
+/// Reads a key and resolves it against the schema without allocating, even when escaped.
+struct KeySeed<'a> {
+    schema: &'a Schema,
+}
+
+/// Reads any value into a [`Value`].
+struct ValueSeed;
+
+impl<'de> DeserializeSeed<'de> for LineVisitor<'_> {
+    type Value = Shape<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Shape<'de>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LineVisitor<'_> {
+    type Value = Shape<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape<'de>, A::Error> {
+        let mut collected = Collected {
+            sensor: None,
+            ts: None,
+            fields: vec![FieldSlot::Absent; self.schema.fields.len()],
+            tags: std::iter::repeat_with(|| None).take(self.schema.tags.len()).collect(),
+        };
+        while let Some(key) = map.next_key_seed(KeySeed { schema: self.schema })? {
+            match key {
+                Key::Sensor => collected.sensor = Some(map.next_value_seed(ValueSeed)?),
+                Key::Ts => collected.ts = Some(map.next_value_seed(ValueSeed)?),
+                Key::Field(field_idx) => {
+                    collected.fields[field_idx] = map.next_value_seed(ValueSeed)?.into_field_slot();
+                }
+                Key::Tag(tag_idx) => collected.tags[tag_idx] = Some(map.next_value_seed(ValueSeed)?),
+                Key::Unknown => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Shape::Object(collected))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape<'de>, A::Error> {
+        // Read to the end so that a truncated array is a syntax error, not `not_object`.
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Shape::Other("an array"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Shape<'de>, E> {
+        Ok(Shape::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Shape<'de>, E> {
+        Ok(Shape::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Shape<'de>, E> {
+        Ok(Shape::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Shape<'de>, E> {
+        Ok(Shape::Other("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Shape<'de>, E> {
+        Ok(Shape::Other("a string"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Shape<'de>, E> {
+        Ok(Shape::Other("null"))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Key;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+        Ok(match key {
+            "sensor" => Key::Sensor,
+            "ts" => Key::Ts,
+            _ => match self.schema.field_index(key) {
+                Some(field_idx) => Key::Field(field_idx),
+                None => self.schema.tag_index(key).map_or(Key::Unknown, Key::Tag),
+            },
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value<'de>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Value<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value<'de>, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Value<'de>, E> {
+        Ok(Value::Bool)
+    }
+
+    fn visit_u64<E>(self, number: u64) -> Result<Value<'de>, E> {
+        Ok(Value::UInt(number))
+    }
+
+    fn visit_i64<E>(self, number: i64) -> Result<Value<'de>, E> {
+        // serde_json reports non-negative integers through `visit_u64`, but stay correct for
+        // any deserializer.
+        Ok(match u64::try_from(number) {
+            Ok(number) => Value::UInt(number),
+            Err(_) => Value::NegInt(number),
+        })
+    }
+
+    fn visit_f64<E>(self, number: f64) -> Result<Value<'de>, E> {
+        Ok(Value::Float(number))
+    }
+
+    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Value<'de>, E> {
+        Ok(Value::Str(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Value<'de>, E> {
+        Ok(Value::Str(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_string<E>(self, text: String) -> Result<Value<'de>, E> {
+        Ok(Value::Str(Cow::Owned(text)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Value::Array)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Value::Object)
+    }
+}
