@@ -1,0 +1,506 @@
+//! The records the engine emits and their public JSON contract, read by hubs and by Spark jobs.
+//!
+//! Every record is one JSON object with a `type` key first and an `id` key last. The id is
+//! deterministic (a pure function of the engine's inputs), so a hub can drop the duplicates that
+//! at-least-once delivery and crash recovery produce. Keys appear in a fixed order; only the
+//! aggregates a window is configured with appear. Non-finite numbers (which validated input
+//! cannot produce) are written as `null`.
+//!
+//! ```text
+//! {"type":"window","window":"temp_10s","device":"gw-01","sensor":"t-017","field":"temp_c",
+//!  "start":1700000000000,"end":1700000010000,"count":12,"sum":256.1,"min":20.9,"max":21.7,
+//!  "mean":21.34,"id":"gw-01/temp_10s/t-017/temp_c/1700000000000"}
+//! {"type":"window_counts","window":"mode_1m","device":"gw-01","sensor":"t-017","tag":"mode",
+//!  "start":..,"end":..,"counts":{"cool":1,"heat":3},"id":"gw-01/mode_1m/t-017/mode/1700000000000"}
+//! {"type":"batch","batch":850000000,"device":"gw-01","sensor":"t-017","field":"temp_c",
+//!  "start":..,"end":..,"count":..,"sum":..,"min":..,"max":..,"mean":..,
+//!  "id":"gw-01/batch/t-017/temp_c/1700000000000"}
+//! {"type":"late","window":"temp_10s","device":"gw-01","sensor":"t-017","ts":..,"watermark":..,
+//!  "values":{"temp_c":21.3},"id":"gw-01/temp_10s/t-017/late/0"}
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::engine::Aggregate;
+
+/// A closed window or micro-batch result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultRecord {
+    /// Aggregates of one field of one sensor over one window.
+    Window(WindowRecord),
+    /// Counts by tag value of one sensor over one window.
+    WindowCounts(WindowCountsRecord),
+    /// Aggregates of one field of one sensor over one micro-batch.
+    Batch(BatchRecord),
+}
+
+/// The aggregates of one field, all of them computed; a record shows the configured ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FieldStats {
+    /// Number of values (at least one: empty groups are not emitted).
+    pub count: u64,
+    /// Sum of the values, added in arrival order.
+    pub sum: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// `sum / count`, as Spark's `avg`.
+    pub mean: f64,
+    /// Sample standard deviation (Welford's method); `None` for fewer than two values.
+    pub stddev: Option<f64>,
+    /// Value with the smallest event time (the earliest arrival on ties).
+    pub first: f64,
+    /// Value with the largest event time (the latest arrival on ties).
+    pub last: f64,
+}
+
+/// Aggregates of one field of one sensor over one window `[start_ms, end_ms)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowRecord {
+    /// The window's configured name.
+    pub window: Arc<str>,
+    /// The gateway id.
+    pub device: Arc<str>,
+    /// The sensor id.
+    pub sensor: Arc<str>,
+    /// The schema field name.
+    pub field: Arc<str>,
+    /// Window start, ms since the epoch (inclusive).
+    pub start_ms: i64,
+    /// Window end, ms since the epoch (exclusive).
+    pub end_ms: i64,
+    /// Which aggregates appear in the JSON, in output order.
+    pub aggregates: Arc<[Aggregate]>,
+    /// The aggregates.
+    pub stats: FieldStats,
+}
+
+/// Counts by tag value of one sensor over one window (Spark's `countByValueAndWindow`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowCountsRecord {
+    /// The window's configured name.
+    pub window: Arc<str>,
+    /// The gateway id.
+    pub device: Arc<str>,
+    /// The sensor id.
+    pub sensor: Arc<str>,
+    /// The schema tag name.
+    pub tag: Arc<str>,
+    /// Window start, ms since the epoch (inclusive).
+    pub start_ms: i64,
+    /// Window end, ms since the epoch (exclusive).
+    pub end_ms: i64,
+    /// Readings per tag value, sorted by value; readings without the tag are not counted.
+    pub counts: Vec<(Arc<str>, u64)>,
+}
+
+/// Aggregates of one field of one sensor over one micro-batch (processing time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRecord {
+    /// The batch number: ingest time divided by the batch interval.
+    pub batch: u64,
+    /// The gateway id.
+    pub device: Arc<str>,
+    /// The sensor id.
+    pub sensor: Arc<str>,
+    /// The schema field name.
+    pub field: Arc<str>,
+    /// `batch · interval`, ms since the epoch (inclusive).
+    pub start_ms: i64,
+    /// `(batch + 1) · interval` (exclusive).
+    pub end_ms: i64,
+    /// The aggregates; a batch record shows count, sum, min, max and mean.
+    pub stats: FieldStats,
+}
+
+/// A reading that arrived after a window it belongs to was emitted; it was not counted there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateRecord {
+    /// The window's configured name.
+    pub window: Arc<str>,
+    /// The gateway id.
+    pub device: Arc<str>,
+    /// The sensor id.
+    pub sensor: Arc<str>,
+    /// The reading's event time, ms since the epoch.
+    pub ts_ms: i64,
+    /// The watermark the reading was judged against (for processing-time windows: the
+    /// processing clock).
+    pub watermark_ms: i64,
+    /// The reading's values of the window's fields (absent ones left out).
+    pub values: Vec<(Arc<str>, f64)>,
+    /// The number of late readings of this sensor for this window before this one; makes the
+    /// id unique and deterministic.
+    pub seq: u64,
+}
+
+impl ResultRecord {
+    /// The deterministic id, unique per result: `device/window/sensor/field/start` for windows,
+    /// `device/window/sensor/tag/start` for counts, `device/batch/sensor/field/start` for batches.
+    pub fn id(&self) -> String {
+        match self {
+            ResultRecord::Window(record) => format!(
+                "{}/{}/{}/{}/{}",
+                record.device, record.window, record.sensor, record.field, record.start_ms
+            ),
+            ResultRecord::WindowCounts(record) => format!(
+                "{}/{}/{}/{}/{}",
+                record.device, record.window, record.sensor, record.tag, record.start_ms
+            ),
+            ResultRecord::Batch(record) => {
+                format!("{}/batch/{}/{}/{}", record.device, record.sensor, record.field, record.start_ms)
+            }
+        }
+    }
+
+    /// `"window"` for windows and window counts, `"batch"` for micro-batches.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResultRecord::Window(_) | ResultRecord::WindowCounts(_) => "window",
+            ResultRecord::Batch(_) => "batch",
+        }
+    }
+
+    /// A human heading for the console, shared by all records of one window or batch:
+    /// `Window temp_10s [2023-11-14 22:13:20.000, 2023-11-14 22:13:30.000)` or
+    /// `Batch: 850000123 [2023-11-14 22:13:20.000, +2s)`, in UTC.
+    pub fn group_title(&self) -> String {
+        match self {
+            ResultRecord::Window(WindowRecord { window, start_ms, end_ms, .. })
+            | ResultRecord::WindowCounts(WindowCountsRecord { window, start_ms, end_ms, .. }) => {
+                format!("Window {window} [{}, {})", format_utc_ms(*start_ms), format_utc_ms(*end_ms))
+            }
+            ResultRecord::Batch(record) => {
+                let interval_ms = u64::try_from(record.end_ms.saturating_sub(record.start_ms)).unwrap_or(0);
+                format!(
+                    "Batch: {} [{}, +{})",
+                    record.batch,
+                    format_utc_ms(record.start_ms),
+                    humantime::format_duration(Duration::from_millis(interval_ms))
+                )
+            }
+        }
+    }
+
+    /// The record as one JSON object, without a trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json_bytes(self)
+    }
+}
+
+impl LateRecord {
+    /// The window's configured name.
+    pub fn window(&self) -> &str {
+        &self.window
+    }
+
+    /// The deterministic id `device/window/sensor/late/seq`.
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}/late/{}", self.device, self.window, self.sensor, self.seq)
+    }
+
+    /// Always `"late"`.
+    pub fn kind(&self) -> &'static str {
+        "late"
+    }
+
+    /// A human heading for the console: `Late readings: temp_10s`.
+    pub fn group_title(&self) -> String {
+        format!("Late readings: {}", self.window)
+    }
+
+    /// The record as one JSON object, without a trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json_bytes(self)
+    }
+}
+
+fn to_json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records have string keys and serialise into memory, which cannot fail")
+}
+
+/// `None` for NaN and infinities, which JSON cannot carry.
+fn finite(value: f64) -> Option<f64> {
+    value.is_finite().then_some(value)
+}
+
+/// Writes the configured aggregates of `stats` as map entries.
+fn serialize_stats<M: SerializeMap>(
+    map: &mut M,
+    aggregates: &[Aggregate],
+    stats: &FieldStats,
+) -> Result<(), M::Error> {
+    for aggregate in aggregates {
+        let key = aggregate.as_str();
+        match aggregate {
+            Aggregate::Count => map.serialize_entry(key, &stats.count)?,
+            Aggregate::Sum => map.serialize_entry(key, &finite(stats.sum))?,
+            Aggregate::Min => map.serialize_entry(key, &finite(stats.min))?,
+            Aggregate::Max => map.serialize_entry(key, &finite(stats.max))?,
+            Aggregate::Mean => map.serialize_entry(key, &finite(stats.mean))?,
+            Aggregate::Stddev => map.serialize_entry(key, &stats.stddev.and_then(finite))?,
+            Aggregate::First => map.serialize_entry(key, &finite(stats.first))?,
+            Aggregate::Last => map.serialize_entry(key, &finite(stats.last))?,
+        }
+    }
+    Ok(())
+}
+
+/// The aggregates a batch record shows.
+const BATCH_AGGREGATES: [Aggregate; 5] =
+    [Aggregate::Count, Aggregate::Sum, Aggregate::Min, Aggregate::Max, Aggregate::Mean];
+
+/// Serialises `pairs` as a JSON object, keeping their order.
+struct OrderedObject<'a, V>(&'a [(Arc<str>, V)]);
+
+impl<V: Copy + Into<JsonNumber>> Serialize for OrderedObject<'_, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            match (*value).into() {
+                JsonNumber::Count(count) => map.serialize_entry(&**key, &count)?,
+                JsonNumber::Float(float) => map.serialize_entry(&**key, &finite(float))?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// A number in an [`OrderedObject`].
+enum JsonNumber {
+    Count(u64),
+    Float(f64),
+}
+
+impl From<u64> for JsonNumber {
+    fn from(count: u64) -> JsonNumber {
+        JsonNumber::Count(count)
+    }
+}
+
+impl From<f64> for JsonNumber {
+    fn from(float: f64) -> JsonNumber {
+        JsonNumber::Float(float)
+    }
+}
+
+impl Serialize for ResultRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        match self {
+            ResultRecord::Window(record) => {
+                map.serialize_entry("type", "window")?;
+                map.serialize_entry("window", &*record.window)?;
+                map.serialize_entry("device", &*record.device)?;
+                map.serialize_entry("sensor", &*record.sensor)?;
+                map.serialize_entry("field", &*record.field)?;
+                map.serialize_entry("start", &record.start_ms)?;
+                map.serialize_entry("end", &record.end_ms)?;
+                serialize_stats(&mut map, &record.aggregates, &record.stats)?;
+            }
+            ResultRecord::WindowCounts(record) => {
+                map.serialize_entry("type", "window_counts")?;
+                map.serialize_entry("window", &*record.window)?;
+                map.serialize_entry("device", &*record.device)?;
+                map.serialize_entry("sensor", &*record.sensor)?;
+                map.serialize_entry("tag", &*record.tag)?;
+                map.serialize_entry("start", &record.start_ms)?;
+                map.serialize_entry("end", &record.end_ms)?;
+                map.serialize_entry("counts", &OrderedObject(&record.counts))?;
+            }
+            ResultRecord::Batch(record) => {
+                map.serialize_entry("type", "batch")?;
+                map.serialize_entry("batch", &record.batch)?;
+                map.serialize_entry("device", &*record.device)?;
+                map.serialize_entry("sensor", &*record.sensor)?;
+                map.serialize_entry("field", &*record.field)?;
+                map.serialize_entry("start", &record.start_ms)?;
+                map.serialize_entry("end", &record.end_ms)?;
+                serialize_stats(&mut map, &BATCH_AGGREGATES, &record.stats)?;
+            }
+        }
+        map.serialize_entry("id", &self.id())?;
+        map.end()
+    }
+}
+
+impl Serialize for LateRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(8))?;
+        map.serialize_entry("type", "late")?;
+        map.serialize_entry("window", &*self.window)?;
+        map.serialize_entry("device", &*self.device)?;
+        map.serialize_entry("sensor", &*self.sensor)?;
+        map.serialize_entry("ts", &self.ts_ms)?;
+        map.serialize_entry("watermark", &self.watermark_ms)?;
+        map.serialize_entry("values", &OrderedObject(&self.values))?;
+        map.serialize_entry("id", &self.id())?;
+        map.end()
+    }
+}
+
+/// `2023-11-14 22:13:20.000` (UTC) for ms since the epoch.
+pub fn format_utc_ms(epoch_ms: i64) -> String {
+    const MS_PER_DAY: i64 = 86_400_000;
+    let days = epoch_ms.div_euclid(MS_PER_DAY);
+    let ms_of_day = epoch_ms.rem_euclid(MS_PER_DAY);
+    let (year, month, day) = civil_from_days(days);
+    let (hours, rest) = (ms_of_day / 3_600_000, ms_of_day % 3_600_000);
+    let (minutes, rest) = (rest / 60_000, rest % 60_000);
+    let (seconds, millis) = (rest / 1000, rest % 1000);
+    format!("{year:04}-{month:02}-{day:02} {hours:02}:{minutes:02}:{seconds:02}.{millis:03}")
+}
+
+/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01: Howard Hinnant's
+/// `civil_from_days`, in i64 throughout so no day count overflows.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> FieldStats {
+        FieldStats {
+            count: 12,
+            sum: 256.1,
+            min: 20.9,
+            max: 21.7,
+            mean: 21.34,
+            stddev: None,
+            first: 21.0,
+            last: 21.5,
+        }
+    }
+
+    fn window(aggregates: &[Aggregate]) -> ResultRecord {
+        ResultRecord::Window(WindowRecord {
+            window: "temp_10s".into(),
+            device: "gw-01".into(),
+            sensor: "t-017".into(),
+            field: "temp_c".into(),
+            start_ms: 1_700_000_000_000,
+            end_ms: 1_700_000_010_000,
+            aggregates: aggregates.into(),
+            stats: stats(),
+        })
+    }
+
+    fn check(json: Vec<u8>, expected: &str) {
+        assert_eq!(String::from_utf8(json).unwrap(), expected);
+    }
+
+    #[test]
+    fn window_record_shows_configured_aggregates_in_contract_order() {
+        check(
+            window(&[Aggregate::Count, Aggregate::Sum, Aggregate::Min, Aggregate::Max, Aggregate::Mean])
+                .to_json(),
+            r#"{"type":"window","window":"temp_10s","device":"gw-01","sensor":"t-017","field":"temp_c","start":1700000000000,"end":1700000010000,"count":12,"sum":256.1,"min":20.9,"max":21.7,"mean":21.34,"id":"gw-01/temp_10s/t-017/temp_c/1700000000000"}"#,
+        );
+    }
+
+    #[test]
+    fn window_record_writes_missing_stddev_as_null() {
+        check(
+            window(&[Aggregate::Stddev, Aggregate::First, Aggregate::Last]).to_json(),
+            r#"{"type":"window","window":"temp_10s","device":"gw-01","sensor":"t-017","field":"temp_c","start":1700000000000,"end":1700000010000,"stddev":null,"first":21.0,"last":21.5,"id":"gw-01/temp_10s/t-017/temp_c/1700000000000"}"#,
+        );
+    }
+
+    #[test]
+    fn non_finite_numbers_become_null() {
+        let mut record = window(&[Aggregate::Sum, Aggregate::Mean]);
+        if let ResultRecord::Window(window) = &mut record {
+            window.stats.sum = f64::INFINITY;
+            window.stats.mean = f64::NAN;
+        }
+        let json = String::from_utf8(record.to_json()).unwrap();
+        assert!(json.contains(r#""sum":null,"mean":null"#), "{json}");
+    }
+
+    #[test]
+    fn window_counts_record_lists_counts_by_value() {
+        let record = ResultRecord::WindowCounts(WindowCountsRecord {
+            window: "mode_1m".into(),
+            device: "gw-01".into(),
+            sensor: "t-017".into(),
+            tag: "mode".into(),
+            start_ms: 1_700_000_000_000,
+            end_ms: 1_700_000_060_000,
+            counts: vec![("cool".into(), 1), ("heat".into(), 3)],
+        });
+        assert_eq!(record.kind(), "window");
+        check(
+            record.to_json(),
+            r#"{"type":"window_counts","window":"mode_1m","device":"gw-01","sensor":"t-017","tag":"mode","start":1700000000000,"end":1700000060000,"counts":{"cool":1,"heat":3},"id":"gw-01/mode_1m/t-017/mode/1700000000000"}"#,
+        );
+    }
+
+    #[test]
+    fn batch_record_shows_its_five_aggregates_and_a_title_with_the_interval() {
+        let record = ResultRecord::Batch(BatchRecord {
+            batch: 850_000_000,
+            device: "gw-01".into(),
+            sensor: "t-017".into(),
+            field: "temp_c".into(),
+            start_ms: 1_700_000_000_000,
+            end_ms: 1_700_000_002_000,
+            stats: stats(),
+        });
+        assert_eq!(record.kind(), "batch");
+        assert_eq!(record.group_title(), "Batch: 850000000 [2023-11-14 22:13:20.000, +2s)");
+        check(
+            record.to_json(),
+            r#"{"type":"batch","batch":850000000,"device":"gw-01","sensor":"t-017","field":"temp_c","start":1700000000000,"end":1700000002000,"count":12,"sum":256.1,"min":20.9,"max":21.7,"mean":21.34,"id":"gw-01/batch/t-017/temp_c/1700000000000"}"#,
+        );
+    }
+
+    #[test]
+    fn late_record_carries_values_watermark_and_sequence_id() {
+        let record = LateRecord {
+            window: "temp_10s".into(),
+            device: "gw-01".into(),
+            sensor: "t-017".into(),
+            ts_ms: 1_700_000_009_745,
+            watermark_ms: 1_700_000_040_000,
+            values: vec![("temp_c".into(), 21.3)],
+            seq: 4,
+        };
+        assert_eq!(record.kind(), "late");
+        assert_eq!(record.group_title(), "Late readings: temp_10s");
+        check(
+            record.to_json(),
+            r#"{"type":"late","window":"temp_10s","device":"gw-01","sensor":"t-017","ts":1700000009745,"watermark":1700000040000,"values":{"temp_c":21.3},"id":"gw-01/temp_10s/t-017/late/4"}"#,
+        );
+    }
+
+    #[test]
+    fn window_title_names_window_and_utc_bounds() {
+        assert_eq!(
+            window(&[Aggregate::Count]).group_title(),
+            "Window temp_10s [2023-11-14 22:13:20.000, 2023-11-14 22:13:30.000)"
+        );
+    }
+
+    #[test]
+    fn utc_formatting_handles_epoch_leap_days_and_negative_times() {
+        assert_eq!(format_utc_ms(0), "1970-01-01 00:00:00.000");
+        assert_eq!(format_utc_ms(951_782_400_123), "2000-02-29 00:00:00.123");
+        assert_eq!(format_utc_ms(-1), "1969-12-31 23:59:59.999");
+        assert_eq!(format_utc_ms(1_700_000_000_000), "2023-11-14 22:13:20.000");
+    }
+}
