@@ -10,6 +10,7 @@ mod registry;
 mod reject;
 mod schema;
 mod stats;
+mod tcp;
 
 pub use crate::framing::{Fill, Frame, LineFramer, READ_CHUNK_BYTES};
 pub use crate::ingest::{ingest_channel, Durability, IngestBatch, IngestClosed, IngestReceiver, IngestSender};
@@ -19,3 +20,4 @@ pub use crate::registry::{AdmittedSensors, SensorRegistry};
 pub use crate::reject::{RejectReason, Rejection};
 pub use crate::schema::{FieldSpec, InternedTags, Schema, TagSpec};
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
+pub use crate::tcp::{TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};
