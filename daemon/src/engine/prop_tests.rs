@@ -1,0 +1,391 @@
+//! Property tests: the engine against a naive recomputation of the window and late rules, and
+//! a restored engine against an uninterrupted one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_sensors::Reading;
+use proptest::prelude::*;
+
+use crate::engine::tests::{engine_spec, run_step, store, Step};
+use crate::engine::{Aggregate, Engine, Output, TimeDomain, WindowSpec};
+use crate::record::ResultRecord;
+
+const SENSORS: [&str; 3] = ["a", "b", "c"];
+
+/// What both the engine and the naive model emit, comparable exactly except for the
+/// standard deviation (Welford's method against a two-pass formula).
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    Window {
+        window: String,
+        sensor: String,
+        start_ms: i64,
+        end_ms: i64,
+        count: u64,
+        sum: f64,
+        min: f64,
+        max: f64,
+        first: f64,
+        last: f64,
+        stddev: Option<f64>,
+    },
+    Late {
+        window: String,
+        sensor: String,
+        ts_ms: i64,
+        watermark_ms: i64,
+        seq: u64,
+    },
+}
+
+fn same(a: &Event, b: &Event) -> bool {
+    match (a, b) {
+        (Event::Window { stddev: stddev_a, .. }, Event::Window { stddev: stddev_b, .. }) => {
+            let stddev_close = match (stddev_a, stddev_b) {
+                (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+                (x, y) => x == y,
+            };
+            let strip = |event: &Event| match event {
+                Event::Window {
+                    stddev: _,
+                    window,
+                    sensor,
+                    start_ms,
+                    end_ms,
+                    count,
+                    sum,
+                    min,
+                    max,
+                    first,
+                    last,
+                } => (
+                    window.clone(),
+                    sensor.clone(),
+                    *start_ms,
+                    *end_ms,
+                    *count,
+                    *sum,
+                    *min,
+                    *max,
+                    *first,
+                    *last,
+                ),
+                Event::Late { .. } => unreachable!("windows only"),
+            };
+            stddev_close && strip(a) == strip(b)
+        }
+        _ => a == b,
+    }
+}
+
+fn from_output(output: &Output) -> Option<Event> {
+    match output {
+        Output::Result(ResultRecord::Window(record)) => Some(Event::Window {
+            window: record.window.to_string(),
+            sensor: record.sensor.to_string(),
+            start_ms: record.start_ms,
+            end_ms: record.end_ms,
+            count: record.stats.count,
+            sum: record.stats.sum,
+            min: record.stats.min,
+            max: record.stats.max,
+            first: record.stats.first,
+            last: record.stats.last,
+            stddev: record.stats.stddev,
+        }),
+        Output::Late(late) => Some(Event::Late {
+            window: late.window.to_string(),
+            sensor: late.sensor.to_string(),
+            ts_ms: late.ts_ms,
+            watermark_ms: late.watermark_ms,
+            seq: late.seq,
+        }),
+        Output::Result(_) => None,
+    }
+}
+
+/// Open windows by start, each with its (ts, value) list.
+type OpenWindows = BTreeMap<i64, Vec<(i64, Option<f64>)>>;
+
+/// The window rules written as plainly as possible: every reading scans a generous range of
+/// candidate starts, watermarks are recomputed from all readings seen.
+#[derive(Debug)]
+struct NaiveWindow {
+    name: String,
+    length_ms: i64,
+    slide_ms: i64,
+    lateness_ms: i64,
+    /// Per sensor: event times seen, late readings so far, open windows by start with their
+    /// (ts, value) list.
+    sensors: BTreeMap<String, (Vec<i64>, u64, OpenWindows)>,
+}
+
+impl NaiveWindow {
+    fn apply(&mut self, reading: &Reading, events: &mut Vec<Event>) {
+        let (seen, late_seq, open) = self.sensors.entry(reading.sensor.to_string()).or_default();
+        let watermark = seen.iter().max().map(|max_ts| max_ts - self.lateness_ms);
+        let mut late = false;
+        let first_k = (reading.ts_ms - self.length_ms) / self.slide_ms - 2;
+        let last_k = reading.ts_ms / self.slide_ms + 2;
+        for k in first_k..=last_k {
+            let start_ms = k * self.slide_ms;
+            let end_ms = start_ms + self.length_ms;
+            if !(start_ms <= reading.ts_ms && reading.ts_ms < end_ms) {
+                continue;
+            }
+            if watermark.is_some_and(|watermark| end_ms <= watermark) {
+                late = true;
+            } else {
+                open.entry(start_ms).or_default().push((reading.ts_ms, reading.values[0]));
+            }
+        }
+        if late {
+            events.push(Event::Late {
+                window: self.name.clone(),
+                sensor: reading.sensor.to_string(),
+                ts_ms: reading.ts_ms,
+                watermark_ms: watermark.expect("late needs a watermark"),
+                seq: *late_seq,
+            });
+            *late_seq += 1;
+        }
+        seen.push(reading.ts_ms);
+        let watermark = seen.iter().max().expect("just pushed") - self.lateness_ms;
+        let due: Vec<i64> =
+            open.keys().copied().filter(|start_ms| start_ms + self.length_ms <= watermark).collect();
+        for start_ms in due {
+            let values = open.remove(&start_ms).expect("due key exists");
+            events.extend(window_event(&self.name, self.length_ms, &reading.sensor, start_ms, &values));
+        }
+    }
+
+    fn flush(&mut self, events: &mut Vec<Event>) {
+        for (sensor, (_, _, open)) in std::mem::take(&mut self.sensors) {
+            for (start_ms, values) in open {
+                events.extend(window_event(&self.name, self.length_ms, &sensor, start_ms, &values));
+            }
+        }
+    }
+}
+
+fn window_event(
+    name: &str,
+    length_ms: i64,
+    sensor: &str,
+    start_ms: i64,
+    values: &[(i64, Option<f64>)],
+) -> Option<Event> {
+    let present: Vec<(i64, f64)> =
+        values.iter().filter_map(|(ts, value)| value.map(|value| (*ts, value))).collect();
+    if present.is_empty() {
+        return None;
+    }
+    let count = present.len();
+    let sum = present.iter().fold(0.0, |sum, (_, value)| sum + value);
+    let n = f64::from(u32::try_from(count).expect("few values"));
+    let mean = sum / n;
+    let stddev = (count >= 2)
+        .then(|| (present.iter().map(|(_, v)| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0)).sqrt());
+    let first = present.iter().enumerate().min_by_key(|(idx, (ts, _))| (*ts, *idx)).expect("non-empty").1 .1;
+    let last = present.iter().enumerate().max_by_key(|(idx, (ts, _))| (*ts, *idx)).expect("non-empty").1 .1;
+    Some(Event::Window {
+        window: name.to_owned(),
+        sensor: sensor.to_owned(),
+        start_ms,
+        end_ms: start_ms + length_ms,
+        count: u64::try_from(count).expect("few values"),
+        sum,
+        min: present.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min),
+        max: present.iter().map(|(_, v)| *v).fold(f64::NEG_INFINITY, f64::max),
+        first,
+        last,
+        stddev,
+    })
+}
+
+fn all_aggregates() -> Vec<Aggregate> {
+    Aggregate::ALL.to_vec()
+}
+
+fn window_strategy(name: &'static str) -> impl Strategy<Value = (String, i64, i64, i64)> {
+    (prop::sample::select(vec![1000i64, 2000, 3000, 5000]), 1i64..=4, 0i64..30).prop_map(
+        move |(slide_ms, ratio, lateness_halves)| {
+            (name.to_owned(), slide_ms * ratio, slide_ms, lateness_halves * 500)
+        },
+    )
+}
+
+fn reading_strategy() -> impl Strategy<Value = Reading> {
+    (0usize..SENSORS.len(), -20_000i64..60_000, any::<bool>(), prop::option::weighted(0.9, -20i32..40))
+        .prop_map(
+            // Half of the times on a 500 ms grid, so that readings hit window ends and watermarks
+            // exactly.
+            |(sensor, ts_ms, on_grid, value)| Reading {
+                sensor: Arc::from(SENSORS[sensor]),
+                ts_ms: if on_grid { ts_ms - ts_ms.rem_euclid(500) } else { ts_ms },
+                values: vec![value.map(f64::from), None],
+                tags: vec![None],
+            },
+        )
+}
+
+fn to_spec(name: &str, length_ms: i64, slide_ms: i64, lateness_ms: i64, time: TimeDomain) -> WindowSpec {
+    let ms = |ms: i64| Duration::from_millis(u64::try_from(ms).expect("positive"));
+    WindowSpec::new(
+        name,
+        ms(length_ms),
+        ms(slide_ms),
+        time,
+        ms(lateness_ms),
+        vec![0],
+        all_aggregates(),
+        vec![],
+    )
+    .expect("valid generated window")
+}
+
+/// A chunk (ingest time, readings) or a tick; ingest times mostly grow, sometimes fall behind
+/// a tick.
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0i64..2500, prop::collection::vec(reading_strategy(), 0..6)).prop_map(|(at, readings)| Step::Chunk(at, readings)),
+        1 => (0i64..2500).prop_map(Step::Tick),
+    ]
+}
+
+/// Turns relative step times into a processing time line.
+fn timeline(steps: Vec<Step>) -> Vec<Step> {
+    let mut clock_ms = 0;
+    steps
+        .into_iter()
+        .map(|step| match step {
+            Step::Chunk(advance_ms, readings) => {
+                clock_ms += advance_ms;
+                Step::Chunk(clock_ms, readings)
+            }
+            // A tick may run ahead of the next chunk's ingest time.
+            Step::Tick(ahead_ms) => Step::Tick(clock_ms + ahead_ms),
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_windows_and_late_readings_equal_a_naive_recomputation(
+        windows in prop::collection::vec(window_strategy("w"), 1..3),
+        readings in prop::collection::vec(reading_strategy(), 0..60),
+        chunk_sizes in prop::collection::vec(1usize..5, 60),
+    ) {
+        let windows: Vec<(String, i64, i64, i64)> =
+            windows.into_iter().enumerate().map(|(idx, (name, l, s, late))| (format!("{name}{idx}"), l, s, late)).collect();
+        let specs = windows.iter().map(|(name, l, s, late)| to_spec(name, *l, *s, *late, TimeDomain::Event)).collect();
+        // Processing time stands still, so only the final tick idles the sensors out.
+        let mut engine = Engine::new(engine_spec(specs, 1_000_000));
+        let mut out = Vec::new();
+        let mut rest = &readings[..];
+        for size in chunk_sizes {
+            let (chunk, tail) = rest.split_at(size.min(rest.len()));
+            engine.apply_chunk(0, 0, chunk, &mut out);
+            rest = tail;
+        }
+        engine.apply_chunk(0, 0, rest, &mut out);
+        engine.tick(10_000_000, &mut out);
+        let got: Vec<Event> = out.iter().filter_map(from_output).collect();
+
+        let mut naive: Vec<NaiveWindow> = windows
+            .iter()
+            .map(|(name, length_ms, slide_ms, lateness_ms)| NaiveWindow {
+                name: name.clone(),
+                length_ms: *length_ms,
+                slide_ms: *slide_ms,
+                lateness_ms: *lateness_ms,
+                sensors: BTreeMap::new(),
+            })
+            .collect();
+        let mut want = Vec::new();
+        for reading in &readings {
+            for window in &mut naive {
+                window.apply(reading, &mut want);
+            }
+        }
+        for window in &mut naive {
+            window.flush(&mut want);
+        }
+        prop_assert_eq!(got.len(), want.len(), "got {:?}\nwant {:?}", got, want);
+        for (got, want) in got.iter().zip(&want) {
+            prop_assert!(same(got, want), "got {:?}\nwant {:?}", got, want);
+        }
+        let n_late = want.iter().filter(|event| matches!(event, Event::Late { .. })).count();
+        prop_assert_eq!(engine.stats().late_readings_total, u64::try_from(n_late).unwrap());
+        prop_assert_eq!(engine.stats().open_windows, 0);
+    }
+
+    #[test]
+    fn restored_engine_emits_exactly_what_an_uninterrupted_engine_emits(
+        event_window in window_strategy("event"),
+        processing_window in window_strategy("processing"),
+        idle_ms in 1000i64..20_000,
+        steps in prop::collection::vec(step_strategy(), 0..40),
+        split in any::<prop::sample::Index>(),
+        checkpoints in prop::collection::vec(any::<bool>(), 40),
+    ) {
+        let specs = || {
+            let (name, l, s, late) = &event_window;
+            let (p_name, p_l, p_s, _) = &processing_window;
+            vec![
+                to_spec(name, *l, *s, *late, TimeDomain::Event),
+                to_spec(p_name, *p_l, *p_s, 0, TimeDomain::Processing),
+            ]
+        };
+        let mut steps = timeline(steps);
+        steps.push(Step::Tick(100_000_000));
+        let split = split.index(steps.len());
+
+        let mut engine = Engine::new(engine_spec(specs(), idle_ms));
+        let mut uninterrupted = Vec::new();
+        for step in &steps {
+            run_step(&mut engine, step, &mut uninterrupted);
+        }
+
+        let mut engine = Engine::new(engine_spec(specs(), idle_ms));
+        let mut out = Vec::new();
+        let mut stored = BTreeMap::new();
+        for (step, checkpoint) in steps[..split].iter().zip(&checkpoints) {
+            run_step(&mut engine, step, &mut out);
+            if *checkpoint {
+                store(&mut stored, engine.take_dirty());
+            }
+        }
+        store(&mut stored, engine.take_dirty());
+        let (mut restored, report) = Engine::restore(engine_spec(specs(), idle_ms), stored);
+        prop_assert!(report.skipped.is_empty(), "{:?}", report);
+        for step in &steps[split..] {
+            run_step(&mut restored, step, &mut out);
+        }
+        let json = |outputs: &[Output]| -> Vec<Vec<u8>> {
+            outputs
+                .iter()
+                .map(|output| match output {
+                    Output::Result(record) => record.to_json(),
+                    Output::Late(late) => late.to_json(),
+                })
+                .collect()
+        };
+        prop_assert_eq!(json(&out), json(&uninterrupted));
+        prop_assert_eq!(restored.stats(), engine_after(&steps, specs(), idle_ms));
+    }
+}
+
+/// Stats of an uninterrupted engine after all `steps`.
+fn engine_after(steps: &[Step], specs: Vec<WindowSpec>, idle_ms: i64) -> crate::engine::EngineStats {
+    let mut engine = Engine::new(engine_spec(specs, idle_ms));
+    let mut out = Vec::new();
+    for step in steps {
+        run_step(&mut engine, step, &mut out);
+    }
+    engine.stats()
+}

@@ -1,0 +1,476 @@
+//! One configured window over all sensors: assigning readings to epoch-aligned windows, the
+//! per-sensor watermark and late rule, idle and processing-time closes, and emitting each
+//! closed window exactly once.
+//!
+//! A reading at `t` belongs to every `[k·slide, k·slide + length)` containing `t` (Spark's
+//! `window(ts, length, slide)`), where `t` is the event time, or the chunk's ingest time for
+//! processing-time windows. A window whose end is at or below the sensor's watermark (before
+//! the reading moves it) was already emitted, so the reading is late for it: counted once per
+//! window spec and reported as one [`LateRecord`]. The watermark of an event-time sensor is its
+//! largest event time minus the lateness, raised to the largest end an idle close emitted; that
+//! of a processing-time window is the processing clock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use eddy_sensors::Reading;
+
+use crate::engine::acc::FieldAcc;
+use crate::engine::state::{self, AccV1, OpenWindowV1, WindowEnvelope, WindowSensorV1};
+use crate::engine::{Aggregate, EngineSpec, Output, TimeDomain, WindowSpec};
+use crate::record::{LateRecord, ResultRecord, WindowCountsRecord, WindowRecord};
+
+/// The state of one window spec: every sensor's open windows and watermark.
+#[derive(Debug)]
+pub(crate) struct WindowSet {
+    shape: Shape,
+    /// Per sensor index.
+    sensors: Vec<SensorWindows>,
+    /// Emptied windows kept for reuse, so that opening a window rarely allocates.
+    spare: Vec<OpenWindow>,
+    pub(crate) late_total: u64,
+    n_open: usize,
+    /// A lower bound of the processing time at which a scan can close something: the earliest
+    /// end of an open processing-time window, or the earliest idle deadline of a sensor.
+    next_due_ms: i64,
+    dirty_list: Vec<usize>,
+}
+
+/// What a window set never changes after construction.
+#[derive(Debug)]
+struct Shape {
+    name: Arc<str>,
+    device: Arc<str>,
+    aggregates: Arc<[Aggregate]>,
+    length_ms: i64,
+    slide_ms: i64,
+    lateness_ms: i64,
+    processing_time: bool,
+    idle_ms: i64,
+    /// Schema field indexes and their names.
+    fields: Vec<usize>,
+    field_names: Vec<Arc<str>>,
+    /// Schema tag indexes (count_by) and their names.
+    tags: Vec<usize>,
+    tag_names: Vec<Arc<str>>,
+}
+
+#[derive(Debug, Default)]
+struct SensorWindows {
+    max_ts_ms: Option<i64>,
+    floor_ms: Option<i64>,
+    last_activity_ms: Option<i64>,
+    late_seq: u64,
+    /// Open windows in start order (and so in end order).
+    open: Vec<OpenWindow>,
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct OpenWindow {
+    start_ms: i64,
+    /// Per window field.
+    fields: Vec<FieldAcc>,
+    /// Per count_by tag: readings by tag value.
+    counts: Vec<BTreeMap<Arc<str>, u64>>,
+}
+
+impl SensorWindows {
+    fn watermark(&self, lateness_ms: i64) -> Option<i64> {
+        let from_events = self.max_ts_ms.map(|ts_ms| ts_ms.saturating_sub(lateness_ms));
+        match (from_events, self.floor_ms) {
+            (Some(events), Some(floor)) => Some(events.max(floor)),
+            (events, floor) => events.or(floor),
+        }
+    }
+}
+
+impl WindowSet {
+    pub(crate) fn new(engine: &EngineSpec, spec: &WindowSpec, device: Arc<str>, idle_ms: i64) -> WindowSet {
+        let name_of = |names: &[String], idx: usize, what: &str| -> Arc<str> {
+            names.get(idx).map_or_else(|| Arc::from(format!("{what}{idx}")), |name| Arc::from(name.as_str()))
+        };
+        let shape = Shape {
+            name: Arc::from(spec.name()),
+            device,
+            aggregates: spec.aggregates().into(),
+            length_ms: spec.length_ms(),
+            slide_ms: spec.slide_ms(),
+            lateness_ms: spec.lateness_ms(),
+            processing_time: spec.time() == TimeDomain::Processing,
+            idle_ms,
+            fields: spec.fields().to_vec(),
+            field_names: spec
+                .fields()
+                .iter()
+                .map(|&idx| name_of(&engine.field_names, idx, "field"))
+                .collect(),
+            tags: spec.count_by().to_vec(),
+            tag_names: spec.count_by().iter().map(|&idx| name_of(&engine.tag_names, idx, "tag")).collect(),
+        };
+        WindowSet {
+            shape,
+            sensors: Vec::new(),
+            spare: Vec::new(),
+            late_total: 0,
+            n_open: 0,
+            next_due_ms: i64::MAX,
+            dirty_list: Vec::new(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.shape.name
+    }
+
+    /// Makes room for a newly seen sensor.
+    pub(crate) fn push_sensor(&mut self) {
+        self.sensors.push(SensorWindows::default());
+    }
+
+    /// Open windows over all sensors.
+    pub(crate) fn n_open(&self) -> usize {
+        self.n_open
+    }
+
+    /// Open (sensor, field or tag, window) groups, counting every configured field and tag.
+    pub(crate) fn n_open_keys(&self) -> usize {
+        self.n_open.saturating_mul(self.shape.fields.len() + self.shape.tags.len())
+    }
+
+    /// The processing time at which [`Self::advance`] may next close something.
+    pub(crate) fn deadline_ms(&self) -> Option<i64> {
+        (self.n_open > 0 && self.next_due_ms != i64::MAX).then_some(self.next_due_ms)
+    }
+
+    /// Applies one reading of sensor `sensor`, ingested at `ingest_ms`, with the processing
+    /// clock at `clock_ms`. Returns whether the reading was late for some window.
+    #[inline]
+    pub(crate) fn apply(
+        &mut self,
+        sensor: usize,
+        ingest_ms: i64,
+        clock_ms: i64,
+        reading: &Reading,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let WindowSet { shape, sensors, spare, late_total, n_open, next_due_ms, dirty_list } = self;
+        let state = &mut sensors[sensor];
+        let (window_ts, watermark) = if shape.processing_time {
+            (ingest_ms, Some(clock_ms))
+        } else {
+            (reading.ts_ms, state.watermark(shape.lateness_ms))
+        };
+        let mut late = false;
+        let lowest_start_exclusive = window_ts.saturating_sub(shape.length_ms);
+        // Windows from the newest start down; a start whose end overflows is skipped, so a
+        // reading within `length` of i64::MAX lands in fewer windows (validated input never
+        // comes near).
+        let mut next_start = window_ts.checked_sub(window_ts.rem_euclid(shape.slide_ms));
+        while let Some(start_ms) = next_start.filter(|start_ms| *start_ms > lowest_start_exclusive) {
+            match start_ms.checked_add(shape.length_ms) {
+                Some(end_ms) if watermark.is_some_and(|watermark| end_ms <= watermark) => late = true,
+                Some(end_ms) => {
+                    let window_idx =
+                        match state.open.binary_search_by_key(&start_ms, |window| window.start_ms) {
+                            Ok(window_idx) => window_idx,
+                            Err(window_idx) => {
+                                let window = shape.open_window(spare, start_ms);
+                                state.open.insert(window_idx, window);
+                                *n_open += 1;
+                                if shape.processing_time {
+                                    *next_due_ms = (*next_due_ms).min(end_ms);
+                                }
+                                window_idx
+                            }
+                        };
+                    shape.add(&mut state.open[window_idx], reading);
+                }
+                None => {}
+            }
+            next_start = start_ms.checked_sub(shape.slide_ms);
+        }
+        if late {
+            let watermark_ms = watermark.unwrap_or(i64::MIN);
+            out.push(Output::Late(shape.late_record(&reading.sensor, reading, watermark_ms, state.late_seq)));
+            state.late_seq += 1;
+            *late_total += 1;
+        }
+        if !shape.processing_time {
+            state.max_ts_ms = Some(state.max_ts_ms.map_or(reading.ts_ms, |max_ts| max_ts.max(reading.ts_ms)));
+            state.last_activity_ms = Some(ingest_ms);
+            *next_due_ms = (*next_due_ms).min(ingest_ms.saturating_add(shape.idle_ms));
+            if let Some(watermark) = state.watermark(shape.lateness_ms) {
+                let n_due = state
+                    .open
+                    .iter()
+                    .take_while(|window| window.start_ms.saturating_add(shape.length_ms) <= watermark)
+                    .count();
+                for window in state.open.drain(..n_due) {
+                    shape.emit(&reading.sensor, window, spare, out);
+                }
+                *n_open -= n_due;
+            }
+        }
+        if !state.dirty {
+            state.dirty = true;
+            dirty_list.push(sensor);
+        }
+        late
+    }
+
+    /// Processing time reached `clock_ms`: closes processing-time windows that ended and the
+    /// windows of idle event-time sensors, sensor by sensor in id order.
+    pub(crate) fn advance(
+        &mut self,
+        clock_ms: i64,
+        sorted_sensors: &[usize],
+        sensor_names: &[Arc<str>],
+        out: &mut Vec<Output>,
+    ) {
+        if clock_ms < self.next_due_ms {
+            return;
+        }
+        let WindowSet { shape, sensors, spare, n_open, next_due_ms, dirty_list, .. } = self;
+        let mut next_due = i64::MAX;
+        for &sensor in sorted_sensors {
+            let state = &mut sensors[sensor];
+            let Some(newest) = state.open.last() else { continue };
+            let n_due = if shape.processing_time {
+                state
+                    .open
+                    .iter()
+                    .take_while(|window| window.start_ms.saturating_add(shape.length_ms) <= clock_ms)
+                    .count()
+            } else {
+                let idle_at =
+                    state.last_activity_ms.map_or(i64::MIN, |last| last.saturating_add(shape.idle_ms));
+                if idle_at <= clock_ms {
+                    let newest_end = newest.start_ms.saturating_add(shape.length_ms);
+                    state.floor_ms = Some(state.floor_ms.map_or(newest_end, |floor| floor.max(newest_end)));
+                    state.open.len()
+                } else {
+                    next_due = next_due.min(idle_at);
+                    0
+                }
+            };
+            if shape.processing_time {
+                if let Some(oldest_left) = state.open.get(n_due) {
+                    next_due = next_due.min(oldest_left.start_ms.saturating_add(shape.length_ms));
+                }
+            }
+            if n_due == 0 {
+                continue;
+            }
+            for window in state.open.drain(..n_due) {
+                shape.emit(&sensor_names[sensor], window, spare, out);
+            }
+            *n_open -= n_due;
+            if !state.dirty {
+                state.dirty = true;
+                dirty_list.push(sensor);
+            }
+        }
+        *next_due_ms = next_due;
+    }
+
+    /// Appends a put for every sensor whose state changed.
+    pub(crate) fn take_dirty(
+        &mut self,
+        sensor_names: &[Arc<str>],
+        entries: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) {
+        let shape = &self.shape;
+        for sensor in self.dirty_list.drain(..) {
+            let state = &mut self.sensors[sensor];
+            state.dirty = false;
+            let stored = WindowSensorV1 {
+                length_ms: shape.length_ms,
+                slide_ms: shape.slide_ms,
+                processing_time: shape.processing_time,
+                max_ts_ms: state.max_ts_ms,
+                floor_ms: state.floor_ms,
+                last_activity_ms: state.last_activity_ms,
+                late_seq: state.late_seq,
+                open: state.open.iter().map(|window| shape.store_window(window)).collect(),
+            };
+            entries.push((
+                state::window_key(&shape.name, &sensor_names[sensor]),
+                Some(state::encode(&WindowEnvelope::V1(stored))),
+            ));
+        }
+    }
+
+    /// Restores one sensor's stored state, unless the window changed shape since.
+    pub(crate) fn restore_sensor(&mut self, sensor: usize, stored: WindowSensorV1) -> Result<(), String> {
+        let shape = &self.shape;
+        if (stored.length_ms, stored.slide_ms, stored.processing_time)
+            != (shape.length_ms, shape.slide_ms, shape.processing_time)
+        {
+            return Err(format!(
+                "window {} changed shape (stored length {} ms, slide {} ms, {} time)",
+                shape.name,
+                stored.length_ms,
+                stored.slide_ms,
+                if stored.processing_time { "processing" } else { "event" }
+            ));
+        }
+        let mut open: Vec<OpenWindow> =
+            stored.open.into_iter().map(|window| shape.load_window(&mut self.spare, window)).collect();
+        open.sort_by_key(|window| window.start_ms);
+        open.dedup_by_key(|window| window.start_ms);
+        let state = &mut self.sensors[sensor];
+        self.n_open = self.n_open - state.open.len() + open.len();
+        *state = SensorWindows {
+            max_ts_ms: stored.max_ts_ms,
+            floor_ms: stored.floor_ms,
+            last_activity_ms: stored.last_activity_ms,
+            late_seq: stored.late_seq,
+            open,
+            dirty: false,
+        };
+        // The next advance scans once and finds the true next deadline.
+        self.next_due_ms = i64::MIN;
+        Ok(())
+    }
+}
+
+impl Shape {
+    fn open_window(&self, spare: &mut Vec<OpenWindow>, start_ms: i64) -> OpenWindow {
+        match spare.pop() {
+            Some(mut window) => {
+                window.start_ms = start_ms;
+                window
+            }
+            None => OpenWindow {
+                start_ms,
+                fields: vec![FieldAcc::EMPTY; self.fields.len()],
+                counts: vec![BTreeMap::new(); self.tags.len()],
+            },
+        }
+    }
+
+    #[inline]
+    fn add(&self, window: &mut OpenWindow, reading: &Reading) {
+        for (acc, &field_idx) in window.fields.iter_mut().zip(&self.fields) {
+            if let Some(Some(value)) = reading.values.get(field_idx) {
+                acc.add(reading.ts_ms, *value);
+            }
+        }
+        for (counts, &tag_idx) in window.counts.iter_mut().zip(&self.tags) {
+            if let Some(Some(value)) = reading.tags.get(tag_idx) {
+                match counts.get_mut(&**value) {
+                    Some(count) => *count += 1,
+                    None => {
+                        counts.insert(value.clone(), 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Emits a closed window's non-empty fields, then its non-empty tag counts, and keeps the
+    /// emptied window for reuse.
+    fn emit(
+        &self,
+        sensor: &Arc<str>,
+        mut window: OpenWindow,
+        spare: &mut Vec<OpenWindow>,
+        out: &mut Vec<Output>,
+    ) {
+        let start_ms = window.start_ms;
+        let end_ms = start_ms.saturating_add(self.length_ms);
+        for (acc, field) in window.fields.iter_mut().zip(&self.field_names) {
+            if let Some(stats) = acc.stats() {
+                out.push(Output::Result(ResultRecord::Window(WindowRecord {
+                    window: self.name.clone(),
+                    device: self.device.clone(),
+                    sensor: sensor.clone(),
+                    field: field.clone(),
+                    start_ms,
+                    end_ms,
+                    aggregates: self.aggregates.clone(),
+                    stats,
+                })));
+            }
+            *acc = FieldAcc::EMPTY;
+        }
+        for (counts, tag) in window.counts.iter_mut().zip(&self.tag_names) {
+            if !counts.is_empty() {
+                out.push(Output::Result(ResultRecord::WindowCounts(WindowCountsRecord {
+                    window: self.name.clone(),
+                    device: self.device.clone(),
+                    sensor: sensor.clone(),
+                    tag: tag.clone(),
+                    start_ms,
+                    end_ms,
+                    counts: counts.iter().map(|(value, count)| (value.clone(), *count)).collect(),
+                })));
+            }
+            counts.clear();
+        }
+        spare.push(window);
+    }
+
+    fn late_record(&self, sensor: &Arc<str>, reading: &Reading, watermark_ms: i64, seq: u64) -> LateRecord {
+        let values = self
+            .fields
+            .iter()
+            .zip(&self.field_names)
+            .filter_map(|(&field_idx, name)| {
+                reading.values.get(field_idx).copied().flatten().map(|value| (name.clone(), value))
+            })
+            .collect();
+        LateRecord {
+            window: self.name.clone(),
+            device: self.device.clone(),
+            sensor: sensor.clone(),
+            ts_ms: reading.ts_ms,
+            watermark_ms,
+            values,
+            seq,
+        }
+    }
+
+    fn store_window(&self, window: &OpenWindow) -> OpenWindowV1 {
+        OpenWindowV1 {
+            start_ms: window.start_ms,
+            fields: window
+                .fields
+                .iter()
+                .zip(&self.field_names)
+                .filter(|(acc, _)| acc.count > 0)
+                .map(|(acc, name)| (name.to_string(), AccV1::from(acc)))
+                .collect(),
+            counts: window
+                .counts
+                .iter()
+                .zip(&self.tag_names)
+                .filter(|(counts, _)| !counts.is_empty())
+                .map(|(counts, name)| {
+                    (
+                        name.to_string(),
+                        counts.iter().map(|(value, count)| (value.to_string(), *count)).collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Rebuilds a stored window; fields and tags no longer configured are dropped.
+    fn load_window(&self, spare: &mut Vec<OpenWindow>, stored: OpenWindowV1) -> OpenWindow {
+        let mut window = self.open_window(spare, stored.start_ms);
+        for (name, acc) in stored.fields {
+            if let Some(pos) = self.field_names.iter().position(|field| **field == *name) {
+                window.fields[pos] = FieldAcc::from(acc);
+            }
+        }
+        for (name, counts) in stored.counts {
+            if let Some(pos) = self.tag_names.iter().position(|tag| **tag == *name) {
+                window.counts[pos] =
+                    counts.into_iter().map(|(value, count)| (Arc::from(value), count)).collect();
+            }
+        }
+        window
+    }
+}
