@@ -9,6 +9,7 @@ mod reading;
 mod registry;
 mod reject;
 mod schema;
+mod simulator;
 mod stats;
 mod tcp;
 
@@ -19,5 +20,8 @@ pub use crate::reading::{Reading, MAX_SENSOR_BYTES};
 pub use crate::registry::{AdmittedSensors, SensorRegistry};
 pub use crate::reject::{RejectReason, Rejection};
 pub use crate::schema::{FieldSpec, InternedTags, Schema, TagSpec};
+pub use crate::simulator::{
+    SimulatorConfig, SimulatorError, SimulatorSource, ThermostatMode, ThermostatSample, Thermostats,
+};
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
 pub use crate::tcp::{TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};
