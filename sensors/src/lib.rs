@@ -21,7 +21,8 @@ pub use crate::registry::{AdmittedSensors, SensorRegistry};
 pub use crate::reject::{RejectReason, Rejection};
 pub use crate::schema::{FieldSpec, InternedTags, Schema, TagSpec};
 pub use crate::simulator::{
-    SimulatorConfig, SimulatorError, SimulatorSource, ThermostatMode, ThermostatSample, Thermostats,
+    simulate_tcp, SimulateError, SimulateOptions, SimulateReport, SimulatorConfig, SimulatorError,
+    SimulatorSource, ThermostatMode, ThermostatSample, Thermostats,
 };
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
 pub use crate::tcp::{TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};

@@ -1,6 +1,7 @@
 //! The built-in simulator (`kind = "simulator"`): seeded thermostats feeding the daemon in
-//! process.
+//! process, and the `eddy simulate` client that sends them to a TCP source as JSON lines.
 
+mod client;
 mod thermostat;
 
 use std::num::NonZeroU32;
@@ -17,6 +18,7 @@ use crate::registry::{AdmittedSensors, SensorRegistry};
 use crate::reject::RejectReason;
 use crate::stats::SourceStats;
 
+pub use crate::simulator::client::{simulate_tcp, SimulateError, SimulateOptions, SimulateReport};
 pub use crate::simulator::thermostat::{ThermostatMode, ThermostatSample, Thermostats};
 
 /// Settings of the simulator source.
