@@ -1,48 +1,7 @@
 //! The TCP source (`kind = "tcp"`): newline-delimited readings from many concurrent
 //! connections, optionally acknowledged once they are durable.
 //!
-//! # Lines
-//!
-//! Each connection sends lines in the source's format (JSON lines by default), framed by
-//! [`LineFramer`]: `\n` or `\r\n` terminators, blank lines skipped, an unterminated last line
-//! taken when the sender closes, lines longer than the parser's `max_line_bytes` rejected as
-//! `line_too_long` without being buffered. Lines are numbered from 1 per connection; every
-//! non-blank line gets a number, whether it is accepted or not.
-//!
-//! # Acknowledgements (`ack = true`)
-//!
-//! The server writes one reply per event, in line order:
-//!
-//! - `ack N` — the first `N` accepted lines of this connection (a running total, not the
-//!   line number) are on disk. Sent once the batch holding them is durable.
-//! - `err LINE REASON [DETAIL]` — line number `LINE` was rejected and will never be stored.
-//!   `REASON` is a [`RejectReason`] name such as `bad_syntax`; `DETAIL` is free text.
-//! - `nack K REASON` — the next `K` accepted lines were valid but the durable log refused
-//!   them (disk budget full, store failed, shutting down); `REASON` is free text. They are not
-//!   counted in later `ack` totals; the sender may resend them.
-//!
-//! Every reply settles a prefix of the lines not settled yet: an `err` for line 7 is written
-//! only after every earlier line got its `ack`, `nack` or `err`. A sender can therefore keep a
-//! queue of the lines it sent and pop from its front: `ack N` pops accepted lines until `N`
-//! are acknowledged in total, `err` pops the line it names (always the front), `nack K` pops
-//! `K` lines. Lines still queued when the connection closes were not stored (or their ack was
-//! lost) and should be resent; delivery is at-least-once.
-//!
-//! With `ack = false` the server writes nothing at all.
-//!
-//! # Flow control and shutdown
-//!
-//! Valid readings from one read (up to `max_batch_lines` lines) become one batch. Batches are
-//! pipelined: a connection keeps reading while up to `max_in_flight_batches` of its batches
-//! await durability, and stops reading when the ingest channel is full or that limit is
-//! reached. Past `max_connections`, new connections are accepted and closed at once.
-//!
-//! On shutdown the source stops accepting, each connection stops reading, hands over the
-//! complete lines it had already read, waits for their durability, writes the replies and
-//! closes. A partial line read before the stop is dropped (and never acknowledged).
-//!
-//! [`LineFramer`]: crate::LineFramer
-//! [`RejectReason`]: crate::RejectReason
+//! The wire protocol, flow control and shutdown are documented on [`TcpSource`].
 
 mod config;
 mod conn;
@@ -118,6 +77,51 @@ impl TcpConnectionStats {
 }
 
 /// A bound TCP source, ready to [`run`](TcpSource::run).
+///
+/// # Lines
+///
+/// Each connection sends lines in the source's format (JSON lines by default), framed by
+/// [`LineFramer`]: `\n` or `\r\n` terminators, blank lines skipped, an unterminated last line
+/// taken when the sender closes, lines longer than the parser's `max_line_bytes` rejected as
+/// `line_too_long` without being buffered. Lines are numbered from 1 per connection; every
+/// non-blank line gets a number, whether it is accepted or not.
+///
+/// # Acknowledgements (`ack = true`)
+///
+/// The server writes one reply per event, in line order:
+///
+/// - `ack N` — the first `N` accepted lines of this connection (a running total, not the
+///   line number) are on disk. Sent once the batch holding them is durable.
+/// - `err LINE REASON [DETAIL]` — line number `LINE` was rejected and will never be stored.
+///   `REASON` is a [`RejectReason`] name such as `bad_syntax`; `DETAIL` is free text.
+/// - `nack K REASON` — the next `K` accepted lines were valid but the durable log refused
+///   them (disk budget full, store failed, shutting down); `REASON` is free text. They are not
+///   counted in later `ack` totals; the sender may resend them.
+///
+/// Every reply settles a prefix of the lines not settled yet: an `err` for line 7 is written
+/// only after every earlier line got its `ack`, `nack` or `err`. A sender can therefore keep a
+/// queue of the lines it sent and pop from its front: `ack N` pops accepted lines until `N`
+/// are acknowledged in total, `err` pops the line it names (always the front), `nack K` pops
+/// `K` lines. Lines still queued when the connection closes were not stored (or their ack was
+/// lost) and should be resent; delivery is at-least-once.
+///
+/// With `ack = false` the server writes nothing at all.
+///
+/// # Flow control and shutdown
+///
+/// Valid readings from one read (up to `max_batch_lines` lines) become one batch. Batches are
+/// pipelined: a connection keeps reading while up to `max_in_flight_batches` of its batches
+/// await durability, and stops reading when the ingest channel is full or that limit is
+/// reached. Past `max_connections`, new connections are accepted and closed at once.
+///
+/// On shutdown the source stops accepting, each connection stops reading, hands over the
+/// complete lines it had already read, waits for their durability, writes the replies and
+/// closes. A partial line read before the stop is dropped (and never acknowledged). A peer
+/// that never reads its replies can keep its connection from finishing; the daemon's stop
+/// deadline covers that case.
+///
+/// [`LineFramer`]: crate::LineFramer
+/// [`RejectReason`]: crate::RejectReason
 #[derive(Debug)]
 pub struct TcpSource {
     listener: TcpListener,
