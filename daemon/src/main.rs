@@ -1,2 +1,215 @@
-//! placeholder
-fn main() {}
+//! The `eddy` binary: parses the command line, sets up logging, loads the configuration and
+//! calls [`eddy::run`]; maps the outcome to an exit code (0 clean stop, 1 runtime failure,
+//! 2 invalid configuration, 3 store cannot be opened).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use eddy::config::{Config, DEFAULT_CONFIG_TOML};
+use eddy::RunError;
+use tokio_util::sync::CancellationToken;
+
+/// eddy: a small, crash-proof streaming daemon for IoT edge gateways.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (without --config: the built-in default, simulated thermostats with
+    /// results on the console, data in ./eddy-data).
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file: exit 0 when valid, 2 with the offending key otherwise.
+    #[command(alias = "validate")]
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the commented default configuration.
+    PrintDefaultConfig,
+    /// Simulated thermostats as a client: send readings to a running eddy (a load generator).
+    Simulate {
+        /// Address of an eddy TCP source.
+        #[arg(long)]
+        tcp: SocketAddr,
+        /// Number of thermostats.
+        #[arg(long, default_value_t = 10)]
+        sensors: u32,
+        /// Readings per second per thermostat; omit to send as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Total readings to send; omit to run until interrupted.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Wait for eddy's durable acks (the source must have `ack = true`).
+        #[arg(long)]
+        ack: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::PrintDefaultConfig => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match Config::load(Some(&config)) {
+            Ok(_) => {
+                eprintln!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("eddy: invalid configuration: {error}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("eddy: invalid configuration: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match runtime() {
+                Ok(runtime) => runtime,
+                Err(code) => return code,
+            };
+            match runtime.block_on(eddy::run(config, stop_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(RunError::StoreOpen(error)) => {
+                    tracing::error!(%error, "Cannot open the store.");
+                    eprintln!("eddy: {error}");
+                    ExitCode::from(3)
+                }
+                Err(RunError::Runtime(error)) => {
+                    eprintln!("eddy: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Simulate { tcp, sensors, rate, count, seed, ack } => {
+            let runtime = match runtime() {
+                Ok(runtime) => runtime,
+                Err(code) => return code,
+            };
+            runtime.block_on(simulate(tcp, sensors, rate, count, seed, ack))
+        }
+    }
+}
+
+async fn simulate(
+    address: SocketAddr,
+    sensors: u32,
+    rate: Option<f64>,
+    count: Option<u64>,
+    seed: u64,
+    ack: bool,
+) -> ExitCode {
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        stop_signal().await;
+        on_signal.cancel();
+    });
+    let Some(sensors) = std::num::NonZeroU32::new(sensors) else {
+        eprintln!("eddy simulate: --sensors must be at least 1");
+        return ExitCode::from(2);
+    };
+    let options = eddy_sensors::SimulateOptions {
+        addr: address,
+        sensors,
+        rate,
+        count,
+        seed,
+        wait_acks: ack,
+        ack_timeout: Duration::from_secs(60),
+        shutdown: cancel,
+    };
+    match eddy_sensors::simulate_tcp(options).await {
+        Ok(report) => {
+            let secs = report.elapsed.as_secs_f64().max(1e-9);
+            println!(
+                "sent {} readings in {:.3} s ({:.0}/s); acked {}, rejected {}, refused {}",
+                report.sent,
+                secs,
+                report.sent as f64 / secs,
+                report.acked,
+                report.errors,
+                report.nacked
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("eddy simulate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| {
+        eprintln!("eddy: cannot start the async runtime: {error}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn stop_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("eddy: second signal, exiting at once");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Cannot listen for SIGTERM; only SIGINT stops eddy.");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Logs go to stderr (the console sink owns stdout). `EDDY_LOG` (or `RUST_LOG`) sets the
+/// filter, default `info`. Under systemd (journald sets `JOURNAL_STREAM`) timestamps and
+/// colours are left out: the journal adds its own.
+fn init_tracing() {
+    let filter =
+        std::env::var("EDDY_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|error| {
+        eprintln!("eddy: ignoring invalid log filter `{filter}`: {error}");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}

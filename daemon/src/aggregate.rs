@@ -1,0 +1,268 @@
+//! The aggregator task: recovers the engine from its last commit, replays the log after it,
+//! then runs the engine on durable chunks and commits results, state and log position
+//! atomically every `checkpoint_interval`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::engine::{Engine, EngineSpec, Output};
+use crate::ingest::EngineInput;
+use crate::storage::{Commit, LogChunk, OutboxEntry, Store, StoreError};
+
+/// How many log chunks the replay reads per step.
+const REPLAY_PAGE: usize = 256;
+
+/// Pending results that force a commit before the interval ends, bounding memory.
+const MAX_PENDING_RESULTS: usize = 50_000;
+
+/// Counters of the aggregator, shared with the status log.
+#[derive(Debug, Default)]
+pub(crate) struct AggregateStats {
+    /// Results (window, batch) committed to the outbox.
+    pub(crate) results_total: AtomicU64,
+    /// Late readings (counted once per window spec).
+    pub(crate) late_total: AtomicU64,
+    /// Commits done.
+    pub(crate) commits_total: AtomicU64,
+    /// Log chunks replayed at start-up.
+    pub(crate) replayed_chunks: AtomicU64,
+}
+
+/// The engine as recovered at start-up, ready to run.
+#[derive(Debug)]
+pub(crate) struct Aggregator {
+    store: Store,
+    engine: Engine,
+    log_pos: u64,
+    next_seq: u64,
+    checkpoint_interval: Duration,
+    pending: Vec<OutboxEntry>,
+    outputs: Vec<Output>,
+    stats: Arc<AggregateStats>,
+    /// Each sink's delivered cursor; the outbox is trimmed below the smallest.
+    cursors: Arc<Vec<AtomicU64>>,
+    /// Last seq committed to the outbox, for the sinks.
+    committed: watch::Sender<u64>,
+    late_by_window: BTreeMap<String, u64>,
+    last_late_log: Option<Instant>,
+    trimmed_outbox_through: u64,
+    committed_log_pos: u64,
+    clock_ms: i64,
+}
+
+impl Aggregator {
+    /// Restores the engine from the store's last commit. Returns the aggregator and the
+    /// receiver on which sinks learn the last committed outbox seq.
+    pub(crate) fn recover(
+        store: Store,
+        spec: Arc<EngineSpec>,
+        checkpoint_interval: Duration,
+        cursors: Arc<Vec<AtomicU64>>,
+        stats: Arc<AggregateStats>,
+    ) -> Result<(Aggregator, watch::Receiver<u64>), StoreError> {
+        let snapshot = store.load_engine()?;
+        let n_entries = snapshot.entries.len();
+        let (engine, report) = Engine::restore(spec, snapshot.entries);
+        for (key, reason) in &report.skipped {
+            tracing::error!(key = %String::from_utf8_lossy(key), %reason, "Skipped an engine state entry.");
+        }
+        tracing::info!(
+            entries = n_entries,
+            loaded = report.loaded,
+            skipped = report.skipped.len(),
+            log_pos = snapshot.log_pos,
+            next_seq = snapshot.next_seq,
+            "Engine state restored."
+        );
+        let (committed, committed_rx) = watch::channel(snapshot.next_seq - 1);
+        Ok((
+            Aggregator {
+                store,
+                engine,
+                log_pos: snapshot.log_pos,
+                next_seq: snapshot.next_seq,
+                checkpoint_interval,
+                pending: Vec::new(),
+                outputs: Vec::new(),
+                stats,
+                cursors,
+                committed,
+                late_by_window: BTreeMap::new(),
+                last_late_log: None,
+                trimmed_outbox_through: 0,
+                committed_log_pos: snapshot.log_pos,
+                clock_ms: snapshot.clock_ms,
+            },
+            committed_rx,
+        ))
+    }
+
+    /// The processing clock as far as the engine has seen it: the floor for the ingest clock.
+    pub(crate) fn clock_ms(&self) -> i64 {
+        self.clock_ms
+    }
+
+    /// The last log key whose readings the engine has processed (after recovery: committed).
+    pub(crate) fn log_pos(&self) -> u64 {
+        self.log_pos
+    }
+
+    /// Replays the log after the recovered position up to and including `through`, the last
+    /// key that existed when the store was opened.
+    pub(crate) async fn replay(&mut self, through: u64) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let mut n_chunks = 0u64;
+        while self.log_pos < through {
+            let (chunks, _skipped) = self.store.read_log_after(self.log_pos, REPLAY_PAGE)?;
+            if chunks.is_empty() {
+                break;
+            }
+            for chunk in chunks.into_iter().take_while(|chunk| chunk.key <= through) {
+                n_chunks += 1;
+                self.apply_chunk(&chunk);
+            }
+            if self.pending.len() >= MAX_PENDING_RESULTS {
+                self.commit().await?;
+            }
+        }
+        self.stats.replayed_chunks.fetch_add(n_chunks, Ordering::Relaxed);
+        if n_chunks > 0 {
+            self.commit().await?;
+        }
+        tracing::info!(chunks = n_chunks, elapsed_ms = started.elapsed().as_millis(), "Log replayed.");
+        Ok(())
+    }
+
+    /// Runs until the ingest task closes the channel, then commits a last time. Open windows
+    /// stay in the committed state for the next start.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<EngineInput>) -> Result<(), StoreError> {
+        let mut ticker = tokio::time::interval(self.checkpoint_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(EngineInput::Chunk(chunk)) => {
+                        self.apply_chunk(&chunk);
+                        if self.pending.len() >= MAX_PENDING_RESULTS {
+                            self.commit().await?;
+                        }
+                    }
+                    Some(EngineInput::Tick { now_ms }) => {
+                        self.clock_ms = self.clock_ms.max(now_ms);
+                        self.engine.tick(now_ms, &mut self.outputs);
+                        self.take_outputs();
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => self.commit().await?,
+            }
+        }
+        self.commit().await?;
+        tracing::info!(
+            log_pos = self.log_pos,
+            next_seq = self.next_seq,
+            "Aggregator stopped; state committed."
+        );
+        Ok(())
+    }
+
+    fn apply_chunk(&mut self, chunk: &LogChunk) {
+        if chunk.ingest_ms != i64::MIN {
+            self.clock_ms = self.clock_ms.max(chunk.ingest_ms);
+            self.engine.apply_chunk(chunk.ingest_ms, chunk.batch, &chunk.readings, &mut self.outputs);
+        }
+        self.log_pos = chunk.key;
+        self.take_outputs();
+    }
+
+    fn take_outputs(&mut self) {
+        for output in self.outputs.drain(..) {
+            match output {
+                Output::Result(record) => self.pending.push(OutboxEntry {
+                    kind: record.kind().to_owned(),
+                    group: record.group_title(),
+                    payload: record.to_json(),
+                }),
+                Output::Late(late) => {
+                    *self.late_by_window.entry(late.window().to_owned()).or_default() += 1;
+                    self.stats.late_total.fetch_add(1, Ordering::Relaxed);
+                    self.pending.push(OutboxEntry {
+                        kind: "late".to_owned(),
+                        group: late.group_title(),
+                        payload: late.to_json(),
+                    });
+                }
+            }
+        }
+        self.log_late_readings();
+    }
+
+    /// Late readings are logged as a summary at most every ten seconds.
+    fn log_late_readings(&mut self) {
+        if self.late_by_window.is_empty() {
+            return;
+        }
+        let due = self.last_late_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if due {
+            for (window, n) in std::mem::take(&mut self.late_by_window) {
+                tracing::warn!(
+                    window,
+                    late_readings = n,
+                    "Readings arrived after their window was emitted; counted as late."
+                );
+            }
+            self.last_late_log = Some(Instant::now());
+        }
+    }
+
+    /// Commits pending results, the engine's changed state and the log position in one sled
+    /// batch, flushes, then lets the sinks see the new results and trims what is no longer
+    /// needed.
+    async fn commit(&mut self) -> Result<(), StoreError> {
+        let state = self.engine.take_dirty();
+        let position_moved = self.store_position_changed();
+        if self.pending.is_empty() && state.is_empty() && !position_moved {
+            self.trim_outbox()?;
+            return Ok(());
+        }
+        let n_results = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
+        let commit = Commit {
+            outbox: std::mem::take(&mut self.pending),
+            state,
+            log_pos: self.log_pos,
+            next_seq: self.next_seq + n_results,
+            clock_ms: self.clock_ms,
+        };
+        self.store.commit(&commit)?;
+        self.store.flush().await?;
+        self.next_seq = commit.next_seq;
+        self.committed_log_pos = self.log_pos;
+        self.stats.results_total.fetch_add(n_results, Ordering::Relaxed);
+        self.stats.commits_total.fetch_add(1, Ordering::Relaxed);
+        self.committed.send_replace(self.next_seq - 1);
+        // The log up to the committed position is no longer needed: a restart resumes after it.
+        self.store.trim_log_through(self.log_pos)?;
+        self.trim_outbox()?;
+        Ok(())
+    }
+
+    fn store_position_changed(&self) -> bool {
+        self.log_pos != self.committed_log_pos
+    }
+
+    /// Deletes outbox entries every sink has delivered.
+    fn trim_outbox(&mut self) -> Result<(), StoreError> {
+        let delivered = self.cursors.iter().map(|cursor| cursor.load(Ordering::Acquire)).min();
+        // With no sink at all, results are committed and immediately discarded.
+        let through = delivered.unwrap_or(self.next_seq - 1);
+        if through > self.trimmed_outbox_through {
+            self.store.trim_outbox_through(through)?;
+            self.trimmed_outbox_through = through;
+        }
+        Ok(())
+    }
+}

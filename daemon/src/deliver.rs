@@ -1,0 +1,151 @@
+//! The delivery task of one sink: reads the outbox after the sink's durable cursor, hands the
+//! records it takes to the sink, and advances the cursor only after the sink confirmed them.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_sinks::{Delivery, OutRecord, Sink};
+use tokio::sync::watch;
+
+use crate::storage::{Store, StoreError};
+
+/// Records handed to a sink per delivery.
+const DELIVERY_BATCH: usize = 512;
+/// First retry delay after a failed delivery; doubles up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Counters of one sink.
+#[derive(Debug, Default)]
+pub(crate) struct DeliveryStats {
+    /// Records delivered.
+    pub(crate) delivered_total: AtomicU64,
+    /// Failed delivery attempts (retried).
+    pub(crate) retries_total: AtomicU64,
+    /// Records the sink permanently rejected (skipped).
+    pub(crate) rejected_total: AtomicU64,
+}
+
+/// One sink with its cursor.
+#[derive(Debug)]
+pub(crate) struct Delivering {
+    /// The sink.
+    pub(crate) sink: Sink,
+    /// Record kinds it takes; others are passed over (the cursor still moves past them).
+    pub(crate) records: BTreeSet<String>,
+    /// The store.
+    pub(crate) store: Store,
+    /// The sink's published cursor (read by the aggregator to trim the outbox).
+    pub(crate) cursor: Arc<Vec<AtomicU64>>,
+    /// Index of this sink's cursor.
+    pub(crate) cursor_idx: usize,
+    /// Counters.
+    pub(crate) stats: Arc<DeliveryStats>,
+}
+
+impl Delivering {
+    /// Delivers until the aggregator stops and everything it committed is delivered, or until
+    /// `give_up` fires (shutdown deadline): then what is left stays in the outbox.
+    pub(crate) async fn run(
+        mut self,
+        mut committed: watch::Receiver<u64>,
+        mut give_up: watch::Receiver<bool>,
+    ) -> Result<(), StoreError> {
+        let name = self.sink.name().to_owned();
+        let mut cursor = self.store.cursor(&name)?;
+        self.publish(cursor);
+        let mut backoff = MIN_BACKOFF;
+        let mut offline_since: Option<tokio::time::Instant> = None;
+        loop {
+            let target = *committed.borrow_and_update();
+            if cursor >= target {
+                tokio::select! {
+                    changed = committed.changed() => {
+                        if changed.is_err() && cursor >= *committed.borrow() {
+                            break; // the aggregator stopped and everything is delivered
+                        }
+                        continue;
+                    }
+                    _ = give_up.changed() => break,
+                }
+            }
+            let entries = self.store.read_outbox_after(cursor, DELIVERY_BATCH)?;
+            let Some(last_seq) = entries.last().map(|(seq, _)| *seq) else {
+                // Entries up to target were trimmed or undecodable: move past them.
+                cursor = target;
+                self.persist(&name, cursor)?;
+                continue;
+            };
+            let records: Vec<OutRecord> = entries
+                .into_iter()
+                .filter(|(_, entry)| self.records.contains(&entry.kind))
+                .map(|(seq, entry)| OutRecord {
+                    seq,
+                    kind: entry.kind,
+                    group: entry.group,
+                    payload: entry.payload,
+                })
+                .collect();
+            let outcome =
+                if records.is_empty() { Delivery::Delivered } else { self.sink.deliver(&records).await };
+            let n_records = u64::try_from(records.len()).unwrap_or(u64::MAX);
+            match outcome {
+                Delivery::Delivered => {
+                    self.stats.delivered_total.fetch_add(n_records, Ordering::Relaxed);
+                    if let Some(since) = offline_since.take() {
+                        tracing::info!(sink = %name, offline_secs = since.elapsed().as_secs(), "Sink is back.");
+                    }
+                    backoff = MIN_BACKOFF;
+                }
+                Delivery::Rejected { reason } => {
+                    self.stats.rejected_total.fetch_add(n_records, Ordering::Relaxed);
+                    tracing::error!(sink = %name, records = n_records, %reason, "Sink rejected records permanently; they are skipped.");
+                }
+                Delivery::Offline { reason } => {
+                    self.stats.retries_total.fetch_add(1, Ordering::Relaxed);
+                    if committed.has_changed().is_err() {
+                        // Stopping, and the sink is down: what is left stays in the outbox.
+                        tracing::warn!(sink = %name, %reason, "Sink unavailable at shutdown; undelivered records stay in the outbox.");
+                        break;
+                    }
+                    if offline_since.is_none() {
+                        tracing::warn!(sink = %name, %reason, "Sink is unavailable; records stay in the outbox and are retried.");
+                        offline_since = Some(tokio::time::Instant::now());
+                    }
+                    let delay = jittered(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = give_up.changed() => break,
+                    }
+                    continue;
+                }
+            }
+            cursor = last_seq;
+            self.persist(&name, cursor)?;
+        }
+        self.sink.close().await;
+        tracing::info!(sink = %name, cursor, "Sink stopped.");
+        Ok(())
+    }
+
+    fn persist(&self, name: &str, cursor: u64) -> Result<(), StoreError> {
+        // Not flushed here: the aggregator's next flush makes it durable. A crash before that
+        // re-delivers these records once (they carry deterministic ids).
+        self.store.set_cursor(name, cursor)?;
+        self.publish(cursor);
+        Ok(())
+    }
+
+    fn publish(&self, cursor: u64) {
+        self.cursor[self.cursor_idx].store(cursor, Ordering::Release);
+    }
+}
+
+/// `base` ± 25 %, so that many gateways that lost the same hub do not retry in lockstep.
+fn jittered(base: Duration) -> Duration {
+    let factor = 0.75 + fastrand::f64() * 0.5;
+    base.mul_f64(factor)
+}

@@ -1,0 +1,189 @@
+//! The ingest task: group commit. Readings from every source are appended to the log, flushed
+//! once per `flush_interval`, acknowledged, and only then handed to the engine.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use eddy_sensors::{Durability, IngestBatch, IngestReceiver, Reading};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
+
+use crate::storage::{LogChunk, Store, StoreError, MAX_CHUNK_READINGS};
+
+/// What the engine task receives, in log order.
+#[derive(Debug)]
+pub(crate) enum EngineInput {
+    /// A durable chunk of readings.
+    Chunk(LogChunk),
+    /// Processing time moved on with no new readings.
+    Tick {
+        /// Gateway time, ms since the epoch; never less than any chunk's `ingest_ms` before it.
+        now_ms: i64,
+    },
+}
+
+/// Most readings collected into one flush: bounds memory and ack latency under load.
+const MAX_GROUP_READINGS: usize = 64 * 1024;
+
+/// How often the engine hears the processing clock when no readings arrive, so micro-batches
+/// and processing-time windows close on time.
+const TICK_EVERY: Duration = Duration::from_millis(200);
+
+/// The gateway's processing clock: wall time in ms, never going backwards (an NTP step back
+/// must not reopen closed batches).
+#[derive(Debug)]
+pub(crate) struct ProcessingClock {
+    last_ms: i64,
+}
+
+impl ProcessingClock {
+    /// A clock that never reads earlier than `floor_ms` (the last ingest time in the log).
+    pub(crate) fn new(floor_ms: i64) -> ProcessingClock {
+        ProcessingClock { last_ms: floor_ms }
+    }
+
+    /// The current time, ms since the epoch.
+    pub(crate) fn now_ms(&mut self) -> i64 {
+        self.last_ms = self.last_ms.max(wall_ms());
+        self.last_ms
+    }
+}
+
+/// Wall-clock ms since the epoch.
+pub(crate) fn wall_ms() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The group-commit component.
+#[derive(Debug)]
+pub(crate) struct Ingest {
+    /// The store.
+    pub(crate) store: Store,
+    /// Group-commit interval.
+    pub(crate) flush_interval: Duration,
+    /// Micro-batch interval in ms.
+    pub(crate) batch_interval_ms: u64,
+    /// Key of the next chunk.
+    pub(crate) next_key: u64,
+    /// The processing clock.
+    pub(crate) clock: ProcessingClock,
+}
+
+impl Ingest {
+    /// Runs until every source has dropped its sender, then returns after the last group is
+    /// durable and handed to the engine. A store error is fatal: it stops the daemon (readings
+    /// of the failed group are refused, so their senders know they were not stored).
+    pub(crate) async fn run(
+        mut self,
+        mut rx: IngestReceiver,
+        engine: mpsc::Sender<EngineInput>,
+    ) -> Result<(), StoreError> {
+        let mut ticker = interval(TICK_EVERY);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut committed_since_tick = false;
+        loop {
+            tokio::select! {
+                first = rx.recv() => {
+                    let Some(first) = first else { break };
+                    let (group, closed) = self.gather(first, &mut rx).await;
+                    self.commit_group(group, &engine).await?;
+                    committed_since_tick = true;
+                    if closed {
+                        break;
+                    }
+                }
+                _ = ticker.tick() => {
+                    if !committed_since_tick {
+                        let now_ms = self.clock.now_ms();
+                        if engine.send(EngineInput::Tick { now_ms }).await.is_err() {
+                            break;
+                        }
+                    }
+                    committed_since_tick = false;
+                }
+            }
+        }
+        tracing::info!("Ingest drained: every source has stopped.");
+        Ok(())
+    }
+
+    /// Collects batches until the flush interval after the first one ends or the group is
+    /// full. The second value is true when the channel closed meanwhile.
+    async fn gather(&mut self, first: IngestBatch, rx: &mut IngestReceiver) -> (Vec<IngestBatch>, bool) {
+        let deadline = Instant::now() + self.flush_interval;
+        let mut n_readings = first.readings.len();
+        let mut group = vec![first];
+        while n_readings < MAX_GROUP_READINGS {
+            tokio::select! {
+                biased;
+                next = rx.recv() => match next {
+                    Some(batch) => {
+                        n_readings += batch.readings.len();
+                        group.push(batch);
+                    }
+                    None => return (group, true),
+                },
+                _ = sleep_until(deadline) => break,
+            }
+        }
+        (group, false)
+    }
+
+    async fn commit_group(
+        &mut self,
+        group: Vec<IngestBatch>,
+        engine: &mpsc::Sender<EngineInput>,
+    ) -> Result<(), StoreError> {
+        let ingest_ms = self.clock.now_ms();
+        let batch = u64::try_from(ingest_ms).unwrap_or(0) / self.batch_interval_ms;
+        let mut acks: Vec<oneshot::Sender<Durability>> = Vec::new();
+        let mut chunks: Vec<LogChunk> = Vec::new();
+        let mut current: Vec<Reading> = Vec::new();
+        for ingest_batch in group {
+            if let Some(ack) = ingest_batch.durable {
+                acks.push(ack);
+            }
+            for reading in ingest_batch.readings {
+                current.push(reading);
+                if current.len() == MAX_CHUNK_READINGS {
+                    chunks.push(self.chunk(ingest_ms, batch, std::mem::take(&mut current)));
+                }
+            }
+        }
+        if !current.is_empty() {
+            chunks.push(self.chunk(ingest_ms, batch, current));
+        }
+        let stored = if chunks.is_empty() {
+            Ok(())
+        } else {
+            match self.store.append_log(&chunks) {
+                Ok(()) => self.store.flush().await,
+                Err(error) => Err(error),
+            }
+        };
+        if let Err(error) = stored {
+            let reason: std::sync::Arc<str> = std::sync::Arc::from(format!("store failed: {error}"));
+            for ack in acks {
+                let _ = ack.send(Durability::Refused(reason.clone()));
+            }
+            return Err(error);
+        }
+        for ack in acks {
+            // A sender that went away (connection closed) no longer needs the answer.
+            let _ = ack.send(Durability::Durable);
+        }
+        for chunk in chunks {
+            if engine.send(EngineInput::Chunk(chunk)).await.is_err() {
+                // The engine stopped (it failed); the chunk is durable and will be replayed.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn chunk(&mut self, ingest_ms: i64, batch: u64, readings: Vec<Reading>) -> LogChunk {
+        let key = self.next_key;
+        self.next_key += 1;
+        LogChunk { key, ingest_ms, batch, readings }
+    }
+}

@@ -1,0 +1,325 @@
+//! eddy's daemon: wires sources, the durable log, the engine and the sinks together, and runs
+//! them until a signal asks for a drain-first stop. `main.rs` is a thin shell around [`run`].
+
+pub mod config;
+pub mod engine;
+pub mod record;
+pub mod storage;
+
+mod aggregate;
+mod deliver;
+mod ingest;
+mod sources;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use eddy_sensors::{ingest_channel, SensorRegistry, SourceStats};
+use eddy_sinks::{ConsoleSink, FileSink, Sink};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::{AggregateStats, Aggregator};
+use crate::config::{Config, SinkKind};
+use crate::deliver::{Delivering, DeliveryStats};
+use crate::ingest::{Ingest, ProcessingClock};
+use crate::storage::{Store, StoreError};
+
+/// Why the daemon stopped with an error; `main` maps it to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The store could not be opened (exit code 3).
+    #[error(transparent)]
+    StoreOpen(StoreError),
+    /// Anything else at run time (exit code 1).
+    #[error(transparent)]
+    Runtime(#[from] anyhow::Error),
+}
+
+/// Capacity of the ingest channel, in batches. With per-connection pipelining this bounds the
+/// readings held in memory between the sockets and the log.
+const INGEST_CHANNEL_BATCHES: usize = 256;
+/// Capacity of the channel from the log to the engine, in chunks.
+const ENGINE_CHANNEL_CHUNKS: usize = 256;
+/// How often the daemon logs its counters.
+const STATUS_EVERY: Duration = Duration::from_secs(30);
+/// How often, while stopping, the daemon says what it still waits for.
+const STOPPING_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Everything that can change the daemon's state; the main loop matches on it.
+enum Event {
+    /// SIGINT/SIGTERM: start the drain.
+    Stop,
+    /// A component ended.
+    Exited { name: String, result: anyhow::Result<()> },
+    /// Time to log counters (or, while stopping, the components still running).
+    Report,
+    /// The stop deadline passed.
+    Deadline,
+}
+
+/// Runs the daemon until `stop` resolves (then drains) or a component fails.
+pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), RunError> {
+    tracing::info!(device_id = %config.device_id, data_dir = %config.data_dir.display(), "Starting eddy.");
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+        RunError::StoreOpen(StoreError::Open {
+            path: config.data_dir.clone(),
+            source: sled::Error::Io(error),
+        })
+    })?;
+    let store = Store::open(
+        &config.data_dir,
+        config.cache_capacity,
+        config.engine.field_names.clone(),
+        config.engine.tag_names.clone(),
+    )
+    .map_err(RunError::StoreOpen)?;
+
+    // Recover the engine and replay what the log holds past its last commit, before any
+    // source is up: the ingest keys and clock continue after what is stored.
+    let cursors: Arc<Vec<AtomicU64>> = Arc::new(config.sinks.iter().map(|_| AtomicU64::new(0)).collect());
+    let aggregate_stats = Arc::new(AggregateStats::default());
+    let (mut aggregator, committed_rx) = Aggregator::recover(
+        store.clone(),
+        config.engine.clone(),
+        config.checkpoint_interval,
+        cursors.clone(),
+        aggregate_stats.clone(),
+    )
+    .context("cannot recover the engine state")?;
+    let last_log_key = store.last_log_key().context("cannot read the log")?.unwrap_or(0);
+    aggregator.replay(last_log_key).await.context("cannot replay the log")?;
+    let next_key = last_log_key.max(aggregator.log_pos()) + 1;
+
+    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+    let mut running: BTreeSet<String> = BTreeSet::new();
+    let mut spawn =
+        |name: String, fut: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>| {
+            running.insert(name.clone());
+            tasks.spawn(async move { (name, fut.await) });
+        };
+
+    // Sinks first, so that results replayed above are delivered.
+    let (give_up_tx, give_up_rx) = watch::channel(false);
+    let mut delivery_stats = Vec::new();
+    for (cursor_idx, sink_config) in config.sinks.iter().enumerate() {
+        let sink = match &sink_config.kind {
+            SinkKind::Console => Sink::Console(ConsoleSink::stdout(&sink_config.name)),
+            SinkKind::File { path } => Sink::File(
+                FileSink::open(&sink_config.name, path)
+                    .with_context(|| format!("cannot open sink `{}`", sink_config.name))?,
+            ),
+        };
+        let stats = Arc::new(DeliveryStats::default());
+        delivery_stats.push((sink_config.name.clone(), stats.clone()));
+        let delivering = Delivering {
+            sink,
+            records: sink_config.records.clone(),
+            store: store.clone(),
+            cursor: cursors.clone(),
+            cursor_idx,
+            stats,
+        };
+        let committed = committed_rx.clone();
+        let give_up = give_up_rx.clone();
+        spawn(
+            format!("sink {}", sink_config.name),
+            Box::pin(async move { delivering.run(committed, give_up).await.map_err(anyhow::Error::from) }),
+        );
+    }
+    if config.sinks.is_empty() {
+        tracing::warn!("No sink is configured: results are computed and discarded.");
+    }
+    drop(committed_rx);
+
+    let (engine_tx, engine_rx) = mpsc::channel(ENGINE_CHANNEL_CHUNKS);
+    let ingest = Ingest {
+        store: store.clone(),
+        flush_interval: config.flush_interval,
+        batch_interval_ms: u64::try_from(config.engine.batch_interval.as_millis()).unwrap_or(u64::MAX).max(1),
+        next_key,
+        clock: ProcessingClock::new(aggregator.clock_ms()),
+    };
+    let (ingest_tx, ingest_rx) = ingest_channel(INGEST_CHANNEL_BATCHES);
+    spawn(
+        "aggregator".into(),
+        Box::pin(async move { aggregator.run(engine_rx).await.map_err(anyhow::Error::from) }),
+    );
+    spawn(
+        "ingest".into(),
+        Box::pin(async move { ingest.run(ingest_rx, engine_tx).await.map_err(anyhow::Error::from) }),
+    );
+
+    // Sources last: once they are up, readings flow.
+    let registry = Arc::new(SensorRegistry::new(config.max_sensors));
+    let sources_stop = CancellationToken::new();
+    let mut source_stats: Vec<Arc<SourceStats>> = Vec::new();
+    for (source_idx, source_config) in config.sources.iter().enumerate() {
+        let stats = Arc::new(SourceStats::new(source_config.name.clone()));
+        source_stats.push(stats.clone());
+        let started = sources::start(
+            source_idx,
+            source_config,
+            &config,
+            registry.clone(),
+            stats,
+            ingest_tx.clone(),
+            sources_stop.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot start source `{}`", source_config.name))?;
+        spawn(format!("source {}", source_config.name), started);
+    }
+    // Only sources hold senders now: when they all stop, the ingest task sees the end.
+    drop(ingest_tx);
+    tracing::info!(sources = config.sources.len(), sinks = config.sinks.len(), "eddy is ready.");
+
+    // The main loop: every state change of the daemon goes through this one match.
+    tokio::pin!(stop);
+    let mut stop_requested = false;
+    let mut failed: Option<anyhow::Error> = None;
+    let mut report = tokio::time::interval(STATUS_EVERY);
+    report.reset();
+    let deadline = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(deadline);
+    let mut stopping = false;
+    loop {
+        let event = tokio::select! {
+            () = &mut stop, if !stop_requested => { stop_requested = true; Event::Stop }
+            joined = tasks.join_next() => match joined {
+                Some(Ok((name, result))) => Event::Exited { name, result },
+                Some(Err(join_error)) => Event::Exited {
+                    name: "a task".into(),
+                    result: Err(anyhow::anyhow!("task panicked or was cancelled: {join_error}")),
+                },
+                None => break,
+            },
+            _ = report.tick() => Event::Report,
+            () = &mut deadline, if stopping => Event::Deadline,
+        };
+        match event {
+            Event::Stop => {
+                tracing::info!(timeout = ?config.shutdown_timeout, "Stopping: draining sources, log, engine and sinks.");
+                begin_stop(
+                    &mut stopping,
+                    &sources_stop,
+                    &mut report,
+                    deadline.as_mut(),
+                    config.shutdown_timeout,
+                );
+            }
+            Event::Exited { name, result } => {
+                running.remove(&name);
+                match result {
+                    Ok(()) if stopping || name.starts_with("sink ") => {
+                        tracing::debug!(component = %name, "Component stopped.")
+                    }
+                    Ok(()) => {
+                        tracing::warn!(component = %name, "Component stopped on its own; stopping eddy.");
+                        begin_stop(
+                            &mut stopping,
+                            &sources_stop,
+                            &mut report,
+                            deadline.as_mut(),
+                            config.shutdown_timeout,
+                        );
+                    }
+                    Err(error) => {
+                        tracing::error!(component = %name, error = %format!("{error:#}"), "Component failed; stopping eddy.");
+                        failed.get_or_insert(error.context(format!("{name} failed")));
+                        begin_stop(
+                            &mut stopping,
+                            &sources_stop,
+                            &mut report,
+                            deadline.as_mut(),
+                            config.shutdown_timeout,
+                        );
+                    }
+                }
+            }
+            Event::Report if stopping => {
+                tracing::info!(waiting_for = ?running, "Still stopping.");
+            }
+            Event::Report => log_status(&source_stats, &aggregate_stats, &delivery_stats, &store),
+            Event::Deadline => {
+                tracing::error!(still_running = ?running, "Stop deadline passed; exiting with work unfinished (it stays in the store).");
+                let _ = give_up_tx.send(true);
+                tasks.abort_all();
+                let _ = store.flush().await;
+                return Err(RunError::Runtime(anyhow::anyhow!(
+                    "stop deadline of {:?} passed",
+                    config.shutdown_timeout
+                )));
+            }
+        }
+    }
+    store.flush().await.context("final flush")?;
+    log_status(&source_stats, &aggregate_stats, &delivery_stats, &store);
+    match failed {
+        Some(error) => Err(RunError::Runtime(error)),
+        None => {
+            tracing::info!("eddy stopped cleanly.");
+            Ok(())
+        }
+    }
+}
+
+fn begin_stop(
+    stopping: &mut bool,
+    sources_stop: &CancellationToken,
+    report: &mut tokio::time::Interval,
+    deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    timeout: Duration,
+) {
+    if *stopping {
+        return;
+    }
+    *stopping = true;
+    sources_stop.cancel();
+    *report = tokio::time::interval(STOPPING_REPORT_EVERY);
+    report.reset();
+    deadline.reset(tokio::time::Instant::now() + timeout);
+}
+
+fn log_status(
+    sources: &[Arc<SourceStats>],
+    aggregate: &AggregateStats,
+    sinks: &[(String, Arc<DeliveryStats>)],
+    store: &Store,
+) {
+    for source in sources {
+        let snapshot = source.snapshot();
+        let rejected: Vec<String> =
+            snapshot.rejected.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
+        tracing::info!(
+            source = %source.name,
+            received = snapshot.received,
+            accepted = snapshot.accepted,
+            rejected = snapshot.rejected_total(),
+            by_reason = %rejected.join(","),
+            "Source counters."
+        );
+    }
+    tracing::info!(
+        results = aggregate.results_total.load(Ordering::Relaxed),
+        late_readings = aggregate.late_total.load(Ordering::Relaxed),
+        commits = aggregate.commits_total.load(Ordering::Relaxed),
+        corrupt_log_chunks = store.stats().corrupt_log_chunks.load(Ordering::Relaxed),
+        store_bytes = store.size_on_disk().unwrap_or(0),
+        "Engine counters."
+    );
+    for (name, stats) in sinks {
+        tracing::info!(
+            sink = %name,
+            delivered = stats.delivered_total.load(Ordering::Relaxed),
+            retries = stats.retries_total.load(Ordering::Relaxed),
+            rejected = stats.rejected_total.load(Ordering::Relaxed),
+            "Sink counters."
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! Starts the configured sources: binds what must be bound (so a bad address fails start-up
+//! with a clear error), then returns each source's run future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::Context;
+use eddy_sensors::{IngestSender, LineParser, SensorRegistry, SourceStats, TcpSource, TcpSourceConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SourceConfig, SourceKind};
+
+/// A source's run future.
+pub(crate) type SourceFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Prepares source `source_idx`.
+pub(crate) async fn start(
+    source_idx: usize,
+    source: &SourceConfig,
+    config: &Config,
+    registry: Arc<SensorRegistry>,
+    stats: Arc<SourceStats>,
+    ingest: IngestSender,
+    stop: CancellationToken,
+) -> anyhow::Result<SourceFuture> {
+    match &source.kind {
+        SourceKind::Tcp { listen, format, ack, max_connections } => {
+            let parser = Arc::new(LineParser::new(*format, config.schema.clone(), config.limits));
+            let tcp_config = TcpSourceConfig {
+                listen: *listen,
+                max_connections: *max_connections,
+                ack: *ack,
+                ..TcpSourceConfig::default()
+            };
+            let tcp = TcpSource::bind(tcp_config, source_idx, parser, registry, stats)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(source = %source.name, address = %tcp.local_addr(), ack, "TCP source listening.");
+            Ok(Box::pin(async move { tcp.run(ingest, stop).await.map_err(anyhow::Error::from) }))
+        }
+        SourceKind::Simulator { sensors, rate, seed } => {
+            let sensors_nz = std::num::NonZeroU32::new(*sensors).context("sensors must be at least 1")?;
+            let simulator = eddy_sensors::SimulatorSource::new(
+                eddy_sensors::SimulatorConfig { sensors: sensors_nz, rate: *rate, seed: *seed },
+                source_idx,
+                registry,
+                stats,
+            )?;
+            tracing::info!(source = %source.name, sensors, rate, seed, "Simulator started.");
+            Ok(Box::pin(async move { simulator.run(ingest, stop).await.map_err(anyhow::Error::from) }))
+        }
+    }
+}
