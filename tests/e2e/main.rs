@@ -1,1 +1,6 @@
-//! placeholder
+//! eddy's end-to-end tests: the real binary, fed over TCP, checked through its outputs.
+
+mod cli;
+mod conformance;
+mod ingest;
+mod shutdown;

@@ -1,1 +1,297 @@
-//! placeholder
+//! Harness for eddy's end-to-end tests: runs the real `eddy` binary in a temporary directory,
+//! talks to it over TCP like a sensor gateway client, and reads what it wrote.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Path to the conformance data shared beside the repository.
+pub fn conformance_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");
+    assert!(
+        dir.join("readings_sample.jsonl").is_file(),
+        "conformance data missing: expected {} (the shared/ folder beside the repository)",
+        dir.display()
+    );
+    dir
+}
+
+/// The `eddy` binary of this build (target/<profile>/eddy).
+pub fn eddy_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-HASH → target/<profile>/eddy
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let binary = profile_dir.join("eddy");
+    assert!(
+        binary.is_file(),
+        "the eddy binary is missing at {}: build it first with `cargo build -p eddy` \
+         (scripts/test-all.sh does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A running eddy.
+pub struct Eddy {
+    child: Option<Child>,
+    /// Its working directory (data, config, outputs).
+    pub dir: PathBuf,
+    log_path: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Eddy {
+    /// Writes `config` (TOML; `{dir}` is replaced by the working directory) and starts
+    /// `eddy run --config` in a fresh temporary directory; waits until it is ready.
+    pub fn start(config: &str) -> anyhow::Result<Eddy> {
+        let tmp = tempfile::tempdir().context("temp dir")?;
+        let dir = tmp.path().to_path_buf();
+        let mut eddy = Eddy::start_in(&dir, config)?;
+        eddy._tmp = Some(tmp);
+        Ok(eddy)
+    }
+
+    /// Like [`Eddy::start`], in a given directory (to restart on the same data).
+    pub fn start_in(dir: &Path, config: &str) -> anyhow::Result<Eddy> {
+        Eddy::spawn_in(dir, config).and_then(|eddy| {
+            eddy.wait_for_log("eddy is ready.", Duration::from_secs(30))?;
+            Ok(eddy)
+        })
+    }
+
+    /// Starts without waiting for readiness (for tests of start-up failures).
+    pub fn spawn_in(dir: &Path, config: &str) -> anyhow::Result<Eddy> {
+        let config_path = dir.join("eddy.toml");
+        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string()))?;
+        let runs = std::fs::read_dir(dir)?
+            .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("eddy-stderr")))
+            .count();
+        let log_path = dir.join(format!("eddy-stderr-{runs}.log"));
+        let stdout_path = dir.join(format!("eddy-stdout-{runs}.log"));
+        let child = Command::new(eddy_binary())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir)
+            .env("EDDY_LOG", std::env::var("EDDY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path)?)
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()
+            .context("cannot start eddy")?;
+        Ok(Eddy { child: Some(child), dir: dir.to_path_buf(), log_path, _tmp: None })
+    }
+
+    /// eddy's stderr so far (ANSI codes removed).
+    pub fn log(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        strip_ansi(&raw)
+    }
+
+    /// Waits until the log contains `needle`; fails early if eddy exits.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            if let Some(child) = &self.child {
+                // try_wait needs &mut; use the pid's /proc entry to see if it is gone.
+                if !Path::new(&format!("/proc/{}", child.id())).exists() {
+                    bail!("eddy exited before logging `{needle}`; log:\n{}", self.log());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for `{needle}` in eddy's log:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address the TCP source `name` listens on (from its start-up log line).
+    pub fn tcp_address(&self, name: &str) -> anyhow::Result<SocketAddr> {
+        for line in self.log().lines() {
+            if line.contains("TCP source listening.") && line.contains(&format!("source={name} ")) {
+                if let Some(rest) = line.split("address=").nth(1) {
+                    let text = rest.split_whitespace().next().unwrap_or_default();
+                    return text.parse().with_context(|| format!("bad address `{text}`"));
+                }
+            }
+        }
+        bail!("no `TCP source listening.` line for source {name} in log:\n{}", self.log())
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A `VmHWM`/`VmRSS`-style field of /proc/PID/status, in KiB.
+    pub fn proc_status_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|line| line.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Sends SIGTERM (graceful stop).
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill(&self) {
+        self.signal("KILL");
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status();
+        }
+    }
+
+    /// Waits for eddy to exit.
+    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().context("already waited")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("eddy did not exit within {timeout:?}; log:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        self.terminate();
+        self.wait(Duration::from_secs(60))
+    }
+}
+
+impl Drop for Eddy {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Replies eddy's TCP source wrote on one connection.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replies {
+    /// The last cumulative `ack N`.
+    pub acked: u64,
+    /// `err LINE REASON…` lines, as (line number, reason).
+    pub errors: Vec<(u64, String)>,
+    /// Any other reply lines.
+    pub other: Vec<String>,
+}
+
+/// Sends `lines` on a new connection to `address` and reads replies until every non-blank
+/// line is accounted for (acked or rejected), or `timeout` passes.
+pub fn send_with_acks(address: SocketAddr, lines: &[&[u8]], timeout: Duration) -> anyhow::Result<Replies> {
+    let stream = TcpStream::connect(address).with_context(|| format!("connect {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let non_blank = lines.iter().filter(|line| !line.iter().all(u8::is_ascii_whitespace)).count();
+    let expected = u64::try_from(non_blank).unwrap_or(u64::MAX);
+    let mut writer = stream.try_clone()?;
+    let payload: Vec<u8> = lines.iter().flat_map(|line| line.iter().copied().chain([b'\n'])).collect();
+    let sender = thread::spawn(move || writer.write_all(&payload));
+    let replies = read_replies(stream, expected, timeout)?;
+    sender.join().expect("sender thread").context("write")?;
+    Ok(replies)
+}
+
+fn read_replies(stream: TcpStream, expected: u64, timeout: Duration) -> anyhow::Result<Replies> {
+    let deadline = Instant::now() + timeout;
+    let mut reader = BufReader::new(stream);
+    let mut replies = Replies::default();
+    let mut line = String::new();
+    while answered(&replies) < expected {
+        if Instant::now() > deadline {
+            bail!("timed out: {} of {expected} lines answered ({replies:?})", answered(&replies));
+        }
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => bail!("connection closed after {replies:?}, expected {expected} answers"),
+            Ok(_) => parse_reply(line.trim_end(), &mut replies),
+            Err(error)
+                if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                continue
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(replies)
+}
+
+fn answered(replies: &Replies) -> u64 {
+    replies.acked + u64::try_from(replies.errors.len()).unwrap_or(u64::MAX)
+}
+
+fn parse_reply(line: &str, replies: &mut Replies) {
+    let mut parts = line.splitn(3, ' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("ack"), Some(n), None) if n.parse::<u64>().is_ok() => replies.acked = n.parse().unwrap_or(0),
+        (Some("err"), Some(n), Some(reason)) if n.parse::<u64>().is_ok() => {
+            replies.errors.push((n.parse().unwrap_or(0), reason.to_owned()))
+        }
+        _ => replies.other.push(line.to_owned()),
+    }
+}
+
+/// Reads a JSON-lines file into values (a missing file reads as empty).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("bad JSON line `{line}`: {error}"))
+        })
+        .collect()
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for next in chars.by_ref() {
+                if next.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,0 +1,81 @@
+//! Benchmark: durable ingest + two event-time windows + micro-batches over TCP, end to end.
+//! Runs the release `eddy` with an acking TCP source (fsync group commit), drives it with
+//! `eddy simulate --ack` as fast as possible, and reports readings/s and eddy's peak RSS.
+//!
+//! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench ingest_tcp`
+//! Environment: `EDDY_BENCH_COUNT` (readings per run, default 2,000,000), `EDDY_BENCH_SENSORS`
+//! (default 1000).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use eddy_tests::{eddy_binary, Eddy};
+
+const CONFIG: &str = r#"
+device_id = "gw-bench"
+data_dir = "{dir}/data"
+[ingest]
+flush_interval = "10ms"
+max_sensors = 100000
+[engine]
+checkpoint_interval = "1s"
+[batch]
+interval = "2s"
+[[sources]]
+kind = "tcp"
+name = "in"
+listen = "127.0.0.1:0"
+ack = true
+[[windows]]
+name = "temp_10s"
+length = "10s"
+slide = "5s"
+lateness = "5s"
+[[windows]]
+name = "temp_5s"
+length = "5s"
+lateness = "5s"
+[[sinks]]
+kind = "file"
+name = "results"
+path = "{dir}/results.jsonl"
+"#;
+
+fn main() {
+    // `cargo test` runs benches in test mode with `--bench` absent: keep that quick.
+    let quick = !std::env::args().any(|arg| arg == "--bench");
+    let count: u64 = std::env::var("EDDY_BENCH_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 20_000 } else { 2_000_000 });
+    let sensors: u64 = std::env::var("EDDY_BENCH_SENSORS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let mut eddy = Eddy::start(CONFIG).expect("eddy starts");
+    let address = eddy.tcp_address("in").expect("address");
+    let idle_rss = eddy.proc_status_kib("VmRSS:").unwrap_or(0);
+
+    let started = Instant::now();
+    let output = Command::new(eddy_binary())
+        .args(["simulate", "--tcp", &address.to_string(), "--ack"])
+        .args(["--count", &count.to_string(), "--sensors", &sensors.to_string()])
+        .output()
+        .expect("eddy simulate runs");
+    let elapsed = started.elapsed();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "simulate failed: {report}{}", String::from_utf8_lossy(&output.stderr));
+    let acked: u64 = report
+        .split("acked ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the acked count from `{report}`"));
+    assert_eq!(acked, count, "every reading is acked");
+    let peak_rss = eddy.proc_status_kib("VmHWM:").unwrap_or(0);
+    let status = eddy.stop().expect("eddy stops");
+    assert!(status.success());
+
+    let rate = acked as f64 / elapsed.as_secs_f64();
+    println!("ingest_tcp: {acked} readings, {sensors} sensors, 2 windows + 2 s batches, ack after fsync");
+    println!("ingest_tcp: {:.3} s, {:.0} readings/s (durable, acked)", elapsed.as_secs_f64(), rate);
+    println!("ingest_tcp: eddy RSS idle {} KiB, peak {} KiB", idle_rss, peak_rss);
+    let _ = Duration::ZERO;
+}
