@@ -367,11 +367,18 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let builder = config::Config::builder();
         let builder = match path {
-            Some(path) => builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true)),
+            Some(path) => {
+                builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
+            }
             None => builder.add_source(config::File::from_str(DEFAULT_CONFIG_TOML, config::FileFormat::Toml)),
         };
         let raw: RawConfig = builder
-            .add_source(config::Environment::with_prefix("EDDY").prefix_separator("__").separator("__").try_parsing(true))
+            .add_source(
+                config::Environment::with_prefix("EDDY")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
             .build()
             .map_err(|error| {
                 let at = path.map_or_else(|| "built-in default".to_owned(), |p| p.display().to_string());
@@ -395,7 +402,10 @@ impl Config {
         positive("shutdown_timeout", raw.shutdown_timeout)?;
         positive("ingest.flush_interval", raw.ingest.flush_interval)?;
         if raw.ingest.flush_interval > Duration::from_secs(1) {
-            return Err(invalid("ingest.flush_interval", "must be at most 1s (it delays every acknowledgement)"));
+            return Err(invalid(
+                "ingest.flush_interval",
+                "must be at most 1s (it delays every acknowledgement)",
+            ));
         }
         let max_line_bytes = usize::try_from(raw.ingest.max_line_bytes)
             .ok()
@@ -411,7 +421,8 @@ impl Config {
         positive("engine.checkpoint_interval", raw.engine.checkpoint_interval)?;
         positive("engine.idle_timeout", raw.engine.idle_timeout)?;
         let batch_interval = raw.batch.interval;
-        if batch_interval.as_millis() == 0 || Duration::from_millis(millis(batch_interval)) != batch_interval {
+        if batch_interval.as_millis() == 0 || Duration::from_millis(millis(batch_interval)) != batch_interval
+        {
             return Err(invalid("batch.interval", "must be a positive whole number of milliseconds"));
         }
 
@@ -524,7 +535,10 @@ fn schema_from_raw(raw: RawSchema) -> Result<Schema, ConfigError> {
         let key = format!("schema.fields[{idx}]");
         check_name(&format!("{key}.name"), &field.name)?;
         if reserved.contains(&field.name.as_str()) || !seen.insert(field.name.clone()) {
-            return Err(invalid(format!("{key}.name"), format!("`{}` is reserved or used twice", field.name)));
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("`{}` is reserved or used twice", field.name),
+            ));
         }
         if !(field.min.is_finite() && field.max.is_finite() && field.min <= field.max) {
             return Err(invalid(key, "min and max must be finite numbers with min <= max"));
@@ -583,9 +597,9 @@ fn window_from_raw(key: &str, raw: RawWindow, schema: &Schema) -> Result<WindowS
         .count_by
         .iter()
         .map(|name| {
-            schema
-                .tag_index(name)
-                .ok_or_else(|| invalid(format!("{key}.count_by"), format!("`{name}` is not a tag of the schema")))
+            schema.tag_index(name).ok_or_else(|| {
+                invalid(format!("{key}.count_by"), format!("`{name}` is not a tag of the schema"))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let slide = raw.slide.unwrap_or(raw.length);
@@ -611,7 +625,10 @@ fn source_from_raw(key: &str, idx: usize, raw: RawSource) -> Result<SourceConfig
             not_for("seed", raw.seed.is_some())?;
             let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:7878");
             let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
-                invalid(format!("{key}.listen"), format!("`{listen_text}` is not an address like 127.0.0.1:7878"))
+                invalid(
+                    format!("{key}.listen"),
+                    format!("`{listen_text}` is not an address like 127.0.0.1:7878"),
+                )
             })?;
             let format = parse_format(key, raw.format.as_deref(), raw.precision.as_deref())?;
             let max_connections = usize::try_from(raw.max_connections.unwrap_or(64))
@@ -652,11 +669,17 @@ fn parse_format(key: &str, format: Option<&str>, precision: Option<&str>) -> Res
             "ms" => TsPrecision::Milliseconds,
             "s" => TsPrecision::Seconds,
             other => {
-                return Err(invalid(format!("{key}.precision"), format!("`{other}` is not one of: ns, us, ms, s")))
+                return Err(invalid(
+                    format!("{key}.precision"),
+                    format!("`{other}` is not one of: ns, us, ms, s"),
+                ))
             }
         }),
         other => {
-            return Err(invalid(format!("{key}.format"), format!("`{other}` is not one of: json, csv, influx")))
+            return Err(invalid(
+                format!("{key}.format"),
+                format!("`{other}` is not one of: json, csv, influx"),
+            ))
         }
     };
     if precision.is_some() && !matches!(format, Format::Influx(_)) {
@@ -693,13 +716,16 @@ fn sink_from_raw(key: &str, idx: usize, raw: RawSink) -> Result<SinkConfig, Conf
             SinkKind::Console
         }
         "file" => {
-            let path = raw.path.ok_or_else(|| invalid(format!("{key}.path"), "is required for kind = \"file\""))?;
+            let path =
+                raw.path.ok_or_else(|| invalid(format!("{key}.path"), "is required for kind = \"file\""))?;
             if path.as_os_str().is_empty() {
                 return Err(invalid(format!("{key}.path"), "must not be empty"));
             }
             SinkKind::File { path }
         }
-        other => return Err(invalid(format!("{key}.kind"), format!("`{other}` is not one of: console, file"))),
+        other => {
+            return Err(invalid(format!("{key}.kind"), format!("`{other}` is not one of: console, file")))
+        }
     };
     Ok(SinkConfig { name, kind, records })
 }
@@ -743,7 +769,10 @@ mod tests {
         check_err("[ingest]\nflush_interval = \"5s\"\n", "ingest.flush_interval");
         check_err("[[windows]]\nname = \"w\"\nlength = \"5s\"\nslide = \"10s\"\n", "windows[0]: slide");
         check_err("[[windows]]\nname = \"w\"\nlength = \"5s\"\nfields = [\"nope\"]\n", "windows[0].fields");
-        check_err("[[windows]]\nname = \"w\"\nlength = \"5s\"\naggregates = [\"median\"]\n", "windows[0].aggregates");
+        check_err(
+            "[[windows]]\nname = \"w\"\nlength = \"5s\"\naggregates = [\"median\"]\n",
+            "windows[0].aggregates",
+        );
         check_err("[[windows]]\nname = \"w\"\nlength = \"5s\"\ntime = \"wall\"\n", "windows[0].time");
         check_err("[[sources]]\nkind = \"tcp\"\nlisten = \"nowhere\"\n", "sources[1].listen");
         check_err("[[sources]]\nkind = \"tcp\"\nformat = \"xml\"\n", "sources[1].format");
@@ -751,7 +780,10 @@ mod tests {
         check_err("[[sources]]\nkind = \"serial\"\n", "sources[1].kind");
         check_err("[[sinks]]\nkind = \"file\"\n", "sinks[0].path");
         check_err("[[sinks]]\nkind = \"console\"\nrecords = [\"raw\"]\n", "sinks[0].records");
-        check_err("[[sinks]]\nkind = \"console\"\n[[sinks]]\nkind = \"console\"\nname = \"console-0\"\n", "used twice");
+        check_err(
+            "[[sinks]]\nkind = \"console\"\n[[sinks]]\nkind = \"console\"\nname = \"console-0\"\n",
+            "used twice",
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ mod stats;
 mod tcp;
 
 pub use crate::framing::{Fill, Frame, LineFramer, READ_CHUNK_BYTES};
-pub use crate::ingest::{ingest_channel, Durability, IngestBatch, IngestClosed, IngestReceiver, IngestSender};
+pub use crate::ingest::{
+    ingest_channel, Durability, IngestBatch, IngestClosed, IngestReceiver, IngestSender,
+};
 pub use crate::parse::{Format, Limits, LineDecoder, LineParser, ParsedLine, TsPrecision};
 pub use crate::reading::{Reading, MAX_SENSOR_BYTES};
 pub use crate::registry::{AdmittedSensors, SensorRegistry};

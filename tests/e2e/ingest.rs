@@ -57,7 +57,7 @@ fn every_rejection_class_is_answered_with_its_reason() {
         (format!(r#"{{"sensor":"s3","ts":{ts},"temp_c":20.0}}"#), None),
         (format!(r#"{{"sensor":"s4","ts":{ts},"temp_c":20.0}}"#), Some("too_many_sensors")),
         ("2023-11-14T22:13:20Z".to_owned(), Some("bad_syntax")),
-        (format!(r#"{{"sensor":"s1","ts":"2023-11-14T22:13:20.5+01:00","temp_c":21.0}}"#), None),
+        (r#"{"sensor":"s1","ts":"2023-11-14T22:13:20.5+01:00","temp_c":21.0}"#.to_owned(), None),
     ];
     let mut lines: Vec<Vec<u8>> = cases.iter().map(|(line, _)| line.clone().into_bytes()).collect();
     lines.push(b"\xff\xfe{not utf8}".to_vec());

@@ -227,12 +227,14 @@ impl Store {
                 tag_names: &self.tag_names,
                 readings: ReadingsRef(&chunk.readings),
             });
-            let bytes =
-                postcard::to_allocvec(&envelope).map_err(|source| StoreError::Encode { what: "log chunk", source })?;
+            let bytes = postcard::to_allocvec(&envelope)
+                .map_err(|source| StoreError::Encode { what: "log chunk", source })?;
             batch.insert(&chunk.key.to_be_bytes(), bytes);
         }
         self.log.apply_batch(batch).map_err(io("log append"))?;
-        self.stats.log_chunks_appended.fetch_add(u64::try_from(chunks.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.stats
+            .log_chunks_appended
+            .fetch_add(u64::try_from(chunks.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
         Ok(())
     }
 
@@ -281,7 +283,10 @@ impl Store {
             .map(|stored| Reading {
                 sensor: Arc::from(stored.sensor),
                 ts_ms: stored.ts_ms,
-                values: field_map.iter().map(|from| from.and_then(|idx| stored.values.get(idx).copied().flatten())).collect(),
+                values: field_map
+                    .iter()
+                    .map(|from| from.and_then(|idx| stored.values.get(idx).copied().flatten()))
+                    .collect(),
                 tags: tag_map
                     .iter()
                     .map(|from| from.and_then(|idx| stored.tags.get(idx).cloned().flatten()).map(Arc::from))

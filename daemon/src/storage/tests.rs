@@ -81,7 +81,8 @@ async fn commit_writes_results_state_and_position_together() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        let entry = |n: u8| OutboxEntry { kind: "window".into(), group: "g".into(), payload: vec![b'{', n, b'}'] };
+        let entry =
+            |n: u8| OutboxEntry { kind: "window".into(), group: "g".into(), payload: vec![b'{', n, b'}'] };
         store
             .commit(&Commit {
                 outbox: vec![entry(1), entry(2)],
