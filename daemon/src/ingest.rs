@@ -22,7 +22,7 @@ pub(crate) enum EngineInput {
 }
 
 /// Most readings collected into one flush: bounds memory and ack latency under load.
-const MAX_GROUP_READINGS: usize = 64 * 1024;
+const MAX_GROUP_READINGS: usize = 16 * 1024;
 
 /// How often the engine hears the processing clock when no readings arrive, so micro-batches
 /// and processing-time windows close on time.

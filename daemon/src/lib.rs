@@ -43,9 +43,9 @@ pub enum RunError {
 
 /// Capacity of the ingest channel, in batches. With per-connection pipelining this bounds the
 /// readings held in memory between the sockets and the log.
-const INGEST_CHANNEL_BATCHES: usize = 256;
+const INGEST_CHANNEL_BATCHES: usize = 32;
 /// Capacity of the channel from the log to the engine, in chunks.
-const ENGINE_CHANNEL_CHUNKS: usize = 256;
+const ENGINE_CHANNEL_CHUNKS: usize = 32;
 /// How often the daemon logs its counters.
 const STATUS_EVERY: Duration = Duration::from_secs(30);
 /// How often, while stopping, the daemon says what it still waits for.

@@ -164,10 +164,17 @@ async fn simulate(
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| {
-        eprintln!("eddy: cannot start the async runtime: {error}");
-        ExitCode::FAILURE
-    })
+    // Two workers (a gateway has few cores, and each extra thread costs a malloc arena) and a
+    // small blocking pool (file sinks and sled's flushes use it).
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("eddy: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
