@@ -202,16 +202,11 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
             _ = report.tick() => Event::Report,
             () = &mut deadline, if stopping => Event::Deadline,
         };
+        let mut stop_now = false;
         match event {
             Event::Stop => {
                 tracing::info!(timeout = ?config.shutdown_timeout, "Stopping: draining sources, log, engine and sinks.");
-                begin_stop(
-                    &mut stopping,
-                    &sources_stop,
-                    &mut report,
-                    deadline.as_mut(),
-                    config.shutdown_timeout,
-                );
+                stop_now = true;
             }
             Event::Exited { name, result } => {
                 running.remove(&name);
@@ -221,24 +216,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
                     }
                     Ok(()) => {
                         tracing::warn!(component = %name, "Component stopped on its own; stopping eddy.");
-                        begin_stop(
-                            &mut stopping,
-                            &sources_stop,
-                            &mut report,
-                            deadline.as_mut(),
-                            config.shutdown_timeout,
-                        );
+                        stop_now = true;
                     }
                     Err(error) => {
                         tracing::error!(component = %name, error = %format!("{error:#}"), "Component failed; stopping eddy.");
                         failed.get_or_insert(error.context(format!("{name} failed")));
-                        begin_stop(
-                            &mut stopping,
-                            &sources_stop,
-                            &mut report,
-                            deadline.as_mut(),
-                            config.shutdown_timeout,
-                        );
+                        stop_now = true;
                     }
                 }
             }
@@ -257,6 +240,14 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
                 )));
             }
         }
+        if stop_now && !stopping {
+            // Only sources are cancelled; everything downstream drains as its input closes.
+            stopping = true;
+            sources_stop.cancel();
+            report = tokio::time::interval(STOPPING_REPORT_EVERY);
+            report.reset();
+            deadline.as_mut().reset(tokio::time::Instant::now() + config.shutdown_timeout);
+        }
     }
     store.flush().await.context("final flush")?;
     log_status(&source_stats, &aggregate_stats, &delivery_stats, &store);
@@ -267,23 +258,6 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
             Ok(())
         }
     }
-}
-
-fn begin_stop(
-    stopping: &mut bool,
-    sources_stop: &CancellationToken,
-    report: &mut tokio::time::Interval,
-    deadline: std::pin::Pin<&mut tokio::time::Sleep>,
-    timeout: Duration,
-) {
-    if *stopping {
-        return;
-    }
-    *stopping = true;
-    sources_stop.cancel();
-    *report = tokio::time::interval(STOPPING_REPORT_EVERY);
-    report.reset();
-    deadline.reset(tokio::time::Instant::now() + timeout);
 }
 
 fn log_status(

@@ -2,6 +2,7 @@
 //! counted rejections, and the sources (TCP, built-in simulator) that feed the daemon.
 #![deny(missing_docs)]
 
+mod clock;
 mod framing;
 mod ingest;
 mod parse;

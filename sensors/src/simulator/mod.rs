@@ -6,12 +6,13 @@ mod thermostat;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+use crate::clock::wall_clock_ms;
 use crate::ingest::{IngestClosed, IngestSender};
 use crate::reading::Reading;
 use crate::registry::{AdmittedSensors, SensorRegistry};
@@ -177,13 +178,6 @@ fn period_for_rate(rate: f64) -> Option<Duration> {
         return None;
     }
     Duration::try_from_secs_f64(rate.recip()).ok().filter(|period| !period.is_zero())
-}
-
-/// The gateway clock in milliseconds since the epoch.
-fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since_epoch| i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

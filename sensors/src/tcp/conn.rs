@@ -8,7 +8,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::clock::wall_clock_ms;
 use crate::framing::{Frame, LineFramer};
 use crate::ingest::{Durability, IngestClosed, IngestSender};
 use crate::parse::LineDecoder;
@@ -486,11 +487,4 @@ fn truncate_at_char_boundary(text: &mut String, max_bytes: usize) {
         cut -= 1;
     }
     text.truncate(cut);
-}
-
-/// The gateway clock in milliseconds since the epoch, for the parser's future-timestamp check.
-fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since_epoch| i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
 }
