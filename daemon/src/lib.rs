@@ -66,12 +66,6 @@ enum Event {
 /// Runs the daemon until `stop` resolves (then drains) or a component fails.
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), RunError> {
     tracing::info!(device_id = %config.device_id, data_dir = %config.data_dir.display(), "Starting eddy.");
-    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
-        RunError::StoreOpen(StoreError::Open {
-            path: config.data_dir.clone(),
-            source: sled::Error::Io(error),
-        })
-    })?;
     let store = Store::open(
         &config.data_dir,
         config.cache_capacity,

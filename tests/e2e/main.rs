@@ -4,3 +4,4 @@ mod cli;
 mod conformance;
 mod ingest;
 mod shutdown;
+mod tidy;

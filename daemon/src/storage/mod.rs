@@ -176,6 +176,7 @@ impl Store {
         tag_names: Vec<String>,
     ) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open { path: dir.to_path_buf(), source };
+        std::fs::create_dir_all(dir).map_err(|error| open_err(sled::Error::Io(error)))?;
         let sled_config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_capacity)
