@@ -6,9 +6,13 @@
 //!   after [`Store::flush`] returned for the chunk holding it: from then on it survives
 //!   `kill -9` and power loss. Chunks are deleted ([`Store::trim_log_through`]) only once the
 //!   engine's commit that covers them is flushed.
-//! - **Main** (tree `main`): the outbox (`o` + seq), the engine's state (`s` + engine key) and
-//!   the engine's position (`m` keys), always written together by [`Store::commit`] in one sled
-//!   batch, which sled applies all-or-nothing, also after a crash. So results, the window state
+//! - **Main** (tree `main`): the outbox (`o` + seq of a page's first entry), the engine's state
+//!   (`s` + page number) and the engine's position (`m` keys), always written together by
+//!   [`Store::commit`] in one sled batch, which sled applies all-or-nothing, also after a crash.
+//!   Results are stored in pages of up to [`OUTBOX_PAGE_ENTRIES`] and state entries in
+//!   [`STATE_PAGES`] hash pages, so that a commit writes a few hundred keys, not one per result
+//!   and per (window, sensor): sled keeps every node version a batch creates until the batch
+//!   ends, so thousands of keys per batch cost tens of megabytes of transient memory. So results, the window state
 //!   that produced them and the log position they cover never disagree: after a crash the
 //!   engine restarts from the last commit and replays the log after its position, producing
 //!   the same results again under the same sequence numbers and ids.
@@ -29,7 +33,9 @@ use std::sync::Arc;
 
 use eddy_sensors::Reading;
 
-use crate::storage::stored::{LogChunkV1Ref, LogEnvelope, LogEnvelopeRef, OutboxEnvelope, ReadingsRef};
+use crate::storage::stored::{
+    LogChunkV1Ref, LogEnvelope, LogEnvelopeRef, OutboxEntryV1, OutboxPage, ReadingsRef, StatePage,
+};
 
 const OUTBOX: u8 = b'o';
 const STATE: u8 = b's';
@@ -38,6 +44,12 @@ const META_LOG_POS: &[u8] = b"mlog_pos";
 const META_NEXT_SEQ: &[u8] = b"mnext_seq";
 const META_CLOCK: &[u8] = b"mclock_ms";
 const META_CURSOR: &[u8] = b"mcursor/";
+
+/// Most results stored under one outbox key.
+pub const OUTBOX_PAGE_ENTRIES: usize = 256;
+
+/// Number of pages the engine state is spread over (by a stable hash of the entry's key).
+pub const STATE_PAGES: u16 = 128;
 
 /// Most readings stored under one log key. Keeps each value far below sled's blob threshold
 /// (a quarter of its 512 KiB segment) so that chunks stay inline in sled's log.
@@ -96,7 +108,9 @@ pub struct StoreStats {
     pub corrupt_log_chunks: AtomicU64,
     /// Outbox entries that could not be decoded and were skipped.
     pub corrupt_outbox_entries: AtomicU64,
-    /// Engine state entries that could not be decoded (counted by the engine's restore).
+    /// Engine state pages that could not be decoded and were skipped.
+    pub corrupt_state_pages: AtomicU64,
+    /// Log chunks written.
     pub log_chunks_appended: AtomicU64,
     /// Flushes (fsyncs) done.
     pub flushes: AtomicU64,
@@ -319,7 +333,14 @@ impl Store {
         };
         for item in self.main.scan_prefix([STATE]) {
             let (key, value) = item.map_err(io("state read"))?;
-            snapshot.entries.push((key[1..].to_vec(), value.to_vec()));
+            match postcard::from_bytes::<StatePage>(&value) {
+                Ok(StatePage::V1 { entries }) => snapshot.entries.extend(entries),
+                Ok(StatePage::Empty) => {}
+                Err(error) => {
+                    self.stats.corrupt_state_pages.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(page = ?&key[1..], %error, "Skipped an undecodable engine state page.");
+                }
+            }
         }
         Ok(snapshot)
     }
@@ -328,61 +349,158 @@ impl Store {
     pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let first_seq = commit.next_seq - u64::try_from(commit.outbox.len()).unwrap_or(0);
-        for (seq, entry) in (first_seq..).zip(&commit.outbox) {
-            let envelope = OutboxEnvelope::V1 {
-                kind: entry.kind.clone(),
-                group: entry.group.clone(),
-                payload: entry.payload.clone(),
+        let mut page_seq = first_seq;
+        for page in commit.outbox.chunks(OUTBOX_PAGE_ENTRIES) {
+            let envelope = OutboxPage::V1 {
+                entries: page
+                    .iter()
+                    .map(|entry| OutboxEntryV1 {
+                        kind: entry.kind.clone(),
+                        group: entry.group.clone(),
+                        payload: entry.payload.clone(),
+                    })
+                    .collect(),
             };
             let bytes = postcard::to_allocvec(&envelope)
-                .map_err(|source| StoreError::Encode { what: "outbox entry", source })?;
-            batch.insert(prefixed(OUTBOX, &seq.to_be_bytes()), bytes);
+                .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
+            batch.insert(prefixed(OUTBOX, &page_seq.to_be_bytes()), bytes);
+            page_seq += u64::try_from(page.len()).unwrap_or(0);
         }
-        for (key, value) in &commit.state {
-            match value {
-                Some(value) => batch.insert(prefixed(STATE, key), value.as_slice()),
-                None => batch.remove(prefixed(STATE, key)),
-            }
-        }
+        self.write_state_pages(&commit.state, &mut batch)?;
         batch.insert(META_LOG_POS, &commit.log_pos.to_be_bytes());
         batch.insert(META_NEXT_SEQ, &commit.next_seq.to_be_bytes());
         batch.insert(META_CLOCK, &u64::try_from(commit.clock_ms).unwrap_or(0).to_be_bytes());
         self.main.apply_batch(batch).map_err(io("commit"))
     }
 
-    /// Up to `max` outbox entries with seq greater than `after`. Undecodable ones are skipped
-    /// and counted.
+    /// Merges state changes into their pages: each touched page is read, changed and written
+    /// back whole (or removed when it becomes empty).
+    fn write_state_pages(
+        &self,
+        changes: &[(Vec<u8>, Option<Vec<u8>>)],
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        let mut by_page: std::collections::BTreeMap<u16, Vec<&(Vec<u8>, Option<Vec<u8>>)>> =
+            std::collections::BTreeMap::new();
+        for change in changes {
+            by_page.entry(state_page_of(&change.0)).or_default().push(change);
+        }
+        for (page, page_changes) in by_page {
+            let key = prefixed(STATE, &page.to_be_bytes());
+            let mut entries = match self.main.get(&key).map_err(io("state read"))? {
+                Some(bytes) => match postcard::from_bytes::<StatePage>(&bytes) {
+                    Ok(StatePage::V1 { entries }) => entries,
+                    Ok(StatePage::Empty) => Vec::new(),
+                    Err(error) => {
+                        // Already reported at load; the page is rebuilt from what the engine has.
+                        tracing::error!(page, %error, "Replacing an undecodable engine state page.");
+                        Vec::new()
+                    }
+                },
+                None => Vec::new(),
+            };
+            for (entry_key, value) in page_changes {
+                match (entries.binary_search_by(|(existing, _)| existing.as_slice().cmp(entry_key)), value) {
+                    (Ok(idx), Some(value)) => entries[idx].1.clone_from(value),
+                    (Ok(idx), None) => {
+                        entries.remove(idx);
+                    }
+                    (Err(idx), Some(value)) => entries.insert(idx, (entry_key.clone(), value.clone())),
+                    (Err(_), None) => {}
+                }
+            }
+            if entries.is_empty() {
+                batch.remove(key);
+            } else {
+                let bytes = postcard::to_allocvec(&StatePage::V1 { entries })
+                    .map_err(|source| StoreError::Encode { what: "state page", source })?;
+                batch.insert(key, bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to about `max` outbox entries with seq greater than `after` (whole pages are read;
+    /// the last page may be returned whole). Undecodable pages are skipped and counted.
     pub fn read_outbox_after(&self, after: u64, max: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
-        let start = prefixed(OUTBOX, &after.saturating_add(1).to_be_bytes());
-        let end = [OUTBOX + 1];
+        let wanted = after.saturating_add(1);
+        // The page holding `wanted` starts at or before it: begin with the last such page.
+        let first_page = self
+            .main
+            .range(prefixed(OUTBOX, &0u64.to_be_bytes())..=prefixed(OUTBOX, &wanted.to_be_bytes()))
+            .next_back()
+            .transpose()
+            .map_err(io("outbox read"))?
+            .map_or(wanted, |(key, _)| decode_key(&key[1..]));
         let mut entries = Vec::new();
-        for item in self.main.range(start..end[..].to_vec()).take(max) {
+        for item in self.main.range(prefixed(OUTBOX, &first_page.to_be_bytes())..vec![OUTBOX + 1]) {
+            if entries.len() >= max {
+                break;
+            }
             let (key, value) = item.map_err(io("outbox read"))?;
-            let seq = decode_key(&key[1..]);
-            match postcard::from_bytes::<OutboxEnvelope>(&value) {
-                Ok(OutboxEnvelope::V1 { kind, group, payload }) => {
-                    entries.push((seq, OutboxEntry { kind, group, payload }))
+            let page_seq = decode_key(&key[1..]);
+            match postcard::from_bytes::<OutboxPage>(&value) {
+                Ok(OutboxPage::V1 { entries: page }) => {
+                    for (seq, entry) in (page_seq..).zip(page) {
+                        if seq >= wanted {
+                            entries.push((
+                                seq,
+                                OutboxEntry { kind: entry.kind, group: entry.group, payload: entry.payload },
+                            ));
+                        }
+                    }
                 }
                 Err(error) => {
                     self.stats.corrupt_outbox_entries.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(seq, %error, "Skipped an undecodable outbox entry.");
+                    tracing::error!(seq = page_seq, %error, "Skipped an undecodable outbox page.");
                 }
             }
         }
         Ok(entries)
     }
 
-    /// Deletes outbox entries up to and including `seq`.
+    /// Deletes outbox pages whose entries all have seq up to and including `seq`.
     pub fn trim_outbox_through(&self, seq: u64) -> Result<usize, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        let start = [OUTBOX].to_vec();
-        for item in self.main.range(start..=prefixed(OUTBOX, &seq.to_be_bytes())).keys() {
-            batch.remove(item.map_err(io("outbox read"))?);
-            n += 1;
+        let pages: Vec<u64> = self
+            .main
+            .range(
+                prefixed(OUTBOX, &0u64.to_be_bytes())
+                    ..=prefixed(OUTBOX, &seq.saturating_add(1).to_be_bytes()),
+            )
+            .keys()
+            .map(|key| key.map(|key| decode_key(&key[1..])))
+            .collect::<Result<_, _>>()
+            .map_err(io("outbox read"))?;
+        // A page ends where the next one starts; for the last page in range, its length decides.
+        for (idx, page_seq) in pages.iter().enumerate() {
+            let fully_delivered = match pages.get(idx + 1) {
+                Some(next_page_seq) => *next_page_seq <= seq.saturating_add(1),
+                None => self
+                    .outbox_page_len(*page_seq)?
+                    .is_some_and(|len| page_seq + len <= seq.saturating_add(1)),
+            };
+            if fully_delivered && *page_seq <= seq {
+                batch.remove(prefixed(OUTBOX, &page_seq.to_be_bytes()));
+                n += 1;
+            }
         }
         self.main.apply_batch(batch).map_err(io("outbox trim"))?;
         Ok(n)
+    }
+
+    fn outbox_page_len(&self, page_seq: u64) -> Result<Option<u64>, StoreError> {
+        let Some(bytes) =
+            self.main.get(prefixed(OUTBOX, &page_seq.to_be_bytes())).map_err(io("outbox read"))?
+        else {
+            return Ok(None);
+        };
+        Ok(match postcard::from_bytes::<OutboxPage>(&bytes) {
+            Ok(OutboxPage::V1 { entries }) => Some(u64::try_from(entries.len()).unwrap_or(u64::MAX)),
+            // An undecodable page is never delivered; trimming it is safe once it is passed.
+            Err(_) => Some(0),
+        })
     }
 
     /// The last seq sink `name` delivered (0: none).
@@ -409,6 +527,17 @@ impl Store {
 fn is_lock_conflict(error: &sled::Error) -> bool {
     matches!(error, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
         || io.to_string().contains("could not acquire lock"))
+}
+
+/// The state page of an engine key: FNV-1a, which is stable across builds and platforms
+/// (std's hasher is not guaranteed to be).
+fn state_page_of(key: &[u8]) -> u16 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    u16::try_from(hash % u64::from(STATE_PAGES)).expect("STATE_PAGES fits in u16")
 }
 
 fn cursor_key(name: &str) -> Vec<u8> {

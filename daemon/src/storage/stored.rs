@@ -81,8 +81,26 @@ impl Serialize for TagsRef<'_> {
     }
 }
 
-/// An outbox entry as stored.
+/// A page of consecutive outbox entries as stored, under the seq of its first entry.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum OutboxEnvelope {
-    V1 { kind: String, group: String, payload: Vec<u8> },
+pub(crate) enum OutboxPage {
+    V1 { entries: Vec<OutboxEntryV1> },
+}
+
+/// One outbox entry.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct OutboxEntryV1 {
+    pub(crate) kind: String,
+    pub(crate) group: String,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// A page of engine state entries (those whose key hashes to this page), sorted by key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) enum StatePage {
+    #[default]
+    Empty,
+    V1 {
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }

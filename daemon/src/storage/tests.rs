@@ -176,3 +176,74 @@ fn an_unopenable_store_names_the_path_and_the_way_out() {
     assert!(message.contains(&file_path.display().to_string()), "{message}");
     assert!(message.contains("move the directory aside"), "{message}");
 }
+
+fn numbered_entries(n: usize) -> Vec<OutboxEntry> {
+    (0..n)
+        .map(|idx| OutboxEntry {
+            kind: "window".into(),
+            group: "g".into(),
+            payload: idx.to_string().into_bytes(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn outbox_pages_read_from_any_seq_and_trim_only_when_fully_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // 600 results in one commit: pages of 256 starting at seqs 1, 257, 513.
+    let first = numbered_entries(600);
+    store.commit(&Commit { outbox: first, state: vec![], log_pos: 1, next_seq: 601, clock_ms: 0 }).unwrap();
+    let second = numbered_entries(10);
+    store.commit(&Commit { outbox: second, state: vec![], log_pos: 2, next_seq: 611, clock_ms: 0 }).unwrap();
+
+    let all = store.read_outbox_after(0, 10_000).unwrap();
+    assert_eq!(all.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), (1..=610).collect::<Vec<_>>());
+    let from_middle = store.read_outbox_after(300, 10_000).unwrap();
+    assert_eq!(from_middle.first().map(|(seq, _)| *seq), Some(301));
+    assert_eq!(from_middle[0].1.payload, b"300".to_vec());
+    assert_eq!(from_middle.len(), 310);
+    assert!(store.read_outbox_after(610, 10).unwrap().is_empty());
+
+    // Delivered through 300: only the first page (1..=256) is gone.
+    assert_eq!(store.trim_outbox_through(300).unwrap(), 1);
+    assert_eq!(store.read_outbox_after(0, 10_000).unwrap().first().map(|(seq, _)| *seq), Some(257));
+    assert_eq!(store.read_outbox_after(300, 10_000).unwrap().len(), 310);
+    // Delivered through 600: the pages of the first commit are gone, the second stays.
+    assert_eq!(store.trim_outbox_through(600).unwrap(), 2);
+    assert_eq!(store.read_outbox_after(0, 10_000).unwrap().len(), 10);
+    assert_eq!(store.trim_outbox_through(610).unwrap(), 1);
+    assert!(store.read_outbox_after(0, 10_000).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn many_state_entries_survive_in_pages_with_updates_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let puts: Vec<_> = (0..1000u32)
+            .map(|idx| (format!("w/{idx}").into_bytes(), Some(idx.to_be_bytes().to_vec())))
+            .collect();
+        store.commit(&Commit { outbox: vec![], state: puts, log_pos: 1, next_seq: 1, clock_ms: 0 }).unwrap();
+        let changes: Vec<_> = (0..1000u32)
+            .filter(|idx| idx % 10 == 0)
+            .map(|idx| {
+                let value = (idx % 20 == 0).then(|| b"new".to_vec());
+                (format!("w/{idx}").into_bytes(), value)
+            })
+            .collect();
+        store
+            .commit(&Commit { outbox: vec![], state: changes, log_pos: 2, next_seq: 1, clock_ms: 0 })
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = open(dir.path());
+    let mut entries = store.load_engine().unwrap().entries;
+    entries.sort();
+    assert_eq!(entries.len(), 950);
+    let value_of =
+        |name: &str| entries.iter().find(|(key, _)| key == name.as_bytes()).map(|(_, v)| v.clone());
+    assert_eq!(value_of("w/20"), Some(b"new".to_vec()));
+    assert_eq!(value_of("w/10"), None);
+    assert_eq!(value_of("w/7"), Some(7u32.to_be_bytes().to_vec()));
+}
