@@ -68,3 +68,18 @@ fn an_unopenable_store_exits_3_and_says_how_to_recover() {
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("move the directory aside"), "{stderr}");
 }
+
+#[test]
+fn the_readme_example_config_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has a ```toml example");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eddy.toml");
+    std::fs::write(&path, block).unwrap();
+    let (code, _, stderr) = eddy(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "README example: {stderr}");
+}
