@@ -154,13 +154,16 @@ pub struct EngineSnapshot {
     pub clock_ms: i64,
 }
 
+/// A change to one engine state entry: its key and the new value, or `None` to delete it.
+pub type StateChange = (Vec<u8>, Option<Vec<u8>>);
+
 /// One atomic engine commit.
 #[derive(Debug, Default)]
 pub struct Commit {
     /// New results; they get sequence numbers `next_seq - outbox.len() .. next_seq`.
     pub outbox: Vec<OutboxEntry>,
     /// Engine state changes (`None` deletes).
-    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub state: Vec<StateChange>,
     /// Last log key processed.
     pub log_pos: u64,
     /// Next outbox sequence number after this commit.
@@ -375,12 +378,8 @@ impl Store {
 
     /// Merges state changes into their pages: each touched page is read, changed and written
     /// back whole (or removed when it becomes empty).
-    fn write_state_pages(
-        &self,
-        changes: &[(Vec<u8>, Option<Vec<u8>>)],
-        batch: &mut sled::Batch,
-    ) -> Result<(), StoreError> {
-        let mut by_page: std::collections::BTreeMap<u16, Vec<&(Vec<u8>, Option<Vec<u8>>)>> =
+    fn write_state_pages(&self, changes: &[StateChange], batch: &mut sled::Batch) -> Result<(), StoreError> {
+        let mut by_page: std::collections::BTreeMap<u16, Vec<&StateChange>> =
             std::collections::BTreeMap::new();
         for change in changes {
             by_page.entry(state_page_of(&change.0)).or_default().push(change);
