@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
 # Runs eddy's whole test suite: formatting, lints, unit, property and end-to-end tests.
-# Installs what the tests need when it is missing (Debian/Ubuntu, needs root or sudo).
 # CI (.ci/run) calls exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,16 +13,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# System packages the tests use (none are optional: a missing one fails its tests loudly).
-need=()
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  echo "test-all: installing ${need[*]}" >&2
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" </dev/null
-fi
+# The tests need nothing beyond Rust today; brokers and tools they start themselves (e.g.
+# mosquitto for the MQTT tests) are installed here with apt-get when they arrive.
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
