@@ -436,6 +436,12 @@ impl Config {
         let mut window_names = BTreeSet::new();
         for (idx, window) in raw.windows.into_iter().enumerate() {
             let key = format!("windows[{idx}]");
+            if window.name == "batch" {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "`batch` is reserved (micro-batch result ids use it)",
+                ));
+            }
             if !window_names.insert(window.name.clone()) {
                 return Err(invalid(format!("{key}.name"), format!("`{}` is used twice", window.name)));
             }
@@ -529,7 +535,8 @@ fn schema_from_raw(raw: RawSchema) -> Result<Schema, ConfigError> {
         return Err(invalid("schema.fields", "at least one field is needed"));
     }
     let mut seen = BTreeSet::new();
-    let reserved = ["sensor", "ts"];
+    // `late` would make a window result id look like a late-reading id.
+    let reserved = ["sensor", "ts", "late"];
     let mut fields = Vec::new();
     for (idx, field) in raw.fields.into_iter().enumerate() {
         let key = format!("schema.fields[{idx}]");
@@ -779,6 +786,8 @@ mod tests {
         check_err("[[sources]]\nkind = \"tcp\"\nrate = 2.0\n", "sources[1].rate");
         check_err("[[sources]]\nkind = \"serial\"\n", "sources[1].kind");
         check_err("[[sinks]]\nkind = \"file\"\n", "sinks[0].path");
+        check_err("[[windows]]\nname = \"batch\"\nlength = \"5s\"\n", "windows[0].name");
+        check_err("[schema]\nfields = [{ name = \"late\" }]\n", "schema.fields[0].name");
         check_err("[[sinks]]\nkind = \"console\"\nrecords = [\"raw\"]\n", "sinks[0].records");
         check_err(
             "[[sinks]]\nkind = \"console\"\n[[sinks]]\nkind = \"console\"\nname = \"console-0\"\n",

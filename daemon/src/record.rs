@@ -141,19 +141,34 @@ pub struct LateRecord {
 impl ResultRecord {
     /// The deterministic id, unique per result: `device/window/sensor/field/start` for windows,
     /// `device/window/sensor/tag/start` for counts, `device/batch/sensor/field/start` for batches.
+    /// The sensor part is percent-encoded (`%` → `%25`, `/` → `%2F`), since sensor ids are free
+    /// text; the other parts are names the configuration restricts to `[A-Za-z0-9_.-]` (and
+    /// `batch` is not allowed as a window name, nor `late` as a field or tag name).
     pub fn id(&self) -> String {
         match self {
             ResultRecord::Window(record) => format!(
                 "{}/{}/{}/{}/{}",
-                record.device, record.window, record.sensor, record.field, record.start_ms
+                record.device,
+                record.window,
+                id_part(&record.sensor),
+                record.field,
+                record.start_ms
             ),
             ResultRecord::WindowCounts(record) => format!(
                 "{}/{}/{}/{}/{}",
-                record.device, record.window, record.sensor, record.tag, record.start_ms
+                record.device,
+                record.window,
+                id_part(&record.sensor),
+                record.tag,
+                record.start_ms
             ),
-            ResultRecord::Batch(record) => {
-                format!("{}/batch/{}/{}/{}", record.device, record.sensor, record.field, record.start_ms)
-            }
+            ResultRecord::Batch(record) => format!(
+                "{}/batch/{}/{}/{}",
+                record.device,
+                id_part(&record.sensor),
+                record.field,
+                record.start_ms
+            ),
         }
     }
 
@@ -200,7 +215,7 @@ impl LateRecord {
 
     /// The deterministic id `device/window/sensor/late/seq`.
     pub fn id(&self) -> String {
-        format!("{}/{}/{}/late/{}", self.device, self.window, self.sensor, self.seq)
+        format!("{}/{}/{}/late/{}", self.device, self.window, id_part(&self.sensor), self.seq)
     }
 
     /// Always `"late"`.
@@ -370,6 +385,15 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+/// A free-text id component with `%` and `/` percent-encoded, so ids split unambiguously on `/`.
+fn id_part(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains(['%', '/']) {
+        std::borrow::Cow::Owned(text.replace('%', "%25").replace('/', "%2F"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,5 +526,13 @@ mod tests {
         assert_eq!(format_utc_ms(951_782_400_123), "2000-02-29 00:00:00.123");
         assert_eq!(format_utc_ms(-1), "1969-12-31 23:59:59.999");
         assert_eq!(format_utc_ms(1_700_000_000_000), "2023-11-14 22:13:20.000");
+    }
+
+    #[test]
+    fn sensor_ids_with_slashes_or_percent_signs_give_unambiguous_ids() {
+        assert_eq!(super::id_part("t-017"), "t-017");
+        assert_eq!(super::id_part("floor/2/t-1"), "floor%2F2%2Ft-1");
+        assert_eq!(super::id_part("100%/x"), "100%25%2Fx");
+        assert_ne!(super::id_part("a/b"), super::id_part("a%2Fb"));
     }
 }
