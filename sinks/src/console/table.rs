@@ -33,6 +33,10 @@ const HEADING_RULE: &str = "-------------------------------------------";
 /// Keys that identify a row and so always stay in the table.
 const ROW_KEYS: [&str; 2] = ["sensor", "field"];
 
+/// Keys never shown: a record's `id` is for machines (de-duplication at the hub) and would be
+/// the widest column of every table; the file and hub sinks carry it.
+const HIDDEN_KEYS: [&str; 1] = ["id"];
+
 /// Spark's narrowest column.
 const MIN_COLUMN_WIDTH: usize = 3;
 
@@ -67,7 +71,8 @@ fn render_table(text: &mut String, rows: &[Row]) {
     if rows.is_empty() {
         return;
     }
-    let keys = keys_in_order(rows);
+    let mut keys = keys_in_order(rows);
+    keys.retain(|key| !HIDDEN_KEYS.contains(key));
     let (shared, mut columns): (Vec<&str>, Vec<&str>) =
         keys.iter().partition(|key| rows.len() >= 2 && !ROW_KEYS.contains(key) && is_shared(rows, key));
     if columns.is_empty() {
@@ -371,5 +376,21 @@ not json \u{1b}[31m
         let mut text = String::new();
         render_group(&mut text, "g", [&b"ab\xffcd"[..]].into_iter());
         assert!(text.contains("ab\u{fffd}cd\n"), "{text}");
+    }
+
+    #[test]
+    fn the_id_key_is_not_shown() {
+        let mut text = String::new();
+        render_group(
+            &mut text,
+            "Batch: 1",
+            [
+                br#"{"sensor":"a","count":1,"id":"gw/batch/a/temp_c/0"}"#.as_slice(),
+                br#"{"sensor":"b","count":2,"id":"gw/batch/b/temp_c/0"}"#.as_slice(),
+            ]
+            .into_iter(),
+        );
+        assert!(!text.contains("id"), "{text}");
+        assert!(text.contains("|a     |    1|"), "{text}");
     }
 }
