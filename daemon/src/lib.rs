@@ -11,7 +11,7 @@ mod deliver;
 mod ingest;
 mod sources;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,10 +92,14 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
 
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
     let mut running: BTreeSet<String> = BTreeSet::new();
+    // Task ids to names, so that a task that panicked is still reported by its name.
+    let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut spawn =
         |name: String, fut: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>| {
             running.insert(name.clone());
-            tasks.spawn(async move { (name, fut.await) });
+            let task_name = name.clone();
+            let handle = tasks.spawn(async move { (task_name, fut.await) });
+            names.insert(handle.id(), name);
         };
 
     // Sinks first, so that results replayed above are delivered.
@@ -185,10 +189,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     loop {
         let event = tokio::select! {
             () = &mut stop, if !stop_requested => { stop_requested = true; Event::Stop }
-            joined = tasks.join_next() => match joined {
-                Some(Ok((name, result))) => Event::Exited { name, result },
+            joined = tasks.join_next_with_id() => match joined {
+                Some(Ok((_, (name, result)))) => Event::Exited { name, result },
                 Some(Err(join_error)) => Event::Exited {
-                    name: "a task".into(),
+                    name: names.get(&join_error.id()).cloned().unwrap_or_else(|| "a task".into()),
                     result: Err(anyhow::anyhow!("task panicked or was cancelled: {join_error}")),
                 },
                 None => break,
