@@ -71,7 +71,10 @@ impl Delivering {
                     _ = give_up.changed() => break,
                 }
             }
-            let entries = self.store.read_outbox_after(cursor, DELIVERY_BATCH)?;
+            // Only what the aggregator has committed *and flushed* (`target`): a sink must never
+            // hand out a result that a power cut could still take back.
+            let mut entries = self.store.read_outbox_after(cursor, DELIVERY_BATCH)?;
+            entries.retain(|(seq, _)| *seq <= target);
             let Some(last_seq) = entries.last().map(|(seq, _)| *seq) else {
                 // Entries up to target were trimmed or undecodable: move past them.
                 cursor = target;
@@ -148,4 +151,68 @@ impl Delivering {
 fn jittered(base: Duration) -> Duration {
     let factor = 0.75 + fastrand::f64() * 0.5;
     base.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use eddy_sinks::ConsoleSink;
+
+    use super::*;
+    use crate::storage::{Commit, OutboxEntry};
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sink_delivers_only_what_is_committed_and_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, vec![], vec![]).unwrap();
+        let outbox = (1..=5)
+            .map(|n| OutboxEntry {
+                kind: "window".into(),
+                group: "g".into(),
+                payload: format!("{{\"sensor\":\"s{n}\"}}").into_bytes(),
+            })
+            .collect();
+        // Five results are in the outbox, but the aggregator has announced (flushed) only 3.
+        store.commit(&Commit { outbox, state: vec![], log_pos: 1, next_seq: 6, clock_ms: 0 }).unwrap();
+        let captured = Captured::default();
+        let delivering = Delivering {
+            sink: Sink::Console(ConsoleSink::new("console", Box::new(captured.clone()))),
+            records: ["window".to_owned()].into(),
+            store: store.clone(),
+            cursor: Arc::new(vec![AtomicU64::new(0)]),
+            cursor_idx: 0,
+            stats: Arc::new(DeliveryStats::default()),
+        };
+        let (committed_tx, committed_rx) = watch::channel(3u64);
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let task = tokio::spawn(delivering.run(committed_rx, give_up_rx));
+        // Let it deliver up to 3, then stop the "aggregator": the sink must not go further.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(committed_tx);
+        task.await.unwrap().unwrap();
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        for delivered in ["s1", "s2", "s3"] {
+            assert!(text.contains(delivered), "{delivered} missing from:\n{text}");
+        }
+        for held_back in ["s4", "s5"] {
+            assert!(!text.contains(held_back), "{held_back} delivered before it was flushed:\n{text}");
+        }
+        assert_eq!(store.cursor("console").unwrap(), 3);
+    }
 }

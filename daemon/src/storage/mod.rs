@@ -419,8 +419,8 @@ impl Store {
         Ok(())
     }
 
-    /// Up to about `max` outbox entries with seq greater than `after` (whole pages are read;
-    /// the last page may be returned whole). Undecodable pages are skipped and counted.
+    /// Up to `max` outbox entries with seq greater than `after`, in seq order. Undecodable
+    /// pages are skipped and counted.
     pub fn read_outbox_after(&self, after: u64, max: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
         let wanted = after.saturating_add(1);
         // The page holding `wanted` starts at or before it: begin with the last such page.
@@ -455,6 +455,7 @@ impl Store {
                 }
             }
         }
+        entries.truncate(max);
         Ok(entries)
     }
 

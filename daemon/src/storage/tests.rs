@@ -204,6 +204,9 @@ async fn outbox_pages_read_from_any_seq_and_trim_only_when_fully_delivered() {
     assert_eq!(from_middle[0].1.payload, b"300".to_vec());
     assert_eq!(from_middle.len(), 310);
     assert!(store.read_outbox_after(610, 10).unwrap().is_empty());
+    // `max` is exact even when a page holds more.
+    let few = store.read_outbox_after(0, 3).unwrap();
+    assert_eq!(few.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![1, 2, 3]);
 
     // Delivered through 300: only the first page (1..=256) is gone.
     assert_eq!(store.trim_outbox_through(300).unwrap(), 1);
