@@ -34,7 +34,8 @@ use std::sync::Arc;
 use eddy_sensors::Reading;
 
 use crate::storage::stored::{
-    LogChunkV1Ref, LogEnvelope, LogEnvelopeRef, OutboxEntryV1, OutboxPage, ReadingsRef, StatePage,
+    LogChunkV1Ref, LogEnvelope, LogEnvelopeRef, OutboxEntryV1Ref, OutboxPage, OutboxPageRef, ReadingsRef,
+    StatePage,
 };
 
 const OUTBOX: u8 = b'o';
@@ -354,13 +355,13 @@ impl Store {
         let first_seq = commit.next_seq - u64::try_from(commit.outbox.len()).unwrap_or(0);
         let mut page_seq = first_seq;
         for page in commit.outbox.chunks(OUTBOX_PAGE_ENTRIES) {
-            let envelope = OutboxPage::V1 {
+            let envelope = OutboxPageRef::V1 {
                 entries: page
                     .iter()
-                    .map(|entry| OutboxEntryV1 {
-                        kind: entry.kind.clone(),
-                        group: entry.group.clone(),
-                        payload: entry.payload.clone(),
+                    .map(|entry| OutboxEntryV1Ref {
+                        kind: &entry.kind,
+                        group: &entry.group,
+                        payload: &entry.payload,
                     })
                     .collect(),
             };

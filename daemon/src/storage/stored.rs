@@ -87,6 +87,21 @@ pub(crate) enum OutboxPage {
     V1 { entries: Vec<OutboxEntryV1> },
 }
 
+/// The borrowed twin of `OutboxPage::V1`, for encoding without copying payloads. Its
+/// serialized layout is identical to the owned form (checked by a test).
+#[derive(Serialize)]
+pub(crate) enum OutboxPageRef<'a> {
+    V1 { entries: Vec<OutboxEntryV1Ref<'a>> },
+}
+
+/// The borrowed twin of [`OutboxEntryV1`].
+#[derive(Serialize)]
+pub(crate) struct OutboxEntryV1Ref<'a> {
+    pub(crate) kind: &'a str,
+    pub(crate) group: &'a str,
+    pub(crate) payload: &'a [u8],
+}
+
 /// One outbox entry.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct OutboxEntryV1 {

@@ -250,3 +250,19 @@ async fn many_state_entries_survive_in_pages_with_updates_and_deletes() {
     assert_eq!(value_of("w/10"), None);
     assert_eq!(value_of("w/7"), Some(7u32.to_be_bytes().to_vec()));
 }
+
+#[test]
+fn borrowed_and_owned_outbox_pages_encode_alike() {
+    use crate::storage::stored::{OutboxEntryV1, OutboxEntryV1Ref, OutboxPage, OutboxPageRef};
+    let owned = OutboxPage::V1 {
+        entries: vec![OutboxEntryV1 {
+            kind: "window".into(),
+            group: "g 1".into(),
+            payload: b"{\"a\":1}".to_vec(),
+        }],
+    };
+    let borrowed = OutboxPageRef::V1 {
+        entries: vec![OutboxEntryV1Ref { kind: "window", group: "g 1", payload: b"{\"a\":1}" }],
+    };
+    assert_eq!(postcard::to_allocvec(&owned).unwrap(), postcard::to_allocvec(&borrowed).unwrap());
+}
