@@ -28,8 +28,6 @@ pub(crate) struct AggregateStats {
     pub(crate) late_total: AtomicU64,
     /// Commits done.
     pub(crate) commits_total: AtomicU64,
-    /// Log chunks replayed at start-up.
-    pub(crate) replayed_chunks: AtomicU64,
 }
 
 /// The engine as recovered at start-up, ready to run.
@@ -129,7 +127,6 @@ impl Aggregator {
                 self.commit().await?;
             }
         }
-        self.stats.replayed_chunks.fetch_add(n_chunks, Ordering::Relaxed);
         if n_chunks > 0 {
             self.commit().await?;
         }

@@ -107,12 +107,10 @@ fn io(operation: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
 pub struct StoreStats {
     /// Log chunks that could not be decoded and were skipped.
     pub corrupt_log_chunks: AtomicU64,
-    /// Outbox entries that could not be decoded and were skipped.
+    /// Outbox pages that could not be decoded and were skipped.
     pub corrupt_outbox_entries: AtomicU64,
     /// Engine state pages that could not be decoded and were skipped.
     pub corrupt_state_pages: AtomicU64,
-    /// Log chunks written.
-    pub log_chunks_appended: AtomicU64,
     /// Flushes (fsyncs) done.
     pub flushes: AtomicU64,
 }
@@ -251,9 +249,6 @@ impl Store {
             batch.insert(&chunk.key.to_be_bytes(), bytes);
         }
         self.log.apply_batch(batch).map_err(io("log append"))?;
-        self.stats
-            .log_chunks_appended
-            .fetch_add(u64::try_from(chunks.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
         Ok(())
     }
 
