@@ -1,9 +1,9 @@
 //! The ingest task: group commit. Readings from every source are appended to the log, flushed
 //! once per `flush_interval`, acknowledged, and only then handed to the engine.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use eddy_sensors::{Durability, IngestBatch, IngestReceiver, Reading};
+use eddy_sensors::{wall_clock_ms, Durability, IngestBatch, IngestReceiver, Reading};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
 
@@ -43,15 +43,9 @@ impl ProcessingClock {
 
     /// The current time, ms since the epoch.
     pub(crate) fn now_ms(&mut self) -> i64 {
-        self.last_ms = self.last_ms.max(wall_ms());
+        self.last_ms = self.last_ms.max(wall_clock_ms());
         self.last_ms
     }
-}
-
-/// Wall-clock ms since the epoch.
-pub(crate) fn wall_ms() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The group-commit component.

@@ -14,6 +14,7 @@ mod simulator;
 mod stats;
 mod tcp;
 
+pub use crate::clock::wall_clock_ms;
 pub use crate::framing::{Fill, Frame, LineFramer, READ_CHUNK_BYTES};
 pub use crate::ingest::{
     ingest_channel, Durability, IngestBatch, IngestClosed, IngestReceiver, IngestSender,
