@@ -78,7 +78,7 @@ impl Delivering {
             let Some(last_seq) = entries.last().map(|(seq, _)| *seq) else {
                 // Entries up to target were trimmed or undecodable: move past them.
                 cursor = target;
-                self.persist(&name, cursor)?;
+                self.persist(&name, cursor).await?;
                 continue;
             };
             let records: Vec<OutRecord> = entries
@@ -127,17 +127,20 @@ impl Delivering {
                 }
             }
             cursor = last_seq;
-            self.persist(&name, cursor)?;
+            self.persist(&name, cursor).await?;
         }
         self.sink.close().await;
         tracing::info!(sink = %name, cursor, "Sink stopped.");
         Ok(())
     }
 
-    fn persist(&self, name: &str, cursor: u64) -> Result<(), StoreError> {
-        // Not flushed here: the aggregator's next flush makes it durable. A crash before that
-        // re-delivers these records once (they carry deterministic ids).
+    async fn persist(&self, name: &str, cursor: u64) -> Result<(), StoreError> {
+        // Flushed at once, one fsync per delivery batch: otherwise a sink draining a backlog
+        // while no readings flow (nothing else flushing) could leave thousands of delivered
+        // records unrecorded, all re-delivered after a crash. Now a crash re-delivers at most
+        // the one batch between the sink's confirmation and this flush.
         self.store.set_cursor(name, cursor)?;
+        self.store.flush().await?;
         self.publish(cursor);
         Ok(())
     }
