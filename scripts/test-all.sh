@@ -13,8 +13,23 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# The tests need nothing beyond Rust today; brokers and tools they start themselves (e.g.
-# mosquitto for the MQTT tests) are installed here with apt-get when they arrive.
+# Tools the tests start themselves: mosquitto (MQTT sources and hub uplinks), socat (serial
+# pseudo-terminals), openssl (a test CA for TLS). Installed with apt-get when missing, without
+# asking (CI has no standard input).
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]} (apt-get)"
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"; } </dev/null; then
+    echo "test-all: could not install ${need[*]} with apt-get; install them and run this again." >&2
+    exit 1
+  fi
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,6 +1,8 @@
 //! Harness for eddy's end-to-end tests: runs the real `eddy` binary in a temporary directory,
 //! talks to it over TCP like a sensor gateway client, and reads what it wrote.
 
+pub mod mosquitto;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
