@@ -266,7 +266,7 @@ fn serialize_stats<M: SerializeMap>(
 }
 
 /// The aggregates a batch record shows.
-const BATCH_AGGREGATES: [Aggregate; 5] =
+pub(crate) const BATCH_AGGREGATES: [Aggregate; 5] =
     [Aggregate::Count, Aggregate::Sum, Aggregate::Min, Aggregate::Max, Aggregate::Mean];
 
 /// Serialises `pairs` as a JSON object, keeping their order.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use eddy_sensors::Reading;
 
 use crate::engine::acc::FieldAcc;
-use crate::engine::state::{self, AccV1, BatchEnvelope, BatchSensorV1};
+use crate::engine::state::{self, AccParts, AccV2, BatchEnvelope, BatchSensorV2};
 use crate::engine::Output;
 use crate::record::{BatchRecord, ResultRecord};
 
@@ -173,13 +173,14 @@ impl MicroBatch {
             let key = state::batch_key(&sensor_names[sensor]);
             let value = match self.open {
                 Some(batch) if self.touched[sensor] => {
+                    let parts = batch_parts();
                     let fields = self.accs[sensor]
                         .iter()
                         .zip(&self.field_names)
                         .filter(|(acc, _)| acc.count > 0)
-                        .map(|(acc, name)| (name.to_string(), AccV1::from(acc)))
+                        .map(|(acc, name)| (name.to_string(), AccV2::store(acc, parts)))
                         .collect();
-                    Some(state::encode(&BatchEnvelope::V1(BatchSensorV1 { batch, fields })))
+                    Some(state::encode(&BatchEnvelope::V2(BatchSensorV2 { batch, fields })))
                 }
                 _ => None,
             };
@@ -188,20 +189,30 @@ impl MicroBatch {
     }
 
     /// Restores one sensor's accumulators of the open batch `batch`.
-    pub(crate) fn restore_sensor(&mut self, sensor: usize, stored: BatchSensorV1) {
-        self.open = Some(stored.batch);
+    pub(crate) fn restore_sensor(&mut self, sensor: usize, stored: BatchSensorV2) -> Result<(), String> {
+        let mut accs = Vec::with_capacity(stored.fields.len());
         for (name, acc) in stored.fields {
             if let Some(field_idx) = self.field_names.iter().position(|field| **field == *name) {
-                self.accs[sensor][field_idx] = FieldAcc::from(acc);
+                accs.push((field_idx, acc.load(batch_parts())?));
             }
+        }
+        self.open = Some(stored.batch);
+        for (field_idx, acc) in accs {
+            self.accs[sensor][field_idx] = acc;
         }
         if !self.touched[sensor] {
             self.touched[sensor] = true;
             self.touched_list.push(sensor);
         }
+        Ok(())
     }
 
     fn batch_start_ms(&self, batch: u64) -> i64 {
         i64::try_from(batch).ok().and_then(|batch| batch.checked_mul(self.interval_ms)).unwrap_or(i64::MAX)
     }
+}
+
+/// The accumulator parts micro-batch records read.
+fn batch_parts() -> AccParts {
+    AccParts::for_aggregates(&crate::record::BATCH_AGGREGATES)
 }

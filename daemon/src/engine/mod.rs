@@ -33,7 +33,7 @@ use eddy_sensors::Reading;
 pub use crate::engine::spec::{Aggregate, EngineSpec, SpecError, TimeDomain, WindowSpec, MAX_OVERLAP};
 
 use crate::engine::batch::MicroBatch;
-use crate::engine::state::{BatchEnvelope, MetaEnvelope, MetaV1, StateKey, WindowEnvelope};
+use crate::engine::state::{MetaEnvelope, MetaV1, StateKey};
 use crate::engine::window::WindowSet;
 use crate::record::{LateRecord, ResultRecord};
 
@@ -231,11 +231,13 @@ impl Engine {
             }
         }
         let open_batch =
-            batches.iter().map(|(_, _, stored): &(_, _, state::BatchSensorV1)| stored.batch).max();
+            batches.iter().map(|(_, _, stored): &(_, _, state::BatchSensorV2)| stored.batch).max();
         for (key, sensor, stored) in batches {
             if Some(stored.batch) == open_batch {
-                engine.batch.restore_sensor(sensor, stored);
-                report.loaded += 1;
+                match engine.batch.restore_sensor(sensor, stored) {
+                    Ok(()) => report.loaded += 1,
+                    Err(reason) => report.skipped.push((key, reason)),
+                }
             } else {
                 report
                     .skipped
@@ -298,7 +300,7 @@ impl Engine {
         &mut self,
         key: &[u8],
         value: &[u8],
-        batches: &mut Vec<(Vec<u8>, usize, state::BatchSensorV1)>,
+        batches: &mut Vec<(Vec<u8>, usize, state::BatchSensorV2)>,
     ) -> Result<bool, String> {
         match state::parse_key(key)? {
             StateKey::Meta => {
@@ -318,13 +320,13 @@ impl Engine {
                 Ok(true)
             }
             StateKey::Batch { sensor } => {
-                let BatchEnvelope::V1(stored) = state::decode(value)?;
+                let stored = state::decode_batch(value)?;
                 let sensor = self.intern_sensor(sensor);
                 batches.push((key.to_vec(), sensor, stored));
                 Ok(false)
             }
             StateKey::Window { window, sensor } => {
-                let WindowEnvelope::V1(stored) = state::decode(value)?;
+                let stored = state::decode_window(value)?;
                 let window_idx = self
                     .windows
                     .iter()

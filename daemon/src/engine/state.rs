@@ -17,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::acc::FieldAcc;
+use crate::engine::Aggregate;
 
 /// The key of the engine-wide entry.
 pub(crate) const META_KEY: &[u8] = b"e";
@@ -96,6 +97,32 @@ pub(crate) struct MetaV1 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum BatchEnvelope {
     V1(BatchSensorV1),
+    /// Accumulators hold only the parts the micro-batch aggregates read ([`AccV2`]).
+    V2(BatchSensorV2),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BatchSensorV2 {
+    pub(crate) batch: u64,
+    /// Non-empty accumulators by field name.
+    pub(crate) fields: Vec<(String, AccV2)>,
+}
+
+impl From<BatchSensorV1> for BatchSensorV2 {
+    fn from(v1: BatchSensorV1) -> BatchSensorV2 {
+        BatchSensorV2 {
+            batch: v1.batch,
+            fields: v1.fields.into_iter().map(|(name, acc)| (name, AccV2::from(acc))).collect(),
+        }
+    }
+}
+
+/// Decodes a micro-batch entry of any version.
+pub(crate) fn decode_batch(bytes: &[u8]) -> Result<BatchSensorV2, String> {
+    Ok(match decode(bytes)? {
+        BatchEnvelope::V1(v1) => v1.into(),
+        BatchEnvelope::V2(v2) => v2,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +136,61 @@ pub(crate) struct BatchSensorV1 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum WindowEnvelope {
     V1(WindowSensorV1),
+    /// Accumulators hold only the parts the window's aggregates read ([`AccV2`]).
+    V2(WindowSensorV2),
+}
+
+/// Decodes a window entry of any version.
+pub(crate) fn decode_window(bytes: &[u8]) -> Result<WindowSensorV2, String> {
+    Ok(match decode(bytes)? {
+        WindowEnvelope::V1(v1) => v1.into(),
+        WindowEnvelope::V2(v2) => v2,
+    })
+}
+
+/// [`WindowSensorV1`] with [`OpenWindowV2`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct WindowSensorV2 {
+    pub(crate) length_ms: i64,
+    pub(crate) slide_ms: i64,
+    pub(crate) processing_time: bool,
+    pub(crate) max_ts_ms: Option<i64>,
+    pub(crate) floor_ms: Option<i64>,
+    pub(crate) last_activity_ms: Option<i64>,
+    pub(crate) late_seq: u64,
+    pub(crate) open: Vec<OpenWindowV2>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct OpenWindowV2 {
+    pub(crate) start_ms: i64,
+    /// Non-empty accumulators by field name.
+    pub(crate) fields: Vec<(String, AccV2)>,
+    /// Counts by tag name, then by tag value.
+    pub(crate) counts: Vec<(String, Vec<(String, u64)>)>,
+}
+
+impl From<WindowSensorV1> for WindowSensorV2 {
+    fn from(v1: WindowSensorV1) -> WindowSensorV2 {
+        WindowSensorV2 {
+            length_ms: v1.length_ms,
+            slide_ms: v1.slide_ms,
+            processing_time: v1.processing_time,
+            max_ts_ms: v1.max_ts_ms,
+            floor_ms: v1.floor_ms,
+            last_activity_ms: v1.last_activity_ms,
+            late_seq: v1.late_seq,
+            open: v1
+                .open
+                .into_iter()
+                .map(|window| OpenWindowV2 {
+                    start_ms: window.start_ms,
+                    fields: window.fields.into_iter().map(|(name, acc)| (name, AccV2::from(acc))).collect(),
+                    counts: window.counts,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,38 +236,114 @@ pub(crate) struct AccV1 {
     pub(crate) last: f64,
 }
 
-impl From<&FieldAcc> for AccV1 {
-    fn from(acc: &FieldAcc) -> AccV1 {
-        AccV1 {
-            count: acc.count,
-            n: acc.n,
-            sum: acc.sum,
-            min: acc.min,
-            max: acc.max,
-            mean: acc.mean,
-            m2: acc.m2,
-            first_ts: acc.first_ts,
-            first: acc.first,
-            last_ts: acc.last_ts,
-            last: acc.last,
+/// The parts of an accumulator that a set of aggregates reads. Only those are stored: with
+/// count, sum, min, max and mean an accumulator takes ~30 bytes instead of ~95, and at 1000
+/// sensors the state every commit rewrites shrinks from ~2.6 MB to ~1 MB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct AccParts {
+    sum: bool,
+    min: bool,
+    max: bool,
+    welford: bool,
+    first: bool,
+    last: bool,
+}
+
+impl AccParts {
+    /// The parts `aggregates` read (the count is always kept).
+    pub(crate) fn for_aggregates(aggregates: &[Aggregate]) -> AccParts {
+        let mut parts = AccParts::default();
+        for aggregate in aggregates {
+            match aggregate {
+                Aggregate::Count => {}
+                Aggregate::Sum | Aggregate::Mean => parts.sum = true,
+                Aggregate::Min => parts.min = true,
+                Aggregate::Max => parts.max = true,
+                Aggregate::Stddev => parts.welford = true,
+                Aggregate::First => parts.first = true,
+                Aggregate::Last => parts.last = true,
+            }
         }
+        parts
     }
 }
 
-impl From<AccV1> for FieldAcc {
-    fn from(acc: AccV1) -> FieldAcc {
-        FieldAcc {
+/// A stored [`FieldAcc`] holding only some of its parts ([`AccParts`]); `None` is a part that
+/// was not needed when it was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct AccV2 {
+    pub(crate) count: u64,
+    pub(crate) sum: Option<f64>,
+    pub(crate) min: Option<f64>,
+    pub(crate) max: Option<f64>,
+    /// Welford's running mean and sum of squared deviations (for the standard deviation).
+    pub(crate) welford: Option<(f64, f64)>,
+    /// Event time and value of the first reading.
+    pub(crate) first: Option<(i64, f64)>,
+    /// Event time and value of the last reading.
+    pub(crate) last: Option<(i64, f64)>,
+}
+
+impl AccV2 {
+    /// The parts of `acc` that `parts` names.
+    pub(crate) fn store(acc: &FieldAcc, parts: AccParts) -> AccV2 {
+        AccV2 {
             count: acc.count,
-            n: acc.n,
-            sum: acc.sum,
-            min: acc.min,
-            max: acc.max,
-            mean: acc.mean,
-            m2: acc.m2,
-            first_ts: acc.first_ts,
-            first: acc.first,
-            last_ts: acc.last_ts,
-            last: acc.last,
+            sum: parts.sum.then_some(acc.sum),
+            min: parts.min.then_some(acc.min),
+            max: parts.max.then_some(acc.max),
+            welford: parts.welford.then_some((acc.mean, acc.m2)),
+            first: parts.first.then_some((acc.first_ts, acc.first)),
+            last: parts.last.then_some((acc.last_ts, acc.last)),
+        }
+    }
+
+    /// The accumulator, if every part `parts` needs was stored (a window whose aggregates
+    /// grew since cannot resume: its new aggregates would be wrong).
+    pub(crate) fn load(self, parts: AccParts) -> Result<FieldAcc, String> {
+        let missing = [
+            (parts.sum && self.sum.is_none(), "sum"),
+            (parts.min && self.min.is_none(), "min"),
+            (parts.max && self.max.is_none(), "max"),
+            (parts.welford && self.welford.is_none(), "stddev"),
+            (parts.first && self.first.is_none(), "first"),
+            (parts.last && self.last.is_none(), "last"),
+        ];
+        if let Some((_, part)) = missing.iter().find(|(missing, _)| *missing) {
+            return Err(format!("stored state has no {part} (aggregates changed since)"));
+        }
+        let empty = FieldAcc::EMPTY;
+        let (mean, m2) = self.welford.unwrap_or((empty.mean, empty.m2));
+        let (first_ts, first) = self.first.unwrap_or((empty.first_ts, empty.first));
+        let (last_ts, last) = self.last.unwrap_or((empty.last_ts, empty.last));
+        Ok(FieldAcc {
+            count: self.count,
+            // Exact: `n` is `count` counted in floating point, exact below 2^53.
+            #[allow(clippy::cast_precision_loss)]
+            n: self.count as f64,
+            sum: self.sum.unwrap_or(empty.sum),
+            min: self.min.unwrap_or(empty.min),
+            max: self.max.unwrap_or(empty.max),
+            mean,
+            m2,
+            first_ts,
+            first,
+            last_ts,
+            last,
+        })
+    }
+}
+
+impl From<AccV1> for AccV2 {
+    fn from(v1: AccV1) -> AccV2 {
+        AccV2 {
+            count: v1.count,
+            sum: Some(v1.sum),
+            min: Some(v1.min),
+            max: Some(v1.max),
+            welford: Some((v1.mean, v1.m2)),
+            first: Some((v1.first_ts, v1.first)),
+            last: Some((v1.last_ts, v1.last)),
         }
     }
 }
@@ -227,6 +385,86 @@ mod tests {
         check(b"w\x05abc", Err("window key too short".into()));
         check(b"w\x03abc", Err("window key too short".into()));
         check(b"b\xff", Err("key is not UTF-8".into()));
+    }
+
+    fn sample_acc() -> FieldAcc {
+        let mut acc = FieldAcc::EMPTY;
+        for (ts_ms, value) in [(30, 2.5), (10, -1.0), (20, 7.25)] {
+            acc.add(ts_ms, value);
+        }
+        acc
+    }
+
+    #[test]
+    fn stored_accumulator_keeps_exactly_the_parts_its_aggregates_read() {
+        let acc = sample_acc();
+        let all = AccParts::for_aggregates(&[
+            Aggregate::Count,
+            Aggregate::Sum,
+            Aggregate::Min,
+            Aggregate::Max,
+            Aggregate::Mean,
+            Aggregate::Stddev,
+            Aggregate::First,
+            Aggregate::Last,
+        ]);
+        assert_eq!(AccV2::store(&acc, all).load(all), Ok(acc));
+
+        let mean = AccParts::for_aggregates(&[Aggregate::Count, Aggregate::Mean]);
+        let stored = AccV2::store(&acc, mean);
+        assert_eq!((stored.min, stored.welford, stored.first), (None, None, None));
+        let loaded = stored.load(mean).unwrap();
+        assert_eq!(
+            loaded.stats().map(|s| (s.count, s.sum, s.mean)),
+            acc.stats().map(|s| (s.count, s.sum, s.mean))
+        );
+        assert!(encode(&stored).len() < encode(&AccV2::store(&acc, all)).len() / 2);
+        assert_eq!(stored.load(all), Err("stored state has no min (aggregates changed since)".to_owned()));
+    }
+
+    #[test]
+    fn version_1_entries_still_decode() {
+        let acc = sample_acc();
+        let v1 = AccV1 {
+            count: acc.count,
+            n: acc.n,
+            sum: acc.sum,
+            min: acc.min,
+            max: acc.max,
+            mean: acc.mean,
+            m2: acc.m2,
+            first_ts: acc.first_ts,
+            first: acc.first,
+            last_ts: acc.last_ts,
+            last: acc.last,
+        };
+        let window = WindowEnvelope::V1(WindowSensorV1 {
+            length_ms: 10_000,
+            slide_ms: 5000,
+            processing_time: false,
+            max_ts_ms: Some(30),
+            floor_ms: None,
+            last_activity_ms: Some(7),
+            late_seq: 2,
+            open: vec![OpenWindowV1 {
+                start_ms: 0,
+                fields: vec![("temp_c".into(), v1)],
+                counts: vec![("mode".into(), vec![("heat".into(), 3)])],
+            }],
+        });
+        let decoded = decode_window(&encode(&window)).unwrap();
+        assert_eq!((decoded.length_ms, decoded.late_seq, decoded.open.len()), (10_000, 2, 1));
+        assert_eq!(decoded.open[0].counts, vec![("mode".to_owned(), vec![("heat".to_owned(), 3)])]);
+        let (name, stored) = decoded.open[0].fields[0].clone();
+        assert_eq!(
+            (name.as_str(), stored.load(AccParts::for_aggregates(&[Aggregate::Stddev]))),
+            ("temp_c", Ok(acc))
+        );
+
+        let batch = BatchEnvelope::V1(BatchSensorV1 { batch: 4, fields: vec![("temp_c".into(), v1)] });
+        let decoded = decode_batch(&encode(&batch)).unwrap();
+        assert_eq!(decoded.batch, 4);
+        assert_eq!(decoded.fields[0].1.load(AccParts::for_aggregates(&[Aggregate::First])), Ok(acc));
     }
 
     #[test]

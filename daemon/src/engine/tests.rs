@@ -594,3 +594,35 @@ fn take_dirty_puts_changed_state_and_deletes_closed_batches() {
         engine.take_dirty().into_iter().map(|(key, value)| (key, value.is_some())).collect();
     assert_eq!(keys, [(b"bs".to_vec(), false), (b"e".to_vec(), true)]);
 }
+
+#[test]
+fn restore_refuses_window_state_that_lacks_parts_new_aggregates_read() {
+    let with = |aggregates: Vec<Aggregate>| {
+        WindowSpec::new(
+            "w",
+            Duration::from_millis(10_000),
+            Duration::from_millis(10_000),
+            TimeDomain::Event,
+            Duration::ZERO,
+            vec![0],
+            aggregates,
+            vec![],
+        )
+        .unwrap()
+    };
+    let mut engine = Engine::new(engine_spec(vec![with(vec![Aggregate::Count, Aggregate::Sum])], IDLE_MS));
+    let mut out = Vec::new();
+    engine.apply_chunk(0, 0, &[reading("s", 1000, Some(1.0)), reading("s", 2000, Some(3.0))], &mut out);
+    let mut stored = std::collections::BTreeMap::new();
+    store(&mut stored, engine.take_dirty());
+
+    // Fewer aggregates than stored: the state resumes.
+    let (_, report) =
+        Engine::restore(engine_spec(vec![with(vec![Aggregate::Mean])], IDLE_MS), stored.clone());
+    assert!(report.skipped.is_empty(), "{report:?}");
+    // A new aggregate whose parts were not stored: that state is skipped, not resumed wrongly.
+    let (_, report) =
+        Engine::restore(engine_spec(vec![with(vec![Aggregate::Sum, Aggregate::Stddev])], IDLE_MS), stored);
+    let reasons: Vec<&str> = report.skipped.iter().map(|(_, reason)| reason.as_str()).collect();
+    assert_eq!(reasons, ["stored state has no stddev (aggregates changed since)"]);
+}

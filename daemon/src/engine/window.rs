@@ -16,7 +16,7 @@ use std::sync::Arc;
 use eddy_sensors::Reading;
 
 use crate::engine::acc::FieldAcc;
-use crate::engine::state::{self, AccV1, OpenWindowV1, WindowEnvelope, WindowSensorV1};
+use crate::engine::state::{self, AccParts, AccV2, OpenWindowV2, WindowEnvelope, WindowSensorV2};
 use crate::engine::{Aggregate, EngineSpec, Output, TimeDomain, WindowSpec};
 use crate::record::{LateRecord, ResultRecord, WindowCountsRecord, WindowRecord};
 
@@ -42,6 +42,8 @@ struct Shape {
     name: Arc<str>,
     device: Arc<str>,
     aggregates: Arc<[Aggregate]>,
+    /// The accumulator parts `aggregates` read: what is stored of each.
+    parts: AccParts,
     length_ms: i64,
     slide_ms: i64,
     lateness_ms: i64,
@@ -94,6 +96,7 @@ impl WindowSet {
             name: Arc::from(spec.name()),
             device,
             aggregates: spec.aggregates().into(),
+            parts: AccParts::for_aggregates(spec.aggregates()),
             length_ms: spec.length_ms(),
             slide_ms: spec.slide_ms(),
             lateness_ms: spec.lateness_ms(),
@@ -284,7 +287,7 @@ impl WindowSet {
         for sensor in self.dirty_list.drain(..) {
             let state = &mut self.sensors[sensor];
             state.dirty = false;
-            let stored = WindowSensorV1 {
+            let stored = WindowSensorV2 {
                 length_ms: shape.length_ms,
                 slide_ms: shape.slide_ms,
                 processing_time: shape.processing_time,
@@ -296,13 +299,13 @@ impl WindowSet {
             };
             entries.push((
                 state::window_key(&shape.name, &sensor_names[sensor]),
-                Some(state::encode(&WindowEnvelope::V1(stored))),
+                Some(state::encode(&WindowEnvelope::V2(stored))),
             ));
         }
     }
 
     /// Restores one sensor's stored state, unless the window changed shape since.
-    pub(crate) fn restore_sensor(&mut self, sensor: usize, stored: WindowSensorV1) -> Result<(), String> {
+    pub(crate) fn restore_sensor(&mut self, sensor: usize, stored: WindowSensorV2) -> Result<(), String> {
         let shape = &self.shape;
         if (stored.length_ms, stored.slide_ms, stored.processing_time)
             != (shape.length_ms, shape.slide_ms, shape.processing_time)
@@ -315,8 +318,10 @@ impl WindowSet {
                 if stored.processing_time { "processing" } else { "event" }
             ));
         }
-        let mut open: Vec<OpenWindow> =
-            stored.open.into_iter().map(|window| shape.load_window(&mut self.spare, window)).collect();
+        let mut open = Vec::with_capacity(stored.open.len());
+        for window in stored.open {
+            open.push(shape.load_window(&mut self.spare, window)?);
+        }
         open.sort_by_key(|window| window.start_ms);
         open.dedup_by_key(|window| window.start_ms);
         let state = &mut self.sensors[sensor];
@@ -432,15 +437,15 @@ impl Shape {
         }
     }
 
-    fn store_window(&self, window: &OpenWindow) -> OpenWindowV1 {
-        OpenWindowV1 {
+    fn store_window(&self, window: &OpenWindow) -> OpenWindowV2 {
+        OpenWindowV2 {
             start_ms: window.start_ms,
             fields: window
                 .fields
                 .iter()
                 .zip(&self.field_names)
                 .filter(|(acc, _)| acc.count > 0)
-                .map(|(acc, name)| (name.to_string(), AccV1::from(acc)))
+                .map(|(acc, name)| (name.to_string(), AccV2::store(acc, self.parts)))
                 .collect(),
             counts: window
                 .counts
@@ -458,11 +463,11 @@ impl Shape {
     }
 
     /// Rebuilds a stored window; fields and tags no longer configured are dropped.
-    fn load_window(&self, spare: &mut Vec<OpenWindow>, stored: OpenWindowV1) -> OpenWindow {
+    fn load_window(&self, spare: &mut Vec<OpenWindow>, stored: OpenWindowV2) -> Result<OpenWindow, String> {
         let mut window = self.open_window(spare, stored.start_ms);
         for (name, acc) in stored.fields {
             if let Some(pos) = self.field_names.iter().position(|field| **field == *name) {
-                window.fields[pos] = FieldAcc::from(acc);
+                window.fields[pos] = acc.load(self.parts)?;
             }
         }
         for (name, counts) in stored.counts {
@@ -471,6 +476,6 @@ impl Shape {
                     counts.into_iter().map(|(value, count)| (Arc::from(value), count)).collect();
             }
         }
-        window
+        Ok(window)
     }
 }
