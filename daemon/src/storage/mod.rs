@@ -33,10 +33,7 @@ use std::sync::Arc;
 
 use eddy_sensors::Reading;
 
-use crate::storage::stored::{
-    LogChunkV1Ref, LogEnvelope, LogEnvelopeRef, OutboxEntryV1Ref, OutboxPage, OutboxPageRef, ReadingsRef,
-    StatePage,
-};
+use crate::storage::stored::{LogChunkV1Ref, LogEnvelope, LogEnvelopeRef, OutboxEntryV1Ref, ReadingsRef};
 
 const OUTBOX: u8 = b'o';
 const STATE: u8 = b's';
@@ -332,9 +329,8 @@ impl Store {
         };
         for item in self.main.scan_prefix([STATE]) {
             let (key, value) = item.map_err(io("state read"))?;
-            match postcard::from_bytes::<StatePage>(&value) {
-                Ok(StatePage::V1 { entries }) => snapshot.entries.extend(entries),
-                Ok(StatePage::Empty) => {}
+            match stored::decode_state_page(&value) {
+                Ok(entries) => snapshot.entries.extend(entries),
                 Err(error) => {
                     self.stats.corrupt_state_pages.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(page = ?&key[1..], %error, "Skipped an undecodable engine state page.");
@@ -350,17 +346,15 @@ impl Store {
         let first_seq = commit.next_seq - u64::try_from(commit.outbox.len()).unwrap_or(0);
         let mut page_seq = first_seq;
         for page in commit.outbox.chunks(OUTBOX_PAGE_ENTRIES) {
-            let envelope = OutboxPageRef::V1 {
-                entries: page
-                    .iter()
-                    .map(|entry| OutboxEntryV1Ref {
-                        kind: &entry.kind,
-                        group: &entry.group,
-                        payload: &entry.payload,
-                    })
-                    .collect(),
-            };
-            let bytes = postcard::to_allocvec(&envelope)
+            let entries: Vec<OutboxEntryV1Ref<'_>> = page
+                .iter()
+                .map(|entry| OutboxEntryV1Ref {
+                    kind: &entry.kind,
+                    group: &entry.group,
+                    payload: &entry.payload,
+                })
+                .collect();
+            let bytes = stored::encode_outbox_page(&entries)
                 .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
             batch.insert(prefixed(OUTBOX, &page_seq.to_be_bytes()), bytes);
             page_seq += u64::try_from(page.len()).unwrap_or(0);
@@ -383,9 +377,8 @@ impl Store {
         for (page, page_changes) in by_page {
             let key = prefixed(STATE, &page.to_be_bytes());
             let mut entries = match self.main.get(&key).map_err(io("state read"))? {
-                Some(bytes) => match postcard::from_bytes::<StatePage>(&bytes) {
-                    Ok(StatePage::V1 { entries }) => entries,
-                    Ok(StatePage::Empty) => Vec::new(),
+                Some(bytes) => match stored::decode_state_page(&bytes) {
+                    Ok(entries) => entries,
                     Err(error) => {
                         // Already reported at load; the page is rebuilt from what the engine has.
                         tracing::error!(page, %error, "Replacing an undecodable engine state page.");
@@ -407,7 +400,7 @@ impl Store {
             if entries.is_empty() {
                 batch.remove(key);
             } else {
-                let bytes = postcard::to_allocvec(&StatePage::V1 { entries })
+                let bytes = stored::encode_state_page(&entries)
                     .map_err(|source| StoreError::Encode { what: "state page", source })?;
                 batch.insert(key, bytes);
             }
@@ -434,8 +427,8 @@ impl Store {
             }
             let (key, value) = item.map_err(io("outbox read"))?;
             let page_seq = decode_key(&key[1..]);
-            match postcard::from_bytes::<OutboxPage>(&value) {
-                Ok(OutboxPage::V1 { entries: page }) => {
+            match stored::decode_outbox_page(&value) {
+                Ok(page) => {
                     for (seq, entry) in (page_seq..).zip(page) {
                         if seq >= wanted {
                             entries.push((
@@ -492,8 +485,8 @@ impl Store {
         else {
             return Ok(None);
         };
-        Ok(match postcard::from_bytes::<OutboxPage>(&bytes) {
-            Ok(OutboxPage::V1 { entries }) => Some(u64::try_from(entries.len()).unwrap_or(u64::MAX)),
+        Ok(match stored::decode_outbox_page(&bytes) {
+            Ok(entries) => Some(u64::try_from(entries.len()).unwrap_or(u64::MAX)),
             // An undecodable page is never delivered; trimming it is safe once it is passed.
             Err(_) => Some(0),
         })

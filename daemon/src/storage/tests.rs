@@ -252,17 +252,63 @@ async fn many_state_entries_survive_in_pages_with_updates_and_deletes() {
 }
 
 #[test]
-fn borrowed_and_owned_outbox_pages_encode_alike() {
-    use crate::storage::stored::{OutboxEntryV1, OutboxEntryV1Ref, OutboxPage, OutboxPageRef};
-    let owned = OutboxPage::V1 {
-        entries: vec![OutboxEntryV1 {
+fn outbox_pages_are_compressed_and_version_1_pages_still_decode() {
+    use crate::storage::stored::{self, OutboxEntryV1, OutboxEntryV1Ref, OutboxPage};
+    let payload = |i: usize| {
+        format!(
+            r#"{{"type":"window","window":"temp_10s","device":"gw-01","sensor":"t-{i:03}","field":"temp_c","start":1700000000000,"end":1700000010000,"count":12,"sum":256.1,"id":"gw-01/temp_10s/t-{i:03}/temp_c/1700000000000"}}"#
+        )
+    };
+    let payloads: Vec<String> = (0..256).map(payload).collect();
+    let borrowed: Vec<OutboxEntryV1Ref<'_>> = payloads
+        .iter()
+        .map(|payload| OutboxEntryV1Ref { kind: "window", group: "g 1", payload: payload.as_bytes() })
+        .collect();
+    let owned: Vec<OutboxEntryV1> = payloads
+        .iter()
+        .map(|payload| OutboxEntryV1 {
             kind: "window".into(),
             group: "g 1".into(),
-            payload: b"{\"a\":1}".to_vec(),
-        }],
-    };
-    let borrowed = OutboxPageRef::V1 {
-        entries: vec![OutboxEntryV1Ref { kind: "window", group: "g 1", payload: b"{\"a\":1}" }],
-    };
-    assert_eq!(postcard::to_allocvec(&owned).unwrap(), postcard::to_allocvec(&borrowed).unwrap());
+            payload: payload.clone().into(),
+        })
+        .collect();
+    let plain = postcard::to_allocvec(&owned).unwrap();
+    assert_eq!(plain, postcard::to_allocvec(&borrowed).unwrap(), "borrowed and owned encode alike");
+
+    let page = stored::encode_outbox_page(&borrowed).unwrap();
+    assert!(page.len() * 4 < plain.len(), "compressed {} of {} bytes", page.len(), plain.len());
+    let decoded = stored::decode_outbox_page(&page).unwrap();
+    assert_eq!(decoded.len(), 256);
+    assert_eq!(decoded[17].payload, payloads[17].as_bytes());
+
+    let v1 = postcard::to_allocvec(&OutboxPage::V1 { entries: owned }).unwrap();
+    let decoded = stored::decode_outbox_page(&v1).unwrap();
+    assert_eq!((decoded.len(), decoded[255].group.as_str()), (256, "g 1"));
+}
+
+#[test]
+fn state_pages_round_trip_and_version_1_pages_still_decode() {
+    use crate::storage::stored::{self, StatePage};
+    let entries: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..50u8).map(|i| (vec![b'w', i], vec![i; usize::from(i) + 1])).collect();
+    let page = stored::encode_state_page(&entries).unwrap();
+    assert_eq!(stored::decode_state_page(&page).unwrap(), entries);
+    let v1 = postcard::to_allocvec(&StatePage::V1 { entries: entries.clone() }).unwrap();
+    assert_eq!(stored::decode_state_page(&v1).unwrap(), entries);
+    assert_eq!(
+        stored::decode_state_page(&postcard::to_allocvec(&StatePage::Empty).unwrap()).unwrap(),
+        vec![]
+    );
+}
+
+#[test]
+fn torn_or_oversized_compressed_pages_are_errors_not_allocations() {
+    use crate::storage::stored;
+    let page = stored::compress(&[7u8; 1000]);
+    assert_eq!(stored::decompress(&page).unwrap(), vec![7u8; 1000]);
+    assert!(stored::decompress(&page[..page.len() - 3]).is_err(), "torn");
+    assert!(stored::decompress(&[1, 2]).is_err(), "no size");
+    let mut huge = page.clone();
+    huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(stored::decompress(&huge), Err(format!("compressed page announces {} bytes", u32::MAX)));
 }
