@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use eddy_sensors::Reading;
 
-use crate::storage::stored::{LogChunkV1Ref, LogEnvelope, LogEnvelopeRef, OutboxEntryV1Ref, ReadingsRef};
+use crate::storage::stored::{LogChunkV1Ref, OutboxEntryV1Ref, ReadingsRef};
 
 const OUTBOX: u8 = b'o';
 const STATE: u8 = b's';
@@ -234,15 +234,14 @@ impl Store {
     pub fn append_log(&self, chunks: &[LogChunk]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for chunk in chunks {
-            let envelope = LogEnvelopeRef::V1(LogChunkV1Ref {
+            let bytes = stored::encode_log_chunk(&LogChunkV1Ref {
                 ingest_ms: chunk.ingest_ms,
                 batch: chunk.batch,
                 field_names: &self.field_names,
                 tag_names: &self.tag_names,
                 readings: ReadingsRef(&chunk.readings),
-            });
-            let bytes = postcard::to_allocvec(&envelope)
-                .map_err(|source| StoreError::Encode { what: "log chunk", source })?;
+            })
+            .map_err(|source| StoreError::Encode { what: "log chunk", source })?;
             batch.insert(&chunk.key.to_be_bytes(), bytes);
         }
         self.log.apply_batch(batch).map_err(io("log append"))?;
@@ -285,7 +284,7 @@ impl Store {
     }
 
     fn decode_chunk(&self, key: u64, value: &[u8]) -> Option<LogChunk> {
-        let LogEnvelope::V1(chunk) = postcard::from_bytes::<LogEnvelope>(value).ok()?;
+        let chunk = stored::decode_log_chunk(value).ok()?;
         let field_map = remap(&chunk.field_names, &self.field_names);
         let tag_map = remap(&chunk.tag_names, &self.tag_names);
         let readings = chunk

@@ -8,12 +8,32 @@ use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// A log chunk as stored, owned form (decoding).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum LogEnvelope {
     V1(LogChunkV1),
+    /// The postcard bytes of a [`LogChunkV1`], LZ4-compressed ([`compress`]): sensor ids, tags
+    /// and timestamps repeat within a chunk; the log takes ~2x less disk, and less of sled's
+    /// memory until it is trimmed.
+    Lz4V1(Vec<u8>),
 }
 
-#[derive(Debug, Deserialize)]
+/// Encodes a log chunk (as `Lz4V1`).
+pub(crate) fn encode_log_chunk(chunk: &LogChunkV1Ref<'_>) -> Result<Vec<u8>, postcard::Error> {
+    let compressed = compress(&postcard::to_allocvec(chunk)?);
+    postcard::to_allocvec(&LogEnvelope::Lz4V1(compressed))
+}
+
+/// Decodes a log chunk of any version.
+pub(crate) fn decode_log_chunk(bytes: &[u8]) -> Result<LogChunkV1, String> {
+    match postcard::from_bytes::<LogEnvelope>(bytes).map_err(|error| error.to_string())? {
+        LogEnvelope::V1(chunk) => Ok(chunk),
+        LogEnvelope::Lz4V1(compressed) => {
+            postcard::from_bytes(&decompress(&compressed)?).map_err(|error| error.to_string())
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct LogChunkV1 {
     pub(crate) ingest_ms: i64,
     pub(crate) batch: u64,
@@ -24,7 +44,7 @@ pub(crate) struct LogChunkV1 {
     pub(crate) readings: Vec<ReadingV1>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ReadingV1 {
     pub(crate) sensor: String,
     pub(crate) ts_ms: i64,
@@ -32,13 +52,8 @@ pub(crate) struct ReadingV1 {
     pub(crate) tags: Vec<Option<String>>,
 }
 
-/// The borrowed twin of `LogEnvelope::V1`, for encoding without copying readings. Its
-/// serialized layout is identical to the owned form (checked by a test).
-#[derive(Serialize)]
-pub(crate) enum LogEnvelopeRef<'a> {
-    V1(LogChunkV1Ref<'a>),
-}
-
+/// The borrowed twin of [`LogChunkV1`], for encoding without copying readings; its serialized
+/// layout is identical (checked by a test).
 #[derive(Serialize)]
 pub(crate) struct LogChunkV1Ref<'a> {
     pub(crate) ingest_ms: i64,

@@ -312,3 +312,40 @@ fn torn_or_oversized_compressed_pages_are_errors_not_allocations() {
     huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
     assert_eq!(stored::decompress(&huge), Err(format!("compressed page announces {} bytes", u32::MAX)));
 }
+
+#[tokio::test]
+async fn version_1_log_chunks_still_decode_and_borrowed_chunks_encode_like_owned_ones() {
+    use crate::storage::stored::{LogChunkV1, LogChunkV1Ref, LogEnvelope, ReadingV1, ReadingsRef};
+    let readings = vec![reading("t-1", 10, 21.5)];
+    let fields = names(&["temp_c", "humidity"]);
+    let tags = names(&["mode"]);
+    let borrowed = LogChunkV1Ref {
+        ingest_ms: 5,
+        batch: 2,
+        field_names: &fields,
+        tag_names: &tags,
+        readings: ReadingsRef(&readings),
+    };
+    let owned = LogChunkV1 {
+        ingest_ms: 5,
+        batch: 2,
+        field_names: fields.clone(),
+        tag_names: tags.clone(),
+        readings: vec![ReadingV1 {
+            sensor: "t-1".into(),
+            ts_ms: 10,
+            values: readings[0].values.clone(),
+            tags: vec![Some("heat".into())],
+        }],
+    };
+    assert_eq!(postcard::to_allocvec(&borrowed).unwrap(), postcard::to_allocvec(&owned).unwrap());
+
+    // A chunk written by an older eddy (uncompressed V1) is read back as it was.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.log.insert(7u64.to_be_bytes(), postcard::to_allocvec(&LogEnvelope::V1(owned)).unwrap()).unwrap();
+    let (read, skipped) = store.read_log_after(0, 10).unwrap();
+    assert_eq!((skipped, read.len()), (0, 1));
+    assert_eq!((read[0].key, read[0].ingest_ms, read[0].batch), (7, 5, 2));
+    assert_eq!(read[0].readings, readings);
+}
