@@ -61,31 +61,41 @@ enum Command {
     },
 }
 
-/// One malloc arena for the whole process (glibc only).
+/// Tunes glibc's malloc for a long-running daemon with bursty, large transient buffers.
 ///
-/// glibc gives threads their own arenas (up to 8 per core) and memory freed in one arena is
-/// not reused by another: eddy's tasks hop between tokio's workers and sled has threads of
-/// its own, so buffers allocated on one thread and freed on another left each arena holding
-/// its high-water mark. At 10,000 readings/s from 1000 sensors RSS settled at ~34 MiB with
-/// the default and ~25 MiB with one arena, at the same throughput (BENCHMARKS.md). Setting
-/// `MALLOC_ARENA_MAX` in the environment overrides this.
+/// - One arena: glibc gives threads their own arenas (up to 8 per core) and memory freed in
+///   one arena is not reused by another. eddy's tasks hop between tokio's workers and sled
+///   has threads of its own, so each arena kept its own high-water mark.
+/// - A fixed mmap threshold of 128 KiB: glibc raises the threshold each time a large block is
+///   freed, after which commit-sized buffers (compressed pages, sled's IO buffers) come from
+///   the heap and fragment it; fixed, they are mapped and returned to the kernel on free.
+///
+/// At 10,000 readings/s from 1000 sensors RSS settled at ~25 MiB with glibc's defaults and
+/// ~20 MiB with these, at the same throughput (BENCHMARKS.md). `MALLOC_ARENA_MAX` and
+/// `MALLOC_MMAP_THRESHOLD_` in the environment override them.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt takes two integers and touches only malloc's own parameters; it is
-        // called first thing in main, before any thread exists that could be allocating.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+fn tune_malloc() {
+    let settings = [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 1),
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 128 * 1024),
+    ];
+    for (env, param, value) in settings {
+        if std::env::var_os(env).is_none() {
+            // SAFETY: mallopt takes two integers and changes only malloc's own parameters; it
+            // is called first thing in main, before any other thread exists.
+            unsafe {
+                libc::mallopt(param, value);
+            }
         }
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+fn tune_malloc() {}
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let cli = Cli::parse();
     init_tracing();
     match cli.command {

@@ -1,5 +1,5 @@
-//! Repository hygiene: every Rust file says what it is for, and only the storage module
-//! touches sled.
+//! Repository hygiene: every Rust file says what it is for, only the storage module
+//! touches sled, and the one `unsafe` block is the malloc tuning.
 
 use std::path::{Path, PathBuf};
 
@@ -47,4 +47,20 @@ fn only_the_storage_module_uses_sled() {
         .map(|path| path.display().to_string())
         .collect();
     assert!(offenders.is_empty(), "sled used outside daemon/src/storage: {offenders:#?}");
+}
+
+#[test]
+fn the_only_unsafe_code_is_the_malloc_tuning() {
+    let mut uses: Vec<String> = Vec::new();
+    for path in workspace_files().into_iter().filter(|path| !path.ends_with("tidy.rs")) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (line_no, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("unsafe {") || code.contains("unsafe fn") || code.contains("unsafe impl") {
+                uses.push(format!("{}:{}", path.display(), line_no + 1));
+            }
+        }
+    }
+    assert_eq!(uses.len(), 1, "unsafe outside `tune_malloc` in daemon/src/main.rs: {uses:#?}");
+    assert!(uses[0].contains("daemon/src/main.rs"), "{uses:?}");
 }
