@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, EngineSpec, Output};
 use crate::ingest::EngineInput;
-use crate::storage::{Commit, LogChunk, OutboxEntry, Store, StoreError};
+use crate::storage::{Commit, LogChunk, OutboxEntry, SealedPage, Store, StoreError, OUTBOX_PAGE_ENTRIES};
 
 /// How many log chunks the replay reads per step.
 const REPLAY_PAGE: usize = 256;
@@ -45,6 +45,8 @@ pub(crate) struct Aggregator {
     log_pos: u64,
     next_seq: u64,
     checkpoint_interval: Duration,
+    /// Results since the last commit: full pages sealed as they fill, then the rest.
+    sealed: Vec<SealedPage>,
     pending: Vec<OutboxEntry>,
     /// Readings applied since the last commit.
     uncommitted_readings: usize,
@@ -93,6 +95,7 @@ impl Aggregator {
                 log_pos: snapshot.log_pos,
                 next_seq: snapshot.next_seq,
                 checkpoint_interval,
+                sealed: Vec::new(),
                 pending: Vec::new(),
                 uncommitted_readings: 0,
                 outputs: Vec::new(),
@@ -132,6 +135,7 @@ impl Aggregator {
             for chunk in chunks.into_iter().take_while(|chunk| chunk.key <= through) {
                 n_chunks += 1;
                 self.apply_chunk(&chunk);
+                self.seal_full_pages()?;
             }
             if self.commit_due() {
                 self.commit().await?;
@@ -154,6 +158,7 @@ impl Aggregator {
                 input = rx.recv() => match input {
                     Some(EngineInput::Chunk(chunk)) => {
                         self.apply_chunk(&chunk);
+                        self.seal_full_pages()?;
                         if self.commit_due() {
                             self.commit().await?;
                         }
@@ -162,6 +167,7 @@ impl Aggregator {
                         self.clock_ms = self.clock_ms.max(now_ms);
                         self.engine.tick(now_ms, &mut self.outputs);
                         self.take_outputs();
+                        self.seal_full_pages()?;
                     }
                     None => break,
                 },
@@ -177,9 +183,25 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Results produced since the last commit.
+    fn n_pending(&self) -> usize {
+        self.sealed.iter().map(SealedPage::len).sum::<usize>() + self.pending.len()
+    }
+
     /// Whether enough piled up since the last commit to commit before the interval ends.
     fn commit_due(&self) -> bool {
-        self.pending.len() >= MAX_PENDING_RESULTS || self.uncommitted_readings >= MAX_UNCOMMITTED_READINGS
+        self.n_pending() >= MAX_PENDING_RESULTS || self.uncommitted_readings >= MAX_UNCOMMITTED_READINGS
+    }
+
+    /// Encodes full pages of pending results right away: a window-close burst (every sensor's
+    /// windows end together) then waits for its commit compressed, not as JSON.
+    fn seal_full_pages(&mut self) -> Result<(), StoreError> {
+        while self.pending.len() >= OUTBOX_PAGE_ENTRIES {
+            let page = Store::seal_outbox_page(&self.pending[..OUTBOX_PAGE_ENTRIES])?;
+            self.pending.drain(..OUTBOX_PAGE_ENTRIES);
+            self.sealed.push(page);
+        }
+        Ok(())
     }
 
     fn apply_chunk(&mut self, chunk: &LogChunk) {
@@ -239,12 +261,13 @@ impl Aggregator {
         self.uncommitted_readings = 0;
         let state = self.engine.take_dirty();
         let position_moved = self.store_position_changed();
-        if self.pending.is_empty() && state.is_empty() && !position_moved {
+        if self.n_pending() == 0 && state.is_empty() && !position_moved {
             self.trim_outbox()?;
             return Ok(());
         }
-        let n_results = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
+        let n_results = u64::try_from(self.n_pending()).unwrap_or(u64::MAX);
         let commit = Commit {
+            sealed: std::mem::take(&mut self.sealed),
             outbox: std::mem::take(&mut self.pending),
             state,
             log_pos: self.log_pos,

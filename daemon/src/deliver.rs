@@ -192,7 +192,7 @@ mod tests {
             })
             .collect();
         // Five results are in the outbox, but the aggregator has announced (flushed) only 3.
-        store.commit(&Commit { outbox, state: vec![], log_pos: 1, next_seq: 6, clock_ms: 0 }).unwrap();
+        store.commit(&Commit { outbox, log_pos: 1, next_seq: 6, ..Commit::default() }).unwrap();
         let captured = Captured::default();
         let delivering = Delivering {
             sink: Sink::Console(ConsoleSink::new("console", Box::new(captured.clone()))),

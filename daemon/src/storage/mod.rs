@@ -153,10 +153,33 @@ pub struct EngineSnapshot {
 /// A change to one engine state entry: its key and the new value, or `None` to delete it.
 pub type StateChange = (Vec<u8>, Option<Vec<u8>>);
 
+/// A full page of outbox entries, encoded (compressed) ahead of its commit by
+/// [`Store::seal_outbox_page`], so that a burst of results waits for its commit at a fifth of
+/// its JSON size.
+#[derive(Debug)]
+pub struct SealedPage {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl SealedPage {
+    /// Entries in the page.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the page has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// One atomic engine commit.
 #[derive(Debug, Default)]
 pub struct Commit {
-    /// New results; they get sequence numbers `next_seq - outbox.len() .. next_seq`.
+    /// New results sealed into pages, in seq order, before those of `outbox`.
+    pub sealed: Vec<SealedPage>,
+    /// New results; with `sealed` they get sequence numbers `next_seq - n .. next_seq`.
     pub outbox: Vec<OutboxEntry>,
     /// Engine state changes (`None` deletes).
     pub state: Vec<StateChange>,
@@ -339,23 +362,30 @@ impl Store {
         Ok(snapshot)
     }
 
+    /// Encodes a page of at most [`OUTBOX_PAGE_ENTRIES`] outbox entries for a later commit.
+    pub fn seal_outbox_page(entries: &[OutboxEntry]) -> Result<SealedPage, StoreError> {
+        debug_assert!(entries.len() <= OUTBOX_PAGE_ENTRIES);
+        let entries: Vec<OutboxEntryV1Ref<'_>> = entries
+            .iter()
+            .map(|entry| OutboxEntryV1Ref { kind: &entry.kind, group: &entry.group, payload: &entry.payload })
+            .collect();
+        let bytes = stored::encode_outbox_page(&entries)
+            .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
+        Ok(SealedPage { bytes, len: entries.len() })
+    }
+
     /// Applies one engine commit atomically (not yet durable: call [`Store::flush`]).
     pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        let first_seq = commit.next_seq - u64::try_from(commit.outbox.len()).unwrap_or(0);
-        let mut page_seq = first_seq;
+        let n_new = commit.sealed.iter().map(SealedPage::len).sum::<usize>() + commit.outbox.len();
+        let mut page_seq = commit.next_seq - u64::try_from(n_new).unwrap_or(0);
+        for page in &commit.sealed {
+            batch.insert(prefixed(OUTBOX, &page_seq.to_be_bytes()), page.bytes.as_slice());
+            page_seq += u64::try_from(page.len).unwrap_or(0);
+        }
         for page in commit.outbox.chunks(OUTBOX_PAGE_ENTRIES) {
-            let entries: Vec<OutboxEntryV1Ref<'_>> = page
-                .iter()
-                .map(|entry| OutboxEntryV1Ref {
-                    kind: &entry.kind,
-                    group: &entry.group,
-                    payload: &entry.payload,
-                })
-                .collect();
-            let bytes = stored::encode_outbox_page(&entries)
-                .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
-            batch.insert(prefixed(OUTBOX, &page_seq.to_be_bytes()), bytes);
+            let sealed = Store::seal_outbox_page(page)?;
+            batch.insert(prefixed(OUTBOX, &page_seq.to_be_bytes()), sealed.bytes);
             page_seq += u64::try_from(page.len()).unwrap_or(0);
         }
         self.write_state_pages(&commit.state, &mut batch)?;

@@ -90,6 +90,7 @@ async fn commit_writes_results_state_and_position_together() {
                 log_pos: 5,
                 next_seq: 3,
                 clock_ms: 10,
+                ..Commit::default()
             })
             .unwrap();
         store
@@ -99,6 +100,7 @@ async fn commit_writes_results_state_and_position_together() {
                 log_pos: 9,
                 next_seq: 4,
                 clock_ms: 20,
+                ..Commit::default()
             })
             .unwrap();
         store.flush().await.unwrap();
@@ -193,9 +195,13 @@ async fn outbox_pages_read_from_any_seq_and_trim_only_when_fully_delivered() {
     let store = open(dir.path());
     // 600 results in one commit: pages of 256 starting at seqs 1, 257, 513.
     let first = numbered_entries(600);
-    store.commit(&Commit { outbox: first, state: vec![], log_pos: 1, next_seq: 601, clock_ms: 0 }).unwrap();
+    store
+        .commit(&Commit { outbox: first, state: vec![], log_pos: 1, next_seq: 601, ..Commit::default() })
+        .unwrap();
     let second = numbered_entries(10);
-    store.commit(&Commit { outbox: second, state: vec![], log_pos: 2, next_seq: 611, clock_ms: 0 }).unwrap();
+    store
+        .commit(&Commit { outbox: second, state: vec![], log_pos: 2, next_seq: 611, ..Commit::default() })
+        .unwrap();
 
     let all = store.read_outbox_after(0, 10_000).unwrap();
     assert_eq!(all.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), (1..=610).collect::<Vec<_>>());
@@ -227,7 +233,9 @@ async fn many_state_entries_survive_in_pages_with_updates_and_deletes() {
         let puts: Vec<_> = (0..1000u32)
             .map(|idx| (format!("w/{idx}").into_bytes(), Some(idx.to_be_bytes().to_vec())))
             .collect();
-        store.commit(&Commit { outbox: vec![], state: puts, log_pos: 1, next_seq: 1, clock_ms: 0 }).unwrap();
+        store
+            .commit(&Commit { outbox: vec![], state: puts, log_pos: 1, next_seq: 1, ..Commit::default() })
+            .unwrap();
         let changes: Vec<_> = (0..1000u32)
             .filter(|idx| idx % 10 == 0)
             .map(|idx| {
@@ -236,7 +244,7 @@ async fn many_state_entries_survive_in_pages_with_updates_and_deletes() {
             })
             .collect();
         store
-            .commit(&Commit { outbox: vec![], state: changes, log_pos: 2, next_seq: 1, clock_ms: 0 })
+            .commit(&Commit { outbox: vec![], state: changes, log_pos: 2, next_seq: 1, ..Commit::default() })
             .unwrap();
         store.flush().await.unwrap();
     }
@@ -348,4 +356,30 @@ async fn version_1_log_chunks_still_decode_and_borrowed_chunks_encode_like_owned
     assert_eq!((skipped, read.len()), (0, 1));
     assert_eq!((read[0].key, read[0].ingest_ms, read[0].batch), (7, 5, 2));
     assert_eq!(read[0].readings, readings);
+}
+
+#[test]
+fn sealed_pages_take_the_seqs_before_the_unsealed_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let entries = numbered_entries(600);
+    let sealed = vec![
+        Store::seal_outbox_page(&entries[..256]).unwrap(),
+        Store::seal_outbox_page(&entries[256..512]).unwrap(),
+    ];
+    assert_eq!(sealed.iter().map(SealedPage::len).collect::<Vec<_>>(), [256, 256]);
+    store
+        .commit(&Commit {
+            sealed,
+            outbox: entries[512..].to_vec(),
+            log_pos: 1,
+            next_seq: 611,
+            ..Commit::default()
+        })
+        .unwrap();
+    let read = store.read_outbox_after(0, 10_000).unwrap();
+    let seqs: Vec<u64> = read.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (11..611).collect::<Vec<u64>>());
+    let in_order: Vec<OutboxEntry> = read.into_iter().map(|(_, entry)| entry).collect();
+    assert_eq!(in_order, entries);
 }
