@@ -244,6 +244,8 @@ impl Aggregator {
         // The log up to the committed position is no longer needed: a restart resumes after it.
         self.store.trim_log_through(self.log_pos)?;
         self.trim_outbox()?;
+        // Past the budget (drop_oldest) or the ttl, the oldest undelivered results go.
+        self.store.enforce_budget(self.clock_ms)?;
         Ok(())
     }
 

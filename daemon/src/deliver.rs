@@ -9,13 +9,11 @@ use std::time::Duration;
 use eddy_sinks::{Delivery, OutRecord, Sink};
 use tokio::sync::watch;
 
-use crate::storage::{Store, StoreError};
+use crate::storage::{DeadLetterEntry, SinkDrops, Store, StoreError};
+use crate::uplink::DeliveryConfig;
 
-/// Records handed to a sink per delivery.
-const DELIVERY_BATCH: usize = 512;
-/// First retry delay after a failed delivery; doubles up to `MAX_BACKOFF`.
+/// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Counters of one sink.
 #[derive(Debug, Default)]
@@ -24,8 +22,47 @@ pub(crate) struct DeliveryStats {
     pub(crate) delivered_total: AtomicU64,
     /// Failed delivery attempts (retried).
     pub(crate) retries_total: AtomicU64,
-    /// Records the sink permanently rejected (skipped).
+    /// Records the sink permanently rejected (moved to the dead-letter tree).
     pub(crate) rejected_total: AtomicU64,
+    /// Outbox records dropped (budget, ttl) before this sink delivered them.
+    pub(crate) drops: Arc<SinkDrops>,
+    /// The last seq delivered (the durable cursor).
+    pub(crate) cursor: AtomicU64,
+    /// Processing time of the commit that wrote the oldest record not yet delivered (ms since
+    /// the epoch; 0: nothing waiting).
+    pub(crate) oldest_waiting_ms: AtomicU64,
+}
+
+/// A plain copy of one sink's counters, for the status log (and a later `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SinkCounters {
+    pub(crate) delivered: u64,
+    pub(crate) retries: u64,
+    pub(crate) rejected: u64,
+    pub(crate) dropped_budget: u64,
+    pub(crate) dropped_ttl: u64,
+    /// Records committed but not yet delivered (all kinds, by outbox seq).
+    pub(crate) outbox_depth: u64,
+    /// Age of the oldest record waiting, ms (0: none).
+    pub(crate) outbox_age_ms: u64,
+}
+
+impl DeliveryStats {
+    /// Counters now; `committed` is the last committed seq, `now_ms` the processing clock.
+    pub(crate) fn snapshot(&self, committed: u64, now_ms: u64) -> SinkCounters {
+        let cursor = self.cursor.load(Ordering::Relaxed);
+        let oldest = self.oldest_waiting_ms.load(Ordering::Relaxed);
+        let depth = committed.saturating_sub(cursor);
+        SinkCounters {
+            delivered: self.delivered_total.load(Ordering::Relaxed),
+            retries: self.retries_total.load(Ordering::Relaxed),
+            rejected: self.rejected_total.load(Ordering::Relaxed),
+            dropped_budget: self.drops.budget.load(Ordering::Relaxed),
+            dropped_ttl: self.drops.ttl.load(Ordering::Relaxed),
+            outbox_depth: depth,
+            outbox_age_ms: if depth == 0 || oldest == 0 { 0 } else { now_ms.saturating_sub(oldest) },
+        }
+    }
 }
 
 /// One sink with its cursor.
@@ -43,6 +80,8 @@ pub(crate) struct Delivering {
     pub(crate) cursor_idx: usize,
     /// Counters.
     pub(crate) stats: Arc<DeliveryStats>,
+    /// Batching, rate cap, retry pacing.
+    pub(crate) delivery: DeliveryConfig,
 }
 
 impl Delivering {
@@ -71,9 +110,33 @@ impl Delivering {
                     _ = give_up.changed() => break,
                 }
             }
+            let batch_max = self.delivery.batch_max_records;
+            if !self.delivery.linger.is_zero()
+                && target - cursor < u64::try_from(batch_max).unwrap_or(u64::MAX)
+            {
+                // Fewer records than a full batch: wait up to `linger` for more.
+                let until = tokio::time::Instant::now() + self.delivery.linger;
+                loop {
+                    let waiting = *committed.borrow() - cursor;
+                    if waiting >= u64::try_from(batch_max).unwrap_or(u64::MAX) {
+                        break;
+                    }
+                    tokio::select! {
+                        changed = committed.changed() => if changed.is_err() { break },
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = give_up.changed() => break,
+                    }
+                }
+            }
+            let target = *committed.borrow_and_update();
+            let started = tokio::time::Instant::now();
             // Only what the aggregator has committed *and flushed* (`target`): a sink must never
             // hand out a result that a power cut could still take back.
-            let mut entries = self.store.read_outbox_after(cursor, DELIVERY_BATCH)?;
+            let mut entries = self.store.read_outbox_after(cursor, batch_max)?;
+            self.stats.oldest_waiting_ms.store(
+                self.store.commit_time_after(cursor)?.map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
+                Ordering::Relaxed,
+            );
             entries.retain(|(seq, _)| *seq <= target);
             let Some(last_seq) = entries.last().map(|(seq, _)| *seq) else {
                 // Entries up to target were trimmed or undecodable: move past them.
@@ -103,8 +166,21 @@ impl Delivering {
                     backoff = MIN_BACKOFF;
                 }
                 Delivery::Rejected { reason } => {
+                    let rejected_ms = eddy_sensors::wall_clock_ms();
+                    let dead: Vec<DeadLetterEntry> = records
+                        .iter()
+                        .map(|record| DeadLetterEntry {
+                            sink: name.clone(),
+                            seq: record.seq,
+                            kind: record.kind.clone(),
+                            reason: reason.clone(),
+                            rejected_ms,
+                            payload: record.payload.clone(),
+                        })
+                        .collect();
+                    self.store.add_dead_letters(&dead)?;
                     self.stats.rejected_total.fetch_add(n_records, Ordering::Relaxed);
-                    tracing::error!(sink = %name, records = n_records, %reason, "Sink rejected records permanently; they are skipped.");
+                    tracing::error!(sink = %name, records = n_records, %reason, "Sink rejected records permanently; they are moved to the dead-letter tree.");
                 }
                 Delivery::Offline { reason } => {
                     self.stats.retries_total.fetch_add(1, Ordering::Relaxed);
@@ -118,7 +194,7 @@ impl Delivering {
                         offline_since = Some(tokio::time::Instant::now());
                     }
                     let delay = jittered(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = (backoff * 2).min(self.delivery.max_backoff);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = give_up.changed() => break,
@@ -128,6 +204,15 @@ impl Delivering {
             }
             cursor = last_seq;
             self.persist(&name, cursor).await?;
+            if let Some(rate) = self.delivery.rate_limit {
+                // Pace the drain: n records take at least n / rate seconds.
+                let n_delivered = f64::from(u32::try_from(n_records).unwrap_or(u32::MAX));
+                let pace = Duration::from_secs_f64(n_delivered / rate);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(started + pace) => {}
+                    _ = give_up.changed() => break,
+                }
+            }
         }
         self.sink.close().await;
         tracing::info!(sink = %name, cursor, "Sink stopped.");
@@ -147,6 +232,7 @@ impl Delivering {
 
     fn publish(&self, cursor: u64) {
         self.cursor[self.cursor_idx].store(cursor, Ordering::Release);
+        self.stats.cursor.store(cursor, Ordering::Relaxed);
     }
 }
 
@@ -201,6 +287,7 @@ mod tests {
             cursor: Arc::new(vec![AtomicU64::new(0)]),
             cursor_idx: 0,
             stats: Arc::new(DeliveryStats::default()),
+            delivery: DeliveryConfig::default(),
         };
         let (committed_tx, committed_rx) = watch::channel(3u64);
         let (_give_up_tx, give_up_rx) = watch::channel(false);

@@ -22,9 +22,14 @@
 //!   sink's cursor has passed it.
 //! - A record that cannot be decoded (torn by a power cut, or written by a future version) is
 //!   skipped and counted in [`StoreStats`], never a crash.
-//! - Size: bounded by sled's cache for memory (`storage.cache_capacity`); on disk, by how far
-//!   the engine and the sinks lag (a disk budget comes with store-and-forward).
+//! - **Dead letters** (tree `dead`): records a sink rejected permanently, with the reason;
+//!   at most [`DEAD_LETTER_MAX`], the oldest deleted (and counted) first.
+//! - Size: bounded by sled's cache for memory (`storage.cache_capacity`); on disk, by the
+//!   budget (`storage.max_bytes`, see [`budget`](crate::storage::budget) for what is counted,
+//!   the full-store policies and the free-space guard).
 
+mod budget;
+mod dead_letter;
 mod stored;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +38,9 @@ use std::sync::Arc;
 
 use eddy_sensors::Reading;
 
+use crate::storage::budget::{entry_bytes, free_space_of, Budget};
+pub use crate::storage::budget::{Appended, BudgetConfig, DropStats, Policy, SinkDrops};
+pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX};
 use crate::storage::stored::{
     LogChunkV1Ref, LogEnvelope, LogEnvelopeRef, OutboxEntryV1Ref, OutboxPage, OutboxPageRef, ReadingsRef,
     StatePage,
@@ -180,6 +188,7 @@ pub struct Store {
     stats: Arc<StoreStats>,
     field_names: Arc<Vec<String>>,
     tag_names: Arc<Vec<String>>,
+    budget: Arc<Budget>,
 }
 
 impl Store {
@@ -225,6 +234,7 @@ impl Store {
             stats: Arc::new(StoreStats::default()),
             field_names: Arc::new(field_names),
             tag_names: Arc::new(tag_names),
+            budget: Arc::new(Budget::new(BudgetConfig::default(), free_space_of(dir.to_path_buf()))),
         })
     }
 
@@ -233,9 +243,12 @@ impl Store {
         &self.stats
     }
 
-    /// Writes chunks to the log (not yet durable: call [`Store::flush`]).
-    pub fn append_log(&self, chunks: &[LogChunk]) -> Result<(), StoreError> {
+    /// Writes chunks to the log (not yet durable: call [`Store::flush`]) if the disk budget
+    /// admits them; otherwise nothing is written and the answer says why.
+    pub fn append_log(&self, chunks: &[LogChunk]) -> Result<Appended, StoreError> {
         let mut batch = sled::Batch::default();
+        let mut bytes = 0;
+        let mut n_readings = 0;
         for chunk in chunks {
             let envelope = LogEnvelopeRef::V1(LogChunkV1Ref {
                 ingest_ms: chunk.ingest_ms,
@@ -244,12 +257,28 @@ impl Store {
                 tag_names: &self.tag_names,
                 readings: ReadingsRef(&chunk.readings),
             });
-            let bytes = postcard::to_allocvec(&envelope)
+            let value = postcard::to_allocvec(&envelope)
                 .map_err(|source| StoreError::Encode { what: "log chunk", source })?;
-            batch.insert(&chunk.key.to_be_bytes(), bytes);
+            let key = chunk.key.to_be_bytes();
+            bytes += entry_bytes(&key, &value);
+            n_readings += u64::try_from(chunk.readings.len()).unwrap_or(u64::MAX);
+            batch.insert(&key, value);
+        }
+        if let Appended::Refused(reason) = self.admit(bytes, n_readings)? {
+            return Ok(Appended::Refused(reason));
+        }
+        if self.budget.take_injected_failure() {
+            return Err(StoreError::Io {
+                operation: "log append",
+                source: sled::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "injected: no space left on device",
+                )),
+            });
         }
         self.log.apply_batch(batch).map_err(io("log append"))?;
-        Ok(())
+        self.budget.add(bytes);
+        Ok(Appended::Stored)
     }
 
     /// Makes everything written so far durable (one fsync for all writers: group commit).
@@ -314,11 +343,15 @@ impl Store {
     pub fn trim_log_through(&self, key: u64) -> Result<usize, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for item in self.log.range(..=key.to_be_bytes()).keys() {
-            batch.remove(item.map_err(io("log read"))?);
+        let mut bytes = 0;
+        for item in self.log.range(..=key.to_be_bytes()) {
+            let (key, value) = item.map_err(io("log read"))?;
+            bytes += entry_bytes(&key, &value);
+            batch.remove(key);
             n += 1;
         }
         self.log.apply_batch(batch).map_err(io("log trim"))?;
+        self.budget.sub(bytes);
         Ok(n)
     }
 
@@ -349,8 +382,10 @@ impl Store {
         let mut batch = sled::Batch::default();
         let first_seq = commit.next_seq - u64::try_from(commit.outbox.len()).unwrap_or(0);
         let mut page_seq = first_seq;
+        let mut outbox_bytes = 0;
         for page in commit.outbox.chunks(OUTBOX_PAGE_ENTRIES) {
-            let envelope = OutboxPageRef::V1 {
+            let envelope = OutboxPageRef::V2 {
+                committed_ms: commit.clock_ms,
                 entries: page
                     .iter()
                     .map(|entry| OutboxEntryV1Ref {
@@ -362,14 +397,18 @@ impl Store {
             };
             let bytes = postcard::to_allocvec(&envelope)
                 .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
-            batch.insert(prefixed(OUTBOX, &page_seq.to_be_bytes()), bytes);
+            let key = prefixed(OUTBOX, &page_seq.to_be_bytes());
+            outbox_bytes += entry_bytes(&key, &bytes);
+            batch.insert(key, bytes);
             page_seq += u64::try_from(page.len()).unwrap_or(0);
         }
         self.write_state_pages(&commit.state, &mut batch)?;
         batch.insert(META_LOG_POS, &commit.log_pos.to_be_bytes());
         batch.insert(META_NEXT_SEQ, &commit.next_seq.to_be_bytes());
         batch.insert(META_CLOCK, &u64::try_from(commit.clock_ms).unwrap_or(0).to_be_bytes());
-        self.main.apply_batch(batch).map_err(io("commit"))
+        self.main.apply_batch(batch).map_err(io("commit"))?;
+        self.budget.add(outbox_bytes);
+        Ok(())
     }
 
     /// Merges state changes into their pages: each touched page is read, changed and written
@@ -434,8 +473,8 @@ impl Store {
             }
             let (key, value) = item.map_err(io("outbox read"))?;
             let page_seq = decode_key(&key[1..]);
-            match postcard::from_bytes::<OutboxPage>(&value) {
-                Ok(OutboxPage::V1 { entries: page }) => {
+            match postcard::from_bytes::<OutboxPage>(&value).map(OutboxPage::into_parts) {
+                Ok((_, page)) => {
                     for (seq, entry) in (page_seq..).zip(page) {
                         if seq >= wanted {
                             entries.push((
@@ -457,8 +496,12 @@ impl Store {
 
     /// Deletes outbox pages whose entries all have seq up to and including `seq`.
     pub fn trim_outbox_through(&self, seq: u64) -> Result<usize, StoreError> {
+        // Drops (budget, ttl) remove pages too: one at a time, so no page is counted out twice.
+        let _serialised =
+            self.budget.outbox_removal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut batch = sled::Batch::default();
         let mut n = 0;
+        let mut bytes = 0;
         let pages: Vec<u64> = self
             .main
             .range(
@@ -478,12 +521,40 @@ impl Store {
                     .is_some_and(|len| page_seq + len <= seq.saturating_add(1)),
             };
             if fully_delivered && *page_seq <= seq {
-                batch.remove(prefixed(OUTBOX, &page_seq.to_be_bytes()));
+                let key = prefixed(OUTBOX, &page_seq.to_be_bytes());
+                if let Some(value) = self.main.get(&key).map_err(io("outbox read"))? {
+                    bytes += entry_bytes(&key, &value);
+                }
+                batch.remove(key);
                 n += 1;
             }
         }
         self.main.apply_batch(batch).map_err(io("outbox trim"))?;
+        self.budget.sub(bytes);
         Ok(n)
+    }
+
+    /// The commit time of the outbox page holding the first entry after `after` (`None`: no
+    /// such entry, or a V1 page without a time).
+    pub fn commit_time_after(&self, after: u64) -> Result<Option<i64>, StoreError> {
+        let wanted = after.saturating_add(1);
+        let page = self
+            .main
+            .range(prefixed(OUTBOX, &0u64.to_be_bytes())..=prefixed(OUTBOX, &wanted.to_be_bytes()))
+            .next_back()
+            .transpose()
+            .map_err(io("outbox read"))?;
+        let page = match page {
+            Some(page) => Some(page),
+            None => self
+                .main
+                .range(prefixed(OUTBOX, &wanted.to_be_bytes())..vec![OUTBOX + 1])
+                .next()
+                .transpose()
+                .map_err(io("outbox read"))?,
+        };
+        let Some((_, value)) = page else { return Ok(None) };
+        Ok(postcard::from_bytes::<OutboxPage>(&value).ok().and_then(|page| page.into_parts().0))
     }
 
     fn outbox_page_len(&self, page_seq: u64) -> Result<Option<u64>, StoreError> {
@@ -492,8 +563,8 @@ impl Store {
         else {
             return Ok(None);
         };
-        Ok(match postcard::from_bytes::<OutboxPage>(&bytes) {
-            Ok(OutboxPage::V1 { entries }) => Some(u64::try_from(entries.len()).unwrap_or(u64::MAX)),
+        Ok(match postcard::from_bytes::<OutboxPage>(&bytes).map(OutboxPage::into_parts) {
+            Ok((_, entries)) => Some(u64::try_from(entries.len()).unwrap_or(u64::MAX)),
             // An undecodable page is never delivered; trimming it is safe once it is passed.
             Err(_) => Some(0),
         })

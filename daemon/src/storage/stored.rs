@@ -1,4 +1,4 @@
-//! Stored formats: the postcard envelopes of log chunks and outbox entries. They only ever
+//! Stored formats: the postcard envelopes of log chunks, outbox pages and dead letters. They only ever
 //! gain variants (`V2`, …); an existing variant's layout never changes.
 
 use std::sync::Arc;
@@ -84,14 +84,39 @@ impl Serialize for TagsRef<'_> {
 /// A page of consecutive outbox entries as stored, under the seq of its first entry.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum OutboxPage {
-    V1 { entries: Vec<OutboxEntryV1> },
+    V1 {
+        entries: Vec<OutboxEntryV1>,
+    },
+    /// V1 plus the processing time of the commit that wrote it (ms since the epoch), for the
+    /// outbox `ttl` and the outbox age.
+    V2 {
+        committed_ms: i64,
+        entries: Vec<OutboxEntryV1>,
+    },
+}
+
+impl OutboxPage {
+    /// The entries and the commit time (`None` for V1 pages).
+    pub(crate) fn into_parts(self) -> (Option<i64>, Vec<OutboxEntryV1>) {
+        match self {
+            OutboxPage::V1 { entries } => (None, entries),
+            OutboxPage::V2 { committed_ms, entries } => (Some(committed_ms), entries),
+        }
+    }
 }
 
 /// The borrowed twin of `OutboxPage::V1`, for encoding without copying payloads. Its
 /// serialized layout is identical to the owned form (checked by a test).
 #[derive(Serialize)]
 pub(crate) enum OutboxPageRef<'a> {
-    V1 { entries: Vec<OutboxEntryV1Ref<'a>> },
+    #[allow(dead_code)] // kept so that V2 keeps its variant index; new pages are V2
+    V1 {
+        entries: Vec<OutboxEntryV1Ref<'a>>,
+    },
+    V2 {
+        committed_ms: i64,
+        entries: Vec<OutboxEntryV1Ref<'a>>,
+    },
 }
 
 /// The borrowed twin of [`OutboxEntryV1`].
@@ -118,4 +143,10 @@ pub(crate) enum StatePage {
     V1 {
         entries: Vec<(Vec<u8>, Vec<u8>)>,
     },
+}
+
+/// A record a sink rejected permanently, kept for the operator (tree `dead`, key: a counter).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum DeadLetter {
+    V1 { sink: String, seq: u64, kind: String, reason: String, rejected_ms: i64, payload: Vec<u8> },
 }

@@ -1,0 +1,356 @@
+//! The store's disk budget: exact accounting of live log and outbox bytes, the full-store
+//! policies (`drop_oldest`, `reject_new`), the outbox `ttl`, a free-space guard, and the counters
+//! of everything dropped or refused.
+//!
+//! # What is counted, and how it relates to the disk
+//! `used` is the sum of `key + value` bytes of every live log chunk and outbox page (the
+//! postcard bytes eddy hands to sled). It is exact and deterministic: it is recomputed by a scan
+//! when the store opens, raised by every append and commit, and lowered by every trim and drop,
+//! all under one lock for outbox removals so that no page is counted out twice. It is *not*
+//! sled's file size: sled is log-structured, so its files hold old versions until its segment
+//! cleaner reclaims them, plus engine state and metadata (measured in BENCHMARKS.md: the
+//! directory is a small multiple of `used`). `storage.max_bytes` bounds `used`; size the real
+//! partition for a few times that, and keep `min_free_bytes` as the last guard: below it eddy
+//! refuses new readings before sled itself could hit ENOSPC (which sled 0.34 does not survive
+//! without a restart).
+//!
+//! # When the budget is full
+//! - `drop_oldest`: before a new log chunk is stored, and after each engine commit, the oldest
+//!   outbox pages are deleted until the chunk fits (`dropped_budget_records` counts their
+//!   records). If the outbox is empty and the log alone is full, the readings are refused.
+//! - `reject_new`: new readings are refused (the TCP source answers `nack N disk budget full`,
+//!   senders keep them) until the sinks have delivered enough; results of readings already
+//!   stored are still committed, so the outbox may pass the budget by those.
+//! - `ttl`: outbox pages committed longer ago than `ttl` (processing time) are deleted after a
+//!   commit, `dropped_ttl_records` counts their records.
+//!
+//! Counters are since the process started.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::storage::stored::OutboxPage;
+use crate::storage::{decode_key, io, Store, StoreError, OUTBOX};
+
+/// What happens when the budget is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Delete the oldest undelivered outbox pages.
+    DropOldest,
+    /// Refuse new readings (backpressure to the sources).
+    RejectNew,
+}
+
+/// The budget settings (`[storage]`).
+#[derive(Debug, Clone)]
+pub struct BudgetConfig {
+    /// Most accounted bytes of log + outbox; `None`: no limit.
+    pub max_bytes: Option<u64>,
+    /// What to do when full.
+    pub policy: Policy,
+    /// Outbox records older than this are dropped; `None`: kept until delivered.
+    pub ttl: Option<Duration>,
+    /// Refuse new readings when the file system has less free space than this (0: no check).
+    pub min_free_bytes: u64,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> BudgetConfig {
+        BudgetConfig { max_bytes: None, policy: Policy::DropOldest, ttl: None, min_free_bytes: 0 }
+    }
+}
+
+/// Counters of dropped and refused data, by reason.
+#[derive(Debug, Default)]
+pub struct DropStats {
+    /// Outbox records deleted by `drop_oldest` before every sink delivered them.
+    pub dropped_budget_records: AtomicU64,
+    /// Outbox records deleted because they were older than `ttl`.
+    pub dropped_ttl_records: AtomicU64,
+    /// Readings refused because the budget was full (`reject_new`, or a full log).
+    pub refused_budget_readings: AtomicU64,
+    /// Readings refused because the disk was (almost) full or a write failed.
+    pub refused_disk_readings: AtomicU64,
+    /// Records a sink rejected permanently, now in the dead-letter tree.
+    pub dead_letter_records: AtomicU64,
+    /// Dead letters deleted because the dead-letter tree was full.
+    pub dropped_dead_letter_records: AtomicU64,
+}
+
+/// Outbox records one sink lost to drops before delivering them, by reason. Counted for each
+/// registered sink whose durable cursor had not passed the dropped records (of any kind).
+#[derive(Debug, Default)]
+pub struct SinkDrops {
+    /// Dropped by `drop_oldest`.
+    pub budget: AtomicU64,
+    /// Dropped by `ttl`.
+    pub ttl: AtomicU64,
+}
+
+/// Why outbox records were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DropReason {
+    Budget,
+    Ttl,
+}
+
+/// The outcome of asking to store new log chunks: an expected outcome, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored (not yet durable: flush).
+    Stored,
+    /// Not stored; the reason is for the senders.
+    Refused(String),
+}
+
+/// Measures the free space of the store's file system; replaceable in tests.
+pub(crate) type FreeSpace = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// The budget state shared by every clone of the store.
+pub(crate) struct Budget {
+    pub(crate) config: BudgetConfig,
+    /// Accounted bytes of live log chunks and outbox pages.
+    pub(crate) used: AtomicU64,
+    pub(crate) stats: DropStats,
+    /// Serialises outbox removals (trims by the aggregator, drops by ingest and aggregator).
+    pub(crate) outbox_removal: Mutex<()>,
+    pub(crate) free_space: FreeSpace,
+    /// Registered sinks, for per-sink drop counters.
+    sinks: Mutex<Vec<(String, Arc<SinkDrops>)>>,
+    /// Appends that fail with an injected ENOSPC before touching sled (tests of the error path).
+    injected_failures: AtomicU64,
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Budget")
+            .field("config", &self.config)
+            .field("used", &self.used)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Budget {
+    pub(crate) fn new(config: BudgetConfig, free_space: FreeSpace) -> Budget {
+        Budget {
+            config,
+            used: AtomicU64::new(0),
+            stats: DropStats::default(),
+            outbox_removal: Mutex::new(()),
+            free_space,
+            injected_failures: AtomicU64::new(0),
+            sinks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Consumes one injected failure, if any.
+    pub(crate) fn take_injected_failure(&self) -> bool {
+        self.injected_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    pub(crate) fn add(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub(&self, bytes: u64) {
+        // Saturating: a store used without `with_budget` starts its count at 0.
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| Some(used.saturating_sub(bytes)));
+    }
+}
+
+/// Bytes a key and value occupy in the accounting.
+pub(crate) fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    u64::try_from(key.len() + value.len()).unwrap_or(u64::MAX)
+}
+
+/// Free space of the file system holding `dir`, for the guard.
+pub(crate) fn free_space_of(dir: std::path::PathBuf) -> FreeSpace {
+    Arc::new(move || rustix::fs::statvfs(&dir).ok().map(|stat| stat.f_bavail.saturating_mul(stat.f_frsize)))
+}
+
+impl Store {
+    /// Sets the disk budget and counts the live log and outbox bytes (a scan of both).
+    pub fn with_budget(mut self, config: BudgetConfig) -> Result<Store, StoreError> {
+        let free_space = self.budget.free_space.clone();
+        self.with_budget_and_free_space(config, free_space).map(|()| self)
+    }
+
+    /// Like [`Store::with_budget`], with an injected free-space probe (tests).
+    pub(crate) fn with_budget_and_free_space(
+        &mut self,
+        config: BudgetConfig,
+        free_space: FreeSpace,
+    ) -> Result<(), StoreError> {
+        let budget = Budget::new(config, free_space);
+        let mut used = 0;
+        for item in self.log.iter() {
+            let (key, value) = item.map_err(io("log read"))?;
+            used += entry_bytes(&key, &value);
+        }
+        for item in self.main.scan_prefix([OUTBOX]) {
+            let (key, value) = item.map_err(io("outbox read"))?;
+            used += entry_bytes(&key, &value);
+        }
+        budget.used.store(used, Ordering::Relaxed);
+        self.budget = Arc::new(budget);
+        Ok(())
+    }
+
+    /// Accounted bytes of live log chunks and outbox pages (see the module docs).
+    pub fn used_bytes(&self) -> u64 {
+        self.budget.used.load(Ordering::Relaxed)
+    }
+
+    /// The budget's counters.
+    pub fn drop_stats(&self) -> &DropStats {
+        &self.budget.stats
+    }
+
+    /// Registers sink `name` for per-sink drop counters.
+    pub fn register_sink(&self, name: &str) -> Arc<SinkDrops> {
+        let drops = Arc::new(SinkDrops::default());
+        self.budget
+            .sinks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((name.to_owned(), drops.clone()));
+        drops
+    }
+
+    /// The budget settings.
+    pub fn budget_config(&self) -> &BudgetConfig {
+        &self.budget.config
+    }
+
+    /// Decides whether `incoming` more log bytes may be stored, dropping the oldest outbox
+    /// pages first under `drop_oldest`. `n_readings` is counted if refused.
+    pub(crate) fn admit(&self, incoming: u64, n_readings: u64) -> Result<Appended, StoreError> {
+        let config = &self.budget.config;
+        if config.min_free_bytes > 0 {
+            if let Some(free) = (self.budget.free_space)() {
+                if free < config.min_free_bytes.saturating_add(incoming) {
+                    self.budget.stats.refused_disk_readings.fetch_add(n_readings, Ordering::Relaxed);
+                    return Ok(Appended::Refused(format!(
+                        "disk almost full ({free} bytes free, storage.min_free_bytes = {})",
+                        config.min_free_bytes
+                    )));
+                }
+            }
+        }
+        let Some(max_bytes) = config.max_bytes else { return Ok(Appended::Stored) };
+        if self.used_bytes().saturating_add(incoming) <= max_bytes {
+            return Ok(Appended::Stored);
+        }
+        if config.policy == Policy::DropOldest {
+            self.drop_oldest_until(max_bytes.saturating_sub(incoming))?;
+            if self.used_bytes().saturating_add(incoming) <= max_bytes {
+                return Ok(Appended::Stored);
+            }
+        }
+        self.budget.stats.refused_budget_readings.fetch_add(n_readings, Ordering::Relaxed);
+        Ok(Appended::Refused("disk budget full".to_owned()))
+    }
+
+    /// After a commit: drops outbox pages past `ttl` (relative to `now_ms`, processing time)
+    /// and, under `drop_oldest`, the oldest pages while over the budget.
+    pub fn enforce_budget(&self, now_ms: i64) -> Result<(), StoreError> {
+        if let Some(ttl) = self.budget.config.ttl {
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            let cutoff = now_ms.saturating_sub(ttl_ms);
+            let dropped = self.drop_outbox_pages(DropReason::Ttl, |committed_ms, _| {
+                committed_ms.is_some_and(|ms| ms < cutoff)
+            })?;
+            if dropped > 0 {
+                self.budget.stats.dropped_ttl_records.fetch_add(dropped, Ordering::Relaxed);
+                tracing::error!(records = dropped, ttl = ?ttl, "Dropped undelivered results older than storage.ttl.");
+            }
+        }
+        if let (Some(max_bytes), Policy::DropOldest) =
+            (self.budget.config.max_bytes, self.budget.config.policy)
+        {
+            if self.used_bytes() > max_bytes {
+                self.drop_oldest_until(max_bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest outbox pages until `used <= target` or the outbox is empty.
+    fn drop_oldest_until(&self, target: u64) -> Result<(), StoreError> {
+        let budget = Arc::clone(&self.budget);
+        let dropped =
+            self.drop_outbox_pages(DropReason::Budget, |_, _| budget.used.load(Ordering::Relaxed) > target)?;
+        if dropped > 0 {
+            self.budget.stats.dropped_budget_records.fetch_add(dropped, Ordering::Relaxed);
+            tracing::error!(
+                records = dropped,
+                used_bytes = self.used_bytes(),
+                "Disk budget full: dropped the oldest undelivered results."
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes outbox pages from the oldest while `drop(committed_ms, page_bytes)` says so;
+    /// returns the number of records deleted. Each page is removed and accounted at once, so
+    /// `drop` sees the updated `used`.
+    fn drop_outbox_pages(
+        &self,
+        reason: DropReason,
+        mut drop: impl FnMut(Option<i64>, u64) -> bool,
+    ) -> Result<u64, StoreError> {
+        let _serialised = self.budget.outbox_removal.lock().unwrap_or_else(PoisonError::into_inner);
+        let sinks: Vec<(String, Arc<SinkDrops>)> =
+            self.budget.sinks.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut dropped = 0;
+        for item in self.main.scan_prefix([OUTBOX]) {
+            let (key, value) = item.map_err(io("outbox read"))?;
+            let (committed_ms, n_entries) = match postcard::from_bytes::<OutboxPage>(&value) {
+                Ok(OutboxPage::V1 { entries }) => (None, entries.len()),
+                Ok(OutboxPage::V2 { committed_ms, entries }) => (Some(committed_ms), entries.len()),
+                Err(_) => (None, 0),
+            };
+            let bytes = entry_bytes(&key, &value);
+            if !drop(committed_ms, bytes) {
+                break;
+            }
+            self.main.remove(&key).map_err(io("outbox drop"))?;
+            self.budget.sub(bytes);
+            let n_entries_u64 = u64::try_from(n_entries).unwrap_or(u64::MAX);
+            dropped += n_entries_u64;
+            let page_seq = decode_key(&key[1..]);
+            for (name, drops) in &sinks {
+                // Records of the page the sink had not delivered: seq > its cursor.
+                let cursor = self.cursor(name)?;
+                let passed = cursor.saturating_add(1).saturating_sub(page_seq).min(n_entries_u64);
+                let counter = match reason {
+                    DropReason::Budget => &drops.budget,
+                    DropReason::Ttl => &drops.ttl,
+                };
+                counter.fetch_add(n_entries_u64 - passed, Ordering::Relaxed);
+            }
+            tracing::debug!(page = page_seq, n_entries, "Dropped an outbox page.");
+        }
+        Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// The next `n` log appends fail as if the disk were full (ENOSPC), without touching sled.
+    pub(crate) fn inject_append_failures(&self, n: u64) {
+        self.budget.injected_failures.store(n, Ordering::Relaxed);
+    }
+
+    /// The key of the outbox page starting at `seq`.
+    pub(crate) fn outbox_key(seq: u64) -> Vec<u8> {
+        crate::storage::prefixed(OUTBOX, &seq.to_be_bytes())
+    }
+}
