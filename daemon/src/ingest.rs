@@ -218,3 +218,59 @@ fn refuse_all(acks: Vec<oneshot::Sender<Durability>>, reason: &str) {
         let _ = ack.send(Durability::Refused(reason.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use eddy_sensors::ingest_channel;
+
+    use super::*;
+
+    fn reading(ts_ms: i64) -> Reading {
+        Reading { sensor: Arc::from("s"), ts_ms, values: vec![Some(20.0)], tags: vec![] }
+    }
+
+    /// ENOSPC on a log write refuses that group only; eddy keeps running and stores the next.
+    #[tokio::test]
+    async fn a_failed_log_write_refuses_its_group_and_ingest_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, vec!["temp_c".into()], vec![]).unwrap();
+        store.inject_append_failures(1);
+        let ingest = Ingest {
+            store: store.clone(),
+            flush_interval: Duration::from_millis(1),
+            batch_interval_ms: 1000,
+            next_key: 1,
+            clock: ProcessingClock::new(0),
+            failed_groups: 0,
+        };
+        let (tx, rx) = ingest_channel(4);
+        let (engine_tx, mut engine_rx) = mpsc::channel(16);
+        let task = tokio::spawn(ingest.run(rx, engine_tx));
+        let first = tx.send_acked(0, vec![reading(1), reading(2)]).await.unwrap().await.unwrap();
+        assert!(
+            matches!(&first, Durability::Refused(reason) if reason.contains("no space left")),
+            "{first:?}"
+        );
+        let second = tx.send_acked(0, vec![reading(3)]).await.unwrap().await.unwrap();
+        assert_eq!(second, Durability::Durable);
+        assert_eq!(store.drop_stats().refused_disk_readings.load(Ordering::Relaxed), 2);
+        drop(tx);
+        task.await.unwrap().expect("ingest ends cleanly");
+        // Only the stored group reached the engine and the log.
+        let mut chunks = Vec::new();
+        while let Ok(input) = engine_rx.try_recv() {
+            if let EngineInput::Chunk(chunk) = input {
+                chunks.push(chunk.readings.iter().map(|r| r.ts_ms).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(chunks, vec![vec![3]]);
+        let (logged, _) = store.read_log_after(0, 10).unwrap();
+        assert_eq!(
+            logged.iter().flat_map(|c| c.readings.iter().map(|r| r.ts_ms)).collect::<Vec<_>>(),
+            vec![3]
+        );
+    }
+}

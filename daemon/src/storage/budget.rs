@@ -354,3 +354,207 @@ impl Store {
         crate::storage::prefixed(OUTBOX, &seq.to_be_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    use eddy_sensors::Reading;
+
+    use super::*;
+    use crate::storage::{Commit, LogChunk, OutboxEntry, OUTBOX_PAGE_ENTRIES};
+
+    fn open(dir: &std::path::Path, config: BudgetConfig) -> Store {
+        let mut store = Store::open(dir, 1 << 20, vec!["temp_c".into()], vec![]).expect("open");
+        store.with_budget_and_free_space(config, Arc::new(|| None)).expect("budget");
+        store
+    }
+
+    fn budget(max_bytes: u64, policy: Policy) -> BudgetConfig {
+        BudgetConfig { max_bytes: Some(max_bytes), policy, ttl: None, min_free_bytes: 0 }
+    }
+
+    /// Commits `n_pages` full outbox pages after `next_seq` (exclusive), at `clock_ms`.
+    fn commit_pages(store: &Store, first_seq: u64, n_pages: usize, clock_ms: i64) -> u64 {
+        let n = n_pages * OUTBOX_PAGE_ENTRIES;
+        let outbox = (0..n)
+            .map(|idx| OutboxEntry {
+                kind: "window".into(),
+                group: "g".into(),
+                payload: format!("{{\"n\":{:08}}}", idx).into_bytes(),
+            })
+            .collect();
+        let next_seq = first_seq + u64::try_from(n).unwrap();
+        store.commit(&Commit { outbox, state: vec![], log_pos: 0, next_seq, clock_ms }).unwrap();
+        next_seq
+    }
+
+    fn chunk(key: u64, n_readings: usize) -> LogChunk {
+        let readings = (0..n_readings)
+            .map(|idx| Reading {
+                sensor: Arc::from("s"),
+                ts_ms: i64::try_from(idx).unwrap(),
+                values: vec![Some(20.0)],
+                tags: vec![],
+            })
+            .collect();
+        LogChunk { key, ingest_ms: 1, batch: 0, readings }
+    }
+
+    fn counter(value: &AtomicU64) -> u64 {
+        value.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn accounting_is_exact_across_append_commit_trim_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let unlimited = BudgetConfig::default();
+        let store = open(dir.path(), unlimited.clone());
+        assert_eq!(store.used_bytes(), 0);
+        assert_eq!(store.append_log(&[chunk(1, 10), chunk(2, 10)]).unwrap(), Appended::Stored);
+        let after_log = store.used_bytes();
+        assert!(after_log > 0);
+        let next_seq = commit_pages(&store, 1, 2, 1000);
+        let after_commit = store.used_bytes();
+        drop(store);
+        // A reopen counts the same bytes by scanning.
+        let store = open(dir.path(), unlimited.clone());
+        assert_eq!(store.used_bytes(), after_commit);
+        store.trim_log_through(2).unwrap();
+        assert_eq!(store.used_bytes(), after_commit - after_log);
+        store.trim_outbox_through(next_seq - 1).unwrap();
+        assert_eq!(store.used_bytes(), 0);
+        drop(store);
+        assert_eq!(open(dir.path(), unlimited).used_bytes(), 0);
+    }
+
+    #[test]
+    fn drop_oldest_drops_the_oldest_pages_until_under_budget_and_counts_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        // Measure one page with an unlimited store, then reopen with a budget of 2 pages.
+        let store = open(dir.path(), BudgetConfig::default());
+        let next_seq = commit_pages(&store, 1, 4, 1000);
+        let page_bytes = store.used_bytes() / 4;
+        assert_eq!(store.used_bytes(), 4 * page_bytes, "equal pages");
+        store.set_cursor("hub", 100).unwrap();
+        drop(store);
+        let store = open(dir.path(), budget(2 * page_bytes + 1, Policy::DropOldest));
+        let hub = store.register_sink("hub");
+        let file = store.register_sink("file");
+        store.set_cursor("file", 300).unwrap();
+        store.enforce_budget(1000).unwrap();
+        let page = u64::try_from(OUTBOX_PAGE_ENTRIES).unwrap();
+        assert_eq!(counter(&store.drop_stats().dropped_budget_records), 2 * page);
+        assert_eq!(store.used_bytes(), 2 * page_bytes);
+        // hub had delivered 100 of the 512 dropped records, file 300.
+        assert_eq!(counter(&hub.budget), 2 * page - 100);
+        assert_eq!(counter(&file.budget), 2 * page - 300);
+        // What is left starts at the third page and ends where it did.
+        let left = store.read_outbox_after(0, 10_000).unwrap();
+        assert_eq!(left.first().map(|(seq, _)| *seq), Some(2 * page + 1));
+        assert_eq!(left.last().map(|(seq, _)| *seq), Some(next_seq - 1));
+        assert_eq!(counter(&store.drop_stats().refused_budget_readings), 0);
+    }
+
+    #[test]
+    fn drop_oldest_makes_room_for_new_readings_and_refuses_them_only_when_the_outbox_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), BudgetConfig::default());
+        commit_pages(&store, 1, 1, 1000);
+        let page_bytes = store.used_bytes();
+        drop(store);
+        let store = open(dir.path(), budget(page_bytes + 100, Policy::DropOldest));
+        // A chunk bigger than the 100 bytes left: the page goes, the chunk is stored.
+        assert_eq!(store.append_log(&[chunk(1, 20)]).unwrap(), Appended::Stored);
+        let page = u64::try_from(OUTBOX_PAGE_ENTRIES).unwrap();
+        assert_eq!(counter(&store.drop_stats().dropped_budget_records), page);
+        // A chunk bigger than the whole budget cannot be made room for: refused, counted.
+        let huge = chunk(2, 20_000);
+        assert!(matches!(store.append_log(&[huge]).unwrap(), Appended::Refused(_)));
+        assert_eq!(counter(&store.drop_stats().refused_budget_readings), 20_000);
+        assert_eq!(store.last_log_key().unwrap(), Some(1));
+    }
+
+    #[test]
+    fn reject_new_refuses_readings_until_the_outbox_is_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), BudgetConfig::default());
+        let next_seq = commit_pages(&store, 1, 2, 1000);
+        let used = store.used_bytes();
+        drop(store);
+        let store = open(dir.path(), budget(used + 50, Policy::RejectNew));
+        assert!(
+            matches!(store.append_log(&[chunk(1, 3)]).unwrap(), Appended::Refused(reason) if reason == "disk budget full")
+        );
+        assert!(matches!(store.append_log(&[chunk(2, 4)]).unwrap(), Appended::Refused(_)));
+        assert_eq!(counter(&store.drop_stats().refused_budget_readings), 7);
+        assert_eq!(counter(&store.drop_stats().dropped_budget_records), 0, "reject_new never drops");
+        assert_eq!(store.used_bytes(), used);
+        assert_eq!(store.last_log_key().unwrap(), None);
+        // The sinks deliver everything: room again.
+        store.trim_outbox_through(next_seq - 1).unwrap();
+        assert_eq!(store.append_log(&[chunk(3, 3)]).unwrap(), Appended::Stored);
+        assert_eq!(counter(&store.drop_stats().refused_budget_readings), 7);
+    }
+
+    #[test]
+    fn ttl_drops_pages_committed_before_now_minus_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), 1 << 20, vec![], vec![]).unwrap();
+        let config = BudgetConfig { ttl: Some(Duration::from_secs(60)), ..BudgetConfig::default() };
+        store.with_budget_and_free_space(config, Arc::new(|| None)).unwrap();
+        let hub = store.register_sink("hub");
+        let seq = commit_pages(&store, 1, 1, 1_000_000);
+        let seq = commit_pages(&store, seq, 1, 1_030_000);
+        commit_pages(&store, seq, 1, 1_060_000);
+        store.enforce_budget(1_089_999).unwrap(); // only the first page is older than 60 s
+        let page = u64::try_from(OUTBOX_PAGE_ENTRIES).unwrap();
+        assert_eq!(counter(&store.drop_stats().dropped_ttl_records), page);
+        assert_eq!(counter(&hub.ttl), page);
+        store.enforce_budget(1_120_001).unwrap();
+        assert_eq!(counter(&store.drop_stats().dropped_ttl_records), 3 * page);
+        assert_eq!(store.used_bytes(), 0);
+    }
+
+    #[test]
+    fn the_free_space_guard_refuses_readings_while_the_disk_is_almost_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = Arc::new(AtomicU64::new(10 * 1024 * 1024));
+        let mut store = Store::open(dir.path(), 1 << 20, vec!["temp_c".into()], vec![]).unwrap();
+        let probe = free.clone();
+        let config = BudgetConfig { min_free_bytes: 1024 * 1024, ..BudgetConfig::default() };
+        store
+            .with_budget_and_free_space(config, Arc::new(move || Some(probe.load(Ordering::Relaxed))))
+            .unwrap();
+        assert_eq!(store.append_log(&[chunk(1, 5)]).unwrap(), Appended::Stored);
+        free.store(512 * 1024, Ordering::Relaxed);
+        assert!(
+            matches!(store.append_log(&[chunk(2, 5)]).unwrap(), Appended::Refused(reason) if reason.starts_with("disk almost full"))
+        );
+        assert_eq!(counter(&store.drop_stats().refused_disk_readings), 5);
+        // Space comes back: accepted again, no restart needed.
+        free.store(10 * 1024 * 1024, Ordering::Relaxed);
+        assert_eq!(store.append_log(&[chunk(3, 5)]).unwrap(), Appended::Stored);
+        assert_eq!(store.last_log_key().unwrap(), Some(3));
+    }
+
+    #[test]
+    fn dead_letters_keep_the_record_and_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), BudgetConfig::default());
+        let entry = |seq| crate::storage::DeadLetterEntry {
+            sink: "hub".into(),
+            seq,
+            kind: "window".into(),
+            reason: "HTTP 400 Bad Request: no".into(),
+            rejected_ms: 5,
+            payload: b"{}".to_vec(),
+        };
+        store.add_dead_letters(&[entry(1), entry(2)]).unwrap();
+        store.add_dead_letters(&[entry(3)]).unwrap();
+        let stored = store.dead_letters().unwrap();
+        assert_eq!(stored, vec![entry(1), entry(2), entry(3)]);
+        assert_eq!(counter(&store.drop_stats().dead_letter_records), 3);
+    }
+}
