@@ -192,6 +192,8 @@ impl Delivering {
                     if offline_since.is_none() {
                         tracing::warn!(sink = %name, %reason, "Sink is unavailable; records stay in the outbox and are retried.");
                         offline_since = Some(tokio::time::Instant::now());
+                    } else {
+                        tracing::debug!(sink = %name, %reason, "Delivery failed again; retrying.");
                     }
                     let delay = jittered(backoff);
                     backoff = (backoff * 2).min(self.delivery.max_backoff);

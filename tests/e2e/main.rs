@@ -5,3 +5,5 @@ mod conformance;
 mod ingest;
 mod shutdown;
 mod tidy;
+mod uplink;
+mod uplink_mqtt;
