@@ -14,6 +14,8 @@ use crate::uplink::DeliveryConfig;
 
 /// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// While a sink stays unavailable, its latest failure reason is logged this often.
+const STILL_OFFLINE_WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Counters of one sink.
 #[derive(Debug, Default)]
@@ -97,6 +99,7 @@ impl Delivering {
         self.publish(cursor);
         let mut backoff = MIN_BACKOFF;
         let mut offline_since: Option<tokio::time::Instant> = None;
+        let mut last_warned = tokio::time::Instant::now();
         loop {
             let target = *committed.borrow_and_update();
             if cursor >= target {
@@ -189,9 +192,16 @@ impl Delivering {
                         tracing::warn!(sink = %name, %reason, "Sink unavailable at shutdown; undelivered records stay in the outbox.");
                         break;
                     }
+                    let now = tokio::time::Instant::now();
                     if offline_since.is_none() {
                         tracing::warn!(sink = %name, %reason, "Sink is unavailable; records stay in the outbox and are retried.");
-                        offline_since = Some(tokio::time::Instant::now());
+                        offline_since = Some(now);
+                        last_warned = now;
+                    } else if now - last_warned >= STILL_OFFLINE_WARN_EVERY {
+                        // The reason can change during an outage (refused, then 503, then a
+                        // timeout): say it again now and then, not at every retry.
+                        tracing::warn!(sink = %name, %reason, offline_secs = offline_since.map_or(0, |since| (now - since).as_secs()), "Sink is still unavailable.");
+                        last_warned = now;
                     } else {
                         tracing::debug!(sink = %name, %reason, "Delivery failed again; retrying.");
                     }

@@ -9,6 +9,7 @@ pub mod storage;
 mod aggregate;
 mod deliver;
 mod ingest;
+mod inspect;
 mod sources;
 mod uplink;
 
@@ -30,6 +31,8 @@ use crate::config::{Config, SinkKind};
 use crate::deliver::{Delivering, DeliveryStats};
 use crate::ingest::{Ingest, ProcessingClock};
 use crate::storage::{Store, StoreError};
+
+pub use crate::inspect::print_dead_letters;
 
 /// Why the daemon stopped with an error; `main` maps it to an exit code.
 #[derive(Debug, thiserror::Error)]

@@ -6,4 +6,5 @@ mod ingest;
 mod shutdown;
 mod tidy;
 mod uplink;
+mod uplink_http;
 mod uplink_mqtt;

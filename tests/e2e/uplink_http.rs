@@ -1,0 +1,163 @@
+//! The HTTP uplink against a local HTTP server acting as the hub: an outage (refused
+//! connections, then 503s), a blackholed link (timeouts), and a 4xx that dead-letters its batch.
+
+use std::process::Command;
+use std::time::Duration;
+
+use eddy_tests::http_hub::HttpHub;
+use eddy_tests::proxy::TcpProxy;
+use eddy_tests::{eddy_binary, Eddy};
+
+use crate::uplink::{
+    all_delivered, base_ms, check_every_result_in_order, check_oracle, config_with, counters, oracle,
+    readings, send, wait_for,
+};
+
+/// Records per delivery: the duplicate bound is this per failed delivery.
+const BATCH: usize = 64;
+
+fn http_sink(url: &str, token_file: &std::path::Path) -> String {
+    format!(
+        r#"
+[[sinks]]
+kind = "http"
+name = "hub"
+url = "{url}"
+records = ["window"]
+batch_max_records = {BATCH}
+linger = "50ms"
+max_backoff = "300ms"
+timeout = "1s"
+connect_timeout = "500ms"
+headers = {{ x-gateway = "gw-up" }}
+header_files = {{ authorization = "{}" }}
+"#,
+        token_file.display()
+    )
+}
+
+fn token_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, "Bearer s3cret-token\n").unwrap();
+    (dir, path)
+}
+
+#[test]
+fn http_uplink_delivers_every_window_in_order_across_an_outage() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    let (_token_dir, token) = token_file();
+    let mut eddy = Eddy::start(&config_with(&http_sink(&hub.url(), &token))).expect("eddy starts");
+    let base = base_ms();
+    let sensors = 5;
+
+    send(&eddy, &readings(base, sensors, 0, 3));
+    wait_for(&eddy, Duration::from_secs(20), "the first windows at the hub", || {
+        all_delivered(&eddy, 2 * sensors, &hub.records())
+    });
+    assert_eq!(hub.last_header("authorization").as_deref(), Some("Bearer s3cret-token"));
+    assert_eq!(hub.last_header("x-gateway").as_deref(), Some("gw-up"));
+    assert_eq!(hub.last_header("content-type").as_deref(), Some("application/json"));
+
+    // The hub is gone (connections refused), then answers 503: both are retried.
+    hub.stop();
+    send(&eddy, &readings(base, sensors, 3, 6));
+    wait_for(&eddy, Duration::from_secs(20), "eddy noticing the outage", || {
+        eddy.log().contains("Sink is unavailable")
+    });
+    hub.set_status(503);
+    let before = hub.requests();
+    hub.restart().expect("the hub listens again");
+    send(&eddy, &readings(base, sensors, 6, 8));
+    wait_for(&eddy, Duration::from_secs(20), "503 answers", || hub.requests() >= before + 2);
+    hub.set_status(200);
+    send(&eddy, &readings(base, sensors, 8, 10));
+    wait_for(&eddy, Duration::from_secs(30), "the backlog at the hub", || {
+        all_delivered(&eddy, 9 * sensors, &hub.records())
+    });
+    assert!(eddy.stop().expect("eddy stops").success());
+    let oracle = oracle(&eddy);
+    check_oracle(&oracle, sensors, 10);
+    let uplink = counters(&eddy.log(), "Uplink counters.", "hub");
+    assert!(uplink["retries"] >= 1, "{uplink:?}");
+    assert_eq!(uplink["rejected"], 0);
+    let bound = BATCH * usize::try_from(uplink["retries"]).unwrap();
+    check_every_result_in_order(&oracle, &hub.records(), bound);
+    assert!(!eddy.log().contains("s3cret"), "the token leaked into the log");
+}
+
+#[test]
+fn http_uplink_times_out_a_blackhole_and_dead_letters_a_4xx_batch() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    let proxy = TcpProxy::start(hub.addr()).expect("proxy");
+    let (_token_dir, token) = token_file();
+    let url = format!("http://{}/ingest", proxy.addr());
+    let mut eddy = Eddy::start(&config_with(&http_sink(&url, &token))).expect("eddy starts");
+    let base = base_ms();
+    let sensors = 10;
+
+    send(&eddy, &readings(base, sensors, 0, 2));
+    wait_for(&eddy, Duration::from_secs(20), "the first windows at the hub", || {
+        all_delivered(&eddy, sensors, &hub.records())
+    });
+
+    // A blackhole: the request goes out and no answer ever comes, nor a reset.
+    proxy.set_blackhole(true);
+    send(&eddy, &readings(base, sensors, 2, 4));
+    wait_for(&eddy, Duration::from_secs(20), "the request timeout", || {
+        eddy.log().contains("no complete answer")
+    });
+    proxy.set_blackhole(false);
+    proxy.reset_all(); // the pooled connection is dead; eddy must open a new one
+    wait_for(&eddy, Duration::from_secs(20), "the results held by the blackhole", || {
+        all_delivered(&eddy, 3 * sensors, &hub.records())
+    });
+
+    // The hub rejects the next batch for good: it goes to the dead-letter tree.
+    hub.set_status(400);
+    let before = hub.requests();
+    send(&eddy, &readings(base, sensors, 4, 6));
+    wait_for(&eddy, Duration::from_secs(20), "the rejection", || {
+        hub.requests() > before && eddy.log().contains("dead-letter")
+    });
+    hub.set_status(200);
+    send(&eddy, &readings(base, sensors, 6, 8));
+    wait_for(&eddy, Duration::from_secs(20), "the results after the rejection", || {
+        let oracle = oracle(&eddy);
+        let got = hub.records();
+        oracle.len() == 7 * sensors && oracle.last().is_some_and(|last| got.contains(last))
+    });
+    assert!(eddy.stop().expect("eddy stops").success());
+
+    let oracle = oracle(&eddy);
+    check_oracle(&oracle, sensors, 8);
+    let uplink = counters(&eddy.log(), "Uplink counters.", "hub");
+    let rejected = usize::try_from(uplink["rejected"]).unwrap();
+    assert!(rejected >= 1, "{uplink:?}");
+    // The dead letters are exactly the records the hub is missing, with the reason.
+    let output = Command::new(eddy_binary())
+        .args(["dead-letters", "--config"])
+        .arg(eddy.dir.join("eddy.toml"))
+        .output()
+        .expect("eddy dead-letters runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let dead: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(dead.len(), rejected);
+    assert!(dead
+        .iter()
+        .all(|letter| letter["sink"] == "hub" && letter["reason"].as_str().unwrap().starts_with("HTTP 400")));
+    let dead_records: Vec<serde_json::Value> = dead.iter().map(|letter| letter["record"].clone()).collect();
+    let delivered_or_dead: Vec<serde_json::Value> =
+        oracle.iter().filter(|record| !dead_records.contains(record)).cloned().collect();
+    assert_eq!(delivered_or_dead.len() + rejected, oracle.len(), "dead letters are records of the outbox");
+    let bound = BATCH * usize::try_from(uplink["retries"]).unwrap();
+    check_every_result_in_order(&delivered_or_dead, &hub.records(), bound);
+    assert_eq!(
+        counters(&eddy.log(), "Store budget counters.", "")["dead_letters"],
+        u64::try_from(rejected).unwrap()
+    );
+}
