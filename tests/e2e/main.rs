@@ -8,3 +8,4 @@ mod tidy;
 mod uplink;
 mod uplink_http;
 mod uplink_mqtt;
+mod uplink_tls;

@@ -4,6 +4,7 @@
 pub mod http_hub;
 pub mod mosquitto;
 pub mod mqtt_hub;
+pub mod pki;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
