@@ -1,5 +1,6 @@
 //! eddy's end-to-end tests: the real binary, fed over TCP, checked through its outputs.
 
+mod budget;
 mod cli;
 mod conformance;
 mod ingest;
