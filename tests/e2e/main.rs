@@ -4,6 +4,7 @@ mod budget;
 mod cli;
 mod conformance;
 mod ingest;
+mod schema;
 mod shutdown;
 mod tidy;
 mod uplink;
