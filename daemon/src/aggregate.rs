@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, EngineSpec, Output};
 use crate::ingest::EngineInput;
-use crate::storage::{Commit, LogChunk, OutboxEntry, Store, StoreError};
+use crate::storage::{Commit, Lane, LogChunk, OutboxEntry, RawCommit, Store, StoreError};
 
 /// How many log chunks the replay reads per step.
 const REPLAY_PAGE: usize = 256;
@@ -30,6 +30,33 @@ pub(crate) struct AggregateStats {
     pub(crate) commits_total: AtomicU64,
 }
 
+/// The last committed (and flushed) seq of each outbox lane, announced to the sinks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Committed {
+    /// Results lane.
+    pub(crate) results: u64,
+    /// Raw-readings lane.
+    pub(crate) raw: u64,
+}
+
+impl Committed {
+    /// The seq of `lane`.
+    pub(crate) fn get(&self, lane: Lane) -> u64 {
+        match lane {
+            Lane::Results => self.results,
+            Lane::Raw => self.raw,
+        }
+    }
+
+    /// Sets the seq of `lane`.
+    pub(crate) fn set(&mut self, lane: Lane, seq: u64) {
+        match lane {
+            Lane::Results => self.results = seq,
+            Lane::Raw => self.raw = seq,
+        }
+    }
+}
+
 /// The engine as recovered at start-up, ready to run.
 #[derive(Debug)]
 pub(crate) struct Aggregator {
@@ -43,8 +70,16 @@ pub(crate) struct Aggregator {
     stats: Arc<AggregateStats>,
     /// Each sink's delivered cursor; the outbox is trimmed below the smallest.
     cursors: Arc<Vec<AtomicU64>>,
-    /// Last seq committed to the outbox, for the sinks.
-    committed: watch::Sender<u64>,
+    /// Last seqs committed to the outbox, for the sinks.
+    committed: watch::Sender<Committed>,
+    /// Raw readings go to the raw lane too (`forward_raw`).
+    forward_raw: bool,
+    spec: Arc<EngineSpec>,
+    pending_raw: Vec<OutboxEntry>,
+    next_raw_seq: u64,
+    /// Each sink's raw-lane cursor (`u64::MAX` for sinks that take no raw readings).
+    raw_cursors: Arc<Vec<AtomicU64>>,
+    trimmed_raw_through: u64,
     late_by_window: BTreeMap<String, u64>,
     last_late_log: Option<Instant>,
     trimmed_outbox_through: u64,
@@ -61,10 +96,10 @@ impl Aggregator {
         checkpoint_interval: Duration,
         cursors: Arc<Vec<AtomicU64>>,
         stats: Arc<AggregateStats>,
-    ) -> Result<(Aggregator, watch::Receiver<u64>), StoreError> {
+    ) -> Result<(Aggregator, watch::Receiver<Committed>), StoreError> {
         let snapshot = store.load_engine()?;
         let n_entries = snapshot.entries.len();
-        let (engine, report) = Engine::restore(spec, snapshot.entries);
+        let (engine, report) = Engine::restore(spec.clone(), snapshot.entries);
         for (key, reason) in &report.skipped {
             tracing::error!(key = %String::from_utf8_lossy(key), %reason, "Skipped an engine state entry.");
         }
@@ -76,7 +111,8 @@ impl Aggregator {
             next_seq = snapshot.next_seq,
             "Engine state restored."
         );
-        let (committed, committed_rx) = watch::channel(snapshot.next_seq - 1);
+        let (committed, committed_rx) =
+            watch::channel(Committed { results: snapshot.next_seq - 1, raw: snapshot.next_raw_seq - 1 });
         Ok((
             Aggregator {
                 store,
@@ -89,6 +125,12 @@ impl Aggregator {
                 stats,
                 cursors,
                 committed,
+                forward_raw: false,
+                spec,
+                pending_raw: Vec::new(),
+                next_raw_seq: snapshot.next_raw_seq,
+                raw_cursors: Arc::new(Vec::new()),
+                trimmed_raw_through: 0,
                 late_by_window: BTreeMap::new(),
                 last_late_log: None,
                 trimmed_outbox_through: 0,
@@ -97,6 +139,18 @@ impl Aggregator {
             },
             committed_rx,
         ))
+    }
+
+    /// Also writes every reading to the raw lane of the outbox (`forward_raw`), trimmed below
+    /// the smallest of `raw_cursors`.
+    pub(crate) fn forwarding_raw(
+        mut self,
+        forward_raw: bool,
+        raw_cursors: Arc<Vec<AtomicU64>>,
+    ) -> Aggregator {
+        self.forward_raw = forward_raw;
+        self.raw_cursors = raw_cursors;
+        self
     }
 
     /// The processing clock as far as the engine has seen it: the floor for the ingest clock.
@@ -123,7 +177,7 @@ impl Aggregator {
                 n_chunks += 1;
                 self.apply_chunk(&chunk);
             }
-            if self.pending.len() >= MAX_PENDING_RESULTS {
+            if self.pending.len() + self.pending_raw.len() >= MAX_PENDING_RESULTS {
                 self.commit().await?;
             }
         }
@@ -144,7 +198,7 @@ impl Aggregator {
                 input = rx.recv() => match input {
                     Some(EngineInput::Chunk(chunk)) => {
                         self.apply_chunk(&chunk);
-                        if self.pending.len() >= MAX_PENDING_RESULTS {
+                        if self.pending.len() + self.pending_raw.len() >= MAX_PENDING_RESULTS {
                             self.commit().await?;
                         }
                     }
@@ -171,6 +225,15 @@ impl Aggregator {
         if chunk.ingest_ms != i64::MIN {
             self.clock_ms = self.clock_ms.max(chunk.ingest_ms);
             self.engine.apply_chunk(chunk.ingest_ms, chunk.batch, &chunk.readings, &mut self.outputs);
+            if self.forward_raw {
+                for (reading_idx, reading) in chunk.readings.iter().enumerate() {
+                    self.pending_raw.push(OutboxEntry {
+                        kind: "raw".to_owned(),
+                        group: "Raw readings".to_owned(),
+                        payload: crate::record::raw_reading_json(&self.spec, reading, chunk.key, reading_idx),
+                    });
+                }
+            }
         }
         self.log_pos = chunk.key;
         self.take_outputs();
@@ -222,7 +285,7 @@ impl Aggregator {
     async fn commit(&mut self) -> Result<(), StoreError> {
         let state = self.engine.take_dirty();
         let position_moved = self.store_position_changed();
-        if self.pending.is_empty() && state.is_empty() && !position_moved {
+        if self.pending.is_empty() && self.pending_raw.is_empty() && state.is_empty() && !position_moved {
             self.trim_outbox()?;
             return Ok(());
         }
@@ -234,13 +297,20 @@ impl Aggregator {
             next_seq: self.next_seq + n_results,
             clock_ms: self.clock_ms,
         };
-        self.store.commit(&commit)?;
+        let raw = RawCommit {
+            next_raw_seq: self.next_raw_seq + u64::try_from(self.pending_raw.len()).unwrap_or(u64::MAX),
+            entries: std::mem::take(&mut self.pending_raw),
+        };
+        self.store.commit_with_raw(&commit, self.forward_raw.then_some(&raw))?;
         self.store.flush().await?;
         self.next_seq = commit.next_seq;
+        if self.forward_raw {
+            self.next_raw_seq = raw.next_raw_seq;
+        }
         self.committed_log_pos = self.log_pos;
         self.stats.results_total.fetch_add(n_results, Ordering::Relaxed);
         self.stats.commits_total.fetch_add(1, Ordering::Relaxed);
-        self.committed.send_replace(self.next_seq - 1);
+        self.committed.send_replace(Committed { results: self.next_seq - 1, raw: self.next_raw_seq - 1 });
         // The log up to the committed position is no longer needed: a restart resumes after it.
         self.store.trim_log_through(self.log_pos)?;
         self.trim_outbox()?;
@@ -261,6 +331,14 @@ impl Aggregator {
         if through > self.trimmed_outbox_through {
             self.store.trim_outbox_through(through)?;
             self.trimmed_outbox_through = through;
+        }
+        if self.forward_raw {
+            let raw_delivered = self.raw_cursors.iter().map(|cursor| cursor.load(Ordering::Acquire)).min();
+            let raw_through = raw_delivered.unwrap_or(u64::MAX).min(self.next_raw_seq - 1);
+            if raw_through > self.trimmed_raw_through {
+                self.store.trim_lane_through(Lane::Raw, raw_through)?;
+                self.trimmed_raw_through = raw_through;
+            }
         }
         Ok(())
     }

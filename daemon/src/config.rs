@@ -144,11 +144,17 @@ pub struct RawEngine {
     /// Idle time after which a sensor's windows are closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Also forward every raw reading (to sinks with `records` including `raw`).
+    pub forward_raw: bool,
 }
 
 impl Default for RawEngine {
     fn default() -> RawEngine {
-        RawEngine { checkpoint_interval: Duration::from_secs(1), idle_timeout: Duration::from_secs(300) }
+        RawEngine {
+            checkpoint_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(300),
+            forward_raw: false,
+        }
     }
 }
 
@@ -359,6 +365,8 @@ pub struct Config {
     pub budget: crate::storage::BudgetConfig,
     /// Engine commit interval.
     pub checkpoint_interval: Duration,
+    /// Raw readings go to the outbox's raw lane too.
+    pub forward_raw: bool,
     /// The schema.
     pub schema: Arc<Schema>,
     /// The engine's specification.
@@ -403,8 +411,8 @@ pub enum SourceKind {
     },
 }
 
-/// Kinds of outbox record a sink can take.
-pub const RECORD_KINDS: [&str; 3] = ["window", "batch", "late"];
+/// Kinds of outbox record a sink can take (`raw` needs `engine.forward_raw`).
+pub const RECORD_KINDS: [&str; 4] = ["window", "batch", "late", "raw"];
 
 /// A validated sink.
 #[derive(Debug, Clone)]
@@ -548,6 +556,20 @@ impl Config {
             sinks.push(sink);
         }
 
+        let takes_raw = sinks.iter().position(|sink| sink.records.contains("raw"));
+        match (raw.engine.forward_raw, takes_raw) {
+            (false, Some(idx)) => {
+                return Err(invalid(format!("sinks[{idx}].records"), "`raw` needs engine.forward_raw = true"))
+            }
+            (true, None) => {
+                return Err(invalid(
+                    "engine.forward_raw",
+                    "no sink takes raw readings (records = [.., \"raw\"])",
+                ))
+            }
+            _ => {}
+        }
+
         let engine = EngineSpec {
             device_id: raw.device_id.clone(),
             field_names: schema.fields.iter().map(|field| field.name.clone()).collect(),
@@ -567,6 +589,7 @@ impl Config {
             cache_capacity: raw.storage.cache_capacity,
             budget,
             checkpoint_interval: raw.engine.checkpoint_interval,
+            forward_raw: raw.engine.forward_raw,
             schema,
             engine: Arc::new(engine),
             sources,

@@ -9,7 +9,8 @@ use std::time::Duration;
 use eddy_sinks::{Delivery, OutRecord, Sink};
 use tokio::sync::watch;
 
-use crate::storage::{DeadLetterEntry, SinkDrops, Store, StoreError};
+use crate::aggregate::Committed;
+use crate::storage::{DeadLetterEntry, Lane, SinkDrops, Store, StoreError};
 use crate::uplink::DeliveryConfig;
 
 /// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
@@ -30,6 +31,8 @@ pub(crate) struct DeliveryStats {
     pub(crate) drops: Arc<SinkDrops>,
     /// The last seq delivered (the durable cursor).
     pub(crate) cursor: AtomicU64,
+    /// The last raw-lane seq delivered (`u64::MAX`: takes no raw readings).
+    pub(crate) raw_cursor: AtomicU64,
     /// Processing time of the commit that wrote the oldest record not yet delivered (ms since
     /// the epoch; 0: nothing waiting).
     pub(crate) oldest_waiting_ms: AtomicU64,
@@ -43,18 +46,21 @@ pub(crate) struct SinkCounters {
     pub(crate) rejected: u64,
     pub(crate) dropped_budget: u64,
     pub(crate) dropped_ttl: u64,
-    /// Records committed but not yet delivered (all kinds, by outbox seq).
+    /// Results committed but not yet delivered (all kinds, by outbox seq).
     pub(crate) outbox_depth: u64,
+    /// Raw readings committed but not yet delivered (0 for a sink that takes none).
+    pub(crate) raw_depth: u64,
     /// Age of the oldest record waiting, ms (0: none).
     pub(crate) outbox_age_ms: u64,
 }
 
 impl DeliveryStats {
-    /// Counters now; `committed` is the last committed seq, `now_ms` the processing clock.
-    pub(crate) fn snapshot(&self, committed: u64, now_ms: u64) -> SinkCounters {
+    /// Counters now; `committed` is the last committed seqs, `now_ms` the processing clock.
+    pub(crate) fn snapshot(&self, committed: Committed, now_ms: u64) -> SinkCounters {
         let cursor = self.cursor.load(Ordering::Relaxed);
         let oldest = self.oldest_waiting_ms.load(Ordering::Relaxed);
-        let depth = committed.saturating_sub(cursor);
+        let depth = committed.results.saturating_sub(cursor);
+        let raw_depth = committed.raw.saturating_sub(self.raw_cursor.load(Ordering::Relaxed));
         SinkCounters {
             delivered: self.delivered_total.load(Ordering::Relaxed),
             retries: self.retries_total.load(Ordering::Relaxed),
@@ -62,7 +68,12 @@ impl DeliveryStats {
             dropped_budget: self.drops.budget.load(Ordering::Relaxed),
             dropped_ttl: self.drops.ttl.load(Ordering::Relaxed),
             outbox_depth: depth,
-            outbox_age_ms: if depth == 0 || oldest == 0 { 0 } else { now_ms.saturating_sub(oldest) },
+            raw_depth,
+            outbox_age_ms: if depth + raw_depth == 0 || oldest == 0 {
+                0
+            } else {
+                now_ms.saturating_sub(oldest)
+            },
         }
     }
 }
@@ -78,7 +89,9 @@ pub(crate) struct Delivering {
     pub(crate) store: Store,
     /// The sink's published cursor (read by the aggregator to trim the outbox).
     pub(crate) cursor: Arc<Vec<AtomicU64>>,
-    /// Index of this sink's cursor.
+    /// The sink's published raw-lane cursor (`u64::MAX` when it takes no raw readings).
+    pub(crate) raw_cursor: Arc<Vec<AtomicU64>>,
+    /// Index of this sink's cursors.
     pub(crate) cursor_idx: usize,
     /// Counters.
     pub(crate) stats: Arc<DeliveryStats>,
@@ -91,37 +104,42 @@ impl Delivering {
     /// `give_up` fires (shutdown deadline): then what is left stays in the outbox.
     pub(crate) async fn run(
         mut self,
-        mut committed: watch::Receiver<u64>,
+        mut committed: watch::Receiver<Committed>,
         mut give_up: watch::Receiver<bool>,
     ) -> Result<(), StoreError> {
         let name = self.sink.name().to_owned();
-        let mut cursor = self.store.cursor(&name)?;
-        self.publish(cursor);
+        let mut cursors = Committed {
+            results: self.store.cursor(&name)?,
+            // A sink that takes no raw readings never holds the raw lane back.
+            raw: if self.takes_raw() { self.store.raw_cursor(&name)? } else { u64::MAX },
+        };
+        self.publish(Lane::Results, cursors.results);
+        self.publish(Lane::Raw, cursors.raw);
         let mut backoff = MIN_BACKOFF;
         let mut offline_since: Option<tokio::time::Instant> = None;
         let mut last_warned = tokio::time::Instant::now();
         loop {
             let target = *committed.borrow_and_update();
-            if cursor >= target {
+            // Priority: results first; raw readings only when no result is waiting.
+            let Some(lane) = self.next_lane(&cursors, &target) else {
                 tokio::select! {
                     changed = committed.changed() => {
-                        if changed.is_err() && cursor >= *committed.borrow() {
+                        if changed.is_err() && self.next_lane(&cursors, &committed.borrow()).is_none() {
                             break; // the aggregator stopped and everything is delivered
                         }
                         continue;
                     }
                     _ = give_up.changed() => break,
                 }
-            }
+            };
+            let cursor = cursors.get(lane);
             let batch_max = self.delivery.batch_max_records;
-            if !self.delivery.linger.is_zero()
-                && target - cursor < u64::try_from(batch_max).unwrap_or(u64::MAX)
-            {
+            let full_batch = u64::try_from(batch_max).unwrap_or(u64::MAX);
+            if !self.delivery.linger.is_zero() && target.get(lane) - cursor < full_batch {
                 // Fewer records than a full batch: wait up to `linger` for more.
                 let until = tokio::time::Instant::now() + self.delivery.linger;
                 loop {
-                    let waiting = *committed.borrow() - cursor;
-                    if waiting >= u64::try_from(batch_max).unwrap_or(u64::MAX) {
+                    if committed.borrow().get(lane) - cursor >= full_batch {
                         break;
                     }
                     tokio::select! {
@@ -131,20 +149,20 @@ impl Delivering {
                     }
                 }
             }
-            let target = *committed.borrow_and_update();
+            let target = committed.borrow_and_update().get(lane);
             let started = tokio::time::Instant::now();
             // Only what the aggregator has committed *and flushed* (`target`): a sink must never
             // hand out a result that a power cut could still take back.
-            let mut entries = self.store.read_outbox_after(cursor, batch_max)?;
+            let mut entries = self.store.read_lane_after(lane, cursor, batch_max)?;
             self.stats.oldest_waiting_ms.store(
-                self.store.commit_time_after(cursor)?.map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
+                self.store.commit_time_after(lane, cursor)?.map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
                 Ordering::Relaxed,
             );
             entries.retain(|(seq, _)| *seq <= target);
             let Some(last_seq) = entries.last().map(|(seq, _)| *seq) else {
-                // Entries up to target were trimmed or undecodable: move past them.
-                cursor = target;
-                self.persist(&name, cursor).await?;
+                // Entries up to target were trimmed, dropped or undecodable: move past them.
+                cursors.set(lane, target);
+                self.persist(lane, &name, target).await?;
                 continue;
             };
             let records: Vec<OutRecord> = entries
@@ -214,8 +232,8 @@ impl Delivering {
                     continue;
                 }
             }
-            cursor = last_seq;
-            self.persist(&name, cursor).await?;
+            cursors.set(lane, last_seq);
+            self.persist(lane, &name, last_seq).await?;
             if let Some(rate) = self.delivery.rate_limit {
                 // Pace the drain: n records take at least n / rate seconds.
                 let n_delivered = f64::from(u32::try_from(n_records).unwrap_or(u32::MAX));
@@ -227,24 +245,50 @@ impl Delivering {
             }
         }
         self.sink.close().await;
-        tracing::info!(sink = %name, cursor, "Sink stopped.");
+        tracing::info!(sink = %name, cursor = cursors.results, "Sink stopped.");
         Ok(())
     }
 
-    async fn persist(&self, name: &str, cursor: u64) -> Result<(), StoreError> {
+    fn takes_raw(&self) -> bool {
+        self.records.contains("raw")
+    }
+
+    /// The lane to deliver next: results while any is waiting, then raw readings.
+    fn next_lane(&self, cursors: &Committed, target: &Committed) -> Option<Lane> {
+        if cursors.results < target.results {
+            Some(Lane::Results)
+        } else if self.takes_raw() && cursors.raw < target.raw {
+            Some(Lane::Raw)
+        } else {
+            None
+        }
+    }
+
+    async fn persist(&self, lane: Lane, name: &str, cursor: u64) -> Result<(), StoreError> {
         // Flushed at once, one fsync per delivery batch: otherwise a sink draining a backlog
         // while no readings flow (nothing else flushing) could leave thousands of delivered
         // records unrecorded, all re-delivered after a crash. Now a crash re-delivers at most
         // the one batch between the sink's confirmation and this flush.
-        self.store.set_cursor(name, cursor)?;
+        match lane {
+            Lane::Results => self.store.set_cursor(name, cursor)?,
+            Lane::Raw => self.store.set_raw_cursor(name, cursor)?,
+        }
         self.store.flush().await?;
-        self.publish(cursor);
+        self.publish(lane, cursor);
         Ok(())
     }
 
-    fn publish(&self, cursor: u64) {
-        self.cursor[self.cursor_idx].store(cursor, Ordering::Release);
-        self.stats.cursor.store(cursor, Ordering::Relaxed);
+    fn publish(&self, lane: Lane, cursor: u64) {
+        match lane {
+            Lane::Results => {
+                self.cursor[self.cursor_idx].store(cursor, Ordering::Release);
+                self.stats.cursor.store(cursor, Ordering::Relaxed);
+            }
+            Lane::Raw => {
+                self.raw_cursor[self.cursor_idx].store(cursor, Ordering::Release);
+                self.stats.raw_cursor.store(cursor, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -297,11 +341,12 @@ mod tests {
             records: ["window".to_owned()].into(),
             store: store.clone(),
             cursor: Arc::new(vec![AtomicU64::new(0)]),
+            raw_cursor: Arc::new(vec![AtomicU64::new(0)]),
             cursor_idx: 0,
             stats: Arc::new(DeliveryStats::default()),
             delivery: DeliveryConfig::default(),
         };
-        let (committed_tx, committed_rx) = watch::channel(3u64);
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: 3, raw: 0 });
         let (_give_up_tx, give_up_rx) = watch::channel(false);
         let task = tokio::spawn(delivering.run(committed_rx, give_up_rx));
         // Stop the "aggregator" at once: the sink still delivers what was announced (up to 3),

@@ -83,6 +83,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     // Recover the engine and replay what the log holds past its last commit, before any
     // source is up: the ingest keys and clock continue after what is stored.
     let cursors: Arc<Vec<AtomicU64>> = Arc::new(config.sinks.iter().map(|_| AtomicU64::new(0)).collect());
+    // Raw-lane cursors; a sink that takes no raw readings stays at u64::MAX (never holds it back).
+    let raw_cursors: Arc<Vec<AtomicU64>> =
+        Arc::new(config.sinks.iter().map(|_| AtomicU64::new(u64::MAX)).collect());
     let aggregate_stats = Arc::new(AggregateStats::default());
     let (mut aggregator, committed_rx) = Aggregator::recover(
         store.clone(),
@@ -91,6 +94,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         cursors.clone(),
         aggregate_stats.clone(),
     )
+    .map(|(aggregator, committed)| {
+        (aggregator.forwarding_raw(config.forward_raw, raw_cursors.clone()), committed)
+    })
     .context("cannot recover the engine state")?;
     let last_log_key = store.last_log_key().context("cannot read the log")?.unwrap_or(0);
     aggregator.replay(last_log_key).await.context("cannot replay the log")?;
@@ -137,6 +143,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
             records: sink_config.records.clone(),
             store: store.clone(),
             cursor: cursors.clone(),
+            raw_cursor: raw_cursors.clone(),
             cursor_idx,
             stats,
             delivery: sink_config.delivery.clone(),
@@ -325,7 +332,7 @@ fn log_status(
 }
 
 /// The store budget and per-sink delivery counters (outbox depth and age, drops by reason).
-fn log_uplinks(sinks: &[(String, Arc<DeliveryStats>)], store: &Store, committed: u64) {
+fn log_uplinks(sinks: &[(String, Arc<DeliveryStats>)], store: &Store, committed: aggregate::Committed) {
     let drops = store.drop_stats();
     tracing::info!(
         used_bytes = store.used_bytes(),
@@ -349,6 +356,7 @@ fn log_uplinks(sinks: &[(String, Arc<DeliveryStats>)], store: &Store, committed:
             dropped_budget = counters.dropped_budget,
             dropped_ttl = counters.dropped_ttl,
             outbox_depth = counters.outbox_depth,
+            raw_depth = counters.raw_depth,
             outbox_age_ms = counters.outbox_age_ms,
             "Uplink counters."
         );

@@ -93,6 +93,7 @@ data_dir = "{dir}/data"
 flush_interval = "5ms"
 [engine]
 checkpoint_interval = "100ms"
+forward_raw = true
 [batch]
 interval = "100ms"
 [[sources]]
@@ -110,7 +111,7 @@ count_by = ["mode"]
 kind = "file"
 name = "all"
 path = "{dir}/all.jsonl"
-records = ["window", "batch", "late"]
+records = ["window", "batch", "late", "raw"]
 "#;
 
 #[test]
@@ -131,7 +132,7 @@ fn every_forwarded_record_validates_against_the_published_schema() {
     wait_for(&eddy, Duration::from_secs(20), "every kind of record", || {
         let kinds: BTreeSet<String> =
             read_jsonl(&path).iter().filter_map(|r| r["type"].as_str().map(str::to_owned)).collect();
-        kinds.len() == 4
+        kinds.len() == 5
     });
     assert!(eddy.stop().expect("eddy stops").success());
     let records = read_jsonl(&path);
@@ -146,7 +147,7 @@ fn every_forwarded_record_validates_against_the_published_schema() {
         }
     }
     // The schema documents no key eddy never writes (with every aggregate configured).
-    for kind in ["window", "window_counts", "batch", "late"] {
+    for kind in ["window", "window_counts", "batch", "late", "raw"] {
         let documented: BTreeSet<&String> =
             schema["$defs"][kind]["properties"].as_object().unwrap().keys().collect();
         let written: BTreeSet<&String> =

@@ -161,3 +161,59 @@ fn http_uplink_times_out_a_blackhole_and_dead_letters_a_4xx_batch() {
         u64::try_from(rejected).unwrap()
     );
 }
+
+#[test]
+fn forwarded_raw_readings_drain_after_every_result_and_all_arrive() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    let sink = format!(
+        r#"
+[[sinks]]
+kind = "http"
+name = "hub"
+url = "{}"
+records = ["window", "raw"]
+batch_max_records = 100
+max_backoff = "200ms"
+"#,
+        hub.url()
+    );
+    let config = config_with(&sink).replace("[engine]\n", "[engine]\nforward_raw = true\n");
+    let mut eddy = Eddy::start(&config).expect("eddy starts");
+    hub.stop();
+    let base = base_ms();
+    let sensors = 5;
+    let lines = readings(base, sensors, 0, 6);
+    send(&eddy, &lines);
+    wait_for(&eddy, Duration::from_secs(20), "the results in the outbox", || {
+        oracle(&eddy).len() == 5 * sensors
+    });
+    hub.restart().expect("the hub comes back");
+    wait_for(&eddy, Duration::from_secs(30), "every reading and result at the hub", || {
+        let records = hub.records();
+        records.iter().filter(|r| r["type"] == "raw").count() >= lines.len()
+            && all_delivered(&eddy, 5 * sensors, &records)
+    });
+    assert!(eddy.stop().expect("eddy stops").success());
+    let records = hub.records();
+    // Priority: the backlog's results all came before its first raw reading.
+    let first_raw = records.iter().position(|r| r["type"] == "raw").expect("raw readings");
+    let last_window = records.iter().rposition(|r| r["type"] == "window").expect("results");
+    assert!(
+        last_window < first_raw,
+        "a raw reading overtook a result: raw at {first_raw}, result at {last_window}"
+    );
+    // Each reading once, in log order, with its values and a deterministic id.
+    let raw: Vec<&serde_json::Value> = records.iter().filter(|r| r["type"] == "raw").collect();
+    let ids: std::collections::HashSet<&str> = raw.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids.len(), lines.len(), "every raw reading exactly once");
+    let sent_first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(raw[0]["sensor"], sent_first["sensor"]);
+    assert_eq!(raw[0]["ts"], sent_first["ts"]);
+    assert_eq!(raw[0]["values"]["temp_c"], sent_first["temp_c"]);
+    assert_eq!(raw[0]["device"], "gw-up");
+    check_every_result_in_order(
+        &oracle(&eddy),
+        &records.iter().filter(|r| r["type"] == "window").cloned().collect::<Vec<_>>(),
+        0,
+    );
+}

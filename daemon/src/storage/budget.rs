@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::storage::stored::OutboxPage;
-use crate::storage::{decode_key, io, Store, StoreError, OUTBOX};
+use crate::storage::{decode_key, io, Lane, Store, StoreError};
 
 /// What happens when the budget is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,9 +194,11 @@ impl Store {
             let (key, value) = item.map_err(io("log read"))?;
             used += entry_bytes(&key, &value);
         }
-        for item in self.main.scan_prefix([OUTBOX]) {
-            let (key, value) = item.map_err(io("outbox read"))?;
-            used += entry_bytes(&key, &value);
+        for lane in [Lane::Results, Lane::Raw] {
+            for item in self.main.scan_prefix([lane.prefix()]) {
+                let (key, value) = item.map_err(io("outbox read"))?;
+                used += entry_bytes(&key, &value);
+            }
         }
         budget.used.store(used, Ordering::Relaxed);
         self.budget = Arc::new(budget);
@@ -264,9 +266,12 @@ impl Store {
         if let Some(ttl) = self.budget.config.ttl {
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             let cutoff = now_ms.saturating_sub(ttl_ms);
-            let dropped = self.drop_outbox_pages(DropReason::Ttl, |committed_ms, _| {
-                committed_ms.is_some_and(|ms| ms < cutoff)
-            })?;
+            let mut dropped = 0;
+            for lane in [Lane::Raw, Lane::Results] {
+                dropped += self.drop_outbox_pages(lane, DropReason::Ttl, |committed_ms, _| {
+                    committed_ms.is_some_and(|ms| ms < cutoff)
+                })?;
+            }
             if dropped > 0 {
                 self.budget.stats.dropped_ttl_records.fetch_add(dropped, Ordering::Relaxed);
                 tracing::error!(records = dropped, ttl = ?ttl, "Dropped undelivered results older than storage.ttl.");
@@ -282,11 +287,16 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the oldest outbox pages until `used <= target` or the outbox is empty.
+    /// Deletes the oldest outbox pages, raw readings first, until `used <= target` or the
+    /// outbox is empty.
     fn drop_oldest_until(&self, target: u64) -> Result<(), StoreError> {
         let budget = Arc::clone(&self.budget);
-        let dropped =
-            self.drop_outbox_pages(DropReason::Budget, |_, _| budget.used.load(Ordering::Relaxed) > target)?;
+        let mut dropped = 0;
+        for lane in [Lane::Raw, Lane::Results] {
+            dropped += self.drop_outbox_pages(lane, DropReason::Budget, |_, _| {
+                budget.used.load(Ordering::Relaxed) > target
+            })?;
+        }
         if dropped > 0 {
             self.budget.stats.dropped_budget_records.fetch_add(dropped, Ordering::Relaxed);
             tracing::error!(
@@ -303,6 +313,7 @@ impl Store {
     /// `drop` sees the updated `used`.
     fn drop_outbox_pages(
         &self,
+        lane: Lane,
         reason: DropReason,
         mut drop: impl FnMut(Option<i64>, u64) -> bool,
     ) -> Result<u64, StoreError> {
@@ -310,7 +321,7 @@ impl Store {
         let sinks: Vec<(String, Arc<SinkDrops>)> =
             self.budget.sinks.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut dropped = 0;
-        for item in self.main.scan_prefix([OUTBOX]) {
+        for item in self.main.scan_prefix([lane.prefix()]) {
             let (key, value) = item.map_err(io("outbox read"))?;
             let (committed_ms, n_entries) = match postcard::from_bytes::<OutboxPage>(&value) {
                 Ok(OutboxPage::V1 { entries }) => (None, entries.len()),
@@ -328,7 +339,10 @@ impl Store {
             let page_seq = decode_key(&key[1..]);
             for (name, drops) in &sinks {
                 // Records of the page the sink had not delivered: seq > its cursor.
-                let cursor = self.cursor(name)?;
+                let cursor = match lane {
+                    Lane::Results => self.cursor(name)?,
+                    Lane::Raw => self.raw_cursor(name)?,
+                };
                 let passed = cursor.saturating_add(1).saturating_sub(page_seq).min(n_entries_u64);
                 let counter = match reason {
                     DropReason::Budget => &drops.budget,
@@ -351,7 +365,7 @@ impl Store {
 
     /// The key of the outbox page starting at `seq`.
     pub(crate) fn outbox_key(seq: u64) -> Vec<u8> {
-        crate::storage::prefixed(OUTBOX, &seq.to_be_bytes())
+        crate::storage::prefixed(Lane::Results.prefix(), &seq.to_be_bytes())
     }
 }
 
@@ -537,6 +551,45 @@ mod tests {
         free.store(10 * 1024 * 1024, Ordering::Relaxed);
         assert_eq!(store.append_log(&[chunk(3, 5)]).unwrap(), Appended::Stored);
         assert_eq!(store.last_log_key().unwrap(), Some(3));
+    }
+
+    #[test]
+    fn drop_oldest_drops_raw_readings_before_any_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), BudgetConfig::default());
+        let next_seq = commit_pages(&store, 1, 2, 1000);
+        let results_bytes = store.used_bytes();
+        // Two raw pages, committed after the results (so they are newer).
+        let raw_entries: Vec<OutboxEntry> = (0..2 * OUTBOX_PAGE_ENTRIES)
+            .map(|idx| OutboxEntry {
+                kind: "raw".into(),
+                group: "r".into(),
+                payload: format!("{{\"n\":{idx:08}}}").into_bytes(),
+            })
+            .collect();
+        let raw = crate::storage::RawCommit {
+            next_raw_seq: 1 + u64::try_from(raw_entries.len()).unwrap(),
+            entries: raw_entries,
+        };
+        let commit = Commit { outbox: vec![], state: vec![], log_pos: 0, next_seq, clock_ms: 2000 };
+        store.commit_with_raw(&commit, Some(&raw)).unwrap();
+        let raw_page_bytes = (store.used_bytes() - results_bytes) / 2;
+        drop(store);
+        // Room for the results and half the raw readings: one raw page goes, no result.
+        let store = open(dir.path(), budget(results_bytes + raw_page_bytes, Policy::DropOldest));
+        store.enforce_budget(2000).unwrap();
+        let page = u64::try_from(OUTBOX_PAGE_ENTRIES).unwrap();
+        assert_eq!(counter(&store.drop_stats().dropped_budget_records), page);
+        assert_eq!(store.read_outbox_after(0, 10_000).unwrap().len(), 2 * OUTBOX_PAGE_ENTRIES);
+        let raw_left = store.read_lane_after(crate::storage::Lane::Raw, 0, 10_000).unwrap();
+        assert_eq!(raw_left.first().map(|(seq, _)| *seq), Some(page + 1), "the oldest raw page went");
+        // Tighter still: the other raw page, then the oldest result page.
+        drop(store);
+        let store = open(dir.path(), budget(results_bytes / 2, Policy::DropOldest));
+        store.enforce_budget(2000).unwrap();
+        assert_eq!(counter(&store.drop_stats().dropped_budget_records), 2 * page);
+        assert!(store.read_lane_after(crate::storage::Lane::Raw, 0, 10).unwrap().is_empty());
+        assert_eq!(store.read_outbox_after(0, 10_000).unwrap().first().map(|(seq, _)| *seq), Some(page + 1));
     }
 
     #[test]

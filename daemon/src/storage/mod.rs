@@ -47,12 +47,45 @@ use crate::storage::stored::{
 };
 
 const OUTBOX: u8 = b'o';
+/// The raw-readings lane of the outbox (`forward_raw`): same page format, own seq space.
+const RAW: u8 = b'r';
 const STATE: u8 = b's';
 const META: u8 = b'm';
 const META_LOG_POS: &[u8] = b"mlog_pos";
 const META_NEXT_SEQ: &[u8] = b"mnext_seq";
 const META_CLOCK: &[u8] = b"mclock_ms";
 const META_CURSOR: &[u8] = b"mcursor/";
+const META_NEXT_RAW_SEQ: &[u8] = b"mnext_raw_seq";
+const META_RAW_CURSOR: &[u8] = b"mrcursor/";
+
+/// The two lanes of the outbox. Results (windows, batches, late readings) and raw readings
+/// have separate sequence numbers and cursors, so a sink can drain results first (`priority`)
+/// and the budget can drop raw readings first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Window, batch and late records (keys `o` + seq).
+    Results,
+    /// Raw readings forwarded as they came (keys `r` + seq).
+    Raw,
+}
+
+impl Lane {
+    fn prefix(self) -> u8 {
+        match self {
+            Lane::Results => OUTBOX,
+            Lane::Raw => RAW,
+        }
+    }
+}
+
+/// Raw readings committed with an engine commit (the raw lane of [`Commit`]).
+#[derive(Debug, Default)]
+pub struct RawCommit {
+    /// Raw records; they get seqs `next_raw_seq - entries.len() .. next_raw_seq`.
+    pub entries: Vec<OutboxEntry>,
+    /// Next raw seq after this commit.
+    pub next_raw_seq: u64,
+}
 
 /// Most results stored under one outbox key.
 pub const OUTBOX_PAGE_ENTRIES: usize = 256;
@@ -156,6 +189,8 @@ pub struct EngineSnapshot {
     pub log_pos: u64,
     /// Next outbox sequence number.
     pub next_seq: u64,
+    /// Next raw-lane sequence number.
+    pub next_raw_seq: u64,
     /// The processing clock at the commit (ms since the epoch): the floor for the next run's
     /// clock, so an NTP step backwards across a restart cannot reopen closed batches.
     pub clock_ms: i64,
@@ -360,6 +395,7 @@ impl Store {
         let mut snapshot = EngineSnapshot {
             log_pos: self.meta_u64(META_LOG_POS)?.unwrap_or(0),
             next_seq: self.meta_u64(META_NEXT_SEQ)?.unwrap_or(1),
+            next_raw_seq: self.meta_u64(META_NEXT_RAW_SEQ)?.unwrap_or(1),
             clock_ms: self.meta_u64(META_CLOCK)?.map_or(0, |ms| i64::try_from(ms).unwrap_or(0)),
             entries: Vec::new(),
         };
@@ -379,28 +415,17 @@ impl Store {
 
     /// Applies one engine commit atomically (not yet durable: call [`Store::flush`]).
     pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        self.commit_with_raw(commit, None)
+    }
+
+    /// Like [`Store::commit`], with raw readings for the raw lane in the same sled batch.
+    pub fn commit_with_raw(&self, commit: &Commit, raw: Option<&RawCommit>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        let first_seq = commit.next_seq - u64::try_from(commit.outbox.len()).unwrap_or(0);
-        let mut page_seq = first_seq;
-        let mut outbox_bytes = 0;
-        for page in commit.outbox.chunks(OUTBOX_PAGE_ENTRIES) {
-            let envelope = OutboxPageRef::V2 {
-                committed_ms: commit.clock_ms,
-                entries: page
-                    .iter()
-                    .map(|entry| OutboxEntryV1Ref {
-                        kind: &entry.kind,
-                        group: &entry.group,
-                        payload: &entry.payload,
-                    })
-                    .collect(),
-            };
-            let bytes = postcard::to_allocvec(&envelope)
-                .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
-            let key = prefixed(OUTBOX, &page_seq.to_be_bytes());
-            outbox_bytes += entry_bytes(&key, &bytes);
-            batch.insert(key, bytes);
-            page_seq += u64::try_from(page.len()).unwrap_or(0);
+        let mut outbox_bytes =
+            encode_pages(&mut batch, OUTBOX, &commit.outbox, commit.next_seq, commit.clock_ms)?;
+        if let Some(raw) = raw {
+            outbox_bytes += encode_pages(&mut batch, RAW, &raw.entries, raw.next_raw_seq, commit.clock_ms)?;
+            batch.insert(META_NEXT_RAW_SEQ, &raw.next_raw_seq.to_be_bytes());
         }
         self.write_state_pages(&commit.state, &mut batch)?;
         batch.insert(META_LOG_POS, &commit.log_pos.to_be_bytes());
@@ -457,17 +482,28 @@ impl Store {
     /// Up to `max` outbox entries with seq greater than `after`, in seq order. Undecodable
     /// pages are skipped and counted.
     pub fn read_outbox_after(&self, after: u64, max: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        self.read_lane_after(Lane::Results, after, max)
+    }
+
+    /// [`Store::read_outbox_after`] for either lane.
+    pub fn read_lane_after(
+        &self,
+        lane: Lane,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let prefix = lane.prefix();
         let wanted = after.saturating_add(1);
         // The page holding `wanted` starts at or before it: begin with the last such page.
         let first_page = self
             .main
-            .range(prefixed(OUTBOX, &0u64.to_be_bytes())..=prefixed(OUTBOX, &wanted.to_be_bytes()))
+            .range(prefixed(prefix, &0u64.to_be_bytes())..=prefixed(prefix, &wanted.to_be_bytes()))
             .next_back()
             .transpose()
             .map_err(io("outbox read"))?
             .map_or(wanted, |(key, _)| decode_key(&key[1..]));
         let mut entries = Vec::new();
-        for item in self.main.range(prefixed(OUTBOX, &first_page.to_be_bytes())..vec![OUTBOX + 1]) {
+        for item in self.main.range(prefixed(prefix, &first_page.to_be_bytes())..vec![prefix + 1]) {
             if entries.len() >= max {
                 break;
             }
@@ -496,6 +532,12 @@ impl Store {
 
     /// Deletes outbox pages whose entries all have seq up to and including `seq`.
     pub fn trim_outbox_through(&self, seq: u64) -> Result<usize, StoreError> {
+        self.trim_lane_through(Lane::Results, seq)
+    }
+
+    /// [`Store::trim_outbox_through`] for either lane.
+    pub fn trim_lane_through(&self, lane: Lane, seq: u64) -> Result<usize, StoreError> {
+        let prefix = lane.prefix();
         // Drops (budget, ttl) remove pages too: one at a time, so no page is counted out twice.
         let _serialised =
             self.budget.outbox_removal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -505,8 +547,8 @@ impl Store {
         let pages: Vec<u64> = self
             .main
             .range(
-                prefixed(OUTBOX, &0u64.to_be_bytes())
-                    ..=prefixed(OUTBOX, &seq.saturating_add(1).to_be_bytes()),
+                prefixed(prefix, &0u64.to_be_bytes())
+                    ..=prefixed(prefix, &seq.saturating_add(1).to_be_bytes()),
             )
             .keys()
             .map(|key| key.map(|key| decode_key(&key[1..])))
@@ -517,11 +559,11 @@ impl Store {
             let fully_delivered = match pages.get(idx + 1) {
                 Some(next_page_seq) => *next_page_seq <= seq.saturating_add(1),
                 None => self
-                    .outbox_page_len(*page_seq)?
+                    .outbox_page_len(prefix, *page_seq)?
                     .is_some_and(|len| page_seq + len <= seq.saturating_add(1)),
             };
             if fully_delivered && *page_seq <= seq {
-                let key = prefixed(OUTBOX, &page_seq.to_be_bytes());
+                let key = prefixed(prefix, &page_seq.to_be_bytes());
                 if let Some(value) = self.main.get(&key).map_err(io("outbox read"))? {
                     bytes += entry_bytes(&key, &value);
                 }
@@ -536,11 +578,12 @@ impl Store {
 
     /// The commit time of the outbox page holding the first entry after `after` (`None`: no
     /// such entry, or a V1 page without a time).
-    pub fn commit_time_after(&self, after: u64) -> Result<Option<i64>, StoreError> {
+    pub fn commit_time_after(&self, lane: Lane, after: u64) -> Result<Option<i64>, StoreError> {
+        let prefix = lane.prefix();
         let wanted = after.saturating_add(1);
         let page = self
             .main
-            .range(prefixed(OUTBOX, &0u64.to_be_bytes())..=prefixed(OUTBOX, &wanted.to_be_bytes()))
+            .range(prefixed(prefix, &0u64.to_be_bytes())..=prefixed(prefix, &wanted.to_be_bytes()))
             .next_back()
             .transpose()
             .map_err(io("outbox read"))?;
@@ -548,7 +591,7 @@ impl Store {
             Some(page) => Some(page),
             None => self
                 .main
-                .range(prefixed(OUTBOX, &wanted.to_be_bytes())..vec![OUTBOX + 1])
+                .range(prefixed(prefix, &wanted.to_be_bytes())..vec![prefix + 1])
                 .next()
                 .transpose()
                 .map_err(io("outbox read"))?,
@@ -557,9 +600,9 @@ impl Store {
         Ok(postcard::from_bytes::<OutboxPage>(&value).ok().and_then(|page| page.into_parts().0))
     }
 
-    fn outbox_page_len(&self, page_seq: u64) -> Result<Option<u64>, StoreError> {
+    fn outbox_page_len(&self, prefix: u8, page_seq: u64) -> Result<Option<u64>, StoreError> {
         let Some(bytes) =
-            self.main.get(prefixed(OUTBOX, &page_seq.to_be_bytes())).map_err(io("outbox read"))?
+            self.main.get(prefixed(prefix, &page_seq.to_be_bytes())).map_err(io("outbox read"))?
         else {
             return Ok(None);
         };
@@ -581,6 +624,19 @@ impl Store {
         Ok(())
     }
 
+    /// The last raw-lane seq sink `name` delivered (0: none).
+    pub fn raw_cursor(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self.meta_u64(&[META_RAW_CURSOR, name.as_bytes()].concat())?.unwrap_or(0))
+    }
+
+    /// Records that sink `name` delivered the raw lane up to `seq`.
+    pub fn set_raw_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
+        self.main
+            .insert([META_RAW_CURSOR, name.as_bytes()].concat(), &seq.to_be_bytes())
+            .map_err(io("cursor write"))?;
+        Ok(())
+    }
+
     /// Bytes used on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(io("size"))
@@ -589,6 +645,39 @@ impl Store {
     fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
         Ok(self.main.get(key).map_err(io("meta read"))?.map(|value| decode_key(&value)))
     }
+}
+
+/// Adds `entries` as outbox pages under `prefix` to `batch`, the last entry getting seq
+/// `next_seq - 1`; returns the accounted bytes.
+fn encode_pages(
+    batch: &mut sled::Batch,
+    prefix: u8,
+    entries: &[OutboxEntry],
+    next_seq: u64,
+    committed_ms: i64,
+) -> Result<u64, StoreError> {
+    let mut page_seq = next_seq - u64::try_from(entries.len()).unwrap_or(0);
+    let mut bytes_total = 0;
+    for page in entries.chunks(OUTBOX_PAGE_ENTRIES) {
+        let envelope = OutboxPageRef::V2 {
+            committed_ms,
+            entries: page
+                .iter()
+                .map(|entry| OutboxEntryV1Ref {
+                    kind: &entry.kind,
+                    group: &entry.group,
+                    payload: &entry.payload,
+                })
+                .collect(),
+        };
+        let bytes = postcard::to_allocvec(&envelope)
+            .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
+        let key = prefixed(prefix, &page_seq.to_be_bytes());
+        bytes_total += entry_bytes(&key, &bytes);
+        batch.insert(key, bytes);
+        page_seq += u64::try_from(page.len()).unwrap_or(0);
+    }
+    Ok(bytes_total)
 }
 
 fn is_lock_conflict(error: &sled::Error) -> bool {
