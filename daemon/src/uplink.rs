@@ -293,3 +293,72 @@ pub(crate) fn http_from_raw(key: &str, name: &str, raw: &RawSink) -> Result<Sink
         connect_timeout: duration(key, "connect_timeout", raw.connect_timeout, Duration::from_secs(10))?,
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, RawConfig, SinkKind};
+
+    const MINIMAL: &str = "device_id = \"gw\"\ndata_dir = \"/tmp/x\"\n[[sources]]\nkind = \"simulator\"\n";
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from_str(&format!("{MINIMAL}{extra}"), config::FileFormat::Toml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|error| ConfigError::Load(error.to_string()))?;
+        Config::from_raw(raw)
+    }
+
+    fn check_err(extra: &str, key: &str) {
+        let error = load(extra).expect_err("must be rejected").to_string();
+        assert!(error.starts_with(key), "error `{error}` should name `{key}`");
+    }
+
+    #[test]
+    fn uplink_and_budget_mistakes_name_their_key() {
+        check_err("[[sinks]]\nkind = \"mqtt\"\n", "sinks[0].url");
+        check_err("[[sinks]]\nkind = \"mqtt\"\nurl = \"tcp://x\"\n", "sinks[0].url");
+        check_err(
+            "[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://x\"\ntopic = \"a/{sensor}\"\n",
+            "sinks[0].topic",
+        );
+        check_err(
+            "[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://x\"\npassword_env = \"EDDY_TEST_UNSET_VAR\"\n",
+            "sinks[0].password_env",
+        );
+        check_err("[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://x\"\ntimeout = \"1s\"\n", "sinks[0].timeout");
+        check_err(
+            "[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://x\"\nca_file = \"/nonexistent.pem\"\n",
+            "sinks[0].ca_file",
+        );
+        check_err("[[sinks]]\nkind = \"http\"\nurl = \"ftp://x\"\n", "sinks[0].url");
+        check_err("[[sinks]]\nkind = \"http\"\nurl = \"http://x\"\ntopic = \"t\"\n", "sinks[0].topic");
+        check_err("[[sinks]]\nkind = \"http\"\nurl = \"http://x\"\nheader_env = { authorization = \"EDDY_TEST_UNSET_VAR\" }\n", "sinks[0].header_env.authorization");
+        check_err("[[sinks]]\nkind = \"console\"\nurl = \"http://x\"\n", "sinks[0].url");
+        check_err("[[sinks]]\nkind = \"console\"\nrate_limit = 0.0\n", "sinks[0].rate_limit");
+        check_err("[[sinks]]\nkind = \"console\"\nbatch_max_records = 0\n", "sinks[0].batch_max_records");
+        check_err("[[sinks]]\nkind = \"console\"\nrecords = [\"raw\"]\n", "sinks[0].records");
+        check_err("[engine]\nforward_raw = true\n[[sinks]]\nkind = \"console\"\n", "engine.forward_raw");
+        check_err("[storage]\npolicy = \"panic\"\n", "storage.policy");
+        check_err("[storage]\nmax_bytes = 1000\n", "storage.max_bytes");
+    }
+
+    #[test]
+    fn an_mqtt_sink_gets_its_defaults_and_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let config = load(&format!(
+            "[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtts://hub.local\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+            password.display()
+        ))
+        .expect("valid");
+        let SinkKind::Mqtt(mqtt) = &config.sinks[0].kind else { panic!("not mqtt") };
+        assert_eq!(mqtt.broker.port, 8883);
+        assert_eq!(mqtt.topic, "devices/{device_id}/{type}");
+        assert_eq!(mqtt.client_id, "eddy-gw");
+        assert_eq!(mqtt.password.as_ref().map(|secret| secret.expose()), Some("s3cret"));
+        assert!(!format!("{config:?}").contains("s3cret"), "the password must not show in Debug");
+        assert_eq!(config.sinks[0].delivery.batch_max_records, 512);
+    }
+}

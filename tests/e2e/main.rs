@@ -3,6 +3,7 @@
 mod budget;
 mod cli;
 mod conformance;
+mod docs;
 mod ingest;
 mod schema;
 mod shutdown;
