@@ -94,24 +94,34 @@ fn fill_backlog(eddy: &Eddy, sensors: usize, hours: usize) -> usize {
         lines_in(&oracle)
     );
     println!(
-        "  backlog: {n_readings} readings ({hours} h × {sensors} sensors every {} s) → {expected} results in {:.1} s",
+        "  backlog: {n_readings} readings ({hours} h × {sensors} sensors every {} s) → {expected} results in {:.1} s; \
+         eddy peak RSS so far {} MiB",
         INTERVAL_MS / 1000,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        eddy.proc_status_kib("VmHWM:").unwrap_or(0) / 1024
     );
     expected
 }
 
-fn report(name: &str, expected: usize, started: Instant, eddy: &mut Eddy) {
+fn report(name: &str, expected: usize, started: Instant, eddy: &mut Eddy, backlog: (u64, u64)) {
     let secs = started.elapsed().as_secs_f64();
     let rss = eddy.proc_status_kib("VmHWM:").unwrap_or(0);
-    let disk: u64 = walk_size(&eddy.dir.join("data"));
     println!(
-        "  {name}: drained {expected} results in {secs:.2} s = {:.0} records/s (peak RSS {} MiB, store dir {:.1} MiB)",
+        "  {name}: drained {expected} results in {secs:.2} s = {:.0} records/s; eddy peak RSS {} MiB; \
+         at the outage's end: the results' JSON {:.1} MiB, sled directory {:.1} MiB",
         expected as f64 / secs,
         rss / 1024,
-        disk as f64 / (1024.0 * 1024.0)
+        backlog.0 as f64 / (1024.0 * 1024.0),
+        backlog.1 as f64 / (1024.0 * 1024.0)
     );
     let _ = eddy.stop();
+}
+
+/// The size of the backlog: the results as JSON (what the outbox pages hold, plus small
+/// per-entry framing) and sled's directory on disk.
+fn backlog_sizes(eddy: &Eddy) -> (u64, u64) {
+    let oracle_bytes = std::fs::metadata(eddy.dir.join("oracle.jsonl")).map(|meta| meta.len()).unwrap_or(0);
+    (oracle_bytes, walk_size(&eddy.dir.join("data")))
 }
 
 fn walk_size(dir: &std::path::Path) -> u64 {
@@ -144,14 +154,15 @@ fn mqtt(records_per_message: usize, sensors: usize, hours: usize) {
     let mut eddy = Eddy::start(&config(&sink)).expect("eddy");
     println!("mqtt, {records_per_message} record(s) per message, batches of 512:");
     let expected = fill_backlog(&eddy, sensors, hours);
+    let backlog = backlog_sizes(&eddy);
     hub.restart().expect("hub back");
     let started = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(600), || collector.records().len() >= expected),
+        wait_until(Duration::from_secs(600), || collector.len() >= expected),
         "the hub got {} of {expected}",
-        collector.records().len()
+        collector.len()
     );
-    report("mqtt", expected, started, &mut eddy);
+    report("mqtt", expected, started, &mut eddy, backlog);
 }
 
 fn http(sensors: usize, hours: usize) {
@@ -161,14 +172,15 @@ fn http(sensors: usize, hours: usize) {
     let mut eddy = Eddy::start(&config(&sink)).expect("eddy");
     println!("http, 512 records per POST:");
     let expected = fill_backlog(&eddy, sensors, hours);
+    let backlog = backlog_sizes(&eddy);
     hub.restart().expect("hub back");
     let started = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(600), || hub.records().len() >= expected),
+        wait_until(Duration::from_secs(600), || hub.record_count() >= expected),
         "the hub got {} of {expected}",
-        hub.records().len()
+        hub.record_count()
     );
-    report("http", expected, started, &mut eddy);
+    report("http", expected, started, &mut eddy, backlog);
 }
 
 fn main() {

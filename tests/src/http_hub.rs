@@ -101,6 +101,11 @@ impl HttpHub {
         self.shared.received.lock().unwrap().records.clone()
     }
 
+    /// How many records accepted batches held so far (duplicates included); cheap, for polling.
+    pub fn record_count(&self) -> usize {
+        self.shared.received.lock().unwrap().records.len()
+    }
+
     /// Requests answered so far (any status).
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)

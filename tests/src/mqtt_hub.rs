@@ -68,6 +68,16 @@ impl MqttCollector {
         self.subscribed.load(Ordering::SeqCst)
     }
 
+    /// How many records have arrived so far (duplicates included); cheap, for polling.
+    pub fn len(&self) -> usize {
+        self.records.lock().unwrap().len()
+    }
+
+    /// True before the first record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// (topic, record) of everything received so far, in arrival order (duplicates included).
     pub fn records(&self) -> Vec<(String, serde_json::Value)> {
         self.records.lock().unwrap().clone()
