@@ -124,14 +124,14 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
                 FileSink::open(&sink_config.name, path)
                     .with_context(|| format!("cannot open sink `{}`", sink_config.name))?,
             ),
-            SinkKind::Mqtt(mqtt) => Sink::Mqtt(
+            SinkKind::Mqtt(mqtt) => Sink::Mqtt(Box::new(
                 MqttSink::new((**mqtt).clone())
                     .with_context(|| format!("cannot set up sink `{}`", sink_config.name))?,
-            ),
-            SinkKind::Http(http) => Sink::Http(
+            )),
+            SinkKind::Http(http) => Sink::Http(Box::new(
                 HttpSink::new((**http).clone())
                     .with_context(|| format!("cannot set up sink `{}`", sink_config.name))?,
-            ),
+            )),
         };
         let stats = Arc::new(DeliveryStats {
             drops: store.register_sink(&sink_config.name),

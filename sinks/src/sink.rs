@@ -16,9 +16,9 @@ pub enum Sink {
     /// JSON lines appended to a file.
     File(FileSink),
     /// QoS 1 publishes to an MQTT hub, delivered on PUBACK.
-    Mqtt(MqttSink),
+    Mqtt(Box<MqttSink>),
     /// JSON-array POSTs to an HTTP endpoint, delivered on 2xx.
-    Http(HttpSink),
+    Http(Box<HttpSink>),
 }
 
 impl Sink {

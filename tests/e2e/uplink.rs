@@ -127,8 +127,7 @@ pub(crate) fn counters(log: &str, marker: &str, sink: &str) -> BTreeMap<String, 
     let wanted = format!("sink={sink} ");
     let line = log
         .lines()
-        .filter(|line| line.contains(marker) && (sink.is_empty() || line.contains(&wanted)))
-        .last()
+        .rfind(|line| line.contains(marker) && (sink.is_empty() || line.contains(&wanted)))
         .unwrap_or_else(|| panic!("no `{marker}` line for sink `{sink}` in log:\n{log}"));
     line.split_whitespace()
         .filter_map(|word| word.split_once('='))

@@ -362,11 +362,6 @@ impl Store {
     pub(crate) fn inject_append_failures(&self, n: u64) {
         self.budget.injected_failures.store(n, Ordering::Relaxed);
     }
-
-    /// The key of the outbox page starting at `seq`.
-    pub(crate) fn outbox_key(seq: u64) -> Vec<u8> {
-        crate::storage::prefixed(Lane::Results.prefix(), &seq.to_be_bytes())
-    }
 }
 
 #[cfg(test)]

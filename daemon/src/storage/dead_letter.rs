@@ -35,10 +35,9 @@ impl Store {
     /// Stores `entries` as dead letters (not yet durable: the caller flushes with its cursor).
     pub fn add_dead_letters(&self, entries: &[DeadLetterEntry]) -> Result<(), StoreError> {
         let tree = self.dead_tree()?;
-        let mut next =
-            tree.last().map_err(io("dead-letter read"))?.map_or(1, |(key, _)| decode_key(&key) + 1);
+        let first = tree.last().map_err(io("dead-letter read"))?.map_or(1, |(key, _)| decode_key(&key) + 1);
         let mut batch = sled::Batch::default();
-        for entry in entries {
+        for (key, entry) in (first..).zip(entries) {
             let value = postcard::to_allocvec(&DeadLetter::V1 {
                 sink: entry.sink.clone(),
                 seq: entry.seq,
@@ -48,8 +47,7 @@ impl Store {
                 payload: entry.payload.clone(),
             })
             .map_err(|source| StoreError::Encode { what: "dead letter", source })?;
-            batch.insert(&next.to_be_bytes(), value);
-            next += 1;
+            batch.insert(&key.to_be_bytes(), value);
         }
         tree.apply_batch(batch).map_err(io("dead-letter write"))?;
         let stats = self.drop_stats();

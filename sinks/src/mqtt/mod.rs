@@ -248,7 +248,8 @@ fn encode_messages(config: &MqttConfig, records: &[OutRecord]) -> Vec<(String, V
         let fits = current.as_ref().is_some_and(|(current_topic, payload, n)| {
             *current_topic == topic
                 && *n < config.records_per_message
-                && payload.len() + 1 + record.payload.len() + 1 <= config.max_message_bytes
+                // a comma before the record, the closing bracket after it
+                && payload.len() + record.payload.len() + 2 <= config.max_message_bytes
         });
         if fits {
             let (_, payload, n) = current.as_mut().expect("checked above");
