@@ -83,9 +83,16 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     // Recover the engine and replay what the log holds past its last commit, before any
     // source is up: the ingest keys and clock continue after what is stored.
     let cursors: Arc<Vec<AtomicU64>> = Arc::new(config.sinks.iter().map(|_| AtomicU64::new(0)).collect());
-    // Raw-lane cursors; a sink that takes no raw readings stays at u64::MAX (never holds it back).
-    let raw_cursors: Arc<Vec<AtomicU64>> =
-        Arc::new(config.sinks.iter().map(|_| AtomicU64::new(u64::MAX)).collect());
+    // Raw-lane cursors: 0 until the sink task publishes its durable one (nothing is trimmed
+    // before, also not by the replay below); a sink that takes no raw readings stays at u64::MAX
+    // so it never holds the lane back.
+    let raw_cursors: Arc<Vec<AtomicU64>> = Arc::new(
+        config
+            .sinks
+            .iter()
+            .map(|sink| AtomicU64::new(if sink.records.contains("raw") { 0 } else { u64::MAX }))
+            .collect(),
+    );
     let aggregate_stats = Arc::new(AggregateStats::default());
     let (mut aggregator, committed_rx) = Aggregator::recover(
         store.clone(),
@@ -134,7 +141,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
             )),
         };
         let stats = Arc::new(DeliveryStats {
-            drops: store.register_sink(&sink_config.name),
+            drops: store.register_sink(&sink_config.name, sink_config.records.contains("raw")),
             ..DeliveryStats::default()
         });
         delivery_stats.push((sink_config.name.clone(), stats.clone()));

@@ -117,7 +117,7 @@ pub(crate) struct Budget {
     pub(crate) outbox_removal: Mutex<()>,
     pub(crate) free_space: FreeSpace,
     /// Registered sinks, for per-sink drop counters.
-    sinks: Mutex<Vec<(String, Arc<SinkDrops>)>>,
+    sinks: Mutex<Vec<(String, bool, Arc<SinkDrops>)>>,
     /// Appends that fail with an injected ENOSPC before touching sled (tests of the error path).
     injected_failures: AtomicU64,
 }
@@ -215,14 +215,15 @@ impl Store {
         &self.budget.stats
     }
 
-    /// Registers sink `name` for per-sink drop counters.
-    pub fn register_sink(&self, name: &str) -> Arc<SinkDrops> {
+    /// Registers sink `name` for per-sink drop counters; raw-lane drops count for it only when
+    /// it `takes_raw`.
+    pub fn register_sink(&self, name: &str, takes_raw: bool) -> Arc<SinkDrops> {
         let drops = Arc::new(SinkDrops::default());
-        self.budget
-            .sinks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((name.to_owned(), drops.clone()));
+        self.budget.sinks.lock().unwrap_or_else(PoisonError::into_inner).push((
+            name.to_owned(),
+            takes_raw,
+            drops.clone(),
+        ));
         drops
     }
 
@@ -318,7 +319,7 @@ impl Store {
         mut drop: impl FnMut(Option<i64>, u64) -> bool,
     ) -> Result<u64, StoreError> {
         let _serialised = self.budget.outbox_removal.lock().unwrap_or_else(PoisonError::into_inner);
-        let sinks: Vec<(String, Arc<SinkDrops>)> =
+        let sinks: Vec<(String, bool, Arc<SinkDrops>)> =
             self.budget.sinks.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut dropped = 0;
         for item in self.main.scan_prefix([lane.prefix()]) {
@@ -337,7 +338,10 @@ impl Store {
             let n_entries_u64 = u64::try_from(n_entries).unwrap_or(u64::MAX);
             dropped += n_entries_u64;
             let page_seq = decode_key(&key[1..]);
-            for (name, drops) in &sinks {
+            for (name, takes_raw, drops) in &sinks {
+                if lane == Lane::Raw && !takes_raw {
+                    continue;
+                }
                 // Records of the page the sink had not delivered: seq > its cursor.
                 let cursor = match lane {
                     Lane::Results => self.cursor(name)?,
@@ -449,8 +453,8 @@ mod tests {
         store.set_cursor("hub", 100).unwrap();
         drop(store);
         let store = open(dir.path(), budget(2 * page_bytes + 1, Policy::DropOldest));
-        let hub = store.register_sink("hub");
-        let file = store.register_sink("file");
+        let hub = store.register_sink("hub", false);
+        let file = store.register_sink("file", false);
         store.set_cursor("file", 300).unwrap();
         store.enforce_budget(1000).unwrap();
         let page = u64::try_from(OUTBOX_PAGE_ENTRIES).unwrap();
@@ -513,7 +517,7 @@ mod tests {
         let mut store = Store::open(dir.path(), 1 << 20, vec![], vec![]).unwrap();
         let config = BudgetConfig { ttl: Some(Duration::from_secs(60)), ..BudgetConfig::default() };
         store.with_budget_and_free_space(config, Arc::new(|| None)).unwrap();
-        let hub = store.register_sink("hub");
+        let hub = store.register_sink("hub", false);
         let seq = commit_pages(&store, 1, 1, 1_000_000);
         let seq = commit_pages(&store, seq, 1, 1_030_000);
         commit_pages(&store, seq, 1, 1_060_000);
