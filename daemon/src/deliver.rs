@@ -362,4 +362,48 @@ mod tests {
         }
         assert_eq!(store.cursor("console").unwrap(), 3);
     }
+
+    /// `rate_limit` paces a drain: 60 records at 100/s in batches of 20 take at least 0.4 s
+    /// (two full pauses before the third batch), and every record still arrives once.
+    #[tokio::test]
+    async fn rate_limit_paces_the_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, vec![], vec![]).unwrap();
+        let outbox = (1..=60)
+            .map(|n| OutboxEntry {
+                kind: "window".into(),
+                group: "g".into(),
+                payload: format!("{{\"sensor\":\"s{n}\"}}").into_bytes(),
+            })
+            .collect();
+        store.commit(&Commit { outbox, state: vec![], log_pos: 1, next_seq: 61, clock_ms: 0 }).unwrap();
+        let captured = Captured::default();
+        let stats = Arc::new(DeliveryStats::default());
+        let delivering = Delivering {
+            sink: Sink::Console(ConsoleSink::new("console", Box::new(captured.clone()))),
+            records: ["window".to_owned()].into(),
+            store: store.clone(),
+            cursor: Arc::new(vec![AtomicU64::new(0)]),
+            raw_cursor: Arc::new(vec![AtomicU64::new(u64::MAX)]),
+            cursor_idx: 0,
+            stats: stats.clone(),
+            delivery: DeliveryConfig {
+                batch_max_records: 20,
+                rate_limit: Some(100.0),
+                ..DeliveryConfig::default()
+            },
+        };
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: 60, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let started = std::time::Instant::now();
+        let task = tokio::spawn(delivering.run(committed_rx, give_up_rx));
+        drop(committed_tx);
+        task.await.unwrap().unwrap();
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(400), "60 records at 100/s took only {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+        assert_eq!(stats.delivered_total.load(Ordering::Relaxed), 60);
+        assert!(!captured.0.lock().unwrap().is_empty());
+        assert_eq!(store.cursor("console").unwrap(), 60);
+    }
 }
