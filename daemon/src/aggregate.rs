@@ -17,7 +17,7 @@ use crate::storage::{Commit, Lane, LogChunk, OutboxEntry, RawCommit, Store, Stor
 const REPLAY_PAGE: usize = 256;
 
 /// Pending results that force a commit before the interval ends, bounding memory.
-const MAX_PENDING_RESULTS: usize = 50_000;
+const MAX_PENDING_RESULTS: usize = 10_000;
 
 /// Counters of the aggregator, shared with the status log.
 #[derive(Debug, Default)]
