@@ -15,6 +15,8 @@ use crate::uplink::DeliveryConfig;
 
 /// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// How long a delivery in flight may still take once eddy is stopping.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// While a sink stays unavailable, its latest failure reason is logged this often.
 const STILL_OFFLINE_WARN_EVERY: Duration = Duration::from_secs(30);
 
@@ -175,8 +177,22 @@ impl Delivering {
                     payload: entry.payload,
                 })
                 .collect();
-            let outcome =
-                if records.is_empty() { Delivery::Delivered } else { self.sink.deliver(&records).await };
+            let outcome = if records.is_empty() {
+                Delivery::Delivered
+            } else {
+                // Once eddy stops (the aggregator is gone), a delivery gets STOP_GRACE more: a
+                // blackholed hub must not hold the stop until the shutdown deadline.
+                let stopping = async {
+                    while committed.changed().await.is_ok() {}
+                    tokio::time::sleep(STOP_GRACE).await;
+                };
+                tokio::select! {
+                    outcome = self.sink.deliver(&records) => outcome,
+                    () = stopping => Delivery::Offline {
+                        reason: format!("no answer within {STOP_GRACE:?} of the stop"),
+                    },
+                }
+            };
             let n_records = u64::try_from(records.len()).unwrap_or(u64::MAX);
             match outcome {
                 Delivery::Delivered => {

@@ -129,3 +129,28 @@ fn mqtt_uplink_survives_a_reset_mid_batch_and_a_blackhole() {
     let bound = BATCH * usize::try_from(uplink["retries"]).unwrap();
     check_every_result_in_order(&oracle, &received(&collector), bound);
 }
+
+#[test]
+fn a_blackholed_hub_does_not_hold_up_the_stop() {
+    let hub = Mosquitto::start().expect("the hub mosquitto starts");
+    let proxy = TcpProxy::start(hub.addr()).expect("proxy");
+    let url = format!("mqtt://{}", proxy.addr());
+    // The PUBACK wait (30 s) is longer than the stop deadline (20 s), and keep-alive is too slow
+    // to notice the blackhole first: only the stop grace can end the delivery.
+    let config = config_with(&mqtt_sink(&url, ""))
+        .replace("ack_timeout = \"1500ms\"", "ack_timeout = \"30s\"")
+        .replace("keep_alive = \"2s\"", "keep_alive = \"60s\"");
+    let mut eddy = Eddy::start(&config).expect("eddy starts");
+    let base = base_ms();
+    send(&eddy, &readings(base, 5, 0, 2));
+    wait_for(&eddy, Duration::from_secs(20), "the hub connection", || eddy.log().contains("Hub connected."));
+    proxy.set_blackhole(true);
+    send(&eddy, &readings(base, 5, 2, 4));
+    wait_for(&eddy, Duration::from_secs(20), "results in the outbox", || oracle(&eddy).len() == 15);
+    let started = std::time::Instant::now();
+    let status = eddy.stop().expect("eddy stops");
+    assert!(status.success(), "a clean stop, not the deadline: {status}\n{}", eddy.log());
+    assert!(started.elapsed() < Duration::from_secs(15), "the stop took {:?}", started.elapsed());
+    assert!(eddy.log().contains("of the stop"), "the stop grace ended the delivery:\n{}", eddy.log());
+    assert!(eddy.log().contains("undelivered records stay in the outbox"), "{}", eddy.log());
+}
