@@ -11,13 +11,15 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, EngineSpec, Output};
 use crate::ingest::EngineInput;
-use crate::storage::{Commit, LogChunk, OutboxEntry, SealedPage, Store, StoreError, OUTBOX_PAGE_ENTRIES};
+use crate::storage::{
+    Commit, Lane, LogChunk, OutboxEntry, RawCommit, SealedPage, Store, StoreError, OUTBOX_PAGE_ENTRIES,
+};
 
 /// How many log chunks the replay reads per step.
 const REPLAY_PAGE: usize = 256;
 
 /// Pending results that force a commit before the interval ends, bounding memory.
-const MAX_PENDING_RESULTS: usize = 50_000;
+const MAX_PENDING_RESULTS: usize = 10_000;
 
 /// Readings processed since the last commit that force a commit before the interval ends.
 /// sled keeps every log value it was given in memory until the log is trimmed, and the log is
@@ -37,6 +39,33 @@ pub(crate) struct AggregateStats {
     pub(crate) commits_total: AtomicU64,
 }
 
+/// The last committed (and flushed) seq of each outbox lane, announced to the sinks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Committed {
+    /// Results lane.
+    pub(crate) results: u64,
+    /// Raw-readings lane.
+    pub(crate) raw: u64,
+}
+
+impl Committed {
+    /// The seq of `lane`.
+    pub(crate) fn get(&self, lane: Lane) -> u64 {
+        match lane {
+            Lane::Results => self.results,
+            Lane::Raw => self.raw,
+        }
+    }
+
+    /// Sets the seq of `lane`.
+    pub(crate) fn set(&mut self, lane: Lane, seq: u64) {
+        match lane {
+            Lane::Results => self.results = seq,
+            Lane::Raw => self.raw = seq,
+        }
+    }
+}
+
 /// The engine as recovered at start-up, ready to run.
 #[derive(Debug)]
 pub(crate) struct Aggregator {
@@ -54,8 +83,16 @@ pub(crate) struct Aggregator {
     stats: Arc<AggregateStats>,
     /// Each sink's delivered cursor; the outbox is trimmed below the smallest.
     cursors: Arc<Vec<AtomicU64>>,
-    /// Last seq committed to the outbox, for the sinks.
-    committed: watch::Sender<u64>,
+    /// Last seqs committed to the outbox, for the sinks.
+    committed: watch::Sender<Committed>,
+    /// Raw readings go to the raw lane too (`forward_raw`).
+    forward_raw: bool,
+    spec: Arc<EngineSpec>,
+    pending_raw: Vec<OutboxEntry>,
+    next_raw_seq: u64,
+    /// Each sink's raw-lane cursor (`u64::MAX` for sinks that take no raw readings).
+    raw_cursors: Arc<Vec<AtomicU64>>,
+    trimmed_raw_through: u64,
     late_by_window: BTreeMap<String, u64>,
     last_late_log: Option<Instant>,
     trimmed_outbox_through: u64,
@@ -72,10 +109,10 @@ impl Aggregator {
         checkpoint_interval: Duration,
         cursors: Arc<Vec<AtomicU64>>,
         stats: Arc<AggregateStats>,
-    ) -> Result<(Aggregator, watch::Receiver<u64>), StoreError> {
+    ) -> Result<(Aggregator, watch::Receiver<Committed>), StoreError> {
         let snapshot = store.load_engine()?;
         let n_entries = snapshot.entries.len();
-        let (engine, report) = Engine::restore(spec, snapshot.entries);
+        let (engine, report) = Engine::restore(spec.clone(), snapshot.entries);
         for (key, reason) in &report.skipped {
             tracing::error!(key = %String::from_utf8_lossy(key), %reason, "Skipped an engine state entry.");
         }
@@ -87,7 +124,8 @@ impl Aggregator {
             next_seq = snapshot.next_seq,
             "Engine state restored."
         );
-        let (committed, committed_rx) = watch::channel(snapshot.next_seq - 1);
+        let (committed, committed_rx) =
+            watch::channel(Committed { results: snapshot.next_seq - 1, raw: snapshot.next_raw_seq - 1 });
         Ok((
             Aggregator {
                 store,
@@ -102,6 +140,12 @@ impl Aggregator {
                 stats,
                 cursors,
                 committed,
+                forward_raw: false,
+                spec,
+                pending_raw: Vec::new(),
+                next_raw_seq: snapshot.next_raw_seq,
+                raw_cursors: Arc::new(Vec::new()),
+                trimmed_raw_through: 0,
                 late_by_window: BTreeMap::new(),
                 last_late_log: None,
                 trimmed_outbox_through: 0,
@@ -110,6 +154,18 @@ impl Aggregator {
             },
             committed_rx,
         ))
+    }
+
+    /// Also writes every reading to the raw lane of the outbox (`forward_raw`), trimmed below
+    /// the smallest of `raw_cursors`.
+    pub(crate) fn forwarding_raw(
+        mut self,
+        forward_raw: bool,
+        raw_cursors: Arc<Vec<AtomicU64>>,
+    ) -> Aggregator {
+        self.forward_raw = forward_raw;
+        self.raw_cursors = raw_cursors;
+        self
     }
 
     /// The processing clock as far as the engine has seen it: the floor for the ingest clock.
@@ -190,7 +246,8 @@ impl Aggregator {
 
     /// Whether enough piled up since the last commit to commit before the interval ends.
     fn commit_due(&self) -> bool {
-        self.n_pending() >= MAX_PENDING_RESULTS || self.uncommitted_readings >= MAX_UNCOMMITTED_READINGS
+        self.n_pending() + self.pending_raw.len() >= MAX_PENDING_RESULTS
+            || self.uncommitted_readings >= MAX_UNCOMMITTED_READINGS
     }
 
     /// Encodes full pages of pending results right away: a window-close burst (every sensor's
@@ -209,6 +266,15 @@ impl Aggregator {
         if chunk.ingest_ms != i64::MIN {
             self.clock_ms = self.clock_ms.max(chunk.ingest_ms);
             self.engine.apply_chunk(chunk.ingest_ms, chunk.batch, &chunk.readings, &mut self.outputs);
+            if self.forward_raw {
+                for (reading_idx, reading) in chunk.readings.iter().enumerate() {
+                    self.pending_raw.push(OutboxEntry {
+                        kind: "raw".to_owned(),
+                        group: "Raw readings".to_owned(),
+                        payload: crate::record::raw_reading_json(&self.spec, reading, chunk.key, reading_idx),
+                    });
+                }
+            }
         }
         self.log_pos = chunk.key;
         self.take_outputs();
@@ -261,7 +327,7 @@ impl Aggregator {
         self.uncommitted_readings = 0;
         let state = self.engine.take_dirty();
         let position_moved = self.store_position_changed();
-        if self.n_pending() == 0 && state.is_empty() && !position_moved {
+        if self.n_pending() == 0 && self.pending_raw.is_empty() && state.is_empty() && !position_moved {
             self.trim_outbox()?;
             return Ok(());
         }
@@ -274,16 +340,25 @@ impl Aggregator {
             next_seq: self.next_seq + n_results,
             clock_ms: self.clock_ms,
         };
-        self.store.commit(&commit)?;
+        let raw = RawCommit {
+            next_raw_seq: self.next_raw_seq + u64::try_from(self.pending_raw.len()).unwrap_or(u64::MAX),
+            entries: std::mem::take(&mut self.pending_raw),
+        };
+        self.store.commit_with_raw(&commit, self.forward_raw.then_some(&raw))?;
         self.store.flush().await?;
         self.next_seq = commit.next_seq;
+        if self.forward_raw {
+            self.next_raw_seq = raw.next_raw_seq;
+        }
         self.committed_log_pos = self.log_pos;
         self.stats.results_total.fetch_add(n_results, Ordering::Relaxed);
         self.stats.commits_total.fetch_add(1, Ordering::Relaxed);
-        self.committed.send_replace(self.next_seq - 1);
+        self.committed.send_replace(Committed { results: self.next_seq - 1, raw: self.next_raw_seq - 1 });
         // The log up to the committed position is no longer needed: a restart resumes after it.
         self.store.trim_log_through(self.log_pos)?;
         self.trim_outbox()?;
+        // Past the budget (drop_oldest) or the ttl, the oldest undelivered results go.
+        self.store.enforce_budget(self.clock_ms)?;
         Ok(())
     }
 
@@ -299,6 +374,14 @@ impl Aggregator {
         if through > self.trimmed_outbox_through {
             self.store.trim_outbox_through(through)?;
             self.trimmed_outbox_through = through;
+        }
+        if self.forward_raw {
+            let raw_delivered = self.raw_cursors.iter().map(|cursor| cursor.load(Ordering::Acquire)).min();
+            let raw_through = raw_delivered.unwrap_or(u64::MAX).min(self.next_raw_seq - 1);
+            if raw_through > self.trimmed_raw_through {
+                self.store.trim_lane_through(Lane::Raw, raw_through)?;
+                self.trimmed_raw_through = raw_through;
+            }
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
@@ -111,11 +111,26 @@ impl Default for RawIngest {
 pub struct RawStorage {
     /// sled cache, bytes.
     pub cache_capacity: u64,
+    /// Disk budget of log + outbox, bytes (0: none).
+    pub max_bytes: u64,
+    /// `drop_oldest` or `reject_new`.
+    pub policy: String,
+    /// Drop outbox records older than this (none: keep until delivered).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Refuse readings when the file system has less free space, bytes (0: no check).
+    pub min_free_bytes: u64,
 }
 
 impl Default for RawStorage {
     fn default() -> RawStorage {
-        RawStorage { cache_capacity: 4 * 1024 * 1024 }
+        RawStorage {
+            cache_capacity: 4 * 1024 * 1024,
+            max_bytes: 0,
+            policy: "drop_oldest".to_owned(),
+            ttl: None,
+            min_free_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -129,11 +144,17 @@ pub struct RawEngine {
     /// Idle time after which a sensor's windows are closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Also forward every raw reading (to sinks with `records` including `raw`).
+    pub forward_raw: bool,
 }
 
 impl Default for RawEngine {
     fn default() -> RawEngine {
-        RawEngine { checkpoint_interval: Duration::from_secs(1), idle_timeout: Duration::from_secs(300) }
+        RawEngine {
+            checkpoint_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(300),
+            forward_raw: false,
+        }
     }
 }
 
@@ -256,11 +277,12 @@ pub struct RawWindow {
     pub count_by: Vec<String>,
 }
 
-/// One `[[sinks]]` entry.
+/// One `[[sinks]]` entry; which keys apply depends on `kind` (see `crate::uplink` for the
+/// hub uplinks, `mqtt` and `http`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSink {
-    /// `console` or `file`.
+    /// `console`, `file`, `mqtt` or `http`.
     pub kind: String,
     /// Unique name (default `kind-N`); it names the sink's durable cursor, so keep it stable.
     pub name: Option<String>,
@@ -268,6 +290,56 @@ pub struct RawSink {
     pub path: Option<PathBuf>,
     /// Record kinds taken (default: window, batch).
     pub records: Option<Vec<String>>,
+    /// Records handed to the sink per delivery (default 512).
+    pub batch_max_records: Option<u64>,
+    /// Wait this long for a delivery to fill up (default 0).
+    #[serde(with = "humantime_serde", default)]
+    pub linger: Option<Duration>,
+    /// Most records per second delivered (default: no cap).
+    pub rate_limit: Option<f64>,
+    /// Longest pause between retries (default 60s).
+    #[serde(with = "humantime_serde", default)]
+    pub max_backoff: Option<Duration>,
+    /// mqtt, http: the hub's URL.
+    pub url: Option<String>,
+    /// mqtt: topic template.
+    pub topic: Option<String>,
+    /// mqtt: client id.
+    pub client_id: Option<String>,
+    /// mqtt: user name.
+    pub username: Option<String>,
+    /// mqtt: file holding the password (SAS token).
+    pub password_file: Option<PathBuf>,
+    /// mqtt: environment variable holding the password (SAS token).
+    pub password_env: Option<String>,
+    /// mqtt: records per message.
+    pub records_per_message: Option<u64>,
+    /// mqtt: largest message payload, bytes.
+    pub max_message_bytes: Option<u64>,
+    /// mqtt: keep-alive interval.
+    #[serde(with = "humantime_serde", default)]
+    pub keep_alive: Option<Duration>,
+    /// mqtt: longest wait for all PUBACKs of a delivery.
+    #[serde(with = "humantime_serde", default)]
+    pub ack_timeout: Option<Duration>,
+    /// mqtt, http: longest wait for the connection.
+    #[serde(with = "humantime_serde", default)]
+    pub connect_timeout: Option<Duration>,
+    /// http: longest wait for a whole request.
+    #[serde(with = "humantime_serde", default)]
+    pub timeout: Option<Duration>,
+    /// http: headers with literal values.
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// http: headers whose values are read from files.
+    pub header_files: Option<std::collections::BTreeMap<String, PathBuf>>,
+    /// http: headers whose values are read from environment variables.
+    pub header_env: Option<std::collections::BTreeMap<String, String>>,
+    /// mqtts, https: CA certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// mqtts, https: client certificate (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// mqtts, https: client key (PEM).
+    pub key_file: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------- stage 2: typed
@@ -289,8 +361,12 @@ pub struct Config {
     pub max_sensors: usize,
     /// sled cache bytes.
     pub cache_capacity: u64,
+    /// Disk budget, full-store policy, ttl, free-space guard.
+    pub budget: crate::storage::BudgetConfig,
     /// Engine commit interval.
     pub checkpoint_interval: Duration,
+    /// Raw readings go to the outbox's raw lane too.
+    pub forward_raw: bool,
     /// The schema.
     pub schema: Arc<Schema>,
     /// The engine's specification.
@@ -335,8 +411,8 @@ pub enum SourceKind {
     },
 }
 
-/// Kinds of outbox record a sink can take.
-pub const RECORD_KINDS: [&str; 3] = ["window", "batch", "late"];
+/// Kinds of outbox record a sink can take (`raw` needs `engine.forward_raw`).
+pub const RECORD_KINDS: [&str; 4] = ["window", "batch", "late", "raw"];
 
 /// A validated sink.
 #[derive(Debug, Clone)]
@@ -347,6 +423,8 @@ pub struct SinkConfig {
     pub kind: SinkKind,
     /// Record kinds taken.
     pub records: BTreeSet<String>,
+    /// Batching, rate cap and retry pacing of its deliveries.
+    pub delivery: crate::uplink::DeliveryConfig,
 }
 
 /// The kinds of sink.
@@ -359,6 +437,10 @@ pub enum SinkKind {
         /// The file.
         path: PathBuf,
     },
+    /// A hub over MQTT.
+    Mqtt(Box<eddy_sinks::MqttConfig>),
+    /// A hub over HTTP.
+    Http(Box<eddy_sinks::HttpConfig>),
 }
 
 impl Config {
@@ -418,6 +500,7 @@ impl Config {
         if raw.storage.cache_capacity < 256 * 1024 {
             return Err(invalid("storage.cache_capacity", "must be at least 262144 bytes"));
         }
+        let budget = crate::uplink::budget_from_raw(&raw.storage)?;
         positive("engine.checkpoint_interval", raw.engine.checkpoint_interval)?;
         positive("engine.idle_timeout", raw.engine.idle_timeout)?;
         let batch_interval = raw.batch.interval;
@@ -466,11 +549,25 @@ impl Config {
         let mut sinks = Vec::new();
         for (idx, sink) in raw.sinks.into_iter().enumerate() {
             let key = format!("sinks[{idx}]");
-            let sink = sink_from_raw(&key, idx, sink)?;
+            let sink = sink_from_raw(&key, idx, sink, &raw.device_id)?;
             if !sink_names.insert(sink.name.clone()) {
                 return Err(invalid(format!("{key}.name"), format!("`{}` is used twice", sink.name)));
             }
             sinks.push(sink);
+        }
+
+        let takes_raw = sinks.iter().position(|sink| sink.records.contains("raw"));
+        match (raw.engine.forward_raw, takes_raw) {
+            (false, Some(idx)) => {
+                return Err(invalid(format!("sinks[{idx}].records"), "`raw` needs engine.forward_raw = true"))
+            }
+            (true, None) => {
+                return Err(invalid(
+                    "engine.forward_raw",
+                    "no sink takes raw readings (records = [.., \"raw\"])",
+                ))
+            }
+            _ => {}
         }
 
         let engine = EngineSpec {
@@ -490,7 +587,9 @@ impl Config {
             limits: Limits { max_line_bytes, max_future: raw.ingest.max_future },
             max_sensors,
             cache_capacity: raw.storage.cache_capacity,
+            budget,
             checkpoint_interval: raw.engine.checkpoint_interval,
+            forward_raw: raw.engine.forward_raw,
             schema,
             engine: Arc::new(engine),
             sources,
@@ -695,10 +794,10 @@ fn parse_format(key: &str, format: Option<&str>, precision: Option<&str>) -> Res
     Ok(format)
 }
 
-fn sink_from_raw(key: &str, idx: usize, raw: RawSink) -> Result<SinkConfig, ConfigError> {
+fn sink_from_raw(key: &str, idx: usize, raw: RawSink, device_id: &str) -> Result<SinkConfig, ConfigError> {
     let name = raw.name.clone().unwrap_or_else(|| format!("{}-{idx}", raw.kind));
     check_name(&format!("{key}.name"), &name)?;
-    let records: BTreeSet<String> = match raw.records {
+    let records: BTreeSet<String> = match raw.records.clone() {
         None => ["window", "batch"].map(String::from).into(),
         Some(kinds) => {
             for kind in &kinds {
@@ -715,14 +814,19 @@ fn sink_from_raw(key: &str, idx: usize, raw: RawSink) -> Result<SinkConfig, Conf
             kinds.into_iter().collect()
         }
     };
+    let delivery = crate::uplink::delivery_from_raw(key, &raw)?;
     let kind = match raw.kind.as_str() {
+        "mqtt" => crate::uplink::mqtt_from_raw(key, &name, &raw, device_id)?,
+        "http" => crate::uplink::http_from_raw(key, &name, &raw)?,
         "console" => {
+            crate::uplink::reject_uplink_keys(key, &raw)?;
             if raw.path.is_some() {
                 return Err(invalid(format!("{key}.path"), "does not apply to kind = \"console\""));
             }
             SinkKind::Console
         }
         "file" => {
+            crate::uplink::reject_uplink_keys(key, &raw)?;
             let path =
                 raw.path.ok_or_else(|| invalid(format!("{key}.path"), "is required for kind = \"file\""))?;
             if path.as_os_str().is_empty() {
@@ -731,10 +835,13 @@ fn sink_from_raw(key: &str, idx: usize, raw: RawSink) -> Result<SinkConfig, Conf
             SinkKind::File { path }
         }
         other => {
-            return Err(invalid(format!("{key}.kind"), format!("`{other}` is not one of: console, file")))
+            return Err(invalid(
+                format!("{key}.kind"),
+                format!("`{other}` is not one of: console, file, mqtt, http"),
+            ))
         }
     };
-    Ok(SinkConfig { name, kind, records })
+    Ok(SinkConfig { name, kind, records, delivery })
 }
 
 #[cfg(test)]

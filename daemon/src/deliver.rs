@@ -9,13 +9,16 @@ use std::time::Duration;
 use eddy_sinks::{Delivery, OutRecord, Sink};
 use tokio::sync::watch;
 
-use crate::storage::{Store, StoreError};
+use crate::aggregate::Committed;
+use crate::storage::{DeadLetterEntry, Lane, SinkDrops, Store, StoreError};
+use crate::uplink::DeliveryConfig;
 
-/// Records handed to a sink per delivery.
-const DELIVERY_BATCH: usize = 512;
-/// First retry delay after a failed delivery; doubles up to `MAX_BACKOFF`.
+/// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a delivery in flight may still take once eddy is stopping.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// While a sink stays unavailable, its latest failure reason is logged this often.
+const STILL_OFFLINE_WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Counters of one sink.
 #[derive(Debug, Default)]
@@ -24,8 +27,57 @@ pub(crate) struct DeliveryStats {
     pub(crate) delivered_total: AtomicU64,
     /// Failed delivery attempts (retried).
     pub(crate) retries_total: AtomicU64,
-    /// Records the sink permanently rejected (skipped).
+    /// Records the sink permanently rejected (moved to the dead-letter tree).
     pub(crate) rejected_total: AtomicU64,
+    /// Outbox records dropped (budget, ttl) before this sink delivered them.
+    pub(crate) drops: Arc<SinkDrops>,
+    /// The last seq delivered (the durable cursor).
+    pub(crate) cursor: AtomicU64,
+    /// The last raw-lane seq delivered (`u64::MAX`: takes no raw readings).
+    pub(crate) raw_cursor: AtomicU64,
+    /// Processing time of the commit that wrote the oldest record not yet delivered (ms since
+    /// the epoch; 0: nothing waiting).
+    pub(crate) oldest_waiting_ms: AtomicU64,
+}
+
+/// A plain copy of one sink's counters, for the status log (and a later `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SinkCounters {
+    pub(crate) delivered: u64,
+    pub(crate) retries: u64,
+    pub(crate) rejected: u64,
+    pub(crate) dropped_budget: u64,
+    pub(crate) dropped_ttl: u64,
+    /// Results committed but not yet delivered (all kinds, by outbox seq).
+    pub(crate) outbox_depth: u64,
+    /// Raw readings committed but not yet delivered (0 for a sink that takes none).
+    pub(crate) raw_depth: u64,
+    /// Age of the oldest record waiting, ms (0: none).
+    pub(crate) outbox_age_ms: u64,
+}
+
+impl DeliveryStats {
+    /// Counters now; `committed` is the last committed seqs, `now_ms` the processing clock.
+    pub(crate) fn snapshot(&self, committed: Committed, now_ms: u64) -> SinkCounters {
+        let cursor = self.cursor.load(Ordering::Relaxed);
+        let oldest = self.oldest_waiting_ms.load(Ordering::Relaxed);
+        let depth = committed.results.saturating_sub(cursor);
+        let raw_depth = committed.raw.saturating_sub(self.raw_cursor.load(Ordering::Relaxed));
+        SinkCounters {
+            delivered: self.delivered_total.load(Ordering::Relaxed),
+            retries: self.retries_total.load(Ordering::Relaxed),
+            rejected: self.rejected_total.load(Ordering::Relaxed),
+            dropped_budget: self.drops.budget.load(Ordering::Relaxed),
+            dropped_ttl: self.drops.ttl.load(Ordering::Relaxed),
+            outbox_depth: depth,
+            raw_depth,
+            outbox_age_ms: if depth + raw_depth == 0 || oldest == 0 {
+                0
+            } else {
+                now_ms.saturating_sub(oldest)
+            },
+        }
+    }
 }
 
 /// One sink with its cursor.
@@ -39,10 +91,14 @@ pub(crate) struct Delivering {
     pub(crate) store: Store,
     /// The sink's published cursor (read by the aggregator to trim the outbox).
     pub(crate) cursor: Arc<Vec<AtomicU64>>,
-    /// Index of this sink's cursor.
+    /// The sink's published raw-lane cursor (`u64::MAX` when it takes no raw readings).
+    pub(crate) raw_cursor: Arc<Vec<AtomicU64>>,
+    /// Index of this sink's cursors.
     pub(crate) cursor_idx: usize,
     /// Counters.
     pub(crate) stats: Arc<DeliveryStats>,
+    /// Batching, rate cap, retry pacing.
+    pub(crate) delivery: DeliveryConfig,
 }
 
 impl Delivering {
@@ -50,35 +106,65 @@ impl Delivering {
     /// `give_up` fires (shutdown deadline): then what is left stays in the outbox.
     pub(crate) async fn run(
         mut self,
-        mut committed: watch::Receiver<u64>,
+        mut committed: watch::Receiver<Committed>,
         mut give_up: watch::Receiver<bool>,
     ) -> Result<(), StoreError> {
         let name = self.sink.name().to_owned();
-        let mut cursor = self.store.cursor(&name)?;
-        self.publish(cursor);
+        let mut cursors = Committed {
+            results: self.store.cursor(&name)?,
+            // A sink that takes no raw readings never holds the raw lane back.
+            raw: if self.takes_raw() { self.store.raw_cursor(&name)? } else { u64::MAX },
+        };
+        self.publish(Lane::Results, cursors.results);
+        self.publish(Lane::Raw, cursors.raw);
         let mut backoff = MIN_BACKOFF;
         let mut offline_since: Option<tokio::time::Instant> = None;
+        let mut last_warned = tokio::time::Instant::now();
         loop {
             let target = *committed.borrow_and_update();
-            if cursor >= target {
+            // Priority: results first; raw readings only when no result is waiting.
+            let Some(lane) = self.next_lane(&cursors, &target) else {
                 tokio::select! {
                     changed = committed.changed() => {
-                        if changed.is_err() && cursor >= *committed.borrow() {
+                        if changed.is_err() && self.next_lane(&cursors, &committed.borrow()).is_none() {
                             break; // the aggregator stopped and everything is delivered
                         }
                         continue;
                     }
                     _ = give_up.changed() => break,
                 }
+            };
+            let cursor = cursors.get(lane);
+            let batch_max = self.delivery.batch_max_records;
+            let full_batch = u64::try_from(batch_max).unwrap_or(u64::MAX);
+            if !self.delivery.linger.is_zero() && target.get(lane) - cursor < full_batch {
+                // Fewer records than a full batch: wait up to `linger` for more.
+                let until = tokio::time::Instant::now() + self.delivery.linger;
+                loop {
+                    if committed.borrow().get(lane) - cursor >= full_batch {
+                        break;
+                    }
+                    tokio::select! {
+                        changed = committed.changed() => if changed.is_err() { break },
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = give_up.changed() => break,
+                    }
+                }
             }
+            let target = committed.borrow_and_update().get(lane);
+            let started = tokio::time::Instant::now();
             // Only what the aggregator has committed *and flushed* (`target`): a sink must never
             // hand out a result that a power cut could still take back.
-            let mut entries = self.store.read_outbox_after(cursor, DELIVERY_BATCH)?;
+            let mut entries = self.store.read_lane_after(lane, cursor, batch_max)?;
+            self.stats.oldest_waiting_ms.store(
+                self.store.commit_time_after(lane, cursor)?.map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
+                Ordering::Relaxed,
+            );
             entries.retain(|(seq, _)| *seq <= target);
             let Some(last_seq) = entries.last().map(|(seq, _)| *seq) else {
-                // Entries up to target were trimmed or undecodable: move past them.
-                cursor = target;
-                self.persist(&name, cursor).await?;
+                // Entries up to target were trimmed, dropped or undecodable: move past them.
+                cursors.set(lane, target);
+                self.persist(lane, &name, target).await?;
                 continue;
             };
             let records: Vec<OutRecord> = entries
@@ -91,8 +177,22 @@ impl Delivering {
                     payload: entry.payload,
                 })
                 .collect();
-            let outcome =
-                if records.is_empty() { Delivery::Delivered } else { self.sink.deliver(&records).await };
+            let outcome = if records.is_empty() {
+                Delivery::Delivered
+            } else {
+                // Once eddy stops (the aggregator is gone), a delivery gets STOP_GRACE more: a
+                // blackholed hub must not hold the stop until the shutdown deadline.
+                let stopping = async {
+                    while committed.changed().await.is_ok() {}
+                    tokio::time::sleep(STOP_GRACE).await;
+                };
+                tokio::select! {
+                    outcome = self.sink.deliver(&records) => outcome,
+                    () = stopping => Delivery::Offline {
+                        reason: format!("no answer within {STOP_GRACE:?} of the stop"),
+                    },
+                }
+            };
             let n_records = u64::try_from(records.len()).unwrap_or(u64::MAX);
             match outcome {
                 Delivery::Delivered => {
@@ -103,8 +203,21 @@ impl Delivering {
                     backoff = MIN_BACKOFF;
                 }
                 Delivery::Rejected { reason } => {
+                    let rejected_ms = eddy_sensors::wall_clock_ms();
+                    let dead: Vec<DeadLetterEntry> = records
+                        .iter()
+                        .map(|record| DeadLetterEntry {
+                            sink: name.clone(),
+                            seq: record.seq,
+                            kind: record.kind.clone(),
+                            reason: reason.clone(),
+                            rejected_ms,
+                            payload: record.payload.clone(),
+                        })
+                        .collect();
+                    self.store.add_dead_letters(&dead)?;
                     self.stats.rejected_total.fetch_add(n_records, Ordering::Relaxed);
-                    tracing::error!(sink = %name, records = n_records, %reason, "Sink rejected records permanently; they are skipped.");
+                    tracing::error!(sink = %name, records = n_records, %reason, "Sink rejected records permanently; they are moved to the dead-letter tree.");
                 }
                 Delivery::Offline { reason } => {
                     self.stats.retries_total.fetch_add(1, Ordering::Relaxed);
@@ -113,12 +226,21 @@ impl Delivering {
                         tracing::warn!(sink = %name, %reason, "Sink unavailable at shutdown; undelivered records stay in the outbox.");
                         break;
                     }
+                    let now = tokio::time::Instant::now();
                     if offline_since.is_none() {
                         tracing::warn!(sink = %name, %reason, "Sink is unavailable; records stay in the outbox and are retried.");
-                        offline_since = Some(tokio::time::Instant::now());
+                        offline_since = Some(now);
+                        last_warned = now;
+                    } else if now - last_warned >= STILL_OFFLINE_WARN_EVERY {
+                        // The reason can change during an outage (refused, then 503, then a
+                        // timeout): say it again now and then, not at every retry.
+                        tracing::warn!(sink = %name, %reason, offline_secs = offline_since.map_or(0, |since| (now - since).as_secs()), "Sink is still unavailable.");
+                        last_warned = now;
+                    } else {
+                        tracing::debug!(sink = %name, %reason, "Delivery failed again; retrying.");
                     }
                     let delay = jittered(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = (backoff * 2).min(self.delivery.max_backoff);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = give_up.changed() => break,
@@ -126,27 +248,63 @@ impl Delivering {
                     continue;
                 }
             }
-            cursor = last_seq;
-            self.persist(&name, cursor).await?;
+            cursors.set(lane, last_seq);
+            self.persist(lane, &name, last_seq).await?;
+            if let Some(rate) = self.delivery.rate_limit {
+                // Pace the drain: n records take at least n / rate seconds.
+                let n_delivered = f64::from(u32::try_from(n_records).unwrap_or(u32::MAX));
+                let pace = Duration::from_secs_f64(n_delivered / rate);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(started + pace) => {}
+                    _ = give_up.changed() => break,
+                }
+            }
         }
         self.sink.close().await;
-        tracing::info!(sink = %name, cursor, "Sink stopped.");
+        tracing::info!(sink = %name, cursor = cursors.results, "Sink stopped.");
         Ok(())
     }
 
-    async fn persist(&self, name: &str, cursor: u64) -> Result<(), StoreError> {
+    fn takes_raw(&self) -> bool {
+        self.records.contains("raw")
+    }
+
+    /// The lane to deliver next: results while any is waiting, then raw readings.
+    fn next_lane(&self, cursors: &Committed, target: &Committed) -> Option<Lane> {
+        if cursors.results < target.results {
+            Some(Lane::Results)
+        } else if self.takes_raw() && cursors.raw < target.raw {
+            Some(Lane::Raw)
+        } else {
+            None
+        }
+    }
+
+    async fn persist(&self, lane: Lane, name: &str, cursor: u64) -> Result<(), StoreError> {
         // Flushed at once, one fsync per delivery batch: otherwise a sink draining a backlog
         // while no readings flow (nothing else flushing) could leave thousands of delivered
         // records unrecorded, all re-delivered after a crash. Now a crash re-delivers at most
         // the one batch between the sink's confirmation and this flush.
-        self.store.set_cursor(name, cursor)?;
+        match lane {
+            Lane::Results => self.store.set_cursor(name, cursor)?,
+            Lane::Raw => self.store.set_raw_cursor(name, cursor)?,
+        }
         self.store.flush().await?;
-        self.publish(cursor);
+        self.publish(lane, cursor);
         Ok(())
     }
 
-    fn publish(&self, cursor: u64) {
-        self.cursor[self.cursor_idx].store(cursor, Ordering::Release);
+    fn publish(&self, lane: Lane, cursor: u64) {
+        match lane {
+            Lane::Results => {
+                self.cursor[self.cursor_idx].store(cursor, Ordering::Release);
+                self.stats.cursor.store(cursor, Ordering::Relaxed);
+            }
+            Lane::Raw => {
+                self.raw_cursor[self.cursor_idx].store(cursor, Ordering::Release);
+                self.stats.raw_cursor.store(cursor, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -199,10 +357,12 @@ mod tests {
             records: ["window".to_owned()].into(),
             store: store.clone(),
             cursor: Arc::new(vec![AtomicU64::new(0)]),
+            raw_cursor: Arc::new(vec![AtomicU64::new(0)]),
             cursor_idx: 0,
             stats: Arc::new(DeliveryStats::default()),
+            delivery: DeliveryConfig::default(),
         };
-        let (committed_tx, committed_rx) = watch::channel(3u64);
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: 3, raw: 0 });
         let (_give_up_tx, give_up_rx) = watch::channel(false);
         let task = tokio::spawn(delivering.run(committed_rx, give_up_rx));
         // Stop the "aggregator" at once: the sink still delivers what was announced (up to 3),
@@ -217,5 +377,49 @@ mod tests {
             assert!(!text.contains(held_back), "{held_back} delivered before it was flushed:\n{text}");
         }
         assert_eq!(store.cursor("console").unwrap(), 3);
+    }
+
+    /// `rate_limit` paces a drain: 60 records at 100/s in batches of 20 take at least 0.4 s
+    /// (two full pauses before the third batch), and every record still arrives once.
+    #[tokio::test]
+    async fn rate_limit_paces_the_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, vec![], vec![]).unwrap();
+        let outbox = (1..=60)
+            .map(|n| OutboxEntry {
+                kind: "window".into(),
+                group: "g".into(),
+                payload: format!("{{\"sensor\":\"s{n}\"}}").into_bytes(),
+            })
+            .collect();
+        store.commit(&Commit { outbox, log_pos: 1, next_seq: 61, ..Commit::default() }).unwrap();
+        let captured = Captured::default();
+        let stats = Arc::new(DeliveryStats::default());
+        let delivering = Delivering {
+            sink: Sink::Console(ConsoleSink::new("console", Box::new(captured.clone()))),
+            records: ["window".to_owned()].into(),
+            store: store.clone(),
+            cursor: Arc::new(vec![AtomicU64::new(0)]),
+            raw_cursor: Arc::new(vec![AtomicU64::new(u64::MAX)]),
+            cursor_idx: 0,
+            stats: stats.clone(),
+            delivery: DeliveryConfig {
+                batch_max_records: 20,
+                rate_limit: Some(100.0),
+                ..DeliveryConfig::default()
+            },
+        };
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: 60, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let started = std::time::Instant::now();
+        let task = tokio::spawn(delivering.run(committed_rx, give_up_rx));
+        drop(committed_tx);
+        task.await.unwrap().unwrap();
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(400), "60 records at 100/s took only {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+        assert_eq!(stats.delivered_total.load(Ordering::Relaxed), 60);
+        assert!(!captured.0.lock().unwrap().is_empty());
+        assert_eq!(store.cursor("console").unwrap(), 60);
     }
 }

@@ -7,7 +7,7 @@ use eddy_sensors::{wall_clock_ms, Durability, IngestBatch, IngestReceiver, Readi
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
 
-use crate::storage::{LogChunk, Store, StoreError, MAX_CHUNK_READINGS};
+use crate::storage::{Appended, LogChunk, Store, StoreError, MAX_CHUNK_READINGS};
 
 /// What the engine task receives, in log order.
 #[derive(Debug)]
@@ -20,6 +20,10 @@ pub(crate) enum EngineInput {
         now_ms: i64,
     },
 }
+
+/// Groups in a row whose write failed before the ingest task gives up and stops the daemon:
+/// sled 0.34 does not recover from a failed fsync in-process, a restart (systemd) does.
+const MAX_FAILED_GROUPS: u32 = 3;
 
 /// Most readings collected into one flush: bounds memory and ack latency under load.
 const MAX_GROUP_READINGS: usize = 16 * 1024;
@@ -61,12 +65,15 @@ pub(crate) struct Ingest {
     pub(crate) next_key: u64,
     /// The processing clock.
     pub(crate) clock: ProcessingClock,
+    /// Groups in a row whose write failed.
+    pub(crate) failed_groups: u32,
 }
 
 impl Ingest {
     /// Runs until every source has dropped its sender, then returns after the last group is
-    /// durable and handed to the engine. A store error is fatal: it stops the daemon (readings
-    /// of the failed group are refused, so their senders know they were not stored).
+    /// durable and handed to the engine. A group the disk budget does not admit, or whose write
+    /// fails (ENOSPC), is refused (its senders keep the readings) and ingest goes on; only
+    /// [`MAX_FAILED_GROUPS`] failed writes in a row stop the daemon.
     pub(crate) async fn run(
         mut self,
         mut rx: IngestReceiver,
@@ -147,20 +154,42 @@ impl Ingest {
         if !current.is_empty() {
             chunks.push(self.chunk(ingest_ms, batch, current));
         }
+        let n_readings: usize = chunks.iter().map(|chunk| chunk.readings.len()).sum();
         let stored = if chunks.is_empty() {
-            Ok(())
+            Ok(Appended::Stored)
         } else {
             match self.store.append_log(&chunks) {
-                Ok(()) => self.store.flush().await,
-                Err(error) => Err(error),
+                Ok(Appended::Stored) => self.store.flush().await.map(|()| Appended::Stored),
+                other => other,
             }
         };
-        if let Err(error) = stored {
-            let reason: std::sync::Arc<str> = std::sync::Arc::from(format!("store failed: {error}"));
-            for ack in acks {
-                let _ = ack.send(Durability::Refused(reason.clone()));
+        let refused = match stored {
+            Ok(Appended::Stored) => {
+                self.failed_groups = 0;
+                None
             }
-            return Err(error);
+            Ok(Appended::Refused(reason)) => {
+                tracing::warn!(readings = n_readings, %reason, "Readings refused: the store is full.");
+                Some(reason)
+            }
+            Err(error) => {
+                self.failed_groups += 1;
+                let refused = u64::try_from(n_readings).unwrap_or(u64::MAX);
+                self.store
+                    .drop_stats()
+                    .refused_disk_readings
+                    .fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(readings = n_readings, error = %error, failed_in_a_row = self.failed_groups, "Readings refused: the store write failed.");
+                if self.failed_groups >= MAX_FAILED_GROUPS {
+                    refuse_all(acks, &format!("store failed: {error}"));
+                    return Err(error);
+                }
+                Some(format!("store failed: {error}"))
+            }
+        };
+        if let Some(reason) = refused {
+            refuse_all(acks, &reason);
+            return Ok(());
         }
         for ack in acks {
             // A sender that went away (connection closed) no longer needs the answer.
@@ -179,5 +208,69 @@ impl Ingest {
         let key = self.next_key;
         self.next_key += 1;
         LogChunk { key, ingest_ms, batch, readings }
+    }
+}
+
+/// Answers every sender of a group that was not stored.
+fn refuse_all(acks: Vec<oneshot::Sender<Durability>>, reason: &str) {
+    let reason: std::sync::Arc<str> = std::sync::Arc::from(reason);
+    for ack in acks {
+        let _ = ack.send(Durability::Refused(reason.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use eddy_sensors::ingest_channel;
+
+    use super::*;
+
+    fn reading(ts_ms: i64) -> Reading {
+        Reading { sensor: Arc::from("s"), ts_ms, values: vec![Some(20.0)], tags: vec![] }
+    }
+
+    /// ENOSPC on a log write refuses that group only; eddy keeps running and stores the next.
+    #[tokio::test]
+    async fn a_failed_log_write_refuses_its_group_and_ingest_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, vec!["temp_c".into()], vec![]).unwrap();
+        store.inject_append_failures(1);
+        let ingest = Ingest {
+            store: store.clone(),
+            flush_interval: Duration::from_millis(1),
+            batch_interval_ms: 1000,
+            next_key: 1,
+            clock: ProcessingClock::new(0),
+            failed_groups: 0,
+        };
+        let (tx, rx) = ingest_channel(4);
+        let (engine_tx, mut engine_rx) = mpsc::channel(16);
+        let task = tokio::spawn(ingest.run(rx, engine_tx));
+        let first = tx.send_acked(0, vec![reading(1), reading(2)]).await.unwrap().await.unwrap();
+        assert!(
+            matches!(&first, Durability::Refused(reason) if reason.contains("no space left")),
+            "{first:?}"
+        );
+        let second = tx.send_acked(0, vec![reading(3)]).await.unwrap().await.unwrap();
+        assert_eq!(second, Durability::Durable);
+        assert_eq!(store.drop_stats().refused_disk_readings.load(Ordering::Relaxed), 2);
+        drop(tx);
+        task.await.unwrap().expect("ingest ends cleanly");
+        // Only the stored group reached the engine and the log.
+        let mut chunks = Vec::new();
+        while let Ok(input) = engine_rx.try_recv() {
+            if let EngineInput::Chunk(chunk) = input {
+                chunks.push(chunk.readings.iter().map(|r| r.ts_ms).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(chunks, vec![vec![3]]);
+        let (logged, _) = store.read_log_after(0, 10).unwrap();
+        assert_eq!(
+            logged.iter().flat_map(|c| c.readings.iter().map(|r| r.ts_ms)).collect::<Vec<_>>(),
+            vec![3]
+        );
     }
 }

@@ -9,7 +9,9 @@ pub mod storage;
 mod aggregate;
 mod deliver;
 mod ingest;
+mod inspect;
 mod sources;
+mod uplink;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use eddy_sensors::{ingest_channel, SensorRegistry, SourceStats};
-use eddy_sinks::{ConsoleSink, FileSink, Sink};
+use eddy_sinks::{ConsoleSink, FileSink, HttpSink, MqttSink, Sink};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +31,8 @@ use crate::config::{Config, SinkKind};
 use crate::deliver::{Delivering, DeliveryStats};
 use crate::ingest::{Ingest, ProcessingClock};
 use crate::storage::{Store, StoreError};
+
+pub use crate::inspect::print_dead_letters;
 
 /// Why the daemon stopped with an error; `main` maps it to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +77,22 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         config.engine.tag_names.clone(),
     )
     .map_err(RunError::StoreOpen)?;
+    // The disk budget counts the live log and outbox bytes (one scan at start-up).
+    let store = store.with_budget(config.budget.clone()).map_err(RunError::StoreOpen)?;
 
     // Recover the engine and replay what the log holds past its last commit, before any
     // source is up: the ingest keys and clock continue after what is stored.
     let cursors: Arc<Vec<AtomicU64>> = Arc::new(config.sinks.iter().map(|_| AtomicU64::new(0)).collect());
+    // Raw-lane cursors: 0 until the sink task publishes its durable one (nothing is trimmed
+    // before, also not by the replay below); a sink that takes no raw readings stays at u64::MAX
+    // so it never holds the lane back.
+    let raw_cursors: Arc<Vec<AtomicU64>> = Arc::new(
+        config
+            .sinks
+            .iter()
+            .map(|sink| AtomicU64::new(if sink.records.contains("raw") { 0 } else { u64::MAX }))
+            .collect(),
+    );
     let aggregate_stats = Arc::new(AggregateStats::default());
     let (mut aggregator, committed_rx) = Aggregator::recover(
         store.clone(),
@@ -85,6 +101,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         cursors.clone(),
         aggregate_stats.clone(),
     )
+    .map(|(aggregator, committed)| {
+        (aggregator.forwarding_raw(config.forward_raw, raw_cursors.clone()), committed)
+    })
     .context("cannot recover the engine state")?;
     let last_log_key = store.last_log_key().context("cannot read the log")?.unwrap_or(0);
     aggregator.replay(last_log_key).await.context("cannot replay the log")?;
@@ -112,16 +131,29 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
                 FileSink::open(&sink_config.name, path)
                     .with_context(|| format!("cannot open sink `{}`", sink_config.name))?,
             ),
+            SinkKind::Mqtt(mqtt) => Sink::Mqtt(Box::new(
+                MqttSink::new((**mqtt).clone())
+                    .with_context(|| format!("cannot set up sink `{}`", sink_config.name))?,
+            )),
+            SinkKind::Http(http) => Sink::Http(Box::new(
+                HttpSink::new((**http).clone())
+                    .with_context(|| format!("cannot set up sink `{}`", sink_config.name))?,
+            )),
         };
-        let stats = Arc::new(DeliveryStats::default());
+        let stats = Arc::new(DeliveryStats {
+            drops: store.register_sink(&sink_config.name, sink_config.records.contains("raw")),
+            ..DeliveryStats::default()
+        });
         delivery_stats.push((sink_config.name.clone(), stats.clone()));
         let delivering = Delivering {
             sink,
             records: sink_config.records.clone(),
             store: store.clone(),
             cursor: cursors.clone(),
+            raw_cursor: raw_cursors.clone(),
             cursor_idx,
             stats,
+            delivery: sink_config.delivery.clone(),
         };
         let committed = committed_rx.clone();
         let give_up = give_up_rx.clone();
@@ -133,6 +165,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     if config.sinks.is_empty() {
         tracing::warn!("No sink is configured: results are computed and discarded.");
     }
+    // Kept for the status log (outbox depth); the sinks watch the sender, not the receivers.
+    let status_committed = committed_rx.clone();
     drop(committed_rx);
 
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_CHANNEL_CHUNKS);
@@ -142,6 +176,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         batch_interval_ms: u64::try_from(config.engine.batch_interval.as_millis()).unwrap_or(u64::MAX).max(1),
         next_key,
         clock: ProcessingClock::new(aggregator.clock_ms()),
+        failed_groups: 0,
     };
     let (ingest_tx, ingest_rx) = ingest_channel(INGEST_CHANNEL_BATCHES);
     spawn(
@@ -226,7 +261,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
             Event::Report if stopping => {
                 tracing::info!(waiting_for = ?running, "Still stopping.");
             }
-            Event::Report => log_status(&source_stats, &aggregate_stats, &delivery_stats, &store),
+            Event::Report => {
+                log_status(&source_stats, &aggregate_stats, &delivery_stats, &store);
+                log_uplinks(&delivery_stats, &store, *status_committed.borrow());
+            }
             Event::Deadline => {
                 tracing::error!(still_running = ?running, "Stop deadline passed; exiting with work unfinished (it stays in the store).");
                 let _ = give_up_tx.send(true);
@@ -249,6 +287,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     }
     store.flush().await.context("final flush")?;
     log_status(&source_stats, &aggregate_stats, &delivery_stats, &store);
+    log_uplinks(&delivery_stats, &store, *status_committed.borrow());
     match failed {
         Some(error) => Err(RunError::Runtime(error)),
         None => {
@@ -295,6 +334,38 @@ fn log_status(
             retries = stats.retries_total.load(Ordering::Relaxed),
             rejected = stats.rejected_total.load(Ordering::Relaxed),
             "Sink counters."
+        );
+    }
+}
+
+/// The store budget and per-sink delivery counters (outbox depth and age, drops by reason).
+fn log_uplinks(sinks: &[(String, Arc<DeliveryStats>)], store: &Store, committed: aggregate::Committed) {
+    let drops = store.drop_stats();
+    tracing::info!(
+        used_bytes = store.used_bytes(),
+        max_bytes = store.budget_config().max_bytes.unwrap_or(0),
+        dropped_budget = drops.dropped_budget_records.load(Ordering::Relaxed),
+        dropped_ttl = drops.dropped_ttl_records.load(Ordering::Relaxed),
+        refused_budget = drops.refused_budget_readings.load(Ordering::Relaxed),
+        refused_disk = drops.refused_disk_readings.load(Ordering::Relaxed),
+        dead_letters = drops.dead_letter_records.load(Ordering::Relaxed),
+        dropped_dead_letters = drops.dropped_dead_letter_records.load(Ordering::Relaxed),
+        "Store budget counters."
+    );
+    let now_ms = u64::try_from(eddy_sensors::wall_clock_ms()).unwrap_or(0);
+    for (name, stats) in sinks {
+        let counters = stats.snapshot(committed, now_ms);
+        tracing::info!(
+            sink = %name,
+            delivered = counters.delivered,
+            retries = counters.retries,
+            rejected = counters.rejected,
+            dropped_budget = counters.dropped_budget,
+            dropped_ttl = counters.dropped_ttl,
+            outbox_depth = counters.outbox_depth,
+            raw_depth = counters.raw_depth,
+            outbox_age_ms = counters.outbox_age_ms,
+            "Uplink counters."
         );
     }
 }

@@ -38,6 +38,13 @@ enum Command {
     },
     /// Print the commented default configuration.
     PrintDefaultConfig,
+    /// Print the records sinks rejected permanently (the dead-letter tree), one JSON line
+    /// each. Run it while eddy is stopped.
+    DeadLetters {
+        /// The TOML configuration file (for data_dir).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Simulated thermostats as a client: send readings to a running eddy (a load generator).
     Simulate {
         /// Address of an eddy TCP source.
@@ -133,6 +140,22 @@ fn main() -> ExitCode {
                     ExitCode::from(3)
                 }
                 Err(RunError::Runtime(error)) => {
+                    eprintln!("eddy: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DeadLetters { config } => {
+            let config = match Config::load(Some(&config)) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("eddy: invalid configuration: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            match eddy::print_dead_letters(&config, &mut std::io::stdout().lock()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
                     eprintln!("eddy: {error:#}");
                     ExitCode::FAILURE
                 }

@@ -358,6 +358,67 @@ impl Serialize for LateRecord {
     }
 }
 
+/// A raw reading as forwarded with `forward_raw`:
+/// `{"type":"raw","device","sensor","ts","values":{field: number},"tags":{tag: string},"id"}`,
+/// absent values and tags left out. The id `device/raw/sensor/ts/logkey-index` is deterministic:
+/// the reading's place in the durable log, the same on every replay.
+pub fn raw_reading_json(
+    spec: &crate::engine::EngineSpec,
+    reading: &eddy_sensors::Reading,
+    log_key: u64,
+    reading_idx: usize,
+) -> Vec<u8> {
+    struct Raw<'a> {
+        spec: &'a crate::engine::EngineSpec,
+        reading: &'a eddy_sensors::Reading,
+        id: String,
+    }
+    struct Values<'a>(&'a [String], &'a [Option<f64>]);
+    impl Serialize for Values<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(None)?;
+            for (name, value) in self.0.iter().zip(self.1) {
+                if let Some(value) = value {
+                    map.serialize_entry(name, &finite(*value))?;
+                }
+            }
+            map.end()
+        }
+    }
+    struct Tags<'a>(&'a [String], &'a [Option<Arc<str>>]);
+    impl Serialize for Tags<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(None)?;
+            for (name, value) in self.0.iter().zip(self.1) {
+                if let Some(value) = value {
+                    map.serialize_entry(name, &**value)?;
+                }
+            }
+            map.end()
+        }
+    }
+    impl Serialize for Raw<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(Some(7))?;
+            map.serialize_entry("type", "raw")?;
+            map.serialize_entry("device", &self.spec.device_id)?;
+            map.serialize_entry("sensor", &*self.reading.sensor)?;
+            map.serialize_entry("ts", &self.reading.ts_ms)?;
+            map.serialize_entry("values", &Values(&self.spec.field_names, &self.reading.values))?;
+            map.serialize_entry("tags", &Tags(&self.spec.tag_names, &self.reading.tags))?;
+            map.serialize_entry("id", &self.id)?;
+            map.end()
+        }
+    }
+    let id = format!(
+        "{}/raw/{}/{}/{log_key}-{reading_idx}",
+        spec.device_id,
+        id_part(&reading.sensor),
+        reading.ts_ms
+    );
+    to_json_bytes(&Raw { spec, reading, id })
+}
+
 /// `2023-11-14 22:13:20.000` (UTC) for ms since the epoch.
 pub fn format_utc_ms(epoch_ms: i64) -> String {
     const MS_PER_DAY: i64 = 86_400_000;

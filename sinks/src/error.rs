@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 /// Why a sink could not be opened or could not write.
 ///
-/// Only [`FileSink::open`](crate::FileSink::open) returns it; during delivery the same errors
-/// become the reason of [`Delivery::Offline`](crate::Delivery::Offline).
+/// Only the constructors return it (`FileSink::open`, `MqttSink::new`, `HttpSink::new`); during
+/// delivery the same errors become the reason of [`Delivery::Offline`](crate::Delivery::Offline).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SinkError {
@@ -56,6 +56,22 @@ pub enum SinkError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// A TLS certificate or key file is unreadable or invalid.
+    #[error("TLS setting from {}: {reason}", path.display())]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An uplink's URL or header is invalid.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// Which setting.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
     },
     /// Writing to the console failed (for instance stdout was closed).
     #[error("cannot write to the console")]

@@ -1,5 +1,5 @@
-//! Local outputs for eddy: sinks that take opaque outbox records and write them to the console
-//! (Spark-style tables) or to a JSON-lines file.
+//! Outputs for eddy: sinks that take opaque outbox records and write them to the console
+//! (Spark-style tables) or to a JSON-lines file, or send them to a hub over MQTT or HTTP.
 //!
 //! The crate knows nothing of windows or readings: a record is a sequence number, a kind, a
 //! human heading and one JSON payload. The daemon owns the outbox, each sink's durable cursor and
@@ -9,11 +9,21 @@
 mod console;
 mod error;
 mod file;
+mod http;
+mod mqtt;
 mod record;
+mod secret;
 mod sink;
+mod tls;
 
 pub use crate::console::ConsoleSink;
 pub use crate::error::SinkError;
 pub use crate::file::FileSink;
+pub use crate::http::{classify_status, HttpConfig, HttpSink, StatusClass};
+pub use crate::mqtt::{check_topic_template, MqttConfig, MqttSink, MqttUrl};
 pub use crate::record::{Delivery, OutRecord};
+pub use crate::secret::Secret;
 pub use crate::sink::Sink;
+pub use crate::tls::TlsFiles;
+/// The URI type the HTTP uplink parses its `url` with (for checking configurations).
+pub use hyper::Uri as HttpUri;

@@ -20,10 +20,11 @@ pub struct OutRecord {
 /// What became of a delivery; an expected outcome, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    /// Every record is out: written and flushed (console) or written and fsynced (file).
+    /// Every record is out: written and flushed (console), written and fsynced (file), every
+    /// message PUBACKed (MQTT), or answered 2xx (HTTP).
     Delivered,
     /// The sink refuses these records and retrying will not help. The local sinks never answer
-    /// this; remote uplinks will (a hub that rejects a message).
+    /// this; the HTTP uplink does for a 4xx other than 408 and 429.
     Rejected {
         /// Why, for the log.
         reason: String,

@@ -2,6 +2,8 @@
 
 use crate::console::ConsoleSink;
 use crate::file::FileSink;
+use crate::http::HttpSink;
+use crate::mqtt::MqttSink;
 use crate::record::{Delivery, OutRecord};
 
 /// A configured output. The daemon reads the outbox through this sink's own durable cursor and
@@ -13,6 +15,10 @@ pub enum Sink {
     Console(ConsoleSink),
     /// JSON lines appended to a file.
     File(FileSink),
+    /// QoS 1 publishes to an MQTT hub, delivered on PUBACK.
+    Mqtt(Box<MqttSink>),
+    /// JSON-array POSTs to an HTTP endpoint, delivered on 2xx.
+    Http(Box<HttpSink>),
 }
 
 impl Sink {
@@ -21,6 +27,8 @@ impl Sink {
         match self {
             Sink::Console(console) => console.name(),
             Sink::File(file) => file.name(),
+            Sink::Mqtt(mqtt) => mqtt.name(),
+            Sink::Http(http) => http.name(),
         }
     }
 
@@ -35,6 +43,8 @@ impl Sink {
         match self {
             Sink::Console(console) => console.deliver(records).await,
             Sink::File(file) => file.deliver(records).await,
+            Sink::Mqtt(mqtt) => mqtt.deliver(records).await,
+            Sink::Http(http) => http.deliver(records).await,
         }
     }
 
@@ -44,6 +54,8 @@ impl Sink {
         match self {
             Sink::Console(console) => console.close().await,
             Sink::File(file) => file.close().await,
+            Sink::Mqtt(mqtt) => mqtt.close().await,
+            Sink::Http(http) => http.close().await,
         }
     }
 }

@@ -1,7 +1,14 @@
 //! eddy's end-to-end tests: the real binary, fed over TCP, checked through its outputs.
 
+mod budget;
 mod cli;
 mod conformance;
+mod docs;
 mod ingest;
+mod schema;
 mod shutdown;
 mod tidy;
+mod uplink;
+mod uplink_http;
+mod uplink_mqtt;
+mod uplink_tls;

@@ -1,7 +1,11 @@
 //! Harness for eddy's end-to-end tests: runs the real `eddy` binary in a temporary directory,
 //! talks to it over TCP like a sensor gateway client, and reads what it wrote.
 
+pub mod http_hub;
 pub mod mosquitto;
+pub mod mqtt_hub;
+pub mod pki;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -197,6 +201,8 @@ pub struct Replies {
     pub acked: u64,
     /// `err LINE REASON…` lines, as (line number, reason).
     pub errors: Vec<(u64, String)>,
+    /// Lines refused by `nack N REASON` (not stored: store full, shutting down).
+    pub nacked: u64,
     /// Any other reply lines.
     pub other: Vec<String>,
 }
@@ -241,13 +247,16 @@ fn read_replies(stream: TcpStream, expected: u64, timeout: Duration) -> anyhow::
 }
 
 fn answered(replies: &Replies) -> u64 {
-    replies.acked + u64::try_from(replies.errors.len()).unwrap_or(u64::MAX)
+    replies.acked + replies.nacked + u64::try_from(replies.errors.len()).unwrap_or(u64::MAX)
 }
 
 fn parse_reply(line: &str, replies: &mut Replies) {
     let mut parts = line.splitn(3, ' ');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("ack"), Some(n), None) if n.parse::<u64>().is_ok() => replies.acked = n.parse().unwrap_or(0),
+        (Some("nack"), Some(n), Some(_reason)) if n.parse::<u64>().is_ok() => {
+            replies.nacked += n.parse::<u64>().unwrap_or(0)
+        }
         (Some("err"), Some(n), Some(reason)) if n.parse::<u64>().is_ok() => {
             replies.errors.push((n.parse().unwrap_or(0), reason.to_owned()))
         }

@@ -22,9 +22,14 @@
 //!   sink's cursor has passed it.
 //! - A record that cannot be decoded (torn by a power cut, or written by a future version) is
 //!   skipped and counted in [`StoreStats`], never a crash.
-//! - Size: bounded by sled's cache for memory (`storage.cache_capacity`); on disk, by how far
-//!   the engine and the sinks lag (a disk budget comes with store-and-forward).
+//! - **Dead letters** (tree `dead`): records a sink rejected permanently, with the reason;
+//!   at most [`DEAD_LETTER_MAX`], the oldest deleted (and counted) first.
+//! - Size: bounded by sled's cache for memory (`storage.cache_capacity`); on disk, by the
+//!   budget (`storage.max_bytes`, see [`budget`](crate::storage::budget) for what is counted,
+//!   the full-store policies and the free-space guard).
 
+mod budget;
+mod dead_letter;
 mod stored;
 
 use std::path::{Path, PathBuf};
@@ -33,15 +38,51 @@ use std::sync::Arc;
 
 use eddy_sensors::Reading;
 
+use crate::storage::budget::{entry_bytes, free_space_of, Budget};
+pub use crate::storage::budget::{Appended, BudgetConfig, DropStats, Policy, SinkDrops};
+pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX};
 use crate::storage::stored::{LogChunkV1Ref, OutboxEntryV1Ref, ReadingsRef};
 
 const OUTBOX: u8 = b'o';
+/// The raw-readings lane of the outbox (`forward_raw`): same page format, own seq space.
+const RAW: u8 = b'r';
 const STATE: u8 = b's';
 const META: u8 = b'm';
 const META_LOG_POS: &[u8] = b"mlog_pos";
 const META_NEXT_SEQ: &[u8] = b"mnext_seq";
 const META_CLOCK: &[u8] = b"mclock_ms";
 const META_CURSOR: &[u8] = b"mcursor/";
+const META_NEXT_RAW_SEQ: &[u8] = b"mnext_raw_seq";
+const META_RAW_CURSOR: &[u8] = b"mrcursor/";
+
+/// The two lanes of the outbox. Results (windows, batches, late readings) and raw readings
+/// have separate sequence numbers and cursors, so a sink can drain results first (`priority`)
+/// and the budget can drop raw readings first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Window, batch and late records (keys `o` + seq).
+    Results,
+    /// Raw readings forwarded as they came (keys `r` + seq).
+    Raw,
+}
+
+impl Lane {
+    fn prefix(self) -> u8 {
+        match self {
+            Lane::Results => OUTBOX,
+            Lane::Raw => RAW,
+        }
+    }
+}
+
+/// Raw readings committed with an engine commit (the raw lane of [`Commit`]).
+#[derive(Debug, Default)]
+pub struct RawCommit {
+    /// Raw records; they get seqs `next_raw_seq - entries.len() .. next_raw_seq`.
+    pub entries: Vec<OutboxEntry>,
+    /// Next raw seq after this commit.
+    pub next_raw_seq: u64,
+}
 
 /// Most results stored under one outbox key.
 pub const OUTBOX_PAGE_ENTRIES: usize = 256;
@@ -145,6 +186,8 @@ pub struct EngineSnapshot {
     pub log_pos: u64,
     /// Next outbox sequence number.
     pub next_seq: u64,
+    /// Next raw-lane sequence number.
+    pub next_raw_seq: u64,
     /// The processing clock at the commit (ms since the epoch): the floor for the next run's
     /// clock, so an NTP step backwards across a restart cannot reopen closed batches.
     pub clock_ms: i64,
@@ -158,7 +201,7 @@ pub type StateChange = (Vec<u8>, Option<Vec<u8>>);
 /// its JSON size.
 #[derive(Debug)]
 pub struct SealedPage {
-    bytes: Vec<u8>,
+    compressed: Vec<u8>,
     len: usize,
 }
 
@@ -200,6 +243,7 @@ pub struct Store {
     stats: Arc<StoreStats>,
     field_names: Arc<Vec<String>>,
     tag_names: Arc<Vec<String>>,
+    budget: Arc<Budget>,
 }
 
 impl Store {
@@ -245,6 +289,7 @@ impl Store {
             stats: Arc::new(StoreStats::default()),
             field_names: Arc::new(field_names),
             tag_names: Arc::new(tag_names),
+            budget: Arc::new(Budget::new(BudgetConfig::default(), free_space_of(dir.to_path_buf()))),
         })
     }
 
@@ -253,11 +298,14 @@ impl Store {
         &self.stats
     }
 
-    /// Writes chunks to the log (not yet durable: call [`Store::flush`]).
-    pub fn append_log(&self, chunks: &[LogChunk]) -> Result<(), StoreError> {
+    /// Writes chunks to the log (not yet durable: call [`Store::flush`]) if the disk budget
+    /// admits them; otherwise nothing is written and the answer says why.
+    pub fn append_log(&self, chunks: &[LogChunk]) -> Result<Appended, StoreError> {
         let mut batch = sled::Batch::default();
+        let mut bytes = 0;
+        let mut n_readings = 0;
         for chunk in chunks {
-            let bytes = stored::encode_log_chunk(&LogChunkV1Ref {
+            let value = stored::encode_log_chunk(&LogChunkV1Ref {
                 ingest_ms: chunk.ingest_ms,
                 batch: chunk.batch,
                 field_names: &self.field_names,
@@ -265,10 +313,26 @@ impl Store {
                 readings: ReadingsRef(&chunk.readings),
             })
             .map_err(|source| StoreError::Encode { what: "log chunk", source })?;
-            batch.insert(&chunk.key.to_be_bytes(), bytes);
+            let key = chunk.key.to_be_bytes();
+            bytes += entry_bytes(&key, &value);
+            n_readings += u64::try_from(chunk.readings.len()).unwrap_or(u64::MAX);
+            batch.insert(&key, value);
+        }
+        if let Appended::Refused(reason) = self.admit(bytes, n_readings)? {
+            return Ok(Appended::Refused(reason));
+        }
+        if self.budget.take_injected_failure() {
+            return Err(StoreError::Io {
+                operation: "log append",
+                source: sled::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "injected: no space left on device",
+                )),
+            });
         }
         self.log.apply_batch(batch).map_err(io("log append"))?;
-        Ok(())
+        self.budget.add(bytes);
+        Ok(Appended::Stored)
     }
 
     /// Makes everything written so far durable (one fsync for all writers: group commit).
@@ -333,11 +397,15 @@ impl Store {
     pub fn trim_log_through(&self, key: u64) -> Result<usize, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for item in self.log.range(..=key.to_be_bytes()).keys() {
-            batch.remove(item.map_err(io("log read"))?);
+        let mut bytes = 0;
+        for item in self.log.range(..=key.to_be_bytes()) {
+            let (key, value) = item.map_err(io("log read"))?;
+            bytes += entry_bytes(&key, &value);
+            batch.remove(key);
             n += 1;
         }
         self.log.apply_batch(batch).map_err(io("log trim"))?;
+        self.budget.sub(bytes);
         Ok(n)
     }
 
@@ -346,6 +414,7 @@ impl Store {
         let mut snapshot = EngineSnapshot {
             log_pos: self.meta_u64(META_LOG_POS)?.unwrap_or(0),
             next_seq: self.meta_u64(META_NEXT_SEQ)?.unwrap_or(1),
+            next_raw_seq: self.meta_u64(META_NEXT_RAW_SEQ)?.unwrap_or(1),
             clock_ms: self.meta_u64(META_CLOCK)?.map_or(0, |ms| i64::try_from(ms).unwrap_or(0)),
             entries: Vec::new(),
         };
@@ -369,30 +438,39 @@ impl Store {
             .iter()
             .map(|entry| OutboxEntryV1Ref { kind: &entry.kind, group: &entry.group, payload: &entry.payload })
             .collect();
-        let bytes = stored::encode_outbox_page(&entries)
+        let compressed = stored::compress_outbox_entries(&entries)
             .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
-        Ok(SealedPage { bytes, len: entries.len() })
+        Ok(SealedPage { compressed, len: entries.len() })
     }
 
     /// Applies one engine commit atomically (not yet durable: call [`Store::flush`]).
     pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        self.commit_with_raw(commit, None)
+    }
+
+    /// Like [`Store::commit`], with raw readings for the raw lane in the same sled batch.
+    pub fn commit_with_raw(&self, commit: &Commit, raw: Option<&RawCommit>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        let n_new = commit.sealed.iter().map(SealedPage::len).sum::<usize>() + commit.outbox.len();
-        let mut page_seq = commit.next_seq - u64::try_from(n_new).unwrap_or(0);
-        for page in &commit.sealed {
-            batch.insert(prefixed(OUTBOX, &page_seq.to_be_bytes()), page.bytes.as_slice());
-            page_seq += u64::try_from(page.len).unwrap_or(0);
-        }
-        for page in commit.outbox.chunks(OUTBOX_PAGE_ENTRIES) {
-            let sealed = Store::seal_outbox_page(page)?;
-            batch.insert(prefixed(OUTBOX, &page_seq.to_be_bytes()), sealed.bytes);
-            page_seq += u64::try_from(page.len()).unwrap_or(0);
+        let mut outbox_bytes = encode_pages(
+            &mut batch,
+            OUTBOX,
+            &commit.sealed,
+            &commit.outbox,
+            commit.next_seq,
+            commit.clock_ms,
+        )?;
+        if let Some(raw) = raw {
+            outbox_bytes +=
+                encode_pages(&mut batch, RAW, &[], &raw.entries, raw.next_raw_seq, commit.clock_ms)?;
+            batch.insert(META_NEXT_RAW_SEQ, &raw.next_raw_seq.to_be_bytes());
         }
         self.write_state_pages(&commit.state, &mut batch)?;
         batch.insert(META_LOG_POS, &commit.log_pos.to_be_bytes());
         batch.insert(META_NEXT_SEQ, &commit.next_seq.to_be_bytes());
         batch.insert(META_CLOCK, &u64::try_from(commit.clock_ms).unwrap_or(0).to_be_bytes());
-        self.main.apply_batch(batch).map_err(io("commit"))
+        self.main.apply_batch(batch).map_err(io("commit"))?;
+        self.budget.add(outbox_bytes);
+        Ok(())
     }
 
     /// Merges state changes into their pages: each touched page is read, changed and written
@@ -440,24 +518,35 @@ impl Store {
     /// Up to `max` outbox entries with seq greater than `after`, in seq order. Undecodable
     /// pages are skipped and counted.
     pub fn read_outbox_after(&self, after: u64, max: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        self.read_lane_after(Lane::Results, after, max)
+    }
+
+    /// [`Store::read_outbox_after`] for either lane.
+    pub fn read_lane_after(
+        &self,
+        lane: Lane,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let prefix = lane.prefix();
         let wanted = after.saturating_add(1);
         // The page holding `wanted` starts at or before it: begin with the last such page.
         let first_page = self
             .main
-            .range(prefixed(OUTBOX, &0u64.to_be_bytes())..=prefixed(OUTBOX, &wanted.to_be_bytes()))
+            .range(prefixed(prefix, &0u64.to_be_bytes())..=prefixed(prefix, &wanted.to_be_bytes()))
             .next_back()
             .transpose()
             .map_err(io("outbox read"))?
             .map_or(wanted, |(key, _)| decode_key(&key[1..]));
         let mut entries = Vec::new();
-        for item in self.main.range(prefixed(OUTBOX, &first_page.to_be_bytes())..vec![OUTBOX + 1]) {
+        for item in self.main.range(prefixed(prefix, &first_page.to_be_bytes())..vec![prefix + 1]) {
             if entries.len() >= max {
                 break;
             }
             let (key, value) = item.map_err(io("outbox read"))?;
             let page_seq = decode_key(&key[1..]);
             match stored::decode_outbox_page(&value) {
-                Ok(page) => {
+                Ok((_, page)) => {
                     for (seq, entry) in (page_seq..).zip(page) {
                         if seq >= wanted {
                             entries.push((
@@ -479,13 +568,23 @@ impl Store {
 
     /// Deletes outbox pages whose entries all have seq up to and including `seq`.
     pub fn trim_outbox_through(&self, seq: u64) -> Result<usize, StoreError> {
+        self.trim_lane_through(Lane::Results, seq)
+    }
+
+    /// [`Store::trim_outbox_through`] for either lane.
+    pub fn trim_lane_through(&self, lane: Lane, seq: u64) -> Result<usize, StoreError> {
+        let prefix = lane.prefix();
+        // Drops (budget, ttl) remove pages too: one at a time, so no page is counted out twice.
+        let _serialised =
+            self.budget.outbox_removal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut batch = sled::Batch::default();
         let mut n = 0;
+        let mut bytes = 0;
         let pages: Vec<u64> = self
             .main
             .range(
-                prefixed(OUTBOX, &0u64.to_be_bytes())
-                    ..=prefixed(OUTBOX, &seq.saturating_add(1).to_be_bytes()),
+                prefixed(prefix, &0u64.to_be_bytes())
+                    ..=prefixed(prefix, &seq.saturating_add(1).to_be_bytes()),
             )
             .keys()
             .map(|key| key.map(|key| decode_key(&key[1..])))
@@ -496,26 +595,55 @@ impl Store {
             let fully_delivered = match pages.get(idx + 1) {
                 Some(next_page_seq) => *next_page_seq <= seq.saturating_add(1),
                 None => self
-                    .outbox_page_len(*page_seq)?
+                    .outbox_page_len(prefix, *page_seq)?
                     .is_some_and(|len| page_seq + len <= seq.saturating_add(1)),
             };
             if fully_delivered && *page_seq <= seq {
-                batch.remove(prefixed(OUTBOX, &page_seq.to_be_bytes()));
+                let key = prefixed(prefix, &page_seq.to_be_bytes());
+                if let Some(value) = self.main.get(&key).map_err(io("outbox read"))? {
+                    bytes += entry_bytes(&key, &value);
+                }
+                batch.remove(key);
                 n += 1;
             }
         }
         self.main.apply_batch(batch).map_err(io("outbox trim"))?;
+        self.budget.sub(bytes);
         Ok(n)
     }
 
-    fn outbox_page_len(&self, page_seq: u64) -> Result<Option<u64>, StoreError> {
+    /// The commit time of the outbox page holding the first entry after `after` (`None`: no
+    /// such entry, or a V1 page without a time).
+    pub fn commit_time_after(&self, lane: Lane, after: u64) -> Result<Option<i64>, StoreError> {
+        let prefix = lane.prefix();
+        let wanted = after.saturating_add(1);
+        let page = self
+            .main
+            .range(prefixed(prefix, &0u64.to_be_bytes())..=prefixed(prefix, &wanted.to_be_bytes()))
+            .next_back()
+            .transpose()
+            .map_err(io("outbox read"))?;
+        let page = match page {
+            Some(page) => Some(page),
+            None => self
+                .main
+                .range(prefixed(prefix, &wanted.to_be_bytes())..vec![prefix + 1])
+                .next()
+                .transpose()
+                .map_err(io("outbox read"))?,
+        };
+        let Some((_, value)) = page else { return Ok(None) };
+        Ok(stored::outbox_page_header(&value).ok().and_then(|(committed_ms, _)| committed_ms))
+    }
+
+    fn outbox_page_len(&self, prefix: u8, page_seq: u64) -> Result<Option<u64>, StoreError> {
         let Some(bytes) =
-            self.main.get(prefixed(OUTBOX, &page_seq.to_be_bytes())).map_err(io("outbox read"))?
+            self.main.get(prefixed(prefix, &page_seq.to_be_bytes())).map_err(io("outbox read"))?
         else {
             return Ok(None);
         };
-        Ok(match stored::decode_outbox_page(&bytes) {
-            Ok(entries) => Some(u64::try_from(entries.len()).unwrap_or(u64::MAX)),
+        Ok(match stored::outbox_page_header(&bytes) {
+            Ok((_, n_entries)) => Some(u64::try_from(n_entries).unwrap_or(u64::MAX)),
             // An undecodable page is never delivered; trimming it is safe once it is passed.
             Err(_) => Some(0),
         })
@@ -532,6 +660,19 @@ impl Store {
         Ok(())
     }
 
+    /// The last raw-lane seq sink `name` delivered (0: none).
+    pub fn raw_cursor(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self.meta_u64(&[META_RAW_CURSOR, name.as_bytes()].concat())?.unwrap_or(0))
+    }
+
+    /// Records that sink `name` delivered the raw lane up to `seq`.
+    pub fn set_raw_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
+        self.main
+            .insert([META_RAW_CURSOR, name.as_bytes()].concat(), &seq.to_be_bytes())
+            .map_err(io("cursor write"))?;
+        Ok(())
+    }
+
     /// Bytes used on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(io("size"))
@@ -540,6 +681,32 @@ impl Store {
     fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
         Ok(self.main.get(key).map_err(io("meta read"))?.map(|value| decode_key(&value)))
     }
+}
+
+/// Adds `sealed` pages, then `entries` in pages, as outbox pages under `prefix` to `batch`,
+/// the last entry getting seq `next_seq - 1`; returns the accounted bytes.
+fn encode_pages(
+    batch: &mut sled::Batch,
+    prefix: u8,
+    sealed: &[SealedPage],
+    entries: &[OutboxEntry],
+    next_seq: u64,
+    committed_ms: i64,
+) -> Result<u64, StoreError> {
+    let n_new = sealed.iter().map(SealedPage::len).sum::<usize>() + entries.len();
+    let mut page_seq = next_seq - u64::try_from(n_new).unwrap_or(0);
+    let mut bytes_total = 0;
+    let tail: Vec<SealedPage> =
+        entries.chunks(OUTBOX_PAGE_ENTRIES).map(Store::seal_outbox_page).collect::<Result<_, _>>()?;
+    for page in sealed.iter().chain(&tail) {
+        let bytes = stored::encode_outbox_page(committed_ms, page.len, &page.compressed)
+            .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
+        let key = prefixed(prefix, &page_seq.to_be_bytes());
+        bytes_total += entry_bytes(&key, &bytes);
+        batch.insert(key, bytes);
+        page_seq += u64::try_from(page.len).unwrap_or(0);
+    }
+    Ok(bytes_total)
 }
 
 fn is_lock_conflict(error: &sled::Error) -> bool {

@@ -1,4 +1,4 @@
-//! Stored formats: the postcard envelopes of log chunks and outbox entries. They only ever
+//! Stored formats: the postcard envelopes of log chunks, outbox pages and dead letters. They only ever
 //! gain variants (`V2`, …); an existing variant's layout never changes.
 
 use std::sync::Arc;
@@ -102,26 +102,78 @@ pub(crate) enum OutboxPage {
     V1 {
         entries: Vec<OutboxEntryV1>,
     },
-    /// The postcard bytes of `V1`'s `entries`, LZ4-compressed ([`compress`]). JSON results
+    /// V1 plus the processing time of the commit that wrote it (ms since the epoch), for the
+    /// outbox `ttl` and the outbox age.
+    V2 {
+        committed_ms: i64,
+        entries: Vec<OutboxEntryV1>,
+    },
+    /// V2 with its entries' postcard bytes LZ4-compressed ([`compress`]) and their number
+    /// beside them (so the budget can count a page without decompressing it). JSON results
     /// repeat their keys, device, window and sensor names: a page shrinks ~5x, which is as
     /// much more backlog in the disk budget and less memory in sled's cache and IO buffers.
-    Lz4V1 {
+    Lz4V2 {
+        committed_ms: i64,
+        n_entries: u32,
         compressed: Vec<u8>,
     },
 }
 
-/// Encodes a page of outbox entries (as `Lz4V1`).
-pub(crate) fn encode_outbox_page(entries: &[OutboxEntryV1Ref<'_>]) -> Result<Vec<u8>, postcard::Error> {
-    let compressed = compress(&postcard::to_allocvec(entries)?);
-    postcard::to_allocvec(&OutboxPage::Lz4V1 { compressed })
+/// The borrowed twin of [`OutboxPage`], for encoding without copying.
+#[derive(Serialize)]
+enum OutboxPageRef<'a> {
+    #[allow(dead_code)] // kept so that later variants keep their index; new pages are Lz4V2
+    V1 {
+        entries: Vec<OutboxEntryV1Ref<'a>>,
+    },
+    #[allow(dead_code)]
+    V2 {
+        committed_ms: i64,
+        entries: Vec<OutboxEntryV1Ref<'a>>,
+    },
+    Lz4V2 {
+        committed_ms: i64,
+        n_entries: u32,
+        compressed: &'a [u8],
+    },
 }
 
-/// Decodes an outbox page of any version.
-pub(crate) fn decode_outbox_page(bytes: &[u8]) -> Result<Vec<OutboxEntryV1>, String> {
+/// The compressed entries of an outbox page, ready to be stored by [`encode_outbox_page`].
+pub(crate) fn compress_outbox_entries(entries: &[OutboxEntryV1Ref<'_>]) -> Result<Vec<u8>, postcard::Error> {
+    Ok(compress(&postcard::to_allocvec(entries)?))
+}
+
+/// An outbox page (as `Lz4V2`) of `n_entries` entries compressed by
+/// [`compress_outbox_entries`].
+pub(crate) fn encode_outbox_page(
+    committed_ms: i64,
+    n_entries: usize,
+    compressed: &[u8],
+) -> Result<Vec<u8>, postcard::Error> {
+    let n_entries = u32::try_from(n_entries).expect("an outbox page holds at most 256 entries");
+    postcard::to_allocvec(&OutboxPageRef::Lz4V2 { committed_ms, n_entries, compressed })
+}
+
+/// Decodes an outbox page of any version: its commit time (`None` for V1) and entries.
+pub(crate) fn decode_outbox_page(bytes: &[u8]) -> Result<(Option<i64>, Vec<OutboxEntryV1>), String> {
     match postcard::from_bytes::<OutboxPage>(bytes).map_err(|error| error.to_string())? {
-        OutboxPage::V1 { entries } => Ok(entries),
-        OutboxPage::Lz4V1 { compressed } => {
-            postcard::from_bytes(&decompress(&compressed)?).map_err(|error| error.to_string())
+        OutboxPage::V1 { entries } => Ok((None, entries)),
+        OutboxPage::V2 { committed_ms, entries } => Ok((Some(committed_ms), entries)),
+        OutboxPage::Lz4V2 { committed_ms, compressed, .. } => {
+            let entries =
+                postcard::from_bytes(&decompress(&compressed)?).map_err(|error| error.to_string())?;
+            Ok((Some(committed_ms), entries))
+        }
+    }
+}
+
+/// An outbox page's commit time and number of entries, without decompressing it.
+pub(crate) fn outbox_page_header(bytes: &[u8]) -> Result<(Option<i64>, usize), String> {
+    match postcard::from_bytes::<OutboxPage>(bytes).map_err(|error| error.to_string())? {
+        OutboxPage::V1 { entries } => Ok((None, entries.len())),
+        OutboxPage::V2 { committed_ms, entries } => Ok((Some(committed_ms), entries.len())),
+        OutboxPage::Lz4V2 { committed_ms, n_entries, .. } => {
+            Ok((Some(committed_ms), usize::try_from(n_entries).unwrap_or(usize::MAX)))
         }
     }
 }
@@ -136,7 +188,7 @@ pub(crate) struct OutboxEntryV1Ref<'a> {
 }
 
 /// One outbox entry.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct OutboxEntryV1 {
     pub(crate) kind: String,
     pub(crate) group: String,
@@ -196,4 +248,10 @@ pub(crate) fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
         return Err(format!("compressed page announces {size} bytes"));
     }
     lz4_flex::block::decompress_size_prepended(bytes).map_err(|error| error.to_string())
+}
+
+/// A record a sink rejected permanently, kept for the operator (tree `dead`, key: a counter).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum DeadLetter {
+    V1 { sink: String, seq: u64, kind: String, reason: String, rejected_ms: i64, payload: Vec<u8> },
 }

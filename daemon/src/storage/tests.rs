@@ -260,7 +260,7 @@ async fn many_state_entries_survive_in_pages_with_updates_and_deletes() {
 }
 
 #[test]
-fn outbox_pages_are_compressed_and_version_1_pages_still_decode() {
+fn outbox_pages_are_compressed_and_older_pages_still_decode() {
     use crate::storage::stored::{self, OutboxEntryV1, OutboxEntryV1Ref, OutboxPage};
     let payload = |i: usize| {
         format!(
@@ -283,15 +283,19 @@ fn outbox_pages_are_compressed_and_version_1_pages_still_decode() {
     let plain = postcard::to_allocvec(&owned).unwrap();
     assert_eq!(plain, postcard::to_allocvec(&borrowed).unwrap(), "borrowed and owned encode alike");
 
-    let page = stored::encode_outbox_page(&borrowed).unwrap();
+    let compressed = stored::compress_outbox_entries(&borrowed).unwrap();
+    let page = stored::encode_outbox_page(1234, borrowed.len(), &compressed).unwrap();
     assert!(page.len() * 4 < plain.len(), "compressed {} of {} bytes", page.len(), plain.len());
-    let decoded = stored::decode_outbox_page(&page).unwrap();
-    assert_eq!(decoded.len(), 256);
+    let (committed_ms, decoded) = stored::decode_outbox_page(&page).unwrap();
+    assert_eq!((committed_ms, decoded.len()), (Some(1234), 256));
     assert_eq!(decoded[17].payload, payloads[17].as_bytes());
+    assert_eq!(stored::outbox_page_header(&page), Ok((Some(1234), 256)));
 
+    let v2 = postcard::to_allocvec(&OutboxPage::V2 { committed_ms: 99, entries: owned.clone() }).unwrap();
+    assert_eq!(stored::outbox_page_header(&v2), Ok((Some(99), 256)));
     let v1 = postcard::to_allocvec(&OutboxPage::V1 { entries: owned }).unwrap();
-    let decoded = stored::decode_outbox_page(&v1).unwrap();
-    assert_eq!((decoded.len(), decoded[255].group.as_str()), (256, "g 1"));
+    let (committed_ms, decoded) = stored::decode_outbox_page(&v1).unwrap();
+    assert_eq!((committed_ms, decoded.len(), decoded[255].group.as_str()), (None, 256, "g 1"));
 }
 
 #[test]
