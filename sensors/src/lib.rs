@@ -7,6 +7,7 @@ mod backoff;
 mod clock;
 mod framing;
 mod ingest;
+mod mqtt;
 mod parse;
 mod reading;
 mod registry;
@@ -22,6 +23,10 @@ pub use crate::framing::{Fill, Frame, LineFramer, READ_CHUNK_BYTES};
 pub use crate::ingest::{
     ingest_channel, Durability, IngestBatch, IngestClosed, IngestPermit, IngestReceiver, IngestSender,
 };
+pub use crate::mqtt::{
+    MqttBroker, MqttConnectionStats, MqttQos, MqttSetupError, MqttSource, MqttSourceConfig, MqttSourceError,
+    MqttTls, Secret,
+};
 pub use crate::parse::{Format, Limits, LineDecoder, LineParser, ParsedLine, TsPrecision};
 pub use crate::reading::{Reading, MAX_SENSOR_BYTES};
 pub use crate::registry::{AdmittedSensors, SensorRegistry};
@@ -29,8 +34,10 @@ pub use crate::reject::{RejectReason, Rejection};
 pub use crate::schema::{FieldSpec, InternedTags, Schema, TagSpec};
 pub use crate::serial::{LineSeparator, SerialParity, SerialSource, SerialSourceConfig, SerialSourceError};
 pub use crate::simulator::{
-    simulate_tcp, SimulateError, SimulateOptions, SimulateReport, SimulatorConfig, SimulatorError,
-    SimulatorSource, ThermostatMode, ThermostatSample, Thermostats,
+    simulate_mqtt, simulate_serial, simulate_tcp, SimulateError, SimulateMqttError, SimulateMqttOptions,
+    SimulateMqttReport, SimulateOptions, SimulateReport, SimulateSerialError, SimulateSerialOptions,
+    SimulateSerialReport, SimulatorConfig, SimulatorError, SimulatorSource, ThermostatMode, ThermostatSample,
+    Thermostats,
 };
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
 pub use crate::tcp::{TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};
