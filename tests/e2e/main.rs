@@ -3,5 +3,6 @@
 mod cli;
 mod conformance;
 mod ingest;
+mod serial;
 mod shutdown;
 mod tidy;

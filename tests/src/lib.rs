@@ -2,6 +2,7 @@
 //! talks to it over TCP like a sensor gateway client, and reads what it wrote.
 
 pub mod mosquitto;
+pub mod socat;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -66,8 +67,21 @@ impl Eddy {
         })
     }
 
+    /// Like [`Eddy::start_in`], with extra environment variables (test knobs).
+    pub fn start_in_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> anyhow::Result<Eddy> {
+        Eddy::spawn_in_with_env(dir, config, env).and_then(|eddy| {
+            eddy.wait_for_log("eddy is ready.", Duration::from_secs(30))?;
+            Ok(eddy)
+        })
+    }
+
     /// Starts without waiting for readiness (for tests of start-up failures).
     pub fn spawn_in(dir: &Path, config: &str) -> anyhow::Result<Eddy> {
+        Eddy::spawn_in_with_env(dir, config, &[])
+    }
+
+    /// Like [`Eddy::spawn_in`], with extra environment variables.
+    pub fn spawn_in_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> anyhow::Result<Eddy> {
         let config_path = dir.join("eddy.toml");
         std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string()))?;
         let runs = std::fs::read_dir(dir)?
@@ -82,6 +96,7 @@ impl Eddy {
             .current_dir(dir)
             .env("EDDY_LOG", std::env::var("EDDY_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path)?)
             .stderr(std::fs::File::create(&log_path)?)
@@ -267,6 +282,38 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
             serde_json::from_str(line).unwrap_or_else(|error| panic!("bad JSON line `{line}`: {error}"))
         })
         .collect()
+}
+
+/// Sum of `count` over the micro-batch results of `field` in a results file: every reading
+/// ingested is in exactly one micro-batch, so this counts readings (duplicates included).
+pub fn batch_count(path: &Path, field: &str) -> u64 {
+    read_jsonl(path)
+        .iter()
+        .filter(|record| record["type"] == "batch" && record["field"] == field)
+        .map(|record| record["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Sum of `count` over the window results of `field` in a results file.
+pub fn window_count(path: &Path, field: &str) -> u64 {
+    read_jsonl(path)
+        .iter()
+        .filter(|record| record["type"] == "window" && record["field"] == field)
+        .map(|record| record["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// `key=value` of the last `Source counters.` log line of source `name` (`received`,
+/// `accepted`, `rejected`, or a reason such as `partial_line` from `by_reason`).
+pub fn source_counter(log: &str, name: &str, key: &str) -> Option<u64> {
+    let line = log
+        .lines()
+        .filter(|line| line.contains("Source counters.") && line.contains(&format!("source={name} ")))
+        .last()?;
+    line.split(|c: char| c == ' ' || c == ',').find_map(|word| {
+        let word = word.strip_prefix("by_reason=").unwrap_or(word);
+        word.strip_prefix(key)?.strip_prefix('=')?.parse().ok()
+    })
 }
 
 /// Polls `check` until it returns true or `timeout` passes.
