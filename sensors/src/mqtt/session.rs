@@ -1,7 +1,7 @@
 //! The MQTT source's event loop: the one task that polls rumqttc, hands readings to the log
 //! and acknowledges each message, in order, once its readings are durable.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use crate::clock::wall_clock_ms;
 use crate::ingest::{Durability, IngestClosed, IngestSender};
 use crate::mqtt::config::{MqttQos, MqttSourceConfig};
 use crate::mqtt::payload::{decode_payload, PayloadRules};
-use crate::mqtt::{MqttConnectionStats, MqttSourceError, REQUEST_CHANNEL_EXTRA};
+use crate::mqtt::{request_channel_capacity, MqttConnectionStats, MqttSourceError};
 use crate::parse::LineDecoder;
 use crate::tcp::warn_limit::WarnLimiter;
 
@@ -46,6 +46,13 @@ enum Answer {
     NothingStored,
 }
 
+/// A message handed to the log whose acknowledgement was lost with its connection.
+#[derive(Debug)]
+struct Orphan {
+    fingerprint: u32,
+    answer: Answer,
+}
+
 /// One step of the event loop.
 enum Step {
     Shutdown,
@@ -66,12 +73,13 @@ pub(crate) struct Session {
     connected: bool,
     /// Messages awaiting their acknowledgement, in arrival order.
     pending: VecDeque<InFlight>,
-    /// Messages acknowledged lately; their acknowledgement may not have reached the broker
-    /// when a connection is lost.
-    recent_acks: VecDeque<Publish>,
+    /// The last message acknowledged under each packet id; the acknowledgement may not have
+    /// reached the broker when a connection is lost.
+    acked: AckedMessages,
     /// After a lost connection: messages the broker will redeliver that are (or are being)
-    /// stored already. Cleared at the first new message, or when the broker lost the session.
-    orphans: Vec<InFlight>,
+    /// stored already, by packet id. Cleared at the first new message, or when the broker
+    /// lost the session.
+    orphans: HashMap<u16, Orphan>,
     /// Acknowledgements queued to rumqttc, and those it wrote.
     acks_queued: u64,
     acks_written: u64,
@@ -92,7 +100,7 @@ impl Session {
         stats: Arc<MqttConnectionStats>,
         ingest: IngestSender,
     ) -> Session {
-        let (client, eventloop) = AsyncClient::new(options, config.max_in_flight + REQUEST_CHANNEL_EXTRA);
+        let (client, eventloop) = AsyncClient::new(options, request_channel_capacity(config.max_in_flight));
         let backoff = Backoff::new(config.retry_min, config.retry_max);
         Session {
             client,
@@ -105,8 +113,8 @@ impl Session {
             ingest,
             connected: false,
             pending: VecDeque::new(),
-            recent_acks: VecDeque::new(),
-            orphans: Vec::new(),
+            acked: AckedMessages::new(),
+            orphans: HashMap::new(),
             acks_queued: 0,
             acks_written: 0,
             backoff,
@@ -122,10 +130,11 @@ impl Session {
         loop {
             self.ack_answered();
             let front_waiting = self.front_is_waiting();
-            // Stop taking messages while too many wait for the log; keep polling while the
-            // oldest is answered but its acknowledgement did not fit in rumqttc's channel,
-            // since polling is what empties that channel.
-            let may_poll = self.pending.len() < self.config.max_in_flight || !front_waiting;
+            // Stop taking messages while too many wait for the log. Keep polling while the
+            // oldest is answered but its acknowledgement did not fit in rumqttc's request
+            // channel: polling is what empties that channel.
+            let oldest_answered = !self.pending.is_empty() && !front_waiting;
+            let may_poll = oldest_answered || self.n_waiting() < self.config.max_in_flight;
             let step = {
                 let Session { eventloop, pending, .. } = &mut self;
                 tokio::select! {
@@ -163,6 +172,11 @@ impl Session {
         Ok(())
     }
 
+    /// Messages whose readings wait for durability.
+    fn n_waiting(&self) -> usize {
+        self.pending.iter().filter(|in_flight| matches!(in_flight.answer, Answer::Waiting(_))).count()
+    }
+
     fn front_is_waiting(&self) -> bool {
         matches!(self.pending.front(), Some(InFlight { answer: Answer::Waiting(_), .. }))
     }
@@ -173,7 +187,7 @@ impl Session {
             Event::Incoming(Incoming::SubAck(suback)) => {
                 for (topic, code) in self.config.topics.iter().zip(&suback.return_codes) {
                     match code {
-                        SubscribeReasonCode::Success(qos) => debug!(%topic, ?qos, "Subscribed."),
+                        SubscribeReasonCode::Success(qos) => info!(%topic, ?qos, "Subscribed."),
                         SubscribeReasonCode::Failure => {
                             error!(%topic, "The broker refused the subscription (check its ACL).")
                         }
@@ -227,10 +241,11 @@ impl Session {
         }
         let acknowledged = publish.qos != QoS::AtMostOnce;
         if acknowledged && publish.dup {
-            if let Some(orphan_idx) =
-                self.orphans.iter().position(|orphan| same_message(&orphan.publish, &publish))
-            {
-                let orphan = self.orphans.swap_remove(orphan_idx);
+            let orphan = self
+                .orphans
+                .remove(&publish.pkid)
+                .filter(|orphan| orphan.fingerprint == fingerprint(&publish));
+            if let Some(orphan) = orphan {
                 if !matches!(orphan.answer, Answer::Known(Durability::Refused(_))) {
                     // Stored (or being stored) already: acknowledge it once that is done.
                     self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
@@ -238,6 +253,12 @@ impl Session {
                     self.pending.push_back(InFlight { publish, answer: orphan.answer });
                     return Ok(());
                 }
+            } else if self.acked.contains(&publish) {
+                // Stored and acknowledged, but the acknowledgement was lost with the connection.
+                self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+                debug!(pkid = publish.pkid, "Redelivery of a message already acknowledged.");
+                self.pending.push_back(InFlight { publish, answer: Answer::NothingStored });
+                return Ok(());
             }
         } else if acknowledged {
             // The broker resends unacknowledged messages first: a new one ends the redelivery.
@@ -315,10 +336,7 @@ impl Session {
             self.acks_queued += 1;
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
             let acked = self.pending.pop_front().expect("the front exists");
-            self.recent_acks.push_back(acked.publish);
-            if self.recent_acks.len() > self.config.max_in_flight + REQUEST_CHANNEL_EXTRA {
-                self.recent_acks.pop_front();
-            }
+            self.acked.record(&acked.publish);
         }
     }
 
@@ -328,16 +346,11 @@ impl Session {
         let was_connected = std::mem::replace(&mut self.connected, false);
         self.stats.connected.store(false, Ordering::Relaxed);
         self.stats.connection_failures.fetch_add(1, Ordering::Relaxed);
-        self.orphans.extend(self.pending.drain(..));
-        self.orphans.extend(
-            self.recent_acks
-                .drain(..)
-                .map(|publish| InFlight { publish, answer: Answer::Known(Durability::Durable) }),
-        );
-        let max_orphans = 2 * (self.config.max_in_flight + REQUEST_CHANNEL_EXTRA);
-        if self.orphans.len() > max_orphans {
-            let excess = self.orphans.len() - max_orphans;
-            self.orphans.drain(..excess);
+        // Packet ids are unique among a client's unacknowledged messages, so this holds at
+        // most 65535 entries, a few bytes each (the payloads are dropped).
+        for in_flight in self.pending.drain(..) {
+            let orphan = Orphan { fingerprint: fingerprint(&in_flight.publish), answer: in_flight.answer };
+            self.orphans.insert(in_flight.publish.pkid, orphan);
         }
 
         let (operator_must_act, reason) = describe_failure(error);
@@ -425,11 +438,40 @@ async fn front_answer(pending: &mut VecDeque<InFlight>) -> Durability {
     }
 }
 
-/// A redelivery carries the packet id, topic and payload of the original.
-fn same_message(original: &Publish, redelivery: &Publish) -> bool {
-    original.pkid == redelivery.pkid
-        && original.topic == redelivery.topic
-        && original.payload == redelivery.payload
+/// A fingerprint of the last message acknowledged under each packet id (MQTT packet ids are
+/// 16 bits, so a broker can have at most 65535 messages unacknowledged to one client: this
+/// covers every redelivery). 256 KiB, allocated once per MQTT source.
+///
+/// A redelivered message (DUP) whose packet id, topic and payload match was stored already.
+/// A 32-bit hash can collide, but only between messages under the same packet id, both
+/// flagged DUP: one in four billion of those would be acknowledged without being stored.
+struct AckedMessages {
+    fingerprints: Box<[u32]>,
+}
+
+impl AckedMessages {
+    fn new() -> AckedMessages {
+        AckedMessages { fingerprints: vec![0; usize::from(u16::MAX) + 1].into_boxed_slice() }
+    }
+
+    fn record(&mut self, publish: &Publish) {
+        self.fingerprints[usize::from(publish.pkid)] = fingerprint(publish);
+    }
+
+    fn contains(&self, publish: &Publish) -> bool {
+        self.fingerprints[usize::from(publish.pkid)] == fingerprint(publish)
+    }
+}
+
+/// A non-zero hash of the topic and payload (zero marks an empty slot).
+fn fingerprint(publish: &Publish) -> u32 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same message always gives the same fingerprint.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    publish.topic.hash(&mut hasher);
+    publish.payload.hash(&mut hasher);
+    let low_bits = u32::try_from(hasher.finish() & u64::from(u32::MAX)).expect("masked to 32 bits");
+    low_bits.max(1)
 }
 
 /// Whether an operator must act on a connection failure, and a clear reason.
