@@ -158,12 +158,10 @@ fn main() -> ExitCode {
             let load = simulate::Load { sensors, rate, count, seed };
             match (tcp, serial, mqtt) {
                 (Some(tcp), _, _) => runtime.block_on(simulate(tcp, sensors, rate, count, seed, ack)),
-                (_, Some(path), _) => {
-                    runtime.block_on(simulate::serial(path, &transport, load, cancel_on_signal()))
-                }
-                (_, _, Some(url)) => {
-                    runtime.block_on(simulate::mqtt(&url, &transport, load, cancel_on_signal()))
-                }
+                (_, Some(path), _) => runtime
+                    .block_on(async { simulate::serial(path, &transport, load, cancel_on_signal()).await }),
+                (_, _, Some(url)) => runtime
+                    .block_on(async { simulate::mqtt(&url, &transport, load, cancel_on_signal()).await }),
                 (None, None, None) => unreachable!("clap requires one of --tcp, --serial, --mqtt"),
             }
         }
@@ -223,7 +221,7 @@ async fn simulate(
 fn cancel_on_signal() -> CancellationToken {
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
-    std::mem::drop(tokio::runtime::Handle::current().spawn(async move {
+    std::mem::drop(tokio::spawn(async move {
         stop_signal().await;
         on_signal.cancel();
     }));
