@@ -3,6 +3,7 @@
 mod cli;
 mod conformance;
 mod ingest;
+mod mqtt;
 mod serial;
 mod shutdown;
 mod tidy;

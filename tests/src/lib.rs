@@ -285,20 +285,24 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Sum of `count` over the micro-batch results of `field` in a results file: every reading
-/// ingested is in exactly one micro-batch, so this counts readings (duplicates included).
+/// ingested is in exactly one micro-batch, so this counts readings (a reading stored twice
+/// is counted twice). Records are taken once per `id`, as a consumer does: a sink may
+/// deliver a record again after a crash.
 pub fn batch_count(path: &Path, field: &str) -> u64 {
-    read_jsonl(path)
-        .iter()
-        .filter(|record| record["type"] == "batch" && record["field"] == field)
-        .map(|record| record["count"].as_u64().unwrap_or(0))
-        .sum()
+    sum_of_counts(path, "batch", field)
 }
 
-/// Sum of `count` over the window results of `field` in a results file.
+/// Sum of `count` over the window results of `field` in a results file, once per `id`.
 pub fn window_count(path: &Path, field: &str) -> u64 {
+    sum_of_counts(path, "window", field)
+}
+
+fn sum_of_counts(path: &Path, kind: &str, field: &str) -> u64 {
+    let mut seen = std::collections::HashSet::new();
     read_jsonl(path)
         .iter()
-        .filter(|record| record["type"] == "window" && record["field"] == field)
+        .filter(|record| record["type"] == kind && record["field"] == field)
+        .filter(|record| seen.insert(record["id"].as_str().unwrap_or_default().to_owned()))
         .map(|record| record["count"].as_u64().unwrap_or(0))
         .sum()
 }
@@ -308,9 +312,9 @@ pub fn window_count(path: &Path, field: &str) -> u64 {
 pub fn source_counter(log: &str, name: &str, key: &str) -> Option<u64> {
     let line = log
         .lines()
-        .filter(|line| line.contains("Source counters.") && line.contains(&format!("source={name} ")))
-        .last()?;
-    line.split(|c: char| c == ' ' || c == ',').find_map(|word| {
+        .rev()
+        .find(|line| line.contains("Source counters.") && line.contains(&format!("source={name} ")))?;
+    line.split([' ', ',']).find_map(|word| {
         let word = word.strip_prefix("by_reason=").unwrap_or(word);
         word.strip_prefix(key)?.strip_prefix('=')?.parse().ok()
     })

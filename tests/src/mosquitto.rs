@@ -61,8 +61,11 @@ impl Mosquitto {
         let port = free_port();
         let extra = extra.replace("{dir}", &dir.display().to_string());
         let anonymous = if extra.contains("allow_anonymous") { "" } else { "allow_anonymous true\n" };
+        // `user root`: mosquitto started as root (CI) would otherwise drop to its own user and
+        // could write neither its log nor its persistence file in this root-owned directory.
+        // It has no effect when the tests run as another user.
         let config = format!(
-            "listener {port} 127.0.0.1\n{anonymous}{extra}\npersistence true\npersistence_location {}/\n\
+            "user root\nlistener {port} 127.0.0.1\n{anonymous}{extra}\npersistence true\npersistence_location {}/\n\
              log_dest file {}/mosquitto.log\nlog_type all\nmax_queued_messages 0\n",
             dir.display(),
             dir.display()
