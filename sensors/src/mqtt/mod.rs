@@ -160,12 +160,9 @@ pub struct MqttSource {
     connection_stats: Arc<MqttConnectionStats>,
 }
 
-/// rumqttc's request channel: acknowledgements queue there until the event loop writes
-/// them, and it takes one request per poll among the packets it reads, so under a burst acks
-/// queue up. Room for several windows of them, plus the subscriptions and the disconnect.
-pub(crate) fn request_channel_capacity(max_in_flight: usize) -> usize {
-    max_in_flight.saturating_mul(4).saturating_add(64)
-}
+/// rumqttc's request channel carries only the subscriptions and the disconnect: the
+/// acknowledgements are written by the polling task itself (see `session.rs`).
+pub(crate) const REQUEST_CHANNEL_CAPACITY: usize = 16;
 
 impl MqttSource {
     /// A source for `config`, handing readings over as source number `source_idx`, decoded
@@ -211,7 +208,7 @@ impl MqttSource {
         let mut options = mqtt_options(&settings)
             .map_err(|source| MqttSourceError::Setup { broker: config.broker.to_string(), source })?;
         options.set_manual_acks(true);
-        options.set_request_channel_capacity(request_channel_capacity(config.max_in_flight));
+        options.set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
         let rules = PayloadRules {
             format: parser_format(&parser),
             sensor_from_topic: config.sensor_from_topic,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing,
-    Publish, QoS, SubscribeFilter, SubscribeReasonCode,
+    PubAck, PubRec, Publish, QoS, Request, StateError, SubscribeFilter, SubscribeReasonCode,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -20,12 +20,14 @@ use crate::clock::wall_clock_ms;
 use crate::ingest::{Durability, IngestClosed, IngestSender};
 use crate::mqtt::config::{MqttQos, MqttSourceConfig};
 use crate::mqtt::payload::{decode_payload, PayloadRules};
-use crate::mqtt::{request_channel_capacity, MqttConnectionStats, MqttSourceError};
+use crate::mqtt::{MqttConnectionStats, MqttSourceError, REQUEST_CHANNEL_CAPACITY};
 use crate::parse::LineDecoder;
 use crate::tcp::warn_limit::WarnLimiter;
 
 /// How long a stopping source may take to write its last acknowledgements and disconnect.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// A broker that does not read our acknowledgements for this long is treated as gone.
+const ACK_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// While a connection keeps failing for the same reason, it is logged again this often.
 const FAILURE_REMINDER_EVERY: Duration = Duration::from_secs(60);
 
@@ -80,9 +82,6 @@ pub(crate) struct Session {
     /// stored already, by packet id. Cleared at the first new message, or when the broker
     /// lost the session.
     orphans: HashMap<u16, Orphan>,
-    /// Acknowledgements queued to rumqttc, and those it wrote.
-    acks_queued: u64,
-    acks_written: u64,
     backoff: Backoff,
     last_failure: Option<(String, Instant)>,
     rejection_warnings: WarnLimiter,
@@ -100,7 +99,7 @@ impl Session {
         stats: Arc<MqttConnectionStats>,
         ingest: IngestSender,
     ) -> Session {
-        let (client, eventloop) = AsyncClient::new(options, request_channel_capacity(config.max_in_flight));
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
         let backoff = Backoff::new(config.retry_min, config.retry_max);
         Session {
             client,
@@ -115,8 +114,6 @@ impl Session {
             pending: VecDeque::new(),
             acked: AckedMessages::new(),
             orphans: HashMap::new(),
-            acks_queued: 0,
-            acks_written: 0,
             backoff,
             last_failure: None,
             rejection_warnings: WarnLimiter::per_second(),
@@ -128,20 +125,25 @@ impl Session {
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), MqttSourceError> {
         info!(topics = ?self.config.topics, qos = ?self.config.qos, "MQTT source starting.");
         loop {
-            self.ack_answered();
-            let front_waiting = self.front_is_waiting();
-            // Stop taking messages while too many wait for the log. Keep polling while the
-            // oldest is answered but its acknowledgement did not fit in rumqttc's request
-            // channel: polling is what empties that channel.
-            let oldest_answered = !self.pending.is_empty() && !front_waiting;
-            let may_poll = oldest_answered || self.n_waiting() < self.config.max_in_flight;
-            let step = {
-                let Session { eventloop, pending, .. } = &mut self;
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => Step::Shutdown,
-                    answer = front_answer(pending), if front_waiting => Step::Answered(answer),
-                    event = eventloop.poll(), if may_poll => Step::Event(event),
+            let acked = self.ack_answered().await;
+            let step = match acked {
+                Err(error) => {
+                    // The connection is broken: make the event loop reconnect at its next poll.
+                    self.eventloop.clean();
+                    Step::Event(Err(error))
+                }
+                Ok(()) => {
+                    let front_waiting = self.front_is_waiting();
+                    // Stop reading the connection while too many messages wait for the log:
+                    // the broker (and the socket) hold the rest.
+                    let may_poll = self.pending.len() < self.config.max_in_flight;
+                    let Session { eventloop, pending, .. } = &mut self;
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => Step::Shutdown,
+                        answer = front_answer(pending), if front_waiting => Step::Answered(answer),
+                        event = eventloop.poll(), if may_poll => Step::Event(event),
+                    }
                 }
             };
             match step {
@@ -172,11 +174,6 @@ impl Session {
         Ok(())
     }
 
-    /// Messages whose readings wait for durability.
-    fn n_waiting(&self) -> usize {
-        self.pending.iter().filter(|in_flight| matches!(in_flight.answer, Answer::Waiting(_))).count()
-    }
-
     fn front_is_waiting(&self) -> bool {
         matches!(self.pending.front(), Some(InFlight { answer: Answer::Waiting(_), .. }))
     }
@@ -195,7 +192,6 @@ impl Session {
                 }
             }
             Event::Incoming(Incoming::Publish(publish)) => self.handle_publish(publish).await?,
-            Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_)) => self.acks_written += 1,
             Event::Incoming(_) | Event::Outgoing(_) => {}
         }
         Ok(())
@@ -305,12 +301,18 @@ impl Session {
     /// Acknowledges the answered messages at the front of `pending`, in order. A message the
     /// log refused is not acknowledged: the broker keeps it and redelivers it after the next
     /// reconnection (a restart of eddy or of the broker).
-    fn ack_answered(&mut self) {
+    ///
+    /// The acknowledgements are written to the connection directly, not queued through
+    /// rumqttc's request channel: the event loop takes one request per poll but reads ten
+    /// packets per read, so under a backlog queued acknowledgements (and the messages waiting
+    /// for them) would grow without bound.
+    async fn ack_answered(&mut self) -> Result<(), ConnectionError> {
+        let mut n_written = 0;
         while let Some(front) = self.pending.front_mut() {
             if let Answer::Waiting(answer) = &mut front.answer {
                 match answer.try_recv() {
                     Ok(durability) => front.answer = Answer::Known(durability),
-                    Err(oneshot::error::TryRecvError::Empty) => return,
+                    Err(oneshot::error::TryRecvError::Empty) => break,
                     Err(oneshot::error::TryRecvError::Closed) => {
                         front.answer =
                             Answer::Known(Durability::Refused(Arc::from("the log dropped the batch")))
@@ -327,17 +329,18 @@ impl Session {
             }
             if !self.connected {
                 // Acknowledgements cannot be written; the connection loss made these orphans.
-                return;
+                break;
             }
-            if self.client.try_ack(&front.publish).is_err() {
-                // rumqttc's request channel is full; polling empties it.
-                return;
-            }
-            self.acks_queued += 1;
+            write_ack(&mut self.eventloop, &front.publish).await?;
+            n_written += 1;
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
             let acked = self.pending.pop_front().expect("the front exists");
             self.acked.record(&acked.publish);
         }
+        if n_written > 0 {
+            flush_acks(&mut self.eventloop).await?;
+        }
+        Ok(())
     }
 
     /// The connection failed or was lost: every message not known to be acknowledged at the
@@ -379,42 +382,27 @@ impl Session {
         if !self.connected {
             return;
         }
-        loop {
-            self.ack_answered();
-            if (self.pending.is_empty() && self.acks_written >= self.acks_queued) || !self.connected {
-                break;
-            }
-            let front_waiting = self.front_is_waiting();
-            let step = {
-                let Session { eventloop, pending, .. } = &mut *self;
-                tokio::select! {
-                    biased;
-                    () = tokio::time::sleep_until(deadline) => break,
-                    answer = front_answer(pending), if front_waiting => Step::Answered(answer),
-                    event = eventloop.poll() => Step::Event(event),
+        let settled = async {
+            while !self.pending.is_empty() {
+                if self.ack_answered().await.is_err() {
+                    return;
                 }
-            };
-            match step {
-                Step::Answered(durability) => {
+                if self.front_is_waiting() {
+                    let durability = front_answer(&mut self.pending).await;
                     if let Some(front) = self.pending.front_mut() {
                         front.answer = Answer::Known(durability);
                     }
                 }
-                // Messages arriving now are not acknowledged: the broker redelivers them.
-                Step::Event(Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_)))) => {
-                    self.acks_written += 1
-                }
-                Step::Event(Ok(_)) | Step::Shutdown => {}
-                Step::Event(Err(_)) => self.connected = false,
             }
-        }
-        if !self.pending.is_empty() {
+        };
+        if tokio::time::timeout_at(deadline, settled).await.is_err() || !self.pending.is_empty() {
             debug!(
                 unacknowledged = self.pending.len(),
                 "Stopped with messages unacknowledged; the broker redelivers them."
             );
         }
-        if self.connected && self.client.try_disconnect().is_ok() {
+        // Messages arriving now are not acknowledged: the broker redelivers them.
+        if self.client.try_disconnect().is_ok() {
             let disconnected = async {
                 loop {
                     match self.eventloop.poll().await {
@@ -425,6 +413,34 @@ impl Session {
             };
             let _ = tokio::time::timeout_at(deadline, disconnected).await;
         }
+    }
+}
+
+/// Writes the acknowledgement of `publish` (PUBACK for QoS 1, PUBREC for QoS 2) into the
+/// connection's write buffer, through rumqttc's state so that it stays consistent.
+async fn write_ack(eventloop: &mut EventLoop, publish: &Publish) -> Result<(), ConnectionError> {
+    let request = match publish.qos {
+        QoS::AtMostOnce => return Ok(()),
+        QoS::AtLeastOnce => Request::PubAck(PubAck::new(publish.pkid)),
+        QoS::ExactlyOnce => Request::PubRec(PubRec::new(publish.pkid)),
+    };
+    let Some(network) = eventloop.network.as_mut() else {
+        return Err(ConnectionError::MqttState(StateError::ConnectionAborted));
+    };
+    if let Some(packet) = eventloop.state.handle_outgoing_packet(request)? {
+        network.write(packet).await?;
+    }
+    Ok(())
+}
+
+/// Sends the written acknowledgements.
+async fn flush_acks(eventloop: &mut EventLoop) -> Result<(), ConnectionError> {
+    let Some(network) = eventloop.network.as_mut() else {
+        return Err(ConnectionError::MqttState(StateError::ConnectionAborted));
+    };
+    match tokio::time::timeout(ACK_FLUSH_TIMEOUT, network.flush()).await {
+        Ok(flushed) => Ok(flushed?),
+        Err(_) => Err(ConnectionError::FlushTimeout),
     }
 }
 
