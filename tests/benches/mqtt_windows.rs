@@ -6,7 +6,7 @@
 //!
 //! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench mqtt_windows`
 //! Environment: `EDDY_BENCH_COUNT` (readings, default 200,000), `EDDY_BENCH_SENSORS`
-//! (default 1000).
+//! (default 1000), `EDDY_BENCH_MAX_IN_FLIGHT` (the source's `max_in_flight`, default 1024, the default of the source).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ url = "{url}"
 client_id = "eddy-bench"
 topics = ["sensors/+/reading"]
 sensor_from_topic = 1
+max_in_flight = {max_in_flight}
 [[windows]]
 name = "temp_10s"
 length = "10s"
@@ -55,7 +56,8 @@ fn main() {
         .unwrap_or(if quick { 5_000 } else { 200_000 });
     let sensors: u64 = std::env::var("EDDY_BENCH_SENSORS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let broker = Mosquitto::start().expect("mosquitto starts");
-    let config = CONFIG.replace("{url}", &broker.url());
+    let max_in_flight = std::env::var("EDDY_BENCH_MAX_IN_FLIGHT").unwrap_or_else(|_| "1024".into());
+    let config = CONFIG.replace("{url}", &broker.url()).replace("{max_in_flight}", &max_in_flight);
     let dir = tempfile::tempdir().expect("temp dir");
 
     // Create the persistent session, then queue the backlog while eddy is away.
