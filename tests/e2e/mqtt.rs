@@ -311,3 +311,23 @@ fn mqtt_sigkill_mid_backlog_loses_no_reading() {
     assert!(counted >= 1000, "readings lost: {counted}");
     assert!(counted - 1000 <= redelivered, "{counted} counted, {redelivered} redelivered");
 }
+
+#[test]
+fn readme_serial_and_mqtt_example_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block = readme
+        .split("### Reading serial devices and MQTT brokers")
+        .nth(1)
+        .and_then(|section| section.split("```toml\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has a serial and MQTT example");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eddy.toml");
+    std::fs::write(&path, format!("device_id = \"gw\"\ndata_dir = \"/tmp/eddy\"\n{block}")).unwrap();
+    let output = Command::new(eddy_binary())
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .env("EDDY_MQTT_PASSWORD", "secret")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "README example: {}", String::from_utf8_lossy(&output.stderr));
+}
