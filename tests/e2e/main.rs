@@ -1,4 +1,5 @@
-//! eddy's end-to-end tests: the real binary, fed over TCP, checked through its outputs.
+//! eddy's end-to-end tests: the real binary, fed over TCP, serial pseudo-terminals and a real
+//! MQTT broker, checked through its outputs.
 
 mod cli;
 mod conformance;

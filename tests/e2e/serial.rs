@@ -1,10 +1,11 @@
 //! The serial source through the real binary: a socat pseudo-terminal as the device, with
 //! garbage on the line and an unplug/replug mid-line.
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eddy_tests::socat::SerialDevice;
-use eddy_tests::{batch_count, source_counter, wait_until, Eddy};
+use eddy_tests::{batch_count, eddy_binary, source_counter, wait_until, Eddy};
 
 const CONFIG: &str = r#"
 device_id = "gw-serial"
@@ -106,4 +107,52 @@ fn serial_source_keeps_reading_through_garbage_and_an_unplug_and_never_glues_a_c
     assert_eq!(counter("received"), 9, "{log}");
     assert_eq!(log.matches("Serial device went away").count(), 1, "the unplug is logged once: {log}");
     assert_eq!(batch_count(&results, "temp_c"), 4, "no reading twice, none glued");
+}
+
+#[test]
+fn eddy_simulate_serial_feeds_a_serial_source() {
+    let eddy =
+        Eddy::start(&CONFIG.replace("max_line_bytes = 256", "max_line_bytes = 4096")).expect("eddy starts");
+    let results = eddy.dir.join("results.jsonl");
+    // Two pseudo-terminals joined by socat: the simulator writes to one, eddy reads the other.
+    let device_side = eddy.dir.join("ttyV0");
+    let simulator_side = eddy.dir.join("ttySim");
+    let socat = Command::new("socat")
+        .arg(format!("pty,raw,echo=0,link={}", simulator_side.display()))
+        .arg(format!("pty,raw,echo=0,link={}", device_side.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat starts (apt-get install socat)");
+    let _socat = KillOnDrop(socat);
+    assert!(wait_until(Duration::from_secs(10), || simulator_side.exists() && device_side.exists()));
+    assert!(
+        wait_until(Duration::from_secs(20), || eddy.log().contains("Serial port is back; reading.")),
+        "{}",
+        eddy.log()
+    );
+    let output = Command::new(eddy_binary())
+        .args(["simulate", "--serial", simulator_side.to_str().unwrap(), "--baud", "115200"])
+        .args(["--sensors", "5", "--count", "200"])
+        .output()
+        .expect("eddy simulate runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("wrote 200 readings"));
+    assert!(
+        wait_until(Duration::from_secs(20), || batch_count(&results, "temp_c") == 200),
+        "{} of 200 readings:\n{}",
+        batch_count(&results, "temp_c"),
+        eddy.log()
+    );
+}
+
+/// Stops a helper process however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
