@@ -130,14 +130,17 @@ impl MqttConnectionStats {
 ///
 /// # Backpressure
 ///
-/// At most `max_in_flight` messages wait for durability; past that the source stops
-/// polling the connection until the oldest is acknowledged, and the broker keeps the rest
-/// (it also stops sending at its own in-flight limit, since nothing is acknowledged). The
-/// hand-over to the log waits while the ingest channel is full.
+/// At most `max_in_flight` messages are held (waiting for durability); past that the
+/// source stops reading the connection until the oldest is acknowledged, and the socket and
+/// the broker keep the rest. The hand-over to the log waits while the ingest channel is
+/// full. While it does not read, no keep-alive goes out either: if the log stalls for longer
+/// than 1.5 × `keep_alive`, the broker drops the connection and redelivers later, which the
+/// source recognises (see above).
 ///
 /// # Connection
 ///
-/// One task polls rumqttc's event loop and never waits on its client. After every
+/// One task polls rumqttc's event loop and never waits on its client; it writes the
+/// acknowledgements itself, through the event loop's state and connection. After every
 /// connection the source subscribes again (a broker that lost its sessions has lost the
 /// subscriptions too). A refused or lost connection is logged — at ERROR when an operator
 /// must act (wrong credentials, not authorised, TLS failure), at WARN otherwise — once, and
