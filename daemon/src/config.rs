@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use crate::engine::{Aggregate, EngineSpec, TimeDomain, WindowSpec};
 
+mod serial_mqtt;
+
 /// The commented default configuration, used when no file is given.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("default_config.toml");
 
@@ -246,6 +248,51 @@ pub struct RawSource {
     pub rate: Option<f64>,
     /// simulator: seed.
     pub seed: Option<u64>,
+    /// serial: device path.
+    pub path: Option<PathBuf>,
+    /// serial: line speed.
+    pub baud: Option<u64>,
+    /// serial: 5 to 8.
+    pub data_bits: Option<u64>,
+    /// serial: `none`, `odd` or `even`.
+    pub parity: Option<String>,
+    /// serial: 1 or 2.
+    pub stop_bits: Option<u64>,
+    /// serial: `lf` or `cr`.
+    pub line_separator: Option<String>,
+    /// serial: readings held while the log is busy.
+    pub max_pending_readings: Option<u64>,
+    /// mqtt: `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub url: Option<String>,
+    /// mqtt: client id (names the persistent session).
+    pub client_id: Option<String>,
+    /// mqtt: topic filters.
+    pub topics: Option<Vec<String>>,
+    /// mqtt: 0, 1 or 2.
+    pub qos: Option<u64>,
+    /// mqtt: user name.
+    pub username: Option<String>,
+    /// mqtt: file holding the password.
+    pub password_file: Option<PathBuf>,
+    /// mqtt: environment variable holding the password.
+    pub password_env: Option<String>,
+    /// mqtt: CA certificate(s), PEM.
+    pub ca_file: Option<PathBuf>,
+    /// mqtt: client certificate, PEM.
+    pub client_cert: Option<PathBuf>,
+    /// mqtt: client key, PEM.
+    pub client_key: Option<PathBuf>,
+    /// mqtt: `false` (default) for a persistent session.
+    pub clean_session: Option<bool>,
+    /// mqtt: keep-alive interval.
+    #[serde(with = "humantime_serde", default)]
+    pub keep_alive: Option<Duration>,
+    /// mqtt: topic segment (0-based) holding the sensor id.
+    pub sensor_from_topic: Option<u64>,
+    /// mqtt: messages awaiting durability at most.
+    pub max_in_flight: Option<u64>,
+    /// mqtt: largest payload decoded.
+    pub max_payload_bytes: Option<u64>,
 }
 
 /// One `[[windows]]` entry.
@@ -399,6 +446,20 @@ pub enum SourceKind {
         ack: bool,
         /// Connection cap.
         max_connections: usize,
+    },
+    /// A serial port.
+    Serial {
+        /// Port and line settings.
+        serial: eddy_sensors::SerialSourceConfig,
+        /// Line format.
+        format: Format,
+    },
+    /// An MQTT subscription.
+    Mqtt {
+        /// Broker, session and topics.
+        mqtt: Box<eddy_sensors::MqttSourceConfig>,
+        /// Payload format.
+        format: Format,
     },
     /// Built-in thermostats.
     Simulator {
@@ -724,7 +785,10 @@ fn source_from_raw(key: &str, idx: usize, raw: RawSource) -> Result<SourceConfig
             Ok(())
         }
     };
+    serial_mqtt::check_keys_apply(key, &raw)?;
     let kind = match raw.kind.as_str() {
+        "serial" => serial_mqtt::serial_from_raw(key, &raw)?,
+        "mqtt" => serial_mqtt::mqtt_from_raw(key, &name, &raw)?,
         "tcp" => {
             not_for("sensors", raw.sensors.is_some())?;
             not_for("rate", raw.rate.is_some())?;
@@ -759,7 +823,10 @@ fn source_from_raw(key: &str, idx: usize, raw: RawSource) -> Result<SourceConfig
             SourceKind::Simulator { sensors, rate, seed: raw.seed.unwrap_or(42) }
         }
         other => {
-            return Err(invalid(format!("{key}.kind"), format!("`{other}` is not one of: tcp, simulator")));
+            return Err(invalid(
+                format!("{key}.kind"),
+                format!("`{other}` is not one of: tcp, serial, mqtt, simulator"),
+            ));
         }
     };
     Ok(SourceConfig { name, kind })
@@ -891,7 +958,7 @@ mod tests {
         check_err("[[sources]]\nkind = \"tcp\"\nlisten = \"nowhere\"\n", "sources[1].listen");
         check_err("[[sources]]\nkind = \"tcp\"\nformat = \"xml\"\n", "sources[1].format");
         check_err("[[sources]]\nkind = \"tcp\"\nrate = 2.0\n", "sources[1].rate");
-        check_err("[[sources]]\nkind = \"serial\"\n", "sources[1].kind");
+        check_err("[[sources]]\nkind = \"modbus\"\n", "sources[1].kind");
         check_err("[[sinks]]\nkind = \"file\"\n", "sinks[0].path");
         check_err("[[windows]]\nname = \"batch\"\nlength = \"5s\"\n", "windows[0].name");
         check_err("[schema]\nfields = [{ name = \"late\" }]\n", "schema.fields[0].name");

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod simulate;
+
 use clap::{Parser, Subcommand};
 use eddy::config::{Config, DEFAULT_CONFIG_TOML};
 use eddy::RunError;
@@ -45,11 +47,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Simulated thermostats as a client: send readings to a running eddy (a load generator).
+    /// Simulated thermostats as a client: send readings to a running eddy (a load generator)
+    /// over TCP, to a serial port, or to an MQTT broker.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["tcp", "serial", "mqtt"])))]
     Simulate {
         /// Address of an eddy TCP source.
         #[arg(long)]
-        tcp: SocketAddr,
+        tcp: Option<SocketAddr>,
+        /// Serial port (or pseudo-terminal) to write JSON lines to.
+        #[arg(long)]
+        serial: Option<PathBuf>,
+        /// MQTT broker to publish to: mqtt://host[:port] or mqtts://host[:port].
+        #[arg(long)]
+        mqtt: Option<String>,
+        #[command(flatten)]
+        transport: Box<simulate::TransportArgs>,
         /// Number of thermostats.
         #[arg(long, default_value_t = 10)]
         sensors: u32,
@@ -161,12 +173,20 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Simulate { tcp, sensors, rate, count, seed, ack } => {
+        Command::Simulate { tcp, serial, mqtt, transport, sensors, rate, count, seed, ack } => {
             let runtime = match runtime() {
                 Ok(runtime) => runtime,
                 Err(code) => return code,
             };
-            runtime.block_on(simulate(tcp, sensors, rate, count, seed, ack))
+            let load = simulate::Load { sensors, rate, count, seed };
+            match (tcp, serial, mqtt) {
+                (Some(tcp), _, _) => runtime.block_on(simulate(tcp, sensors, rate, count, seed, ack)),
+                (_, Some(path), _) => runtime
+                    .block_on(async { simulate::serial(path, &transport, load, cancel_on_signal()).await }),
+                (_, _, Some(url)) => runtime
+                    .block_on(async { simulate::mqtt(&url, &transport, load, cancel_on_signal()).await }),
+                (None, None, None) => unreachable!("clap requires one of --tcp, --serial, --mqtt"),
+            }
         }
     }
 }
@@ -218,6 +238,17 @@ async fn simulate(
             ExitCode::FAILURE
         }
     }
+}
+
+/// A token cancelled by the first SIGINT/SIGTERM (call inside the runtime).
+fn cancel_on_signal() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    std::mem::drop(tokio::spawn(async move {
+        stop_signal().await;
+        on_signal.cancel();
+    }));
+    cancel
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {

@@ -14,6 +14,11 @@ use crate::config::{Config, SourceConfig, SourceKind};
 /// A source's run future.
 pub(crate) type SourceFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
+/// Test-only environment variable: with `1`, MQTT sources receive and count messages but
+/// neither store nor acknowledge them (as if the log had stalled), so that a test can kill
+/// eddy while the broker still owes a redelivery.
+const MQTT_HOLD_VARIABLE: &str = "EDDY_TEST_MQTT_HOLD";
+
 /// Prepares source `source_idx`.
 pub(crate) async fn start(
     source_idx: usize,
@@ -38,6 +43,24 @@ pub(crate) async fn start(
                 .with_context(|| format!("cannot listen on {listen}"))?;
             tracing::info!(source = %source.name, address = %tcp.local_addr(), ack, "TCP source listening.");
             Ok(Box::pin(async move { tcp.run(ingest, stop).await.map_err(anyhow::Error::from) }))
+        }
+        SourceKind::Serial { serial, format } => {
+            let parser = Arc::new(LineParser::new(*format, config.schema.clone(), config.limits));
+            let path = serial.path.display().to_string();
+            let serial = eddy_sensors::SerialSource::new(serial.clone(), source_idx, parser, registry, stats)
+                .with_context(|| format!("cannot set up the serial source on {path}"))?;
+            Ok(Box::pin(async move { serial.run(ingest, stop).await.map_err(anyhow::Error::from) }))
+        }
+        SourceKind::Mqtt { mqtt, format } => {
+            let parser = Arc::new(LineParser::new(*format, config.schema.clone(), config.limits));
+            let mut mqtt = (**mqtt).clone();
+            // Test knob (tests/e2e/mqtt.rs): receive and count messages, never store or ack them.
+            mqtt.test_hold_messages = std::env::var_os(MQTT_HOLD_VARIABLE).is_some_and(|value| value == "1");
+            if mqtt.test_hold_messages {
+                tracing::warn!(source = %source.name, "{MQTT_HOLD_VARIABLE}=1: MQTT messages are held, never stored.");
+            }
+            let mqtt = eddy_sensors::MqttSource::new(mqtt, source_idx, parser, registry, stats)?;
+            Ok(Box::pin(async move { mqtt.run(ingest, stop).await.map_err(anyhow::Error::from) }))
         }
         SourceKind::Simulator { sensors, rate, seed } => {
             let sensors_nz = std::num::NonZeroU32::new(*sensors).context("sensors must be at least 1")?;

@@ -55,6 +55,13 @@ impl IngestSender {
         self.tx.send(IngestBatch { source, readings, durable: None }).await.map_err(|_| IngestClosed)
     }
 
+    /// Waits for room in the channel without handing anything over yet. Cancel-safe, so a
+    /// source can race it against reading its input and keep reading (and counting what it
+    /// must drop) while the log is busy.
+    pub async fn reserve(&self) -> Result<IngestPermit<'_>, IngestClosed> {
+        self.tx.reserve().await.map(|permit| IngestPermit { permit }).map_err(|_| IngestClosed)
+    }
+
     /// Hands readings over; the returned receiver answers once they are durable.
     pub async fn send_acked(
         &self,
@@ -67,5 +74,18 @@ impl IngestSender {
             .await
             .map_err(|_| IngestClosed)?;
         Ok(done_rx)
+    }
+}
+
+/// Room for one batch in the ingest channel, from [`IngestSender::reserve`].
+#[derive(Debug)]
+pub struct IngestPermit<'a> {
+    permit: mpsc::Permit<'a, IngestBatch>,
+}
+
+impl IngestPermit<'_> {
+    /// Hands readings over without waiting for durability.
+    pub fn send(self, source: usize, readings: Vec<Reading>) {
+        self.permit.send(IngestBatch { source, readings, durable: None });
     }
 }

@@ -1,15 +1,19 @@
 //! Sensor readings and where they come from: the reading and its schema, line parsers with
-//! counted rejections, and the sources (TCP, built-in simulator) that feed the daemon.
+//! counted rejections, and the sources (TCP, serial, MQTT, built-in simulator) that feed the
+//! daemon.
 #![deny(missing_docs)]
 
+mod backoff;
 mod clock;
 mod framing;
 mod ingest;
+mod mqtt;
 mod parse;
 mod reading;
 mod registry;
 mod reject;
 mod schema;
+mod serial;
 mod simulator;
 mod stats;
 mod tcp;
@@ -17,16 +21,23 @@ mod tcp;
 pub use crate::clock::wall_clock_ms;
 pub use crate::framing::{Fill, Frame, LineFramer, READ_CHUNK_BYTES};
 pub use crate::ingest::{
-    ingest_channel, Durability, IngestBatch, IngestClosed, IngestReceiver, IngestSender,
+    ingest_channel, Durability, IngestBatch, IngestClosed, IngestPermit, IngestReceiver, IngestSender,
+};
+pub use crate::mqtt::{
+    MqttBroker, MqttConnectionStats, MqttQos, MqttSetupError, MqttSource, MqttSourceConfig, MqttSourceError,
+    MqttTls, Secret,
 };
 pub use crate::parse::{Format, Limits, LineDecoder, LineParser, ParsedLine, TsPrecision};
 pub use crate::reading::{Reading, MAX_SENSOR_BYTES};
 pub use crate::registry::{AdmittedSensors, SensorRegistry};
 pub use crate::reject::{RejectReason, Rejection};
 pub use crate::schema::{FieldSpec, InternedTags, Schema, TagSpec};
+pub use crate::serial::{LineSeparator, SerialParity, SerialSource, SerialSourceConfig, SerialSourceError};
 pub use crate::simulator::{
-    simulate_tcp, SimulateError, SimulateOptions, SimulateReport, SimulatorConfig, SimulatorError,
-    SimulatorSource, ThermostatMode, ThermostatSample, Thermostats,
+    simulate_mqtt, simulate_serial, simulate_tcp, SimulateError, SimulateMqttError, SimulateMqttOptions,
+    SimulateMqttReport, SimulateOptions, SimulateReport, SimulateSerialError, SimulateSerialOptions,
+    SimulateSerialReport, SimulatorConfig, SimulatorError, SimulatorSource, ThermostatMode, ThermostatSample,
+    Thermostats,
 };
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
 pub use crate::tcp::{TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};

@@ -36,11 +36,17 @@ pub enum RejectReason {
     LineTooLong,
     /// A new sensor id past the cap on distinct sensors.
     TooManySensors,
+    /// A line cut short when its input went away (a serial device unplugged mid-line); its
+    /// bytes are dropped, never glued to the next line.
+    PartialLine,
+    /// A complete line dropped because the durable log could not keep up and the source's
+    /// bounded queue was full (a serial device cannot be paused).
+    Overrun,
 }
 
 impl RejectReason {
     /// Every reason, in counter order.
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 17] = [
         RejectReason::BadSyntax,
         RejectReason::NotObject,
         RejectReason::BadUtf8,
@@ -56,6 +62,8 @@ impl RejectReason {
         RejectReason::BadTag,
         RejectReason::LineTooLong,
         RejectReason::TooManySensors,
+        RejectReason::PartialLine,
+        RejectReason::Overrun,
     ];
 
     /// The stable name of the reason.
@@ -76,6 +84,8 @@ impl RejectReason {
             RejectReason::BadTag => "bad_tag",
             RejectReason::LineTooLong => "line_too_long",
             RejectReason::TooManySensors => "too_many_sensors",
+            RejectReason::PartialLine => "partial_line",
+            RejectReason::Overrun => "overrun",
         }
     }
 

@@ -1,11 +1,14 @@
-//! eddy's end-to-end tests: the real binary, fed over TCP, checked through its outputs.
+//! eddy's end-to-end tests: the real binary, fed over TCP, serial pseudo-terminals and a real
+//! MQTT broker, checked through its outputs.
 
 mod budget;
 mod cli;
 mod conformance;
 mod docs;
 mod ingest;
+mod mqtt;
 mod schema;
+mod serial;
 mod shutdown;
 mod tidy;
 mod uplink;

@@ -6,6 +6,7 @@ pub mod mosquitto;
 pub mod mqtt_hub;
 pub mod pki;
 pub mod proxy;
+pub mod socat;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -70,8 +71,21 @@ impl Eddy {
         })
     }
 
+    /// Like [`Eddy::start_in`], with extra environment variables (test knobs).
+    pub fn start_in_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> anyhow::Result<Eddy> {
+        Eddy::spawn_in_with_env(dir, config, env).and_then(|eddy| {
+            eddy.wait_for_log("eddy is ready.", Duration::from_secs(30))?;
+            Ok(eddy)
+        })
+    }
+
     /// Starts without waiting for readiness (for tests of start-up failures).
     pub fn spawn_in(dir: &Path, config: &str) -> anyhow::Result<Eddy> {
+        Eddy::spawn_in_with_env(dir, config, &[])
+    }
+
+    /// Like [`Eddy::spawn_in`], with extra environment variables.
+    pub fn spawn_in_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> anyhow::Result<Eddy> {
         let config_path = dir.join("eddy.toml");
         std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string()))?;
         let runs = std::fs::read_dir(dir)?
@@ -86,6 +100,7 @@ impl Eddy {
             .current_dir(dir)
             .env("EDDY_LOG", std::env::var("EDDY_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path)?)
             .stderr(std::fs::File::create(&log_path)?)
@@ -276,6 +291,42 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
             serde_json::from_str(line).unwrap_or_else(|error| panic!("bad JSON line `{line}`: {error}"))
         })
         .collect()
+}
+
+/// Sum of `count` over the micro-batch results of `field` in a results file: every reading
+/// ingested is in exactly one micro-batch, so this counts readings (a reading stored twice
+/// is counted twice). Records are taken once per `id`, as a consumer does: a sink may
+/// deliver a record again after a crash.
+pub fn batch_count(path: &Path, field: &str) -> u64 {
+    sum_of_counts(path, "batch", field)
+}
+
+/// Sum of `count` over the window results of `field` in a results file, once per `id`.
+pub fn window_count(path: &Path, field: &str) -> u64 {
+    sum_of_counts(path, "window", field)
+}
+
+fn sum_of_counts(path: &Path, kind: &str, field: &str) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    read_jsonl(path)
+        .iter()
+        .filter(|record| record["type"] == kind && record["field"] == field)
+        .filter(|record| seen.insert(record["id"].as_str().unwrap_or_default().to_owned()))
+        .map(|record| record["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// `key=value` of the last `Source counters.` log line of source `name` (`received`,
+/// `accepted`, `rejected`, or a reason such as `partial_line` from `by_reason`).
+pub fn source_counter(log: &str, name: &str, key: &str) -> Option<u64> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("Source counters.") && line.contains(&format!("source={name} ")))?;
+    line.split([' ', ',']).find_map(|word| {
+        let word = word.strip_prefix("by_reason=").unwrap_or(word);
+        word.strip_prefix(key)?.strip_prefix('=')?.parse().ok()
+    })
 }
 
 /// Polls `check` until it returns true or `timeout` passes.

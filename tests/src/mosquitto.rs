@@ -61,8 +61,11 @@ impl Mosquitto {
         let port = free_port();
         let extra = extra.replace("{dir}", &dir.display().to_string());
         let anonymous = if extra.contains("allow_anonymous") { "" } else { "allow_anonymous true\n" };
+        // `user root`: mosquitto started as root (CI) would otherwise drop to its own user and
+        // could write neither its log nor its persistence file in this root-owned directory.
+        // It has no effect when the tests run as another user.
         let config = format!(
-            "listener {port} 127.0.0.1\n{anonymous}{extra}\npersistence true\npersistence_location {}/\n\
+            "user root\nlistener {port} 127.0.0.1\n{anonymous}{extra}\npersistence true\npersistence_location {}/\n\
              log_dest file {}/mosquitto.log\nlog_type all\nmax_queued_messages 0\n",
             dir.display(),
             dir.display()
@@ -128,6 +131,17 @@ impl Mosquitto {
         }
     }
 
+    /// `mqtts://localhost:PORT` (the name the test certificate is for).
+    pub fn tls_url(&self) -> String {
+        format!("mqtts://localhost:{}", self.port)
+    }
+
+    /// How many PUBACKs the broker received from `client_id` so far (from its log).
+    pub fn pubacks_from(&self, client_id: &str) -> usize {
+        let needle = format!("Received PUBACK from {client_id} ");
+        self.log().lines().filter(|line| line.contains(&needle)).count()
+    }
+
     /// The broker's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
@@ -150,6 +164,92 @@ impl Mosquitto {
         }
         Ok(())
     }
+}
+
+/// A throw-away certificate authority and a server certificate for `localhost` and
+/// 127.0.0.1 signed by it, made with `openssl` in a temporary directory (P-256 keys: fast).
+pub struct TestCa {
+    /// The CA certificate (PEM): what clients trust.
+    pub ca_file: PathBuf,
+    /// The server's certificate (PEM).
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM).
+    pub key_file: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestCa {
+    /// Generates the CA and the server certificate.
+    pub fn generate() -> anyhow::Result<TestCa> {
+        let tmp = tempfile::tempdir().context("temp dir")?;
+        let dir = tmp.path();
+        let ca_key = dir.join("ca.key");
+        let ca_file = dir.join("ca.pem");
+        let key_file = dir.join("server.key");
+        let csr = dir.join("server.csr");
+        let cert_file = dir.join("server.pem");
+        let extensions = dir.join("server.ext");
+        std::fs::write(
+            &extensions,
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )?;
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(
+            &[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=eddy test CA"]].concat(),
+            &[("-keyout", &ca_key), ("-out", &ca_file)],
+            &[
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        )?;
+        openssl(
+            &[&["req"][..], &ec, &["-subj", "/CN=localhost"]].concat(),
+            &[("-keyout", &key_file), ("-out", &csr)],
+            &[],
+        )?;
+        openssl(
+            &["x509", "-req", "-days", "2", "-CAcreateserial"],
+            &[
+                ("-in", &csr),
+                ("-CA", &ca_file),
+                ("-CAkey", &ca_key),
+                ("-out", &cert_file),
+                ("-extfile", &extensions),
+            ],
+            &[],
+        )?;
+        Ok(TestCa { ca_file, cert_file, key_file, _tmp: tmp })
+    }
+
+    /// `mosquitto.conf` lines that make the listener speak TLS with this certificate.
+    pub fn mosquitto_lines(&self) -> String {
+        format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\n",
+            self.ca_file.display(),
+            self.cert_file.display(),
+            self.key_file.display()
+        )
+    }
+}
+
+/// Runs `openssl` with plain arguments, then path arguments, then more plain ones.
+fn openssl(args: &[&str], paths: &[(&str, &Path)], more: &[&str]) -> anyhow::Result<()> {
+    let mut command = Command::new("openssl");
+    command.args(args);
+    for (flag, path) in paths {
+        command.arg(flag).arg(path);
+    }
+    let output = command.args(more).stdin(Stdio::null()).output().context(
+        "cannot run openssl (the TLS tests make a test CA with it): run ./scripts/test-all.sh or \
+         `apt-get install openssl`",
+    )?;
+    if !output.status.success() {
+        bail!("openssl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
 }
 
 impl Drop for Mosquitto {

@@ -30,7 +30,13 @@ use crate::reject::{RejectReason, Rejection};
 use crate::schema::Schema;
 
 /// Parses one JSON line (already checked for length, UTF-8 and blankness).
-pub(crate) fn parse_json(parser: &LineParser, line: &str, now_ms: i64) -> Result<ParsedLine, Rejection> {
+/// With `sensor_override`, the id comes from the transport and a `sensor` key is ignored.
+pub(crate) fn parse_json(
+    parser: &LineParser,
+    line: &str,
+    sensor_override: Option<&str>,
+    now_ms: i64,
+) -> Result<ParsedLine, Rejection> {
     let mut deserializer = serde_json::Deserializer::from_str(line);
     let shape = LineVisitor { schema: &parser.schema }
         .deserialize(&mut deserializer)
@@ -46,15 +52,19 @@ pub(crate) fn parse_json(parser: &LineParser, line: &str, now_ms: i64) -> Result
         }
     };
 
-    let sensor = match collected.sensor {
-        None | Some(Value::Null) => {
+    let sensor = match (sensor_override, collected.sensor) {
+        (Some(sensor), _) => {
+            LineParser::check_sensor(sensor)?;
+            sensor.to_owned()
+        }
+        (None, None | Some(Value::Null)) => {
             return Err(Rejection::new(RejectReason::MissingSensor, "sensor: missing or null"));
         }
-        Some(Value::Str(sensor)) => {
+        (None, Some(Value::Str(sensor))) => {
             LineParser::check_sensor(&sensor)?;
             sensor.into_owned()
         }
-        Some(other) => {
+        (None, Some(other)) => {
             return Err(Rejection::new(
                 RejectReason::BadSensor,
                 format!("sensor: expected a string, got {}", other.kind()),

@@ -97,6 +97,11 @@ impl LineParser {
         self.limits
     }
 
+    /// The format lines are read in.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     /// Parses and validates one line (without its terminator; a trailing `\r` is allowed).
     /// `now_ms` is the gateway clock, for the future-timestamp check.
     ///
@@ -116,6 +121,29 @@ impl LineParser {
     /// When a key (JSON), tag or field (line protocol) appears twice, the last one wins, as
     /// with Python's `json` module and Spark, whose results the conformance tests compare with.
     pub fn parse(&self, line: &[u8], now_ms: i64) -> Result<ParsedLine, Rejection> {
+        let line = self.check_line(line)?;
+        match self.format {
+            Format::Json => json::parse_json(self, line, None, now_ms),
+            Format::Csv => csv::parse_csv(self, line, now_ms),
+            Format::Influx(precision) => influx::parse_influx(self, line, precision, now_ms),
+        }
+    }
+
+    /// Like [`parse`](Self::parse), with the sensor id given by the transport (an MQTT topic
+    /// segment) instead of the line: for JSON, a `sensor` key in the object is ignored. The
+    /// id is checked like one from a line. Only JSON carries readings without their sensor,
+    /// so for the other formats the line's own sensor id is used.
+    pub fn parse_for_sensor(&self, line: &[u8], sensor: &str, now_ms: i64) -> Result<ParsedLine, Rejection> {
+        let line = self.check_line(line)?;
+        match self.format {
+            Format::Json => json::parse_json(self, line, Some(sensor), now_ms),
+            Format::Csv => csv::parse_csv(self, line, now_ms),
+            Format::Influx(precision) => influx::parse_influx(self, line, precision, now_ms),
+        }
+    }
+
+    /// Steps 1 to 4 of [`parse`](Self::parse): terminator, length, UTF-8, blankness.
+    fn check_line<'a>(&self, line: &'a [u8]) -> Result<&'a str, Rejection> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > self.limits.max_line_bytes {
             return Err(Rejection::new(
@@ -129,11 +157,7 @@ impl LineParser {
         if line.trim().is_empty() {
             return Err(Rejection::new(RejectReason::BadSyntax, "empty line"));
         }
-        match self.format {
-            Format::Json => json::parse_json(self, line, now_ms),
-            Format::Csv => csv::parse_csv(self, line, now_ms),
-            Format::Influx(precision) => influx::parse_influx(self, line, precision, now_ms),
-        }
+        Ok(line)
     }
 
     /// Checks a sensor id that is present as a string: non-empty, at most
@@ -254,8 +278,23 @@ impl LineDecoder {
 
     /// Decodes one line: counts it as received, then as accepted or rejected by reason.
     pub fn decode(&mut self, line: &[u8], now_ms: i64) -> Result<Reading, Rejection> {
+        self.decode_for_sensor(line, None, now_ms)
+    }
+
+    /// Like [`decode`](Self::decode); with `Some(sensor)` the sensor id comes from the
+    /// transport (see [`LineParser::parse_for_sensor`]).
+    pub fn decode_for_sensor(
+        &mut self,
+        line: &[u8],
+        sensor: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Reading, Rejection> {
         self.stats.add_received(1);
-        let result = self.parser.parse(line, now_ms).and_then(|parsed| {
+        let parsed = match sensor {
+            None => self.parser.parse(line, now_ms),
+            Some(sensor) => self.parser.parse_for_sensor(line, sensor, now_ms),
+        };
+        let result = parsed.and_then(|parsed| {
             let sensor = self.admitted.admit(&parsed.sensor).ok_or_else(|| {
                 Rejection::new(RejectReason::TooManySensors, "new sensor id past the cap on distinct sensors")
             })?;
@@ -268,7 +307,7 @@ impl LineDecoder {
         result
     }
 
-    /// Counts a line that never reached the parser (too long, cut at a reconnect).
+    /// Counts a line that never reached the parser (too long, cut at a reconnect, dropped).
     pub fn reject_unparsed(&mut self, reason: RejectReason) {
         self.stats.add_received(1);
         self.stats.add_rejected(reason);

@@ -1,7 +1,10 @@
 //! The built-in simulator (`kind = "simulator"`): seeded thermostats feeding the daemon in
-//! process, and the `eddy simulate` client that sends them to a TCP source as JSON lines.
+//! process, and the `eddy simulate` clients that send them as JSON lines to a TCP source, a
+//! serial port or an MQTT broker.
 
 mod client;
+mod mqtt_client;
+mod serial_client;
 mod thermostat;
 
 use std::num::NonZeroU32;
@@ -20,6 +23,12 @@ use crate::reject::RejectReason;
 use crate::stats::SourceStats;
 
 pub use crate::simulator::client::{simulate_tcp, SimulateError, SimulateOptions, SimulateReport};
+pub use crate::simulator::mqtt_client::{
+    simulate_mqtt, SimulateMqttError, SimulateMqttOptions, SimulateMqttReport,
+};
+pub use crate::simulator::serial_client::{
+    simulate_serial, SimulateSerialError, SimulateSerialOptions, SimulateSerialReport,
+};
 pub use crate::simulator::thermostat::{ThermostatMode, ThermostatSample, Thermostats};
 
 /// Settings of the simulator source.

@@ -7,7 +7,7 @@ mod config;
 mod conn;
 #[cfg(test)]
 pub(crate) mod tests;
-mod warn_limit;
+pub(crate) mod warn_limit;
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,0 +1,518 @@
+//! The MQTT source's event loop: the one task that polls rumqttc, hands readings to the log
+//! and acknowledges each message, in order, once its readings are durable.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing,
+    PubAck, PubRec, Publish, QoS, Request, StateError, SubscribeFilter, SubscribeReasonCode,
+};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::clock::wall_clock_ms;
+use crate::ingest::{Durability, IngestClosed, IngestSender};
+use crate::mqtt::config::{MqttQos, MqttSourceConfig};
+use crate::mqtt::payload::{decode_payload, PayloadRules};
+use crate::mqtt::{MqttConnectionStats, MqttSourceError, REQUEST_CHANNEL_CAPACITY};
+use crate::parse::LineDecoder;
+use crate::tcp::warn_limit::WarnLimiter;
+
+/// How long a stopping source may take to write its last acknowledgements and disconnect.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// A broker that does not read our acknowledgements for this long is treated as gone.
+const ACK_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// While a connection keeps failing for the same reason, it is logged again this often.
+const FAILURE_REMINDER_EVERY: Duration = Duration::from_secs(60);
+
+/// A message handed to the log (or rejected) and not yet acknowledged.
+#[derive(Debug)]
+struct InFlight {
+    publish: Publish,
+    answer: Answer,
+}
+
+#[derive(Debug)]
+enum Answer {
+    /// Waiting for the durability of its readings.
+    Waiting(oneshot::Receiver<Durability>),
+    /// The log answered.
+    Known(Durability),
+    /// No reading of it was accepted: acknowledge it at once.
+    NothingStored,
+}
+
+/// A message handed to the log whose acknowledgement was lost with its connection.
+#[derive(Debug)]
+struct Orphan {
+    fingerprint: u32,
+    answer: Answer,
+}
+
+/// One step of the event loop.
+enum Step {
+    Shutdown,
+    Answered(Durability),
+    Event(Result<Event, ConnectionError>),
+}
+
+/// The event loop's state; everything raced in `select!` lives here.
+pub(crate) struct Session {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    config: MqttSourceConfig,
+    source_idx: usize,
+    decoder: LineDecoder,
+    rules: PayloadRules,
+    stats: Arc<MqttConnectionStats>,
+    ingest: IngestSender,
+    connected: bool,
+    /// Messages awaiting their acknowledgement, in arrival order.
+    pending: VecDeque<InFlight>,
+    /// The last message acknowledged under each packet id; the acknowledgement may not have
+    /// reached the broker when a connection is lost.
+    acked: AckedMessages,
+    /// After a lost connection: messages the broker will redeliver that are (or are being)
+    /// stored already, by packet id. Cleared at the first new message, or when the broker
+    /// lost the session.
+    orphans: HashMap<u16, Orphan>,
+    backoff: Backoff,
+    last_failure: Option<(String, Instant)>,
+    rejection_warnings: WarnLimiter,
+    refusal_warnings: WarnLimiter,
+    held: u64,
+}
+
+impl Session {
+    pub(crate) fn new(
+        config: MqttSourceConfig,
+        source_idx: usize,
+        options: MqttOptions,
+        decoder: LineDecoder,
+        rules: PayloadRules,
+        stats: Arc<MqttConnectionStats>,
+        ingest: IngestSender,
+    ) -> Session {
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
+        let backoff = Backoff::new(config.retry_min, config.retry_max);
+        Session {
+            client,
+            eventloop,
+            config,
+            source_idx,
+            decoder,
+            rules,
+            stats,
+            ingest,
+            connected: false,
+            pending: VecDeque::new(),
+            acked: AckedMessages::new(),
+            orphans: HashMap::new(),
+            backoff,
+            last_failure: None,
+            rejection_warnings: WarnLimiter::per_second(),
+            refusal_warnings: WarnLimiter::per_second(),
+            held: 0,
+        }
+    }
+
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), MqttSourceError> {
+        info!(topics = ?self.config.topics, qos = ?self.config.qos, "MQTT source starting.");
+        loop {
+            let acked = self.ack_answered().await;
+            let step = match acked {
+                Err(error) => {
+                    // The connection is broken: make the event loop reconnect at its next poll.
+                    self.eventloop.clean();
+                    Step::Event(Err(error))
+                }
+                Ok(()) => {
+                    let front_waiting = self.front_is_waiting();
+                    // Stop reading the connection while too many messages wait for the log:
+                    // the broker (and the socket) hold the rest.
+                    let may_poll = self.pending.len() < self.config.max_in_flight;
+                    let Session { eventloop, pending, .. } = &mut self;
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => Step::Shutdown,
+                        answer = front_answer(pending), if front_waiting => Step::Answered(answer),
+                        event = eventloop.poll(), if may_poll => Step::Event(event),
+                    }
+                }
+            };
+            match step {
+                Step::Shutdown => break,
+                Step::Answered(durability) => {
+                    if let Some(front) = self.pending.front_mut() {
+                        front.answer = Answer::Known(durability);
+                    }
+                }
+                Step::Event(Ok(event)) => self.handle_event(event).await?,
+                Step::Event(Err(error)) => {
+                    self.connection_lost(&error);
+                    let retry_in = self.backoff.next_delay();
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(retry_in) => {}
+                    }
+                }
+            }
+        }
+        self.drain().await;
+        info!(
+            messages = self.stats.messages_total(),
+            acked = self.stats.acked_total(),
+            redelivered = self.stats.redelivered_total(),
+            "MQTT source stopped."
+        );
+        Ok(())
+    }
+
+    fn front_is_waiting(&self) -> bool {
+        matches!(self.pending.front(), Some(InFlight { answer: Answer::Waiting(_), .. }))
+    }
+
+    async fn handle_event(&mut self, event: Event) -> Result<(), MqttSourceError> {
+        match event {
+            Event::Incoming(Incoming::ConnAck(connack)) => self.connected(connack.session_present),
+            Event::Incoming(Incoming::SubAck(suback)) => {
+                for (topic, code) in self.config.topics.iter().zip(&suback.return_codes) {
+                    match code {
+                        SubscribeReasonCode::Success(qos) => info!(%topic, ?qos, "Subscribed."),
+                        SubscribeReasonCode::Failure => {
+                            error!(%topic, "The broker refused the subscription (check its ACL).")
+                        }
+                    }
+                }
+            }
+            Event::Incoming(Incoming::Publish(publish)) => self.handle_publish(publish).await?,
+            Event::Incoming(_) | Event::Outgoing(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A CONNACK accepted the connection: subscribe (again).
+    fn connected(&mut self, session_present: bool) {
+        self.connected = true;
+        self.stats.connected.store(true, Ordering::Relaxed);
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.decoder.stats().add_connection();
+        self.backoff.reset();
+        if self.last_failure.take().is_some() {
+            info!(session_present, "Connected to the MQTT broker again.");
+        } else {
+            info!(session_present, "Connected to the MQTT broker.");
+        }
+        if !session_present {
+            // The broker has no session for us: it will redeliver nothing.
+            self.orphans.clear();
+        }
+        let qos = match self.config.qos {
+            MqttQos::AtMostOnce => QoS::AtMostOnce,
+            MqttQos::AtLeastOnce => QoS::AtLeastOnce,
+            MqttQos::ExactlyOnce => QoS::ExactlyOnce,
+        };
+        let filters = self.config.topics.iter().map(|topic| SubscribeFilter::new(topic.clone(), qos));
+        // The request channel has room beyond the acknowledgements for this.
+        if let Err(error) = self.client.try_subscribe_many(filters) {
+            error!(%error, "Cannot queue the subscription request.");
+        }
+    }
+
+    async fn handle_publish(&mut self, publish: Publish) -> Result<(), MqttSourceError> {
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        if self.config.test_hold_messages {
+            self.held += 1;
+            info!(
+                held = self.held,
+                "Holding an MQTT message: not stored, not acknowledged (EDDY_TEST_MQTT_HOLD)."
+            );
+            return Ok(());
+        }
+        let acknowledged = publish.qos != QoS::AtMostOnce;
+        if acknowledged && publish.dup {
+            let orphan = self
+                .orphans
+                .remove(&publish.pkid)
+                .filter(|orphan| orphan.fingerprint == fingerprint(&publish));
+            if let Some(orphan) = orphan {
+                if !matches!(orphan.answer, Answer::Known(Durability::Refused(_))) {
+                    // Stored (or being stored) already: acknowledge it once that is done.
+                    self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+                    debug!(pkid = publish.pkid, "Redelivery of a message already handed to the log.");
+                    self.pending.push_back(InFlight { publish, answer: orphan.answer });
+                    return Ok(());
+                }
+            } else if self.acked.contains(&publish) {
+                // Stored and acknowledged, but the acknowledgement was lost with the connection.
+                self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+                debug!(pkid = publish.pkid, "Redelivery of a message already acknowledged.");
+                self.pending.push_back(InFlight { publish, answer: Answer::NothingStored });
+                return Ok(());
+            }
+        } else if acknowledged {
+            // The broker resends unacknowledged messages first: a new one ends the redelivery.
+            self.orphans.clear();
+        }
+
+        let mut readings = Vec::new();
+        let topic = publish.topic.as_str();
+        let rejection_warnings = &mut self.rejection_warnings;
+        decode_payload(
+            &mut self.decoder,
+            self.rules,
+            topic,
+            &publish.payload,
+            wall_clock_ms(),
+            &mut readings,
+            &mut |rejection| {
+                if let Some(suppressed) = rejection_warnings.allow(Instant::now()) {
+                    warn!(%topic, reason = %rejection.reason, detail = %rejection.detail, suppressed, "Rejected a reading.");
+                }
+            },
+        );
+        let ingest_closed = || MqttSourceError::IngestClosed { broker: self.config.broker.to_string() };
+        if !acknowledged {
+            if !readings.is_empty() {
+                self.ingest.send(self.source_idx, readings).await.map_err(|IngestClosed| ingest_closed())?;
+            }
+            return Ok(());
+        }
+        let answer = if readings.is_empty() {
+            Answer::NothingStored
+        } else {
+            let durable = self
+                .ingest
+                .send_acked(self.source_idx, readings)
+                .await
+                .map_err(|IngestClosed| ingest_closed())?;
+            Answer::Waiting(durable)
+        };
+        self.pending.push_back(InFlight { publish, answer });
+        Ok(())
+    }
+
+    /// Acknowledges the answered messages at the front of `pending`, in order. A message the
+    /// log refused is not acknowledged: the broker keeps it and redelivers it after the next
+    /// reconnection (a restart of eddy or of the broker).
+    ///
+    /// The acknowledgements are written to the connection directly, not queued through
+    /// rumqttc's request channel: the event loop takes one request per poll but reads ten
+    /// packets per read, so under a backlog queued acknowledgements (and the messages waiting
+    /// for them) would grow without bound.
+    async fn ack_answered(&mut self) -> Result<(), ConnectionError> {
+        let mut n_written = 0;
+        while let Some(front) = self.pending.front_mut() {
+            if let Answer::Waiting(answer) = &mut front.answer {
+                match answer.try_recv() {
+                    Ok(durability) => front.answer = Answer::Known(durability),
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        front.answer =
+                            Answer::Known(Durability::Refused(Arc::from("the log dropped the batch")))
+                    }
+                }
+            }
+            if let Answer::Known(Durability::Refused(reason)) = &front.answer {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.refusal_warnings.allow(Instant::now()) {
+                    warn!(%reason, suppressed, "The log refused an MQTT message; it stays unacknowledged for the broker to redeliver.");
+                }
+                self.pending.pop_front();
+                continue;
+            }
+            if !self.connected {
+                // Acknowledgements cannot be written; the connection loss made these orphans.
+                break;
+            }
+            write_ack(&mut self.eventloop, &front.publish).await?;
+            n_written += 1;
+            self.stats.acked.fetch_add(1, Ordering::Relaxed);
+            let acked = self.pending.pop_front().expect("the front exists");
+            self.acked.record(&acked.publish);
+        }
+        if n_written > 0 {
+            flush_acks(&mut self.eventloop).await?;
+        }
+        Ok(())
+    }
+
+    /// The connection failed or was lost: every message not known to be acknowledged at the
+    /// broker becomes an orphan awaiting redelivery, and the failure is logged.
+    fn connection_lost(&mut self, error: &ConnectionError) {
+        let was_connected = std::mem::replace(&mut self.connected, false);
+        self.stats.connected.store(false, Ordering::Relaxed);
+        self.stats.connection_failures.fetch_add(1, Ordering::Relaxed);
+        // Packet ids are unique among a client's unacknowledged messages, so this holds at
+        // most 65535 entries, a few bytes each (the payloads are dropped).
+        for in_flight in self.pending.drain(..) {
+            let orphan = Orphan { fingerprint: fingerprint(&in_flight.publish), answer: in_flight.answer };
+            self.orphans.insert(in_flight.publish.pkid, orphan);
+        }
+
+        let (operator_must_act, reason) = describe_failure(error);
+        let now = Instant::now();
+        let repeated = self.last_failure.as_ref().is_some_and(|(last_reason, logged_at)| {
+            *last_reason == reason && now.duration_since(*logged_at) < FAILURE_REMINDER_EVERY
+        });
+        if repeated {
+            debug!(%reason, "MQTT connection attempt failed again.");
+            return;
+        }
+        self.last_failure = Some((reason.clone(), now));
+        match (operator_must_act, was_connected) {
+            (true, _) => error!(%reason, "Cannot connect to the MQTT broker; retrying with backoff."),
+            (false, true) => {
+                warn!(%reason, "Lost the connection to the MQTT broker; reconnecting with backoff.")
+            }
+            (false, false) => warn!(%reason, "Cannot connect to the MQTT broker; retrying with backoff."),
+        }
+    }
+
+    /// Settles what was handed to the log: waits for its durability, writes the
+    /// acknowledgements, disconnects. Bounded by [`DRAIN_TIMEOUT`].
+    async fn drain(&mut self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        if !self.connected {
+            return;
+        }
+        let settled = async {
+            while !self.pending.is_empty() {
+                if self.ack_answered().await.is_err() {
+                    return;
+                }
+                if self.front_is_waiting() {
+                    let durability = front_answer(&mut self.pending).await;
+                    if let Some(front) = self.pending.front_mut() {
+                        front.answer = Answer::Known(durability);
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout_at(deadline, settled).await.is_err() || !self.pending.is_empty() {
+            debug!(
+                unacknowledged = self.pending.len(),
+                "Stopped with messages unacknowledged; the broker redelivers them."
+            );
+        }
+        // Messages arriving now are not acknowledged: the broker redelivers them.
+        if self.client.try_disconnect().is_ok() {
+            let disconnected = async {
+                loop {
+                    match self.eventloop.poll().await {
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, disconnected).await;
+        }
+    }
+}
+
+/// Writes the acknowledgement of `publish` (PUBACK for QoS 1, PUBREC for QoS 2) into the
+/// connection's write buffer, through rumqttc's state so that it stays consistent.
+async fn write_ack(eventloop: &mut EventLoop, publish: &Publish) -> Result<(), ConnectionError> {
+    let request = match publish.qos {
+        QoS::AtMostOnce => return Ok(()),
+        QoS::AtLeastOnce => Request::PubAck(PubAck::new(publish.pkid)),
+        QoS::ExactlyOnce => Request::PubRec(PubRec::new(publish.pkid)),
+    };
+    let Some(network) = eventloop.network.as_mut() else {
+        return Err(ConnectionError::MqttState(StateError::ConnectionAborted));
+    };
+    if let Some(packet) = eventloop.state.handle_outgoing_packet(request)? {
+        network.write(packet).await?;
+    }
+    Ok(())
+}
+
+/// Sends the written acknowledgements.
+async fn flush_acks(eventloop: &mut EventLoop) -> Result<(), ConnectionError> {
+    let Some(network) = eventloop.network.as_mut() else {
+        return Err(ConnectionError::MqttState(StateError::ConnectionAborted));
+    };
+    match tokio::time::timeout(ACK_FLUSH_TIMEOUT, network.flush()).await {
+        Ok(flushed) => Ok(flushed?),
+        Err(_) => Err(ConnectionError::FlushTimeout),
+    }
+}
+
+/// The durability answer of the oldest message; pending forever when it has one already.
+async fn front_answer(pending: &mut VecDeque<InFlight>) -> Durability {
+    match pending.front_mut() {
+        Some(InFlight { answer: Answer::Waiting(answer), .. }) => {
+            answer.await.unwrap_or_else(|_| Durability::Refused(Arc::from("the log dropped the batch")))
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// A fingerprint of the last message acknowledged under each packet id (MQTT packet ids are
+/// 16 bits, so a broker can have at most 65535 messages unacknowledged to one client: this
+/// covers every redelivery). 256 KiB, allocated once per MQTT source.
+///
+/// A redelivered message (DUP) whose packet id, topic and payload match was stored already.
+/// A 32-bit hash can collide, but only between messages under the same packet id, both
+/// flagged DUP: one in four billion of those would be acknowledged without being stored.
+struct AckedMessages {
+    fingerprints: Box<[u32]>,
+}
+
+impl AckedMessages {
+    fn new() -> AckedMessages {
+        AckedMessages { fingerprints: vec![0; usize::from(u16::MAX) + 1].into_boxed_slice() }
+    }
+
+    fn record(&mut self, publish: &Publish) {
+        self.fingerprints[usize::from(publish.pkid)] = fingerprint(publish);
+    }
+
+    fn contains(&self, publish: &Publish) -> bool {
+        self.fingerprints[usize::from(publish.pkid)] == fingerprint(publish)
+    }
+}
+
+/// A non-zero hash of the topic and payload (zero marks an empty slot).
+fn fingerprint(publish: &Publish) -> u32 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same message always gives the same fingerprint.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    publish.topic.hash(&mut hasher);
+    publish.payload.hash(&mut hasher);
+    let low_bits = u32::try_from(hasher.finish() & u64::from(u32::MAX)).expect("masked to 32 bits");
+    low_bits.max(1)
+}
+
+/// Whether an operator must act on a connection failure, and a clear reason.
+fn describe_failure(error: &ConnectionError) -> (bool, String) {
+    match error {
+        ConnectionError::ConnectionRefused(code) => match code {
+            ConnectReturnCode::BadUserNamePassword => {
+                (true, "the broker refused the user name or password (bad credentials)".to_owned())
+            }
+            ConnectReturnCode::NotAuthorized => (
+                true,
+                "the broker refused the connection: not authorised (wrong user name or password, or \
+                 no access for this client)"
+                    .to_owned(),
+            ),
+            ConnectReturnCode::BadClientId => (true, "the broker refused the client id".to_owned()),
+            ConnectReturnCode::RefusedProtocolVersion => {
+                (true, "the broker does not speak MQTT 3.1.1".to_owned())
+            }
+            ConnectReturnCode::ServiceUnavailable => (false, "the broker is unavailable".to_owned()),
+            ConnectReturnCode::Success => (false, "unexpected CONNACK".to_owned()),
+        },
+        ConnectionError::Tls(tls) => (true, format!("TLS failed: {tls}")),
+        ConnectionError::Io(io) => (false, format!("I/O error: {io}")),
+        ConnectionError::NetworkTimeout => (false, "the connection attempt timed out".to_owned()),
+        other => (false, other.to_string()),
+    }
+}

@@ -1,0 +1,108 @@
+//! Benchmark: MQTT to windows through a real mosquitto. A backlog of QoS 1 readings (one per
+//! message) is queued for eddy's persistent session while eddy is stopped; then the release
+//! `eddy` starts and drains it: each message stored (fsync group commit), acknowledged,
+//! aggregated into two event-time windows and 2 s micro-batches, results to a file. Reports
+//! readings/s from eddy's start to the last reading in the results, and eddy's peak RSS.
+//!
+//! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench mqtt_windows`
+//! Environment: `EDDY_BENCH_COUNT` (readings, default 200,000), `EDDY_BENCH_SENSORS`
+//! (default 1000), `EDDY_BENCH_MAX_IN_FLIGHT` (the source's `max_in_flight`, default 1024, the default of the source).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use eddy_tests::mosquitto::Mosquitto;
+use eddy_tests::{batch_count, eddy_binary, wait_until, Eddy};
+
+const CONFIG: &str = r#"
+device_id = "gw-bench"
+data_dir = "{dir}/data"
+[ingest]
+flush_interval = "10ms"
+max_sensors = 100000
+[engine]
+checkpoint_interval = "1s"
+[batch]
+interval = "2s"
+[[sources]]
+kind = "mqtt"
+name = "broker"
+url = "{url}"
+client_id = "eddy-bench"
+topics = ["sensors/+/reading"]
+sensor_from_topic = 1
+max_in_flight = {max_in_flight}
+[[windows]]
+name = "temp_10s"
+length = "10s"
+slide = "5s"
+lateness = "5s"
+[[windows]]
+name = "temp_5s"
+length = "5s"
+lateness = "5s"
+[[sinks]]
+kind = "file"
+name = "results"
+path = "{dir}/results.jsonl"
+"#;
+
+fn main() {
+    // `cargo test` runs benches without `--bench`: keep that quick.
+    let quick = !std::env::args().any(|arg| arg == "--bench");
+    let count: u64 = std::env::var("EDDY_BENCH_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 5_000 } else { 200_000 });
+    let sensors: u64 = std::env::var("EDDY_BENCH_SENSORS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let broker = Mosquitto::start().expect("mosquitto starts");
+    let max_in_flight = std::env::var("EDDY_BENCH_MAX_IN_FLIGHT").unwrap_or_else(|_| "1024".into());
+    let config = CONFIG.replace("{url}", &broker.url()).replace("{max_in_flight}", &max_in_flight);
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // Create the persistent session, then queue the backlog while eddy is away.
+    let mut eddy = Eddy::start_in(dir.path(), &config).expect("eddy starts");
+    assert!(wait_until(Duration::from_secs(20), || eddy.log().contains("Subscribed.")), "{}", eddy.log());
+    assert!(eddy.stop().expect("eddy stops").success());
+    let published = Instant::now();
+    let output = Command::new(eddy_binary())
+        .args(["simulate", "--mqtt", &broker.url(), "--topic", "sensors/{sensor}/reading"])
+        .args(["--count", &count.to_string(), "--sensors", &sensors.to_string()])
+        .output()
+        .expect("eddy simulate runs");
+    let publish_secs = published.elapsed().as_secs_f64();
+    assert!(
+        output.status.success(),
+        "simulate failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let started = Instant::now();
+    let eddy = Eddy::start_in(dir.path(), &config).expect("eddy starts again");
+    let results = dir.path().join("results.jsonl");
+    let drained = wait_until(Duration::from_secs(600), || {
+        std::thread::sleep(Duration::from_millis(200));
+        batch_count(&results, "temp_c") >= count
+    });
+    let elapsed = started.elapsed();
+    assert!(drained, "only {} of {count} readings in the results", batch_count(&results, "temp_c"));
+    let peak_rss = eddy.proc_status_kib("VmHWM:").unwrap_or(0);
+    let mut eddy = eddy;
+    assert!(eddy.stop().expect("eddy stops").success());
+    assert_eq!(batch_count(&results, "temp_c"), count, "each reading exactly once");
+
+    #[allow(clippy::cast_precision_loss)]
+    let rate = count as f64 / elapsed.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let publish_rate = count as f64 / publish_secs;
+    println!(
+        "mqtt_windows: {count} readings (one QoS 1 message each), {sensors} sensors, 2 windows + 2 s batches"
+    );
+    println!("mqtt_windows: backlog published in {publish_secs:.3} s ({publish_rate:.0} messages/s into mosquitto)");
+    println!(
+        "mqtt_windows: drained in {:.3} s, {rate:.0} readings/s (durable, acked, in the results)",
+        elapsed.as_secs_f64()
+    );
+    println!("mqtt_windows: eddy peak RSS {peak_rss} KiB");
+}
