@@ -331,3 +331,103 @@ fn readme_serial_and_mqtt_example_is_valid() {
         .unwrap();
     assert!(output.status.success(), "README example: {}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// The log refuses readings while the disk budget is full (`reject_new`, the hub down): the
+/// refused MQTT messages stay unacknowledged, eddy reconnects so that the broker redelivers
+/// them, and once the hub has drained the outbox every published reading is stored, once.
+#[test]
+fn mqtt_messages_refused_while_the_store_is_full_are_redelivered_and_stored_later() {
+    let broker = Mosquitto::start().expect("mosquitto starts");
+    let hub = eddy_tests::http_hub::HttpHub::start().expect("the HTTP hub starts");
+    hub.stop();
+    let config = format!(
+        r#"
+device_id = "gw-mqtt"
+data_dir = "{{dir}}/data"
+[storage]
+max_bytes = 65536
+policy = "reject_new"
+[ingest]
+flush_interval = "5ms"
+[engine]
+checkpoint_interval = "100ms"
+[batch]
+interval = "200ms"
+[[sources]]
+kind = "mqtt"
+name = "broker"
+url = "{url}"
+client_id = "eddy-refused"
+topics = ["sensors/+/reading"]
+sensor_from_topic = 1
+[[windows]]
+name = "w"
+length = "1h"
+fields = ["temp_c"]
+aggregates = ["count"]
+[[sinks]]
+kind = "file"
+path = "{{dir}}/results.jsonl"
+records = ["window", "batch"]
+[[sinks]]
+kind = "http"
+name = "hub"
+url = "{hub}"
+records = ["batch"]
+max_backoff = "200ms"
+timeout = "1s"
+"#,
+        url = broker.url(),
+        hub = hub.url()
+    );
+    let mut eddy = Eddy::start(&config).expect("eddy starts");
+    let results = eddy.dir.join("results.jsonl");
+    assert!(
+        wait_until(Duration::from_secs(20), || eddy.log().contains("Connected to the MQTT broker.")),
+        "{}",
+        eddy.log()
+    );
+    // 1000 sensors: every 200 ms micro-batch is up to 1000 results (~40 KB stored), and the
+    // hub holds them all: a few batches fill the 64 KiB budget.
+    let count = 12_000;
+    let output = Command::new(eddy_binary())
+        .args([
+            "simulate",
+            "--mqtt",
+            &broker.url(),
+            "--topic",
+            "sensors/{sensor}/reading",
+            "--sensors",
+            "1000",
+        ])
+        .args(["--count", &count.to_string(), "--seed", "7"])
+        .output()
+        .expect("eddy simulate runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        wait_until(Duration::from_secs(30), || eddy.log().contains("The log refused an MQTT message")),
+        "the store never filled; results hold {} readings:\n{}",
+        batch_count(&results, "temp_c"),
+        eddy.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || eddy
+            .log()
+            .contains("Reconnecting for the broker to redeliver the messages the log refused.")),
+        "{}",
+        eddy.log()
+    );
+    assert!(batch_count(&results, "temp_c") < count, "some readings wait for the hub");
+    hub.restart().expect("the hub comes back");
+    assert!(
+        wait_until(Duration::from_secs(60), || batch_count(&results, "temp_c") >= count),
+        "expected {count} readings, results hold {}; eddy's log:\n{}",
+        batch_count(&results, "temp_c"),
+        eddy.log()
+    );
+    assert!(eddy.stop().expect("eddy stops").success(), "{}", eddy.log());
+    let log = eddy.log();
+    assert_eq!(batch_count(&results, "temp_c"), count, "each reading once");
+    // Refused readings were parsed (accepted) again when redelivered.
+    assert!(source_counter(&log, "broker", "accepted").unwrap_or(0) > count, "{log}");
+}

@@ -30,6 +30,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 const ACK_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// While a connection keeps failing for the same reason, it is logged again this often.
 const FAILURE_REMINDER_EVERY: Duration = Duration::from_secs(60);
+/// After the log refused a message (disk budget full, a failed write), the connection is
+/// dropped and made again this much later, so that the broker redelivers what stays
+/// unacknowledged. Without it those messages would wait for the next unrelated reconnection,
+/// and a broker that stops sending once its in-flight window of unacknowledged messages is
+/// full would stall the source for good.
+const REDELIVERY_DELAY: Duration = Duration::from_secs(5);
 
 /// A message handed to the log (or rejected) and not yet acknowledged.
 #[derive(Debug)]
@@ -60,6 +66,8 @@ enum Step {
     Shutdown,
     Answered(Durability),
     Event(Result<Event, ConnectionError>),
+    /// Reconnect for the broker to redeliver refused messages.
+    Redeliver,
 }
 
 /// The event loop's state; everything raced in `select!` lives here.
@@ -86,6 +94,8 @@ pub(crate) struct Session {
     last_failure: Option<(String, Instant)>,
     rejection_warnings: WarnLimiter,
     refusal_warnings: WarnLimiter,
+    /// When to reconnect for the broker to redeliver refused messages.
+    redeliver_at: Option<Instant>,
     held: u64,
 }
 
@@ -118,6 +128,7 @@ impl Session {
             last_failure: None,
             rejection_warnings: WarnLimiter::per_second(),
             refusal_warnings: WarnLimiter::per_second(),
+            redeliver_at: None,
             held: 0,
         }
     }
@@ -137,11 +148,13 @@ impl Session {
                     // Stop reading the connection while too many messages wait for the log:
                     // the broker (and the socket) hold the rest.
                     let may_poll = self.pending.len() < self.config.max_in_flight;
+                    let redeliver_at = self.redeliver_at.filter(|_| self.connected);
                     let Session { eventloop, pending, .. } = &mut self;
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => Step::Shutdown,
                         answer = front_answer(pending), if front_waiting => Step::Answered(answer),
+                        () = sleep_until_some(redeliver_at), if redeliver_at.is_some() => Step::Redeliver,
                         event = eventloop.poll(), if may_poll => Step::Event(event),
                     }
                 }
@@ -154,6 +167,12 @@ impl Session {
                     }
                 }
                 Step::Event(Ok(event)) => self.handle_event(event).await?,
+                Step::Redeliver => {
+                    info!("Reconnecting for the broker to redeliver the messages the log refused.");
+                    self.redeliver_at = None;
+                    self.eventloop.clean();
+                    self.set_disconnected();
+                }
                 Step::Event(Err(error)) => {
                     self.connection_lost(&error);
                     let retry_in = self.backoff.next_delay();
@@ -321,6 +340,7 @@ impl Session {
             }
             if let Answer::Known(Durability::Refused(reason)) = &front.answer {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.redeliver_at.get_or_insert_with(|| Instant::now() + REDELIVERY_DELAY);
                 if let Some(suppressed) = self.refusal_warnings.allow(Instant::now()) {
                     warn!(%reason, suppressed, "The log refused an MQTT message; it stays unacknowledged for the broker to redeliver.");
                 }
@@ -346,15 +366,9 @@ impl Session {
     /// The connection failed or was lost: every message not known to be acknowledged at the
     /// broker becomes an orphan awaiting redelivery, and the failure is logged.
     fn connection_lost(&mut self, error: &ConnectionError) {
-        let was_connected = std::mem::replace(&mut self.connected, false);
-        self.stats.connected.store(false, Ordering::Relaxed);
+        let was_connected = self.connected;
+        self.set_disconnected();
         self.stats.connection_failures.fetch_add(1, Ordering::Relaxed);
-        // Packet ids are unique among a client's unacknowledged messages, so this holds at
-        // most 65535 entries, a few bytes each (the payloads are dropped).
-        for in_flight in self.pending.drain(..) {
-            let orphan = Orphan { fingerprint: fingerprint(&in_flight.publish), answer: in_flight.answer };
-            self.orphans.insert(in_flight.publish.pkid, orphan);
-        }
 
         let (operator_must_act, reason) = describe_failure(error);
         let now = Instant::now();
@@ -372,6 +386,19 @@ impl Session {
                 warn!(%reason, "Lost the connection to the MQTT broker; reconnecting with backoff.")
             }
             (false, false) => warn!(%reason, "Cannot connect to the MQTT broker; retrying with backoff."),
+        }
+    }
+
+    /// The connection is gone (lost, or dropped on purpose): every message not known to be
+    /// acknowledged at the broker becomes an orphan awaiting redelivery.
+    fn set_disconnected(&mut self) {
+        self.connected = false;
+        self.stats.connected.store(false, Ordering::Relaxed);
+        // Packet ids are unique among a client's unacknowledged messages, so this holds at
+        // most 65535 entries, a few bytes each (the payloads are dropped).
+        for in_flight in self.pending.drain(..) {
+            let orphan = Orphan { fingerprint: fingerprint(&in_flight.publish), answer: in_flight.answer };
+            self.orphans.insert(in_flight.publish.pkid, orphan);
         }
     }
 
@@ -413,6 +440,13 @@ impl Session {
             };
             let _ = tokio::time::timeout_at(deadline, disconnected).await;
         }
+    }
+}
+
+/// Sleeps until `at` (the caller polls it only when it is `Some`).
+async fn sleep_until_some(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
     }
 }
 
