@@ -752,4 +752,6 @@ fn remap(stored: &[String], current: &[String]) -> Vec<Option<usize>> {
 const _: () = assert!(META == b'm');
 
 #[cfg(test)]
+mod power_loss_tests;
+#[cfg(test)]
 mod tests;
