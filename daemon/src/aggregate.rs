@@ -118,6 +118,7 @@ impl Aggregator {
         }
         tracing::info!(
             entries = n_entries,
+            open_keys = engine.stats().open_keys,
             loaded = report.loaded,
             skipped = report.skipped.len(),
             log_pos = snapshot.log_pos,
