@@ -118,6 +118,7 @@ impl Aggregator {
         }
         tracing::info!(
             entries = n_entries,
+            open_keys = engine.stats().open_keys,
             loaded = report.loaded,
             skipped = report.skipped.len(),
             log_pos = snapshot.log_pos,
@@ -201,6 +202,24 @@ impl Aggregator {
             self.commit().await?;
         }
         tracing::info!(chunks = n_chunks, elapsed_ms = started.elapsed().as_millis(), "Log replayed.");
+        let stats = self.store.stats();
+        let skipped = [
+            &stats.corrupt_log_chunks,
+            &stats.corrupt_outbox_entries,
+            &stats.corrupt_state_pages,
+            &stats.corrupt_meta,
+        ]
+        .map(|counter| counter.load(Ordering::Relaxed));
+        if skipped.iter().any(|n| *n > 0) {
+            tracing::error!(
+                corrupt_log_chunks = skipped[0],
+                corrupt_outbox_pages = skipped[1],
+                corrupt_state_pages = skipped[2],
+                corrupt_meta = skipped[3],
+                "Undecodable records were skipped while recovering (a torn write or an unknown \
+                 format); eddy goes on without them."
+            );
+        }
         Ok(())
     }
 

@@ -323,6 +323,7 @@ fn log_status(
         corrupt_log_chunks = store.stats().corrupt_log_chunks.load(Ordering::Relaxed),
         corrupt_outbox_pages = store.stats().corrupt_outbox_entries.load(Ordering::Relaxed),
         corrupt_state_pages = store.stats().corrupt_state_pages.load(Ordering::Relaxed),
+        corrupt_meta = store.stats().corrupt_meta.load(Ordering::Relaxed),
         flushes = store.stats().flushes.load(Ordering::Relaxed),
         store_bytes = store.size_on_disk().unwrap_or(0),
         "Engine counters."

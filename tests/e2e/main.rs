@@ -4,6 +4,7 @@
 mod budget;
 mod cli;
 mod conformance;
+mod crash;
 mod docs;
 mod ingest;
 mod mqtt;

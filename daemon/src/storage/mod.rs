@@ -21,7 +21,10 @@
 //!   (at-least-once, with deterministic ids). An outbox entry is deleted only once every
 //!   sink's cursor has passed it.
 //! - A record that cannot be decoded (torn by a power cut, or written by a future version) is
-//!   skipped and counted in [`StoreStats`], never a crash.
+//!   skipped and counted in [`StoreStats`], never a crash: a log chunk is replayed as empty, an
+//!   outbox page is not delivered, a state page is rebuilt from what the engine has, a meta
+//!   value takes its default (a cursor 0: that sink gets the outbox again; the next seqs never
+//!   fall below what the outbox holds).
 //! - **Dead letters** (tree `dead`): records a sink rejected permanently, with the reason;
 //!   at most [`DEAD_LETTER_MAX`], the oldest deleted (and counted) first.
 //! - Size: bounded by sled's cache for memory (`storage.cache_capacity`); on disk, by the
@@ -149,6 +152,9 @@ pub struct StoreStats {
     pub corrupt_outbox_entries: AtomicU64,
     /// Engine state pages that could not be decoded and were skipped.
     pub corrupt_state_pages: AtomicU64,
+    /// Meta values (log position, sequence numbers, cursors, clock) that could not be decoded;
+    /// their defaults applied.
+    pub corrupt_meta: AtomicU64,
     /// Flushes (fsyncs) done.
     pub flushes: AtomicU64,
 }
@@ -411,10 +417,14 @@ impl Store {
 
     /// Loads the engine's last commit.
     pub fn load_engine(&self) -> Result<EngineSnapshot, StoreError> {
+        // The next seqs never fall below what the outbox holds, even if their meta value was
+        // unreadable: a new page must never overwrite one a sink has not delivered. An
+        // unreadable log position replays the whole log still held (at most the chunks of the
+        // last commit, whose trim may not have been flushed, are then counted twice).
         let mut snapshot = EngineSnapshot {
             log_pos: self.meta_u64(META_LOG_POS)?.unwrap_or(0),
-            next_seq: self.meta_u64(META_NEXT_SEQ)?.unwrap_or(1),
-            next_raw_seq: self.meta_u64(META_NEXT_RAW_SEQ)?.unwrap_or(1),
+            next_seq: self.meta_u64(META_NEXT_SEQ)?.unwrap_or(1).max(self.lane_end(Lane::Results)?),
+            next_raw_seq: self.meta_u64(META_NEXT_RAW_SEQ)?.unwrap_or(1).max(self.lane_end(Lane::Raw)?),
             clock_ms: self.meta_u64(META_CLOCK)?.map_or(0, |ms| i64::try_from(ms).unwrap_or(0)),
             entries: Vec::new(),
         };
@@ -678,8 +688,38 @@ impl Store {
         self.db.size_on_disk().map_err(io("size"))
     }
 
+    /// A meta value; one that is not 8 bytes (an unknown format) is skipped, counted and
+    /// reported, and reads as missing, so that its default applies.
     fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
-        Ok(self.main.get(key).map_err(io("meta read"))?.map(|value| decode_key(&value)))
+        let Some(value) = self.main.get(key).map_err(io("meta read"))? else { return Ok(None) };
+        match <[u8; 8]>::try_from(&*value) {
+            Ok(bytes) => Ok(Some(u64::from_be_bytes(bytes))),
+            Err(_) => {
+                self.stats.corrupt_meta.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    key = %String::from_utf8_lossy(key),
+                    bytes = value.len(),
+                    "Skipped an undecodable store meta value; its default applies."
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// One past the last seq held by `lane`'s pages (1 when it is empty). An undecodable last
+    /// page is assumed full, so that no new page can ever overwrite it.
+    fn lane_end(&self, lane: Lane) -> Result<u64, StoreError> {
+        let prefix = lane.prefix();
+        let last = self
+            .main
+            .range(prefixed(prefix, &0u64.to_be_bytes())..vec![prefix + 1])
+            .next_back()
+            .transpose()
+            .map_err(io("outbox read"))?;
+        let Some((key, value)) = last else { return Ok(1) };
+        let page_seq = decode_key(&key[1..]);
+        let len = stored::outbox_page_header(&value).map_or(OUTBOX_PAGE_ENTRIES, |(_, len)| len);
+        Ok(page_seq.saturating_add(u64::try_from(len).unwrap_or(u64::MAX)).max(1))
     }
 }
 
@@ -751,5 +791,9 @@ fn remap(stored: &[String], current: &[String]) -> Vec<Option<usize>> {
 
 const _: () = assert!(META == b'm');
 
+#[cfg(test)]
+mod corruption_tests;
+#[cfg(test)]
+mod power_loss_tests;
 #[cfg(test)]
 mod tests;
