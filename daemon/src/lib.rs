@@ -233,7 +233,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on api.listen {listen}"))?;
-        tracing::info!(%listen, "HTTP endpoint up: /health, /metrics, /status.");
+        let bound = listener.local_addr().unwrap_or(listen);
+        tracing::info!(listen = %bound, "HTTP endpoint up: /health, /metrics, /status.");
         tokio::spawn(api::serve(listener, telemetry.clone(), observers_stop.clone()));
     }
     if let Some(interval) = systemd::watchdog_interval() {
