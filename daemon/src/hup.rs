@@ -22,6 +22,14 @@ pub(crate) struct Running {
     pub(crate) log_level: Option<String>,
 }
 
+/// The log filter from the environment: `EDDY_LOG`, else `RUST_LOG` (empty: unset). It
+/// takes precedence over `[log] level`.
+pub(crate) fn env_log_filter() -> Option<String> {
+    ["EDDY_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+}
+
 /// Handles SIGHUP until the process ends.
 pub(crate) async fn reload_on_hangup(mut running: Running, log: LogHandle) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -57,7 +65,7 @@ fn reload(running: &mut Running, log: &LogHandle) {
         }
     };
     if config.log_level != running.log_level {
-        if std::env::var_os("EDDY_LOG").is_some() {
+        if env_log_filter().is_some() {
             tracing::warn!(
                 "SIGHUP: log.level changed, but EDDY_LOG is set and takes precedence; not applied."
             );

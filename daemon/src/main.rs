@@ -156,7 +156,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let (Some(level), None) = (&loaded.log_level, std::env::var_os("EDDY_LOG")) {
+            if let (Some(level), None) = (&loaded.log_level, hup::env_log_filter()) {
                 // Validated with the configuration, so this applies.
                 if let Ok(filter) = tracing_subscriber::EnvFilter::try_new(level) {
                     let _ = log.reload(filter);
@@ -330,8 +330,7 @@ async fn wait_for_signal() {
 fn init_tracing() -> hup::LogHandle {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter =
-        std::env::var("EDDY_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+    let filter = hup::env_log_filter().unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|error| {
         eprintln!("eddy: ignoring invalid log filter `{filter}`: {error}");
         tracing_subscriber::EnvFilter::new("info")

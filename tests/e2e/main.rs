@@ -8,6 +8,7 @@ mod conformance;
 mod docs;
 mod ingest;
 mod mqtt;
+mod reload;
 mod schema;
 mod serial;
 mod shutdown;
