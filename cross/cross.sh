@@ -95,7 +95,13 @@ case $cmd in
   test)
     t=${1:-aarch64-unknown-linux-gnu}; [ $# -ge 1 ] && shift
     xc_cargo test "$t" --locked -p eddy --lib "$@"
-    xc_cargo test "$t" --locked -p eddy-sensors --lib "$@"
+    # The serial tests open pseudo-terminals, and under qemu-user 7.2 (bookworm) the open of
+    # /dev/pts/N by serialport fails with ENOSYS ("Function not implemented"): a tty ioctl it
+    # uses is not emulated. They run natively in scripts/test-all.sh; here they are skipped
+    # by name, and the skip is printed.
+    echo "cross: skipping the pseudo-terminal tests (serial::tests, simulator::serial_client::tests) under qemu" >&2
+    xc_cargo test "$t" --locked -p eddy-sensors --lib "$@" -- \
+      --skip serial::tests:: --skip simulator::serial_client::tests::
     ;;
   deb)
     [ $# -ge 1 ] || die "usage: $0 deb TARGET (after build TARGET)"
