@@ -43,9 +43,17 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The .deb in a container booting a real systemd: install, READY, SIGKILL and restart with
+# the data intact, reload, upgrade, purge (about 15 s once the container's root file system is
+# cached; building it the first time takes about 2.5 min of debootstrap).
+echo "== systemd-nspawn: the package under a real systemd (scripts/nspawn-test.sh)"
+./scripts/nspawn-test.sh 2>&1 | tee -a "$log"
+nspawn_status=${PIPESTATUS[0]}
+[ "$nspawn_status" -eq 0 ] || [ "$status" -ne 0 ] || status=$nspawn_status
 set -e
 # One closing line for the whole suite (cargo prints one per test binary, the last being the
-# doc-tests, which can be zero).
+# doc-tests, which can be zero; the nspawn script prints `nspawn: N passed, N failed`).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^nspawn: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

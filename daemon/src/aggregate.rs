@@ -37,6 +37,10 @@ pub(crate) struct AggregateStats {
     pub(crate) late_total: AtomicU64,
     /// Commits done.
     pub(crate) commits_total: AtomicU64,
+    /// Inputs processed (log chunks and ticks): the pipeline's heartbeat. The ingest task sends
+    /// a tick every 200 ms when idle, so this stalls only when ingest or the engine is stuck
+    /// (the systemd watchdog and `/health` watch it).
+    pub(crate) inputs_total: AtomicU64,
 }
 
 /// The last committed (and flushed) seq of each outbox lane, announced to the sinks.
@@ -232,6 +236,7 @@ impl Aggregator {
             tokio::select! {
                 input = rx.recv() => match input {
                     Some(EngineInput::Chunk(chunk)) => {
+                        self.stats.inputs_total.fetch_add(1, Ordering::Relaxed);
                         self.apply_chunk(&chunk);
                         self.seal_full_pages()?;
                         if self.commit_due() {
@@ -239,6 +244,7 @@ impl Aggregator {
                         }
                     }
                     Some(EngineInput::Tick { now_ms }) => {
+                        self.stats.inputs_total.fetch_add(1, Ordering::Relaxed);
                         self.clock_ms = self.clock_ms.max(now_ms);
                         self.engine.tick(now_ms, &mut self.outputs);
                         self.take_outputs();

@@ -74,6 +74,28 @@ pub struct RawConfig {
     /// Sinks.
     #[serde(default)]
     pub sinks: Vec<RawSink>,
+    /// The local HTTP endpoint (`/health`, `/metrics`, `/status`).
+    #[serde(default)]
+    pub api: RawApi,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[api]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// Address of the HTTP endpoint (none: off).
+    pub listen: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// tracing filter, e.g. `info` or `eddy=debug` (`EDDY_LOG` overrides it).
+    pub level: Option<String>,
 }
 
 fn default_shutdown_timeout() -> Duration {
@@ -422,6 +444,10 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// Sinks.
     pub sinks: Vec<SinkConfig>,
+    /// Address of the local HTTP endpoint (`[api] listen`; none: off).
+    pub api_listen: Option<SocketAddr>,
+    /// Log filter from `[log] level` (none: `info`; `EDDY_LOG` overrides it).
+    pub log_level: Option<String>,
 }
 
 /// A validated source.
@@ -543,6 +569,18 @@ impl Config {
             return Err(invalid("data_dir", "must not be empty"));
         }
         positive("shutdown_timeout", raw.shutdown_timeout)?;
+        let api_listen = match &raw.api.listen {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                invalid("api.listen", format!("`{text}` is not an address such as 127.0.0.1:7879"))
+            })?),
+        };
+        let log_level = raw.log.level.clone();
+        if let Some(level) = &log_level {
+            if let Err(error) = tracing_subscriber::EnvFilter::try_new(level) {
+                return Err(invalid("log.level", format!("`{level}` is not a log filter: {error}")));
+            }
+        }
         positive("ingest.flush_interval", raw.ingest.flush_interval)?;
         if raw.ingest.flush_interval > Duration::from_secs(1) {
             return Err(invalid(
@@ -655,6 +693,8 @@ impl Config {
             engine: Arc::new(engine),
             sources,
             sinks,
+            api_listen,
+            log_level,
         })
     }
 }

@@ -38,6 +38,9 @@ pub(crate) struct DeliveryStats {
     /// Processing time of the commit that wrote the oldest record not yet delivered (ms since
     /// the epoch; 0: nothing waiting).
     pub(crate) oldest_waiting_ms: AtomicU64,
+    /// Wall-clock time of the first failed delivery of the current outage (ms since the
+    /// epoch; 0: the sink is online). For `/metrics` and `/status`.
+    pub(crate) offline_since_ms: AtomicU64,
 }
 
 /// A plain copy of one sink's counters, for the status log (and a later `/metrics`).
@@ -197,6 +200,7 @@ impl Delivering {
             match outcome {
                 Delivery::Delivered => {
                     self.stats.delivered_total.fetch_add(n_records, Ordering::Relaxed);
+                    self.stats.offline_since_ms.store(0, Ordering::Relaxed);
                     if let Some(since) = offline_since.take() {
                         tracing::info!(sink = %name, offline_secs = since.elapsed().as_secs(), "Sink is back.");
                     }
@@ -230,6 +234,8 @@ impl Delivering {
                     if offline_since.is_none() {
                         tracing::warn!(sink = %name, %reason, "Sink is unavailable; records stay in the outbox and are retried.");
                         offline_since = Some(now);
+                        let wall_ms = u64::try_from(eddy_sensors::wall_clock_ms()).unwrap_or(1).max(1);
+                        self.stats.offline_since_ms.store(wall_ms, Ordering::Relaxed);
                         last_warned = now;
                     } else if now - last_warned >= STILL_OFFLINE_WARN_EVERY {
                         // The reason can change during an outage (refused, then 503, then a

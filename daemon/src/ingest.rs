@@ -67,6 +67,8 @@ pub(crate) struct Ingest {
     pub(crate) clock: ProcessingClock,
     /// Groups in a row whose write failed.
     pub(crate) failed_groups: u32,
+    /// Latencies and the store's last answer, for `/metrics` and `/health`.
+    pub(crate) stats: std::sync::Arc<crate::telemetry::IngestStats>,
 }
 
 impl Ingest {
@@ -86,8 +88,9 @@ impl Ingest {
             tokio::select! {
                 first = rx.recv() => {
                     let Some(first) = first else { break };
+                    let received = Instant::now();
                     let (group, closed) = self.gather(first, &mut rx).await;
-                    self.commit_group(group, &engine).await?;
+                    self.commit_group(group, received, &engine).await?;
                     committed_since_tick = true;
                     if closed {
                         break;
@@ -133,6 +136,7 @@ impl Ingest {
     async fn commit_group(
         &mut self,
         group: Vec<IngestBatch>,
+        received: Instant,
         engine: &mpsc::Sender<EngineInput>,
     ) -> Result<(), StoreError> {
         let ingest_ms = self.clock.now_ms();
@@ -155,6 +159,7 @@ impl Ingest {
             chunks.push(self.chunk(ingest_ms, batch, current));
         }
         let n_readings: usize = chunks.iter().map(|chunk| chunk.readings.len()).sum();
+        let write_started = Instant::now();
         let stored = if chunks.is_empty() {
             Ok(Appended::Stored)
         } else {
@@ -163,6 +168,7 @@ impl Ingest {
                 other => other,
             }
         };
+        self.stats.record_write(&stored, write_started.elapsed());
         let refused = match stored {
             Ok(Appended::Stored) => {
                 self.failed_groups = 0;
@@ -195,6 +201,7 @@ impl Ingest {
             // A sender that went away (connection closed) no longer needs the answer.
             let _ = ack.send(Durability::Durable);
         }
+        self.stats.ingest_latency.observe(received.elapsed());
         for chunk in chunks {
             if engine.send(EngineInput::Chunk(chunk)).await.is_err() {
                 // The engine stopped (it failed); the chunk is durable and will be replayed.
@@ -245,6 +252,7 @@ mod tests {
             next_key: 1,
             clock: ProcessingClock::new(0),
             failed_groups: 0,
+            stats: Arc::default(),
         };
         let (tx, rx) = ingest_channel(4);
         let (engine_tx, mut engine_rx) = mpsc::channel(16);

@@ -7,10 +7,13 @@ pub mod record;
 pub mod storage;
 
 mod aggregate;
+mod api;
 mod deliver;
 mod ingest;
 mod inspect;
 mod sources;
+mod systemd;
+mod telemetry;
 mod uplink;
 
 use std::collections::{BTreeSet, HashMap};
@@ -170,7 +173,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     drop(committed_rx);
 
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_CHANNEL_CHUNKS);
+    let ingest_stats = Arc::new(telemetry::IngestStats::default());
     let ingest = Ingest {
+        stats: ingest_stats.clone(),
         store: store.clone(),
         flush_interval: config.flush_interval,
         batch_interval_ms: u64::try_from(config.engine.batch_interval.as_millis()).unwrap_or(u64::MAX).max(1),
@@ -210,7 +215,35 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     }
     // Only sources hold senders now: when they all stop, the ingest task sees the end.
     drop(ingest_tx);
+    // What operators see: the HTTP endpoint, systemd's readiness and watchdog. Outside the
+    // component set: they only read counters, and the endpoint stays up during the drain.
+    let telemetry = Arc::new(telemetry::Telemetry::new(
+        config.device_id.clone(),
+        source_stats.clone(),
+        aggregate_stats.clone(),
+        ingest_stats,
+        delivery_stats.clone(),
+        store.clone(),
+        status_committed.clone(),
+    ));
+    telemetry.sources_up.store(true, Ordering::Relaxed);
+    let observers_stop = CancellationToken::new();
+    let _stop_observers = observers_stop.clone().drop_guard();
+    if let Some(listen) = config.api_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on api.listen {listen}"))?;
+        let bound = listener.local_addr().unwrap_or(listen);
+        tracing::info!(listen = %bound, "HTTP endpoint up: /health, /metrics, /status.");
+        tokio::spawn(api::serve(listener, telemetry.clone(), observers_stop.clone()));
+    }
+    if let Some(interval) = systemd::watchdog_interval() {
+        let watchdog = systemd::watchdog(interval, telemetry.clone());
+        let stop = observers_stop.clone();
+        tokio::spawn(async move { stop.run_until_cancelled(watchdog).await });
+    }
     tracing::info!(sources = config.sources.len(), sinks = config.sinks.len(), "eddy is ready.");
+    systemd::notify("READY=1\nSTATUS=Taking readings.");
 
     // The main loop: every state change of the daemon goes through this one match.
     tokio::pin!(stop);
@@ -279,6 +312,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         if stop_now && !stopping {
             // Only sources are cancelled; everything downstream drains as its input closes.
             stopping = true;
+            telemetry.sources_up.store(false, Ordering::Relaxed);
+            systemd::notify("STOPPING=1\nSTATUS=Draining.");
             sources_stop.cancel();
             report = tokio::time::interval(STOPPING_REPORT_EVERY);
             report.reset();

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod hup;
 mod simulate;
+mod status_cmd;
 
 use clap::{Parser, Subcommand};
 use eddy::config::{Config, DEFAULT_CONFIG_TOML};
@@ -40,6 +42,19 @@ enum Command {
     },
     /// Print the commented default configuration.
     PrintDefaultConfig,
+    /// Show a running eddy's status (from its `[api] listen` endpoint): health, sources,
+    /// engine, store and uplinks. Exit 0 when healthy, 1 when not or unreachable.
+    Status {
+        /// The configuration file (for `api.listen`).
+        #[arg(long, short, default_value = "/etc/eddy/eddy.toml", conflicts_with = "addr")]
+        config: PathBuf,
+        /// The endpoint's address instead of the configuration's `api.listen`.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        /// Print the JSON document as served.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the records sinks rejected permanently (the dead-letter tree), one JSON line
     /// each. Run it while eddy is stopped.
     DeadLetters {
@@ -116,8 +131,9 @@ fn tune_malloc() {}
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
-    init_tracing();
+    let log = init_tracing();
     match cli.command {
+        Command::Status { config, addr, json } => status(&config, addr, json),
         Command::PrintDefaultConfig => {
             print!("{DEFAULT_CONFIG_TOML}");
             ExitCode::SUCCESS
@@ -133,17 +149,33 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let config = match Config::load(config.as_deref()) {
-                Ok(config) => config,
+            let loaded = match Config::load(config.as_deref()) {
+                Ok(loaded) => loaded,
                 Err(error) => {
                     eprintln!("eddy: invalid configuration: {error}");
                     return ExitCode::from(2);
                 }
             };
+            if let (Some(level), None) = (&loaded.log_level, hup::env_log_filter()) {
+                // Validated with the configuration, so this applies.
+                if let Ok(filter) = tracing_subscriber::EnvFilter::try_new(level) {
+                    let _ = log.reload(filter);
+                }
+            }
             let runtime = match runtime() {
                 Ok(runtime) => runtime,
                 Err(code) => return code,
             };
+            let running = hup::Running {
+                text: config
+                    .as_deref()
+                    .and_then(|path| std::fs::read_to_string(path).ok())
+                    .unwrap_or_default(),
+                path: config,
+                log_level: loaded.log_level.clone(),
+            };
+            let config = loaded;
+            runtime.spawn(hup::reload_on_hangup(running, log));
             match runtime.block_on(eddy::run(config, stop_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(RunError::StoreOpen(error)) => {
@@ -292,19 +324,74 @@ async fn wait_for_signal() {
 }
 
 /// Logs go to stderr (the console sink owns stdout). `EDDY_LOG` (or `RUST_LOG`) sets the
-/// filter, default `info`. Under systemd (journald sets `JOURNAL_STREAM`) timestamps and
-/// colours are left out: the journal adds its own.
-fn init_tracing() {
-    let filter =
-        std::env::var("EDDY_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+/// filter, else `[log] level`, default `info`; the returned handle changes it (SIGHUP).
+/// Under systemd (journald sets `JOURNAL_STREAM`) timestamps and colours are left out: the
+/// journal adds its own.
+fn init_tracing() -> hup::LogHandle {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = hup::env_log_filter().unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|error| {
         eprintln!("eddy: ignoring invalid log filter `{filter}`: {error}");
         tracing_subscriber::EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        registry.with(fmt.without_time().with_ansi(false)).init();
     } else {
-        builder.init();
+        registry.with(fmt).init();
+    }
+    handle
+}
+
+/// `eddy status`: the endpoint from `--addr` or the configuration's `api.listen`.
+fn status(config: &std::path::Path, addr: Option<SocketAddr>, json: bool) -> ExitCode {
+    let addr = match addr {
+        Some(addr) => addr,
+        None => match Config::load(Some(config)) {
+            Ok(Config { api_listen: Some(addr), .. }) => addr,
+            Ok(_) => {
+                eprintln!("eddy status: {} has no [api] listen: the endpoint is off", config.display());
+                return ExitCode::from(2);
+            }
+            Err(error) => {
+                eprintln!("eddy status: invalid configuration: {error}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(status_cmd::get(addr, "/status")) {
+        Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(document) => {
+                if json {
+                    print!("{body}");
+                } else {
+                    print!("{}", status_cmd::render(&document));
+                }
+                if document["healthy"].as_bool() == Some(true) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("eddy status: the endpoint answered something else than JSON: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok((code, body)) => {
+            eprintln!("eddy status: HTTP {code}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("eddy status: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

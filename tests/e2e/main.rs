@@ -1,6 +1,7 @@
 //! eddy's end-to-end tests: the real binary, fed over TCP, serial pseudo-terminals and a real
 //! MQTT broker, checked through its outputs.
 
+mod api;
 mod budget;
 mod cli;
 mod conformance;
@@ -8,6 +9,7 @@ mod crash;
 mod docs;
 mod ingest;
 mod mqtt;
+mod reload;
 mod schema;
 mod serial;
 mod shutdown;

@@ -1,0 +1,113 @@
+//! SIGHUP (`systemctl reload eddy`): re-reads the configuration file, applies what can change
+//! in a running daemon (the log level) and names every other section that changed, which
+//! takes a restart. An invalid file changes nothing and is logged.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use eddy::config::Config;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+/// The handle that swaps the log filter.
+pub(crate) type LogHandle = reload::Handle<EnvFilter, Registry>;
+
+/// Sections applied without a restart.
+const RELOADABLE: &[&str] = &["log"];
+
+/// The configuration as the running daemon read it.
+pub(crate) struct Running {
+    pub(crate) path: Option<PathBuf>,
+    /// The file's top-level tables and keys (empty for the built-in default).
+    pub(crate) text: String,
+    pub(crate) log_level: Option<String>,
+}
+
+/// The log filter from the environment: `EDDY_LOG`, else `RUST_LOG` (empty: unset). It
+/// takes precedence over `[log] level`.
+pub(crate) fn env_log_filter() -> Option<String> {
+    ["EDDY_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+}
+
+/// Handles SIGHUP until the process ends.
+pub(crate) async fn reload_on_hangup(mut running: Running, log: LogHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "Cannot listen for SIGHUP; reload by restarting eddy.");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        reload(&mut running, &log);
+    }
+}
+
+fn reload(running: &mut Running, log: &LogHandle) {
+    let Some(path) = running.path.clone() else {
+        tracing::info!("SIGHUP: running on the built-in default configuration; nothing to reload.");
+        return;
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "SIGHUP: cannot read the configuration; keeping the running one.");
+            return;
+        }
+    };
+    let config = match Config::load(Some(&path)) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "SIGHUP: invalid configuration; keeping the running one.");
+            return;
+        }
+    };
+    if config.log_level != running.log_level {
+        if env_log_filter().is_some() {
+            tracing::warn!(
+                "SIGHUP: log.level changed, but EDDY_LOG is set and takes precedence; not applied."
+            );
+        } else {
+            let level = config.log_level.clone().unwrap_or_else(|| "info".to_owned());
+            match EnvFilter::try_new(&level).map(|filter| log.reload(filter)) {
+                Ok(Ok(())) => tracing::info!(%level, "SIGHUP: log level applied."),
+                Ok(Err(error)) => tracing::error!(%error, "SIGHUP: cannot apply the log level."),
+                Err(error) => tracing::error!(%error, "SIGHUP: invalid log level."),
+            }
+        }
+        running.log_level = config.log_level.clone();
+    }
+    let changed = changed_sections(&running.text, &text);
+    let needs_restart: Vec<&String> =
+        changed.iter().filter(|key| !RELOADABLE.contains(&key.as_str())).collect();
+    if needs_restart.is_empty() {
+        tracing::info!("SIGHUP: configuration reloaded; nothing else changed.");
+    } else {
+        tracing::warn!(
+            changed = ?needs_restart,
+            "SIGHUP: these settings changed and take effect only after a restart (systemctl restart eddy); the running daemon keeps the old ones."
+        );
+    }
+}
+
+/// Top-level keys and tables whose value differs between two TOML texts.
+pub(crate) fn changed_sections(old: &str, new: &str) -> BTreeSet<String> {
+    let parse = |text: &str| text.parse::<toml::Table>().unwrap_or_default();
+    let (old, new) = (parse(old), parse(new));
+    old.keys().chain(new.keys()).filter(|key| old.get(*key) != new.get(*key)).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_sections_names_what_differs() {
+        let old = "device_id = \"a\"\n[log]\nlevel = \"info\"\n[[sinks]]\nkind = \"console\"\n";
+        let new = "device_id = \"a\"\n[log]\nlevel = \"debug\"\n[[sinks]]\nkind = \"file\"\npath = \"x\"\n[api]\nlisten = \"127.0.0.1:1\"\n";
+        let changed: Vec<String> = changed_sections(old, new).into_iter().collect();
+        assert_eq!(changed, ["api", "log", "sinks"]);
+    }
+}

@@ -1,0 +1,220 @@
+//! The operator's view of the real binary: systemd's notification protocol (READY, watchdog
+//! pings, STOPPING) on a socket the test binds, the `/health`, `/metrics` and `/status`
+//! endpoints, and `eddy status`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use eddy_tests::http_hub::HttpHub;
+use eddy_tests::{eddy_binary, send_with_acks, wait_until, Eddy};
+
+use crate::uplink::{base_ms, config_with, readings};
+
+/// The address the endpoint listens on, from its start-up log line.
+fn api_address(eddy: &Eddy) -> SocketAddr {
+    let log = eddy.log();
+    let line = log.lines().find(|line| line.contains("HTTP endpoint up")).expect("the endpoint's log line");
+    let at = line.find("listen=").expect("listen= in the line") + "listen=".len();
+    line[at..].split_whitespace().next().unwrap().parse().expect("an address")
+}
+
+/// GET `path`: the status code and the body.
+fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the endpoint");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: eddy\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("a response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_owned())
+}
+
+/// The value of the sample `name{labels}` (exact match of the part before the value).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Every line is a comment (`# HELP`/`# TYPE`) or `name{labels} value`, and every sample's
+/// family was declared with a TYPE.
+fn check_exposition_format(metrics: &str) {
+    let mut typed = std::collections::HashSet::new();
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap();
+            assert!(matches!(parts.next(), Some("counter" | "gauge" | "histogram")), "{line}");
+            typed.insert(name.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(value.parse::<f64>().is_ok(), "not a number in `{line}`");
+        let name = series.split('{').next().unwrap();
+        assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "bad name in `{line}`");
+        let family =
+            ["_bucket", "_sum", "_count"].iter().fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+        assert!(typed.contains(name) || typed.contains(family), "no # TYPE for `{line}`");
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
+        }
+    }
+}
+
+/// Datagrams received on the notify socket until `done` says so or the timeout passes.
+fn notifications(
+    socket: &UnixDatagram,
+    timeout: Duration,
+    mut done: impl FnMut(&[String]) -> bool,
+) -> Vec<String> {
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline && !done(&seen) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    seen
+}
+
+fn config(sink: &str) -> String {
+    config_with(sink).replace("[ingest]\n", "[api]\nlisten = \"127.0.0.1:0\"\n[ingest]\n")
+}
+
+#[test]
+fn endpoints_and_systemd_notifications_show_a_working_eddy() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    hub.stop(); // the uplink is offline: retries, outbox depth and offline time show
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let sink = format!(
+        "[[sinks]]\nkind = \"http\"\nname = \"hub\"\nurl = \"{}\"\nmax_backoff = \"200ms\"\ntimeout = \"1s\"\n",
+        hub.url()
+    );
+    let notify_env = notify_path.display().to_string();
+    // 600 ms: eddy pings every 200 ms while its pipeline moves.
+    let env = [("NOTIFY_SOCKET", notify_env.as_str()), ("WATCHDOG_USEC", "600000")];
+    let mut eddy = Eddy::start_in_with_env(dir.path(), &config(&sink), &env).expect("eddy starts");
+
+    let seen = notifications(&notify, Duration::from_secs(10), |seen| {
+        seen.iter().any(|n| n.contains("READY=1"))
+            && seen.iter().filter(|n| n.as_str() == "WATCHDOG=1").count() >= 3
+    });
+    assert!(seen.iter().any(|n| n.starts_with("READY=1")), "READY=1 sent: {seen:?}");
+    assert!(seen.iter().filter(|n| n.as_str() == "WATCHDOG=1").count() >= 3, "watchdog pinged: {seen:?}");
+
+    let mut lines = readings(base_ms(), 4, 0, 3);
+    let n_good = lines.len();
+    lines.push("{not json".to_owned());
+    lines.push(r#"{"sensor":"s0","temp_c":20.0}"#.to_owned());
+    let refs: Vec<&[u8]> = lines.iter().map(String::as_bytes).collect();
+    let replies = send_with_acks(eddy.tcp_address("in").unwrap(), &refs, Duration::from_secs(30)).unwrap();
+    assert_eq!(replies.acked, u64::try_from(n_good).unwrap(), "{replies:?}");
+
+    let api = api_address(&eddy);
+    assert_eq!(get(api, "/health"), (200, "ok\n".to_owned()));
+
+    // Counters move asynchronously (commits, retries): wait for the expected picture.
+    let mut metrics = String::new();
+    let settled = wait_until(Duration::from_secs(20), || {
+        metrics = get(api, "/metrics").1;
+        sample(&metrics, "eddy_window_results_total").unwrap_or(0.0) > 0.0
+            && sample(&metrics, r#"eddy_uplink_retries_total{sink="hub"}"#).unwrap_or(0.0) >= 2.0
+            && sample(&metrics, r#"eddy_uplink_outbox_depth{sink="hub"}"#).unwrap_or(0.0) > 0.0
+            && sample(&metrics, r#"eddy_uplink_offline_seconds{sink="hub"}"#).unwrap_or(0.0) >= 1.0
+    });
+    assert!(settled, "metrics never showed results and an offline hub:\n{metrics}");
+    check_exposition_format(&metrics);
+    let total = u64::try_from(lines.len()).unwrap();
+    #[allow(clippy::cast_precision_loss)]
+    let (total, good) = (total as f64, n_good as f64);
+    assert_eq!(sample(&metrics, r#"eddy_source_received_total{source="in"}"#), Some(total), "{metrics}");
+    assert_eq!(sample(&metrics, r#"eddy_source_accepted_total{source="in"}"#), Some(good));
+    assert_eq!(sample(&metrics, r#"eddy_source_rejected_total{source="in",reason="bad_syntax"}"#), Some(1.0));
+    assert_eq!(sample(&metrics, r#"eddy_source_rejected_total{source="in",reason="missing_ts"}"#), Some(1.0));
+    assert!(sample(&metrics, "eddy_ingest_latency_seconds_count").unwrap() >= 1.0);
+    assert!(sample(&metrics, r#"eddy_flush_latency_seconds_bucket{le="+Inf"}"#).unwrap() >= 1.0);
+    assert_eq!(sample(&metrics, r#"eddy_uplink_delivered_total{sink="hub"}"#), Some(0.0));
+    assert!(sample(&metrics, r#"eddy_uplink_delivered_total{sink="oracle"}"#).unwrap() > 0.0);
+    assert_eq!(sample(&metrics, r#"eddy_uplink_dropped_total{sink="hub",reason="budget"}"#), Some(0.0));
+    assert!(sample(&metrics, "eddy_store_used_bytes").unwrap() > 0.0);
+    assert_eq!(sample(&metrics, "eddy_late_readings_total"), Some(0.0));
+    assert_eq!(sample(&metrics, "eddy_up"), Some(1.0));
+
+    let (code, body) = get(api, "/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status["device_id"], "gw-up");
+    assert_eq!(status["healthy"], true, "{status:#}");
+    assert_eq!(status["sources"][0]["name"], "in");
+    assert_eq!(status["sources"][0]["rejected_by_reason"]["bad_syntax"], 1);
+    let hub_status = status["uplinks"].as_array().unwrap().iter().find(|u| u["name"] == "hub").unwrap();
+    assert_eq!(hub_status["online"], false, "{status:#}");
+
+    let printed = Command::new(eddy_binary()).args(["status", "--addr", &api.to_string()]).output().unwrap();
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.status.success(), "eddy status: {text}{}", String::from_utf8_lossy(&printed.stderr));
+    assert!(text.contains("gw-up: HEALTHY"), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("hub") && l.contains("offline")), "{text}");
+    let json =
+        Command::new(eddy_binary()).args(["status", "--json", "--addr", &api.to_string()]).output().unwrap();
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("eddy status --json is JSON");
+    assert_eq!(parsed["device_id"], "gw-up");
+
+    assert_eq!(get(api, "/nope").0, 404);
+
+    eddy.terminate();
+    let seen = notifications(&notify, Duration::from_secs(10), |seen| {
+        seen.iter().any(|n| n.starts_with("STOPPING=1"))
+    });
+    assert!(seen.iter().any(|n| n.starts_with("STOPPING=1")), "STOPPING=1 sent: {seen:?}");
+    assert!(eddy.wait(Duration::from_secs(30)).expect("eddy exits").success());
+}
+
+/// A store that refuses readings (disk budget full, `reject_new`) makes /health answer 503
+/// with the reason, and `eddy status` exit 1.
+#[test]
+fn health_is_503_while_the_store_refuses_readings() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    hub.stop();
+    let sink = format!(
+        "[[sinks]]\nkind = \"http\"\nname = \"hub\"\nurl = \"{}\"\nrecords = [\"window\", \"batch\"]\nmax_backoff = \"200ms\"\ntimeout = \"1s\"\n",
+        hub.url()
+    );
+    let config = config(&sink)
+        .replace("records = [\"window\"]\n", "records = [\"window\", \"batch\"]\n")
+        .replace("[ingest]\n", "[storage]\nmax_bytes = 65536\npolicy = \"reject_new\"\n[ingest]\n");
+    let mut eddy = Eddy::start(&config).expect("eddy starts");
+    let api = api_address(&eddy);
+    assert_eq!(get(api, "/health").0, 200);
+    let address = eddy.tcp_address("in").unwrap();
+    let base = base_ms();
+    let mut second = 0;
+    loop {
+        assert!(second < 600, "the budget never filled");
+        let lines = readings(base, 40, second, second + 1);
+        let refs: Vec<&[u8]> = lines.iter().map(String::as_bytes).collect();
+        let replies = send_with_acks(address, &refs, Duration::from_secs(60)).expect("answered");
+        second += 1;
+        if replies.nacked > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let (code, body) = get(api, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("store is not writable"), "{body}");
+    let printed = Command::new(eddy_binary()).args(["status", "--addr", &api.to_string()]).output().unwrap();
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert_eq!(printed.status.code(), Some(1), "{text}");
+    assert!(text.contains("UNHEALTHY") && text.contains("store is not writable"), "{text}");
+    assert!(eddy.stop().expect("eddy stops").success());
+}
