@@ -109,7 +109,9 @@ case $cmd in
     [ -x "$CARGO_TARGET_DIR/$t/release/eddy" ] || die "build it first: $0 build $t"
     # --no-build: the binary above; --no-strip: the release profile strips already (and the
     # host's strip does not know ARM). cargo-deb maps the triple to the Debian architecture.
-    cargo deb -p eddy --target "$t" --no-build --no-strip --locked -o "$CARGO_TARGET_DIR/debian/"
+    variant=()
+    [ "$(deb_arch "$t")" = armhf ] && variant=(--variant armhf)   # see daemon/Cargo.toml
+    cargo deb -p eddy --target "$t" --no-build --no-strip --locked ${variant[@]+"${variant[@]}"} -o "$CARGO_TARGET_DIR/debian/"
     dpkg-deb -f "$(ls -t "$CARGO_TARGET_DIR"/debian/eddy_*_"$(deb_arch "$t")".deb | head -1)" Package Version Architecture Depends
     ;;
   size)

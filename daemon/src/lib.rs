@@ -238,7 +238,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         tokio::spawn(api::serve(listener, telemetry.clone(), observers_stop.clone()));
     }
     if let Some(interval) = systemd::watchdog_interval() {
-        let watchdog = systemd::watchdog(interval, telemetry.clone());
+        let watchdog = systemd::watchdog(interval, aggregate_stats.clone(), || {
+            systemd::notify("WATCHDOG=1");
+        });
         let stop = observers_stop.clone();
         tokio::spawn(async move { stop.run_until_cancelled(watchdog).await });
     }

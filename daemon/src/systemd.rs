@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::telemetry::Telemetry;
+use crate::aggregate::AggregateStats;
 
 /// Sends `state` to systemd; false when not under systemd (no `NOTIFY_SOCKET`) or on error.
 pub(crate) fn notify(state: &str) -> bool {
@@ -62,16 +62,17 @@ pub(crate) fn watchdog_interval() -> Option<Duration> {
 /// Pings the watchdog every third of its interval, but only when the pipeline's heartbeat
 /// (chunks and ticks through the engine) moved since the last look: a stuck fsync, a wedged
 /// engine or a dead ingest task stop the pings, and systemd restarts eddy (`Restart=`).
-pub(crate) async fn watchdog(interval: Duration, telemetry: Arc<Telemetry>) {
+/// `ping` sends WATCHDOG=1 ([`notify`] in the daemon).
+pub(crate) async fn watchdog(interval: Duration, pipeline: Arc<AggregateStats>, mut ping: impl FnMut()) {
     let every = interval / 3;
-    let mut last = telemetry.aggregate.inputs_total.load(Ordering::Relaxed);
+    let mut last = pipeline.inputs_total.load(Ordering::Relaxed);
     let mut warned = false;
     loop {
         tokio::time::sleep(every).await;
-        let now = telemetry.aggregate.inputs_total.load(Ordering::Relaxed);
+        let now = pipeline.inputs_total.load(Ordering::Relaxed);
         if now != last {
             last = now;
-            notify("WATCHDOG=1");
+            ping();
             if warned {
                 tracing::info!("Pipeline moves again; watchdog pings resumed.");
                 warned = false;
@@ -96,6 +97,30 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1\nSTATUS=up");
+    }
+
+    /// No ping while the pipeline's heartbeat stands still, one per look while it moves.
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_is_pinged_only_while_the_pipeline_moves() {
+        let pipeline = Arc::new(AggregateStats::default());
+        let pings = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = pings.clone();
+        let task = tokio::spawn(watchdog(Duration::from_secs(3), pipeline.clone(), move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }));
+        // Stalled for 10 looks: no ping.
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(pings.load(Ordering::Relaxed), 0);
+        // Moving: a ping at each look (every second).
+        for _ in 0..5 {
+            pipeline.inputs_total.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(pings.load(Ordering::Relaxed), 5);
+        // Stalled again: the pings stop.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(pings.load(Ordering::Relaxed), 5);
+        task.abort();
     }
 
     #[cfg(target_os = "linux")]
