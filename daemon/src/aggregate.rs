@@ -102,6 +102,8 @@ pub(crate) struct Aggregator {
     trimmed_outbox_through: u64,
     committed_log_pos: u64,
     clock_ms: i64,
+    /// The sources' marks of the chunks applied since the last commit, committed with it.
+    pending_marks: BTreeMap<Vec<u8>, Option<u64>>,
 }
 
 impl Aggregator {
@@ -156,6 +158,7 @@ impl Aggregator {
                 trimmed_outbox_through: 0,
                 committed_log_pos: snapshot.log_pos,
                 clock_ms: snapshot.clock_ms,
+                pending_marks: BTreeMap::new(),
             },
             committed_rx,
         ))
@@ -181,6 +184,12 @@ impl Aggregator {
     /// The last log key whose readings the engine has processed (after recovery: committed).
     pub(crate) fn log_pos(&self) -> u64 {
         self.log_pos
+    }
+
+    /// The marks of chunks applied but not yet committed (empty after a replay, which ends
+    /// with a commit; kept exact all the same).
+    pub(crate) fn uncommitted_marks(&self) -> &BTreeMap<Vec<u8>, Option<u64>> {
+        &self.pending_marks
     }
 
     /// Replays the log after the recovered position up to and including `through`, the last
@@ -288,6 +297,9 @@ impl Aggregator {
 
     fn apply_chunk(&mut self, chunk: &LogChunk) {
         self.uncommitted_readings += chunk.readings.len();
+        for (key, value) in &chunk.marks {
+            self.pending_marks.insert(key.clone(), *value);
+        }
         if chunk.ingest_ms != i64::MIN {
             self.clock_ms = self.clock_ms.max(chunk.ingest_ms);
             self.engine.apply_chunk(chunk.ingest_ms, chunk.batch, &chunk.readings, &mut self.outputs);
@@ -364,6 +376,7 @@ impl Aggregator {
             log_pos: self.log_pos,
             next_seq: self.next_seq + n_results,
             clock_ms: self.clock_ms,
+            marks: std::mem::take(&mut self.pending_marks).into_iter().collect(),
         };
         let raw = RawCommit {
             next_raw_seq: self.next_raw_seq + u64::try_from(self.pending_raw.len()).unwrap_or(u64::MAX),

@@ -7,7 +7,8 @@ use eddy_sensors::{wall_clock_ms, Durability, IngestBatch, IngestReceiver, Readi
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
 
-use crate::storage::{Appended, LogChunk, Store, StoreError, MAX_CHUNK_READINGS};
+use crate::marks::{change_of, RefusedSessions};
+use crate::storage::{Appended, LogChunk, MarkChange, Store, StoreError, MAX_CHUNK_READINGS};
 
 /// What the engine task receives, in log order.
 #[derive(Debug)]
@@ -69,6 +70,10 @@ pub(crate) struct Ingest {
     pub(crate) failed_groups: u32,
     /// Latencies and the store's last answer, for `/metrics` and `/health`.
     pub(crate) stats: std::sync::Arc<crate::telemetry::IngestStats>,
+    /// Each source's name by index: the namespace of its marks in the store.
+    pub(crate) source_names: Vec<String>,
+    /// Numbered sessions held back after a refusal (see [`RefusedSessions`]).
+    pub(crate) refused_sessions: RefusedSessions,
 }
 
 impl Ingest {
@@ -144,19 +149,40 @@ impl Ingest {
         let mut acks: Vec<oneshot::Sender<Durability>> = Vec::new();
         let mut chunks: Vec<LogChunk> = Vec::new();
         let mut current: Vec<Reading> = Vec::new();
+        let mut current_marks: Vec<MarkChange> = Vec::new();
+        // The marks of the group's batches, to hold their sessions back if the group is refused.
+        let mut group_marks: Vec<(usize, Vec<eddy_sensors::Mark>)> = Vec::new();
         for ingest_batch in group {
+            if let Some(reason) = self.refused_sessions.check(ingest_batch.source, &ingest_batch.marks) {
+                if let Some(ack) = ingest_batch.durable {
+                    let _ = ack.send(Durability::Refused(std::sync::Arc::from(reason.as_str())));
+                }
+                continue;
+            }
             if let Some(ack) = ingest_batch.durable {
                 acks.push(ack);
             }
             for reading in ingest_batch.readings {
                 current.push(reading);
                 if current.len() == MAX_CHUNK_READINGS {
-                    chunks.push(self.chunk(ingest_ms, batch, std::mem::take(&mut current)));
+                    let marks = std::mem::take(&mut current_marks);
+                    chunks.push(self.chunk(ingest_ms, batch, std::mem::take(&mut current), marks));
                 }
             }
+            if ingest_batch.marks.is_empty() {
+                continue;
+            }
+            // A batch's marks go into the chunk holding its last reading.
+            let source_name = self.source_names.get(ingest_batch.source).map_or("", String::as_str);
+            let changes = ingest_batch.marks.iter().map(|mark| change_of(source_name, mark));
+            match chunks.last_mut() {
+                Some(last) if current.is_empty() => last.marks.extend(changes),
+                _ => current_marks.extend(changes),
+            }
+            group_marks.push((ingest_batch.source, ingest_batch.marks));
         }
-        if !current.is_empty() {
-            chunks.push(self.chunk(ingest_ms, batch, current));
+        if !current.is_empty() || !current_marks.is_empty() {
+            chunks.push(self.chunk(ingest_ms, batch, current, current_marks));
         }
         let n_readings: usize = chunks.iter().map(|chunk| chunk.readings.len()).sum();
         let write_started = Instant::now();
@@ -187,6 +213,7 @@ impl Ingest {
                     .fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(readings = n_readings, error = %error, failed_in_a_row = self.failed_groups, "Readings refused: the store write failed.");
                 if self.failed_groups >= MAX_FAILED_GROUPS {
+                    // The daemon stops; the refused sessions are refused by its absence.
                     refuse_all(acks, &format!("store failed: {error}"));
                     return Err(error);
                 }
@@ -194,6 +221,9 @@ impl Ingest {
             }
         };
         if let Some(reason) = refused {
+            for (source, marks) in &group_marks {
+                self.refused_sessions.refused(*source, marks);
+            }
             refuse_all(acks, &reason);
             return Ok(());
         }
@@ -211,10 +241,16 @@ impl Ingest {
         Ok(())
     }
 
-    fn chunk(&mut self, ingest_ms: i64, batch: u64, readings: Vec<Reading>) -> LogChunk {
+    fn chunk(
+        &mut self,
+        ingest_ms: i64,
+        batch: u64,
+        readings: Vec<Reading>,
+        marks: Vec<MarkChange>,
+    ) -> LogChunk {
         let key = self.next_key;
         self.next_key += 1;
-        LogChunk { key, ingest_ms, batch, readings }
+        LogChunk { key, ingest_ms, batch, readings, marks }
     }
 }
 
@@ -253,6 +289,8 @@ mod tests {
             clock: ProcessingClock::new(0),
             failed_groups: 0,
             stats: Arc::default(),
+            source_names: vec!["in".into()],
+            refused_sessions: RefusedSessions::default(),
         };
         let (tx, rx) = ingest_channel(4);
         let (engine_tx, mut engine_rx) = mpsc::channel(16);

@@ -11,6 +11,7 @@ mod api;
 mod deliver;
 mod ingest;
 mod inspect;
+mod marks;
 mod sources;
 mod systemd;
 mod telemetry;
@@ -111,6 +112,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     let last_log_key = store.last_log_key().context("cannot read the log")?.unwrap_or(0);
     aggregator.replay(last_log_key).await.context("cannot replay the log")?;
     let next_key = last_log_key.max(aggregator.log_pos()) + 1;
+    // What each source had made durable, so it recognises a resend of it (exactly-once
+    // ingest for numbered TCP sessions and MQTT redeliveries).
+    let mut durable_marks = marks::durable_by_source(
+        store.load_marks().context("cannot read the sources' marks")?,
+        aggregator.uncommitted_marks(),
+    );
 
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
     let mut running: BTreeSet<String> = BTreeSet::new();
@@ -182,6 +189,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         next_key,
         clock: ProcessingClock::new(aggregator.clock_ms()),
         failed_groups: 0,
+        source_names: config.sources.iter().map(|source| source.name.clone()).collect(),
+        refused_sessions: marks::RefusedSessions::default(),
     };
     let (ingest_tx, ingest_rx) = ingest_channel(INGEST_CHANNEL_BATCHES);
     spawn(
@@ -208,6 +217,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
             stats,
             ingest_tx.clone(),
             sources_stop.clone(),
+            durable_marks.remove(&source_config.name).unwrap_or_default(),
         )
         .await
         .with_context(|| format!("cannot start source `{}`", source_config.name))?;

@@ -6,7 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
-use eddy_sensors::{IngestSender, LineParser, SensorRegistry, SourceStats, TcpSource, TcpSourceConfig};
+use eddy_sensors::{
+    IngestSender, LineParser, SensorRegistry, SourceStats, StoredMarks, TcpSource, TcpSourceConfig,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SourceConfig, SourceKind};
@@ -19,7 +21,9 @@ pub(crate) type SourceFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> +
 /// eddy while the broker still owes a redelivery.
 const MQTT_HOLD_VARIABLE: &str = "EDDY_TEST_MQTT_HOLD";
 
-/// Prepares source `source_idx`.
+/// Prepares source `source_idx`; `marks` is what it had made durable before (its numbered
+/// sessions, its MQTT messages), so that it recognises a resend.
+#[allow(clippy::too_many_arguments)] // one call site, the daemon's wiring
 pub(crate) async fn start(
     source_idx: usize,
     source: &SourceConfig,
@@ -28,6 +32,7 @@ pub(crate) async fn start(
     stats: Arc<SourceStats>,
     ingest: IngestSender,
     stop: CancellationToken,
+    marks: StoredMarks,
 ) -> anyhow::Result<SourceFuture> {
     match &source.kind {
         SourceKind::Tcp { listen, format, ack, max_connections } => {
@@ -40,7 +45,8 @@ pub(crate) async fn start(
             };
             let tcp = TcpSource::bind(tcp_config, source_idx, parser, registry, stats)
                 .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
+                .with_context(|| format!("cannot listen on {listen}"))?
+                .with_stored_marks(marks);
             tracing::info!(source = %source.name, address = %tcp.local_addr(), ack, "TCP source listening.");
             Ok(Box::pin(async move { tcp.run(ingest, stop).await.map_err(anyhow::Error::from) }))
         }
@@ -59,7 +65,8 @@ pub(crate) async fn start(
             if mqtt.test_hold_messages {
                 tracing::warn!(source = %source.name, "{MQTT_HOLD_VARIABLE}=1: MQTT messages are held, never stored.");
             }
-            let mqtt = eddy_sensors::MqttSource::new(mqtt, source_idx, parser, registry, stats)?;
+            let mqtt = eddy_sensors::MqttSource::new(mqtt, source_idx, parser, registry, stats)?
+                .with_stored_marks(marks);
             Ok(Box::pin(async move { mqtt.run(ingest, stop).await.map_err(anyhow::Error::from) }))
         }
         SourceKind::Simulator { sensors, rate, seed } => {

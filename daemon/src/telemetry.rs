@@ -362,6 +362,15 @@ impl Telemetry {
         for (name, s) in &snapshots {
             let _ = writeln!(out, "eddy_source_accepted_total{{source=\"{name}\"}} {}", s.accepted);
         }
+        family(
+            &mut out,
+            "eddy_source_duplicates_total",
+            "counter",
+            "Lines of a numbered TCP session resent after being settled, answered dup, not stored again.",
+        );
+        for (name, s) in &snapshots {
+            let _ = writeln!(out, "eddy_source_duplicates_total{{source=\"{name}\"}} {}", s.duplicates);
+        }
         family(&mut out, "eddy_source_rejected_total", "counter", "Readings rejected per source and reason.");
         for (name, s) in &snapshots {
             for (reason, n) in &s.rejected {

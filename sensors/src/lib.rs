@@ -21,7 +21,8 @@ mod tcp;
 pub use crate::clock::wall_clock_ms;
 pub use crate::framing::{Fill, Frame, LineFramer, READ_CHUNK_BYTES};
 pub use crate::ingest::{
-    ingest_channel, Durability, IngestBatch, IngestClosed, IngestPermit, IngestReceiver, IngestSender,
+    ingest_channel, Durability, IngestBatch, IngestClosed, IngestPermit, IngestReceiver, IngestSender, Mark,
+    StoredMarks,
 };
 pub use crate::mqtt::{
     MqttBroker, MqttConnectionStats, MqttQos, MqttSetupError, MqttSource, MqttSourceConfig, MqttSourceError,

@@ -14,6 +14,7 @@ pub struct SourceStats {
     accepted: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     connections: AtomicU64,
+    duplicates: AtomicU64,
 }
 
 /// A copy of a source's counters at one moment.
@@ -27,6 +28,9 @@ pub struct SourceStatsSnapshot {
     pub rejected: Vec<(RejectReason, u64)>,
     /// Connections accepted so far (TCP).
     pub connections: u64,
+    /// Lines recognised as already settled on an earlier connection of their numbered session
+    /// (TCP), answered `dup` and not stored again.
+    pub duplicates: u64,
 }
 
 impl SourceStatsSnapshot {
@@ -50,6 +54,7 @@ impl SourceStats {
             accepted: AtomicU64::new(0),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             connections: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
         }
     }
 
@@ -68,6 +73,11 @@ impl SourceStats {
         self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` lines recognised as already settled (a resend), not stored again.
+    pub fn add_duplicates(&self, n: u64) {
+        self.duplicates.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts one accepted connection.
     pub fn add_connection(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -84,6 +94,7 @@ impl SourceStats {
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             connections: self.connections.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
         }
     }
 }

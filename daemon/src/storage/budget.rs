@@ -410,7 +410,7 @@ mod tests {
                 tags: vec![],
             })
             .collect();
-        LogChunk { key, ingest_ms: 1, batch: 0, readings }
+        LogChunk { key, ingest_ms: 1, batch: 0, readings, marks: Vec::new() }
     }
 
     fn counter(value: &AtomicU64) -> u64 {

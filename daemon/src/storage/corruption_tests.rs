@@ -56,7 +56,7 @@ fn chunk(key: u64) -> LogChunk {
         })
         .collect();
     let ingest_ms = 1_700_000_000_000 + i64::try_from(key).unwrap() * 150;
-    LogChunk { key, ingest_ms, batch: u64::try_from(ingest_ms / 100).unwrap(), readings }
+    LogChunk { key, ingest_ms, batch: u64::try_from(ingest_ms / 100).unwrap(), readings, marks: Vec::new() }
 }
 
 /// Recovers, replays, then runs chunks `keys` (appended to the log first, as the ingest does)

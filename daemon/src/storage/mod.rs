@@ -44,12 +44,15 @@ use eddy_sensors::Reading;
 use crate::storage::budget::{entry_bytes, free_space_of, Budget};
 pub use crate::storage::budget::{Appended, BudgetConfig, DropStats, Policy, SinkDrops};
 pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX};
-use crate::storage::stored::{LogChunkV1Ref, OutboxEntryV1Ref, ReadingsRef};
+use crate::storage::stored::{LogChunkV2Ref, OutboxEntryV1Ref, ReadingsRef};
 
 const OUTBOX: u8 = b'o';
 /// The raw-readings lane of the outbox (`forward_raw`): same page format, own seq space.
 const RAW: u8 = b'r';
 const STATE: u8 = b's';
+/// Source marks (`k` + source name, 0, kind, id): what each source's readings settled, as of
+/// the last commit (see [`Store::load_marks`]).
+const MARKS: u8 = b'k';
 const META: u8 = b'm';
 const META_LOG_POS: &[u8] = b"mlog_pos";
 const META_NEXT_SEQ: &[u8] = b"mnext_seq";
@@ -170,7 +173,13 @@ pub struct LogChunk {
     pub batch: u64,
     /// The readings.
     pub readings: Vec<Reading>,
+    /// The sources' marks stored with these readings (see `eddy_sensors::Mark`).
+    pub marks: Vec<MarkChange>,
 }
+
+/// A source mark as the store keeps it: its key (source name, 0, kind, id) and its value, or
+/// `None` to forget it. The daemon's `marks` module gives keys and values their meaning.
+pub type MarkChange = (Vec<u8>, Option<u64>);
 
 /// A result waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +247,8 @@ pub struct Commit {
     pub next_seq: u64,
     /// The processing clock.
     pub clock_ms: i64,
+    /// The marks of the log chunks this commit covers, so that they outlive the log's trim.
+    pub marks: Vec<MarkChange>,
 }
 
 /// The store. Cheap to clone.
@@ -311,12 +322,13 @@ impl Store {
         let mut bytes = 0;
         let mut n_readings = 0;
         for chunk in chunks {
-            let value = stored::encode_log_chunk(&LogChunkV1Ref {
+            let value = stored::encode_log_chunk(&LogChunkV2Ref {
                 ingest_ms: chunk.ingest_ms,
                 batch: chunk.batch,
                 field_names: &self.field_names,
                 tag_names: &self.tag_names,
                 readings: ReadingsRef(&chunk.readings),
+                marks: &chunk.marks,
             })
             .map_err(|source| StoreError::Encode { what: "log chunk", source })?;
             let key = chunk.key.to_be_bytes();
@@ -369,7 +381,13 @@ impl Store {
                     self.stats.corrupt_log_chunks.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(key, "Skipped an undecodable log chunk (torn write or unknown format).");
                     // Return it as an empty chunk so the caller's position moves past it.
-                    chunks.push(LogChunk { key, ingest_ms: i64::MIN, batch: 0, readings: Vec::new() });
+                    chunks.push(LogChunk {
+                        key,
+                        ingest_ms: i64::MIN,
+                        batch: 0,
+                        readings: Vec::new(),
+                        marks: Vec::new(),
+                    });
                 }
             }
         }
@@ -396,7 +414,7 @@ impl Store {
                     .collect(),
             })
             .collect();
-        Some(LogChunk { key, ingest_ms: chunk.ingest_ms, batch: chunk.batch, readings })
+        Some(LogChunk { key, ingest_ms: chunk.ingest_ms, batch: chunk.batch, readings, marks: chunk.marks })
     }
 
     /// Deletes every log chunk with a key up to and including `key`.
@@ -475,6 +493,13 @@ impl Store {
             batch.insert(META_NEXT_RAW_SEQ, &raw.next_raw_seq.to_be_bytes());
         }
         self.write_state_pages(&commit.state, &mut batch)?;
+        for (key, value) in &commit.marks {
+            let key = prefixed(MARKS, key);
+            match value {
+                Some(value) => batch.insert(key, &value.to_be_bytes()),
+                None => batch.remove(key),
+            }
+        }
         batch.insert(META_LOG_POS, &commit.log_pos.to_be_bytes());
         batch.insert(META_NEXT_SEQ, &commit.next_seq.to_be_bytes());
         batch.insert(META_CLOCK, &u64::try_from(commit.clock_ms).unwrap_or(0).to_be_bytes());
@@ -657,6 +682,29 @@ impl Store {
             // An undecodable page is never delivered; trimming it is safe once it is passed.
             Err(_) => Some(0),
         })
+    }
+
+    /// Every source mark as of the last commit: (key, value), in key order. A value that is not
+    /// 8 bytes is skipped, counted and reported (the source then treats that mark as unknown:
+    /// a resend is stored again, never lost). The marks of log chunks after the commit's
+    /// position come back with those chunks (the replay adds them).
+    pub fn load_marks(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let mut marks = Vec::new();
+        for item in self.main.scan_prefix([MARKS]) {
+            let (key, value) = item.map_err(io("marks read"))?;
+            match <[u8; 8]>::try_from(&*value) {
+                Ok(bytes) => marks.push((key[1..].to_vec(), u64::from_be_bytes(bytes))),
+                Err(_) => {
+                    self.stats.corrupt_meta.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        key = %String::from_utf8_lossy(&key[1..]),
+                        bytes = value.len(),
+                        "Skipped an undecodable source mark; a resend it covered is stored again."
+                    );
+                }
+            }
+        }
+        Ok(marks)
     }
 
     /// The last seq sink `name` delivered (0: none).

@@ -85,7 +85,13 @@ fn chunk(key: u64) -> LogChunk {
         })
         .collect();
     let ingest_ms = FIRST_INGEST_MS + i64::try_from(key).unwrap() * 7;
-    LogChunk { key, ingest_ms, batch: u64::try_from(ingest_ms / BATCH_INTERVAL_MS).unwrap(), readings }
+    LogChunk {
+        key,
+        ingest_ms,
+        batch: u64::try_from(ingest_ms / BATCH_INTERVAL_MS).unwrap(),
+        readings,
+        marks: Vec::new(),
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -15,22 +15,62 @@ pub(crate) enum LogEnvelope {
     /// and timestamps repeat within a chunk; the log takes ~2x less disk, and less of sled's
     /// memory until it is trimmed.
     Lz4V1(Vec<u8>),
+    /// The postcard bytes of a [`LogChunkV2`] (V1 plus the sources' marks), LZ4-compressed.
+    Lz4V2(Vec<u8>),
 }
 
-/// Encodes a log chunk (as `Lz4V1`).
-pub(crate) fn encode_log_chunk(chunk: &LogChunkV1Ref<'_>) -> Result<Vec<u8>, postcard::Error> {
+/// A source mark as stored: its key (source name, 0, kind, id) and value; `None` forgets it.
+pub(crate) type MarkV1 = (Vec<u8>, Option<u64>);
+
+/// Encodes a log chunk (as `Lz4V2`).
+pub(crate) fn encode_log_chunk(chunk: &LogChunkV2Ref<'_>) -> Result<Vec<u8>, postcard::Error> {
     let compressed = compress(&postcard::to_allocvec(chunk)?);
-    postcard::to_allocvec(&LogEnvelope::Lz4V1(compressed))
+    postcard::to_allocvec(&LogEnvelope::Lz4V2(compressed))
 }
 
-/// Decodes a log chunk of any version.
-pub(crate) fn decode_log_chunk(bytes: &[u8]) -> Result<LogChunkV1, String> {
+/// Decodes a log chunk of any version (a V1 chunk has no marks).
+pub(crate) fn decode_log_chunk(bytes: &[u8]) -> Result<LogChunkV2, String> {
+    let decode_v1 = |chunk: LogChunkV1| LogChunkV2 {
+        ingest_ms: chunk.ingest_ms,
+        batch: chunk.batch,
+        field_names: chunk.field_names,
+        tag_names: chunk.tag_names,
+        readings: chunk.readings,
+        marks: Vec::new(),
+    };
     match postcard::from_bytes::<LogEnvelope>(bytes).map_err(|error| error.to_string())? {
-        LogEnvelope::V1(chunk) => Ok(chunk),
+        LogEnvelope::V1(chunk) => Ok(decode_v1(chunk)),
         LogEnvelope::Lz4V1(compressed) => {
+            postcard::from_bytes(&decompress(&compressed)?).map(decode_v1).map_err(|error| error.to_string())
+        }
+        LogEnvelope::Lz4V2(compressed) => {
             postcard::from_bytes(&decompress(&compressed)?).map_err(|error| error.to_string())
         }
     }
+}
+
+/// A log chunk with the marks its sources stored with it (see `eddy_sensors::Mark`): they
+/// become durable in the same value as the readings, so neither can survive a crash alone.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct LogChunkV2 {
+    pub(crate) ingest_ms: i64,
+    pub(crate) batch: u64,
+    pub(crate) field_names: Vec<String>,
+    pub(crate) tag_names: Vec<String>,
+    pub(crate) readings: Vec<ReadingV1>,
+    pub(crate) marks: Vec<MarkV1>,
+}
+
+/// The borrowed twin of [`LogChunkV2`], for encoding without copying readings; its serialized
+/// layout is identical (checked by a test).
+#[derive(Serialize)]
+pub(crate) struct LogChunkV2Ref<'a> {
+    pub(crate) ingest_ms: i64,
+    pub(crate) batch: u64,
+    pub(crate) field_names: &'a [String],
+    pub(crate) tag_names: &'a [String],
+    pub(crate) readings: ReadingsRef<'a>,
+    pub(crate) marks: &'a [MarkV1],
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,8 +92,9 @@ pub(crate) struct ReadingV1 {
     pub(crate) tags: Vec<Option<String>>,
 }
 
-/// The borrowed twin of [`LogChunkV1`], for encoding without copying readings; its serialized
-/// layout is identical (checked by a test).
+/// The borrowed twin of [`LogChunkV1`] (what eddy wrote before marks), kept for the test that
+/// older chunks still decode.
+#[cfg(test)]
 #[derive(Serialize)]
 pub(crate) struct LogChunkV1Ref<'a> {
     pub(crate) ingest_ms: i64,

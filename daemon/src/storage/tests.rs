@@ -24,7 +24,13 @@ fn reading(sensor: &str, ts_ms: i64, temp: f64) -> Reading {
 }
 
 fn chunk(key: u64, readings: Vec<Reading>) -> LogChunk {
-    LogChunk { key, ingest_ms: 1_700_000_000_000 + i64::try_from(key).unwrap(), batch: 7, readings }
+    LogChunk {
+        key,
+        ingest_ms: 1_700_000_000_000 + i64::try_from(key).unwrap(),
+        batch: 7,
+        readings,
+        marks: Vec::new(),
+    }
 }
 
 #[tokio::test]

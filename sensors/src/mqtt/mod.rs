@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::ingest::IngestSender;
+use crate::ingest::{IngestSender, StoredMarks};
 use crate::mqtt::payload::PayloadRules;
 use crate::mqtt::session::Session;
 use crate::parse::{Format, LineDecoder, LineParser};
@@ -125,8 +125,13 @@ impl MqttConnectionStats {
 /// When the connection is lost, rumqttc drops the acknowledgements not yet written and the
 /// broker redelivers those messages (flagged DUP, same packet id). The source remembers the
 /// messages it had handed to the log and not seen acknowledged, and acknowledges such a
-/// redelivery (same packet id, topic and payload) without storing it twice. A redelivery is
-/// stored twice only if eddy itself died between the fsync and the acknowledgement.
+/// redelivery (same packet id, topic and payload) without storing it twice.
+///
+/// The same holds across a crash of eddy: each stored message's packet id and fingerprint
+/// is a [`Mark`](crate::Mark), durable in the same log chunk as its readings, and the daemon
+/// hands the durable ones back ([`MqttSource::with_stored_marks`]). A message that was stored
+/// but whose acknowledgement died with eddy is redelivered, recognised and acknowledged
+/// without being stored again.
 ///
 /// # Backpressure
 ///
@@ -161,6 +166,7 @@ pub struct MqttSource {
     decoder: LineDecoder,
     rules: PayloadRules,
     connection_stats: Arc<MqttConnectionStats>,
+    stored: Vec<(u16, u32)>,
 }
 
 /// rumqttc's request channel carries only the subscriptions and the disconnect: the
@@ -225,7 +231,15 @@ impl MqttSource {
             decoder,
             rules,
             connection_stats: Arc::new(MqttConnectionStats::default()),
+            stored: Vec::new(),
         })
+    }
+
+    /// What this source had stored before (the daemon reads it from the store), so that a
+    /// redelivery of a message stored just before a crash is recognised.
+    pub fn with_stored_marks(mut self, marks: StoredMarks) -> MqttSource {
+        self.stored = marks.messages;
+        self
     }
 
     /// The connection counters, which stay readable after `run` consumed the source.
@@ -242,8 +256,9 @@ impl MqttSource {
             broker = %self.config.broker,
             client_id = %self.config.client_id
         );
-        let MqttSource { config, source_idx, options, decoder, rules, connection_stats } = self;
+        let MqttSource { config, source_idx, options, decoder, rules, connection_stats, stored } = self;
         Session::new(config, source_idx, options, decoder, rules, connection_stats, ingest)
+            .with_stored(&stored)
             .run(shutdown)
             .instrument(span)
             .await

@@ -17,7 +17,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::clock::wall_clock_ms;
-use crate::ingest::{Durability, IngestClosed, IngestSender};
+use crate::ingest::{Durability, IngestClosed, IngestSender, Mark};
 use crate::mqtt::config::{MqttQos, MqttSourceConfig};
 use crate::mqtt::payload::{decode_payload, PayloadRules};
 use crate::mqtt::{MqttConnectionStats, MqttSourceError, REQUEST_CHANNEL_CAPACITY};
@@ -131,6 +131,18 @@ impl Session {
             redeliver_at: None,
             held: 0,
         }
+    }
+
+    /// Seeds the acknowledged messages with what was stored before a restart (packet id,
+    /// fingerprint), so that their redeliveries are recognised.
+    pub(crate) fn with_stored(mut self, stored: &[(u16, u32)]) -> Session {
+        for (packet_id, fingerprint) in stored {
+            self.acked.fingerprints[usize::from(*packet_id)] = *fingerprint;
+        }
+        if !stored.is_empty() {
+            info!(messages = stored.len(), "Recognising redeliveries of messages stored before the restart.");
+        }
+        self
     }
 
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), MqttSourceError> {
@@ -306,9 +318,11 @@ impl Session {
         let answer = if readings.is_empty() {
             Answer::NothingStored
         } else {
+            // Durable with the readings: after a crash the redelivery is recognised.
+            let mark = Mark::Message { packet_id: publish.pkid, fingerprint: fingerprint(&publish) };
             let durable = self
                 .ingest
-                .send_acked(self.source_idx, readings)
+                .send_marked(self.source_idx, readings, vec![mark])
                 .await
                 .map_err(|IngestClosed| ingest_closed())?;
             Answer::Waiting(durable)
@@ -490,7 +504,8 @@ async fn front_answer(pending: &mut VecDeque<InFlight>) -> Durability {
 
 /// A fingerprint of the last message acknowledged under each packet id (MQTT packet ids are
 /// 16 bits, so a broker can have at most 65535 messages unacknowledged to one client: this
-/// covers every redelivery). 256 KiB, allocated once per MQTT source.
+/// covers every redelivery). 256 KiB, allocated once per MQTT source. After a restart it
+/// starts from the messages stored before ([`Session::with_stored`]).
 ///
 /// A redelivered message (DUP) whose packet id, topic and payload match was stored already.
 /// A 32-bit hash can collide, but only between messages under the same packet id, both
@@ -513,15 +528,18 @@ impl AckedMessages {
     }
 }
 
-/// A non-zero hash of the topic and payload (zero marks an empty slot).
+/// A non-zero hash of the topic and payload (zero marks an empty slot): 64-bit FNV-1a folded
+/// to 32 bits. It is stored (a [`Mark`]) and compared after a restart, possibly by a newer
+/// eddy, so it must not change between builds, which std's hasher does not promise.
 fn fingerprint(publish: &Publish) -> u32 {
-    use std::hash::{Hash, Hasher};
-    // SipHash with fixed keys: the same message always gives the same fingerprint.
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    publish.topic.hash(&mut hasher);
-    publish.payload.hash(&mut hasher);
-    let low_bits = u32::try_from(hasher.finish() & u64::from(u32::MAX)).expect("masked to 32 bits");
-    low_bits.max(1)
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let topic_len = u64::try_from(publish.topic.len()).unwrap_or(u64::MAX).to_be_bytes();
+    for byte in topic_len.iter().chain(publish.topic.as_bytes()).chain(publish.payload.iter()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let folded = (hash >> 32) ^ (hash & u64::from(u32::MAX));
+    u32::try_from(folded).expect("folded to 32 bits").max(1)
 }
 
 /// Whether an operator must act on a connection failure, and a clear reason.

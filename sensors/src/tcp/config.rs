@@ -19,6 +19,9 @@ pub struct TcpSourceConfig {
     /// Most batches of one connection waiting for durability at once (with `ack`); past it the
     /// connection stops reading until the oldest batch is answered.
     pub max_in_flight_batches: usize,
+    /// Numbered sessions (`#session`) remembered at once; past it the least recently declared
+    /// one is forgotten.
+    pub max_sessions: usize,
 }
 
 impl TcpSourceConfig {
@@ -30,6 +33,8 @@ impl TcpSourceConfig {
     pub const DEFAULT_MAX_BATCH_LINES: usize = 1024;
     /// Default `max_in_flight_batches`: enough to keep the disk busy while acks travel back.
     pub const DEFAULT_MAX_IN_FLIGHT_BATCHES: usize = 16;
+    /// Default `max_sessions`: far more senders than a gateway has, a few dozen KiB.
+    pub const DEFAULT_MAX_SESSIONS: usize = 4096;
 }
 
 impl Default for TcpSourceConfig {
@@ -40,6 +45,7 @@ impl Default for TcpSourceConfig {
             ack: false,
             max_batch_lines: TcpSourceConfig::DEFAULT_MAX_BATCH_LINES,
             max_in_flight_batches: TcpSourceConfig::DEFAULT_MAX_IN_FLIGHT_BATCHES,
+            max_sessions: TcpSourceConfig::DEFAULT_MAX_SESSIONS,
         }
     }
 }

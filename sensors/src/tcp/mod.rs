@@ -5,6 +5,7 @@
 
 mod config;
 mod conn;
+mod session;
 #[cfg(test)]
 pub(crate) mod tests;
 pub(crate) mod warn_limit;
@@ -21,11 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::ingest::IngestSender;
+use crate::ingest::{IngestSender, StoredMarks};
 use crate::parse::{LineDecoder, LineParser};
 use crate::registry::SensorRegistry;
 use crate::stats::SourceStats;
 use crate::tcp::conn::{Connection, ConnectionSettings};
+use crate::tcp::session::Sessions;
 use crate::tcp::warn_limit::WarnLimiter;
 
 pub use crate::tcp::config::TcpSourceConfig;
@@ -84,7 +86,7 @@ impl TcpConnectionStats {
 /// [`LineFramer`]: `\n` or `\r\n` terminators, blank lines skipped, an unterminated last line
 /// taken when the sender closes, lines longer than the parser's `max_line_bytes` rejected as
 /// `line_too_long` without being buffered. Lines are numbered from 1 per connection; every
-/// non-blank line gets a number, whether it is accepted or not.
+/// non-blank line but a `#session` line gets a number, whether it is accepted or not.
 ///
 /// # Acknowledgements (`ack = true`)
 ///
@@ -106,6 +108,33 @@ impl TcpConnectionStats {
 /// lost) and should be resent; delivery is at-least-once.
 ///
 /// With `ack = false` the server writes nothing at all.
+///
+/// # Numbered sessions: exactly-once ingest (`ack = true`)
+///
+/// A sender that resends what was not acknowledged stores a reading twice if eddy made it
+/// durable but died before its `ack` went out. To be recognised, a sender names its stream and
+/// numbers its lines with a control line:
+///
+/// - `#session ID FIRST` — the reading lines that follow are numbers `FIRST`, `FIRST + 1`, …
+///   of session `ID` (1 to 128 letters, digits or `. _ - : @ /`). The server first answers
+///   every earlier line, then replies `session ID SETTLED`: every line of the session up to
+///   `SETTLED` is settled (stored, or rejected) — also across restarts and power loss, since
+///   the number is stored with the readings.
+/// - `dup K` — the next `K` lines are at or below `SETTLED`: settled on an earlier
+///   connection, not stored again (a sender may also skip them itself). They are not counted
+///   in `ack` totals.
+/// - `session-refused REASON [DETAIL]` — the line was malformed (`bad_syntax`), the session's
+///   previous connection did not let go within 10 s (`busy`), or `max_sessions` sessions are
+///   all in use (`too_many_sessions`); the server closes the connection.
+///
+/// A sender keeps one session id for one stream of lines and its numbering across its own
+/// restarts; a sender that cannot must pick a new id. A new connection with a session that
+/// another connection holds takes it over once the old one has answered what it had in
+/// flight. After a `nack`, later lines of the session are refused too until the sender
+/// resends from the first refused line (`#session ID N`), so the settled number never passes
+/// a line that was not stored. At most `max_sessions` sessions are remembered per source;
+/// past that the one least recently declared is forgotten (logged), and a resend of its old
+/// lines would be stored again.
 ///
 /// # Flow control and shutdown
 ///
@@ -132,6 +161,7 @@ pub struct TcpSource {
     registry: Arc<SensorRegistry>,
     stats: Arc<SourceStats>,
     connection_stats: Arc<TcpConnectionStats>,
+    sessions: Arc<Sessions>,
 }
 
 /// First pause after a failed `accept` (out of file descriptors, usually); doubled per failure.
@@ -154,6 +184,7 @@ impl TcpSource {
             ("max_connections", config.max_connections),
             ("max_batch_lines", config.max_batch_lines),
             ("max_in_flight_batches", config.max_in_flight_batches),
+            ("max_sessions", config.max_sessions),
         ] {
             if value == 0 {
                 return Err(TcpSourceError::ZeroLimit { field });
@@ -163,9 +194,11 @@ impl TcpSource {
         let listener =
             TcpListener::bind(addr).await.map_err(|source| TcpSourceError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| TcpSourceError::Bind { addr, source })?;
+        let sessions = Arc::new(Sessions::new(config.max_sessions, Vec::new()));
         Ok(TcpSource {
             listener,
             local_addr,
+            sessions,
             config,
             source_idx,
             parser,
@@ -173,6 +206,16 @@ impl TcpSource {
             stats,
             connection_stats: Arc::new(TcpConnectionStats::default()),
         })
+    }
+
+    /// The numbered sessions this source had settled before (the daemon reads them from the
+    /// store), so that a resend of their lines is answered `dup` and not stored again.
+    pub fn with_stored_marks(mut self, marks: StoredMarks) -> TcpSource {
+        if !marks.sessions.is_empty() {
+            info!(source = %self.stats.name, sessions = marks.sessions.len(), "Numbered sessions restored.");
+        }
+        self.sessions = Arc::new(Sessions::new(self.config.max_sessions, marks.sessions));
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -199,8 +242,17 @@ impl TcpSource {
         ingest: IngestSender,
         shutdown: CancellationToken,
     ) -> Result<(), TcpSourceError> {
-        let TcpSource { listener, local_addr, config, source_idx, parser, registry, stats, connection_stats } =
-            self;
+        let TcpSource {
+            listener,
+            local_addr,
+            config,
+            source_idx,
+            parser,
+            registry,
+            stats,
+            connection_stats,
+            sessions,
+        } = self;
         let settings = ConnectionSettings {
             source_idx,
             ack: config.ack,
@@ -243,8 +295,14 @@ impl TcpSource {
             stats.add_connection();
             let open = OpenConnection::new(connection_stats.clone());
             let decoder = LineDecoder::new(parser.clone(), registry.clone(), stats.clone());
-            let connection =
-                Connection::new(settings, decoder, ingest.clone(), shutdown.clone(), ingest_closed.clone());
+            let connection = Connection::new(
+                settings,
+                decoder,
+                ingest.clone(),
+                shutdown.clone(),
+                ingest_closed.clone(),
+                sessions.clone(),
+            );
             let span = tracing::debug_span!("tcp_connection", %peer);
             tracker.spawn(
                 async move {
