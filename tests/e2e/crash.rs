@@ -1,11 +1,14 @@
 //! Crash torture: the real binary, fed acked TCP readings, is killed with SIGKILL at random
 //! (seeded) moments many times — mid-stream, mid-commit, mid-delivery, during recovery — and
-//! restarted on the same data directory, while the sender re-sends whatever was not acked.
+//! restarted on the same data directory, while the sender re-sends whatever was not settled.
+//! The sender numbers its lines in a session (`#session torture N`), so eddy recognises a
+//! re-sent line that it had stored before the kill took its `ack` away.
 //!
 //! What is checked at the end, against an uninterrupted run:
 //! - every acked reading is stored (the raw lane, `forward_raw`, lists what the log held, with
-//!   its log position), and a reading is stored twice only if it was sent but not acked when
-//!   eddy was killed (the sender re-sent it: at-least-once on the TCP edge, documented);
+//!   its log position), and **no reading is stored twice**: a re-sent line that was durable is
+//!   answered `dup` (exactly-once ingest). The checker still tells apart a copy of a reading
+//!   unacked at a kill from any other, so a failure says which guarantee broke;
 //! - the engine counts each stored reading exactly once (tumbling-window counts plus late
 //!   readings equal the stored readings);
 //! - the window and late results (deduplicated by `id`; a repeated id must carry identical
@@ -152,24 +155,35 @@ fn kills() -> usize {
     std::env::var("EDDY_TORTURE_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(12)
 }
 
-/// One connection sending `lines` at [`SEND_RATE`] and counting the replies.
+/// The session the torture's sender numbers its lines in.
+const SESSION: &str = "torture";
+
+/// One connection sending `lines` at [`SEND_RATE`] as numbers `first_line..` of [`SESSION`],
+/// and settling them from the replies as a sender keeping a queue would.
 struct Feed {
     stream: TcpStream,
     /// Lines whose write was started (an upper bound of what eddy may have read).
     started: Arc<AtomicUsize>,
     acked: Arc<AtomicU64>,
-    /// 1-based numbers of the lines answered `err`.
+    /// Lines settled from the front (`ack`, `err` or `dup`): the next feed starts after them.
+    settled: Arc<AtomicUsize>,
+    /// Lines answered `dup`: stored before, on an earlier connection.
+    dups: Arc<AtomicU64>,
+    /// 1-based numbers of the lines answered `err`, counted from the feed's first line.
     errors: Arc<Mutex<Vec<usize>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Feed {
-    fn start(address: SocketAddr, lines: Vec<String>) -> Feed {
-        let stream = TcpStream::connect(address).expect("connect to eddy");
+    fn start(address: SocketAddr, lines: Vec<String>, valid: Vec<bool>, first_line: usize) -> Feed {
+        let mut stream = TcpStream::connect(address).expect("connect to eddy");
+        stream.write_all(format!("#session {SESSION} {first_line}\n").as_bytes()).expect("session line");
         stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let started = Arc::new(AtomicUsize::new(0));
         let acked = Arc::new(AtomicU64::new(0));
+        let settled = Arc::new(AtomicUsize::new(0));
+        let dups = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut writer = stream.try_clone().unwrap();
@@ -195,11 +209,15 @@ impl Feed {
         });
         let reader_stream = stream.try_clone().unwrap();
         let reader_acked = acked.clone();
+        let reader_settled = settled.clone();
+        let reader_dups = dups.clone();
         let reader_errors = errors.clone();
         let reader_stop = stop.clone();
         let reader_thread = thread::spawn(move || {
             let mut reader = BufReader::new(reader_stream);
             let mut line = String::new();
+            // The front of the queue and the accepted lines popped so far.
+            let (mut front, mut popped_accepted) = (0usize, 0u64);
             loop {
                 line.clear();
                 match reader.read_line(&mut line) {
@@ -208,15 +226,37 @@ impl Feed {
                     Ok(_) if !line.ends_with('\n') => return,
                     Ok(_) => {
                         let mut words = line.split_whitespace();
-                        match (words.next(), words.next().and_then(|n| n.parse::<u64>().ok())) {
-                            (Some("ack"), Some(n)) => {
+                        match (words.next(), words.next(), words.next().and_then(|n| n.parse::<usize>().ok()))
+                        {
+                            (Some("session"), Some(SESSION), Some(_)) => {}
+                            (Some("dup"), Some(n), None) => {
+                                let n: usize = n.parse().unwrap();
+                                front += n;
+                                reader_dups.fetch_add(u64::try_from(n).unwrap(), Ordering::SeqCst);
+                            }
+                            (Some("ack"), Some(n), None) => {
+                                let n: u64 = n.parse().unwrap();
+                                // An ack covers accepted lines only: an `err` settles the others first.
+                                while popped_accepted < n {
+                                    assert!(
+                                        valid[front],
+                                        "`ack {n}` covers line {} answered err before",
+                                        front + 1
+                                    );
+                                    front += 1;
+                                    popped_accepted += 1;
+                                }
                                 reader_acked.fetch_max(n, Ordering::SeqCst);
                             }
-                            (Some("err"), Some(n)) => {
-                                reader_errors.lock().unwrap().push(usize::try_from(n).unwrap())
+                            (Some("err"), Some(n), _) => {
+                                let n: usize = n.parse().unwrap();
+                                assert_eq!(n, front + 1, "`err {n}` is not for the front line {}", front + 1);
+                                front = n;
+                                reader_errors.lock().unwrap().push(n);
                             }
                             _ => panic!("unexpected reply `{}`", line.trim_end()),
                         }
+                        reader_settled.store(front, Ordering::SeqCst);
                     }
                     Err(error)
                         if matches!(
@@ -232,34 +272,43 @@ impl Feed {
                 }
             }
         });
-        Feed { stream, started, acked, errors, stop, threads: vec![writer_thread, reader_thread] }
+        Feed {
+            stream,
+            started,
+            acked,
+            settled,
+            dups,
+            errors,
+            stop,
+            threads: vec![writer_thread, reader_thread],
+        }
     }
 
-    /// Stops both threads; returns (acked, lines started, error line numbers).
-    fn finish(mut self) -> (u64, usize, Vec<usize>) {
+    /// Stops both threads; returns what was settled from the front, the lines started, the
+    /// lines answered `dup` and the error line numbers.
+    fn finish(mut self) -> Finished {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         for thread in self.threads.drain(..) {
             thread.join().expect("feed thread");
         }
-        let errors = self.errors.lock().unwrap().clone();
-        (self.acked.load(Ordering::SeqCst), self.started.load(Ordering::SeqCst), errors)
+        Finished {
+            acked: self.acked.load(Ordering::SeqCst),
+            settled: self.settled.load(Ordering::SeqCst),
+            started: self.started.load(Ordering::SeqCst),
+            dups: self.dups.load(Ordering::SeqCst),
+            errors: self.errors.lock().unwrap().clone(),
+        }
     }
 }
 
-/// The index after the `acked`-th valid line of `valid` (0 when nothing was acked).
-fn after_acked(valid: &[bool], acked: u64) -> usize {
-    if acked == 0 {
-        return 0;
-    }
-    let mut n = 0;
-    for (idx, is_valid) in valid.iter().enumerate() {
-        n += u64::from(*is_valid);
-        if n == acked {
-            return idx + 1;
-        }
-    }
-    panic!("{acked} acks for {n} valid lines sent");
+/// What a feed got done.
+struct Finished {
+    acked: u64,
+    settled: usize,
+    started: usize,
+    dups: u64,
+    errors: Vec<usize>,
 }
 
 /// What a hub does during a run.
@@ -285,6 +334,8 @@ struct Outcome {
     errors: Vec<usize>,
     kills: usize,
     hub_outages: usize,
+    /// Re-sent lines eddy answered `dup`: durable before a kill took their `ack` away.
+    dups: u64,
 }
 
 /// Reads a JSON-lines file a crash may have left torn lines in; returns the records (first
@@ -336,6 +387,7 @@ fn run(
 ) -> Outcome {
     let mut next = 0;
     let mut uncertain = Vec::new();
+    let mut dups = 0;
     let mut hub_outages = 0;
     let mut hub_down = false;
     for round in 0..kills {
@@ -366,17 +418,26 @@ fn run(
             continue;
         }
         let mut eddy = Eddy::start_in(dir, config).expect("eddy restarts on its data");
-        let feed = Feed::start(eddy.tcp_address("in").unwrap(), lines[next..].to_vec());
+        let feed = Feed::start(
+            eddy.tcp_address("in").unwrap(),
+            lines[next..].to_vec(),
+            valid[next..].to_vec(),
+            next + 1,
+        );
         thread::sleep(rng.millis(20..900));
         eddy.kill();
         eddy.wait(Duration::from_secs(20)).expect("killed eddy exits");
-        let (acked, started, _) = feed.finish();
-        let new_next = next + after_acked(&valid[next..], acked);
-        let sent_to = (next + started).min(lines.len());
+        let finished = feed.finish();
+        dups += finished.dups;
+        let new_next = next + finished.settled;
+        let sent_to = (next + finished.started).min(lines.len());
         if sent_to > new_next {
             uncertain.push(new_next..sent_to);
         }
-        eprintln!("round {round}: {acked} acked, lines {new_next}..{sent_to} unacked when killed");
+        eprintln!(
+            "round {round}: {} acked, {} dup, lines {new_next}..{sent_to} unsettled when killed",
+            finished.acked, finished.dups
+        );
         next = new_next;
     }
     if let HubPlan::Flaky(hub) = hub {
@@ -390,13 +451,12 @@ fn run(
     let mut eddy = Eddy::start_in(dir, config).expect("eddy restarts on its data");
     let address = eddy.tcp_address("in").unwrap();
     let rest = lines.len() - next;
-    let feed = Feed::start(address, lines[next..].to_vec());
-    let answered = wait_until(Duration::from_secs(120), || {
-        let answered =
-            feed.acked.load(Ordering::SeqCst) + u64::try_from(feed.errors.lock().unwrap().len()).unwrap();
-        answered == u64::try_from(rest).unwrap()
-    });
-    let (_, _, errors) = feed.finish();
+    let feed = Feed::start(address, lines[next..].to_vec(), valid[next..].to_vec(), next + 1);
+    let answered = wait_until(Duration::from_secs(120), || feed.settled.load(Ordering::SeqCst) == rest);
+    let finished = feed.finish();
+    dups += finished.dups;
+    // Error line numbers of the whole stream (the last feed started at line `next + 1`).
+    let errors: Vec<usize> = finished.errors.iter().map(|n| n + next).collect();
     assert!(answered, "the last {rest} lines were not all answered; log:\n{}", eddy.log());
     let marker = format!(r#"{{"sensor":"{MARKER_SENSOR}","ts":1700000000000,"temp_c":0.0}}"#);
     let replies = send_with_acks(address, &[marker.as_bytes()], Duration::from_secs(30)).expect("marker");
@@ -453,6 +513,7 @@ fn run(
         errors,
         kills,
         hub_outages,
+        dups,
     }
 }
 
@@ -594,6 +655,10 @@ fn torture(lines: &[String], hub: Option<&HttpHub>) -> (Outcome, Outcome, HashMa
     };
     let killed = run(killed_dir.path(), &killed_config, lines, &valid, kills, &mut rng, &plan);
     let extra = check_stored(lines, &valid, &killed);
+    assert!(
+        extra.is_empty(),
+        "readings stored twice although their session recognises resends (seed {seed}): {extra:?}"
+    );
 
     let reference = if extra.is_empty() {
         baseline
@@ -611,8 +676,9 @@ fn torture(lines: &[String], hub: Option<&HttpHub>) -> (Outcome, Outcome, HashMa
     assert_eq!(killed.windows, reference.windows, "window values differ (seed {seed})");
     assert_eq!(killed.late, reference.late, "late readings differ (seed {seed})");
     eprintln!(
-        "crash torture: {} kills, {} readings stored twice after a re-send, {} windows, {} late, hub outages {}",
+        "crash torture: {} kills, {} re-sent lines answered dup, {} readings stored twice, {} windows, {} late, hub outages {}",
         killed.kills,
+        killed.dups,
         extra.values().sum::<usize>(),
         killed.windows.len(),
         killed.late.len(),

@@ -7,6 +7,8 @@ mod config;
 mod conn;
 mod session;
 #[cfg(test)]
+mod session_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 pub(crate) mod warn_limit;
 
