@@ -21,6 +21,10 @@ pub(crate) type SourceFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> +
 /// eddy while the broker still owes a redelivery.
 const MQTT_HOLD_VARIABLE: &str = "EDDY_TEST_MQTT_HOLD";
 
+/// Test-only environment variable: with `1`, MQTT sources store messages but never write
+/// their acknowledgements, as if eddy died between the fsync and the PUBACK.
+const MQTT_NO_ACK_VARIABLE: &str = "EDDY_TEST_MQTT_NO_ACK";
+
 /// Prepares source `source_idx`; `marks` is what it had made durable before (its numbered
 /// sessions, its MQTT messages), so that it recognises a resend.
 #[allow(clippy::too_many_arguments)] // one call site, the daemon's wiring
@@ -64,6 +68,10 @@ pub(crate) async fn start(
             mqtt.test_hold_messages = std::env::var_os(MQTT_HOLD_VARIABLE).is_some_and(|value| value == "1");
             if mqtt.test_hold_messages {
                 tracing::warn!(source = %source.name, "{MQTT_HOLD_VARIABLE}=1: MQTT messages are held, never stored.");
+            }
+            mqtt.test_skip_acks = std::env::var_os(MQTT_NO_ACK_VARIABLE).is_some_and(|value| value == "1");
+            if mqtt.test_skip_acks {
+                tracing::warn!(source = %source.name, "{MQTT_NO_ACK_VARIABLE}=1: MQTT messages are stored, never acknowledged.");
             }
             let mqtt = eddy_sensors::MqttSource::new(mqtt, source_idx, parser, registry, stats)?
                 .with_stored_marks(marks);

@@ -157,6 +157,11 @@ pub struct MqttSourceConfig {
     /// stalled, so a test can kill eddy while the broker still owes a redelivery.
     #[doc(hidden)]
     pub test_hold_messages: bool,
+    /// Test only (the daemon sets it from `EDDY_TEST_MQTT_NO_ACK=1`): messages are stored as
+    /// usual but their acknowledgements are never written, as if eddy died between the fsync
+    /// and the PUBACK, so a test can check that their redelivery is not stored again.
+    #[doc(hidden)]
+    pub test_skip_acks: bool,
 }
 
 impl MqttSourceConfig {
@@ -192,6 +197,7 @@ impl MqttSourceConfig {
             retry_min: MqttSourceConfig::DEFAULT_RETRY_MIN,
             retry_max: MqttSourceConfig::DEFAULT_RETRY_MAX,
             test_hold_messages: false,
+            test_skip_acks: false,
         }
     }
 }

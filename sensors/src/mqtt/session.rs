@@ -365,6 +365,15 @@ impl Session {
                 // Acknowledgements cannot be written; the connection loss made these orphans.
                 break;
             }
+            if self.config.test_skip_acks {
+                // Stored, never acknowledged: the state a crash before the PUBACK leaves.
+                info!(
+                    pkid = front.publish.pkid,
+                    "Not acknowledging a stored MQTT message (EDDY_TEST_MQTT_NO_ACK)."
+                );
+                self.pending.pop_front();
+                continue;
+            }
             write_ack(&mut self.eventloop, &front.publish).await?;
             n_written += 1;
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
