@@ -275,6 +275,60 @@ mod tests {
         Reading { sensor: Arc::from("s"), ts_ms, values: vec![Some(20.0)], tags: vec![] }
     }
 
+    fn lines(first: u64, last: u64) -> eddy_sensors::Mark {
+        eddy_sensors::Mark::Lines { session: Arc::from("s"), first, last, renumbered: false }
+    }
+
+    /// A refused batch of a numbered session holds the session's later batches back until the
+    /// refused lines are resent, so the stored mark never passes a line that was not stored;
+    /// a batch's marks go into the chunk holding its last reading.
+    #[tokio::test]
+    async fn a_refused_session_batch_holds_later_ones_back_and_marks_ride_with_the_last_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, vec!["temp_c".into()], vec![]).unwrap();
+        store.inject_append_failures(1);
+        let ingest = Ingest {
+            store: store.clone(),
+            flush_interval: Duration::from_millis(1),
+            batch_interval_ms: 1000,
+            next_key: 1,
+            clock: ProcessingClock::new(0),
+            failed_groups: 0,
+            stats: Arc::default(),
+            source_names: vec!["in".into()],
+            refused_sessions: RefusedSessions::default(),
+        };
+        let (tx, rx) = ingest_channel(4);
+        let (engine_tx, _engine_rx) = mpsc::channel(16);
+        let task = tokio::spawn(ingest.run(rx, engine_tx));
+        let send = |readings: Vec<Reading>, mark| {
+            let tx = tx.clone();
+            async move { tx.send_marked(0, readings, vec![mark]).await.unwrap().await.unwrap() }
+        };
+        assert!(matches!(send(vec![reading(1)], lines(1, 1)).await, Durability::Refused(_)));
+        let held = send(vec![reading(2)], lines(2, 2)).await;
+        assert!(
+            matches!(&held, Durability::Refused(reason) if reason.contains("line 1 of session s")),
+            "{held:?}"
+        );
+        assert_eq!(send(vec![reading(1)], lines(1, 1)).await, Durability::Durable);
+        // 512 readings fill a chunk exactly: the mark is in that chunk, not in an empty one.
+        let full: Vec<Reading> = (2..2 + i64::try_from(MAX_CHUNK_READINGS).unwrap()).map(reading).collect();
+        assert_eq!(send(full, lines(2, 513)).await, Durability::Durable);
+        drop(tx);
+        task.await.unwrap().expect("ingest ends cleanly");
+        let (logged, _) = store.read_log_after(0, 10).unwrap();
+        let marks: Vec<(usize, Vec<MarkChange>)> =
+            logged.iter().map(|chunk| (chunk.readings.len(), chunk.marks.clone())).collect();
+        assert_eq!(
+            marks,
+            vec![
+                (1, vec![(b"in\0ls".to_vec(), Some(1))]),
+                (MAX_CHUNK_READINGS, vec![(b"in\0ls".to_vec(), Some(513))]),
+            ]
+        );
+    }
+
     /// ENOSPC on a log write refuses that group only; eddy keeps running and stores the next.
     #[tokio::test]
     async fn a_failed_log_write_refuses_its_group_and_ingest_goes_on() {

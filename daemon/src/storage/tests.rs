@@ -393,3 +393,72 @@ fn sealed_pages_take_the_seqs_before_the_unsealed_tail() {
     let in_order: Vec<OutboxEntry> = read.into_iter().map(|(_, entry)| entry).collect();
     assert_eq!(in_order, entries);
 }
+
+#[tokio::test]
+async fn marks_are_stored_with_their_chunk_and_outlive_the_trim_through_the_commit() {
+    use crate::storage::stored::{LogChunkV2, LogChunkV2Ref, ReadingV1, ReadingsRef};
+    let dir = tempfile::tempdir().unwrap();
+    let mark = |id: &[u8], value| (id.to_vec(), value);
+    {
+        let store = open(dir.path());
+        let mut with_marks = chunk(1, vec![reading("t-1", 10, 21.0)]);
+        with_marks.marks = vec![mark(b"in\0lsess", Some(40)), mark(b"in\0lgone", None)];
+        store.append_log(&[with_marks.clone()]).unwrap();
+        store.flush().await.unwrap();
+        let (read, _) = store.read_log_after(0, 10).unwrap();
+        assert_eq!(read, vec![with_marks.clone()], "the marks come back with the readings");
+
+        // The commit that covers the chunk keeps its marks; then the chunk may go.
+        store
+            .commit(&Commit { log_pos: 1, next_seq: 1, marks: with_marks.marks.clone(), ..Commit::default() })
+            .unwrap();
+        store.trim_log_through(1).unwrap();
+        store
+            .commit(&Commit {
+                log_pos: 1,
+                next_seq: 1,
+                marks: vec![mark(b"in\0lnew", Some(7))],
+                ..Commit::default()
+            })
+            .unwrap();
+        store
+            .commit(&Commit {
+                log_pos: 1,
+                next_seq: 1,
+                marks: vec![mark(b"in\0lnew", None)],
+                ..Commit::default()
+            })
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.load_marks().unwrap(), vec![(b"in\0lsess".to_vec(), 40)], "forgotten marks are gone");
+    assert!(store.read_log_after(0, 10).unwrap().0.is_empty());
+
+    // The borrowed encoding has the owned layout.
+    let readings = vec![reading("t-1", 10, 21.5)];
+    let (fields, tags) = (names(&["temp_c", "humidity"]), names(&["mode"]));
+    let marks = vec![mark(b"in\0p\0\x07", Some(99))];
+    let borrowed = LogChunkV2Ref {
+        ingest_ms: 5,
+        batch: 2,
+        field_names: &fields,
+        tag_names: &tags,
+        readings: ReadingsRef(&readings),
+        marks: &marks,
+    };
+    let owned = LogChunkV2 {
+        ingest_ms: 5,
+        batch: 2,
+        field_names: fields.clone(),
+        tag_names: tags.clone(),
+        readings: vec![ReadingV1 {
+            sensor: "t-1".into(),
+            ts_ms: 10,
+            values: readings[0].values.clone(),
+            tags: vec![Some("heat".into())],
+        }],
+        marks: marks.clone(),
+    };
+    assert_eq!(postcard::to_allocvec(&borrowed).unwrap(), postcard::to_allocvec(&owned).unwrap());
+}
