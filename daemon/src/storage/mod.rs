@@ -16,6 +16,11 @@
 //!   that produced them and the log position they cover never disagree: after a crash the
 //!   engine restarts from the last commit and replays the log after its position, producing
 //!   the same results again under the same sequence numbers and ids.
+//! - **Source marks** (`k` + source name, 0, kind, id): what each source's batches settled (a
+//!   TCP session's last line, an MQTT packet id's fingerprint). A log chunk carries the marks
+//!   of its batches in the same value as their readings; a commit writes the marks of the
+//!   chunks it covers, in the same batch as the log position, so they outlive the trim
+//!   ([`Store::load_marks`] plus the replayed chunks give back exactly what was durable).
 //! - **Sink cursors** (`m` + `cursor/` + name): the last outbox seq a sink delivered. Written
 //!   after delivery, so a crash between the two re-delivers at most one batch of records
 //!   (at-least-once, with deterministic ids). An outbox entry is deleted only once every
