@@ -264,6 +264,8 @@ pub struct RawSource {
     pub ack: Option<bool>,
     /// tcp: connection cap.
     pub max_connections: Option<u64>,
+    /// tcp: numbered sessions (`#session`) remembered at once.
+    pub max_sessions: Option<u64>,
     /// simulator: thermostats.
     pub sensors: Option<u64>,
     /// simulator: readings per second per thermostat.
@@ -472,6 +474,8 @@ pub enum SourceKind {
         ack: bool,
         /// Connection cap.
         max_connections: usize,
+        /// Numbered sessions remembered.
+        max_sessions: usize,
     },
     /// A serial port.
     Serial {
@@ -845,13 +849,23 @@ fn source_from_raw(key: &str, idx: usize, raw: RawSource) -> Result<SourceConfig
                 .ok()
                 .filter(|n| (1..=65_536).contains(n))
                 .ok_or_else(|| invalid(format!("{key}.max_connections"), "must be between 1 and 65536"))?;
-            SourceKind::Tcp { listen, format, ack: raw.ack.unwrap_or(false), max_connections }
+            let max_sessions = usize::try_from(raw.max_sessions.unwrap_or(4096))
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n) && *n >= max_connections)
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{key}.max_sessions"),
+                        "must be between max_connections (a connection owns at most one session) and 1000000",
+                    )
+                })?;
+            SourceKind::Tcp { listen, format, ack: raw.ack.unwrap_or(false), max_connections, max_sessions }
         }
         "simulator" => {
             not_for("listen", raw.listen.is_some())?;
             not_for("format", raw.format.is_some())?;
             not_for("ack", raw.ack.is_some())?;
             not_for("max_connections", raw.max_connections.is_some())?;
+            not_for("max_sessions", raw.max_sessions.is_some())?;
             let sensors = u32::try_from(raw.sensors.unwrap_or(10))
                 .ok()
                 .filter(|n| (1..=100_000).contains(n))
@@ -999,6 +1013,8 @@ mod tests {
         check_err("[[sources]]\nkind = \"tcp\"\nformat = \"xml\"\n", "sources[1].format");
         check_err("[[sources]]\nkind = \"tcp\"\nrate = 2.0\n", "sources[1].rate");
         check_err("[[sources]]\nkind = \"modbus\"\n", "sources[1].kind");
+        check_err("[[sources]]\nkind = \"tcp\"\nmax_sessions = 8\n", "sources[1].max_sessions");
+        check_err("[[sources]]\nkind = \"simulator\"\nmax_sessions = 8\n", "sources[1].max_sessions");
         check_err("[[sinks]]\nkind = \"file\"\n", "sinks[0].path");
         check_err("[[windows]]\nname = \"batch\"\nlength = \"5s\"\n", "windows[0].name");
         check_err("[schema]\nfields = [{ name = \"late\" }]\n", "schema.fields[0].name");

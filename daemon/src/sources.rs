@@ -39,11 +39,12 @@ pub(crate) async fn start(
     marks: StoredMarks,
 ) -> anyhow::Result<SourceFuture> {
     match &source.kind {
-        SourceKind::Tcp { listen, format, ack, max_connections } => {
+        SourceKind::Tcp { listen, format, ack, max_connections, max_sessions } => {
             let parser = Arc::new(LineParser::new(*format, config.schema.clone(), config.limits));
             let tcp_config = TcpSourceConfig {
                 listen: *listen,
                 max_connections: *max_connections,
+                max_sessions: *max_sessions,
                 ack: *ack,
                 ..TcpSourceConfig::default()
             };

@@ -76,6 +76,7 @@ pub(super) fn check_keys_apply(key: &str, raw: &RawSource) -> Result<(), ConfigE
             ("listen", raw.listen.is_some()),
             ("ack", raw.ack.is_some()),
             ("max_connections", raw.max_connections.is_some()),
+            ("max_sessions", raw.max_sessions.is_some()),
             ("sensors", raw.sensors.is_some()),
             ("rate", raw.rate.is_some()),
             ("seed", raw.seed.is_some()),
