@@ -92,6 +92,10 @@ enum Command {
         /// Wait for eddy's durable acks (the source must have `ack = true`).
         #[arg(long)]
         ack: bool,
+        /// TCP: number the lines in this session (`#session ID 1`, implies --ack): sent again
+        /// with the same seed, they are answered `dup` and stored once.
+        #[arg(long, requires = "tcp")]
+        session: Option<String>,
     },
 }
 
@@ -205,14 +209,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Simulate { tcp, serial, mqtt, transport, sensors, rate, count, seed, ack } => {
+        Command::Simulate { tcp, serial, mqtt, transport, sensors, rate, count, seed, ack, session } => {
             let runtime = match runtime() {
                 Ok(runtime) => runtime,
                 Err(code) => return code,
             };
             let load = simulate::Load { sensors, rate, count, seed };
             match (tcp, serial, mqtt) {
-                (Some(tcp), _, _) => runtime.block_on(simulate(tcp, sensors, rate, count, seed, ack)),
+                (Some(tcp), _, _) => runtime.block_on(simulate(tcp, load, ack, session)),
                 (_, Some(path), _) => runtime
                     .block_on(async { simulate::serial(path, &transport, load, cancel_on_signal()).await }),
                 (_, _, Some(url)) => runtime
@@ -223,14 +227,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn simulate(
-    address: SocketAddr,
-    sensors: u32,
-    rate: Option<f64>,
-    count: Option<u64>,
-    seed: u64,
-    ack: bool,
-) -> ExitCode {
+async fn simulate(address: SocketAddr, load: simulate::Load, ack: bool, session: Option<String>) -> ExitCode {
+    let simulate::Load { sensors, rate, count, seed } = load;
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
@@ -247,21 +245,23 @@ async fn simulate(
         rate,
         count,
         seed,
-        wait_acks: ack,
+        wait_acks: ack || session.is_some(),
         ack_timeout: Duration::from_secs(60),
+        session,
         shutdown: cancel,
     };
     match eddy_sensors::simulate_tcp(options).await {
         Ok(report) => {
             let secs = report.elapsed.as_secs_f64().max(1e-9);
             println!(
-                "sent {} readings in {:.3} s ({:.0}/s); acked {}, rejected {}, refused {}",
+                "sent {} readings in {:.3} s ({:.0}/s); acked {}, rejected {}, refused {}, already stored {}",
                 report.sent,
                 secs,
                 report.sent as f64 / secs,
                 report.acked,
                 report.errors,
-                report.nacked
+                report.nacked,
+                report.dups
             );
             ExitCode::SUCCESS
         }

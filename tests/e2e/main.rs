@@ -12,6 +12,7 @@ mod mqtt;
 mod reload;
 mod schema;
 mod serial;
+mod session;
 mod shutdown;
 mod tidy;
 mod uplink;

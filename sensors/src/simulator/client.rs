@@ -1,5 +1,6 @@
 //! The `eddy simulate` client: sends simulated thermostat readings to a TCP source as JSON
-//! lines, as a load generator, and counts the source's `ack`/`err`/`nack` replies.
+//! lines, as a load generator, and counts the source's `ack`/`err`/`nack` replies (and, in a
+//! numbered session, `dup`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -36,6 +37,10 @@ pub struct SimulateOptions {
     pub wait_acks: bool,
     /// How long to wait for the replies once everything is sent.
     pub ack_timeout: Duration,
+    /// Number the lines `1, 2, …` of this session (`#session ID 1`; the source needs
+    /// `ack = true`): run again with the same seed and session, every line is answered `dup`
+    /// and nothing is stored twice.
+    pub session: Option<String>,
     /// Stops sending; the line being written is completed first.
     pub shutdown: CancellationToken,
 }
@@ -51,6 +56,8 @@ pub struct SimulateReport {
     pub nacked: u64,
     /// Lines rejected (`err`).
     pub errors: u64,
+    /// Lines the source had settled before, in the session (`dup`): not stored again.
+    pub dups: u64,
     /// From the start of the connection attempt to the end.
     pub elapsed: Duration,
 }
@@ -58,7 +65,7 @@ pub struct SimulateReport {
 impl SimulateReport {
     /// Lines that got any answer.
     pub fn answered(&self) -> u64 {
-        self.acked + self.nacked + self.errors
+        self.acked + self.nacked + self.errors + self.dups
     }
 }
 
@@ -98,13 +105,21 @@ pub enum SimulateError {
         #[source]
         source: io::Error,
     },
-    /// A reply was not `ack`, `err` or `nack`.
-    #[error("{addr} sent a reply that is not ack, err or nack: {reply:?}")]
+    /// A reply was not `ack`, `err`, `nack`, `dup` or `session`.
+    #[error("{addr} sent a reply that is not ack, err, nack, dup or session: {reply:?}")]
     BadReply {
         /// The source's address.
         addr: SocketAddr,
         /// The reply line (lossily decoded, cut at 200 bytes).
         reply: String,
+    },
+    /// The source refused the session (`session-refused REASON`).
+    #[error("{addr} refused the session: {reason}")]
+    SessionRefused {
+        /// The source's address.
+        addr: SocketAddr,
+        /// The reason it gave.
+        reason: String,
     },
     /// The source closed the connection before answering every line sent.
     #[error("{addr} closed the connection with {} of {} lines unanswered", .report.sent.saturating_sub(.report.answered()), .report.sent)]
@@ -153,7 +168,11 @@ pub async fn simulate_tcp(options: SimulateOptions) -> Result<SimulateReport, Si
     let stream = connected.map_err(|source| SimulateError::Connect { addr, source })?;
     // The last lines before a pause should not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, mut write_half) = stream.into_split();
+    if let Some(session) = &options.session {
+        let declared = write_half.write_all(format!("#session {session} 1\n").as_bytes()).await;
+        declared.map_err(|source| SimulateError::Send { addr, source })?;
+    }
     let (counts_tx, mut counts) = watch::channel(ReplyCounts::default());
     let mut reply_reader = AbortOnDropHandle::new(tokio::spawn(read_replies(read_half, addr, counts_tx)));
 
@@ -177,12 +196,16 @@ pub async fn simulate_tcp(options: SimulateOptions) -> Result<SimulateReport, Si
         acked: counts.acked,
         nacked: counts.nacked,
         errors: counts.errors,
+        dups: counts.dups,
         elapsed: started.elapsed(),
     };
     if let Err(source) = sent {
         // A write fails when the source closed the connection; say that rather than EPIPE.
         let closed = async { counts.wait_for(|counts| counts.closed).await.is_ok() };
         if tokio::time::timeout(Duration::from_secs(1), closed).await == Ok(true) {
+            if let Some(reason) = counts.borrow().session_refused.clone() {
+                return Err(SimulateError::SessionRefused { addr, reason });
+            }
             return Err(SimulateError::Closed { addr, report: report(&counts.borrow()) });
         }
         return Err(SimulateError::Send { addr, source });
@@ -195,6 +218,9 @@ pub async fn simulate_tcp(options: SimulateOptions) -> Result<SimulateReport, Si
         async { counts.wait_for(|counts| counts.answered() >= sender.sent || counts.closed).await.map(drop) };
     let waited = tokio::time::timeout(options.ack_timeout, all_answered).await;
     let final_counts = counts.borrow().clone();
+    if let Some(reason) = final_counts.session_refused.clone() {
+        return Err(SimulateError::SessionRefused { addr, reason });
+    }
     let report = report(&final_counts);
     match waited {
         Err(_elapsed) => Err(SimulateError::AckTimeout { addr, waited: options.ack_timeout, report }),
@@ -212,13 +238,16 @@ struct ReplyCounts {
     acked: u64,
     nacked: u64,
     errors: u64,
+    dups: u64,
+    /// Why the source refused the session, if it did.
+    session_refused: Option<String>,
     /// The source closed the connection, or the replies could not be read any more.
     closed: bool,
 }
 
 impl ReplyCounts {
     fn answered(&self) -> u64 {
-        self.acked + self.nacked + self.errors
+        self.acked + self.nacked + self.errors + self.dups
     }
 }
 
@@ -265,13 +294,21 @@ async fn read_replies(
 /// Adds one reply to `counts`; false when it is not a reply of the protocol.
 fn count_reply(reply: &[u8], counts: &mut ReplyCounts) -> bool {
     let Ok(reply) = std::str::from_utf8(reply) else { return false };
+    if let Some(reason) = reply.strip_prefix("session-refused ") {
+        counts.session_refused = Some(reason.to_owned());
+        return true;
+    }
     let mut words = reply.splitn(3, ' ');
     let kind = words.next().unwrap_or("");
+    if kind == "session" {
+        return words.next().is_some();
+    }
     let Some(Ok(number)) = words.next().map(str::parse::<u64>) else { return false };
     match kind {
         "ack" => counts.acked = counts.acked.max(number),
         "nack" => counts.nacked += number,
         "err" => counts.errors += 1,
+        "dup" => counts.dups += number,
         _ => return false,
     }
     true
@@ -406,6 +443,7 @@ mod tests {
             seed: 21,
             wait_acks: true,
             ack_timeout: PROMPTLY,
+            session: None,
             shutdown: CancellationToken::new(),
         }
     }
@@ -423,6 +461,18 @@ mod tests {
         }
         harness.shutdown.cancel();
         harness.source.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn simulate_tcp_in_a_session_sent_twice_is_stored_once() {
+        let harness = start(test_config(), Limits::default(), DaemonSetup::default()).await;
+        let in_session =
+            || SimulateOptions { count: Some(700), session: Some("sim-1".into()), ..options(harness.addr) };
+        let first = simulate_tcp(in_session()).await.unwrap();
+        assert_eq!((first.sent, first.acked, first.dups), (700, 700, 0));
+        let again = simulate_tcp(in_session()).await.unwrap();
+        assert_eq!((again.sent, again.acked, again.dups), (700, 0, 700));
+        assert_eq!(harness.daemon.progress().readings, 700, "the second run stored nothing");
     }
 
     #[tokio::test]
