@@ -13,11 +13,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Tools the tests start themselves: mosquitto (MQTT sources and hub uplinks), socat (serial
-# pseudo-terminals), openssl (a test CA for TLS). Installed with apt-get when missing, without
-# asking (CI has no standard input).
+# Tools the tests start themselves: mosquitto (MQTT sources and hub uplinks) and its
+# mosquitto_pub client (raw payloads), socat (serial pseudo-terminals), openssl (a test CA for
+# TLS). Installed with apt-get when missing, without asking (CI has no standard input).
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then

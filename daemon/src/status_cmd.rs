@@ -52,12 +52,13 @@ pub(crate) fn render(status: &Value) -> String {
     for problem in status["problems"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  problem: {}", s(problem));
     }
-    let _ = writeln!(out, "\nSources                 received   accepted   rejected");
+    let _ = writeln!(out, "\nSources                 state    received   accepted   rejected");
     for source in status["sources"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "  {:<20} {:>10} {:>10} {:>10}",
+            "  {:<20} {:<6} {:>10} {:>10} {:>10}",
             s(&source["name"]),
+            if source["up"].as_bool() == Some(false) { "DOWN" } else { "up" },
             n(&source["received"]),
             n(&source["accepted"]),
             n(&source["rejected"])

@@ -169,6 +169,8 @@ pub(crate) struct Status {
 #[derive(Debug, Serialize)]
 pub(crate) struct SourceStatus {
     pub(crate) name: String,
+    /// Listening, its port open, connected to its broker, or running.
+    pub(crate) up: bool,
     pub(crate) received: u64,
     pub(crate) accepted: u64,
     pub(crate) rejected: u64,
@@ -249,6 +251,13 @@ impl Telemetry {
         let mut problems = Vec::new();
         if !self.sources_up.load(Ordering::Relaxed) {
             problems.push("sources are not up (starting or stopping)".to_owned());
+        } else {
+            for source in self.sources.iter().filter(|source| !source.is_up()) {
+                problems.push(format!(
+                    "source {} is down (not listening, its port not open, or its broker not connected)",
+                    source.name
+                ));
+            }
         }
         if let Some(refusal) = self.ingest.last_refusal() {
             problems.push(format!("store is not writable: {refusal}"));
@@ -319,6 +328,7 @@ impl Telemetry {
                     let snapshot = source.snapshot();
                     SourceStatus {
                         name: source.name.clone(),
+                        up: source.is_up(),
                         received: snapshot.received,
                         accepted: snapshot.accepted,
                         rejected: snapshot.rejected_total(),
@@ -370,6 +380,20 @@ impl Telemetry {
         );
         for (name, s) in &snapshots {
             let _ = writeln!(out, "eddy_source_duplicates_total{{source=\"{name}\"}} {}", s.duplicates);
+        }
+        family(
+            &mut out,
+            "eddy_source_up",
+            "gauge",
+            "1 while the source can take readings (listening, port open, broker connected).",
+        );
+        for source in &self.sources {
+            let _ = writeln!(
+                out,
+                "eddy_source_up{{source=\"{}\"}} {}",
+                label(&source.name),
+                u8::from(source.is_up())
+            );
         }
         family(&mut out, "eddy_source_rejected_total", "counter", "Readings rejected per source and reason.");
         for (name, s) in &snapshots {

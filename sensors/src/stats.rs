@@ -1,7 +1,7 @@
 //! Per-source counters: received, accepted, rejected by reason. Shared with the daemon,
 //! which logs them and (later) serves them as metrics.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::reject::RejectReason;
 
@@ -15,6 +15,7 @@ pub struct SourceStats {
     rejected: [AtomicU64; RejectReason::ALL.len()],
     connections: AtomicU64,
     duplicates: AtomicU64,
+    up: AtomicBool,
 }
 
 /// A copy of a source's counters at one moment.
@@ -55,7 +56,19 @@ impl SourceStats {
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             connections: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            up: AtomicBool::new(false),
         }
+    }
+
+    /// Says whether the source can take readings now: listening (TCP), its port open
+    /// (serial), connected to its broker (MQTT), running (simulator). False until it starts.
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether the source can take readings now (see [`SourceStats::set_up`]).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
     }
 
     /// Counts `n` received lines.

@@ -4,7 +4,8 @@
 //!
 //! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench ingest_tcp`
 //! Environment: `EDDY_BENCH_COUNT` (readings per run, default 2,000,000), `EDDY_BENCH_SENSORS`
-//! (default 1000).
+//! (default 1000), `EDDY_BENCH_SESSION=1` (number the lines in a session: what exactly-once
+//! ingest costs).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -52,6 +53,7 @@ fn main() {
     // Readings per second per sensor (unset: as fast as possible): 200 with 1000 sensors is the
     // issue's 200,000 readings/s target.
     let rate: Option<u64> = std::env::var("EDDY_BENCH_RATE").ok().and_then(|v| v.parse().ok());
+    let session = std::env::var("EDDY_BENCH_SESSION").is_ok_and(|v| v == "1");
     let mut eddy = Eddy::start(CONFIG).expect("eddy starts");
     let address = eddy.tcp_address("in").expect("address");
     let idle_rss = eddy.proc_status_kib("VmRSS:").unwrap_or(0);
@@ -61,6 +63,7 @@ fn main() {
         .args(["simulate", "--tcp", &address.to_string(), "--ack"])
         .args(["--count", &count.to_string(), "--sensors", &sensors.to_string()])
         .args(rate.map(|rate| ["--rate".to_owned(), rate.to_string()]).into_iter().flatten())
+        .args(if session { &["--session", "bench"][..] } else { &[] })
         .output()
         .expect("eddy simulate runs");
     let elapsed = started.elapsed();
@@ -78,7 +81,10 @@ fn main() {
     assert!(status.success());
 
     let rate = acked as f64 / elapsed.as_secs_f64();
-    println!("ingest_tcp: {acked} readings, {sensors} sensors, 2 windows + 2 s batches, ack after fsync");
+    let numbered = if session { ", numbered session" } else { "" };
+    println!(
+        "ingest_tcp: {acked} readings, {sensors} sensors, 2 windows + 2 s batches, ack after fsync{numbered}"
+    );
     println!("ingest_tcp: {:.3} s, {:.0} readings/s (durable, acked)", elapsed.as_secs_f64(), rate);
     println!("ingest_tcp: eddy RSS idle {} KiB, peak {} KiB", idle_rss, peak_rss);
     let _ = Duration::ZERO;

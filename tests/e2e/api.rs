@@ -218,3 +218,53 @@ fn health_is_503_while_the_store_refuses_readings() {
     assert!(text.contains("UNHEALTHY") && text.contains("store is not writable"), "{text}");
     assert!(eddy.stop().expect("eddy stops").success());
 }
+
+/// `/health` is 200 only while every source can take readings: an MQTT source whose broker
+/// went away makes it 503, naming the source, until the broker is back; `/metrics` and
+/// `eddy status` say which source is down.
+#[test]
+fn health_names_an_mqtt_source_whose_broker_is_gone() {
+    let mut broker = eddy_tests::mosquitto::Mosquitto::start().expect("mosquitto starts");
+    let config = format!(
+        r#"
+device_id = "gw-health"
+data_dir = "{{dir}}/data"
+[api]
+listen = "127.0.0.1:0"
+[[sources]]
+kind = "mqtt"
+name = "broker"
+url = "{}"
+client_id = "eddy-health"
+topics = ["sensors/+/reading"]
+[[sinks]]
+kind = "file"
+path = "{{dir}}/results.jsonl"
+"#,
+        broker.url()
+    );
+    let eddy = Eddy::start(&config).expect("eddy starts");
+    let api = api_address(&eddy);
+    assert!(
+        wait_until(Duration::from_secs(20), || get(api, "/health").0 == 200),
+        "{}",
+        get(api, "/health").1
+    );
+    assert_eq!(sample(&get(api, "/metrics").1, "eddy_source_up{source=\"broker\"}"), Some(1.0));
+
+    broker.stop();
+    assert!(wait_until(Duration::from_secs(20), || get(api, "/health").0 == 503), "{}", eddy.log());
+    let (_, problems) = get(api, "/health");
+    assert!(problems.contains("source broker is down"), "{problems}");
+    assert_eq!(sample(&get(api, "/metrics").1, "eddy_source_up{source=\"broker\"}"), Some(0.0));
+    let status = Command::new(eddy_binary()).args(["status", "--addr", &api.to_string()]).output().unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(shown.contains("UNHEALTHY") && shown.contains("DOWN"), "{shown}");
+
+    broker.restart().expect("mosquitto restarts");
+    assert!(
+        wait_until(Duration::from_secs(20), || get(api, "/health").0 == 200),
+        "{}",
+        get(api, "/health").1
+    );
+}

@@ -92,7 +92,9 @@ fn mqtt_readings_flow_to_window_results_and_bad_payloads_are_counted() {
         let status = Command::new("mosquitto_pub")
             .args(["-p", &broker.port.to_string(), "-q", "1", "-t", "sensors/t-array/reading", "-m", payload])
             .status()
-            .expect("mosquitto_pub runs");
+            .expect(
+                "mosquitto_pub runs (apt-get install mosquitto-clients; ./scripts/test-all.sh installs it)",
+            );
         assert!(status.success());
     }
     wait_for_readings(&eddy, &results, 501);

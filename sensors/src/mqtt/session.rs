@@ -232,6 +232,7 @@ impl Session {
     fn connected(&mut self, session_present: bool) {
         self.connected = true;
         self.stats.connected.store(true, Ordering::Relaxed);
+        self.decoder.stats().set_up(true);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.decoder.stats().add_connection();
         self.backoff.reset();
@@ -417,6 +418,7 @@ impl Session {
     fn set_disconnected(&mut self) {
         self.connected = false;
         self.stats.connected.store(false, Ordering::Relaxed);
+        self.decoder.stats().set_up(false);
         // Packet ids are unique among a client's unacknowledged messages, so this holds at
         // most 65535 entries, a few bytes each (the payloads are dropped).
         for in_flight in self.pending.drain(..) {

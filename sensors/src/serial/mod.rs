@@ -192,7 +192,9 @@ impl SerialSource {
                 info!(baud = self.config.baud, "Serial port open; reading.");
             }
             backoff.reset();
+            self.decoder.stats().set_up(true);
             let end = self.read_port(port, &ingest, &shutdown).await;
+            self.decoder.stats().set_up(false);
             // Complete lines read before the end are handed over whatever the end was.
             if !self.pending.is_empty() {
                 let readings = std::mem::take(&mut self.pending);

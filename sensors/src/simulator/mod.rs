@@ -130,6 +130,7 @@ impl SimulatorSource {
         let mut ticks = tokio::time::interval(self.round_period);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
         info!(sensors = self.thermostats.count(), rate = self.rate, "Simulator started.");
+        self.stats.set_up(true);
         let mut warned_about_cap = false;
         loop {
             tokio::select! {
@@ -161,6 +162,7 @@ impl SimulatorSource {
                 self.hand_over(&ingest, batch).await?;
             }
         }
+        self.stats.set_up(false);
         info!("Simulator stopped.");
         Ok(())
     }

@@ -267,6 +267,7 @@ impl TcpSource {
         let mut refusals = WarnLimiter::per_second();
         let mut accept_backoff = ACCEPT_BACKOFF_MIN;
         info!(max_connections = config.max_connections, ack = config.ack, "TCP source listening.");
+        stats.set_up(true);
 
         loop {
             let accepted = tokio::select! {
@@ -318,6 +319,7 @@ impl TcpSource {
         // Closing the listener makes new connection attempts fail at once instead of waiting
         // in the backlog for a server that will never accept them.
         drop(listener);
+        stats.set_up(false);
         tracker.close();
         debug!(open_connections = connection_stats.open_connections(), "Waiting for connections to finish.");
         tracker.wait().await;
