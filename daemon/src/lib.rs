@@ -162,7 +162,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         let give_up = give_up_rx.clone();
         spawn(
             format!("sink {}", sink_config.name),
-            Box::pin(async move { delivering.run(committed, give_up).await.map_err(anyhow::Error::from) }),
+            Box::pin(async move {
+                delivering
+                    .run(committed, give_up, CancellationToken::new())
+                    .await
+                    .map_err(anyhow::Error::from)
+            }),
         );
     }
     if config.sinks.is_empty() {
