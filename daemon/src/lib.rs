@@ -86,7 +86,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
 /// the file, as `eddy run` sends on SIGHUP): the sinks are added, restarted with new settings or
 /// removed, drain-first, without a restart; every other section keeps its start-up value (the
 /// sender reports those as needing a restart). A closed channel just ends the reloads.
-async fn run_with_reloads(
+pub async fn run_with_reloads(
     config: Config,
     stop: impl Future<Output = ()>,
     mut reloads: mpsc::Receiver<Config>,
