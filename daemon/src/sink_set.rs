@@ -107,6 +107,16 @@ enum Next {
     Remove,
 }
 
+/// Whether a task is a retired one's successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Started {
+    Fresh,
+    /// Its sink was set up while the old task still ran: it is closed before it starts, so
+    /// that a file sink on the same path reopens the file and checks its tail afresh (the old
+    /// task may have been writing when it was opened).
+    Successor,
+}
+
 struct Entry {
     slot: usize,
     stats: Arc<DeliveryStats>,
@@ -213,7 +223,7 @@ impl SinkSet {
             let sink = build(config)?;
             self.free.remove(&slot);
             let stats = self.stats_for(config);
-            tasks.push(self.launch(slot, stats, config.clone(), sink));
+            tasks.push(self.launch(slot, stats, config.clone(), sink, Started::Fresh));
         }
         self.order = sinks.iter().map(|sink| sink.name.clone()).collect();
         self.publish_stats();
@@ -309,7 +319,7 @@ impl SinkSet {
                     continue;
                 };
                 let stats = self.stats_for(&config);
-                tasks.push(self.launch(slot, stats, config, sink));
+                tasks.push(self.launch(slot, stats, config, sink, Started::Fresh));
             }
             if is_change {
                 applied.changed.push(name);
@@ -337,7 +347,7 @@ impl SinkSet {
                     self.raw_cursors[slot].store(0, Ordering::Release);
                 }
                 self.entries.remove(name);
-                Some(self.launch(slot, stats, config, sink))
+                Some(self.launch(slot, stats, config, sink, Started::Successor))
             }
             Next::Restart(_) => None,
             Next::Remove => {
@@ -353,7 +363,14 @@ impl SinkSet {
     }
 
     /// Spawnable delivery task for `config` in `slot`.
-    fn launch(&mut self, slot: usize, stats: Arc<DeliveryStats>, config: SinkConfig, sink: Sink) -> SinkTask {
+    fn launch(
+        &mut self,
+        slot: usize,
+        stats: Arc<DeliveryStats>,
+        config: SinkConfig,
+        sink: Sink,
+        started: Started,
+    ) -> SinkTask {
         // A restarted sink has not failed yet with its new settings.
         stats.offline_since_ms.store(0, Ordering::Relaxed);
         let retire = CancellationToken::new();
@@ -375,6 +392,10 @@ impl SinkSet {
         SinkTask {
             component,
             future: Box::pin(async move {
+                let mut delivering = delivering;
+                if started == Started::Successor {
+                    delivering.sink.close().await;
+                }
                 delivering.run(committed, give_up, task_retire).await.map_err(anyhow::Error::from)
             }),
         }
