@@ -292,3 +292,36 @@ fn sink_settings_that_fail_keep_the_running_sinks() {
     check_every_result_in_order(&oracle, &read_jsonl(&results_path), 0);
     assert!(!eddy.log().contains("Sink restarted"), "{}", eddy.log());
 }
+
+#[test]
+fn a_rotated_token_file_restarts_the_hub_sink_with_the_new_secret() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "Bearer old-token\n").unwrap();
+    let sink = format!(
+        "{}header_files = {{ authorization = \"{}\" }}\n",
+        http_sink("hub", &hub.url()),
+        token.display()
+    );
+    let mut eddy = Eddy::start(&config(&sink)).expect("eddy starts");
+    let base = base_ms();
+    send(&eddy, &readings(base, SENSORS, 0, 3));
+    wait_for(&eddy, Duration::from_secs(10), "the first windows at the hub", || {
+        all_delivered(&eddy, 2 * SENSORS, &hub.records())
+    });
+    assert_eq!(hub.last_header("authorization").as_deref(), Some("Bearer old-token"));
+
+    // The file's text is unchanged; only the secret it names is new.
+    std::fs::write(&token, "Bearer new-token\n").unwrap();
+    reload(&eddy, &config(&sink), "SIGHUP: sinks reloaded: added [], changed [hub], removed [].");
+    send(&eddy, &readings(base, SENSORS, 3, 6));
+    wait_for(&eddy, Duration::from_secs(10), "the later windows at the hub", || {
+        all_delivered(&eddy, 5 * SENSORS, &hub.records())
+    });
+    assert_eq!(hub.last_header("authorization").as_deref(), Some("Bearer new-token"));
+    assert!(eddy.stop().expect("eddy stops").success());
+    let repeats = check_every_result_in_order(&oracle(&eddy), &hub.records(), BATCH);
+    assert_eq!(repeats, 0, "the hub had confirmed everything before the reload");
+    assert!(!eddy.log().contains("new-token") && !eddy.log().contains("old-token"), "a secret was logged");
+}
