@@ -1,7 +1,8 @@
 //! The running sinks: one delivery task per sink, each with a cursor slot the aggregator trims
 //! the outbox by; a reload (SIGHUP) adds, restarts and removes sinks drain-first.
 //!
-//! What a reload guarantees, per sink (compared by name, every setting and secret included):
+//! What a reload guarantees, per sink (compared by name, every setting and secret included,
+//! and the contents of its TLS files, so that a certificate renewed in place counts):
 //! - unchanged: its task keeps running untouched;
 //! - changed: the new settings are built first (a failure is logged and the old sink keeps
 //!   running); then the old task is retired (no new delivery, the one in flight gets the
@@ -102,7 +103,7 @@ enum Next {
     /// Nothing: it ended with the daemon (or failed, which stops the daemon).
     Keep,
     /// A reload changed it: start these settings, built and checked already.
-    Restart(Box<(SinkConfig, Sink)>),
+    Restart(Box<Prepared>),
     /// A reload removed it: free its slot.
     Remove,
 }
@@ -117,11 +118,21 @@ enum Started {
     Successor,
 }
 
+/// A sink set up from its settings, ready to start.
+struct Prepared {
+    config: SinkConfig,
+    sink: Sink,
+    /// What its TLS files held when it was set up ([`tls_digest`]).
+    tls_digest: u64,
+}
+
 struct Entry {
     slot: usize,
     stats: Arc<DeliveryStats>,
     /// The settings of the task running now.
     config: SinkConfig,
+    /// [`tls_digest`] of the files the running task's sink read.
+    tls_digest: u64,
     /// Retires the running task.
     retire: CancellationToken,
     next: Next,
@@ -132,8 +143,16 @@ impl Entry {
     fn desired(&self) -> Option<&SinkConfig> {
         match &self.next {
             Next::Keep => Some(&self.config),
-            Next::Restart(next) => Some(&next.0),
+            Next::Restart(next) => Some(&next.config),
             Next::Remove => None,
+        }
+    }
+
+    /// The TLS digest that goes with [`Entry::desired`].
+    fn desired_tls_digest(&self) -> u64 {
+        match &self.next {
+            Next::Restart(next) => next.tls_digest,
+            Next::Keep | Next::Remove => self.tls_digest,
         }
     }
 }
@@ -189,6 +208,35 @@ fn build(config: &SinkConfig) -> anyhow::Result<Sink> {
     })
 }
 
+/// A digest of the contents of a sink's TLS files (0: it has none). A sink reads them when
+/// it is set up, so a certificate or key replaced under the same path (a renewal) makes it a
+/// changed sink at the next reload. Blocking.
+fn tls_digest(config: &SinkConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let tls = match &config.kind {
+        SinkKind::Mqtt(mqtt) => &mqtt.tls,
+        SinkKind::Http(http) => &http.tls,
+        SinkKind::Console | SinkKind::File { .. } => return 0,
+    };
+    let files = [&tls.ca_file, &tls.cert_file, &tls.key_file];
+    if files.iter().all(|file| file.is_none()) {
+        return 0;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        file.as_ref().map(|path| std::fs::read(path).ok()).hash(&mut hasher);
+    }
+    hasher.finish().max(1)
+}
+
+/// Sets up `config`'s sink and notes its TLS files. Blocking.
+fn prepare(config: SinkConfig) -> (String, anyhow::Result<Prepared>) {
+    let name = config.name.clone();
+    let tls_digest = tls_digest(&config);
+    let prepared = build(&config).map(|sink| Prepared { config, sink, tls_digest });
+    (name, prepared)
+}
+
 impl SinkSet {
     /// An empty set over the slots of [`cursor_slots`]; `committed` and `give_up` are handed to
     /// every delivery task.
@@ -220,10 +268,10 @@ impl SinkSet {
     pub(crate) fn start_configured(&mut self, sinks: &[SinkConfig]) -> anyhow::Result<Vec<SinkTask>> {
         let mut tasks = Vec::new();
         for (slot, config) in sinks.iter().enumerate() {
-            let sink = build(config)?;
+            let prepared = prepare(config.clone()).1?;
             self.free.remove(&slot);
             let stats = self.stats_for(config);
-            tasks.push(self.launch(slot, stats, config.clone(), sink, Started::Fresh));
+            tasks.push(self.launch(slot, stats, prepared, Started::Fresh));
         }
         self.order = sinks.iter().map(|sink| sink.name.clone()).collect();
         self.publish_stats();
@@ -259,7 +307,28 @@ impl SinkSet {
     /// Applies a new sink list: see the module docs. Returns what was done and the tasks to
     /// spawn now (added sinks); restarts follow from [`SinkSet::exited`].
     pub(crate) async fn reload(&mut self, new: Vec<SinkConfig>) -> (Applied, Vec<SinkTask>) {
-        let sink_diff = diff(self.entries.values().filter_map(Entry::desired), &new);
+        let mut sink_diff = diff(self.entries.values().filter_map(Entry::desired), &new);
+        // Same settings, but a TLS file the sink read has another content now: a change too.
+        let same_settings: Vec<(SinkConfig, u64)> = new
+            .iter()
+            .filter(|sink| !sink_diff.added.contains(&sink.name) && !sink_diff.changed.contains(&sink.name))
+            .filter_map(|sink| {
+                let entry = self.entries.get(&sink.name)?;
+                Some((sink.clone(), entry.desired_tls_digest())).filter(|(_, digest)| *digest != 0)
+            })
+            .collect();
+        if !same_settings.is_empty() {
+            let renewed = tokio::task::spawn_blocking(move || {
+                same_settings
+                    .into_iter()
+                    .filter(|(config, digest)| tls_digest(config) != *digest)
+                    .map(|(config, _)| config.name)
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            sink_diff.changed.extend(renewed);
+        }
         let mut applied = Applied { removed: sink_diff.removed.clone(), ..Applied::default() };
         for name in &sink_diff.removed {
             if let Some(entry) = self.entries.get_mut(name) {
@@ -273,31 +342,23 @@ impl SinkSet {
             .filter(|sink| sink_diff.added.contains(&sink.name) || sink_diff.changed.contains(&sink.name))
             .cloned()
             .collect();
-        let built = match tokio::task::spawn_blocking(move || {
-            to_build
-                .into_iter()
-                .map(|config| {
-                    let sink = build(&config);
-                    (config, sink)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        {
-            Ok(built) => built,
-            Err(join_error) => {
-                applied
-                    .failed
-                    .push(("*".to_owned(), anyhow::anyhow!("sink set-up task failed: {join_error}")));
-                Vec::new()
-            }
-        };
+        let built =
+            match tokio::task::spawn_blocking(move || to_build.into_iter().map(prepare).collect::<Vec<_>>())
+                .await
+            {
+                Ok(built) => built,
+                Err(join_error) => {
+                    applied
+                        .failed
+                        .push(("*".to_owned(), anyhow::anyhow!("sink set-up task failed: {join_error}")));
+                    Vec::new()
+                }
+            };
         let mut tasks = Vec::new();
-        for (config, sink) in built {
-            let name = config.name.clone();
+        for (name, prepared) in built {
             let is_change = sink_diff.changed.contains(&name);
-            let sink = match sink {
-                Ok(sink) => sink,
+            let prepared = match prepared {
+                Ok(prepared) => prepared,
                 Err(error) => {
                     applied.failed.push((name, error));
                     continue;
@@ -306,9 +367,9 @@ impl SinkSet {
             if let Some(entry) = self.entries.get_mut(&name) {
                 // Changed, or added back while its removal still drains: start after the end.
                 entry.retire.cancel();
-                entry.next = Next::Restart(Box::new((config, sink)));
+                entry.next = Next::Restart(Box::new(prepared));
             } else {
-                let Some(slot) = self.take_slot(&config) else {
+                let Some(slot) = self.take_slot(&prepared.config) else {
                     applied.failed.push((
                         name,
                         anyhow::anyhow!(
@@ -318,8 +379,8 @@ impl SinkSet {
                     ));
                     continue;
                 };
-                let stats = self.stats_for(&config);
-                tasks.push(self.launch(slot, stats, config, sink, Started::Fresh));
+                let stats = self.stats_for(&prepared.config);
+                tasks.push(self.launch(slot, stats, prepared, Started::Fresh));
             }
             if is_change {
                 applied.changed.push(name);
@@ -340,14 +401,13 @@ impl SinkSet {
         match std::mem::replace(&mut entry.next, Next::Keep) {
             Next::Keep => None,
             Next::Restart(next) if !stopping => {
-                let (config, sink) = *next;
                 let (slot, stats) = (entry.slot, entry.stats.clone());
                 // A sink that starts taking raw readings must hold the raw lane from now on.
-                if config.records.contains("raw") && !entry.config.records.contains("raw") {
+                if next.config.records.contains("raw") && !entry.config.records.contains("raw") {
                     self.raw_cursors[slot].store(0, Ordering::Release);
                 }
                 self.entries.remove(name);
-                Some(self.launch(slot, stats, config, sink, Started::Successor))
+                Some(self.launch(slot, stats, *next, Started::Successor))
             }
             Next::Restart(_) => None,
             Next::Remove => {
@@ -362,15 +422,15 @@ impl SinkSet {
         }
     }
 
-    /// Spawnable delivery task for `config` in `slot`.
+    /// Spawnable delivery task for `prepared` in `slot`.
     fn launch(
         &mut self,
         slot: usize,
         stats: Arc<DeliveryStats>,
-        config: SinkConfig,
-        sink: Sink,
+        prepared: Prepared,
         started: Started,
     ) -> SinkTask {
+        let Prepared { config, sink, tls_digest } = prepared;
         // A restarted sink has not failed yet with its new settings.
         stats.offline_since_ms.store(0, Ordering::Relaxed);
         let retire = CancellationToken::new();
@@ -388,7 +448,8 @@ impl SinkSet {
         let give_up = self.give_up.clone();
         let task_retire = retire.clone();
         let component = format!("sink {}", config.name);
-        self.entries.insert(config.name.clone(), Entry { slot, stats, config, retire, next: Next::Keep });
+        self.entries
+            .insert(config.name.clone(), Entry { slot, stats, config, tls_digest, retire, next: Next::Keep });
         SinkTask {
             component,
             future: Box::pin(async move {
@@ -577,5 +638,45 @@ mod tests {
         assert_eq!(tasks.len(), 1);
         let held: Vec<u64> = slots(&cursors).into_iter().filter(|cursor| *cursor != u64::MAX).collect();
         assert_eq!(held, [0]);
+    }
+
+    /// A certificate renewed in place (same path, new content) restarts the sink at the next
+    /// reload; an untouched one does not.
+    #[tokio::test]
+    async fn a_tls_file_with_a_new_content_makes_a_changed_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data"), 1 << 20, vec![], vec![]).unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, "first certificate").unwrap();
+        // An http:// hub never reads its TLS files, so any content sets it up.
+        let hub = SinkConfig {
+            kind: SinkKind::Http(Box::new(eddy_sinks::HttpConfig {
+                name: "hub".to_owned(),
+                url: "http://127.0.0.1:1/in".to_owned(),
+                headers: Vec::new(),
+                tls: eddy_sinks::TlsFiles {
+                    ca_file: Some(ca_file.clone()),
+                    ..eddy_sinks::TlsFiles::default()
+                },
+                timeout: std::time::Duration::from_secs(1),
+                connect_timeout: std::time::Duration::from_secs(1),
+            })),
+            ..file("hub", "-")
+        };
+        let configured = [hub.clone()];
+        let (cursors, raw_cursors) = cursor_slots(&configured);
+        let (_committed_tx, committed_rx) = watch::channel(Committed::default());
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let mut sinks = SinkSet::new(store, cursors, raw_cursors, committed_rx, give_up_rx);
+        sinks.start_configured(&configured).unwrap();
+
+        let (applied, _) = sinks.reload(vec![hub.clone()]).await;
+        assert!(applied.changed.is_empty(), "untouched files: no change");
+        std::fs::write(&ca_file, "renewed certificate").unwrap();
+        let (applied, _) = sinks.reload(vec![hub.clone()]).await;
+        assert_eq!(applied.changed, ["hub"]);
+        assert!(sinks.exited("sink hub", false).is_some(), "the hub restarts with the new file");
+        let (applied, _) = sinks.reload(vec![hub]).await;
+        assert!(applied.changed.is_empty(), "the successor read the renewed file");
     }
 }
