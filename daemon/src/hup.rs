@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use eddy::config::Config;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
@@ -33,17 +34,27 @@ pub(crate) fn env_log_filter() -> Option<String> {
         .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
 }
 
-/// Handles SIGHUP until the process ends; each valid configuration goes to `daemon`, which
-/// applies its sinks.
-pub(crate) async fn reload_on_hangup(mut running: Running, log: LogHandle, daemon: mpsc::Sender<Config>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
+/// Catches SIGHUP from now on. Call it inside the runtime before the daemon starts: until a
+/// handler is installed, SIGHUP's default action ends the process, and systemd may send one
+/// (`systemctl reload`) as soon as eddy has said READY=1.
+pub(crate) fn catch_hangups() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
         Err(error) => {
             tracing::warn!(%error, "Cannot listen for SIGHUP; reload by restarting eddy.");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Handles the SIGHUPs `hangups` catches until the process ends; each valid configuration
+/// goes to `daemon`, which applies its sinks.
+pub(crate) async fn reload_on_hangup(
+    mut hangups: Signal,
+    mut running: Running,
+    log: LogHandle,
+    daemon: mpsc::Sender<Config>,
+) {
     while hangups.recv().await.is_some() {
         if let Some(config) = reload(&mut running, &log) {
             // Sent every time, changed text or not: a secret file may have a new content.

@@ -176,7 +176,14 @@ fn main() -> ExitCode {
             };
             let config = loaded;
             let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
-            runtime.spawn(hup::reload_on_hangup(running, log, reload_tx));
+            // Installed here, not in the spawned task: that task may first run after READY=1.
+            let hangups = {
+                let _entered = runtime.enter();
+                hup::catch_hangups()
+            };
+            if let Some(hangups) = hangups {
+                runtime.spawn(hup::reload_on_hangup(hangups, running, log, reload_tx));
+            }
             match runtime.block_on(eddy::run_with_reloads(config, stop_signal(), reload_rx)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(RunError::StoreOpen(error)) => {
