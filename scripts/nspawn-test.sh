@@ -218,12 +218,15 @@ check "every acknowledged reading is in the windows after the SIGKILL" data_inta
 reloads() {
   sed -i 's/^listen = "127.0.0.1:7878"/listen = "127.0.0.1:7880"/' "$root/etc/eddy/eddy.toml"
   printf '[log]\nlevel = "debug"\n' >>"$root/etc/eddy/eddy.toml"
+  printf '[[sinks]]\nkind = "file"\nname = "results2"\npath = "/var/lib/eddy/results2.jsonl"\n' >>"$root/etc/eddy/eddy.toml"
   in_ct systemctl reload eddy
   wait_for 10 sh -c "nsenter -t $leader -m -u -i -n -p -- journalctl -u eddy --no-pager | grep -q 'SIGHUP: log level applied'" &&
+    wait_for 10 sh -c "nsenter -t $leader -m -u -i -n -p -- journalctl -u eddy --no-pager | grep -qF 'SIGHUP: sinks reloaded: added [results2]'" &&
     in_ct journalctl -u eddy --no-pager | grep 'SIGHUP: these settings changed' | grep -q sources &&
+    [ -f "$root/var/lib/eddy/results2.jsonl" ] &&
     [ "$(in_ct systemctl is-active eddy)" = active ]
 }
-check "SIGHUP applies the log level and names what needs a restart" reloads
+check "SIGHUP applies the log level and a new sink, and names what needs a restart" reloads
 
 upgrades() {
   local before; before=$(md5sum <"$root/etc/eddy/eddy.toml")

@@ -505,8 +505,8 @@ pub enum SourceKind {
 /// Kinds of outbox record a sink can take (`raw` needs `engine.forward_raw`).
 pub const RECORD_KINDS: [&str; 4] = ["window", "batch", "late", "raw"];
 
-/// A validated sink.
-#[derive(Debug, Clone)]
+/// A validated sink. Compared on a reload: any difference (secrets included) restarts it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SinkConfig {
     /// Unique name (names the durable cursor).
     pub name: String,
@@ -519,7 +519,7 @@ pub struct SinkConfig {
 }
 
 /// The kinds of sink.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
     /// Readable tables on stdout.
     Console,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use eddy_sinks::{Delivery, OutRecord, Sink};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Committed;
 use crate::storage::{DeadLetterEntry, Lane, SinkDrops, Store, StoreError};
@@ -15,7 +16,8 @@ use crate::uplink::DeliveryConfig;
 
 /// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
-/// How long a delivery in flight may still take once eddy is stopping.
+/// How long a delivery in flight may still take once eddy is stopping, or once a reload
+/// stops or restarts the sink.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// While a sink stays unavailable, its latest failure reason is logged this often.
 const STILL_OFFLINE_WARN_EVERY: Duration = Duration::from_secs(30);
@@ -107,10 +109,16 @@ pub(crate) struct Delivering {
 impl Delivering {
     /// Delivers until the aggregator stops and everything it committed is delivered, or until
     /// `give_up` fires (shutdown deadline): then what is left stays in the outbox.
+    ///
+    /// `retire` stops this sink alone, drain-first (a reload removes it or restarts it with new
+    /// settings): no new delivery starts, the one in flight gets `STOP_GRACE` to finish, and the
+    /// cursor of what was confirmed is flushed before the task ends, so that a successor
+    /// resumes right after it.
     pub(crate) async fn run(
         mut self,
         mut committed: watch::Receiver<Committed>,
         mut give_up: watch::Receiver<bool>,
+        retire: CancellationToken,
     ) -> Result<(), StoreError> {
         let name = self.sink.name().to_owned();
         let mut cursors = Committed {
@@ -124,6 +132,9 @@ impl Delivering {
         let mut offline_since: Option<tokio::time::Instant> = None;
         let mut last_warned = tokio::time::Instant::now();
         loop {
+            if retire.is_cancelled() {
+                break;
+            }
             let target = *committed.borrow_and_update();
             // Priority: results first; raw readings only when no result is waiting.
             let Some(lane) = self.next_lane(&cursors, &target) else {
@@ -135,6 +146,7 @@ impl Delivering {
                         continue;
                     }
                     _ = give_up.changed() => break,
+                    () = retire.cancelled() => break,
                 }
             };
             let cursor = cursors.get(lane);
@@ -151,7 +163,11 @@ impl Delivering {
                         changed = committed.changed() => if changed.is_err() { break },
                         _ = tokio::time::sleep_until(until) => break,
                         _ = give_up.changed() => break,
+                        () = retire.cancelled() => break,
                     }
+                }
+                if retire.is_cancelled() {
+                    break;
                 }
             }
             let target = committed.borrow_and_update().get(lane);
@@ -189,10 +205,17 @@ impl Delivering {
                     while committed.changed().await.is_ok() {}
                     tokio::time::sleep(STOP_GRACE).await;
                 };
+                let retiring = async {
+                    retire.cancelled().await;
+                    tokio::time::sleep(STOP_GRACE).await;
+                };
                 tokio::select! {
                     outcome = self.sink.deliver(&records) => outcome,
                     () = stopping => Delivery::Offline {
                         reason: format!("no answer within {STOP_GRACE:?} of the stop"),
+                    },
+                    () = retiring => Delivery::Offline {
+                        reason: format!("no answer within {STOP_GRACE:?} of the reload"),
                     },
                 }
             };
@@ -230,6 +253,11 @@ impl Delivering {
                         tracing::warn!(sink = %name, %reason, "Sink unavailable at shutdown; undelivered records stay in the outbox.");
                         break;
                     }
+                    if retire.is_cancelled() {
+                        // Reloaded: the successor (if any) resumes from the cursor.
+                        tracing::warn!(sink = %name, %reason, "Sink unavailable as it is reloaded; undelivered records stay in the outbox.");
+                        break;
+                    }
                     let now = tokio::time::Instant::now();
                     if offline_since.is_none() {
                         tracing::warn!(sink = %name, %reason, "Sink is unavailable; records stay in the outbox and are retried.");
@@ -250,6 +278,7 @@ impl Delivering {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = give_up.changed() => break,
+                        () = retire.cancelled() => break,
                     }
                     continue;
                 }
@@ -263,6 +292,7 @@ impl Delivering {
                 tokio::select! {
                     _ = tokio::time::sleep_until(started + pace) => {}
                     _ = give_up.changed() => break,
+                    () = retire.cancelled() => break,
                 }
             }
         }
@@ -370,7 +400,7 @@ mod tests {
         };
         let (committed_tx, committed_rx) = watch::channel(Committed { results: 3, raw: 0 });
         let (_give_up_tx, give_up_rx) = watch::channel(false);
-        let task = tokio::spawn(delivering.run(committed_rx, give_up_rx));
+        let task = tokio::spawn(delivering.run(committed_rx, give_up_rx, CancellationToken::new()));
         // Stop the "aggregator" at once: the sink still delivers what was announced (up to 3),
         // and must not go further.
         drop(committed_tx);
@@ -418,7 +448,7 @@ mod tests {
         let (committed_tx, committed_rx) = watch::channel(Committed { results: 60, raw: 0 });
         let (_give_up_tx, give_up_rx) = watch::channel(false);
         let started = std::time::Instant::now();
-        let task = tokio::spawn(delivering.run(committed_rx, give_up_rx));
+        let task = tokio::spawn(delivering.run(committed_rx, give_up_rx, CancellationToken::new()));
         drop(committed_tx);
         task.await.unwrap().unwrap();
         let elapsed = started.elapsed();
@@ -427,5 +457,69 @@ mod tests {
         assert_eq!(stats.delivered_total.load(Ordering::Relaxed), 60);
         assert!(!captured.0.lock().unwrap().is_empty());
         assert_eq!(store.cursor("console").unwrap(), 60);
+    }
+
+    /// A retired sink (a reload removes or restarts it) ends while results still wait and the
+    /// aggregator still runs: it starts no new delivery, and its stored cursor is exactly what
+    /// it delivered, so a successor neither skips nor repeats a record.
+    #[tokio::test]
+    async fn a_retired_sink_stops_after_its_delivery_with_its_cursor_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, vec![], vec![]).unwrap();
+        let outbox = (1..=60)
+            .map(|n| OutboxEntry {
+                kind: "window".into(),
+                group: "g".into(),
+                payload: format!("{{\"sensor\":\"s{n}\"}}").into_bytes(),
+            })
+            .collect();
+        store.commit(&Commit { outbox, log_pos: 1, next_seq: 61, ..Commit::default() }).unwrap();
+        let delivering = |stats: Arc<DeliveryStats>| Delivering {
+            sink: Sink::Console(ConsoleSink::new("console", Box::new(Captured::default()))),
+            records: ["window".to_owned()].into(),
+            store: store.clone(),
+            cursor: Arc::new(vec![AtomicU64::new(0)]),
+            raw_cursor: Arc::new(vec![AtomicU64::new(u64::MAX)]),
+            cursor_idx: 0,
+            stats,
+            // 20 records, then a 2 s pause: the retirement lands in the pause.
+            delivery: DeliveryConfig {
+                batch_max_records: 20,
+                rate_limit: Some(10.0),
+                ..DeliveryConfig::default()
+            },
+        };
+        // The aggregator keeps running: the sender stays alive through the test.
+        let (_committed_tx, committed_rx) = watch::channel(Committed { results: 60, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+
+        // Retired before it starts: it delivers nothing.
+        let stats = Arc::new(DeliveryStats::default());
+        let retire = CancellationToken::new();
+        retire.cancel();
+        tokio::spawn(delivering(stats.clone()).run(committed_rx.clone(), give_up_rx.clone(), retire))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.delivered_total.load(Ordering::Relaxed), 0);
+        assert_eq!(store.cursor("console").unwrap(), 0);
+
+        // Retired after its first delivery: it ends at once, 40 records still waiting.
+        let stats = Arc::new(DeliveryStats::default());
+        let retire = CancellationToken::new();
+        let task = tokio::spawn(delivering(stats.clone()).run(committed_rx, give_up_rx, retire.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stats.cursor.load(Ordering::Relaxed) < 20 {
+            assert!(std::time::Instant::now() < deadline, "the first batch was never delivered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        retire.cancel();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("a retired sink ends without waiting out its pause")
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.delivered_total.load(Ordering::Relaxed), 20);
+        assert_eq!(store.cursor("console").unwrap(), 20, "the stored cursor is what was delivered");
     }
 }

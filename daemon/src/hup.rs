@@ -1,18 +1,22 @@
 //! SIGHUP (`systemctl reload eddy`): re-reads the configuration file, applies what can change
-//! in a running daemon (the log level) and names every other section that changed, which
-//! takes a restart. An invalid file changes nothing and is logged.
+//! in a running daemon (the log level here; the sinks, handed to [`eddy::run_with_reloads`])
+//! and names every other section that changed, which takes a restart. An invalid file
+//! changes nothing and is logged.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use eddy::config::Config;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
 /// The handle that swaps the log filter.
 pub(crate) type LogHandle = reload::Handle<EnvFilter, Registry>;
 
-/// Sections applied without a restart.
-const RELOADABLE: &[&str] = &["log"];
+/// Sections applied without a restart: `[log]` here, `[[sinks]]` by the daemon's main loop
+/// (every key of a sink, delivery pacing included, is read only by that sink's task).
+const RELOADABLE: &[&str] = &["log", "sinks"];
 
 /// The configuration as the running daemon read it.
 pub(crate) struct Running {
@@ -30,38 +34,56 @@ pub(crate) fn env_log_filter() -> Option<String> {
         .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
 }
 
-/// Handles SIGHUP until the process ends.
-pub(crate) async fn reload_on_hangup(mut running: Running, log: LogHandle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
+/// Catches SIGHUP from now on. Call it inside the runtime before the daemon starts: until a
+/// handler is installed, SIGHUP's default action ends the process, and systemd may send one
+/// (`systemctl reload`) as soon as eddy has said READY=1.
+pub(crate) fn catch_hangups() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
         Err(error) => {
             tracing::warn!(%error, "Cannot listen for SIGHUP; reload by restarting eddy.");
-            return;
+            None
         }
-    };
-    while hangups.recv().await.is_some() {
-        reload(&mut running, &log);
     }
 }
 
-fn reload(running: &mut Running, log: &LogHandle) {
+/// Handles the SIGHUPs `hangups` catches until the process ends; each valid configuration
+/// goes to `daemon`, which applies its sinks.
+pub(crate) async fn reload_on_hangup(
+    mut hangups: Signal,
+    mut running: Running,
+    log: LogHandle,
+    daemon: mpsc::Sender<Config>,
+) {
+    while hangups.recv().await.is_some() {
+        if let Some(config) = reload(&mut running, &log) {
+            // Sent every time, changed text or not: a secret file may have a new content.
+            if daemon.send(config).await.is_err() {
+                return; // the daemon has ended
+            }
+        }
+    }
+}
+
+/// Applies the log level and reports restart-only changes; returns the new configuration
+/// when it is valid.
+fn reload(running: &mut Running, log: &LogHandle) -> Option<Config> {
     let Some(path) = running.path.clone() else {
         tracing::info!("SIGHUP: running on the built-in default configuration; nothing to reload.");
-        return;
+        return None;
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) => {
             tracing::error!(path = %path.display(), %error, "SIGHUP: cannot read the configuration; keeping the running one.");
-            return;
+            return None;
         }
     };
     let config = match Config::load(Some(&path)) {
         Ok(config) => config,
         Err(error) => {
             tracing::error!(path = %path.display(), %error, "SIGHUP: invalid configuration; keeping the running one.");
-            return;
+            return None;
         }
     };
     if config.log_level != running.log_level {
@@ -83,13 +105,14 @@ fn reload(running: &mut Running, log: &LogHandle) {
     let needs_restart: Vec<&String> =
         changed.iter().filter(|key| !RELOADABLE.contains(&key.as_str())).collect();
     if needs_restart.is_empty() {
-        tracing::info!("SIGHUP: configuration reloaded; nothing else changed.");
+        tracing::info!("SIGHUP: configuration reloaded; nothing needs a restart.");
     } else {
         tracing::warn!(
             changed = ?needs_restart,
             "SIGHUP: these settings changed and take effect only after a restart (systemctl restart eddy); the running daemon keeps the old ones."
         );
     }
+    Some(config)
 }
 
 /// Top-level keys and tables whose value differs between two TOML texts.

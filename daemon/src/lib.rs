@@ -12,6 +12,7 @@ mod deliver;
 mod ingest;
 mod inspect;
 mod marks;
+mod sink_set;
 mod sources;
 mod systemd;
 mod telemetry;
@@ -19,21 +20,21 @@ mod uplink;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use eddy_sensors::{ingest_channel, SensorRegistry, SourceStats};
-use eddy_sinks::{ConsoleSink, FileSink, HttpSink, MqttSink, Sink};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{AggregateStats, Aggregator};
-use crate::config::{Config, SinkKind};
-use crate::deliver::{Delivering, DeliveryStats};
+use crate::config::Config;
+use crate::deliver::DeliveryStats;
 use crate::ingest::{Ingest, ProcessingClock};
+use crate::sink_set::{ComponentFuture, SinkSet};
 use crate::storage::{Store, StoreError};
 
 pub use crate::inspect::print_dead_letters;
@@ -69,10 +70,28 @@ enum Event {
     Report,
     /// The stop deadline passed.
     Deadline,
+    /// SIGHUP: the configuration file re-read and validated; its sinks are applied.
+    Reload(Box<Config>),
+    /// The aggregator committed, while no sink runs (free cursor slots follow it).
+    Committed,
 }
 
 /// Runs the daemon until `stop` resolves (then drains) or a component fails.
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), RunError> {
+    // Nobody sends: the daemon runs on its start-up configuration.
+    let (_no_reloads, reloads) = mpsc::channel(1);
+    run_with_reloads(config, stop, reloads).await
+}
+
+/// Like [`run`], and applies each configuration received on `reloads` (a validated re-read of
+/// the file, as `eddy run` sends on SIGHUP): the sinks are added, restarted with new settings or
+/// removed, drain-first, without a restart; every other section keeps its start-up value (the
+/// sender reports those as needing a restart). A closed channel just ends the reloads.
+pub async fn run_with_reloads(
+    config: Config,
+    stop: impl Future<Output = ()>,
+    mut reloads: mpsc::Receiver<Config>,
+) -> Result<(), RunError> {
     tracing::info!(device_id = %config.device_id, data_dir = %config.data_dir.display(), "Starting eddy.");
     let store = Store::open(
         &config.data_dir,
@@ -86,17 +105,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
 
     // Recover the engine and replay what the log holds past its last commit, before any
     // source is up: the ingest keys and clock continue after what is stored.
-    let cursors: Arc<Vec<AtomicU64>> = Arc::new(config.sinks.iter().map(|_| AtomicU64::new(0)).collect());
-    // Raw-lane cursors: 0 until the sink task publishes its durable one (nothing is trimmed
-    // before, also not by the replay below); a sink that takes no raw readings stays at u64::MAX
-    // so it never holds the lane back.
-    let raw_cursors: Arc<Vec<AtomicU64>> = Arc::new(
-        config
-            .sinks
-            .iter()
-            .map(|sink| AtomicU64::new(if sink.records.contains("raw") { 0 } else { u64::MAX }))
-            .collect(),
-    );
+    // One cursor slot per sink, plus spares for sinks a reload adds: 0 until the sink task
+    // publishes its durable cursor (nothing is trimmed before, also not by the replay below).
+    let (cursors, raw_cursors) = sink_set::cursor_slots(&config.sinks);
     let aggregate_stats = Arc::new(AggregateStats::default());
     let (mut aggregator, committed_rx) = Aggregator::recover(
         store.clone(),
@@ -124,60 +135,23 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     // Task ids to names, so that a task that panicked is still reported by its name.
     let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut spawn =
-        |name: String, fut: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>| {
-            running.insert(name.clone());
-            let task_name = name.clone();
-            let handle = tasks.spawn(async move { (task_name, fut.await) });
-            names.insert(handle.id(), name);
-        };
+        |name: String, fut: ComponentFuture| spawn_component(&mut tasks, &mut running, &mut names, name, fut);
 
     // Sinks first, so that results replayed above are delivered.
     let (give_up_tx, give_up_rx) = watch::channel(false);
-    let mut delivery_stats = Vec::new();
-    for (cursor_idx, sink_config) in config.sinks.iter().enumerate() {
-        let sink = match &sink_config.kind {
-            SinkKind::Console => Sink::Console(ConsoleSink::stdout(&sink_config.name)),
-            SinkKind::File { path } => Sink::File(
-                FileSink::open(&sink_config.name, path)
-                    .with_context(|| format!("cannot open sink `{}`", sink_config.name))?,
-            ),
-            SinkKind::Mqtt(mqtt) => Sink::Mqtt(Box::new(
-                MqttSink::new((**mqtt).clone())
-                    .with_context(|| format!("cannot set up sink `{}`", sink_config.name))?,
-            )),
-            SinkKind::Http(http) => Sink::Http(Box::new(
-                HttpSink::new((**http).clone())
-                    .with_context(|| format!("cannot set up sink `{}`", sink_config.name))?,
-            )),
-        };
-        let stats = Arc::new(DeliveryStats {
-            drops: store.register_sink(&sink_config.name, sink_config.records.contains("raw")),
-            ..DeliveryStats::default()
-        });
-        delivery_stats.push((sink_config.name.clone(), stats.clone()));
-        let delivering = Delivering {
-            sink,
-            records: sink_config.records.clone(),
-            store: store.clone(),
-            cursor: cursors.clone(),
-            raw_cursor: raw_cursors.clone(),
-            cursor_idx,
-            stats,
-            delivery: sink_config.delivery.clone(),
-        };
-        let committed = committed_rx.clone();
-        let give_up = give_up_rx.clone();
-        spawn(
-            format!("sink {}", sink_config.name),
-            Box::pin(async move { delivering.run(committed, give_up).await.map_err(anyhow::Error::from) }),
-        );
+    let mut sinks = SinkSet::new(store.clone(), cursors, raw_cursors, committed_rx.clone(), give_up_rx);
+    for task in sinks.start_configured(&config.sinks)? {
+        spawn(task.component, task.future);
     }
     if config.sinks.is_empty() {
         tracing::warn!("No sink is configured: results are computed and discarded.");
     }
     // Kept for the status log (outbox depth); the sinks watch the sender, not the receivers.
     let status_committed = committed_rx.clone();
-    drop(committed_rx);
+    // Wakes the main loop at each commit while no sink runs (free slots follow the commits).
+    let mut commits = committed_rx;
+    let mut commits_open = true;
+    let mut reloads_open = true;
 
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_CHANNEL_CHUNKS);
     let ingest_stats = Arc::new(telemetry::IngestStats::default());
@@ -232,7 +206,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         source_stats.clone(),
         aggregate_stats.clone(),
         ingest_stats,
-        delivery_stats.clone(),
+        sinks.stats_watch(),
         store.clone(),
         status_committed.clone(),
     ));
@@ -279,6 +253,14 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
             },
             _ = report.tick() => Event::Report,
             () = &mut deadline, if stopping => Event::Deadline,
+            reload = reloads.recv(), if reloads_open => match reload {
+                Some(new_config) => Event::Reload(Box::new(new_config)),
+                None => { reloads_open = false; continue; }
+            },
+            changed = commits.changed(), if commits_open && sinks.is_empty() => match changed {
+                Ok(()) => Event::Committed,
+                Err(_) => { commits_open = false; continue; }
+            },
         };
         let mut stop_now = false;
         match event {
@@ -302,13 +284,34 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
                         stop_now = true;
                     }
                 }
+                // A sink a reload changed starts again with its new settings once the old task
+                // has ended (its cursor is flushed); a removed one gives up its slot.
+                if let Some(task) = sinks.exited(&name, stopping || stop_now) {
+                    tracing::info!(component = %task.component, "Sink restarted with its new settings.");
+                    spawn_component(&mut tasks, &mut running, &mut names, task.component, task.future);
+                }
             }
+            Event::Reload(_) if stopping => {
+                tracing::warn!("SIGHUP while stopping: the sinks are not reloaded.");
+            }
+            Event::Reload(new_config) => {
+                if let Some(key) = sinks_need_restart(&config, &new_config) {
+                    tracing::warn!(changed = key, "SIGHUP: sinks not reloaded: they are validated against this setting, which takes a restart.");
+                } else {
+                    let (applied, started) = sinks.reload(new_config.sinks).await;
+                    for task in started {
+                        spawn_component(&mut tasks, &mut running, &mut names, task.component, task.future);
+                    }
+                    log_reload(applied);
+                }
+            }
+            Event::Committed => sinks.follow_committed(),
             Event::Report if stopping => {
                 tracing::info!(waiting_for = ?running, "Still stopping.");
             }
             Event::Report => {
-                log_status(&source_stats, &aggregate_stats, &delivery_stats, &store);
-                log_uplinks(&delivery_stats, &store, *status_committed.borrow());
+                log_status(&source_stats, &aggregate_stats, &sinks.stats(), &store);
+                log_uplinks(&sinks.stats(), &store, *status_committed.borrow());
             }
             Event::Deadline => {
                 tracing::error!(still_running = ?running, "Stop deadline passed; exiting with work unfinished (it stays in the store).");
@@ -333,8 +336,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
         }
     }
     store.flush().await.context("final flush")?;
-    log_status(&source_stats, &aggregate_stats, &delivery_stats, &store);
-    log_uplinks(&delivery_stats, &store, *status_committed.borrow());
+    log_status(&source_stats, &aggregate_stats, &sinks.stats(), &store);
+    log_uplinks(&sinks.stats(), &store, *status_committed.borrow());
     match failed {
         Some(error) => Err(RunError::Runtime(error)),
         None => {
@@ -342,6 +345,52 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
             Ok(())
         }
     }
+}
+
+/// Spawns a component and tracks it by name (the stop report, panics reported by name).
+fn spawn_component(
+    tasks: &mut JoinSet<(String, anyhow::Result<()>)>,
+    running: &mut BTreeSet<String>,
+    names: &mut HashMap<tokio::task::Id, String>,
+    name: String,
+    fut: ComponentFuture,
+) {
+    running.insert(name.clone());
+    let task_name = name.clone();
+    let handle = tasks.spawn(async move { (task_name, fut.await) });
+    names.insert(handle.id(), name);
+}
+
+/// A restart-only setting the sinks are validated against that `new` changes: sinks built
+/// from it would disagree with the running engine (MQTT topics and client ids carry the
+/// device id; a `raw` sink needs `forward_raw`), so none is reloaded.
+fn sinks_need_restart(running: &Config, new: &Config) -> Option<&'static str> {
+    if running.device_id != new.device_id {
+        Some("device_id")
+    } else if running.forward_raw != new.forward_raw {
+        Some("engine.forward_raw")
+    } else {
+        None
+    }
+}
+
+/// The log lines of an applied sink reload.
+fn log_reload(applied: sink_set::Applied) {
+    for (sink, error) in &applied.failed {
+        tracing::error!(%sink, error = %format!("{error:#}"), "SIGHUP: cannot set up the new settings of this sink; it keeps running as before (or, if new, is not started).");
+    }
+    if applied.added.is_empty() && applied.changed.is_empty() && applied.removed.is_empty() {
+        if applied.failed.is_empty() {
+            tracing::info!("SIGHUP: sinks unchanged.");
+        }
+        return;
+    }
+    tracing::info!(
+        "SIGHUP: sinks reloaded: added [{}], changed [{}], removed [{}].",
+        applied.added.join(", "),
+        applied.changed.join(", "),
+        applied.removed.join(", ")
+    );
 }
 
 fn log_status(

@@ -1,5 +1,5 @@
 //! The `eddy` binary: parses the command line, sets up logging, loads the configuration and
-//! calls [`eddy::run`]; maps the outcome to an exit code (0 clean stop, 1 runtime failure,
+//! calls [`eddy::run_with_reloads`] (SIGHUP re-reads the file); maps the outcome to an exit code (0 clean stop, 1 runtime failure,
 //! 2 invalid configuration, 3 store cannot be opened).
 
 use std::net::SocketAddr;
@@ -179,8 +179,16 @@ fn main() -> ExitCode {
                 log_level: loaded.log_level.clone(),
             };
             let config = loaded;
-            runtime.spawn(hup::reload_on_hangup(running, log));
-            match runtime.block_on(eddy::run(config, stop_signal())) {
+            let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+            // Installed here, not in the spawned task: that task may first run after READY=1.
+            let hangups = {
+                let _entered = runtime.enter();
+                hup::catch_hangups()
+            };
+            if let Some(hangups) = hangups {
+                runtime.spawn(hup::reload_on_hangup(hangups, running, log, reload_tx));
+            }
+            match runtime.block_on(eddy::run_with_reloads(config, stop_signal(), reload_rx)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(RunError::StoreOpen(error)) => {
                     tracing::error!(%error, "Cannot open the store.");

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::aggregate::{AggregateStats, Committed};
-use crate::deliver::DeliveryStats;
+use crate::sink_set::SinkStatsList;
 use crate::storage::{Appended, Store, StoreError};
 
 /// The pipeline counts as stalled when its heartbeat (chunks and ticks through the engine,
@@ -142,7 +142,8 @@ pub(crate) struct Telemetry {
     pub(crate) sources: Vec<Arc<SourceStats>>,
     pub(crate) aggregate: Arc<AggregateStats>,
     pub(crate) ingest: Arc<IngestStats>,
-    pub(crate) sinks: Vec<(String, Arc<DeliveryStats>)>,
+    /// The sinks configured now (a reload changes the set).
+    pub(crate) sinks: watch::Receiver<SinkStatsList>,
     pub(crate) store: Store,
     pub(crate) committed: watch::Receiver<Committed>,
     /// True once every source is up, false again when the drain starts.
@@ -223,7 +224,7 @@ impl Telemetry {
         sources: Vec<Arc<SourceStats>>,
         aggregate: Arc<AggregateStats>,
         ingest: Arc<IngestStats>,
-        sinks: Vec<(String, Arc<DeliveryStats>)>,
+        sinks: watch::Receiver<SinkStatsList>,
         store: Store,
         committed: watch::Receiver<Committed>,
     ) -> Telemetry {
@@ -276,7 +277,8 @@ impl Telemetry {
     fn uplinks(&self) -> Vec<UplinkStatus> {
         let committed = *self.committed.borrow();
         let now = now_ms();
-        self.sinks
+        let sinks = self.sinks.borrow().clone();
+        sinks
             .iter()
             .map(|(name, stats)| {
                 let counters = stats.snapshot(committed, now);

@@ -12,7 +12,7 @@ use crate::config::{invalid, ConfigError, RawSink, RawStorage, SinkKind};
 use crate::storage::{BudgetConfig, Policy};
 
 /// How a sink's delivery task batches, paces and retries.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryConfig {
     /// Most records handed to the sink per delivery.
     pub batch_max_records: usize,

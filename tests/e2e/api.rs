@@ -14,7 +14,7 @@ use eddy_tests::{eddy_binary, send_with_acks, wait_until, Eddy};
 use crate::uplink::{base_ms, config_with, readings};
 
 /// The address the endpoint listens on, from its start-up log line.
-fn api_address(eddy: &Eddy) -> SocketAddr {
+pub(crate) fn api_address(eddy: &Eddy) -> SocketAddr {
     let log = eddy.log();
     let line = log.lines().find(|line| line.contains("HTTP endpoint up")).expect("the endpoint's log line");
     let at = line.find("listen=").expect("listen= in the line") + "listen=".len();
@@ -22,7 +22,7 @@ fn api_address(eddy: &Eddy) -> SocketAddr {
 }
 
 /// GET `path`: the status code and the body.
-fn get(address: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn get(address: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect to the endpoint");
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: eddy\r\nConnection: close\r\n\r\n").unwrap();

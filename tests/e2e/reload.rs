@@ -1,10 +1,19 @@
-//! SIGHUP on the real binary: a changed `[log] level` is applied at once, other changed
-//! settings are named as needing a restart, and an invalid file changes nothing.
+//! SIGHUP on the real binary: a changed `[log] level` is applied at once; sinks are added,
+//! restarted with new settings and removed without a restart, losing nothing and repeating
+//! nothing already confirmed; other changed settings are named as needing a restart; an
+//! invalid file, or a sink whose new settings cannot be set up, changes nothing.
 
+use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use eddy_tests::Eddy;
+use eddy_tests::http_hub::HttpHub;
+use eddy_tests::{read_jsonl, Eddy};
+
+use crate::api::{api_address, get};
+use crate::uplink::{
+    all_delivered, base_ms, check_every_result_in_order, check_oracle, oracle, readings, send, wait_for,
+};
 
 const CONFIG: &str = r#"
 device_id = "gw-hup"
@@ -53,4 +62,266 @@ fn sighup_applies_the_log_level_and_names_what_needs_a_restart() {
     assert!(eddy.stop().expect("eddy stops").success());
     // The drain logs each stopped component at debug level: shown only with the new level.
     assert!(eddy.log().contains("Component stopped."), "{}", eddy.log());
+}
+
+/// Records per delivery of the sinks under test: the duplicate bound is one such batch.
+const BATCH: usize = 16;
+/// Sensors in every test: each event second closes this many one-second windows.
+const SENSORS: usize = 3;
+
+/// An eddy with a TCP source, one-second windows, the endpoint, a file sink `oracle` (the
+/// outbox in order) and `sinks` (`[[sinks]]` tables, `{dir}` left for the harness).
+fn config(sinks: &str) -> String {
+    format!(
+        r#"
+device_id = "gw-reload"
+data_dir = "{{dir}}/data"
+[api]
+listen = "127.0.0.1:0"
+[ingest]
+flush_interval = "5ms"
+[engine]
+checkpoint_interval = "100ms"
+[[sources]]
+kind = "tcp"
+name = "in"
+listen = "127.0.0.1:0"
+ack = true
+[[windows]]
+name = "w1s"
+length = "1s"
+lateness = "0s"
+fields = ["temp_c"]
+aggregates = ["count", "mean"]
+[[sinks]]
+kind = "file"
+name = "oracle"
+path = "{{dir}}/oracle.jsonl"
+records = ["window"]
+{sinks}
+"#
+    )
+}
+
+fn file_sink(name: &str, path: &str) -> String {
+    format!(
+        "[[sinks]]\nkind = \"file\"\nname = \"{name}\"\npath = \"{path}\"\nrecords = [\"window\"]\nbatch_max_records = {BATCH}\n"
+    )
+}
+
+fn http_sink(name: &str, url: &str) -> String {
+    format!(
+        "[[sinks]]\nkind = \"http\"\nname = \"{name}\"\nurl = \"{url}\"\nrecords = [\"window\"]\nbatch_max_records = {BATCH}\nmax_backoff = \"300ms\"\ntimeout = \"1s\"\nconnect_timeout = \"500ms\"\n"
+    )
+}
+
+/// Writes `config` as eddy's file, sends SIGHUP and waits for one more log line with `needle`.
+fn reload(eddy: &Eddy, config: &str, needle: &str) {
+    let seen = eddy.log().matches(needle).count();
+    let text = config.replace("{dir}", &eddy.dir.display().to_string());
+    std::fs::write(eddy.dir.join("eddy.toml"), text).unwrap();
+    hangup(eddy);
+    wait_for(eddy, Duration::from_secs(10), needle, || eddy.log().matches(needle).count() > seen);
+}
+
+fn ids(records: &[serde_json::Value]) -> Vec<String> {
+    records.iter().map(|record| record["id"].as_str().expect("an id").to_owned()).collect()
+}
+
+fn status(eddy: &Eddy) -> serde_json::Value {
+    let (code, body) = get(api_address(eddy), "/status");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+fn uplink_names(status: &serde_json::Value) -> Vec<String> {
+    status["uplinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|uplink| uplink["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn sighup_moves_a_file_sink_to_its_new_path_losing_and_repeating_nothing() {
+    let mut eddy = Eddy::start(&config(&file_sink("results", "{dir}/before.jsonl"))).expect("eddy starts");
+    let (before_path, after_path) = (eddy.dir.join("before.jsonl"), eddy.dir.join("after.jsonl"));
+    let base = base_ms();
+    send(&eddy, &readings(base, SENSORS, 0, 3));
+    wait_for(&eddy, Duration::from_secs(10), "the first windows in before.jsonl", || {
+        read_jsonl(&before_path).len() == 2 * SENSORS
+    });
+
+    reload(
+        &eddy,
+        &config(&file_sink("results", "{dir}/after.jsonl")),
+        "SIGHUP: sinks reloaded: added [], changed [results], removed [].",
+    );
+    wait_for(&eddy, Duration::from_secs(10), "the sink restarted", || {
+        eddy.log().contains("Sink restarted with its new settings.")
+    });
+    send(&eddy, &readings(base, SENSORS, 3, 6));
+    wait_for(&eddy, Duration::from_secs(10), "the later windows in after.jsonl", || {
+        let mut both = read_jsonl(&before_path);
+        both.extend(read_jsonl(&after_path));
+        all_delivered(&eddy, 5 * SENSORS, &both)
+    });
+    assert!(eddy.stop().expect("eddy stops").success());
+
+    let oracle = oracle(&eddy);
+    check_oracle(&oracle, SENSORS, 6);
+    let (before, after) = (read_jsonl(&before_path), read_jsonl(&after_path));
+    assert_eq!(ids(&before), ids(&oracle[..2 * SENSORS]), "before.jsonl holds what came before the reload");
+    let mut both = before.clone();
+    both.extend(after.iter().cloned());
+    // The old sink had confirmed everything when it was retired: the new one starts right
+    // after its flushed cursor, so nothing is repeated (the bound would be one batch).
+    let repeats = check_every_result_in_order(&oracle, &both, BATCH);
+    assert_eq!(repeats, 0, "a confirmed result was delivered again after the reload");
+    let before_ids: HashSet<String> = ids(&before).into_iter().collect();
+    assert!(ids(&after).iter().all(|id| !before_ids.contains(id)));
+}
+
+#[test]
+fn a_sink_added_by_sighup_gets_what_the_outbox_still_holds_and_what_follows() {
+    // A hub that answers 503 keeps every result in the outbox (its cursor stays at 0).
+    let down = HttpHub::start().expect("the HTTP hub starts");
+    down.set_status(503);
+    let mut eddy = Eddy::start(&config(&http_sink("down", &down.url()))).expect("eddy starts");
+    let base = base_ms();
+    send(&eddy, &readings(base, SENSORS, 0, 3));
+    wait_for(&eddy, Duration::from_secs(10), "the first windows in the oracle", || {
+        oracle(&eddy).len() == 2 * SENSORS
+    });
+
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    let both = format!("{}{}", http_sink("down", &down.url()), http_sink("hub", &hub.url()));
+    reload(&eddy, &config(&both), "SIGHUP: sinks reloaded: added [hub], changed [], removed [].");
+    wait_for(&eddy, Duration::from_secs(10), "the outbox's windows at the new hub", || {
+        all_delivered(&eddy, 2 * SENSORS, &hub.records())
+    });
+    assert!(uplink_names(&status(&eddy)).contains(&"hub".to_owned()), "/status lists the new sink");
+    let (_, metrics) = get(api_address(&eddy), "/metrics");
+    assert!(metrics.contains("eddy_uplink_delivered_total{sink=\"hub\"}"), "{metrics}");
+
+    send(&eddy, &readings(base, SENSORS, 3, 6));
+    wait_for(&eddy, Duration::from_secs(10), "the later windows at the new hub", || {
+        all_delivered(&eddy, 5 * SENSORS, &hub.records())
+    });
+    assert!(eddy.stop().expect("eddy stops").success());
+    let oracle = oracle(&eddy);
+    check_oracle(&oracle, SENSORS, 6);
+    check_every_result_in_order(&oracle, &hub.records(), BATCH);
+}
+
+#[test]
+fn a_sink_removed_by_sighup_stops_and_no_longer_holds_the_outbox() {
+    let down = HttpHub::start().expect("the HTTP hub starts");
+    down.set_status(503);
+    let mut eddy = Eddy::start(&config(&http_sink("hub", &down.url()))).expect("eddy starts");
+    let base = base_ms();
+    send(&eddy, &readings(base, SENSORS, 0, 6));
+    wait_for(&eddy, Duration::from_secs(10), "the windows in the oracle", || {
+        oracle(&eddy).len() == 5 * SENSORS
+    });
+    let pinned = status(&eddy);
+    let hub_status =
+        pinned["uplinks"].as_array().unwrap().iter().find(|uplink| uplink["name"] == "hub").unwrap();
+    assert!(hub_status["outbox_depth"].as_u64().unwrap() >= 5 * 3, "{pinned:#}");
+    let pinned_bytes = pinned["store"]["used_bytes"].as_u64().unwrap();
+    assert!(pinned_bytes > 0, "{pinned:#}");
+
+    reload(&eddy, &config(""), "SIGHUP: sinks reloaded: added [], changed [], removed [hub].");
+    wait_for(&eddy, Duration::from_secs(10), "the removed sink's task to end", || {
+        eddy.log().lines().any(|line| line.contains("Sink stopped.") && line.contains("sink=hub"))
+    });
+    assert_eq!(uplink_names(&status(&eddy)), ["oracle"]);
+    let (_, metrics) = get(api_address(&eddy), "/metrics");
+    assert!(!metrics.contains("sink=\"hub\""), "{metrics}");
+
+    // The hub would now take records, but the sink is gone; and the outbox it held is trimmed.
+    let requests = down.requests();
+    down.set_status(200);
+    send(&eddy, &readings(base, SENSORS, 6, 9));
+    wait_for(&eddy, Duration::from_secs(10), "the later windows in the oracle", || {
+        oracle(&eddy).len() == 8 * SENSORS
+    });
+    wait_for(&eddy, Duration::from_secs(10), "the outbox trimmed past the removed sink", || {
+        status(&eddy)["store"]["used_bytes"].as_u64().unwrap() < pinned_bytes
+    });
+    assert_eq!(down.requests(), requests, "the removed sink still sent requests");
+    assert!(down.records().is_empty());
+    assert!(eddy.stop().expect("eddy stops").success());
+}
+
+#[test]
+fn sink_settings_that_fail_keep_the_running_sinks() {
+    let mut eddy = Eddy::start(&config(&file_sink("results", "{dir}/results.jsonl"))).expect("eddy starts");
+    let results_path = eddy.dir.join("results.jsonl");
+    let base = base_ms();
+    send(&eddy, &readings(base, SENSORS, 0, 3));
+    wait_for(&eddy, Duration::from_secs(10), "the first windows", || {
+        read_jsonl(&results_path).len() == 2 * SENSORS
+    });
+
+    // Invalid: nothing is applied.
+    reload(
+        &eddy,
+        &config(&http_sink("results", "ftp://hub.invalid/")),
+        "SIGHUP: invalid configuration; keeping the running one.",
+    );
+    // Valid, but the new path cannot be opened (its parent is a regular file): the sink keeps
+    // its old settings, said at ERROR.
+    reload(
+        &eddy,
+        &config(&file_sink("results", "{dir}/eddy.toml/results.jsonl")),
+        "SIGHUP: cannot set up the new settings of this sink",
+    );
+    let log = eddy.log();
+    let line = log.lines().find(|line| line.contains("cannot set up the new settings")).unwrap();
+    assert!(line.contains("ERROR") && line.contains("sink=results"), "{line}");
+    assert!(!log.contains("SIGHUP: sinks reloaded"), "{log}");
+
+    send(&eddy, &readings(base, SENSORS, 3, 6));
+    wait_for(&eddy, Duration::from_secs(10), "the later windows in the old file", || {
+        read_jsonl(&results_path).len() == 5 * SENSORS
+    });
+    assert!(eddy.stop().expect("eddy stops").success());
+    let oracle = oracle(&eddy);
+    check_every_result_in_order(&oracle, &read_jsonl(&results_path), 0);
+    assert!(!eddy.log().contains("Sink restarted"), "{}", eddy.log());
+}
+
+#[test]
+fn a_rotated_token_file_restarts_the_hub_sink_with_the_new_secret() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "Bearer old-token\n").unwrap();
+    let sink = format!(
+        "{}header_files = {{ authorization = \"{}\" }}\n",
+        http_sink("hub", &hub.url()),
+        token.display()
+    );
+    let mut eddy = Eddy::start(&config(&sink)).expect("eddy starts");
+    let base = base_ms();
+    send(&eddy, &readings(base, SENSORS, 0, 3));
+    wait_for(&eddy, Duration::from_secs(10), "the first windows at the hub", || {
+        all_delivered(&eddy, 2 * SENSORS, &hub.records())
+    });
+    assert_eq!(hub.last_header("authorization").as_deref(), Some("Bearer old-token"));
+
+    // The file's text is unchanged; only the secret it names is new.
+    std::fs::write(&token, "Bearer new-token\n").unwrap();
+    reload(&eddy, &config(&sink), "SIGHUP: sinks reloaded: added [], changed [hub], removed [].");
+    send(&eddy, &readings(base, SENSORS, 3, 6));
+    wait_for(&eddy, Duration::from_secs(10), "the later windows at the hub", || {
+        all_delivered(&eddy, 5 * SENSORS, &hub.records())
+    });
+    assert_eq!(hub.last_header("authorization").as_deref(), Some("Bearer new-token"));
+    assert!(eddy.stop().expect("eddy stops").success());
+    let repeats = check_every_result_in_order(&oracle(&eddy), &hub.records(), BATCH);
+    assert_eq!(repeats, 0, "the hub had confirmed everything before the reload");
+    assert!(!eddy.log().contains("new-token") && !eddy.log().contains("old-token"), "a secret was logged");
 }

@@ -6,7 +6,7 @@ use crate::secret::Secret;
 use crate::tls::TlsFiles;
 
 /// Where and how the HTTP uplink posts. Plain data, validated by the daemon's config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// The sink's name (logs, cursor).
     pub name: String,

@@ -6,7 +6,7 @@ use crate::secret::Secret;
 use crate::tls::TlsFiles;
 
 /// Where and how the MQTT uplink publishes. Plain data, validated by the daemon's config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttConfig {
     /// The sink's name (logs, cursor).
     pub name: String,
