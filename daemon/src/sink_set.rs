@@ -403,9 +403,12 @@ impl SinkSet {
             Next::Restart(next) if !stopping => {
                 let (slot, stats) = (entry.slot, entry.stats.clone());
                 // A sink that starts taking raw readings must hold the raw lane from now on.
-                if next.config.records.contains("raw") && !entry.config.records.contains("raw") {
+                let takes_raw = next.config.records.contains("raw");
+                if takes_raw && !entry.config.records.contains("raw") {
                     self.raw_cursors[slot].store(0, Ordering::Release);
                 }
+                // Raw-lane drops count for it from now on, or no longer.
+                self.store.register_sink_drops(name, takes_raw, &stats.drops);
                 self.entries.remove(name);
                 Some(self.launch(slot, stats, *next, Started::Successor))
             }
@@ -414,6 +417,7 @@ impl SinkSet {
                 let name = name.to_owned();
                 if let Some(entry) = self.entries.remove(&name) {
                     self.free_slot(entry.slot);
+                    self.store.unregister_sink(&name);
                     self.retired.insert(name, entry.stats);
                 }
                 self.publish_stats();
@@ -485,12 +489,18 @@ impl SinkSet {
     }
 
     fn stats_for(&mut self, config: &SinkConfig) -> Arc<DeliveryStats> {
-        self.retired.remove(&config.name).unwrap_or_else(|| {
-            Arc::new(DeliveryStats {
-                drops: self.store.register_sink(&config.name, config.records.contains("raw")),
+        let takes_raw = config.records.contains("raw");
+        match self.retired.remove(&config.name) {
+            Some(stats) => {
+                // Added back: its drops count for it again, from where they were.
+                self.store.register_sink_drops(&config.name, takes_raw, &stats.drops);
+                stats
+            }
+            None => Arc::new(DeliveryStats {
+                drops: self.store.register_sink(&config.name, takes_raw),
                 ..DeliveryStats::default()
-            })
-        })
+            }),
+        }
     }
 
     fn publish_stats(&self) {

@@ -219,12 +219,26 @@ impl Store {
     /// it `takes_raw`.
     pub fn register_sink(&self, name: &str, takes_raw: bool) -> Arc<SinkDrops> {
         let drops = Arc::new(SinkDrops::default());
-        self.budget.sinks.lock().unwrap_or_else(PoisonError::into_inner).push((
-            name.to_owned(),
-            takes_raw,
-            drops.clone(),
-        ));
+        self.register_sink_drops(name, takes_raw, &drops);
         drops
+    }
+
+    /// Registers (or, for a name already registered, replaces) sink `name` with counters it
+    /// already has: a sink that a reload changed, or added back, keeps counting where it was,
+    /// and a change of `takes_raw` takes effect.
+    pub fn register_sink_drops(&self, name: &str, takes_raw: bool, drops: &Arc<SinkDrops>) {
+        let mut sinks = self.budget.sinks.lock().unwrap_or_else(PoisonError::into_inner);
+        sinks.retain(|(registered, _, _)| registered != name);
+        sinks.push((name.to_owned(), takes_raw, drops.clone()));
+    }
+
+    /// Stops counting drops for sink `name` (a reload removed it).
+    pub fn unregister_sink(&self, name: &str) {
+        self.budget
+            .sinks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(registered, _, _)| registered != name);
     }
 
     /// The budget settings.
@@ -466,6 +480,27 @@ mod tests {
         assert_eq!(left.first().map(|(seq, _)| *seq), Some(2 * page + 1));
         assert_eq!(left.last().map(|(seq, _)| *seq), Some(next_seq - 1));
         assert_eq!(counter(&store.drop_stats().refused_budget_readings), 0);
+    }
+
+    /// A sink removed by a reload is no longer counted; one added back or changed keeps its
+    /// counters, registered once.
+    #[test]
+    fn a_sink_can_be_registered_again_or_unregistered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), BudgetConfig::default());
+        commit_pages(&store, 1, 4, 1000);
+        let page_bytes = store.used_bytes() / 4;
+        drop(store);
+        let store = open(dir.path(), budget(3 * page_bytes + 1, Policy::DropOldest));
+        let hub = store.register_sink("hub", false);
+        let gone = store.register_sink("gone", false);
+        store.unregister_sink("gone");
+        // Registered again with the counters it had: one entry, not two.
+        store.register_sink_drops("hub", true, &hub);
+        store.enforce_budget(1000).unwrap();
+        let page = u64::try_from(OUTBOX_PAGE_ENTRIES).unwrap();
+        assert_eq!(counter(&hub.budget), page, "counted once for the one dropped page");
+        assert_eq!(counter(&gone.budget), 0, "an unregistered sink is not counted");
     }
 
     #[test]
