@@ -34,8 +34,12 @@ const FAILURE_REMINDER_EVERY: Duration = Duration::from_secs(60);
 /// dropped and made again this much later, so that the broker redelivers what stays
 /// unacknowledged. Without it those messages would wait for the next unrelated reconnection,
 /// and a broker that stops sending once its in-flight window of unacknowledged messages is
-/// full would stall the source for good.
+/// full would stall the source for good. While the log keeps refusing, the delay doubles up
+/// to [`MAX_REDELIVERY_DELAY`] (with jitter), so that a full disk does not turn into a
+/// reconnection every few seconds; the first message stored again resets it.
 const REDELIVERY_DELAY: Duration = Duration::from_secs(5);
+/// The longest wait before reconnecting for a redelivery while the log keeps refusing.
+const MAX_REDELIVERY_DELAY: Duration = Duration::from_secs(60);
 
 /// A message handed to the log (or rejected) and not yet acknowledged.
 #[derive(Debug)]
@@ -96,6 +100,8 @@ pub(crate) struct Session {
     refusal_warnings: WarnLimiter,
     /// When to reconnect for the broker to redeliver refused messages.
     redeliver_at: Option<Instant>,
+    /// How long after a refusal that is; grows while the log keeps refusing.
+    redelivery_backoff: Backoff,
     held: u64,
 }
 
@@ -129,6 +135,7 @@ impl Session {
             rejection_warnings: WarnLimiter::per_second(),
             refusal_warnings: WarnLimiter::per_second(),
             redeliver_at: None,
+            redelivery_backoff: Backoff::new(REDELIVERY_DELAY, MAX_REDELIVERY_DELAY),
             held: 0,
         }
     }
@@ -355,7 +362,9 @@ impl Session {
             }
             if let Answer::Known(Durability::Refused(reason)) = &front.answer {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                self.redeliver_at.get_or_insert_with(|| Instant::now() + REDELIVERY_DELAY);
+                if self.redeliver_at.is_none() {
+                    self.redeliver_at = Some(Instant::now() + self.redelivery_backoff.next_delay());
+                }
                 if let Some(suppressed) = self.refusal_warnings.allow(Instant::now()) {
                     warn!(%reason, suppressed, "The log refused an MQTT message; it stays unacknowledged for the broker to redeliver.");
                 }
@@ -379,6 +388,10 @@ impl Session {
             n_written += 1;
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
             let acked = self.pending.pop_front().expect("the front exists");
+            if matches!(acked.answer, Answer::Known(Durability::Durable)) {
+                // The log takes messages again: the next refusal waits the shortest delay.
+                self.redelivery_backoff.reset();
+            }
             self.acked.record(&acked.publish);
         }
         if n_written > 0 {
