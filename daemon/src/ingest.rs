@@ -70,8 +70,9 @@ pub(crate) struct Ingest {
     pub(crate) failed_groups: u32,
     /// Latencies and the store's last answer, for `/metrics` and `/health`.
     pub(crate) stats: std::sync::Arc<crate::telemetry::IngestStats>,
-    /// Each source's name by index: the namespace of its marks in the store.
-    pub(crate) source_names: Vec<String>,
+    /// Each source's counters by index: its name is the namespace of its marks in the store,
+    /// and the readings the store refuses are counted for it.
+    pub(crate) sources: Vec<std::sync::Arc<eddy_sensors::SourceStats>>,
     /// Numbered sessions held back after a refusal (see [`RefusedSessions`]).
     pub(crate) refused_sessions: RefusedSessions,
 }
@@ -152,8 +153,11 @@ impl Ingest {
         let mut current_marks: Vec<MarkChange> = Vec::new();
         // The marks of the group's batches, to hold their sessions back if the group is refused.
         let mut group_marks: Vec<(usize, Vec<eddy_sensors::Mark>)> = Vec::new();
+        // Readings per source in the group, counted as refused if the group is.
+        let mut group_readings: Vec<(usize, usize)> = Vec::new();
         for ingest_batch in group {
             if let Some(reason) = self.refused_sessions.check(ingest_batch.source, &ingest_batch.marks) {
+                self.count_refused(ingest_batch.source, ingest_batch.readings.len());
                 if let Some(ack) = ingest_batch.durable {
                     let _ = ack.send(Durability::Refused(std::sync::Arc::from(reason.as_str())));
                 }
@@ -162,6 +166,7 @@ impl Ingest {
             if let Some(ack) = ingest_batch.durable {
                 acks.push(ack);
             }
+            group_readings.push((ingest_batch.source, ingest_batch.readings.len()));
             for reading in ingest_batch.readings {
                 current.push(reading);
                 if current.len() == MAX_CHUNK_READINGS {
@@ -173,7 +178,7 @@ impl Ingest {
                 continue;
             }
             // A batch's marks go into the chunk holding its last reading.
-            let source_name = self.source_names.get(ingest_batch.source).map_or("", String::as_str);
+            let source_name = self.sources.get(ingest_batch.source).map_or("", |stats| stats.name.as_str());
             let changes = ingest_batch.marks.iter().map(|mark| change_of(source_name, mark));
             match chunks.last_mut() {
                 Some(last) if current.is_empty() => last.marks.extend(changes),
@@ -213,7 +218,9 @@ impl Ingest {
                     .fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(readings = n_readings, error = %error, failed_in_a_row = self.failed_groups, "Readings refused: the store write failed.");
                 if self.failed_groups >= MAX_FAILED_GROUPS {
-                    // The daemon stops; the refused sessions are refused by its absence.
+                    for (source, n_readings) in group_readings {
+                        self.count_refused(source, n_readings);
+                    }
                     refuse_all(acks, &format!("store failed: {error}"));
                     return Err(error);
                 }
@@ -223,6 +230,9 @@ impl Ingest {
         if let Some(reason) = refused {
             for (source, marks) in &group_marks {
                 self.refused_sessions.refused(*source, marks);
+            }
+            for (source, n_readings) in group_readings {
+                self.count_refused(source, n_readings);
             }
             refuse_all(acks, &reason);
             return Ok(());
@@ -239,6 +249,12 @@ impl Ingest {
             }
         }
         Ok(())
+    }
+
+    fn count_refused(&self, source: usize, n_readings: usize) {
+        if let Some(stats) = self.sources.get(source) {
+            stats.add_refused(u64::try_from(n_readings).unwrap_or(u64::MAX));
+        }
     }
 
     fn chunk(
@@ -295,7 +311,7 @@ mod tests {
             clock: ProcessingClock::new(0),
             failed_groups: 0,
             stats: Arc::default(),
-            source_names: vec!["in".into()],
+            sources: vec![Arc::new(eddy_sensors::SourceStats::new("in"))],
             refused_sessions: RefusedSessions::default(),
         };
         let (tx, rx) = ingest_channel(4);
@@ -343,7 +359,7 @@ mod tests {
             clock: ProcessingClock::new(0),
             failed_groups: 0,
             stats: Arc::default(),
-            source_names: vec!["in".into()],
+            sources: vec![Arc::new(eddy_sensors::SourceStats::new("in"))],
             refused_sessions: RefusedSessions::default(),
         };
         let (tx, rx) = ingest_channel(4);

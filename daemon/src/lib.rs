@@ -155,6 +155,8 @@ pub async fn run_with_reloads(
 
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_CHANNEL_CHUNKS);
     let ingest_stats = Arc::new(telemetry::IngestStats::default());
+    let source_stats: Vec<Arc<SourceStats>> =
+        config.sources.iter().map(|source| Arc::new(SourceStats::new(source.name.clone()))).collect();
     let ingest = Ingest {
         stats: ingest_stats.clone(),
         store: store.clone(),
@@ -163,7 +165,7 @@ pub async fn run_with_reloads(
         next_key,
         clock: ProcessingClock::new(aggregator.clock_ms()),
         failed_groups: 0,
-        source_names: config.sources.iter().map(|source| source.name.clone()).collect(),
+        sources: source_stats.clone(),
         refused_sessions: marks::RefusedSessions::default(),
     };
     let (ingest_tx, ingest_rx) = ingest_channel(INGEST_CHANNEL_BATCHES);
@@ -179,10 +181,8 @@ pub async fn run_with_reloads(
     // Sources last: once they are up, readings flow.
     let registry = Arc::new(SensorRegistry::new(config.max_sensors));
     let sources_stop = CancellationToken::new();
-    let mut source_stats: Vec<Arc<SourceStats>> = Vec::new();
-    for (source_idx, source_config) in config.sources.iter().enumerate() {
-        let stats = Arc::new(SourceStats::new(source_config.name.clone()));
-        source_stats.push(stats.clone());
+    for (source_idx, (source_config, stats)) in config.sources.iter().zip(&source_stats).enumerate() {
+        let stats = stats.clone();
         let started = sources::start(
             source_idx,
             source_config,
@@ -407,6 +407,9 @@ fn log_status(
             source = %source.name,
             received = snapshot.received,
             accepted = snapshot.accepted,
+            refused = snapshot.refused,
+            duplicates = snapshot.duplicates,
+            up = source.is_up(),
             rejected = snapshot.rejected_total(),
             by_reason = %rejected.join(","),
             "Source counters."

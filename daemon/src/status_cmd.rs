@@ -52,17 +52,21 @@ pub(crate) fn render(status: &Value) -> String {
     for problem in status["problems"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  problem: {}", s(problem));
     }
-    let _ = writeln!(out, "\nSources                 state    received   accepted   rejected");
+    let _ = writeln!(out, "\nSources                 state    received   accepted    refused   rejected");
     for source in status["sources"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "  {:<20} {:<6} {:>10} {:>10} {:>10}",
+            "  {:<20} {:<6} {:>10} {:>10} {:>10} {:>10}",
             s(&source["name"]),
             if source["up"].as_bool() == Some(false) { "DOWN" } else { "up" },
             n(&source["received"]),
             n(&source["accepted"]),
+            n(&source["refused"]),
             n(&source["rejected"])
         );
+        if n(&source["duplicates"]) > 0 {
+            let _ = writeln!(out, "      resent, already stored (dup): {}", n(&source["duplicates"]));
+        }
         if let Some(reasons) = source["rejected_by_reason"].as_object() {
             for (reason, count) in reasons {
                 let _ = writeln!(out, "      {reason}: {}", n(count));

@@ -174,6 +174,10 @@ pub(crate) struct SourceStatus {
     pub(crate) up: bool,
     pub(crate) received: u64,
     pub(crate) accepted: u64,
+    /// Accepted readings the store refused (budget full, failed write): nacked, not stored.
+    pub(crate) refused: u64,
+    /// Resent lines of numbered sessions answered `dup`, not stored again.
+    pub(crate) duplicates: u64,
     pub(crate) rejected: u64,
     pub(crate) rejected_by_reason: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -333,6 +337,8 @@ impl Telemetry {
                         up: source.is_up(),
                         received: snapshot.received,
                         accepted: snapshot.accepted,
+                        refused: snapshot.refused,
+                        duplicates: snapshot.duplicates,
                         rejected: snapshot.rejected_total(),
                         rejected_by_reason: snapshot
                             .rejected
@@ -373,6 +379,15 @@ impl Telemetry {
         family(&mut out, "eddy_source_accepted_total", "counter", "Readings accepted per source.");
         for (name, s) in &snapshots {
             let _ = writeln!(out, "eddy_source_accepted_total{{source=\"{name}\"}} {}", s.accepted);
+        }
+        family(
+            &mut out,
+            "eddy_source_refused_total",
+            "counter",
+            "Accepted readings the store refused per source (disk budget full, failed write): nacked, not stored.",
+        );
+        for (name, s) in &snapshots {
+            let _ = writeln!(out, "eddy_source_refused_total{{source=\"{name}\"}} {}", s.refused);
         }
         family(
             &mut out,

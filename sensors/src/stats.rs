@@ -15,6 +15,7 @@ pub struct SourceStats {
     rejected: [AtomicU64; RejectReason::ALL.len()],
     connections: AtomicU64,
     duplicates: AtomicU64,
+    refused: AtomicU64,
     up: AtomicBool,
 }
 
@@ -23,8 +24,11 @@ pub struct SourceStats {
 pub struct SourceStatsSnapshot {
     /// Lines (or messages) received.
     pub received: u64,
-    /// Readings accepted and handed to the durable log.
+    /// Readings accepted (valid) and handed to the durable log.
     pub accepted: u64,
+    /// Accepted readings the durable log then refused (disk budget full, a failed write):
+    /// not stored, answered `nack` (or left unacknowledged for an MQTT broker).
+    pub refused: u64,
     /// Rejected lines by reason, only reasons with a non-zero count.
     pub rejected: Vec<(RejectReason, u64)>,
     /// Connections accepted so far (TCP).
@@ -56,6 +60,7 @@ impl SourceStats {
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             connections: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             up: AtomicBool::new(false),
         }
     }
@@ -86,6 +91,11 @@ impl SourceStats {
         self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` accepted readings the durable log refused.
+    pub fn add_refused(&self, n: u64) {
+        self.refused.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts `n` lines recognised as already settled (a resend), not stored again.
     pub fn add_duplicates(&self, n: u64) {
         self.duplicates.fetch_add(n, Ordering::Relaxed);
@@ -101,6 +111,7 @@ impl SourceStats {
         SourceStatsSnapshot {
             received: self.received.load(Ordering::Relaxed),
             accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
             rejected: RejectReason::ALL
                 .iter()
                 .map(|reason| (*reason, self.rejected[reason.index()].load(Ordering::Relaxed)))

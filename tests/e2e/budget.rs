@@ -121,6 +121,8 @@ fn reject_new_refuses_readings_while_full_and_takes_them_again_after_the_drain()
     let log = eddy.log();
     let store = counters(&log, "Store budget counters.", "");
     assert_eq!(store["refused_budget"], nacked, "every refused reading is counted");
+    let refused_by_source = eddy_tests::source_counter(&log, "in", "refused");
+    assert_eq!(refused_by_source, Some(nacked), "counted for the source that sent them too");
     assert_eq!(store["dropped_budget"], 0, "reject_new drops nothing");
     assert_eq!(counters(&log, "Uplink counters.", "hub")["dropped_budget"], 0);
     check_every_result_in_order(&oracle(&eddy), &hub.records(), usize::MAX);
