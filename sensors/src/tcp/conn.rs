@@ -476,14 +476,15 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 return Err(ReadEnd::SessionRefused);
             }
         };
-        // Every permit back: every earlier entry is answered and has settled its lines.
-        let all = replies
-            .in_flight
-            .clone()
-            .acquire_many_owned(replies.max_in_flight)
-            .await
-            .expect("the in-flight semaphore is never closed");
-        drop(all);
+        // Every permit back: every earlier entry is answered and has settled its lines. A peer
+        // that never reads its replies can hold this up; shutdown cannot be.
+        let all = tokio::select! {
+            () = self.shutdown.cancelled() => {
+                return Err(ReadEnd::Shutdown { unterminated_bytes: self.framer.buffered_len() });
+            }
+            all = replies.in_flight.clone().acquire_many_owned(replies.max_in_flight) => all,
+        };
+        drop(all.expect("the in-flight semaphore is never closed"));
         self.claim = None;
         let claimed = tokio::select! {
             () = self.shutdown.cancelled() => {
