@@ -374,19 +374,25 @@ mod tests {
         }
     }
 
+    /// A store whose outbox holds `n` window results, seqs 1 to `n`.
+    fn store_with_results(dir: &std::path::Path, n: u64) -> Store {
+        let store = Store::open(dir, 1 << 20, vec![], vec![]).unwrap();
+        let outbox = (1..=n)
+            .map(|idx| OutboxEntry {
+                kind: "window".into(),
+                group: "g".into(),
+                payload: format!("{{\"sensor\":\"s{idx}\"}}").into_bytes(),
+            })
+            .collect();
+        store.commit(&Commit { outbox, log_pos: 1, next_seq: n + 1, ..Commit::default() }).unwrap();
+        store
+    }
+
     #[tokio::test]
     async fn a_sink_delivers_only_what_is_committed_and_flushed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20, vec![], vec![]).unwrap();
-        let outbox = (1..=5)
-            .map(|n| OutboxEntry {
-                kind: "window".into(),
-                group: "g".into(),
-                payload: format!("{{\"sensor\":\"s{n}\"}}").into_bytes(),
-            })
-            .collect();
         // Five results are in the outbox, but the aggregator has announced (flushed) only 3.
-        store.commit(&Commit { outbox, log_pos: 1, next_seq: 6, ..Commit::default() }).unwrap();
+        let store = store_with_results(dir.path(), 5);
         let captured = Captured::default();
         let delivering = Delivering {
             sink: Sink::Console(ConsoleSink::new("console", Box::new(captured.clone()))),
@@ -420,15 +426,7 @@ mod tests {
     #[tokio::test]
     async fn rate_limit_paces_the_drain() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20, vec![], vec![]).unwrap();
-        let outbox = (1..=60)
-            .map(|n| OutboxEntry {
-                kind: "window".into(),
-                group: "g".into(),
-                payload: format!("{{\"sensor\":\"s{n}\"}}").into_bytes(),
-            })
-            .collect();
-        store.commit(&Commit { outbox, log_pos: 1, next_seq: 61, ..Commit::default() }).unwrap();
+        let store = store_with_results(dir.path(), 60);
         let captured = Captured::default();
         let stats = Arc::new(DeliveryStats::default());
         let delivering = Delivering {
@@ -465,15 +463,7 @@ mod tests {
     #[tokio::test]
     async fn a_retired_sink_stops_after_its_delivery_with_its_cursor_flushed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20, vec![], vec![]).unwrap();
-        let outbox = (1..=60)
-            .map(|n| OutboxEntry {
-                kind: "window".into(),
-                group: "g".into(),
-                payload: format!("{{\"sensor\":\"s{n}\"}}").into_bytes(),
-            })
-            .collect();
-        store.commit(&Commit { outbox, log_pos: 1, next_seq: 61, ..Commit::default() }).unwrap();
+        let store = store_with_results(dir.path(), 60);
         let delivering = |stats: Arc<DeliveryStats>| Delivering {
             sink: Sink::Console(ConsoleSink::new("console", Box::new(Captured::default()))),
             records: ["window".to_owned()].into(),

@@ -291,6 +291,21 @@ mod tests {
         Reading { sensor: Arc::from("s"), ts_ms, values: vec![Some(20.0)], tags: vec![] }
     }
 
+    /// An ingest task on `store` with one source, `in`, flushing every millisecond.
+    fn ingest_on(store: &Store) -> Ingest {
+        Ingest {
+            store: store.clone(),
+            flush_interval: Duration::from_millis(1),
+            batch_interval_ms: 1000,
+            next_key: 1,
+            clock: ProcessingClock::new(0),
+            failed_groups: 0,
+            stats: Arc::default(),
+            sources: vec![Arc::new(eddy_sensors::SourceStats::new("in"))],
+            refused_sessions: RefusedSessions::default(),
+        }
+    }
+
     fn lines(first: u64, last: u64) -> eddy_sensors::Mark {
         eddy_sensors::Mark::Lines { session: Arc::from("s"), first, last, renumbered: false }
     }
@@ -303,17 +318,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20, vec!["temp_c".into()], vec![]).unwrap();
         store.inject_append_failures(1);
-        let ingest = Ingest {
-            store: store.clone(),
-            flush_interval: Duration::from_millis(1),
-            batch_interval_ms: 1000,
-            next_key: 1,
-            clock: ProcessingClock::new(0),
-            failed_groups: 0,
-            stats: Arc::default(),
-            sources: vec![Arc::new(eddy_sensors::SourceStats::new("in"))],
-            refused_sessions: RefusedSessions::default(),
-        };
+        let ingest = ingest_on(&store);
         let (tx, rx) = ingest_channel(4);
         let (engine_tx, _engine_rx) = mpsc::channel(16);
         let task = tokio::spawn(ingest.run(rx, engine_tx));
@@ -351,17 +356,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20, vec!["temp_c".into()], vec![]).unwrap();
         store.inject_append_failures(1);
-        let ingest = Ingest {
-            store: store.clone(),
-            flush_interval: Duration::from_millis(1),
-            batch_interval_ms: 1000,
-            next_key: 1,
-            clock: ProcessingClock::new(0),
-            failed_groups: 0,
-            stats: Arc::default(),
-            sources: vec![Arc::new(eddy_sensors::SourceStats::new("in"))],
-            refused_sessions: RefusedSessions::default(),
-        };
+        let ingest = ingest_on(&store);
         let (tx, rx) = ingest_channel(4);
         let (engine_tx, mut engine_rx) = mpsc::channel(16);
         let task = tokio::spawn(ingest.run(rx, engine_tx));
