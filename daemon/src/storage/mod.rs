@@ -16,11 +16,13 @@
 //!   that produced them and the log position they cover never disagree: after a crash the
 //!   engine restarts from the last commit and replays the log after its position, producing
 //!   the same results again under the same sequence numbers and ids.
-//! - **Source marks** (`k` + source name, 0, kind, id): what each source's batches settled (a
+//! - **Source marks** (keys: source name, 0, kind, id): what each source's batches settled (a
 //!   TCP session's last line, an MQTT packet id's fingerprint). A log chunk carries the marks
 //!   of its batches in the same value as their readings; a commit writes the marks of the
 //!   chunks it covers, in the same batch as the log position, so they outlive the trim
 //!   ([`Store::load_marks`] plus the replayed chunks give back exactly what was durable).
+//!   Committed marks are paged (`k` + the key without its last byte, up to 256 marks a page)
+//!   so a commit writes a few hundred keys at most, however many messages it covers.
 //! - **Sink cursors** (`m` + `cursor/` + name): the last outbox seq a sink delivered. Written
 //!   after delivery, so a crash between the two re-delivers at most one batch of records
 //!   (at-least-once, with deterministic ids). An outbox entry is deleted only once every
@@ -55,8 +57,8 @@ const OUTBOX: u8 = b'o';
 /// The raw-readings lane of the outbox (`forward_raw`): same page format, own seq space.
 const RAW: u8 = b'r';
 const STATE: u8 = b's';
-/// Source marks (`k` + source name, 0, kind, id): what each source's readings settled, as of
-/// the last commit (see [`Store::load_marks`]).
+/// Source marks, as of the last commit (see [`Store::load_marks`]): pages under `k` + a mark
+/// key without its last byte.
 const MARKS: u8 = b'k';
 const META: u8 = b'm';
 const META_LOG_POS: &[u8] = b"mlog_pos";
@@ -498,18 +500,52 @@ impl Store {
             batch.insert(META_NEXT_RAW_SEQ, &raw.next_raw_seq.to_be_bytes());
         }
         self.write_state_pages(&commit.state, &mut batch)?;
-        for (key, value) in &commit.marks {
-            let key = prefixed(MARKS, key);
-            match value {
-                Some(value) => batch.insert(key, &value.to_be_bytes()),
-                None => batch.remove(key),
-            }
-        }
+        self.write_mark_pages(&commit.marks, &mut batch)?;
         batch.insert(META_LOG_POS, &commit.log_pos.to_be_bytes());
         batch.insert(META_NEXT_SEQ, &commit.next_seq.to_be_bytes());
         batch.insert(META_CLOCK, &u64::try_from(commit.clock_ms).unwrap_or(0).to_be_bytes());
         self.main.apply_batch(batch).map_err(io("commit"))?;
         self.budget.add(outbox_bytes);
+        Ok(())
+    }
+
+    /// Merges mark changes into their pages (a mark key's page is the key without its last
+    /// byte): each touched page is read, changed and written back whole, or removed when empty.
+    fn write_mark_pages(&self, changes: &[MarkChange], batch: &mut sled::Batch) -> Result<(), StoreError> {
+        let mut by_page: std::collections::BTreeMap<&[u8], Vec<(u8, Option<u64>)>> =
+            std::collections::BTreeMap::new();
+        for (key, value) in changes {
+            let Some((slot, page)) = key.split_last() else { continue };
+            by_page.entry(page).or_default().push((*slot, *value));
+        }
+        for (page, page_changes) in by_page {
+            let key = prefixed(MARKS, page);
+            let mut entries = match self.main.get(&key).map_err(io("marks read"))? {
+                Some(bytes) => stored::decode_mark_page(&bytes).unwrap_or_else(|error| {
+                    // Already counted at load; rebuilt from what this commit knows.
+                    tracing::error!(%error, "Replacing an undecodable page of source marks.");
+                    Vec::new()
+                }),
+                None => Vec::new(),
+            };
+            for (slot, value) in page_changes {
+                match (entries.binary_search_by_key(&slot, |(existing, _)| *existing), value) {
+                    (Ok(idx), Some(value)) => entries[idx].1 = value,
+                    (Ok(idx), None) => {
+                        entries.remove(idx);
+                    }
+                    (Err(idx), Some(value)) => entries.insert(idx, (slot, value)),
+                    (Err(_), None) => {}
+                }
+            }
+            if entries.is_empty() {
+                batch.remove(key);
+            } else {
+                let bytes = stored::encode_mark_page(&entries)
+                    .map_err(|source| StoreError::Encode { what: "marks page", source })?;
+                batch.insert(key, bytes);
+            }
+        }
         Ok(())
     }
 
@@ -689,22 +725,28 @@ impl Store {
         })
     }
 
-    /// Every source mark as of the last commit: (key, value), in key order. A value that is not
-    /// 8 bytes is skipped, counted and reported (the source then treats that mark as unknown:
-    /// a resend is stored again, never lost). The marks of log chunks after the commit's
-    /// position come back with those chunks (the replay adds them).
+    /// Every source mark as of the last commit: (key, value), in key order. An undecodable page
+    /// is skipped, counted (`corrupt_meta`) and reported: the source then treats those marks as
+    /// unknown, so a resend they covered is stored again, never lost. The marks of log chunks
+    /// after the commit's position come back with those chunks (the replay adds them).
     pub fn load_marks(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         let mut marks = Vec::new();
         for item in self.main.scan_prefix([MARKS]) {
             let (key, value) = item.map_err(io("marks read"))?;
-            match <[u8; 8]>::try_from(&*value) {
-                Ok(bytes) => marks.push((key[1..].to_vec(), u64::from_be_bytes(bytes))),
-                Err(_) => {
+            match stored::decode_mark_page(&value) {
+                Ok(entries) => {
+                    for (slot, value) in entries {
+                        let mut mark_key = key[1..].to_vec();
+                        mark_key.push(slot);
+                        marks.push((mark_key, value));
+                    }
+                }
+                Err(error) => {
                     self.stats.corrupt_meta.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
-                        key = %String::from_utf8_lossy(&key[1..]),
-                        bytes = value.len(),
-                        "Skipped an undecodable source mark; a resend it covered is stored again."
+                        page = %String::from_utf8_lossy(&key[1..]),
+                        %error,
+                        "Skipped an undecodable page of source marks; a resend it covered is stored again."
                     );
                 }
             }

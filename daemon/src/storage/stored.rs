@@ -291,6 +291,30 @@ pub(crate) fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
     lz4_flex::block::decompress_size_prepended(bytes).map_err(|error| error.to_string())
 }
 
+/// A page of committed source marks (main tree `k` + the marks' key without its last byte):
+/// each entry is a mark's last key byte and its value, sorted. Paged so that a commit after
+/// thousands of MQTT messages writes at most 256 small pages per source, not a key each.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum MarkPage {
+    V1(Vec<(u8, u64)>),
+}
+
+/// Encodes a page of marks (as `V1`).
+pub(crate) fn encode_mark_page(entries: &[(u8, u64)]) -> Result<Vec<u8>, postcard::Error> {
+    #[derive(Serialize)]
+    enum MarkPageRef<'a> {
+        V1(&'a [(u8, u64)]),
+    }
+    postcard::to_allocvec(&MarkPageRef::V1(entries))
+}
+
+/// Decodes a page of marks of any version.
+pub(crate) fn decode_mark_page(bytes: &[u8]) -> Result<Vec<(u8, u64)>, String> {
+    match postcard::from_bytes::<MarkPage>(bytes).map_err(|error| error.to_string())? {
+        MarkPage::V1(entries) => Ok(entries),
+    }
+}
+
 /// A record a sink rejected permanently, kept for the operator (tree `dead`, key: a counter).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum DeadLetter {

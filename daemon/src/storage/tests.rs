@@ -462,3 +462,37 @@ async fn marks_are_stored_with_their_chunk_and_outlive_the_trim_through_the_comm
     };
     assert_eq!(postcard::to_allocvec(&borrowed).unwrap(), postcard::to_allocvec(&owned).unwrap());
 }
+
+#[test]
+fn a_commit_covering_every_packet_id_writes_256_mark_pages_and_reads_back_every_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let key = |packet_id: u16| [&b"mqtt\0p"[..], &packet_id.to_be_bytes()].concat();
+    let marks: Vec<MarkChange> = (0..=u16::MAX).map(|id| (key(id), Some(u64::from(id) + 1))).collect();
+    store.commit(&Commit { log_pos: 1, next_seq: 1, marks, ..Commit::default() }).unwrap();
+    assert_eq!(store.main.scan_prefix([MARKS]).count(), 256, "one page per 256 packet ids");
+    // Forget one, change another: only their page is rewritten, the rest stays.
+    let changes = vec![(key(7), None), (key(300), Some(9))];
+    store.commit(&Commit { log_pos: 1, next_seq: 1, marks: changes, ..Commit::default() }).unwrap();
+    let loaded = store.load_marks().unwrap();
+    assert_eq!(loaded.len(), 65_535);
+    assert!(loaded.iter().all(|(mark, _)| *mark != key(7)));
+    assert!(
+        loaded.contains(&(key(300), 9))
+            && loaded.contains(&(key(8), 9))
+            && loaded.contains(&(key(u16::MAX), 65_536))
+    );
+}
+
+#[test]
+fn a_torn_mark_page_is_skipped_counted_and_rebuilt_by_the_next_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let page = prefixed(MARKS, b"in\0lsess");
+    store.main.insert(&page, &[0xff, 0x01][..]).unwrap();
+    assert!(store.load_marks().unwrap().is_empty(), "its marks are unknown: a resend is stored again");
+    assert_eq!(store.stats().corrupt_meta.load(Ordering::Relaxed), 1);
+    let marks = vec![(b"in\0lsession".to_vec(), Some(12))];
+    store.commit(&Commit { log_pos: 1, next_seq: 1, marks, ..Commit::default() }).unwrap();
+    assert_eq!(store.load_marks().unwrap(), vec![(b"in\0lsession".to_vec(), 12)]);
+}
