@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use eddy::config::Config;
-use tracing_subscriber::{reload, EnvFilter, Registry};
+use tracing_subscriber::{filter::Targets, reload, Registry};
 
 /// The handle that swaps the log filter.
-pub(crate) type LogHandle = reload::Handle<EnvFilter, Registry>;
+pub(crate) type LogHandle = reload::Handle<Targets, Registry>;
 
 /// Sections applied without a restart.
 const RELOADABLE: &[&str] = &["log"];
@@ -71,7 +71,7 @@ fn reload(running: &mut Running, log: &LogHandle) {
             );
         } else {
             let level = config.log_level.clone().unwrap_or_else(|| "info".to_owned());
-            match EnvFilter::try_new(&level).map(|filter| log.reload(filter)) {
+            match level.parse::<Targets>().map(|filter| log.reload(filter)) {
                 Ok(Ok(())) => tracing::info!(%level, "SIGHUP: log level applied."),
                 Ok(Err(error)) => tracing::error!(%error, "SIGHUP: cannot apply the log level."),
                 Err(error) => tracing::error!(%error, "SIGHUP: invalid log level."),
