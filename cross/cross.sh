@@ -122,6 +122,9 @@ case $cmd in
     ;;
   test)
     t=${1:-aarch64-unknown-linux-gnu}; [ $# -ge 1 ] && shift
+    # The tests' hang guards (20 s natively) are far too short for a debug build emulated by
+    # qemu on a busy machine: armv7 ran 16 times slower than aarch64 did on a quiet one.
+    export EDDY_TEST_PROMPTLY_SECS=${EDDY_TEST_PROMPTLY_SECS:-300}
     xc_cargo test "$t" --locked -p eddy --lib "$@"
     # The serial tests open pseudo-terminals, and under qemu-user 7.2 (bookworm) the open of
     # /dev/pts/N by serialport fails with ENOSYS ("Function not implemented"): a tty ioctl it

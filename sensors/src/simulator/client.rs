@@ -405,7 +405,7 @@ mod tests {
             count: Some(5_000),
             seed: 21,
             wait_acks: true,
-            ack_timeout: PROMPTLY,
+            ack_timeout: *PROMPTLY,
             shutdown: CancellationToken::new(),
         }
     }
@@ -450,7 +450,7 @@ mod tests {
         }));
         harness.daemon.wait_for_readings(20_000).await;
         shutdown.cancel();
-        let report = tokio::time::timeout(PROMPTLY, simulation).await.unwrap().unwrap().unwrap();
+        let report = tokio::time::timeout(*PROMPTLY, simulation).await.unwrap().unwrap().unwrap();
         assert!(report.sent >= 20_000);
         assert_eq!((report.acked, report.errors), (report.sent, 0), "{report:?}");
         harness.shutdown.cancel();
