@@ -8,6 +8,10 @@
 #                                        # (engine, storage, ingest, config) and -p eddy-sensors
 #                                        # (parsers, framing, sources); default aarch64-unknown-linux-gnu
 #   cross/cross.sh deb   TARGET          # .deb (arm64 / armhf) from the build: target/cross/debian/
+#   cross/cross.sh binfmt                # as root: qemu-user in binfmt_misc (F flag), for deb-test
+#   cross/cross.sh deb-test TARGET       # as root: the .deb of the build under a real systemd
+#                                        # (scripts/nspawn-test.sh, ARM binary through qemu-user):
+#                                        # install, READY, SIGKILL + restart, data, upgrade, purge
 #   cross/cross.sh size  TARGET          # stripped size of the built binary, bytes
 #   cross/cross.sh env   TARGET          # the exports, for your own cargo commands
 #
@@ -21,7 +25,8 @@
 # installed from the mirror (see ../../shared/cross/NOTES.md, where this recipe was verified).
 # Linkers: the Debian cross gcc. qemu-user-static runs the test binaries (cargo's runner).
 # Artifacts go to target/cross (CARGO_TARGET_DIR), apart from rustup's 1.95 builds.
-# The release profile is the workspace's ([profile.release]: thin LTO, strip, panic=abort).
+# The release profile is the workspace's ([profile.release]: opt-level "s", cold crates "z", fat LTO,
+# one codegen unit, strip, panic=abort).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,6 +82,29 @@ xc_cargo() { # xc_cargo SUBCOMMAND TARGET [args]
   /usr/bin/cargo "$sub" --target "$t" ${BUILD_STD[@]+"${BUILD_STD[@]}"} "$@"
 }
 
+# binfmt_misc: lets the kernel run ARM binaries through qemu-user-static, so that dpkg's
+# maintainer scripts and systemd in a container can start the ARM eddy. The F flag makes the
+# kernel open the interpreter now, so it need not exist inside the container.
+binfmt() {
+  [ "$(id -u)" = 0 ] || die "binfmt needs root"
+  local dir=/proc/sys/fs/binfmt_misc name spec magic mask interp flags
+  [ -e "$dir/register" ] || mount -t binfmt_misc binfmt_misc "$dir" \
+    || die "cannot mount binfmt_misc (a container without it? run the test on a VM or host)"
+  for name in qemu-aarch64 qemu-arm; do
+    spec=/usr/share/binfmts/$name
+    [ -f "$spec" ] || die "$spec is missing: run cross/cross.sh setup (qemu-user-static)"
+    if grep -q '^flags: .*F' "$dir/$name" 2>/dev/null; then echo "$name: registered"; continue; fi
+    [ -e "$dir/$name" ] && echo -1 >"$dir/$name"    # registered without F: replace it
+    magic=$(awk '$1 == "magic" {print $2}' "$spec")
+    mask=$(awk '$1 == "mask" {print $2}' "$spec")
+    interp=$(awk '$1 == "interpreter" {print $2}' "$spec")
+    flags=F; grep -q '^preserve yes' "$spec" && flags=${flags}P
+    # The spec writes the bytes as \xNN, which the kernel's register format takes as is.
+    printf '%s' ":$name:M::$magic:$mask:$interp:$flags" >"$dir/register"
+    echo "$name: registered ($interp, flags $flags)"
+  done
+}
+
 deb_arch() {
   case $1 in aarch64-*) echo arm64 ;; armv7-*) echo armhf ;; *) die "no Debian architecture for $1" ;; esac
 }
@@ -94,6 +122,9 @@ case $cmd in
     ;;
   test)
     t=${1:-aarch64-unknown-linux-gnu}; [ $# -ge 1 ] && shift
+    # The tests' hang guards (20 s natively) are far too short for a debug build emulated by
+    # qemu on a busy machine: armv7 ran 16 times slower than aarch64 did on a quiet one.
+    export EDDY_TEST_PROMPTLY_SECS=${EDDY_TEST_PROMPTLY_SECS:-300}
     xc_cargo test "$t" --locked -p eddy --lib "$@"
     # The serial tests open pseudo-terminals, and under qemu-user 7.2 (bookworm) the open of
     # /dev/pts/N by serialport fails with ENOSYS ("Function not implemented"): a tty ioctl it
@@ -114,6 +145,24 @@ case $cmd in
     cargo deb -p eddy --target "$t" --no-build --no-strip --locked ${variant[@]+"${variant[@]}"} -o "$CARGO_TARGET_DIR/debian/"
     dpkg-deb -f "$(ls -t "$CARGO_TARGET_DIR"/debian/eddy_*_"$(deb_arch "$t")".deb | head -1)" Package Version Architecture Depends
     ;;
+  deb-test)
+    [ $# -ge 1 ] || die "usage: $0 deb-test TARGET (after build TARGET)"
+    t=$1
+    [ -x "$CARGO_TARGET_DIR/$t/release/eddy" ] || die "build it first: $0 build $t"
+    a=$(deb_arch "$t")
+    binfmt
+    d=$CARGO_TARGET_DIR/debian/deb-test
+    rm -rf "$d"; mkdir -p "$d"
+    variant=()
+    [ "$a" = armhf ] && variant=(--variant armhf)
+    # Two revisions of the same build: -1 is installed, -2 is the upgrade.
+    for rev in 1 2; do
+      cargo deb -p eddy --target "$t" --no-build --no-strip --locked ${variant[@]+"${variant[@]}"} \
+        --deb-revision "$rev" -o "$d/eddy_$rev.deb" >/dev/null
+    done
+    EDDY_NSPAWN_ARCH=$a EDDY_NSPAWN_DEBS="$d/eddy_1.deb $d/eddy_2.deb" scripts/nspawn-test.sh
+    ;;
+  binfmt) binfmt ;;
   size)
     [ $# -ge 1 ] || die "usage: $0 size TARGET"
     stat -c %s "$CARGO_TARGET_DIR/$1/release/eddy"
@@ -125,5 +174,5 @@ case $cmd in
       | sed "s/^\([^=]*\)=\(.*\)$/export \1='\2'/"
     echo "# extra cargo flags: ${BUILD_STD[*]:-none}"
     ;;
-  *) sed -n '2,27p' "$0"; exit 2 ;;
+  *) sed -n '2,29p' "$0"; exit 2 ;;
 esac

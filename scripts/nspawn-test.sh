@@ -6,6 +6,13 @@
 #
 #   scripts/nspawn-test.sh            (as root; ./scripts/test-all.sh runs it)
 #
+# Prebuilt packages of another architecture (cross/cross.sh deb-test TARGET does this):
+#   EDDY_NSPAWN_DEBS="eddy_1.deb eddy_2.deb" EDDY_NSPAWN_ARCH=arm64 scripts/nspawn-test.sh
+# installs the first, upgrades to the second, and runs the same checks. For a foreign
+# architecture the container gets that architecture's libc (dpkg --add-architecture, cached in
+# its own root file system) and the binary runs through qemu-user, registered in binfmt_misc
+# with the F flag on the host; see the qemu drop-in below for the one unit setting it changes.
+#
 # The container's root file system is built once with debootstrap (about 2.5 min) and
 # cached in $EDDY_NSPAWN_CACHE (default /var/tmp/eddy-nspawn); each run boots a copy.
 # Needs: root, systemd-nspawn (systemd-container), debootstrap, cargo-deb: installed when
@@ -48,6 +55,36 @@ if [ ! -x "$ROOTFS/lib/systemd/systemd" ]; then
   mv "$ROOTFS.tmp" "$ROOTFS"
 fi
 
+# ---------------------------------------------------------------- a foreign architecture
+host_arch=$(dpkg --print-architecture)
+arch=${EDDY_NSPAWN_ARCH:-$host_arch}
+base=$ROOTFS
+if [ "$arch" != "$host_arch" ]; then
+  case $arch in
+    arm64) qemu=qemu-aarch64 multiarch=aarch64-linux-gnu ;;
+    armhf) qemu=qemu-arm multiarch=arm-linux-gnueabihf ;;
+    *) die "EDDY_NSPAWN_ARCH=$arch: only arm64 and armhf are emulated" ;;
+  esac
+  # F: the kernel opened the interpreter at registration, so it works inside the container.
+  grep -q '^flags: .*F' "/proc/sys/fs/binfmt_misc/$qemu" 2>/dev/null \
+    || die "$qemu is not registered in binfmt_misc with the F flag: run cross/cross.sh binfmt"
+  base=$ROOTFS-$arch
+  if [ ! -e "$base/lib/$multiarch/libc.so.6" ]; then
+    echo "== adding $arch (libc6:$arch, libgcc-s1:$arch) to a copy of the root file system (once)"
+    rm -rf "$base.tmp"
+    cp -a --reflink=auto "$ROOTFS" "$base.tmp"
+    cp /etc/resolv.conf "$base.tmp/etc/resolv.conf"
+    { chroot "$base.tmp" dpkg --add-architecture "$arch" &&
+      chroot "$base.tmp" apt-get -qq update &&
+      DEBIAN_FRONTEND=noninteractive chroot "$base.tmp" apt-get install -y -qq --no-install-recommends \
+        "libc6:$arch" "libgcc-s1:$arch" &&
+      chroot "$base.tmp" apt-get clean; } </dev/null >"$CACHE/foreign-$arch.log" 2>&1 \
+      || { tail -20 "$CACHE/foreign-$arch.log" >&2; die "cannot add $arch to the container (log: $CACHE/foreign-$arch.log)"; }
+    rm -rf "$base.tmp/var/lib/apt/lists"/*
+    mv "$base.tmp" "$base"
+  fi
+fi
+
 # ---------------------------------------------------------------- the packages
 work=$(mktemp -d /var/tmp/eddy-nspawn-run.XXXXXX)
 nspawn_pid=""
@@ -65,17 +102,41 @@ trap cleanup EXIT
 # The dev profile by default (test-all.sh has built it; the test is about the package, not the
 # optimiser); EDDY_NSPAWN_PROFILE=release checks the package as shipped.
 profile=${EDDY_NSPAWN_PROFILE:-dev}
-echo "== building the .deb ($profile profile)"
-# Two revisions of the same build: -1 is installed, -2 is the upgrade.
-cargo deb -p eddy --profile "$profile" --locked --fast --deb-revision 1 -o "$work/eddy_1.deb" >"$work/deb.log" 2>&1 \
-  || { tail -20 "$work/deb.log" >&2; die "cargo deb failed"; }
-cargo deb -p eddy --profile "$profile" --locked --fast --no-build --deb-revision 2 -o "$work/eddy_2.deb" >>"$work/deb.log" 2>&1 \
-  || { tail -20 "$work/deb.log" >&2; die "cargo deb (revision 2) failed"; }
+if [ -n "${EDDY_NSPAWN_DEBS:-}" ]; then
+  read -r deb1 deb2 rest <<<"$EDDY_NSPAWN_DEBS"
+  [ -n "${deb2:-}" ] && [ -z "${rest:-}" ] || die "EDDY_NSPAWN_DEBS: two packages, the installed one and the upgrade"
+  for deb in "$deb1" "$deb2"; do
+    [ "$(dpkg-deb -f "$deb" Architecture)" = "$arch" ] || die "$deb is not for $arch"
+  done
+  echo "== prebuilt packages: $deb1, $deb2 ($arch)"
+  cp "$deb1" "$work/eddy_1.deb"
+  cp "$deb2" "$work/eddy_2.deb"
+else
+  [ "$arch" = "$host_arch" ] || die "EDDY_NSPAWN_ARCH=$arch needs EDDY_NSPAWN_DEBS (cross/cross.sh deb-test builds them)"
+  echo "== building the .deb ($profile profile)"
+  # Two revisions of the same build: -1 is installed, -2 is the upgrade.
+  cargo deb -p eddy --profile "$profile" --locked --fast --deb-revision 1 -o "$work/eddy_1.deb" >"$work/deb.log" 2>&1 \
+    || { tail -20 "$work/deb.log" >&2; die "cargo deb failed"; }
+  cargo deb -p eddy --profile "$profile" --locked --fast --no-build --deb-revision 2 -o "$work/eddy_2.deb" >>"$work/deb.log" 2>&1 \
+    || { tail -20 "$work/deb.log" >&2; die "cargo deb (revision 2) failed"; }
+fi
+version1=$(dpkg-deb -f "$work/eddy_1.deb" Version)
+version2=$(dpkg-deb -f "$work/eddy_2.deb" Version)
+[ "$version1" != "$version2" ] || die "the upgrade must have another version than $version1"
 
 # ---------------------------------------------------------------- boot
 root=$work/root
-cp -a --reflink=auto "$ROOTFS" "$root"
+cp -a --reflink=auto "$base" "$root"
 cp "$work"/eddy_*.deb "$root/root/"
+if [ "$arch" != "$host_arch" ]; then
+  # qemu-user translates the ARM code into host code at run time, in memory that is writable
+  # and executable: MemoryDenyWriteExecute=yes kills it at its first translation block. The
+  # emulator needs nothing else of the unit relaxed. On a real ARM device the unit runs as
+  # shipped; only this emulated test adds the drop-in (before the install, which starts eddy).
+  mkdir -p "$root/etc/systemd/system/eddy.service.d"
+  printf '[Service]\nMemoryDenyWriteExecute=no\n' >"$root/etc/systemd/system/eddy.service.d/qemu-user.conf"
+  echo "== $arch: eddy runs through $qemu (binfmt_misc); drop-in for the emulator: MemoryDenyWriteExecute=no"
+fi
 echo "== booting systemd in the container"
 # --register=no --keep-unit: the host need not run systemd/machined (CI does not);
 # --private-network: its own loopback, so ports cannot clash with other tests.
@@ -119,8 +180,12 @@ wait_for() { # wait_for SECONDS COMMAND...
   while ! "$@"; do [ $SECONDS -lt $until ] || return 1; sleep 0.5; done
 }
 
-installs() { in_ct dpkg -i /root/eddy_1.deb; }
-check "dpkg -i installs the package" installs
+installs() {
+  in_ct dpkg -i /root/eddy_1.deb &&
+    [ "$(in_ct dpkg-query -W -f='${Architecture}' eddy)" = "$arch" ] &&
+    in_ct eddy --version
+}
+check "dpkg -i installs the package ($arch)" installs
 
 active_and_ready() {
   # Type=notify: "active" only after eddy sent READY=1 (store open, sources up).
@@ -232,7 +297,7 @@ upgrades() {
   local before; before=$(md5sum <"$root/etc/eddy/eddy.toml")
   local pid; pid=$(prop MainPID)
   in_ct dpkg -i /root/eddy_2.deb </dev/null &&
-    [ "$(in_ct dpkg-query -W -f='${Version}' eddy)" = 0.1.0-2 ] &&
+    [ "$(in_ct dpkg-query -W -f='${Version}' eddy)" = "$version2" ] &&
     [ "$(md5sum <"$root/etc/eddy/eddy.toml")" = "$before" ] &&
     wait_for 30 active_and_ready && [ "$(prop MainPID)" != "$pid" ] &&
     all_counted && [ -s "$root/var/lib/eddy/db" ]

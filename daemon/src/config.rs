@@ -94,7 +94,8 @@ pub struct RawApi {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
-    /// tracing filter, e.g. `info` or `eddy=debug` (`EDDY_LOG` overrides it).
+    /// Log filter: a default level and `target=level` pairs, e.g. `info` or `eddy=debug,info`
+    /// (`EDDY_LOG` overrides it).
     pub level: Option<String>,
 }
 
@@ -581,7 +582,7 @@ impl Config {
         };
         let log_level = raw.log.level.clone();
         if let Some(level) = &log_level {
-            if let Err(error) = tracing_subscriber::EnvFilter::try_new(level) {
+            if let Err(error) = level.parse::<tracing_subscriber::filter::Targets>() {
                 return Err(invalid("log.level", format!("`{level}` is not a log filter: {error}")));
             }
         }
@@ -1023,6 +1024,16 @@ mod tests {
             "[[sinks]]\nkind = \"console\"\n[[sinks]]\nkind = \"console\"\nname = \"console-0\"\n",
             "used twice",
         );
+    }
+
+    #[test]
+    fn log_level_takes_a_default_level_and_target_levels() {
+        for level in ["info", "WARN", "off", "eddy=debug,info", "eddy::storage=trace,rumqttc=warn,error"] {
+            let config = load_str(&format!("{MINIMAL}[log]\nlevel = \"{level}\"\n")).expect(level);
+            assert_eq!(config.log_level.as_deref(), Some(level));
+        }
+        check_err("[log]\nlevel = \"eddy=loud\"\n", "log.level");
+        check_err("[log]\nlevel = \"eddy=debug=info\"\n", "log.level");
     }
 
     #[test]

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use eddy::config::Config;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
-use tracing_subscriber::{reload, EnvFilter, Registry};
+use tracing_subscriber::{filter::Targets, reload, Registry};
 
 /// The handle that swaps the log filter.
-pub(crate) type LogHandle = reload::Handle<EnvFilter, Registry>;
+pub(crate) type LogHandle = reload::Handle<Targets, Registry>;
 
 /// Sections applied without a restart: `[log]` here, `[[sinks]]` by the daemon's main loop
 /// (every key of a sink, delivery pacing included, is read only by that sink's task).
@@ -93,7 +93,7 @@ fn reload(running: &mut Running, log: &LogHandle) -> Option<Config> {
             );
         } else {
             let level = config.log_level.clone().unwrap_or_else(|| "info".to_owned());
-            match EnvFilter::try_new(&level).map(|filter| log.reload(filter)) {
+            match level.parse::<Targets>().map(|filter| log.reload(filter)) {
                 Ok(Ok(())) => tracing::info!(%level, "SIGHUP: log level applied."),
                 Ok(Err(error)) => tracing::error!(%error, "SIGHUP: cannot apply the log level."),
                 Err(error) => tracing::error!(%error, "SIGHUP: invalid log level."),

@@ -162,7 +162,7 @@ fn main() -> ExitCode {
             };
             if let (Some(level), None) = (&loaded.log_level, hup::env_log_filter()) {
                 // Validated with the configuration, so this applies.
-                if let Ok(filter) = tracing_subscriber::EnvFilter::try_new(level) {
+                if let Ok(filter) = level.parse::<tracing_subscriber::filter::Targets>() {
                     let _ = log.reload(filter);
                 }
             }
@@ -336,12 +336,13 @@ async fn wait_for_signal() {
 /// Under systemd (journald sets `JOURNAL_STREAM`) timestamps and colours are left out: the
 /// journal adds its own.
 fn init_tracing() -> hup::LogHandle {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = hup::env_log_filter().unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|error| {
+    let filter = filter.parse::<Targets>().unwrap_or_else(|error| {
         eprintln!("eddy: ignoring invalid log filter `{filter}`: {error}");
-        tracing_subscriber::EnvFilter::new("info")
+        Targets::new().with_default(LevelFilter::INFO)
     });
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);

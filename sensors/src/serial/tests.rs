@@ -80,7 +80,7 @@ fn line(sensor: &str, ts: i64) -> Vec<u8> {
 }
 
 async fn wait_for_stats(stats: &SourceStats, what: &str, check: impl Fn(&SourceStatsSnapshot) -> bool) {
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let deadline = tokio::time::Instant::now() + *PROMPTLY;
     while !check(&stats.snapshot()) {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -104,7 +104,7 @@ impl Harness {
 
     async fn stop(&mut self) {
         self.shutdown.cancel();
-        tokio::time::timeout(PROMPTLY, &mut self.source).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(*PROMPTLY, &mut self.source).await.unwrap().unwrap().unwrap();
     }
 }
 
@@ -155,7 +155,7 @@ async fn serial_source_survives_unplug_and_replug_and_never_glues_a_partial_line
     let mut input = b"3000,\"temp_c\":22.0}\n".to_vec();
     input.extend(line("s1", 4_000));
     // The source may not have reopened the port yet; keep the device talking until it has.
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let deadline = tokio::time::Instant::now() + *PROMPTLY;
     while harness.stats.snapshot().accepted < 2 {
         assert!(tokio::time::Instant::now() < deadline, "{:?}", harness.stats.snapshot());
         device.write(&input).await;
@@ -177,7 +177,7 @@ async fn serial_source_waits_for_a_device_missing_at_start() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(harness.stats.snapshot().received, 0);
     let mut device = Device::plug(&harness.link);
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let deadline = tokio::time::Instant::now() + *PROMPTLY;
     while harness.daemon.progress().readings == 0 {
         assert!(tokio::time::Instant::now() < deadline);
         device.write(&line("s1", 1_000)).await;

@@ -74,7 +74,10 @@ async fn exchange(addr: SocketAddr, payload: String) -> Vec<String> {
     let mut replies = Vec::new();
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    while tokio::time::timeout(PROMPTLY, reader.read_line(&mut line)).await.expect("replies in time").unwrap()
+    while tokio::time::timeout(*PROMPTLY, reader.read_line(&mut line))
+        .await
+        .expect("replies in time")
+        .unwrap()
         > 0
     {
         replies.push(line.trim_end().to_owned());
@@ -163,14 +166,14 @@ async fn a_new_connection_takes_a_held_session_over_with_the_exact_number() {
     let mut line = String::new();
     for expected in ["session gw 0", "ack 4"] {
         line.clear();
-        tokio::time::timeout(PROMPTLY, first_replies.read_line(&mut line)).await.unwrap().unwrap();
+        tokio::time::timeout(*PROMPTLY, first_replies.read_line(&mut line)).await.unwrap().unwrap();
         assert_eq!(line.trim_end(), expected);
     }
     let replies = exchange(setup.addr, format!("#session gw 1\n{}", lines(0..6))).await;
     assert_eq!(replies, ["session gw 4", "dup 4", "ack 2"]);
     // The first connection was let go.
     line.clear();
-    let closed = tokio::time::timeout(PROMPTLY, first_replies.read_line(&mut line)).await.unwrap();
+    let closed = tokio::time::timeout(*PROMPTLY, first_replies.read_line(&mut line)).await.unwrap();
     assert!(matches!(closed, Ok(0) | Err(_)), "the old connection is closed, got {line:?}");
     assert_eq!(session_marks(&setup.handed), [(4, 1, 4, true), (2, 5, 6, true)]);
 }

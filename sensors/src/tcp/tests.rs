@@ -2,7 +2,7 @@
 //! helpers the simulator's end-to-end test shares.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,8 +20,13 @@ use crate::schema::Schema;
 use crate::stats::SourceStats;
 use crate::tcp::{TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};
 
-/// Generous bound for anything that should happen promptly; only hit when a test fails.
-pub(crate) const PROMPTLY: Duration = Duration::from_secs(20);
+/// Generous bound for anything that should happen promptly; only hit when a test fails, or
+/// when the tests run far slower than natively: `EDDY_TEST_PROMPTLY_SECS` raises it (20 s by
+/// default), e.g. for the debug build emulated by qemu in `cross/cross.sh test`.
+pub(crate) static PROMPTLY: LazyLock<Duration> = LazyLock::new(|| {
+    let secs = std::env::var("EDDY_TEST_PROMPTLY_SECS").ok().and_then(|secs| secs.parse().ok());
+    Duration::from_secs(secs.unwrap_or(20))
+});
 
 /// How the fake daemon answers batches that ask for durability.
 #[derive(Debug, Clone)]
@@ -120,7 +125,7 @@ impl FakeDaemon {
 
     pub(crate) async fn wait_for_readings(&mut self, n_readings: u64) {
         let reached = self.progress.wait_for(|progress| progress.readings >= n_readings);
-        tokio::time::timeout(PROMPTLY, reached).await.expect("the daemon got the readings in time").unwrap();
+        tokio::time::timeout(*PROMPTLY, reached).await.expect("the daemon got the readings in time").unwrap();
     }
 }
 
@@ -182,7 +187,7 @@ async fn exchange(addr: SocketAddr, payload: Vec<u8>) -> Vec<String> {
 
 async fn read_replies_to_end<R: AsyncReadExt + Unpin>(reader: &mut R) -> Vec<String> {
     let mut text = String::new();
-    tokio::time::timeout(PROMPTLY, reader.read_to_string(&mut text))
+    tokio::time::timeout(*PROMPTLY, reader.read_to_string(&mut text))
         .await
         .expect("the server closed in time")
         .unwrap();
@@ -266,7 +271,7 @@ pub(crate) fn settle(expected: &[Expect], replies: &[String]) -> Settled {
 
 async fn stop(harness: Harness) {
     harness.shutdown.cancel();
-    let stopped = tokio::time::timeout(PROMPTLY, harness.source).await.expect("the source stopped in time");
+    let stopped = tokio::time::timeout(*PROMPTLY, harness.source).await.expect("the source stopped in time");
     stopped.unwrap().unwrap();
 }
 
@@ -395,7 +400,7 @@ async fn tcp_refuses_connections_past_the_cap_and_keeps_serving_the_others() {
     let mut third = TcpStream::connect(harness.addr).await.unwrap();
     let mut reply = Vec::new();
     // Closed by the server without a word (a reset is fine too).
-    let read = tokio::time::timeout(PROMPTLY, third.read_to_end(&mut reply)).await.unwrap();
+    let read = tokio::time::timeout(*PROMPTLY, third.read_to_end(&mut reply)).await.unwrap();
     assert!(read.is_err() || reply.is_empty(), "{read:?} {reply:?}");
     assert_eq!(harness.connection_stats.refused_total(), 1);
     assert_eq!(harness.connection_stats.open_connections(), 2);
@@ -426,7 +431,7 @@ async fn tcp_shutdown_acks_every_line_already_read_then_closes() {
     drop(client);
     let expected = vec![Expect::Ok; usize::try_from(N_LINES).unwrap()];
     assert_eq!(settle(&expected, &replies).acked, N_LINES);
-    let stopped = tokio::time::timeout(PROMPTLY, harness.source).await.expect("the source stopped in time");
+    let stopped = tokio::time::timeout(*PROMPTLY, harness.source).await.expect("the source stopped in time");
     stopped.unwrap().unwrap();
     assert!(TcpStream::connect(harness.addr).await.is_err(), "the listener is closed");
 }
@@ -450,7 +455,7 @@ async fn tcp_full_ingest_channel_stops_reading_until_the_daemon_catches_up() {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(PROMPTLY, started).await.unwrap();
+    tokio::time::timeout(*PROMPTLY, started).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let received = harness.stats.snapshot().received;
     assert!(received <= 2 * 64, "the connection kept reading: {received} lines decoded");
@@ -477,7 +482,7 @@ async fn tcp_bounds_the_batches_awaiting_durability_per_connection() {
     });
 
     let reached = harness.daemon.progress.wait_for(|progress| progress.batches >= 3);
-    tokio::time::timeout(PROMPTLY, reached).await.unwrap().unwrap();
+    tokio::time::timeout(*PROMPTLY, reached).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(harness.daemon.progress().batches, 3, "more batches than allowed are in flight");
 
@@ -553,6 +558,6 @@ async fn tcp_source_reports_a_closed_durable_log() {
     let run = tokio::spawn(source.run(ingest, CancellationToken::new()));
     let replies = exchange(addr, valid_line(0, 0).into_bytes()).await;
     assert_eq!(replies, ["nack 1 the durable log is closed"]);
-    let result = tokio::time::timeout(PROMPTLY, run).await.unwrap().unwrap();
+    let result = tokio::time::timeout(*PROMPTLY, run).await.unwrap().unwrap();
     assert!(matches!(result, Err(TcpSourceError::IngestClosed { .. })), "{result:?}");
 }
