@@ -127,7 +127,7 @@ pub async fn run_with_reloads(
     // ingest for numbered TCP sessions and MQTT redeliveries).
     let mut durable_marks = marks::durable_by_source(
         store.load_marks().context("cannot read the sources' marks")?,
-        aggregator.uncommitted_marks(),
+        &aggregator.uncommitted_marks(),
     );
 
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();

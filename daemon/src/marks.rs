@@ -49,7 +49,7 @@ pub(crate) fn change_of(source: &str, mark: &Mark) -> MarkChange {
 /// does not parse (written by a future version) is left out.
 pub(crate) fn durable_by_source(
     stored: Vec<(Vec<u8>, u64)>,
-    uncommitted: &BTreeMap<Vec<u8>, Option<u64>>,
+    uncommitted: &[MarkChange],
 ) -> HashMap<String, StoredMarks> {
     let mut merged: BTreeMap<Vec<u8>, u64> = stored.into_iter().collect();
     for (key, value) in uncommitted {
@@ -156,7 +156,7 @@ mod tests {
         .into_iter()
         .map(|(key, value)| (key, value.unwrap()))
         .collect();
-        let uncommitted: BTreeMap<_, _> = [
+        let uncommitted: Vec<_> = [
             change_of("tcp-in", &lines("a", 11, 20, false)),
             change_of("tcp-in", &Mark::ForgetSession { session: Arc::from("b") }),
         ]

@@ -188,6 +188,22 @@ pub struct LogChunk {
 /// `None` to forget it. The daemon's `marks` module gives keys and values their meaning.
 pub type MarkChange = (Vec<u8>, Option<u64>);
 
+/// The changes a commit makes to one page of marks: the page key (a mark key without its last
+/// byte) and, per slot (the key's last byte), the new value or `None` to forget the mark.
+pub type MarkPageChange = (Vec<u8>, Vec<(u8, Option<u64>)>);
+
+/// Groups mark changes by page, in order (a later change of a slot wins).
+pub fn mark_changes_by_page(changes: &[MarkChange]) -> Vec<MarkPageChange> {
+    let mut pages: std::collections::BTreeMap<&[u8], Vec<(u8, Option<u64>)>> =
+        std::collections::BTreeMap::new();
+    for (key, value) in changes {
+        if let Some((slot, page)) = key.split_last() {
+            pages.entry(page).or_default().push((*slot, *value));
+        }
+    }
+    pages.into_iter().map(|(page, slots)| (page.to_vec(), slots)).collect()
+}
+
 /// A result waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
@@ -254,8 +270,9 @@ pub struct Commit {
     pub next_seq: u64,
     /// The processing clock.
     pub clock_ms: i64,
-    /// The marks of the log chunks this commit covers, so that they outlive the log's trim.
-    pub marks: Vec<MarkChange>,
+    /// The marks of the log chunks this commit covers, by page, so that they outlive the log's
+    /// trim.
+    pub marks: Vec<MarkPageChange>,
 }
 
 /// The store. Cheap to clone.
@@ -511,14 +528,12 @@ impl Store {
 
     /// Merges mark changes into their pages (a mark key's page is the key without its last
     /// byte): each touched page is read, changed and written back whole, or removed when empty.
-    fn write_mark_pages(&self, changes: &[MarkChange], batch: &mut sled::Batch) -> Result<(), StoreError> {
-        let mut by_page: std::collections::BTreeMap<&[u8], Vec<(u8, Option<u64>)>> =
-            std::collections::BTreeMap::new();
-        for (key, value) in changes {
-            let Some((slot, page)) = key.split_last() else { continue };
-            by_page.entry(page).or_default().push((*slot, *value));
-        }
-        for (page, page_changes) in by_page {
+    fn write_mark_pages(
+        &self,
+        changes: &[MarkPageChange],
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        for (page, page_changes) in changes {
             let key = prefixed(MARKS, page);
             let mut entries = match self.main.get(&key).map_err(io("marks read"))? {
                 Some(bytes) => stored::decode_mark_page(&bytes).unwrap_or_else(|error| {
@@ -528,7 +543,7 @@ impl Store {
                 }),
                 None => Vec::new(),
             };
-            for (slot, value) in page_changes {
+            for &(slot, value) in page_changes {
                 match (entries.binary_search_by_key(&slot, |(existing, _)| *existing), value) {
                     (Ok(idx), Some(value)) => entries[idx].1 = value,
                     (Ok(idx), None) => {

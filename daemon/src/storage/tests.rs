@@ -410,14 +410,19 @@ async fn marks_are_stored_with_their_chunk_and_outlive_the_trim_through_the_comm
 
         // The commit that covers the chunk keeps its marks; then the chunk may go.
         store
-            .commit(&Commit { log_pos: 1, next_seq: 1, marks: with_marks.marks.clone(), ..Commit::default() })
+            .commit(&Commit {
+                log_pos: 1,
+                next_seq: 1,
+                marks: mark_changes_by_page(&with_marks.marks),
+                ..Commit::default()
+            })
             .unwrap();
         store.trim_log_through(1).unwrap();
         store
             .commit(&Commit {
                 log_pos: 1,
                 next_seq: 1,
-                marks: vec![mark(b"in\0lnew", Some(7))],
+                marks: mark_changes_by_page(&[mark(b"in\0lnew", Some(7))]),
                 ..Commit::default()
             })
             .unwrap();
@@ -425,7 +430,7 @@ async fn marks_are_stored_with_their_chunk_and_outlive_the_trim_through_the_comm
             .commit(&Commit {
                 log_pos: 1,
                 next_seq: 1,
-                marks: vec![mark(b"in\0lnew", None)],
+                marks: mark_changes_by_page(&[mark(b"in\0lnew", None)]),
                 ..Commit::default()
             })
             .unwrap();
@@ -469,11 +474,20 @@ fn a_commit_covering_every_packet_id_writes_256_mark_pages_and_reads_back_every_
     let store = open(dir.path());
     let key = |packet_id: u16| [&b"mqtt\0p"[..], &packet_id.to_be_bytes()].concat();
     let marks: Vec<MarkChange> = (0..=u16::MAX).map(|id| (key(id), Some(u64::from(id) + 1))).collect();
-    store.commit(&Commit { log_pos: 1, next_seq: 1, marks, ..Commit::default() }).unwrap();
+    store
+        .commit(&Commit { log_pos: 1, next_seq: 1, marks: mark_changes_by_page(&marks), ..Commit::default() })
+        .unwrap();
     assert_eq!(store.main.scan_prefix([MARKS]).count(), 256, "one page per 256 packet ids");
     // Forget one, change another: only their page is rewritten, the rest stays.
     let changes = vec![(key(7), None), (key(300), Some(9))];
-    store.commit(&Commit { log_pos: 1, next_seq: 1, marks: changes, ..Commit::default() }).unwrap();
+    store
+        .commit(&Commit {
+            log_pos: 1,
+            next_seq: 1,
+            marks: mark_changes_by_page(&changes),
+            ..Commit::default()
+        })
+        .unwrap();
     let loaded = store.load_marks().unwrap();
     assert_eq!(loaded.len(), 65_535);
     assert!(loaded.iter().all(|(mark, _)| *mark != key(7)));
@@ -493,6 +507,8 @@ fn a_torn_mark_page_is_skipped_counted_and_rebuilt_by_the_next_commit() {
     assert!(store.load_marks().unwrap().is_empty(), "its marks are unknown: a resend is stored again");
     assert_eq!(store.stats().corrupt_meta.load(Ordering::Relaxed), 1);
     let marks = vec![(b"in\0lsession".to_vec(), Some(12))];
-    store.commit(&Commit { log_pos: 1, next_seq: 1, marks, ..Commit::default() }).unwrap();
+    store
+        .commit(&Commit { log_pos: 1, next_seq: 1, marks: mark_changes_by_page(&marks), ..Commit::default() })
+        .unwrap();
     assert_eq!(store.load_marks().unwrap(), vec![(b"in\0lsession".to_vec(), 12)]);
 }
