@@ -1,7 +1,7 @@
 //! Running aggregates of one field over one window or micro-batch: count, sum, min, max,
 //! Welford's mean and variance, and first and last value by event time.
 
-use crate::record::FieldStats;
+use crate::engine::record::FieldStats;
 
 /// The running state behind every [`crate::engine::Aggregate`]. All of them are kept whatever
 /// the configuration asks for, so a restart with other aggregates configured still reports

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use eddy_sensors::Reading;
 
 use crate::engine::acc::FieldAcc;
+use crate::engine::record::{BatchRecord, ResultRecord};
 use crate::engine::state::{self, AccParts, AccV2, BatchEnvelope, BatchSensorV2};
 use crate::engine::Output;
-use crate::record::{BatchRecord, ResultRecord};
 
 /// The open micro-batch and the per-sensor accumulators of all schema fields.
 #[derive(Debug)]
@@ -214,5 +214,5 @@ impl MicroBatch {
 
 /// The accumulator parts micro-batch records read.
 fn batch_parts() -> AccParts {
-    AccParts::for_aggregates(&crate::record::BATCH_AGGREGATES)
+    AccParts::for_aggregates(&crate::engine::record::BATCH_AGGREGATES)
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use eddy_sensors::Reading;
 use serde_json::Value;
 
+use crate::engine::record::ResultRecord;
 use crate::engine::{Aggregate, Engine, EngineSpec, Output, TimeDomain, WindowSpec};
-use crate::record::ResultRecord;
 
 const CONFORMANCE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/conformance/");
 

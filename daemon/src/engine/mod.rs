@@ -14,6 +14,7 @@
 
 mod acc;
 mod batch;
+pub mod record;
 mod spec;
 mod state;
 mod window;
@@ -33,9 +34,9 @@ use eddy_sensors::Reading;
 pub use crate::engine::spec::{Aggregate, EngineSpec, SpecError, TimeDomain, WindowSpec, MAX_OVERLAP};
 
 use crate::engine::batch::MicroBatch;
+use crate::engine::record::{LateRecord, ResultRecord};
 use crate::engine::state::{MetaEnvelope, MetaV1, StateKey};
 use crate::engine::window::WindowSet;
-use crate::record::{LateRecord, ResultRecord};
 
 /// What the engine emits.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,9 +8,9 @@ use std::time::Duration;
 use eddy_sensors::Reading;
 use proptest::prelude::*;
 
+use crate::engine::record::ResultRecord;
 use crate::engine::tests::{engine_spec, run_step, store, Step};
 use crate::engine::{Aggregate, Engine, Output, TimeDomain, WindowSpec};
-use crate::record::ResultRecord;
 
 const SENSORS: [&str; 3] = ["a", "b", "c"];
 

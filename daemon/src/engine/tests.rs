@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use eddy_sensors::Reading;
 
+use crate::engine::record::ResultRecord;
 use crate::engine::{Aggregate, Engine, EngineSpec, Output, TimeDomain, WindowSpec};
-use crate::record::ResultRecord;
 
 /// Batch interval of the test specs.
 const INTERVAL_MS: i64 = 1000;

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use eddy_sensors::Reading;
 
 use crate::engine::acc::FieldAcc;
+use crate::engine::record::{LateRecord, ResultRecord, WindowCountsRecord, WindowRecord};
 use crate::engine::state::{self, AccParts, AccV2, OpenWindowV2, WindowEnvelope, WindowSensorV2};
 use crate::engine::{Aggregate, EngineSpec, Output, TimeDomain, WindowSpec};
-use crate::record::{LateRecord, ResultRecord, WindowCountsRecord, WindowRecord};
 
 /// The state of one window spec: every sensor's open windows and watermark.
 #[derive(Debug)]

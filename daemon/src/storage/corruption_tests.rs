@@ -10,9 +10,10 @@ use std::time::Duration;
 use eddy_sensors::Reading;
 use tokio::sync::mpsc;
 
-use crate::aggregate::{AggregateStats, Aggregator};
 use crate::engine::{Aggregate, EngineSpec, TimeDomain, WindowSpec};
-use crate::ingest::EngineInput;
+use crate::pipeline::aggregate::Aggregator;
+use crate::pipeline::ingest::EngineInput;
+use crate::stats::AggregateStats;
 use crate::storage::{Lane, LogChunk, Store, META_LOG_POS, META_NEXT_SEQ, OUTBOX, STATE};
 
 /// Bytes no stored format decodes: an unknown envelope variant.

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aggregate::AggregateStats;
+use crate::stats::AggregateStats;
 
 /// Sends `state` to systemd; false when not under systemd (no `NOTIFY_SOCKET`) or on error.
 pub(crate) fn notify(state: &str) -> bool {

@@ -10,8 +10,8 @@ use eddy_sinks::{Delivery, OutRecord, Sink};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::Committed;
-use crate::storage::{DeadLetterEntry, Lane, SinkDrops, Store, StoreError};
+use crate::stats::{Committed, DeliveryStats};
+use crate::storage::{DeadLetterEntry, Lane, Store, StoreError};
 use crate::uplink::DeliveryConfig;
 
 /// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
@@ -21,69 +21,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// While a sink stays unavailable, its latest failure reason is logged this often.
 const STILL_OFFLINE_WARN_EVERY: Duration = Duration::from_secs(30);
-
-/// Counters of one sink.
-#[derive(Debug, Default)]
-pub(crate) struct DeliveryStats {
-    /// Records delivered.
-    pub(crate) delivered_total: AtomicU64,
-    /// Failed delivery attempts (retried).
-    pub(crate) retries_total: AtomicU64,
-    /// Records the sink permanently rejected (moved to the dead-letter tree).
-    pub(crate) rejected_total: AtomicU64,
-    /// Outbox records dropped (budget, ttl) before this sink delivered them.
-    pub(crate) drops: Arc<SinkDrops>,
-    /// The last seq delivered (the durable cursor).
-    pub(crate) cursor: AtomicU64,
-    /// The last raw-lane seq delivered (`u64::MAX`: takes no raw readings).
-    pub(crate) raw_cursor: AtomicU64,
-    /// Processing time of the commit that wrote the oldest record not yet delivered (ms since
-    /// the epoch; 0: nothing waiting).
-    pub(crate) oldest_waiting_ms: AtomicU64,
-    /// Wall-clock time of the first failed delivery of the current outage (ms since the
-    /// epoch; 0: the sink is online). For `/metrics` and `/status`.
-    pub(crate) offline_since_ms: AtomicU64,
-}
-
-/// A plain copy of one sink's counters, for the status log (and a later `/metrics`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct SinkCounters {
-    pub(crate) delivered: u64,
-    pub(crate) retries: u64,
-    pub(crate) rejected: u64,
-    pub(crate) dropped_budget: u64,
-    pub(crate) dropped_ttl: u64,
-    /// Results committed but not yet delivered (all kinds, by outbox seq).
-    pub(crate) outbox_depth: u64,
-    /// Raw readings committed but not yet delivered (0 for a sink that takes none).
-    pub(crate) raw_depth: u64,
-    /// Age of the oldest record waiting, ms (0: none).
-    pub(crate) outbox_age_ms: u64,
-}
-
-impl DeliveryStats {
-    /// Counters now; `committed` is the last committed seqs, `now_ms` the processing clock.
-    pub(crate) fn snapshot(&self, committed: Committed, now_ms: u64) -> SinkCounters {
-        let cursor = self.cursor.load(Ordering::Relaxed);
-        let oldest = self.oldest_waiting_ms.load(Ordering::Relaxed);
-        let depth = committed.results.saturating_sub(cursor);
-        let raw_depth = committed.raw.saturating_sub(self.raw_cursor.load(Ordering::Relaxed));
-        SinkCounters {
-            delivered: self.delivered_total.load(Ordering::Relaxed),
-            retries: self.retries_total.load(Ordering::Relaxed),
-            rejected: self.rejected_total.load(Ordering::Relaxed),
-            dropped_budget: self.drops.budget.load(Ordering::Relaxed),
-            dropped_ttl: self.drops.ttl.load(Ordering::Relaxed),
-            outbox_depth: depth,
-            raw_depth,
-            outbox_age_ms: if depth + raw_depth == 0 || oldest == 0 {
-                0
-            } else {
-                now_ms.saturating_sub(oldest)
-            },
-        }
-    }
-}
 
 /// One sink with its cursor.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use eddy_sensors::{wall_clock_ms, Durability, IngestBatch, IngestReceiver, Readi
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
 
-use crate::marks::{change_of, RefusedSessions};
+use crate::pipeline::marks::{change_of, RefusedSessions};
 use crate::storage::{Appended, LogChunk, MarkChange, Store, StoreError, MAX_CHUNK_READINGS};
 
 /// What the engine task receives, in log order.
@@ -69,7 +69,7 @@ pub(crate) struct Ingest {
     /// Groups in a row whose write failed.
     pub(crate) failed_groups: u32,
     /// Latencies and the store's last answer, for `/metrics` and `/health`.
-    pub(crate) stats: std::sync::Arc<crate::telemetry::IngestStats>,
+    pub(crate) stats: std::sync::Arc<crate::stats::IngestStats>,
     /// Each source's counters by index: its name is the namespace of its marks in the store,
     /// and the readings the store refuses are counted for it.
     pub(crate) sources: Vec<std::sync::Arc<eddy_sensors::SourceStats>>,

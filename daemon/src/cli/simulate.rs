@@ -1,6 +1,7 @@
 //! `eddy simulate --serial PATH` and `eddy simulate --mqtt URL`: the command-line side of the
-//! sensors crate's simulator clients (`--tcp` is in `main.rs`).
+//! sensors crate's simulator clients (and `--tcp`).
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -145,6 +146,52 @@ pub(crate) async fn mqtt(
             println!(
                 "published {published} readings in {secs:.3} s ({per_second:.0}/s); acked by the broker {}",
                 report.acked
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("eddy simulate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `eddy simulate --tcp ADDR`.
+pub(crate) async fn tcp(address: SocketAddr, load: Load, ack: bool, session: Option<String>) -> ExitCode {
+    let Load { sensors, rate, count, seed } = load;
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        crate::cli::stop_signal().await;
+        on_signal.cancel();
+    });
+    let Some(sensors) = std::num::NonZeroU32::new(sensors) else {
+        eprintln!("eddy simulate: --sensors must be at least 1");
+        return ExitCode::from(2);
+    };
+    let options = eddy_sensors::SimulateOptions {
+        addr: address,
+        sensors,
+        rate,
+        count,
+        seed,
+        wait_acks: ack || session.is_some(),
+        ack_timeout: Duration::from_secs(60),
+        session,
+        shutdown: cancel,
+    };
+    match eddy_sensors::simulate_tcp(options).await {
+        Ok(report) => {
+            let secs = report.elapsed.as_secs_f64().max(1e-9);
+            println!(
+                "sent {} readings in {:.3} s ({:.0}/s); acked {}, rejected {}, refused {}, already stored {}",
+                report.sent,
+                secs,
+                report.sent as f64 / secs,
+                report.acked,
+                report.errors,
+                report.nacked,
+                report.dups
             );
             ExitCode::SUCCESS
         }

@@ -1,18 +1,18 @@
 //! SIGHUP (`systemctl reload eddy`): re-reads the configuration file, applies what can change
-//! in a running daemon (the log level here; the sinks, handed to [`eddy::run_with_reloads`])
+//! in a running daemon (the log level here; the sinks, handed to [`crate::run_with_reloads`])
 //! and names every other section that changed, which takes a restart. An invalid file
 //! changes nothing and is logged.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use eddy::config::Config;
+use crate::config::Config;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing_subscriber::{filter::Targets, reload, Registry};
 
 /// The handle that swaps the log filter.
-pub(crate) type LogHandle = reload::Handle<Targets, Registry>;
+pub type LogHandle = reload::Handle<Targets, Registry>;
 
 /// Sections applied without a restart: `[log]` here, `[[sinks]]` by the daemon's main loop
 /// (every key of a sink, delivery pacing included, is read only by that sink's task).

@@ -3,11 +3,14 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Config;
 
 /// GET `path` from `addr`; the status code and the body.
 pub(crate) async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
@@ -137,5 +140,55 @@ fn bytes(n: u64) -> String {
         format!("{:.1} KiB", f / 1024.0)
     } else {
         format!("{n} B")
+    }
+}
+
+/// `eddy status`: the endpoint from `--addr` or the configuration's `api.listen`.
+pub(crate) fn run(config: &std::path::Path, addr: Option<SocketAddr>, json: bool) -> ExitCode {
+    let addr = match addr {
+        Some(addr) => addr,
+        None => match Config::load(Some(config)) {
+            Ok(Config { api_listen: Some(addr), .. }) => addr,
+            Ok(_) => {
+                eprintln!("eddy status: {} has no [api] listen: the endpoint is off", config.display());
+                return ExitCode::from(2);
+            }
+            Err(error) => {
+                eprintln!("eddy status: invalid configuration: {error}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let runtime = match crate::cli::runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(get(addr, "/status")) {
+        Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(document) => {
+                if json {
+                    print!("{body}");
+                } else {
+                    print!("{}", render(&document));
+                }
+                if document["healthy"].as_bool() == Some(true) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("eddy status: the endpoint answered something else than JSON: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok((code, body)) => {
+            eprintln!("eddy status: HTTP {code}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("eddy status: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

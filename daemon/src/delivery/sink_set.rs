@@ -32,9 +32,10 @@ use eddy_sinks::{ConsoleSink, FileSink, HttpSink, MqttSink, Sink};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::Committed;
 use crate::config::{SinkConfig, SinkKind};
-use crate::deliver::{Delivering, DeliveryStats};
+use crate::delivery::sink_task::Delivering;
+use crate::stats::Committed;
+use crate::stats::DeliveryStats;
 use crate::storage::Store;
 
 /// Cursor slots beyond the configured sinks, for sinks added by a reload. Each holds two

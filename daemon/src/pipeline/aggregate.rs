@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, EngineSpec, Output};
-use crate::ingest::EngineInput;
+use crate::pipeline::ingest::EngineInput;
+use crate::stats::{AggregateStats, Committed};
 use crate::storage::{
     Commit, Lane, LogChunk, MarkChange, OutboxEntry, RawCommit, SealedPage, Store, StoreError,
     OUTBOX_PAGE_ENTRIES,
@@ -28,48 +29,6 @@ const MAX_PENDING_RESULTS: usize = 10_000;
 /// bounds it to about 2 MB (~40 bytes a reading) whatever the rate, and bounds the replay
 /// after a crash too. At realistic gateway rates the interval comes first.
 const MAX_UNCOMMITTED_READINGS: usize = 50_000;
-
-/// Counters of the aggregator, shared with the status log.
-#[derive(Debug, Default)]
-pub(crate) struct AggregateStats {
-    /// Results (window, batch) committed to the outbox.
-    pub(crate) results_total: AtomicU64,
-    /// Late readings (counted once per window spec).
-    pub(crate) late_total: AtomicU64,
-    /// Commits done.
-    pub(crate) commits_total: AtomicU64,
-    /// Inputs processed (log chunks and ticks): the pipeline's heartbeat. The ingest task sends
-    /// a tick every 200 ms when idle, so this stalls only when ingest or the engine is stuck
-    /// (the systemd watchdog and `/health` watch it).
-    pub(crate) inputs_total: AtomicU64,
-}
-
-/// The last committed (and flushed) seq of each outbox lane, announced to the sinks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Committed {
-    /// Results lane.
-    pub(crate) results: u64,
-    /// Raw-readings lane.
-    pub(crate) raw: u64,
-}
-
-impl Committed {
-    /// The seq of `lane`.
-    pub(crate) fn get(&self, lane: Lane) -> u64 {
-        match lane {
-            Lane::Results => self.results,
-            Lane::Raw => self.raw,
-        }
-    }
-
-    /// Sets the seq of `lane`.
-    pub(crate) fn set(&mut self, lane: Lane, seq: u64) {
-        match lane {
-            Lane::Results => self.results = seq,
-            Lane::Raw => self.raw = seq,
-        }
-    }
-}
 
 /// A page's mark changes since the last commit: per slot, nothing, a new value, or a forget.
 type MarkPageDelta = [Option<Option<u64>>; 256];
@@ -328,7 +287,12 @@ impl Aggregator {
                     self.pending_raw.push(OutboxEntry {
                         kind: "raw".to_owned(),
                         group: "Raw readings".to_owned(),
-                        payload: crate::record::raw_reading_json(&self.spec, reading, chunk.key, reading_idx),
+                        payload: crate::engine::record::raw_reading_json(
+                            &self.spec,
+                            reading,
+                            chunk.key,
+                            reading_idx,
+                        ),
                     });
                 }
             }

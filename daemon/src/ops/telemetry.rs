@@ -2,7 +2,7 @@
 //! status document, all read from the counters the components already keep.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,107 +10,13 @@ use eddy_sensors::SourceStats;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::aggregate::{AggregateStats, Committed};
-use crate::sink_set::SinkStatsList;
-use crate::storage::{Appended, Store, StoreError};
+use crate::delivery::sink_set::SinkStatsList;
+use crate::stats::{AggregateStats, Committed, IngestStats};
+use crate::storage::Store;
 
 /// The pipeline counts as stalled when its heartbeat (chunks and ticks through the engine,
 /// one tick every 200 ms when idle) has not moved for this long.
 pub(crate) const STALL_AFTER: Duration = Duration::from_secs(10);
-
-/// Upper bounds of the latency histograms, seconds (Prometheus `le`).
-const LATENCY_BOUNDS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
-
-/// A fixed-bucket latency histogram, lock-free to observe.
-#[derive(Debug, Default)]
-pub(crate) struct Histogram {
-    /// Observations per bucket (not cumulative); the last is `+Inf`.
-    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub(crate) fn observe(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let idx = LATENCY_BOUNDS.iter().position(|bound| secs <= *bound).unwrap_or(LATENCY_BOUNDS.len());
-        self.buckets[idx].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// The smallest bucket bound under which `q` (0..1) of the observations fall, seconds
-    /// (None: no observation, or past the largest bound).
-    pub(crate) fn quantile_bound(&self, q: f64) -> Option<f64> {
-        let count = self.count();
-        if count == 0 {
-            return None;
-        }
-        let mut seen = 0;
-        for (idx, bucket) in self.buckets.iter().enumerate() {
-            seen += bucket.load(Ordering::Relaxed);
-            #[allow(clippy::cast_precision_loss)]
-            if seen as f64 >= q * count as f64 {
-                return LATENCY_BOUNDS.get(idx).copied();
-            }
-        }
-        None
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (idx, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
-            match LATENCY_BOUNDS.get(idx) {
-                Some(bound) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
-        }
-        #[allow(clippy::cast_precision_loss)]
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
-    }
-}
-
-/// Counters of the ingest task.
-#[derive(Debug, Default)]
-pub(crate) struct IngestStats {
-    /// From a group's first batch to its acknowledgement (gathering + write + fsync).
-    pub(crate) ingest_latency: Histogram,
-    /// The log append and its fsync, per group.
-    pub(crate) flush_latency: Histogram,
-    /// Why the last group was not stored (None: it was).
-    last_refusal: Mutex<Option<String>>,
-}
-
-impl IngestStats {
-    pub(crate) fn record_write(&self, outcome: &Result<Appended, StoreError>, elapsed: Duration) {
-        let refusal = match outcome {
-            Ok(Appended::Stored) => {
-                self.flush_latency.observe(elapsed);
-                None
-            }
-            Ok(Appended::Refused(reason)) => Some(format!("readings refused: {reason}")),
-            Err(error) => Some(format!("store write failed: {error}")),
-        };
-        if let Ok(mut last) = self.last_refusal.lock() {
-            *last = refusal;
-        }
-    }
-
-    fn last_refusal(&self) -> Option<String> {
-        self.last_refusal.lock().ok().and_then(|last| last.clone())
-    }
-}
 
 /// Watches a counter that only moves while the pipeline works.
 #[derive(Debug)]
@@ -583,6 +489,7 @@ fn label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Histogram;
 
     #[test]
     fn histogram_buckets_are_cumulative_and_quantiles_use_bounds() {

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::Telemetry;
+use crate::ops::telemetry::Telemetry;
 
 /// Connections served at once; further ones wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 16;

@@ -1,0 +1,279 @@
+//! The `eddy` command line: `run` (the daemon, with SIGHUP reloads), `check-config`,
+//! `print-default-config`, `status`, `dead-letters` and `simulate`, each mapped to an exit
+//! code (0 clean stop, 1 runtime failure, 2 invalid configuration, 3 store cannot be opened).
+
+pub mod dead_letters;
+mod simulate;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, DEFAULT_CONFIG_TOML};
+use crate::ops::reload;
+use crate::RunError;
+
+pub use crate::ops::reload::LogHandle;
+
+/// eddy: a small, crash-proof streaming daemon for IoT edge gateways.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (without --config: the built-in default, simulated thermostats with
+    /// results on the console, data in ./eddy-data).
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file: exit 0 when valid, 2 with the offending key otherwise.
+    #[command(alias = "validate")]
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the commented default configuration.
+    PrintDefaultConfig,
+    /// Show a running eddy's status (from its `[api] listen` endpoint): health, sources,
+    /// engine, store and uplinks. Exit 0 when healthy, 1 when not or unreachable.
+    Status {
+        /// The configuration file (for `api.listen`).
+        #[arg(long, short, default_value = "/etc/eddy/eddy.toml", conflicts_with = "addr")]
+        config: PathBuf,
+        /// The endpoint's address instead of the configuration's `api.listen`.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        /// Print the JSON document as served.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the records sinks rejected permanently (the dead-letter tree), one JSON line
+    /// each. Run it while eddy is stopped.
+    DeadLetters {
+        /// The TOML configuration file (for data_dir).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Simulated thermostats as a client: send readings to a running eddy (a load generator)
+    /// over TCP, to a serial port, or to an MQTT broker.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["tcp", "serial", "mqtt"])))]
+    Simulate {
+        /// Address of an eddy TCP source.
+        #[arg(long)]
+        tcp: Option<SocketAddr>,
+        /// Serial port (or pseudo-terminal) to write JSON lines to.
+        #[arg(long)]
+        serial: Option<PathBuf>,
+        /// MQTT broker to publish to: mqtt://host[:port] or mqtts://host[:port].
+        #[arg(long)]
+        mqtt: Option<String>,
+        #[command(flatten)]
+        transport: Box<simulate::TransportArgs>,
+        /// Number of thermostats.
+        #[arg(long, default_value_t = 10)]
+        sensors: u32,
+        /// Readings per second per thermostat; omit to send as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Total readings to send; omit to run until interrupted.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Wait for eddy's durable acks (the source must have `ack = true`).
+        #[arg(long)]
+        ack: bool,
+        /// TCP: number the lines in this session (`#session ID 1`, implies --ack): sent again
+        /// with the same seed, they are answered `dup` and stored once.
+        #[arg(long, requires = "tcp")]
+        session: Option<String>,
+    },
+}
+
+/// Runs the subcommand `cli` names; `log` changes the log filter (`[log] level`, SIGHUP).
+pub fn main(cli: Cli, log: LogHandle) -> ExitCode {
+    match cli.command {
+        Command::Status { config, addr, json } => status::run(&config, addr, json),
+        Command::PrintDefaultConfig => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match Config::load(Some(&config)) {
+            Ok(_) => {
+                eprintln!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("eddy: invalid configuration: {error}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let loaded = match Config::load(config.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    eprintln!("eddy: invalid configuration: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let (Some(level), None) = (&loaded.log_level, reload::env_log_filter()) {
+                // Validated with the configuration, so this applies.
+                if let Ok(filter) = level.parse::<tracing_subscriber::filter::Targets>() {
+                    let _ = log.reload(filter);
+                }
+            }
+            let runtime = match runtime() {
+                Ok(runtime) => runtime,
+                Err(code) => return code,
+            };
+            let running = reload::Running {
+                text: config
+                    .as_deref()
+                    .and_then(|path| std::fs::read_to_string(path).ok())
+                    .unwrap_or_default(),
+                path: config,
+                log_level: loaded.log_level.clone(),
+            };
+            let config = loaded;
+            let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+            // Installed here, not in the spawned task: that task may first run after READY=1.
+            let hangups = {
+                let _entered = runtime.enter();
+                reload::catch_hangups()
+            };
+            if let Some(hangups) = hangups {
+                runtime.spawn(reload::reload_on_hangup(hangups, running, log, reload_tx));
+            }
+            match runtime.block_on(crate::run_with_reloads(config, stop_signal(), reload_rx)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(RunError::StoreOpen(error)) => {
+                    tracing::error!(%error, "Cannot open the store.");
+                    eprintln!("eddy: {error}");
+                    ExitCode::from(3)
+                }
+                Err(RunError::Runtime(error)) => {
+                    eprintln!("eddy: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DeadLetters { config } => {
+            let config = match Config::load(Some(&config)) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("eddy: invalid configuration: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            match dead_letters::print_dead_letters(&config, &mut std::io::stdout().lock()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("eddy: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Simulate { tcp, serial, mqtt, transport, sensors, rate, count, seed, ack, session } => {
+            let runtime = match runtime() {
+                Ok(runtime) => runtime,
+                Err(code) => return code,
+            };
+            let load = simulate::Load { sensors, rate, count, seed };
+            match (tcp, serial, mqtt) {
+                (Some(tcp), _, _) => runtime.block_on(simulate::tcp(tcp, load, ack, session)),
+                (_, Some(path), _) => runtime
+                    .block_on(async { simulate::serial(path, &transport, load, cancel_on_signal()).await }),
+                (_, _, Some(url)) => runtime
+                    .block_on(async { simulate::mqtt(&url, &transport, load, cancel_on_signal()).await }),
+                (None, None, None) => unreachable!("clap requires one of --tcp, --serial, --mqtt"),
+            }
+        }
+    }
+}
+
+/// A token cancelled by the first SIGINT/SIGTERM (call inside the runtime).
+pub(crate) fn cancel_on_signal() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    std::mem::drop(tokio::spawn(async move {
+        stop_signal().await;
+        on_signal.cancel();
+    }));
+    cancel
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    // Two workers (a gateway has few cores, and each extra thread costs a malloc arena) and a
+    // small blocking pool (file sinks and sled's flushes use it).
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("eddy: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+pub(crate) async fn stop_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("eddy: second signal, exiting at once");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Cannot listen for SIGTERM; only SIGINT stops eddy.");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Logs go to stderr (the console sink owns stdout). `EDDY_LOG` (or `RUST_LOG`) sets the
+/// filter, else `[log] level`, default `info`; the returned handle changes it (SIGHUP).
+/// Under systemd (journald sets `JOURNAL_STREAM`) timestamps and colours are left out: the
+/// journal adds its own.
+pub fn init_logging() -> LogHandle {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = reload::env_log_filter().unwrap_or_else(|| "info".into());
+    let filter = filter.parse::<Targets>().unwrap_or_else(|error| {
+        eprintln!("eddy: ignoring invalid log filter `{filter}`: {error}");
+        Targets::new().with_default(LevelFilter::INFO)
+    });
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        registry.with(fmt.without_time().with_ansi(false)).init();
+    } else {
+        registry.with(fmt).init();
+    }
+    handle
+}

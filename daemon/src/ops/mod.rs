@@ -1,0 +1,12 @@
+//! What the operator and the service manager see and do: the local HTTP endpoint (`api`), the
+//! health verdict, metrics and status built from the components' counters (`telemetry`),
+//! systemd's readiness and watchdog (`systemd`), and SIGHUP (`reload`).
+//!
+//! Architecture invariant: ops only reads counters and positions; it changes the pipeline
+//! solely through the reload channel the main loop serves.
+
+pub(crate) mod api;
+pub(crate) mod reload;
+pub(crate) mod report;
+pub(crate) mod systemd;
+pub(crate) mod telemetry;
