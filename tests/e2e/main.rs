@@ -2,6 +2,7 @@
 //! MQTT broker, checked through its outputs.
 
 mod api;
+mod architecture;
 mod budget;
 mod cli;
 mod conformance;
