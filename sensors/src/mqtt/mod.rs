@@ -6,7 +6,7 @@
 mod config;
 mod connect;
 mod payload;
-mod session;
+mod subscription;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::ingest::{IngestSender, StoredMarks};
 use crate::mqtt::payload::PayloadRules;
-use crate::mqtt::session::Session;
+use crate::mqtt::subscription::Subscription;
 use crate::parse::{Format, LineDecoder, LineParser};
 use crate::registry::SensorRegistry;
 use crate::stats::SourceStats;
@@ -257,7 +257,7 @@ impl MqttSource {
             client_id = %self.config.client_id
         );
         let MqttSource { config, source_idx, options, decoder, rules, connection_stats, stored } = self;
-        Session::new(config, source_idx, options, decoder, rules, connection_stats, ingest)
+        Subscription::new(config, source_idx, options, decoder, rules, connection_stats, ingest)
             .with_stored(&stored)
             .run(shutdown)
             .instrument(span)

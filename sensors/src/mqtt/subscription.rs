@@ -74,8 +74,10 @@ enum Step {
     Redeliver,
 }
 
-/// The event loop's state; everything raced in `select!` lives here.
-pub(crate) struct Session {
+/// The subscription: the one task polling rumqttc (its event loop), with everything raced in
+/// `select!`. (Not an MQTT "session": that word is the broker's state for our client id, and
+/// in the TCP source a numbered sender session.)
+pub(crate) struct Subscription {
     client: AsyncClient,
     eventloop: EventLoop,
     config: MqttSourceConfig,
@@ -105,7 +107,7 @@ pub(crate) struct Session {
     held: u64,
 }
 
-impl Session {
+impl Subscription {
     pub(crate) fn new(
         config: MqttSourceConfig,
         source_idx: usize,
@@ -114,10 +116,10 @@ impl Session {
         rules: PayloadRules,
         stats: Arc<MqttConnectionStats>,
         ingest: IngestSender,
-    ) -> Session {
+    ) -> Subscription {
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
         let backoff = Backoff::new(config.retry_min, config.retry_max);
-        Session {
+        Subscription {
             client,
             eventloop,
             config,
@@ -142,7 +144,7 @@ impl Session {
 
     /// Seeds the acknowledged messages with what was stored before a restart (packet id,
     /// fingerprint), so that their redeliveries are recognised.
-    pub(crate) fn with_stored(mut self, stored: &[(u16, u32)]) -> Session {
+    pub(crate) fn with_stored(mut self, stored: &[(u16, u32)]) -> Subscription {
         for (packet_id, fingerprint) in stored {
             self.acked.fingerprints[usize::from(*packet_id)] = *fingerprint;
         }
@@ -168,7 +170,7 @@ impl Session {
                     // the broker (and the socket) hold the rest.
                     let may_poll = self.pending.len() < self.config.max_in_flight;
                     let redeliver_at = self.redeliver_at.filter(|_| self.connected);
-                    let Session { eventloop, pending, .. } = &mut self;
+                    let Subscription { eventloop, pending, .. } = &mut self;
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => Step::Shutdown,
@@ -529,7 +531,7 @@ async fn front_answer(pending: &mut VecDeque<InFlight>) -> Durability {
 /// A fingerprint of the last message acknowledged under each packet id (MQTT packet ids are
 /// 16 bits, so a broker can have at most 65535 messages unacknowledged to one client: this
 /// covers every redelivery). 256 KiB, allocated once per MQTT source. After a restart it
-/// starts from the messages stored before ([`Session::with_stored`]).
+/// starts from the messages stored before ([`Subscription::with_stored`]).
 ///
 /// A redelivered message (DUP) whose packet id, topic and payload match was stored already.
 /// A 32-bit hash can collide, but only between messages under the same packet id, both
