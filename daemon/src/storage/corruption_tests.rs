@@ -140,7 +140,7 @@ fn an_undecodable_cursor_reads_as_zero_and_is_counted() {
     let store = open(dir.path());
     store.set_cursor("hub", 41).unwrap();
     assert_eq!(store.cursor("hub").unwrap(), 41);
-    store.main.insert(crate::storage::cursor_key("hub"), &[0x01][..]).unwrap();
+    store.main.insert(crate::storage::outbox::cursor_key("hub"), &[0x01][..]).unwrap();
     // The sink gets the outbox again from its start: duplicates with the same ids, no loss.
     assert_eq!(store.cursor("hub").unwrap(), 0);
     assert_eq!(counter(&store.stats().corrupt_meta), 1);

@@ -1,0 +1,317 @@
+//! The engine's commit: results (sealed into outbox pages), engine state pages, the log
+//! position and the sources' marks, written in one sled batch; and loading them back.
+
+use std::sync::atomic::Ordering;
+
+use crate::storage::budget::entry_bytes;
+use crate::storage::stored::{self, OutboxEntryV1Ref};
+use crate::storage::{
+    io, prefixed, Lane, OutboxEntry, Store, StoreError, MARKS, META_CLOCK, META_LOG_POS, META_NEXT_RAW_SEQ,
+    META_NEXT_SEQ, OUTBOX, OUTBOX_PAGE_ENTRIES, RAW, STATE, STATE_PAGES,
+};
+
+/// The engine's committed state.
+#[derive(Debug, Default)]
+pub struct EngineSnapshot {
+    /// Opaque engine state entries.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Last log key processed (0: none).
+    pub log_pos: u64,
+    /// Next outbox sequence number.
+    pub next_seq: u64,
+    /// Next raw-lane sequence number.
+    pub next_raw_seq: u64,
+    /// The processing clock at the commit (ms since the epoch): the floor for the next run's
+    /// clock, so an NTP step backwards across a restart cannot reopen closed batches.
+    pub clock_ms: i64,
+}
+
+/// A change to one engine state entry: its key and the new value, or `None` to delete it.
+pub type StateChange = (Vec<u8>, Option<Vec<u8>>);
+
+/// A full page of outbox entries, encoded (compressed) ahead of its commit by
+/// [`Store::seal_outbox_page`], so that a burst of results waits for its commit at a fifth of
+/// its JSON size.
+#[derive(Debug)]
+pub struct SealedPage {
+    compressed: Vec<u8>,
+    len: usize,
+}
+
+impl SealedPage {
+    /// Entries in the page.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the page has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One atomic engine commit.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// New results sealed into pages, in seq order, before those of `outbox`.
+    pub sealed: Vec<SealedPage>,
+    /// New results; with `sealed` they get sequence numbers `next_seq - n .. next_seq`.
+    pub outbox: Vec<OutboxEntry>,
+    /// Engine state changes (`None` deletes).
+    pub state: Vec<StateChange>,
+    /// Last log key processed.
+    pub log_pos: u64,
+    /// Next outbox sequence number after this commit.
+    pub next_seq: u64,
+    /// The processing clock.
+    pub clock_ms: i64,
+    /// The marks of the log chunks this commit covers, by page, so that they outlive the log's
+    /// trim.
+    pub marks: Vec<MarkPageChange>,
+}
+
+/// Raw readings committed with an engine commit (the raw lane of [`Commit`]).
+#[derive(Debug, Default)]
+pub struct RawCommit {
+    /// Raw records; they get seqs `next_raw_seq - entries.len() .. next_raw_seq`.
+    pub entries: Vec<OutboxEntry>,
+    /// Next raw seq after this commit.
+    pub next_raw_seq: u64,
+}
+
+/// A source mark as the store keeps it: its key (source name, 0, kind, id) and its value, or
+/// `None` to forget it. The daemon's `marks` module gives keys and values their meaning.
+pub type MarkChange = (Vec<u8>, Option<u64>);
+
+/// The changes a commit makes to one page of marks: the page key (a mark key without its last
+/// byte) and, per slot (the key's last byte), the new value or `None` to forget the mark.
+pub type MarkPageChange = (Vec<u8>, Vec<(u8, Option<u64>)>);
+
+/// Groups mark changes by page, in order (a later change of a slot wins).
+pub fn mark_changes_by_page(changes: &[MarkChange]) -> Vec<MarkPageChange> {
+    let mut pages: std::collections::BTreeMap<&[u8], Vec<(u8, Option<u64>)>> =
+        std::collections::BTreeMap::new();
+    for (key, value) in changes {
+        if let Some((slot, page)) = key.split_last() {
+            pages.entry(page).or_default().push((*slot, *value));
+        }
+    }
+    pages.into_iter().map(|(page, slots)| (page.to_vec(), slots)).collect()
+}
+
+/// Adds `sealed` pages, then `entries` in pages, as outbox pages under `prefix` to `batch`,
+/// the last entry getting seq `next_seq - 1`; returns the accounted bytes.
+fn encode_pages(
+    batch: &mut sled::Batch,
+    prefix: u8,
+    sealed: &[SealedPage],
+    entries: &[OutboxEntry],
+    next_seq: u64,
+    committed_ms: i64,
+) -> Result<u64, StoreError> {
+    let n_new = sealed.iter().map(SealedPage::len).sum::<usize>() + entries.len();
+    let mut page_seq = next_seq - u64::try_from(n_new).unwrap_or(0);
+    let mut bytes_total = 0;
+    let tail: Vec<SealedPage> =
+        entries.chunks(OUTBOX_PAGE_ENTRIES).map(Store::seal_outbox_page).collect::<Result<_, _>>()?;
+    for page in sealed.iter().chain(&tail) {
+        let bytes = stored::encode_outbox_page(committed_ms, page.len, &page.compressed)
+            .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
+        let key = prefixed(prefix, &page_seq.to_be_bytes());
+        bytes_total += entry_bytes(&key, &bytes);
+        batch.insert(key, bytes);
+        page_seq += u64::try_from(page.len).unwrap_or(0);
+    }
+    Ok(bytes_total)
+}
+
+/// The state page of an engine key: FNV-1a, which is stable across builds and platforms
+/// (std's hasher is not guaranteed to be).
+fn state_page_of(key: &[u8]) -> u16 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    u16::try_from(hash % u64::from(STATE_PAGES)).expect("STATE_PAGES fits in u16")
+}
+
+impl Store {
+    /// Loads the engine's last commit.
+    pub fn load_engine(&self) -> Result<EngineSnapshot, StoreError> {
+        // The next seqs never fall below what the outbox holds, even if their meta value was
+        // unreadable: a new page must never overwrite one a sink has not delivered. An
+        // unreadable log position replays the whole log still held (at most the chunks of the
+        // last commit, whose trim may not have been flushed, are then counted twice).
+        let mut snapshot = EngineSnapshot {
+            log_pos: self.meta_u64(META_LOG_POS)?.unwrap_or(0),
+            next_seq: self.meta_u64(META_NEXT_SEQ)?.unwrap_or(1).max(self.lane_end(Lane::Results)?),
+            next_raw_seq: self.meta_u64(META_NEXT_RAW_SEQ)?.unwrap_or(1).max(self.lane_end(Lane::Raw)?),
+            clock_ms: self.meta_u64(META_CLOCK)?.map_or(0, |ms| i64::try_from(ms).unwrap_or(0)),
+            entries: Vec::new(),
+        };
+        for item in self.main.scan_prefix([STATE]) {
+            let (key, value) = item.map_err(io("state read"))?;
+            match stored::decode_state_page(&value) {
+                Ok(entries) => snapshot.entries.extend(entries),
+                Err(error) => {
+                    self.stats.corrupt_state_pages.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(page = ?&key[1..], %error, "Skipped an undecodable engine state page.");
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Encodes a page of at most [`OUTBOX_PAGE_ENTRIES`] outbox entries for a later commit.
+    pub fn seal_outbox_page(entries: &[OutboxEntry]) -> Result<SealedPage, StoreError> {
+        debug_assert!(entries.len() <= OUTBOX_PAGE_ENTRIES);
+        let entries: Vec<OutboxEntryV1Ref<'_>> = entries
+            .iter()
+            .map(|entry| OutboxEntryV1Ref { kind: &entry.kind, group: &entry.group, payload: &entry.payload })
+            .collect();
+        let compressed = stored::compress_outbox_entries(&entries)
+            .map_err(|source| StoreError::Encode { what: "outbox page", source })?;
+        Ok(SealedPage { compressed, len: entries.len() })
+    }
+
+    /// Applies one engine commit atomically (not yet durable: call [`Store::flush`]).
+    pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        self.commit_with_raw(commit, None)
+    }
+
+    /// Like [`Store::commit`], with raw readings for the raw lane in the same sled batch.
+    pub fn commit_with_raw(&self, commit: &Commit, raw: Option<&RawCommit>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut outbox_bytes = encode_pages(
+            &mut batch,
+            OUTBOX,
+            &commit.sealed,
+            &commit.outbox,
+            commit.next_seq,
+            commit.clock_ms,
+        )?;
+        if let Some(raw) = raw {
+            outbox_bytes +=
+                encode_pages(&mut batch, RAW, &[], &raw.entries, raw.next_raw_seq, commit.clock_ms)?;
+            batch.insert(META_NEXT_RAW_SEQ, &raw.next_raw_seq.to_be_bytes());
+        }
+        self.write_state_pages(&commit.state, &mut batch)?;
+        self.write_mark_pages(&commit.marks, &mut batch)?;
+        batch.insert(META_LOG_POS, &commit.log_pos.to_be_bytes());
+        batch.insert(META_NEXT_SEQ, &commit.next_seq.to_be_bytes());
+        batch.insert(META_CLOCK, &u64::try_from(commit.clock_ms).unwrap_or(0).to_be_bytes());
+        self.main.apply_batch(batch).map_err(io("commit"))?;
+        self.budget.add(outbox_bytes);
+        Ok(())
+    }
+
+    /// Merges mark changes into their pages (a mark key's page is the key without its last
+    /// byte): each touched page is read, changed and written back whole, or removed when empty.
+    fn write_mark_pages(
+        &self,
+        changes: &[MarkPageChange],
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        for (page, page_changes) in changes {
+            let key = prefixed(MARKS, page);
+            let mut entries = match self.main.get(&key).map_err(io("marks read"))? {
+                Some(bytes) => stored::decode_mark_page(&bytes).unwrap_or_else(|error| {
+                    // Already counted at load; rebuilt from what this commit knows.
+                    tracing::error!(%error, "Replacing an undecodable page of source marks.");
+                    Vec::new()
+                }),
+                None => Vec::new(),
+            };
+            for &(slot, value) in page_changes {
+                match (entries.binary_search_by_key(&slot, |(existing, _)| *existing), value) {
+                    (Ok(idx), Some(value)) => entries[idx].1 = value,
+                    (Ok(idx), None) => {
+                        entries.remove(idx);
+                    }
+                    (Err(idx), Some(value)) => entries.insert(idx, (slot, value)),
+                    (Err(_), None) => {}
+                }
+            }
+            if entries.is_empty() {
+                batch.remove(key);
+            } else {
+                let bytes = stored::encode_mark_page(&entries)
+                    .map_err(|source| StoreError::Encode { what: "marks page", source })?;
+                batch.insert(key, bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges state changes into their pages: each touched page is read, changed and written
+    /// back whole (or removed when it becomes empty).
+    fn write_state_pages(&self, changes: &[StateChange], batch: &mut sled::Batch) -> Result<(), StoreError> {
+        let mut by_page: std::collections::BTreeMap<u16, Vec<&StateChange>> =
+            std::collections::BTreeMap::new();
+        for change in changes {
+            by_page.entry(state_page_of(&change.0)).or_default().push(change);
+        }
+        for (page, page_changes) in by_page {
+            let key = prefixed(STATE, &page.to_be_bytes());
+            let mut entries = match self.main.get(&key).map_err(io("state read"))? {
+                Some(bytes) => match stored::decode_state_page(&bytes) {
+                    Ok(entries) => entries,
+                    Err(error) => {
+                        // Already reported at load; the page is rebuilt from what the engine has.
+                        tracing::error!(page, %error, "Replacing an undecodable engine state page.");
+                        Vec::new()
+                    }
+                },
+                None => Vec::new(),
+            };
+            for (entry_key, value) in page_changes {
+                match (entries.binary_search_by(|(existing, _)| existing.as_slice().cmp(entry_key)), value) {
+                    (Ok(idx), Some(value)) => entries[idx].1.clone_from(value),
+                    (Ok(idx), None) => {
+                        entries.remove(idx);
+                    }
+                    (Err(idx), Some(value)) => entries.insert(idx, (entry_key.clone(), value.clone())),
+                    (Err(_), None) => {}
+                }
+            }
+            if entries.is_empty() {
+                batch.remove(key);
+            } else {
+                let bytes = stored::encode_state_page(&entries)
+                    .map_err(|source| StoreError::Encode { what: "state page", source })?;
+                batch.insert(key, bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every source mark as of the last commit: (key, value), in key order. An undecodable page
+    /// is skipped, counted (`corrupt_meta`) and reported: the source then treats those marks as
+    /// unknown, so a resend they covered is stored again, never lost. The marks of log chunks
+    /// after the commit's position come back with those chunks (the replay adds them).
+    pub fn load_marks(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let mut marks = Vec::new();
+        for item in self.main.scan_prefix([MARKS]) {
+            let (key, value) = item.map_err(io("marks read"))?;
+            match stored::decode_mark_page(&value) {
+                Ok(entries) => {
+                    for (slot, value) in entries {
+                        let mut mark_key = key[1..].to_vec();
+                        mark_key.push(slot);
+                        marks.push((mark_key, value));
+                    }
+                }
+                Err(error) => {
+                    self.stats.corrupt_meta.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        page = %String::from_utf8_lossy(&key[1..]),
+                        %error,
+                        "Skipped an undecodable page of source marks; a resend it covered is stored again."
+                    );
+                }
+            }
+        }
+        Ok(marks)
+    }
+}
