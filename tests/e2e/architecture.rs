@@ -32,7 +32,8 @@ fn shipped_code(path: &Path) -> String {
     if name == "tests.rs" || name.ends_with("_tests.rs") {
         return String::new();
     }
-    let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
     let text = match text.find("#[cfg(test)]\nmod tests") {
         Some(at) => &text[..at],
         None => &text[..],
@@ -48,8 +49,16 @@ fn shipped_code(path: &Path) -> String {
 fn the_engine_does_no_io_and_reads_no_clock() {
     let engine = root().join("daemon/src/engine");
     let forbidden = [
-        "tokio", "sled", "std::fs", "std::net", "std::thread", "SystemTime", "Instant", "fastrand",
-        "std::env", "std::io",
+        "tokio",
+        "sled",
+        "std::fs",
+        "std::net",
+        "std::thread",
+        "SystemTime",
+        "Instant",
+        "fastrand",
+        "std::env",
+        "std::io",
     ];
     let mut offenders = Vec::new();
     let files = rust_files(&engine);
@@ -88,7 +97,8 @@ fn daemon_modules_import_only_the_layers_below_them() {
         let code = shipped_code(&path);
         for (idx, _) in code.match_indices("crate::") {
             let rest = &code[idx + "crate::".len()..];
-            let module: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let module: String =
+                rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             let Some(imported) = DAEMON_LAYERS.iter().position(|layer| *layer == module) else { continue };
             if imported > layer {
                 offenders.push(format!(

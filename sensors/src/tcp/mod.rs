@@ -5,6 +5,8 @@
 
 mod config;
 mod conn;
+mod reader;
+mod replies;
 mod session;
 #[cfg(test)]
 mod session_tests;

@@ -1,0 +1,368 @@
+//! The reading half of a TCP connection: frames and decodes lines, declares numbered
+//! sessions, and submits batches to the durable log, queueing for each the reply the writer
+//! sends once the batch is durable.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::io::AsyncRead;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::clock::wall_clock_ms;
+use crate::framing::{Frame, LineFramer};
+use crate::ingest::{IngestClosed, IngestSender, Mark};
+use crate::parse::LineDecoder;
+use crate::reject::{RejectReason, Rejection};
+use crate::tcp::conn::{AwaitDurability, Outcome, PendingBatch, ReplyEntry, ReplyQueue};
+use crate::tcp::session::{parse_session_line, SessionClaim, Sessions};
+use crate::tcp::warn_limit::WarnLimiter;
+
+/// The prefix of a control line declaring a numbered session; never a reading in any format
+/// (`#` is not JSON, and a comment in line protocol).
+const SESSION_PREFIX: &[u8] = b"#session";
+
+/// Longest rejection detail kept for an `err` reply; bounds the memory a connection's queued
+/// replies can take when a sender floods short garbage lines and never reads its replies.
+const MAX_DETAIL_BYTES: usize = 120;
+
+/// Why the reader stopped.
+#[derive(Debug)]
+pub(crate) enum ReadEnd {
+    /// The peer closed its side; every line was handled.
+    Eof,
+    /// Shutdown; every complete line read was handled, `unterminated_bytes` were dropped.
+    Shutdown {
+        unterminated_bytes: usize,
+    },
+    ReadFailed(io::Error),
+    IngestClosed,
+    /// The writer stopped (the peer is gone or not reading and the write failed).
+    RepliesClosed,
+    /// Another connection claimed this connection's session.
+    TakenOver,
+    /// A `#session` line was refused (malformed, or the session could not be had).
+    SessionRefused,
+}
+
+#[derive(Debug)]
+pub(crate) struct ReadSummary {
+    pub(crate) end: ReadEnd,
+    pub(crate) lines: u64,
+    pub(crate) accepted: u64,
+    pub(crate) rejected: u64,
+}
+
+/// The reading half: everything it needs across `select!` lives here, not in locals.
+#[derive(Debug)]
+pub(crate) struct LineReader<R> {
+    pub(crate) framer: LineFramer<R>,
+    pub(crate) decoder: LineDecoder,
+    pub(crate) ingest: IngestSender,
+    pub(crate) source_idx: usize,
+    pub(crate) max_batch_lines: usize,
+    pub(crate) replies: Option<ReplyQueue>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) line_no: u64,
+    pub(crate) n_accepted: u64,
+    pub(crate) n_rejected: u64,
+    pub(crate) rejection_warnings: WarnLimiter,
+    pub(crate) sessions: Arc<Sessions>,
+    /// The numbered session this connection owns, if it declared one.
+    pub(crate) claim: Option<Arc<SessionClaim>>,
+    /// The session number of the next reading line.
+    pub(crate) next_line: u64,
+    /// Lines up to this number were settled before the claim: answered `dup`, not stored.
+    pub(crate) dup_through: u64,
+    /// No batch was sent since the session was declared.
+    pub(crate) renumbered: bool,
+    /// A session the table forgot for this one; the store forgets it with the next batch.
+    pub(crate) pending_forget: Option<Arc<str>>,
+    /// Cancelled by the writer when replies cannot be written, or here when the session is
+    /// taken over (the writer then stops writing, but still settles what is in flight).
+    pub(crate) replies_stopped: CancellationToken,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    pub(crate) async fn run(mut self) -> ReadSummary {
+        let end = self.read_until_end().await;
+        let suppressed = self.rejection_warnings.take_suppressed();
+        if suppressed > 0 {
+            warn!(suppressed, rejected = self.n_rejected, "Rejected more lines on this connection.");
+        }
+        ReadSummary { end, lines: self.line_no, accepted: self.n_accepted, rejected: self.n_rejected }
+        // Dropping `self` drops the reply queue, which lets the writer finish.
+    }
+
+    async fn read_until_end(&mut self) -> ReadEnd {
+        loop {
+            if let Err(end) = self.frame_buffered().await {
+                return end;
+            }
+            if self.framer.is_eof() {
+                return ReadEnd::Eof;
+            }
+            let filled = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => Filled::Shutdown,
+                () = taken_over(self.claim.as_deref()) => Filled::TakenOver,
+                () = self.replies_stopped.cancelled() => Filled::RepliesStopped,
+                filled = self.framer.fill() => Filled::Read(filled),
+            };
+            match filled {
+                Filled::Shutdown => {
+                    return ReadEnd::Shutdown { unterminated_bytes: self.framer.buffered_len() }
+                }
+                Filled::TakenOver => {
+                    self.replies_stopped.cancel();
+                    return ReadEnd::TakenOver;
+                }
+                Filled::RepliesStopped => return ReadEnd::RepliesClosed,
+                Filled::Read(Ok(_)) => {}
+                Filled::Read(Err(error)) => return ReadEnd::ReadFailed(error),
+            }
+        }
+    }
+
+    /// Decodes every complete line in the buffer and submits them, in batches of at most
+    /// `max_batch_lines` lines.
+    async fn frame_buffered(&mut self) -> Result<(), ReadEnd> {
+        let now_ms = wall_clock_ms();
+        let keep_outcomes = self.replies.is_some();
+        let mut batch = PendingBatch::default();
+        while let Some(frame) = self.framer.next_frame() {
+            if let Frame::Line(line) = &frame {
+                if line.starts_with(SESSION_PREFIX) {
+                    let line = line.to_vec();
+                    // What came before is answered before the session reply.
+                    if batch.n_lines > 0 {
+                        self.submit(std::mem::take(&mut batch)).await?;
+                    }
+                    self.declare_session(&line).await?;
+                    continue;
+                }
+            }
+            self.line_no += 1;
+            if self.claim.is_some() {
+                let number = self.next_line;
+                self.next_line += 1;
+                if number <= self.dup_through {
+                    // Settled on an earlier connection: answered, not decoded, not stored.
+                    self.decoder.stats().add_received(1);
+                    self.decoder.stats().add_duplicates(1);
+                    match batch.outcomes.last_mut() {
+                        Some(Outcome::Duplicate(n_lines)) => *n_lines += 1,
+                        _ => batch.outcomes.push(Outcome::Duplicate(1)),
+                    }
+                    batch.n_lines += 1;
+                    if batch.n_lines >= self.max_batch_lines {
+                        self.submit(std::mem::take(&mut batch)).await?;
+                    }
+                    continue;
+                }
+                batch.first_line.get_or_insert(number);
+                batch.last_line = number;
+            }
+            let decoded = match frame {
+                Frame::Line(line) => self.decoder.decode(line, now_ms),
+                Frame::TooLong => {
+                    self.decoder.reject_unparsed(RejectReason::LineTooLong);
+                    let max_line_bytes = self.decoder.limits().max_line_bytes;
+                    Err(Rejection::new(
+                        RejectReason::LineTooLong,
+                        format!("longer than {max_line_bytes} bytes"),
+                    ))
+                }
+            };
+            batch.n_lines += 1;
+            match decoded {
+                Ok(reading) => {
+                    self.n_accepted += 1;
+                    batch.readings.push(reading);
+                    if keep_outcomes {
+                        match batch.outcomes.last_mut() {
+                            Some(Outcome::Accepted(n_lines)) => *n_lines += 1,
+                            _ => batch.outcomes.push(Outcome::Accepted(1)),
+                        }
+                    }
+                }
+                Err(mut rejection) => {
+                    self.n_rejected += 1;
+                    if let Some(suppressed) = self.rejection_warnings.allow(Instant::now()) {
+                        warn!(
+                            line_no = self.line_no,
+                            reason = %rejection.reason,
+                            detail = %rejection.detail,
+                            suppressed,
+                            "Rejected a line."
+                        );
+                    }
+                    if keep_outcomes {
+                        truncate_at_char_boundary(&mut rejection.detail, MAX_DETAIL_BYTES);
+                        batch.outcomes.push(Outcome::Rejected { line_no: self.line_no, rejection });
+                    }
+                }
+            }
+            if batch.n_lines >= self.max_batch_lines {
+                self.submit(std::mem::take(&mut batch)).await?;
+            }
+        }
+        if batch.n_lines > 0 {
+            self.submit(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the readings over (waiting while the ingest channel is full) and queues the
+    /// replies.
+    async fn submit(&mut self, batch: PendingBatch) -> Result<(), ReadEnd> {
+        let PendingBatch { readings, outcomes, n_lines: _, first_line, last_line } = batch;
+        let Some(replies) = &self.replies else {
+            if readings.is_empty() {
+                return Ok(());
+            }
+            return self
+                .ingest
+                .send(self.source_idx, readings)
+                .await
+                .map_err(|IngestClosed| ReadEnd::IngestClosed);
+        };
+        // Taken before handing the readings over, so at most `max_in_flight_batches` batches
+        // of this connection are waiting for durability at any time.
+        let in_flight =
+            replies.in_flight.clone().acquire_owned().await.expect("the in-flight semaphore is never closed");
+        let mut ingest_closed = false;
+        let mut marks = Vec::new();
+        let mut settles = None;
+        if let (Some(claim), Some(first), false) = (&self.claim, first_line, readings.is_empty()) {
+            marks.push(Mark::Lines {
+                session: claim.session.clone(),
+                first,
+                last: last_line,
+                renumbered: std::mem::take(&mut self.renumbered),
+            });
+            if let Some(session) = self.pending_forget.take() {
+                marks.push(Mark::ForgetSession { session });
+            }
+            settles = Some((claim.clone(), last_line));
+        }
+        let durability = if readings.is_empty() {
+            AwaitDurability::NothingStored
+        } else {
+            match self.ingest.send_marked(self.source_idx, readings, marks).await {
+                Ok(answer) => AwaitDurability::Waiting(answer),
+                Err(IngestClosed) => {
+                    ingest_closed = true;
+                    AwaitDurability::Refused(Arc::from("the durable log is closed"))
+                }
+            }
+        };
+        let entry = ReplyEntry { outcomes, durability, settles, _in_flight: in_flight };
+        if replies.entries.send(entry).await.is_err() {
+            return Err(ReadEnd::RepliesClosed);
+        }
+        if ingest_closed {
+            return Err(ReadEnd::IngestClosed);
+        }
+        Ok(())
+    }
+
+    /// Handles `#session ID FIRST`: once every earlier batch is answered (so the number is
+    /// exact), claims the session and answers `session ID SETTLED`; the next reading line is
+    /// number `FIRST`. A malformed line, a connection without replies, or a session that
+    /// cannot be had is answered `session-refused REASON [DETAIL]` and ends the connection:
+    /// going on unnumbered would silently weaken what the sender asked for.
+    async fn declare_session(&mut self, line: &[u8]) -> Result<(), ReadEnd> {
+        let Some(replies) = &self.replies else {
+            self.decoder.reject_unparsed(RejectReason::BadSyntax);
+            warn!("A `#session` line on a source without `ack = true`: sessions need acknowledgements; closing.");
+            return Err(ReadEnd::SessionRefused);
+        };
+        let (session, first) = match parse_session_line(line) {
+            Ok(parsed) => parsed,
+            Err(detail) => {
+                warn!(%detail, "Refused a malformed `#session` line; closing.");
+                self.reply(format!("session-refused bad_syntax {detail}")).await?;
+                return Err(ReadEnd::SessionRefused);
+            }
+        };
+        // Every permit back: every earlier entry is answered and has settled its lines. A peer
+        // that never reads its replies can hold this up; shutdown cannot be.
+        let all = tokio::select! {
+            () = self.shutdown.cancelled() => {
+                return Err(ReadEnd::Shutdown { unterminated_bytes: self.framer.buffered_len() });
+            }
+            all = replies.in_flight.clone().acquire_many_owned(replies.max_in_flight) => all,
+        };
+        drop(all.expect("the in-flight semaphore is never closed"));
+        self.claim = None;
+        let claimed = tokio::select! {
+            () = self.shutdown.cancelled() => {
+                return Err(ReadEnd::Shutdown { unterminated_bytes: self.framer.buffered_len() });
+            }
+            claimed = self.sessions.claim(session.clone()) => claimed,
+        };
+        match claimed {
+            Ok(claim) => {
+                debug!(%session, first, settled = claim.settled, "Session declared.");
+                self.dup_through = claim.settled;
+                self.next_line = first;
+                self.renumbered = true;
+                self.pending_forget = claim.forgotten.clone();
+                if let Some(forgotten) = &claim.forgotten {
+                    info!(%forgotten, "Forgot the least recently used session to make room for a new one.");
+                }
+                let settled = claim.settled;
+                self.claim = Some(Arc::new(claim));
+                self.reply(format!("session {session} {settled}")).await
+            }
+            Err(error) => {
+                warn!(%session, reason = error.as_str(), "Refused a session; closing.");
+                self.reply(format!("session-refused {}", error.as_str())).await?;
+                Err(ReadEnd::SessionRefused)
+            }
+        }
+    }
+
+    /// Queues a reply line of its own, in order with the others.
+    async fn reply(&mut self, text: String) -> Result<(), ReadEnd> {
+        let Some(replies) = &self.replies else { return Ok(()) };
+        let in_flight =
+            replies.in_flight.clone().acquire_owned().await.expect("the in-flight semaphore is never closed");
+        let entry = ReplyEntry {
+            outcomes: vec![Outcome::Control(text)],
+            durability: AwaitDurability::NothingStored,
+            settles: None,
+            _in_flight: in_flight,
+        };
+        replies.entries.send(entry).await.map_err(|_| ReadEnd::RepliesClosed)
+    }
+}
+
+/// What ended a wait for more input.
+pub(crate) enum Filled {
+    Shutdown,
+    TakenOver,
+    RepliesStopped,
+    Read(io::Result<crate::framing::Fill>),
+}
+
+/// Resolves when another connection asks for `claim`'s session; never without a session.
+async fn taken_over(claim: Option<&SessionClaim>) {
+    match claim {
+        Some(claim) => claim.takeover.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn truncate_at_char_boundary(text: &mut String, max_bytes: usize) {
+    if text.len() <= max_bytes {
+        return;
+    }
+    let mut cut = max_bytes;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+}
