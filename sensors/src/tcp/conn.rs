@@ -2,9 +2,9 @@
 //! writes the replies back in line order while later batches are still in flight.
 //!
 //! The connection runs as one task with two halves joined: the reader (`reader.rs`) frames,
-//! submits batches; for each batch it queues a [`ReplyEntry`] (what to answer, and the
-//! durability receiver to wait for) to the writer, which awaits the entries in order and
-//! writes the replies. A semaphore bounds the batches between the two.
+//! decodes and submits batches; for each batch it queues a [`ReplyEntry`] (what to answer, and
+//! the durability receiver to wait for) to the writer (`replies.rs`), which awaits the entries
+//! in order and writes the replies. A semaphore bounds the batches between the two.
 //!
 //! A numbered session (`#session ID FIRST`, see [`crate::TcpSource`]) is owned through a
 //! [`SessionClaim`] that the reader and every reply entry in flight hold: the writer marks a
