@@ -248,7 +248,7 @@ fn mqtt_messages_received_but_not_acked_before_sigkill_are_redelivered_exactly_o
     // EDDY_TEST_MQTT_HOLD=1: messages are received and counted, never stored nor acked, as if
     // the log had stalled; the broker has 10 of them in flight to eddy when it is killed.
     let mut eddy =
-        Eddy::start_in_with_env(dir.path(), &config, &[("EDDY_TEST_MQTT_HOLD", "1")]).expect("eddy starts");
+        Eddy::start_in_with_test_switch(dir.path(), &config, "EDDY_TEST_MQTT_HOLD").expect("eddy starts");
     assert!(wait_until(Duration::from_secs(20), || eddy.log().contains("Connected to the MQTT broker.")));
     publish(&broker.url(), 50, 1, &[]);
     assert!(
@@ -278,7 +278,7 @@ fn mqtt_messages_stored_but_not_acked_before_sigkill_are_not_stored_again() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results.jsonl");
     let mut eddy =
-        Eddy::start_in_with_env(dir.path(), &config, &[("EDDY_TEST_MQTT_NO_ACK", "1")]).expect("eddy starts");
+        Eddy::start_in_with_test_switch(dir.path(), &config, "EDDY_TEST_MQTT_NO_ACK").expect("eddy starts");
     assert!(wait_until(Duration::from_secs(20), || eddy.log().contains("Connected to the MQTT broker.")));
     publish(&broker.url(), 50, 1, &[]);
     // The broker sends 10 and waits for their PUBACKs, which never come.
