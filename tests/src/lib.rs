@@ -1,6 +1,7 @@
 //! Harness for eddy's end-to-end tests: runs the real `eddy` binary in a temporary directory,
 //! talks to it over TCP like a sensor gateway client, and reads what it wrote.
 
+pub mod config;
 pub mod http_hub;
 pub mod mosquitto;
 pub mod mqtt_hub;
