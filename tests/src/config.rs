@@ -271,6 +271,27 @@ impl ConfigToml {
     }
 }
 
+/// The throughput benches' eddy (benches/ingest_tcp.rs, benches/mqtt_windows.rs) without its
+/// source, which the bench adds: 10 ms group commits, room for 100,000 sensors, 1 s
+/// checkpoints, a sliding 10 s and a tumbling 5 s window, 2 s micro-batches, and the results
+/// in a file sink `results`.
+pub fn throughput_bench() -> ConfigToml {
+    ConfigToml::new("gw-bench")
+        .table("ingest")
+        .key("flush_interval", "10ms")
+        .key("max_sensors", 100_000)
+        .table("engine")
+        .key("checkpoint_interval", "1s")
+        .table("batch")
+        .key("interval", "2s")
+        .window("temp_10s", "10s")
+        .key("slide", "5s")
+        .key("lateness", "5s")
+        .window("temp_5s", "5s")
+        .key("lateness", "5s")
+        .file_sink("results", "{dir}/results.jsonl")
+}
+
 fn set(keys: &mut Vec<(String, Value)>, key: &str, value: Value) {
     match keys.iter_mut().find(|(existing, _)| existing == key) {
         Some((_, old)) => *old = value,
