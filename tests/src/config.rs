@@ -40,9 +40,52 @@ pub enum Value {
     Raw(String),
 }
 
+/// An eddy configuration file under construction.
+///
+/// [`ConfigToml::key`] sets a key in the table opened last (`[ingest]`, the last
+/// `[[sources]]`…), or at the top level before any table; setting a key again replaces its
+/// value in place. Top-level keys are always written first, then `[table]`s, then the
+/// `[[array]]` entries, each group in call order.
+#[derive(Debug, Clone)]
+pub struct ConfigToml {
+    root: Vec<(String, Value)>,
+    tables: Vec<Table>,
+    /// Index into `tables` that [`ConfigToml::key`] writes to; `None`: the top level.
+    current: Option<usize>,
+}
+
+/// One `[table]` or `[[array]]` entry and its keys, in the order written.
+#[derive(Debug, Clone)]
+struct Table {
+    name: String,
+    is_array: bool,
+    keys: Vec<(String, Value)>,
+}
+
 /// TOML text written as given (an inline table, an array of them).
 pub fn raw(text: impl Into<String>) -> Value {
     Value::Raw(text.into())
+}
+
+/// The throughput benches' eddy (benches/ingest_tcp.rs, benches/mqtt_windows.rs) without its
+/// source, which the bench adds: 10 ms group commits, room for 100,000 sensors, 1 s
+/// checkpoints, a sliding 10 s and a tumbling 5 s window, 2 s micro-batches, and the results
+/// in a file sink `results`.
+pub fn throughput_bench() -> ConfigToml {
+    ConfigToml::new("gw-bench")
+        .table("ingest")
+        .key("flush_interval", "10ms")
+        .key("max_sensors", 100_000)
+        .table("engine")
+        .key("checkpoint_interval", "1s")
+        .table("batch")
+        .key("interval", "2s")
+        .window("temp_10s", "10s")
+        .key("slide", "5s")
+        .key("lateness", "5s")
+        .window("temp_5s", "5s")
+        .key("lateness", "5s")
+        .file_sink("results", "{dir}/results.jsonl")
 }
 
 impl From<&str> for Value {
@@ -136,28 +179,6 @@ impl Value {
             Value::Raw(text) => out.push_str(text),
         }
     }
-}
-
-/// One `[table]` or `[[array]]` entry and its keys, in the order written.
-#[derive(Debug, Clone)]
-struct Table {
-    name: String,
-    is_array: bool,
-    keys: Vec<(String, Value)>,
-}
-
-/// An eddy configuration file under construction.
-///
-/// [`ConfigToml::key`] sets a key in the table opened last (`[ingest]`, the last
-/// `[[sources]]`…), or at the top level before any table; setting a key again replaces its
-/// value in place. Top-level keys are always written first, then `[table]`s, then the
-/// `[[array]]` entries, each group in call order.
-#[derive(Debug, Clone)]
-pub struct ConfigToml {
-    root: Vec<(String, Value)>,
-    tables: Vec<Table>,
-    /// Index into `tables` that [`ConfigToml::key`] writes to; `None`: the top level.
-    current: Option<usize>,
 }
 
 impl ConfigToml {
@@ -271,27 +292,6 @@ impl ConfigToml {
     }
 }
 
-/// The throughput benches' eddy (benches/ingest_tcp.rs, benches/mqtt_windows.rs) without its
-/// source, which the bench adds: 10 ms group commits, room for 100,000 sensors, 1 s
-/// checkpoints, a sliding 10 s and a tumbling 5 s window, 2 s micro-batches, and the results
-/// in a file sink `results`.
-pub fn throughput_bench() -> ConfigToml {
-    ConfigToml::new("gw-bench")
-        .table("ingest")
-        .key("flush_interval", "10ms")
-        .key("max_sensors", 100_000)
-        .table("engine")
-        .key("checkpoint_interval", "1s")
-        .table("batch")
-        .key("interval", "2s")
-        .window("temp_10s", "10s")
-        .key("slide", "5s")
-        .key("lateness", "5s")
-        .window("temp_5s", "5s")
-        .key("lateness", "5s")
-        .file_sink("results", "{dir}/results.jsonl")
-}
-
 fn set(keys: &mut Vec<(String, Value)>, key: &str, value: Value) {
     match keys.iter_mut().find(|(existing, _)| existing == key) {
         Some((_, old)) => *old = value,
@@ -377,7 +377,7 @@ mod tests {
         assert!(toml.contains(
             "[schema]\nfields = [\n  { name = \"temp_c\", min = -50.0 },\n]\nmax_line_bytes = 256\n"
         ));
-        assert_eq!(Value::from(-50.0).clone(), Value::Float(-50.0));
+        assert_eq!(Value::from(-50.0), Value::Float(-50.0));
         let mut out = String::new();
         Value::from(100.0).write_to(&mut out);
         assert_eq!(out, "100.0");
