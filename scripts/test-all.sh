@@ -36,8 +36,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build (the end-to-end tests run the real binary)"
-cargo build --locked -p eddy --bin eddy
+echo "== cargo build (the end-to-end tests run the real binary, with its test switches)"
+cargo build --locked -p eddy --bin eddy --features test-switches
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

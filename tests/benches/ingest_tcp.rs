@@ -10,37 +10,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use eddy_tests::config::throughput_bench;
 use eddy_tests::{eddy_binary, Eddy};
 
-const CONFIG: &str = r#"
-device_id = "gw-bench"
-data_dir = "{dir}/data"
-[ingest]
-flush_interval = "10ms"
-max_sensors = 100000
-[engine]
-checkpoint_interval = "1s"
-[batch]
-interval = "2s"
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[windows]]
-name = "temp_10s"
-length = "10s"
-slide = "5s"
-lateness = "5s"
-[[windows]]
-name = "temp_5s"
-length = "5s"
-lateness = "5s"
-[[sinks]]
-kind = "file"
-name = "results"
-path = "{dir}/results.jsonl"
-"#;
+fn config() -> String {
+    throughput_bench().tcp_source("in").key("ack", true).to_toml()
+}
 
 fn main() {
     // `cargo test` runs benches in test mode with `--bench` absent: keep that quick.
@@ -54,7 +29,7 @@ fn main() {
     // issue's 200,000 readings/s target.
     let rate: Option<u64> = std::env::var("EDDY_BENCH_RATE").ok().and_then(|v| v.parse().ok());
     let session = std::env::var("EDDY_BENCH_SESSION").is_ok_and(|v| v == "1");
-    let mut eddy = Eddy::start(CONFIG).expect("eddy starts");
+    let mut eddy = Eddy::start(&config()).expect("eddy starts");
     let address = eddy.tcp_address("in").expect("address");
     let idle_rss = eddy.proc_status_kib("VmRSS:").unwrap_or(0);
 

@@ -11,41 +11,19 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use eddy_tests::config::throughput_bench;
 use eddy_tests::mosquitto::Mosquitto;
 use eddy_tests::{batch_count, eddy_binary, wait_until, Eddy};
 
-const CONFIG: &str = r#"
-device_id = "gw-bench"
-data_dir = "{dir}/data"
-[ingest]
-flush_interval = "10ms"
-max_sensors = 100000
-[engine]
-checkpoint_interval = "1s"
-[batch]
-interval = "2s"
-[[sources]]
-kind = "mqtt"
-name = "broker"
-url = "{url}"
-client_id = "eddy-bench"
-topics = ["sensors/+/reading"]
-sensor_from_topic = 1
-max_in_flight = {max_in_flight}
-[[windows]]
-name = "temp_10s"
-length = "10s"
-slide = "5s"
-lateness = "5s"
-[[windows]]
-name = "temp_5s"
-length = "5s"
-lateness = "5s"
-[[sinks]]
-kind = "file"
-name = "results"
-path = "{dir}/results.jsonl"
-"#;
+fn config(url: &str, max_in_flight: u64) -> String {
+    throughput_bench()
+        .mqtt_source("broker", url)
+        .key("client_id", "eddy-bench")
+        .key("topics", ["sensors/+/reading"])
+        .key("sensor_from_topic", 1)
+        .key("max_in_flight", max_in_flight)
+        .to_toml()
+}
 
 fn main() {
     // `cargo test` runs benches without `--bench`: keep that quick.
@@ -56,8 +34,9 @@ fn main() {
         .unwrap_or(if quick { 5_000 } else { 200_000 });
     let sensors: u64 = std::env::var("EDDY_BENCH_SENSORS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let broker = Mosquitto::start().expect("mosquitto starts");
-    let max_in_flight = std::env::var("EDDY_BENCH_MAX_IN_FLIGHT").unwrap_or_else(|_| "1024".into());
-    let config = CONFIG.replace("{url}", &broker.url()).replace("{max_in_flight}", &max_in_flight);
+    let max_in_flight: u64 = std::env::var("EDDY_BENCH_MAX_IN_FLIGHT")
+        .map_or(1024, |value| value.parse().expect("EDDY_BENCH_MAX_IN_FLIGHT is a whole number"));
+    let config = config(&broker.url(), max_in_flight);
     let dir = tempfile::tempdir().expect("temp dir");
 
     // Create the persistent session, then queue the backlog while eddy is away.

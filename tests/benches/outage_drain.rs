@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::http_hub::HttpHub;
 use eddy_tests::mosquitto::Mosquitto;
 use eddy_tests::mqtt_hub::MqttCollector;
@@ -16,35 +17,23 @@ use eddy_tests::{send_with_acks, wait_until, Eddy};
 
 const INTERVAL_MS: i64 = 10_000;
 
-fn config(sink: &str) -> String {
-    format!(
-        r#"
-device_id = "gw-bench"
-data_dir = "{{dir}}/data"
-[ingest]
-flush_interval = "10ms"
-max_sensors = 100000
-[engine]
-checkpoint_interval = "1s"
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[windows]]
-name = "env_1m"
-length = "1m"
-lateness = "0s"
-fields = ["temp_c", "humidity", "setpoint_c"]
-aggregates = ["count", "mean", "min", "max"]
-[[sinks]]
-kind = "file"
-name = "oracle"
-path = "{{dir}}/oracle.jsonl"
-records = ["window"]
-{sink}
-"#
-    )
+/// The outage's eddy: an acked TCP source, one-minute windows on three fields and a file sink
+/// `oracle` (the outbox in order); the bench adds its hub's sink.
+fn config() -> ConfigToml {
+    ConfigToml::new("gw-bench")
+        .table("ingest")
+        .key("flush_interval", "10ms")
+        .key("max_sensors", 100_000)
+        .table("engine")
+        .key("checkpoint_interval", "1s")
+        .tcp_source("in")
+        .key("ack", true)
+        .window("env_1m", "1m")
+        .key("lateness", "0s")
+        .key("fields", ["temp_c", "humidity", "setpoint_c"])
+        .key("aggregates", ["count", "mean", "min", "max"])
+        .file_sink("oracle", "{dir}/oracle.jsonl")
+        .key("records", ["window"])
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -147,11 +136,13 @@ fn mqtt(records_per_message: usize, sensors: usize, hours: usize) {
     let collector = MqttCollector::start(hub.addr(), "devices/#");
     assert!(wait_until(Duration::from_secs(10), || collector.subscribed()));
     hub.stop();
-    let sink = format!(
-        "[[sinks]]\nkind = \"mqtt\"\nname = \"hub\"\nurl = \"{}\"\nrecords = [\"window\"]\nrecords_per_message = {records_per_message}\nmax_backoff = \"1s\"\n",
-        hub.url()
-    );
-    let mut eddy = Eddy::start(&config(&sink)).expect("eddy");
+    let config = config()
+        .mqtt_sink("hub", &hub.url())
+        .key("records", ["window"])
+        .key("records_per_message", records_per_message)
+        .key("max_backoff", "1s")
+        .to_toml();
+    let mut eddy = Eddy::start(&config).expect("eddy");
     println!("mqtt, {records_per_message} record(s) per message, batches of 512:");
     let expected = fill_backlog(&eddy, sensors, hours);
     let backlog = backlog_sizes(&eddy);
@@ -168,8 +159,9 @@ fn mqtt(records_per_message: usize, sensors: usize, hours: usize) {
 fn http(sensors: usize, hours: usize) {
     let hub = HttpHub::start().expect("http hub");
     hub.stop();
-    let sink = format!("[[sinks]]\nkind = \"http\"\nname = \"hub\"\nurl = \"{}\"\nrecords = [\"window\"]\nmax_backoff = \"1s\"\n", hub.url());
-    let mut eddy = Eddy::start(&config(&sink)).expect("eddy");
+    let config =
+        config().http_sink("hub", &hub.url()).key("records", ["window"]).key("max_backoff", "1s").to_toml();
+    let mut eddy = Eddy::start(&config).expect("eddy");
     println!("http, 512 records per POST:");
     let expected = fill_backlog(&eddy, sensors, hours);
     let backlog = backlog_sizes(&eddy);

@@ -16,36 +16,29 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::{eddy_binary, send_with_acks, Eddy};
 
-const CONFIG: &str = r#"
-device_id = "gw-recovery"
-data_dir = "{dir}/data"
-[ingest]
-flush_interval = "10ms"
-max_sensors = 100000
-[engine]
-checkpoint_interval = "100ms"
-idle_timeout = "1h"
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[windows]]
-name = "env_10m"
-length = "10m"
-slide = "5m"
-lateness = "0s"
-fields = ["temp_c", "humidity", "setpoint_c"]
-aggregates = ["count", "mean", "min", "max"]
-count_by = ["mode"]
-[[sinks]]
-kind = "file"
-name = "results"
-path = "{dir}/results.jsonl"
-records = ["window"]
-"#;
+fn config() -> String {
+    ConfigToml::new("gw-recovery")
+        .table("ingest")
+        .key("flush_interval", "10ms")
+        .key("max_sensors", 100_000)
+        .table("engine")
+        .key("checkpoint_interval", "100ms")
+        .key("idle_timeout", "1h")
+        .tcp_source("in")
+        .key("ack", true)
+        .window("env_10m", "10m")
+        .key("slide", "5m")
+        .key("lateness", "0s")
+        .key("fields", ["temp_c", "humidity", "setpoint_c"])
+        .key("aggregates", ["count", "mean", "min", "max"])
+        .key("count_by", ["mode"])
+        .file_sink("results", "{dir}/results.jsonl")
+        .key("records", ["window"])
+        .to_toml()
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
@@ -118,7 +111,7 @@ fn main() {
     let slot = (now - 3_600_000) / 300_000 * 300_000;
     let modes = ["heat", "cool", "off", "auto"];
 
-    let mut eddy = Eddy::start(CONFIG).expect("eddy starts");
+    let mut eddy = Eddy::start(&config()).expect("eddy starts");
     let address = eddy.tcp_address("in").unwrap();
     let mut lines = Vec::new();
     for round in 0..2i64 {

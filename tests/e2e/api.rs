@@ -8,10 +8,11 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::http_hub::HttpHub;
 use eddy_tests::{eddy_binary, send_with_acks, wait_until, Eddy};
 
-use crate::uplink::{base_ms, config_with, readings};
+use crate::uplink::{base_ms, config_with_oracle, readings};
 
 /// The address the endpoint listens on, from its start-up log line.
 pub(crate) fn api_address(eddy: &Eddy) -> SocketAddr {
@@ -84,8 +85,9 @@ fn notifications(
     seen
 }
 
-fn config(sink: &str) -> String {
-    config_with(sink).replace("[ingest]\n", "[api]\nlisten = \"127.0.0.1:0\"\n[ingest]\n")
+/// The uplink tests' eddy (uplink.rs) with the endpoint, its oracle taking `oracle_records`.
+fn config(oracle_records: &[&str]) -> ConfigToml {
+    config_with_oracle(oracle_records).table("api").key("listen", "127.0.0.1:0")
 }
 
 #[test]
@@ -95,14 +97,15 @@ fn endpoints_and_systemd_notifications_show_a_working_eddy() {
     let dir = tempfile::tempdir().unwrap();
     let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let sink = format!(
-        "[[sinks]]\nkind = \"http\"\nname = \"hub\"\nurl = \"{}\"\nmax_backoff = \"200ms\"\ntimeout = \"1s\"\n",
-        hub.url()
-    );
+    let config = config(&["window"])
+        .http_sink("hub", &hub.url())
+        .key("max_backoff", "200ms")
+        .key("timeout", "1s")
+        .to_toml();
     let notify_env = notify_path.display().to_string();
     // 600 ms: eddy pings every 200 ms while its pipeline moves.
     let env = [("NOTIFY_SOCKET", notify_env.as_str()), ("WATCHDOG_USEC", "600000")];
-    let mut eddy = Eddy::start_in_with_env(dir.path(), &config(&sink), &env).expect("eddy starts");
+    let mut eddy = Eddy::start_in_with_env(dir.path(), &config, &env).expect("eddy starts");
 
     let seen = notifications(&notify, Duration::from_secs(10), |seen| {
         seen.iter().any(|n| n.contains("READY=1"))
@@ -185,13 +188,15 @@ fn endpoints_and_systemd_notifications_show_a_working_eddy() {
 fn health_is_503_while_the_store_refuses_readings() {
     let hub = HttpHub::start().expect("the HTTP hub starts");
     hub.stop();
-    let sink = format!(
-        "[[sinks]]\nkind = \"http\"\nname = \"hub\"\nurl = \"{}\"\nrecords = [\"window\", \"batch\"]\nmax_backoff = \"200ms\"\ntimeout = \"1s\"\n",
-        hub.url()
-    );
-    let config = config(&sink)
-        .replace("records = [\"window\"]\n", "records = [\"window\", \"batch\"]\n")
-        .replace("[ingest]\n", "[storage]\nmax_bytes = 65536\npolicy = \"reject_new\"\n[ingest]\n");
+    let config = config(&["window", "batch"])
+        .table("storage")
+        .key("max_bytes", 65536)
+        .key("policy", "reject_new")
+        .http_sink("hub", &hub.url())
+        .key("records", ["window", "batch"])
+        .key("max_backoff", "200ms")
+        .key("timeout", "1s")
+        .to_toml();
     let mut eddy = Eddy::start(&config).expect("eddy starts");
     let api = api_address(&eddy);
     assert_eq!(get(api, "/health").0, 200);
@@ -225,24 +230,15 @@ fn health_is_503_while_the_store_refuses_readings() {
 #[test]
 fn health_names_an_mqtt_source_whose_broker_is_gone() {
     let mut broker = eddy_tests::mosquitto::Mosquitto::start().expect("mosquitto starts");
-    let config = format!(
-        r#"
-device_id = "gw-health"
-data_dir = "{{dir}}/data"
-[api]
-listen = "127.0.0.1:0"
-[[sources]]
-kind = "mqtt"
-name = "broker"
-url = "{}"
-client_id = "eddy-health"
-topics = ["sensors/+/reading"]
-[[sinks]]
-kind = "file"
-path = "{{dir}}/results.jsonl"
-"#,
-        broker.url()
-    );
+    let config = ConfigToml::new("gw-health")
+        .table("api")
+        .key("listen", "127.0.0.1:0")
+        .mqtt_source("broker", &broker.url())
+        .key("client_id", "eddy-health")
+        .key("topics", ["sensors/+/reading"])
+        .sink("file")
+        .key("path", "{dir}/results.jsonl")
+        .to_toml();
     let eddy = Eddy::start(&config).expect("eddy starts");
     let api = api_address(&eddy);
     assert!(

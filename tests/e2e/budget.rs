@@ -8,7 +8,7 @@ use eddy_tests::http_hub::HttpHub;
 use eddy_tests::{send_with_acks, Eddy};
 
 use crate::uplink::{
-    base_ms, check_every_result_in_order, config_with, counters, oracle, readings, send, wait_for,
+    base_ms, check_every_result_in_order, config_with_oracle, counters, oracle, readings, send, wait_for,
 };
 
 /// The budget: room for a few rounds of readings in the log and about a thousand results
@@ -16,22 +16,15 @@ use crate::uplink::{
 const MAX_BYTES: u64 = 64 * 1024;
 
 fn budget_config(hub: &HttpHub, policy: &str) -> String {
-    let sink = format!(
-        r#"
-[[sinks]]
-kind = "http"
-name = "hub"
-url = "{}"
-records = ["window", "batch"]
-max_backoff = "200ms"
-timeout = "1s"
-"#,
-        hub.url()
-    );
-    config_with(&sink).replace("records = [\"window\"]\n", "records = [\"window\", \"batch\"]\n").replace(
-        "[ingest]\n",
-        &format!("[storage]\nmax_bytes = {MAX_BYTES}\npolicy = \"{policy}\"\n[ingest]\n"),
-    )
+    config_with_oracle(&["window", "batch"])
+        .table("storage")
+        .key("max_bytes", MAX_BYTES)
+        .key("policy", policy)
+        .http_sink("hub", &hub.url())
+        .key("records", ["window", "batch"])
+        .key("max_backoff", "200ms")
+        .key("timeout", "1s")
+        .to_toml()
 }
 
 fn unique_ids(records: &[serde_json::Value]) -> Vec<String> {

@@ -4,52 +4,46 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::{conformance_dir, read_jsonl, send_with_acks, wait_until, Eddy};
 use serde_json::Value;
 
-const CONFIG: &str = r#"
-device_id = "gw-conf"
-data_dir = "{dir}/data"
-[ingest]
-flush_interval = "5ms"
-[engine]
-checkpoint_interval = "100ms"
-idle_timeout = "2s"
-[batch]
-interval = "1s"
-# The conformance data's validity bounds (narrower than the thermostat defaults).
-[schema]
-fields = [
-  { name = "temp_c", required = true, min = -50.0, max = 100.0 },
-  { name = "humidity", min = 0.0, max = 100.0 },
-]
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[windows]]
-name = "w10s"
-length = "10s"
-slide = "5s"
-lateness = "10s"
-fields = ["temp_c"]
-[[windows]]
-name = "w5s"
-length = "5s"
-lateness = "10s"
-fields = ["temp_c"]
-[[sinks]]
-kind = "file"
-name = "results"
-path = "{dir}/results.jsonl"
-records = ["window"]
-[[sinks]]
-kind = "file"
-name = "late"
-path = "{dir}/late.jsonl"
-records = ["late"]
-"#;
+/// The conformance stream's pipeline, without sinks: an acked TCP source `in`, the data's
+/// validity bounds and the two windows Spark computed (`w10s` sliding by 5 s, `w5s`
+/// tumbling). The crash test (crash.rs) runs the same pipeline.
+pub(crate) fn pipeline(device_id: &str) -> ConfigToml {
+    ConfigToml::new(device_id)
+        .table("ingest")
+        .key("flush_interval", "5ms")
+        .table("engine")
+        .key("checkpoint_interval", "100ms")
+        .key("idle_timeout", "2s")
+        .table("batch")
+        .key("interval", "1s")
+        // The conformance data's validity bounds (narrower than the thermostat defaults).
+        .schema_fields(&[
+            r#"{ name = "temp_c", required = true, min = -50.0, max = 100.0 }"#,
+            r#"{ name = "humidity", min = 0.0, max = 100.0 }"#,
+        ])
+        .tcp_source("in")
+        .key("ack", true)
+        .window("w10s", "10s")
+        .key("slide", "5s")
+        .key("lateness", "10s")
+        .key("fields", ["temp_c"])
+        .window("w5s", "5s")
+        .key("lateness", "10s")
+        .key("fields", ["temp_c"])
+}
+
+fn config() -> String {
+    pipeline("gw-conf")
+        .file_sink("results", "{dir}/results.jsonl")
+        .key("records", ["window"])
+        .file_sink("late", "{dir}/late.jsonl")
+        .key("records", ["late"])
+        .to_toml()
+}
 
 type Key = (String, i64);
 
@@ -93,7 +87,7 @@ fn check_window(name: &str, results: &[Value], expected: &BTreeMap<Key, Value>) 
 
 #[test]
 fn window_results_over_tcp_match_apache_spark() {
-    let eddy = Eddy::start(CONFIG).expect("eddy starts");
+    let eddy = Eddy::start(&config()).expect("eddy starts");
     let address = eddy.tcp_address("in").unwrap();
     let text = std::fs::read(conformance_dir().join("readings_sample.jsonl")).unwrap();
     let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|line| !line.is_empty()).collect();

@@ -50,78 +50,31 @@ const MARKER_SENSOR: &str = "zz-end";
 /// How far after the data the sentinels lie (event time): every data window closes.
 const SENTINEL_AFTER_MS: i64 = 3_600_000;
 
+/// The conformance pipeline (conformance.rs) with the raw lane on, windows closed by the
+/// watermark only, and file sinks (plus the hub's, if any) delivering `SINK_BATCH` at most.
 fn config(hub_url: Option<&str>) -> String {
-    let hub = hub_url.map_or_else(String::new, |url| {
-        format!(
-            r#"
-[[sinks]]
-kind = "http"
-name = "hub"
-url = "{url}"
-records = ["window"]
-batch_max_records = {SINK_BATCH}
-linger = "20ms"
-max_backoff = "300ms"
-timeout = "1s"
-connect_timeout = "300ms"
-"#
-        )
-    });
-    format!(
-        r#"
-device_id = "gw-crash"
-data_dir = "{{dir}}/data"
-shutdown_timeout = "20s"
-[ingest]
-flush_interval = "5ms"
-[engine]
-checkpoint_interval = "100ms"
-idle_timeout = "1h"
-forward_raw = true
-[batch]
-interval = "1s"
-[schema]
-fields = [
-  {{ name = "temp_c", required = true, min = -50.0, max = 100.0 }},
-  {{ name = "humidity", min = 0.0, max = 100.0 }},
-]
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[windows]]
-name = "w10s"
-length = "10s"
-slide = "5s"
-lateness = "10s"
-fields = ["temp_c"]
-[[windows]]
-name = "w5s"
-length = "5s"
-lateness = "10s"
-fields = ["temp_c"]
-[[sinks]]
-kind = "file"
-name = "results"
-path = "{{dir}}/results.jsonl"
-records = ["window"]
-batch_max_records = {SINK_BATCH}
-[[sinks]]
-kind = "file"
-name = "late"
-path = "{{dir}}/late.jsonl"
-records = ["late"]
-batch_max_records = {SINK_BATCH}
-[[sinks]]
-kind = "file"
-name = "raw"
-path = "{{dir}}/raw.jsonl"
-records = ["raw"]
-batch_max_records = {SINK_BATCH}
-{hub}
-"#
-    )
+    let mut config = crate::conformance::pipeline("gw-crash")
+        .root("shutdown_timeout", "20s")
+        .table("engine")
+        .key("idle_timeout", "1h")
+        .key("forward_raw", true);
+    for (name, records) in [("results", "window"), ("late", "late"), ("raw", "raw")] {
+        config = config
+            .file_sink(name, &format!("{{dir}}/{name}.jsonl"))
+            .key("records", [records])
+            .key("batch_max_records", SINK_BATCH);
+    }
+    if let Some(url) = hub_url {
+        config = config
+            .http_sink("hub", url)
+            .key("records", ["window"])
+            .key("batch_max_records", SINK_BATCH)
+            .key("linger", "20ms")
+            .key("max_backoff", "300ms")
+            .key("timeout", "1s")
+            .key("connect_timeout", "300ms");
+    }
+    config.to_toml()
 }
 
 /// splitmix64: a seeded, dependency-free generator for kill moments.

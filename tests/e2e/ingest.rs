@@ -5,25 +5,21 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::{send_with_acks, Eddy};
 
-const CONFIG: &str = r#"
-device_id = "gw-ingest"
-data_dir = "{dir}/data"
-[ingest]
-flush_interval = "5ms"
-max_line_bytes = 256
-max_sensors = 3
-max_future = "5m"
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[windows]]
-name = "w"
-length = "10s"
-"#;
+fn config() -> String {
+    ConfigToml::new("gw-ingest")
+        .table("ingest")
+        .key("flush_interval", "5ms")
+        .key("max_line_bytes", 256)
+        .key("max_sensors", 3)
+        .key("max_future", "5m")
+        .tcp_source("in")
+        .key("ack", true)
+        .window("w", "10s")
+        .to_toml()
+}
 
 fn now_ms() -> i64 {
     i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
@@ -31,7 +27,7 @@ fn now_ms() -> i64 {
 
 #[test]
 fn every_rejection_class_is_answered_with_its_reason() {
-    let eddy = Eddy::start(CONFIG).expect("eddy starts");
+    let eddy = Eddy::start(&config()).expect("eddy starts");
     let address = eddy.tcp_address("in").unwrap();
     let ts = now_ms();
     let too_long = format!(r#"{{"sensor":"s1","ts":{ts},"temp_c":20.0,"pad":"{}"}}"#, "x".repeat(400));
@@ -97,7 +93,7 @@ fn every_rejection_class_is_answered_with_its_reason() {
 
 #[test]
 fn a_garbage_flood_on_one_connection_does_not_disturb_another() {
-    let eddy = Eddy::start(CONFIG).expect("eddy starts");
+    let eddy = Eddy::start(&config()).expect("eddy starts");
     let address = eddy.tcp_address("in").unwrap();
     let flood = std::thread::spawn(move || {
         let mut stream = TcpStream::connect(address).expect("connect");

@@ -6,45 +6,36 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use eddy_tests::config::{ConfigToml, Value};
 use eddy_tests::mosquitto::{Mosquitto, TestCa};
 use eddy_tests::{batch_count, eddy_binary, source_counter, wait_until, window_count, Eddy};
 
-/// eddy with one MQTT source; `{url}`, `{client_id}` and `{extra}` are filled in per test.
-const CONFIG: &str = r#"
-device_id = "gw-mqtt"
-data_dir = "{dir}/data"
-[ingest]
-flush_interval = "{flush}"
-[engine]
-checkpoint_interval = "100ms"
-idle_timeout = "1s"
-[batch]
-interval = "200ms"
-[[sources]]
-kind = "mqtt"
-name = "broker"
-url = "{url}"
-client_id = "{client_id}"
-topics = ["sensors/+/reading"]
-sensor_from_topic = 1
-{extra}
-[[windows]]
-name = "w"
-length = "1h"
-fields = ["temp_c"]
-aggregates = ["count"]
-[[sinks]]
-kind = "file"
-path = "{dir}/results.jsonl"
-records = ["window", "batch", "late"]
-"#;
-
-fn config(url: &str, client_id: &str, flush: &str, extra: &str) -> String {
-    CONFIG
-        .replace("{url}", url)
-        .replace("{client_id}", client_id)
-        .replace("{flush}", flush)
-        .replace("{extra}", extra)
+/// eddy with one MQTT source on the broker at `url` as `client_id`, committing every `flush`,
+/// with the test's own `source_keys` (TLS, credentials, flow control).
+fn config(url: &str, client_id: &str, flush: &str, source_keys: &[(&str, Value)]) -> String {
+    let mut config = ConfigToml::new("gw-mqtt")
+        .table("ingest")
+        .key("flush_interval", flush)
+        .table("engine")
+        .key("checkpoint_interval", "100ms")
+        .key("idle_timeout", "1s")
+        .table("batch")
+        .key("interval", "200ms")
+        .mqtt_source("broker", url)
+        .key("client_id", client_id)
+        .key("topics", ["sensors/+/reading"])
+        .key("sensor_from_topic", 1);
+    for (key, value) in source_keys {
+        config = config.key(key, value.clone());
+    }
+    config
+        .window("w", "1h")
+        .key("fields", ["temp_c"])
+        .key("aggregates", ["count"])
+        .sink("file")
+        .key("path", "{dir}/results.jsonl")
+        .key("records", ["window", "batch", "late"])
+        .to_toml()
 }
 
 /// Runs `eddy simulate --mqtt URL` (QoS 1, one reading per message); returns its stdout.
@@ -77,7 +68,7 @@ fn wait_for_readings(eddy: &Eddy, results: &Path, expected: u64) {
 #[test]
 fn mqtt_readings_flow_to_window_results_and_bad_payloads_are_counted() {
     let broker = Mosquitto::start().expect("mosquitto starts");
-    let mut eddy = Eddy::start(&config(&broker.url(), "eddy-flow", "5ms", "")).expect("eddy starts");
+    let mut eddy = Eddy::start(&config(&broker.url(), "eddy-flow", "5ms", &[])).expect("eddy starts");
     let results = eddy.dir.join("results.jsonl");
     assert!(
         wait_until(Duration::from_secs(20), || eddy.log().contains("Connected to the MQTT broker.")),
@@ -119,7 +110,7 @@ fn mqtt_broker_restart_mid_stream_loses_no_reading_and_subscriptions_are_restore
     let client_id = "eddy-restart";
     // At most 50 messages in flight, acknowledged after 100 ms group commits: the backlog
     // drains at no more than 500 messages per second.
-    let config = config(&broker.url(), client_id, "100ms", "max_in_flight = 50");
+    let config = config(&broker.url(), client_id, "100ms", &[("max_in_flight", Value::from(50))]);
     let dir = tempfile::tempdir().unwrap();
     // A backlog queued for eddy's persistent session while it is away, so that the broker
     // restart lands while eddy works through it.
@@ -171,7 +162,7 @@ fn mqtt_broker_restart_mid_stream_loses_no_reading_and_subscriptions_are_restore
 fn mqtt_over_tls_with_a_test_ca() {
     let ca = TestCa::generate().expect("openssl makes a test CA");
     let broker = Mosquitto::start_with(&ca.mosquitto_lines()).expect("mosquitto starts with TLS");
-    let extra = format!("ca_file = \"{}\"", ca.ca_file.display());
+    let extra = [("ca_file", Value::from(ca.ca_file.display().to_string()))];
     let mut eddy = Eddy::start(&config(&broker.tls_url(), "eddy-tls", "5ms", &extra)).expect("eddy starts");
     let results = eddy.dir.join("results.jsonl");
     assert!(
@@ -187,7 +178,7 @@ fn mqtt_over_tls_with_a_test_ca() {
 
     // A client that trusts another CA refuses the broker, and says so.
     let other_ca = TestCa::generate().expect("a second CA");
-    let extra = format!("ca_file = \"{}\"", other_ca.ca_file.display());
+    let extra = [("ca_file", Value::from(other_ca.ca_file.display().to_string()))];
     let eddy = Eddy::start(&config(&broker.tls_url(), "eddy-tls-2", "5ms", &extra)).expect("eddy starts");
     assert!(
         wait_until(Duration::from_secs(20), || eddy.log().contains("TLS failed")),
@@ -206,7 +197,8 @@ fn mqtt_wrong_credentials_give_a_clear_error_and_eddy_keeps_running() {
             .expect("mosquitto starts");
     let wrong = secrets.path().join("wrong");
     std::fs::write(&wrong, "wrong-password\n").unwrap();
-    let extra = format!("username = \"eddy\"\npassword_file = \"{}\"", wrong.display());
+    let extra =
+        [("username", Value::from("eddy")), ("password_file", Value::from(wrong.display().to_string()))];
     let mut eddy = Eddy::start(&config(&broker.url(), "eddy-auth", "5ms", &extra)).expect("eddy starts");
     assert!(
         wait_until(Duration::from_secs(20), || eddy.log().contains("Cannot connect to the MQTT broker")),
@@ -224,11 +216,11 @@ fn mqtt_wrong_credentials_give_a_clear_error_and_eddy_keeps_running() {
     assert!(eddy.stop().expect("eddy stops").success());
 
     // The right password from the environment works.
-    let extra = "username = \"eddy\"\npassword_env = \"EDDY_TEST_MQTT_PASSWORD\"";
+    let extra = [("username", Value::from("eddy")), ("password_env", Value::from("EDDY_TEST_MQTT_PASSWORD"))];
     let tmp = tempfile::tempdir().unwrap();
     let eddy = Eddy::start_in_with_env(
         tmp.path(),
-        &config(&broker.url(), "eddy-auth", "5ms", extra),
+        &config(&broker.url(), "eddy-auth", "5ms", &extra),
         &[("EDDY_TEST_MQTT_PASSWORD", "right-password")],
     )
     .expect("eddy starts");
@@ -242,13 +234,13 @@ fn mqtt_wrong_credentials_give_a_clear_error_and_eddy_keeps_running() {
 fn mqtt_messages_received_but_not_acked_before_sigkill_are_redelivered_exactly_once() {
     let broker = Mosquitto::start_with("max_inflight_messages 10\n").expect("mosquitto starts");
     let client_id = "eddy-kill";
-    let config = config(&broker.url(), client_id, "5ms", "");
+    let config = config(&broker.url(), client_id, "5ms", &[]);
     let dir = tempfile::tempdir().unwrap();
 
     // EDDY_TEST_MQTT_HOLD=1: messages are received and counted, never stored nor acked, as if
     // the log had stalled; the broker has 10 of them in flight to eddy when it is killed.
     let mut eddy =
-        Eddy::start_in_with_env(dir.path(), &config, &[("EDDY_TEST_MQTT_HOLD", "1")]).expect("eddy starts");
+        Eddy::start_in_with_test_switch(dir.path(), &config, "EDDY_TEST_MQTT_HOLD").expect("eddy starts");
     assert!(wait_until(Duration::from_secs(20), || eddy.log().contains("Connected to the MQTT broker.")));
     publish(&broker.url(), 50, 1, &[]);
     assert!(
@@ -274,11 +266,11 @@ fn mqtt_messages_received_but_not_acked_before_sigkill_are_redelivered_exactly_o
 fn mqtt_messages_stored_but_not_acked_before_sigkill_are_not_stored_again() {
     let broker = Mosquitto::start_with("max_inflight_messages 10\n").expect("mosquitto starts");
     let client_id = "eddy-no-ack";
-    let config = config(&broker.url(), client_id, "5ms", "");
+    let config = config(&broker.url(), client_id, "5ms", &[]);
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results.jsonl");
     let mut eddy =
-        Eddy::start_in_with_env(dir.path(), &config, &[("EDDY_TEST_MQTT_NO_ACK", "1")]).expect("eddy starts");
+        Eddy::start_in_with_test_switch(dir.path(), &config, "EDDY_TEST_MQTT_NO_ACK").expect("eddy starts");
     assert!(wait_until(Duration::from_secs(20), || eddy.log().contains("Connected to the MQTT broker.")));
     publish(&broker.url(), 50, 1, &[]);
     // The broker sends 10 and waits for their PUBACKs, which never come.
@@ -310,7 +302,7 @@ fn mqtt_sigkill_mid_backlog_stores_every_reading_once() {
     let client_id = "eddy-kill-backlog";
     // At most 50 messages in flight, acknowledged after 100 ms group commits: the backlog
     // drains at no more than 500 messages per second.
-    let config = config(&broker.url(), client_id, "100ms", "max_in_flight = 50");
+    let config = config(&broker.url(), client_id, "100ms", &[("max_in_flight", Value::from(50))]);
     let dir = tempfile::tempdir().unwrap();
     let mut eddy = Eddy::start_in(dir.path(), &config).expect("eddy starts");
     assert!(wait_until(Duration::from_secs(20), || eddy.log().contains("Subscribed.")), "{}", eddy.log());
@@ -382,46 +374,31 @@ fn mqtt_messages_refused_while_the_store_is_full_are_redelivered_and_stored_late
     let broker = Mosquitto::start().expect("mosquitto starts");
     let hub = eddy_tests::http_hub::HttpHub::start().expect("the HTTP hub starts");
     hub.stop();
-    let config = format!(
-        r#"
-device_id = "gw-mqtt"
-data_dir = "{{dir}}/data"
-[storage]
-max_bytes = 65536
-policy = "reject_new"
-[ingest]
-flush_interval = "5ms"
-[engine]
-checkpoint_interval = "100ms"
-[batch]
-interval = "200ms"
-[[sources]]
-kind = "mqtt"
-name = "broker"
-url = "{url}"
-client_id = "eddy-refused"
-topics = ["sensors/+/reading"]
-sensor_from_topic = 1
-[[windows]]
-name = "w"
-length = "1h"
-fields = ["temp_c"]
-aggregates = ["count"]
-[[sinks]]
-kind = "file"
-path = "{{dir}}/results.jsonl"
-records = ["window", "batch"]
-[[sinks]]
-kind = "http"
-name = "hub"
-url = "{hub}"
-records = ["batch"]
-max_backoff = "200ms"
-timeout = "1s"
-"#,
-        url = broker.url(),
-        hub = hub.url()
-    );
+    let config = ConfigToml::new("gw-mqtt")
+        .table("storage")
+        .key("max_bytes", 65536)
+        .key("policy", "reject_new")
+        .table("ingest")
+        .key("flush_interval", "5ms")
+        .table("engine")
+        .key("checkpoint_interval", "100ms")
+        .table("batch")
+        .key("interval", "200ms")
+        .mqtt_source("broker", &broker.url())
+        .key("client_id", "eddy-refused")
+        .key("topics", ["sensors/+/reading"])
+        .key("sensor_from_topic", 1)
+        .window("w", "1h")
+        .key("fields", ["temp_c"])
+        .key("aggregates", ["count"])
+        .sink("file")
+        .key("path", "{dir}/results.jsonl")
+        .key("records", ["window", "batch"])
+        .http_sink("hub", &hub.url())
+        .key("records", ["batch"])
+        .key("max_backoff", "200ms")
+        .key("timeout", "1s")
+        .to_toml();
     let mut eddy = Eddy::start(&config).expect("eddy starts");
     let results = eddy.dir.join("results.jsonl");
     assert!(

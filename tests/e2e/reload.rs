@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
+use eddy_tests::config::{raw, ConfigToml};
 use eddy_tests::http_hub::HttpHub;
 use eddy_tests::{read_jsonl, Eddy};
 
@@ -15,20 +16,14 @@ use crate::uplink::{
     all_delivered, base_ms, check_every_result_in_order, check_oracle, oracle, readings, send, wait_for,
 };
 
-const CONFIG: &str = r#"
-device_id = "gw-hup"
-data_dir = "{dir}/data"
-[log]
-level = "info"
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-[[sinks]]
-kind = "file"
-name = "results"
-path = "{dir}/results.jsonl"
-"#;
+fn log_config() -> String {
+    ConfigToml::new("gw-hup")
+        .table("log")
+        .key("level", "info")
+        .tcp_source("in")
+        .file_sink("results", "{dir}/results.jsonl")
+        .to_toml()
+}
 
 fn hangup(eddy: &Eddy) {
     let pid = eddy.pid().expect("eddy runs").to_string();
@@ -39,7 +34,7 @@ fn hangup(eddy: &Eddy) {
 fn sighup_applies_the_log_level_and_names_what_needs_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     // [log] level applies only without EDDY_LOG, which the harness sets: empty is unset.
-    let mut eddy = Eddy::spawn_in_with_env(dir.path(), CONFIG, &[("EDDY_LOG", "")]).unwrap();
+    let mut eddy = Eddy::spawn_in_with_env(dir.path(), &log_config(), &[("EDDY_LOG", "")]).unwrap();
     eddy.wait_for_log("eddy is ready.", Duration::from_secs(30)).unwrap();
     let config_path = dir.path().join("eddy.toml");
     let text = std::fs::read_to_string(&config_path).unwrap();
@@ -69,50 +64,24 @@ const BATCH: usize = 16;
 /// Sensors in every test: each event second closes this many one-second windows.
 const SENSORS: usize = 3;
 
-/// An eddy with a TCP source, one-second windows, the endpoint, a file sink `oracle` (the
-/// outbox in order) and `sinks` (`[[sinks]]` tables, `{dir}` left for the harness).
-fn config(sinks: &str) -> String {
-    format!(
-        r#"
-device_id = "gw-reload"
-data_dir = "{{dir}}/data"
-[api]
-listen = "127.0.0.1:0"
-[ingest]
-flush_interval = "5ms"
-[engine]
-checkpoint_interval = "100ms"
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[windows]]
-name = "w1s"
-length = "1s"
-lateness = "0s"
-fields = ["temp_c"]
-aggregates = ["count", "mean"]
-[[sinks]]
-kind = "file"
-name = "oracle"
-path = "{{dir}}/oracle.jsonl"
-records = ["window"]
-{sinks}
-"#
-    )
+/// An eddy with a TCP source, one-second windows, the endpoint and a file sink `oracle` (the
+/// outbox in order); a test adds the sinks under test.
+fn config() -> ConfigToml {
+    crate::uplink::pipeline("gw-reload", &["window"]).table("api").key("listen", "127.0.0.1:0")
 }
 
-fn file_sink(name: &str, path: &str) -> String {
-    format!(
-        "[[sinks]]\nkind = \"file\"\nname = \"{name}\"\npath = \"{path}\"\nrecords = [\"window\"]\nbatch_max_records = {BATCH}\n"
-    )
+fn file_sink(config: ConfigToml, name: &str, path: &str) -> ConfigToml {
+    config.file_sink(name, path).key("records", ["window"]).key("batch_max_records", BATCH)
 }
 
-fn http_sink(name: &str, url: &str) -> String {
-    format!(
-        "[[sinks]]\nkind = \"http\"\nname = \"{name}\"\nurl = \"{url}\"\nrecords = [\"window\"]\nbatch_max_records = {BATCH}\nmax_backoff = \"300ms\"\ntimeout = \"1s\"\nconnect_timeout = \"500ms\"\n"
-    )
+fn http_sink(config: ConfigToml, name: &str, url: &str) -> ConfigToml {
+    config
+        .http_sink(name, url)
+        .key("records", ["window"])
+        .key("batch_max_records", BATCH)
+        .key("max_backoff", "300ms")
+        .key("timeout", "1s")
+        .key("connect_timeout", "500ms")
 }
 
 /// Writes `config` as eddy's file, sends SIGHUP and waits for one more log line with `needle`.
@@ -145,7 +114,8 @@ fn uplink_names(status: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn sighup_moves_a_file_sink_to_its_new_path_losing_and_repeating_nothing() {
-    let mut eddy = Eddy::start(&config(&file_sink("results", "{dir}/before.jsonl"))).expect("eddy starts");
+    let mut eddy =
+        Eddy::start(&file_sink(config(), "results", "{dir}/before.jsonl").to_toml()).expect("eddy starts");
     let (before_path, after_path) = (eddy.dir.join("before.jsonl"), eddy.dir.join("after.jsonl"));
     let base = base_ms();
     send(&eddy, &readings(base, SENSORS, 0, 3));
@@ -155,7 +125,7 @@ fn sighup_moves_a_file_sink_to_its_new_path_losing_and_repeating_nothing() {
 
     reload(
         &eddy,
-        &config(&file_sink("results", "{dir}/after.jsonl")),
+        &file_sink(config(), "results", "{dir}/after.jsonl").to_toml(),
         "SIGHUP: sinks reloaded: added [], changed [results], removed [].",
     );
     wait_for(&eddy, Duration::from_secs(10), "the sink restarted", || {
@@ -188,7 +158,7 @@ fn a_sink_added_by_sighup_gets_what_the_outbox_still_holds_and_what_follows() {
     // A hub that answers 503 keeps every result in the outbox (its cursor stays at 0).
     let down = HttpHub::start().expect("the HTTP hub starts");
     down.set_status(503);
-    let mut eddy = Eddy::start(&config(&http_sink("down", &down.url()))).expect("eddy starts");
+    let mut eddy = Eddy::start(&http_sink(config(), "down", &down.url()).to_toml()).expect("eddy starts");
     let base = base_ms();
     send(&eddy, &readings(base, SENSORS, 0, 3));
     wait_for(&eddy, Duration::from_secs(10), "the first windows in the oracle", || {
@@ -196,8 +166,8 @@ fn a_sink_added_by_sighup_gets_what_the_outbox_still_holds_and_what_follows() {
     });
 
     let hub = HttpHub::start().expect("the HTTP hub starts");
-    let both = format!("{}{}", http_sink("down", &down.url()), http_sink("hub", &hub.url()));
-    reload(&eddy, &config(&both), "SIGHUP: sinks reloaded: added [hub], changed [], removed [].");
+    let both = http_sink(http_sink(config(), "down", &down.url()), "hub", &hub.url()).to_toml();
+    reload(&eddy, &both, "SIGHUP: sinks reloaded: added [hub], changed [], removed [].");
     wait_for(&eddy, Duration::from_secs(10), "the outbox's windows at the new hub", || {
         all_delivered(&eddy, 2 * SENSORS, &hub.records())
     });
@@ -219,7 +189,7 @@ fn a_sink_added_by_sighup_gets_what_the_outbox_still_holds_and_what_follows() {
 fn a_sink_removed_by_sighup_stops_and_no_longer_holds_the_outbox() {
     let down = HttpHub::start().expect("the HTTP hub starts");
     down.set_status(503);
-    let mut eddy = Eddy::start(&config(&http_sink("hub", &down.url()))).expect("eddy starts");
+    let mut eddy = Eddy::start(&http_sink(config(), "hub", &down.url()).to_toml()).expect("eddy starts");
     let base = base_ms();
     send(&eddy, &readings(base, SENSORS, 0, 6));
     wait_for(&eddy, Duration::from_secs(10), "the windows in the oracle", || {
@@ -232,7 +202,7 @@ fn a_sink_removed_by_sighup_stops_and_no_longer_holds_the_outbox() {
     let pinned_bytes = pinned["store"]["used_bytes"].as_u64().unwrap();
     assert!(pinned_bytes > 0, "{pinned:#}");
 
-    reload(&eddy, &config(""), "SIGHUP: sinks reloaded: added [], changed [], removed [hub].");
+    reload(&eddy, &config().to_toml(), "SIGHUP: sinks reloaded: added [], changed [], removed [hub].");
     wait_for(&eddy, Duration::from_secs(10), "the removed sink's task to end", || {
         eddy.log().lines().any(|line| line.contains("Sink stopped.") && line.contains("sink=hub"))
     });
@@ -257,7 +227,8 @@ fn a_sink_removed_by_sighup_stops_and_no_longer_holds_the_outbox() {
 
 #[test]
 fn sink_settings_that_fail_keep_the_running_sinks() {
-    let mut eddy = Eddy::start(&config(&file_sink("results", "{dir}/results.jsonl"))).expect("eddy starts");
+    let mut eddy =
+        Eddy::start(&file_sink(config(), "results", "{dir}/results.jsonl").to_toml()).expect("eddy starts");
     let results_path = eddy.dir.join("results.jsonl");
     let base = base_ms();
     send(&eddy, &readings(base, SENSORS, 0, 3));
@@ -268,14 +239,14 @@ fn sink_settings_that_fail_keep_the_running_sinks() {
     // Invalid: nothing is applied.
     reload(
         &eddy,
-        &config(&http_sink("results", "ftp://hub.invalid/")),
+        &http_sink(config(), "results", "ftp://hub.invalid/").to_toml(),
         "SIGHUP: invalid configuration; keeping the running one.",
     );
     // Valid, but the new path cannot be opened (its parent is a regular file): the sink keeps
     // its old settings, said at ERROR.
     reload(
         &eddy,
-        &config(&file_sink("results", "{dir}/eddy.toml/results.jsonl")),
+        &file_sink(config(), "results", "{dir}/eddy.toml/results.jsonl").to_toml(),
         "SIGHUP: cannot set up the new settings of this sink",
     );
     let log = eddy.log();
@@ -299,12 +270,10 @@ fn a_rotated_token_file_restarts_the_hub_sink_with_the_new_secret() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "Bearer old-token\n").unwrap();
-    let sink = format!(
-        "{}header_files = {{ authorization = \"{}\" }}\n",
-        http_sink("hub", &hub.url()),
-        token.display()
-    );
-    let mut eddy = Eddy::start(&config(&sink)).expect("eddy starts");
+    let with_token = http_sink(config(), "hub", &hub.url())
+        .key("header_files", raw(format!("{{ authorization = \"{}\" }}", token.display())))
+        .to_toml();
+    let mut eddy = Eddy::start(&with_token).expect("eddy starts");
     let base = base_ms();
     send(&eddy, &readings(base, SENSORS, 0, 3));
     wait_for(&eddy, Duration::from_secs(10), "the first windows at the hub", || {
@@ -314,7 +283,7 @@ fn a_rotated_token_file_restarts_the_hub_sink_with_the_new_secret() {
 
     // The file's text is unchanged; only the secret it names is new.
     std::fs::write(&token, "Bearer new-token\n").unwrap();
-    reload(&eddy, &config(&sink), "SIGHUP: sinks reloaded: added [], changed [hub], removed [].");
+    reload(&eddy, &with_token, "SIGHUP: sinks reloaded: added [], changed [hub], removed [].");
     send(&eddy, &readings(base, SENSORS, 3, 6));
     wait_for(&eddy, Duration::from_secs(10), "the later windows at the hub", || {
         all_delivered(&eddy, 5 * SENSORS, &hub.records())

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::{read_jsonl, Eddy};
 use serde_json::Value;
 
@@ -86,38 +87,30 @@ fn validate(root: &Value, schema: &Value, value: &Value, at: &str) -> Result<(),
     Ok(())
 }
 
-const CONFIG: &str = r#"
-device_id = "gw-schema"
-data_dir = "{dir}/data"
-[ingest]
-flush_interval = "5ms"
-[engine]
-checkpoint_interval = "100ms"
-forward_raw = true
-[batch]
-interval = "100ms"
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[windows]]
-name = "w1s"
-length = "1s"
-lateness = "0s"
-aggregates = ["count", "sum", "min", "max", "mean", "stddev", "first", "last"]
-count_by = ["mode"]
-[[sinks]]
-kind = "file"
-name = "all"
-path = "{dir}/all.jsonl"
-records = ["window", "batch", "late", "raw"]
-"#;
+fn config() -> String {
+    ConfigToml::new("gw-schema")
+        .table("ingest")
+        .key("flush_interval", "5ms")
+        .table("engine")
+        .key("checkpoint_interval", "100ms")
+        .key("forward_raw", true)
+        .table("batch")
+        .key("interval", "100ms")
+        .tcp_source("in")
+        .key("ack", true)
+        .window("w1s", "1s")
+        .key("lateness", "0s")
+        .key("aggregates", ["count", "sum", "min", "max", "mean", "stddev", "first", "last"])
+        .key("count_by", ["mode"])
+        .file_sink("all", "{dir}/all.jsonl")
+        .key("records", ["window", "batch", "late", "raw"])
+        .to_toml()
+}
 
 #[test]
 fn every_forwarded_record_validates_against_the_published_schema() {
     let schema = schema();
-    let mut eddy = Eddy::start(CONFIG).expect("eddy starts");
+    let mut eddy = Eddy::start(&config()).expect("eddy starts");
     let base = base_ms();
     let mut lines = Vec::new();
     for tick in 0..30 {

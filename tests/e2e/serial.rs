@@ -4,33 +4,28 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::socat::SerialDevice;
 use eddy_tests::{batch_count, eddy_binary, source_counter, wait_until, Eddy};
 
-const CONFIG: &str = r#"
-device_id = "gw-serial"
-data_dir = "{dir}/data"
-[ingest]
-flush_interval = "5ms"
-max_line_bytes = 256
-[engine]
-checkpoint_interval = "100ms"
-[batch]
-interval = "200ms"
-[[sources]]
-kind = "serial"
-name = "meter"
-path = "{dir}/ttyV0"
-baud = 115200
-[[windows]]
-name = "w"
-length = "1h"
-fields = ["temp_c"]
-[[sinks]]
-kind = "file"
-path = "{dir}/results.jsonl"
-records = ["batch"]
-"#;
+/// eddy with a serial source on the pseudo-terminal `{dir}/ttyV0`, lines of 256 bytes at most.
+fn config() -> ConfigToml {
+    ConfigToml::new("gw-serial")
+        .table("ingest")
+        .key("flush_interval", "5ms")
+        .key("max_line_bytes", 256)
+        .table("engine")
+        .key("checkpoint_interval", "100ms")
+        .table("batch")
+        .key("interval", "200ms")
+        .serial_source("meter", "{dir}/ttyV0")
+        .key("baud", 115200)
+        .window("w", "1h")
+        .key("fields", ["temp_c"])
+        .sink("file")
+        .key("path", "{dir}/results.jsonl")
+        .key("records", ["batch"])
+}
 
 fn now_ms() -> i64 {
     i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
@@ -42,7 +37,7 @@ fn reading(sensor: &str, ts: i64) -> String {
 
 #[test]
 fn serial_source_keeps_reading_through_garbage_and_an_unplug_and_never_glues_a_cut_line() {
-    let mut eddy = Eddy::start(CONFIG).expect("eddy starts");
+    let mut eddy = Eddy::start(&config().to_toml()).expect("eddy starts");
     let link = eddy.dir.join("ttyV0");
     let results = eddy.dir.join("results.jsonl");
     let ts = now_ms();
@@ -112,7 +107,7 @@ fn serial_source_keeps_reading_through_garbage_and_an_unplug_and_never_glues_a_c
 #[test]
 fn eddy_simulate_serial_feeds_a_serial_source() {
     let eddy =
-        Eddy::start(&CONFIG.replace("max_line_bytes = 256", "max_line_bytes = 4096")).expect("eddy starts");
+        Eddy::start(&config().table("ingest").key("max_line_bytes", 4096).to_toml()).expect("eddy starts");
     let results = eddy.dir.join("results.jsonl");
     // Two pseudo-terminals joined by socat: the simulator writes to one, eddy reads the other.
     let device_side = eddy.dir.join("ttyV0");

@@ -4,27 +4,24 @@
 use std::process::Command;
 use std::time::Duration;
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::{batch_count, eddy_binary, wait_until, Eddy};
 
-const CONFIG: &str = r#"
-device_id = "gw-session"
-data_dir = "{dir}/data"
-[ingest]
-flush_interval = "5ms"
-[engine]
-checkpoint_interval = "100ms"
-[batch]
-interval = "200ms"
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[sinks]]
-kind = "file"
-path = "{dir}/results.jsonl"
-records = ["batch"]
-"#;
+fn config() -> String {
+    ConfigToml::new("gw-session")
+        .table("ingest")
+        .key("flush_interval", "5ms")
+        .table("engine")
+        .key("checkpoint_interval", "100ms")
+        .table("batch")
+        .key("interval", "200ms")
+        .tcp_source("in")
+        .key("ack", true)
+        .sink("file")
+        .key("path", "{dir}/results.jsonl")
+        .key("records", ["batch"])
+        .to_toml()
+}
 
 /// `eddy simulate --tcp ADDR --session ID`: 800 readings of seed 7; returns its report line.
 fn simulate_in_session(address: std::net::SocketAddr, session: &str) -> String {
@@ -42,13 +39,13 @@ fn simulate_in_session(address: std::net::SocketAddr, session: &str) -> String {
 fn a_session_resent_after_sigkill_is_answered_dup_and_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results.jsonl");
-    let eddy = Eddy::start_in(dir.path(), CONFIG).expect("eddy starts");
+    let eddy = Eddy::start_in(dir.path(), &config()).expect("eddy starts");
     let report = simulate_in_session(eddy.tcp_address("in").unwrap(), "bench-7");
     assert!(report.contains("acked 800,") && report.contains("already stored 0"), "{report}");
     eddy.kill();
 
     // The same 800 lines again, to the restarted eddy: all were durable.
-    let mut eddy = Eddy::start_in(dir.path(), CONFIG).expect("eddy restarts on its data");
+    let mut eddy = Eddy::start_in(dir.path(), &config()).expect("eddy restarts on its data");
     let report = simulate_in_session(eddy.tcp_address("in").unwrap(), "bench-7");
     assert!(report.contains("acked 0,") && report.contains("already stored 800"), "{report}");
     // Another session is another stream: stored.

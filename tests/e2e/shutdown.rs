@@ -5,37 +5,30 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::{read_jsonl, wait_until, Eddy};
 
-const CONFIG: &str = r#"
-device_id = "gw-stop"
-data_dir = "{dir}/data"
-[ingest]
-flush_interval = "5ms"
-[engine]
-checkpoint_interval = "200ms"
-idle_timeout = "1s"
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[windows]]
-name = "tumbling"
-length = "1s"
-fields = ["temp_c"]
-aggregates = ["count"]
-[[sinks]]
-kind = "file"
-name = "results"
-path = "{dir}/results.jsonl"
-records = ["window"]
-"#;
+fn config() -> String {
+    ConfigToml::new("gw-stop")
+        .table("ingest")
+        .key("flush_interval", "5ms")
+        .table("engine")
+        .key("checkpoint_interval", "200ms")
+        .key("idle_timeout", "1s")
+        .tcp_source("in")
+        .key("ack", true)
+        .window("tumbling", "1s")
+        .key("fields", ["temp_c"])
+        .key("aggregates", ["count"])
+        .file_sink("results", "{dir}/results.jsonl")
+        .key("records", ["window"])
+        .to_toml()
+}
 
 #[test]
 fn sigterm_mid_stream_loses_no_acked_reading() {
     let dir = tempfile::tempdir().unwrap();
-    let mut eddy = Eddy::start_in(dir.path(), CONFIG).expect("eddy starts");
+    let mut eddy = Eddy::start_in(dir.path(), &config()).expect("eddy starts");
     let address = eddy.tcp_address("in").unwrap();
     let stream = TcpStream::connect(address).unwrap();
     let mut writer = stream.try_clone().unwrap();
@@ -79,7 +72,7 @@ fn sigterm_mid_stream_loses_no_acked_reading() {
     assert!(acked <= sent);
 
     // Restart on the same data: open windows were kept and close once the sensors are idle.
-    let eddy = Eddy::start_in(dir.path(), CONFIG).expect("eddy restarts");
+    let eddy = Eddy::start_in(dir.path(), &config()).expect("eddy restarts");
     let results_path = dir.path().join("results.jsonl");
     let total =
         |rows: &[serde_json::Value]| rows.iter().map(|row| row["count"].as_u64().unwrap()).sum::<u64>();

@@ -1,5 +1,6 @@
 //! Repository hygiene: every Rust file says what it is for, only the storage module
-//! touches sled, and the one `unsafe` block is the malloc tuning.
+//! touches sled, the one `unsafe` block is the malloc tuning, and the test switches exist
+//! only in a build with the `test-switches` feature.
 
 use std::path::{Path, PathBuf};
 
@@ -63,4 +64,92 @@ fn the_only_unsafe_code_is_the_malloc_tuning() {
     }
     assert_eq!(uses.len(), 1, "unsafe outside `tune_malloc` in daemon/src/main.rs: {uses:#?}");
     assert!(uses[0].contains("daemon/src/main.rs"), "{uses:?}");
+}
+
+/// Line ranges (0-based, inclusive) of `#[cfg(feature = "test-switches")] mod test_switches { … }`
+/// blocks in `text`.
+fn test_switch_modules(text: &str) -> Vec<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut modules = Vec::new();
+    for (line_idx, line) in lines.iter().enumerate() {
+        if line.trim() != "#[cfg(feature = \"test-switches\")]" {
+            continue;
+        }
+        let Some(next) = lines.get(line_idx + 1) else { continue };
+        if !next.trim_start().starts_with("mod test_switches {") {
+            continue;
+        }
+        let indent = &next[..next.len() - next.trim_start().len()];
+        let close = format!("{indent}}}");
+        let end = (line_idx + 2..lines.len()).find(|&end_idx| lines[end_idx] == close);
+        modules.push((
+            line_idx,
+            end.unwrap_or_else(|| panic!("unclosed `mod test_switches` at line {}", line_idx + 2)),
+        ));
+    }
+    modules
+}
+
+#[test]
+fn test_switches_are_read_only_in_a_build_with_the_test_switches_feature() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = std::fs::read_to_string(root.join("daemon/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("\ntest-switches = []\n"),
+        "daemon/Cargo.toml lost the `test-switches` feature"
+    );
+    assert!(
+        !manifest.lines().any(|line| line.starts_with("default") && line.contains("test-switches")),
+        "`test-switches` must stay out of the default features: release builds would read the switches"
+    );
+
+    // The daemon names the variables only inside the feature-gated module, so a default build
+    // (cargo build --release, cross/cross.sh, cargo-deb) has no code that reads them.
+    let mut daemon_files = Vec::new();
+    rust_files(&root.join("daemon/src"), &mut daemon_files);
+    let (mut gated, mut ungated) = (Vec::new(), Vec::new());
+    for path in daemon_files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let modules = test_switch_modules(&text);
+        for (line_idx, line) in text.lines().enumerate() {
+            if line.contains("EDDY_TEST_MQTT_HOLD") || line.contains("EDDY_TEST_MQTT_NO_ACK") {
+                let place = format!("{}:{}", path.display(), line_idx + 1);
+                let inside = modules.iter().any(|&(start, end)| (start..=end).contains(&line_idx));
+                if inside {
+                    gated.push(place)
+                } else {
+                    ungated.push(place)
+                }
+            }
+        }
+    }
+    assert!(
+        ungated.is_empty(),
+        "test switches outside `#[cfg(feature = \"test-switches\")] mod test_switches`: {ungated:#?}"
+    );
+    assert_eq!(gated.len(), 2, "expected the two switch names in the gated module: {gated:#?}");
+
+    // No other crate reads them from the environment itself.
+    for path in workspace_files().into_iter().filter(|path| !path.starts_with(root.join("tests"))) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (line_idx, line) in text.lines().enumerate() {
+            assert!(
+                !(line.contains("env::var") && line.contains("EDDY_TEST_MQTT_")),
+                "{}:{} reads a test switch outside the daemon's gated module",
+                path.display(),
+                line_idx + 1
+            );
+        }
+    }
+
+    // The end-to-end tests' binary has the feature; the device and package builds do not.
+    let test_all = std::fs::read_to_string(root.join("scripts/test-all.sh")).unwrap();
+    assert!(test_all.contains("cargo build --locked -p eddy --bin eddy --features test-switches"));
+    for script in ["cross/cross.sh", "scripts/nspawn-test.sh"] {
+        let text = std::fs::read_to_string(root.join(script)).unwrap();
+        assert!(
+            !text.contains("test-switches") && !text.contains("--all-features"),
+            "{script} must build eddy without the `test-switches` feature"
+        );
+    }
 }

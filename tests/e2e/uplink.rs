@@ -5,41 +5,40 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::{read_jsonl, send_with_acks, Eddy};
 
 /// Readings per sensor per second of event time (one each 100 ms).
 pub(crate) const PER_SECOND: i64 = 10;
 
-/// The eddy config with `sink` (a `[[sinks]]` table taking `window` records) beside the oracle.
-pub(crate) fn config_with(sink: &str) -> String {
-    format!(
-        r#"
-device_id = "gw-up"
-data_dir = "{{dir}}/data"
-shutdown_timeout = "20s"
-[ingest]
-flush_interval = "5ms"
-[engine]
-checkpoint_interval = "100ms"
-[[sources]]
-kind = "tcp"
-name = "in"
-listen = "127.0.0.1:0"
-ack = true
-[[windows]]
-name = "w1s"
-length = "1s"
-lateness = "0s"
-fields = ["temp_c"]
-aggregates = ["count", "mean"]
-[[sinks]]
-kind = "file"
-name = "oracle"
-path = "{{dir}}/oracle.jsonl"
-records = ["window"]
-{sink}
-"#
-    )
+/// An eddy with an acked TCP source `in`, one-second windows (count and mean of `temp_c`)
+/// and a file sink `oracle` writing the outbox's `oracle_records` in order; a test adds the
+/// sink under test after it. reload.rs shares it.
+pub(crate) fn pipeline(device_id: &str, oracle_records: &[&str]) -> ConfigToml {
+    ConfigToml::new(device_id)
+        .table("ingest")
+        .key("flush_interval", "5ms")
+        .table("engine")
+        .key("checkpoint_interval", "100ms")
+        .tcp_source("in")
+        .key("ack", true)
+        .window("w1s", "1s")
+        .key("lateness", "0s")
+        .key("fields", ["temp_c"])
+        .key("aggregates", ["count", "mean"])
+        .file_sink("oracle", "{dir}/oracle.jsonl")
+        .key("records", oracle_records.to_vec())
+}
+
+/// The uplink tests' eddy: [`pipeline`] with `window` records in the oracle and a 20 s stop
+/// deadline; the test adds its sink (taking `window` records).
+pub(crate) fn config() -> ConfigToml {
+    config_with_oracle(&["window"])
+}
+
+/// Like [`config`], with the oracle taking `oracle_records`.
+pub(crate) fn config_with_oracle(oracle_records: &[&str]) -> ConfigToml {
+    pipeline("gw-up", oracle_records).root("shutdown_timeout", "20s")
 }
 
 /// Event time zero of a test: a whole second an hour ago.

@@ -4,36 +4,33 @@
 use std::process::Command;
 use std::time::Duration;
 
+use eddy_tests::config::raw;
 use eddy_tests::http_hub::HttpHub;
 use eddy_tests::proxy::TcpProxy;
 use eddy_tests::{eddy_binary, Eddy};
 
 use crate::uplink::{
-    all_delivered, base_ms, check_every_result_in_order, check_oracle, config_with, counters, oracle,
-    readings, send, wait_for,
+    all_delivered, base_ms, check_every_result_in_order, check_oracle, config, counters, oracle, readings,
+    send, wait_for,
 };
 
 /// Records per delivery: the duplicate bound is this per failed delivery.
 const BATCH: usize = 64;
 
-fn http_sink(url: &str, token_file: &std::path::Path) -> String {
-    format!(
-        r#"
-[[sinks]]
-kind = "http"
-name = "hub"
-url = "{url}"
-records = ["window"]
-batch_max_records = {BATCH}
-linger = "50ms"
-max_backoff = "300ms"
-timeout = "1s"
-connect_timeout = "500ms"
-headers = {{ x-gateway = "gw-up" }}
-header_files = {{ authorization = "{}" }}
-"#,
-        token_file.display()
-    )
+/// The uplink tests' eddy with an HTTP sink `hub` posting to `url`, authorised by the token
+/// in `token_file`.
+fn http_config(url: &str, token_file: &std::path::Path) -> String {
+    config()
+        .http_sink("hub", url)
+        .key("records", ["window"])
+        .key("batch_max_records", BATCH)
+        .key("linger", "50ms")
+        .key("max_backoff", "300ms")
+        .key("timeout", "1s")
+        .key("connect_timeout", "500ms")
+        .key("headers", raw(r#"{ x-gateway = "gw-up" }"#))
+        .key("header_files", raw(format!("{{ authorization = \"{}\" }}", token_file.display())))
+        .to_toml()
 }
 
 fn token_file() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -47,7 +44,7 @@ fn token_file() -> (tempfile::TempDir, std::path::PathBuf) {
 fn http_uplink_delivers_every_window_in_order_across_an_outage() {
     let hub = HttpHub::start().expect("the HTTP hub starts");
     let (_token_dir, token) = token_file();
-    let mut eddy = Eddy::start(&config_with(&http_sink(&hub.url(), &token))).expect("eddy starts");
+    let mut eddy = Eddy::start(&http_config(&hub.url(), &token)).expect("eddy starts");
     let base = base_ms();
     let sensors = 5;
 
@@ -92,7 +89,7 @@ fn http_uplink_times_out_a_blackhole_and_dead_letters_a_4xx_batch() {
     let proxy = TcpProxy::start(hub.addr()).expect("proxy");
     let (_token_dir, token) = token_file();
     let url = format!("http://{}/ingest", proxy.addr());
-    let mut eddy = Eddy::start(&config_with(&http_sink(&url, &token))).expect("eddy starts");
+    let mut eddy = Eddy::start(&http_config(&url, &token)).expect("eddy starts");
     let base = base_ms();
     let sensors = 10;
 
@@ -165,19 +162,14 @@ fn http_uplink_times_out_a_blackhole_and_dead_letters_a_4xx_batch() {
 #[test]
 fn forwarded_raw_readings_drain_after_every_result_and_all_arrive() {
     let hub = HttpHub::start().expect("the HTTP hub starts");
-    let sink = format!(
-        r#"
-[[sinks]]
-kind = "http"
-name = "hub"
-url = "{}"
-records = ["window", "raw"]
-batch_max_records = 100
-max_backoff = "200ms"
-"#,
-        hub.url()
-    );
-    let config = config_with(&sink).replace("[engine]\n", "[engine]\nforward_raw = true\n");
+    let config = config()
+        .table("engine")
+        .key("forward_raw", true)
+        .http_sink("hub", &hub.url())
+        .key("records", ["window", "raw"])
+        .key("batch_max_records", 100)
+        .key("max_backoff", "200ms")
+        .to_toml();
     let mut eddy = Eddy::start(&config).expect("eddy starts");
     hub.stop();
     let base = base_ms();
@@ -224,14 +216,14 @@ max_backoff = "200ms"
 fn undelivered_raw_readings_survive_a_crash_and_the_replay() {
     let hub = HttpHub::start().expect("the HTTP hub starts");
     hub.stop();
-    let sink = format!(
-        "[[sinks]]\nkind = \"http\"\nname = \"hub\"\nurl = \"{}\"\nrecords = [\"raw\"]\nmax_backoff = \"200ms\"\n",
-        hub.url()
-    );
-    let config = config_with(&sink).replace(
-        "[engine]\ncheckpoint_interval = \"100ms\"\n",
-        "[engine]\ncheckpoint_interval = \"1s\"\nforward_raw = true\n",
-    );
+    let config = config()
+        .table("engine")
+        .key("checkpoint_interval", "1s")
+        .key("forward_raw", true)
+        .http_sink("hub", &hub.url())
+        .key("records", ["raw"])
+        .key("max_backoff", "200ms")
+        .to_toml();
     let mut eddy = Eddy::start(&config).expect("eddy starts");
     let base = base_ms();
     let first = readings(base, 3, 0, 2);

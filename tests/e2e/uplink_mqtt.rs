@@ -3,35 +3,30 @@
 
 use std::time::Duration;
 
+use eddy_tests::config::ConfigToml;
 use eddy_tests::mosquitto::Mosquitto;
 use eddy_tests::mqtt_hub::MqttCollector;
 use eddy_tests::proxy::TcpProxy;
 use eddy_tests::Eddy;
 
 use crate::uplink::{
-    all_delivered, base_ms, check_every_result_in_order, check_oracle, config_with, counters, oracle,
-    readings, send, wait_for,
+    all_delivered, base_ms, check_every_result_in_order, check_oracle, config, counters, oracle, readings,
+    send, wait_for,
 };
 
 /// Records per delivery: the duplicate bound is this per failed delivery.
 const BATCH: usize = 64;
 
-fn mqtt_sink(url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[sinks]]
-kind = "mqtt"
-name = "hub"
-url = "{url}"
-records = ["window"]
-batch_max_records = {BATCH}
-max_backoff = "300ms"
-connect_timeout = "1s"
-ack_timeout = "1500ms"
-keep_alive = "2s"
-{extra}
-"#
-    )
+/// The uplink tests' eddy with an MQTT sink `hub` publishing to the broker at `url`.
+fn mqtt_config(url: &str) -> ConfigToml {
+    config()
+        .mqtt_sink("hub", url)
+        .key("records", ["window"])
+        .key("batch_max_records", BATCH)
+        .key("max_backoff", "300ms")
+        .key("connect_timeout", "1s")
+        .key("ack_timeout", "1500ms")
+        .key("keep_alive", "2s")
 }
 
 fn collector(hub: &Mosquitto) -> MqttCollector {
@@ -51,7 +46,7 @@ fn received(collector: &MqttCollector) -> Vec<serde_json::Value> {
 fn mqtt_uplink_delivers_every_window_in_order_across_a_hub_outage() {
     let mut hub = Mosquitto::start().expect("the hub mosquitto starts");
     let collector = collector(&hub);
-    let mut eddy = Eddy::start(&config_with(&mqtt_sink(&hub.url(), ""))).expect("eddy starts");
+    let mut eddy = Eddy::start(&mqtt_config(&hub.url()).to_toml()).expect("eddy starts");
     let base = base_ms();
     let sensors = 5;
 
@@ -91,7 +86,7 @@ fn mqtt_uplink_survives_a_reset_mid_batch_and_a_blackhole() {
     let collector = collector(&hub);
     let proxy = TcpProxy::start(hub.addr()).expect("proxy");
     let url = format!("mqtt://{}", proxy.addr());
-    let mut eddy = Eddy::start(&config_with(&mqtt_sink(&url, ""))).expect("eddy starts");
+    let mut eddy = Eddy::start(&mqtt_config(&url).to_toml()).expect("eddy starts");
     let base = base_ms();
     let sensors = 20;
 
@@ -137,9 +132,7 @@ fn a_blackholed_hub_does_not_hold_up_the_stop() {
     let url = format!("mqtt://{}", proxy.addr());
     // The PUBACK wait (30 s) is longer than the stop deadline (20 s), and keep-alive is too slow
     // to notice the blackhole first: only the stop grace can end the delivery.
-    let config = config_with(&mqtt_sink(&url, ""))
-        .replace("ack_timeout = \"1500ms\"", "ack_timeout = \"30s\"")
-        .replace("keep_alive = \"2s\"", "keep_alive = \"60s\"");
+    let config = mqtt_config(&url).key("ack_timeout", "30s").key("keep_alive", "60s").to_toml();
     let mut eddy = Eddy::start(&config).expect("eddy starts");
     let base = base_ms();
     send(&eddy, &readings(base, 5, 0, 2));

@@ -10,8 +10,7 @@ use eddy_tests::pki::TestPki;
 use eddy_tests::Eddy;
 
 use crate::uplink::{
-    all_delivered, base_ms, check_every_result_in_order, config_with, counters, oracle, readings, send,
-    wait_for,
+    all_delivered, base_ms, check_every_result_in_order, config, counters, oracle, readings, send, wait_for,
 };
 
 fn tls_listener(pki: &TestPki) -> String {
@@ -37,26 +36,17 @@ fn mqtts_uplink_authenticates_with_a_client_certificate() {
     let collector =
         MqttCollector::start(std::net::SocketAddr::from(([127, 0, 0, 1], plain_port)), "devices/#");
     assert!(eddy_tests::wait_until(Duration::from_secs(10), || collector.subscribed()));
-    let sink = format!(
-        r#"
-[[sinks]]
-kind = "mqtt"
-name = "hub"
-url = "mqtts://127.0.0.1:{}"
-client_id = "gw-up"
-ca_file = "{}"
-cert_file = "{}"
-key_file = "{}"
-records = ["window"]
-records_per_message = 50
-max_backoff = "300ms"
-"#,
-        hub.port,
-        pki.ca_cert.display(),
-        pki.client_cert.display(),
-        pki.client_key.display()
-    );
-    let mut eddy = Eddy::start(&config_with(&sink)).expect("eddy starts");
+    let config = config()
+        .mqtt_sink("hub", &format!("mqtts://127.0.0.1:{}", hub.port))
+        .key("client_id", "gw-up")
+        .key("ca_file", pki.ca_cert.display().to_string())
+        .key("cert_file", pki.client_cert.display().to_string())
+        .key("key_file", pki.client_key.display().to_string())
+        .key("records", ["window"])
+        .key("records_per_message", 50)
+        .key("max_backoff", "300ms")
+        .to_toml();
+    let mut eddy = Eddy::start(&config).expect("eddy starts");
     send(&eddy, &readings(base_ms(), 4, 0, 4));
     let received = || collector.records().into_iter().map(|(_, record)| record).collect::<Vec<_>>();
     wait_for(&eddy, Duration::from_secs(20), "the results over TLS", || {
@@ -87,25 +77,17 @@ fn mqtts_uplink_authenticates_with_a_user_name_and_a_password_file() {
         mosquitto_passwords.display()
     ))
     .expect("a TLS mosquitto starts");
-    let sink = format!(
-        r#"
-[[sinks]]
-kind = "mqtt"
-name = "hub"
-url = "mqtts://127.0.0.1:{}"
-client_id = "gw-up"
-username = "hub.example/gw-up/?api-version=2021-04-12"
-password_file = "{}"
-ca_file = "{}"
-topic = "devices/{{device_id}}/messages/events/type={{type}}"
-records = ["window"]
-max_backoff = "300ms"
-"#,
-        hub.port,
-        password_file.display(),
-        pki.ca_cert.display()
-    );
-    let mut eddy = Eddy::start(&config_with(&sink)).expect("eddy starts");
+    let config = config()
+        .mqtt_sink("hub", &format!("mqtts://127.0.0.1:{}", hub.port))
+        .key("client_id", "gw-up")
+        .key("username", "hub.example/gw-up/?api-version=2021-04-12")
+        .key("password_file", password_file.display().to_string())
+        .key("ca_file", pki.ca_cert.display().to_string())
+        .key("topic", "devices/{device_id}/messages/events/type={type}")
+        .key("records", ["window"])
+        .key("max_backoff", "300ms")
+        .to_toml();
+    let mut eddy = Eddy::start(&config).expect("eddy starts");
     send(&eddy, &readings(base_ms(), 3, 0, 4));
     wait_for(&eddy, Duration::from_secs(20), "nine results in the outbox", || oracle(&eddy).len() == 9);
     // Delivered means PUBACKed by the broker that checked the password.

@@ -1,6 +1,7 @@
 //! Harness for eddy's end-to-end tests: runs the real `eddy` binary in a temporary directory,
 //! talks to it over TCP like a sensor gateway client, and reads what it wrote.
 
+pub mod config;
 pub mod http_hub;
 pub mod mosquitto;
 pub mod mqtt_hub;
@@ -36,8 +37,8 @@ pub fn eddy_binary() -> PathBuf {
     let binary = profile_dir.join("eddy");
     assert!(
         binary.is_file(),
-        "the eddy binary is missing at {}: build it first with `cargo build -p eddy` \
-         (scripts/test-all.sh does)",
+        "the eddy binary is missing at {}: build it first with \
+         `cargo build -p eddy --features test-switches` (scripts/test-all.sh does)",
         binary.display()
     );
     binary
@@ -77,6 +78,24 @@ impl Eddy {
             eddy.wait_for_log("eddy is ready.", Duration::from_secs(30))?;
             Ok(eddy)
         })
+    }
+
+    /// Like [`Eddy::start_in`], with the test switch `variable` (an `EDDY_TEST_*` environment
+    /// variable) set to `1`. eddy reads these only when built with the `test-switches` feature
+    /// and then logs `VARIABLE=1: …` as it starts; a binary built without the feature would
+    /// run the test without the switch, so this fails with how to build it instead.
+    pub fn start_in_with_test_switch(dir: &Path, config: &str, variable: &str) -> anyhow::Result<Eddy> {
+        let eddy = Eddy::start_in_with_env(dir, config, &[(variable, "1")])?;
+        if !eddy.log().contains(&format!("{variable}=1: ")) {
+            bail!(
+                "eddy ignored the test switch {variable}=1: the binary at {} was built without \
+                 the `test-switches` feature; build it with \
+                 `cargo build -p eddy --features test-switches` (scripts/test-all.sh does). Log:\n{}",
+                eddy_binary().display(),
+                eddy.log()
+            );
+        }
+        Ok(eddy)
     }
 
     /// Starts without waiting for readiness (for tests of start-up failures).

@@ -16,14 +16,37 @@ use crate::config::{Config, SourceConfig, SourceKind};
 /// A source's run future.
 pub(crate) type SourceFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
-/// Test-only environment variable: with `1`, MQTT sources receive and count messages but
-/// neither store nor acknowledge them (as if the log had stalled), so that a test can kill
-/// eddy while the broker still owes a redelivery.
-const MQTT_HOLD_VARIABLE: &str = "EDDY_TEST_MQTT_HOLD";
+/// Test switches read from the environment, compiled only with the `test-switches` feature
+/// (the end-to-end tests build the binary with it; a release or device build has none of
+/// this code, and tests/e2e/tidy.rs checks these names stay inside this module).
+#[cfg(feature = "test-switches")]
+mod test_switches {
+    /// With `1`, MQTT sources receive and count messages but neither store nor acknowledge
+    /// them (as if the log had stalled), so that a test can kill eddy while the broker still
+    /// owes a redelivery.
+    const MQTT_HOLD_VARIABLE: &str = "EDDY_TEST_MQTT_HOLD";
 
-/// Test-only environment variable: with `1`, MQTT sources store messages but never write
-/// their acknowledgements, as if eddy died between the fsync and the PUBACK.
-const MQTT_NO_ACK_VARIABLE: &str = "EDDY_TEST_MQTT_NO_ACK";
+    /// With `1`, MQTT sources store messages but never write their acknowledgements, as if
+    /// eddy died between the fsync and the PUBACK.
+    const MQTT_NO_ACK_VARIABLE: &str = "EDDY_TEST_MQTT_NO_ACK";
+
+    /// Sets the MQTT source's test knobs from the environment. Each switch that is on logs a
+    /// warning naming it, which is also how a test sees that the binary has the feature.
+    pub(super) fn apply_to_mqtt(
+        mut mqtt: eddy_sensors::MqttSourceConfig,
+        source_name: &str,
+    ) -> eddy_sensors::MqttSourceConfig {
+        mqtt.test_hold_messages = std::env::var_os(MQTT_HOLD_VARIABLE).is_some_and(|value| value == "1");
+        if mqtt.test_hold_messages {
+            tracing::warn!(source = %source_name, "{MQTT_HOLD_VARIABLE}=1: MQTT messages are held, never stored.");
+        }
+        mqtt.test_skip_acks = std::env::var_os(MQTT_NO_ACK_VARIABLE).is_some_and(|value| value == "1");
+        if mqtt.test_skip_acks {
+            tracing::warn!(source = %source_name, "{MQTT_NO_ACK_VARIABLE}=1: MQTT messages are stored, never acknowledged.");
+        }
+        mqtt
+    }
+}
 
 /// Prepares source `source_idx`; `marks` is what it had made durable before (its numbered
 /// sessions, its MQTT messages), so that it recognises a resend.
@@ -64,16 +87,10 @@ pub(crate) async fn start(
         }
         SourceKind::Mqtt { mqtt, format } => {
             let parser = Arc::new(LineParser::new(*format, config.schema.clone(), config.limits));
-            let mut mqtt = (**mqtt).clone();
-            // Test knob (tests/e2e/mqtt.rs): receive and count messages, never store or ack them.
-            mqtt.test_hold_messages = std::env::var_os(MQTT_HOLD_VARIABLE).is_some_and(|value| value == "1");
-            if mqtt.test_hold_messages {
-                tracing::warn!(source = %source.name, "{MQTT_HOLD_VARIABLE}=1: MQTT messages are held, never stored.");
-            }
-            mqtt.test_skip_acks = std::env::var_os(MQTT_NO_ACK_VARIABLE).is_some_and(|value| value == "1");
-            if mqtt.test_skip_acks {
-                tracing::warn!(source = %source.name, "{MQTT_NO_ACK_VARIABLE}=1: MQTT messages are stored, never acknowledged.");
-            }
+            let mqtt = (**mqtt).clone();
+            // Test knobs (tests/e2e/mqtt.rs), only in a build with the `test-switches` feature.
+            #[cfg(feature = "test-switches")]
+            let mqtt = test_switches::apply_to_mqtt(mqtt, &source.name);
             let mqtt = eddy_sensors::MqttSource::new(mqtt, source_idx, parser, registry, stats)?
                 .with_stored_marks(marks);
             Ok(Box::pin(async move { mqtt.run(ingest, stop).await.map_err(anyhow::Error::from) }))
