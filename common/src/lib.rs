@@ -2,3 +2,11 @@
 //! never prints, broker URL parsing, TLS files, backoff with jitter, the wall clock, and the
 //! key-path error of configuration validation. A leaf: it depends on none of eddy's crates.
 #![deny(missing_docs)]
+
+mod backoff;
+mod clock;
+mod secret;
+
+pub use crate::backoff::Backoff;
+pub use crate::clock::wall_clock_ms;
+pub use crate::secret::Secret;
