@@ -4,9 +4,11 @@
 #![deny(missing_docs)]
 
 mod backoff;
+mod broker_url;
 mod clock;
 mod secret;
 
 pub use crate::backoff::Backoff;
+pub use crate::broker_url::BrokerUrl;
 pub use crate::clock::wall_clock_ms;
 pub use crate::secret::Secret;
