@@ -98,3 +98,41 @@ fn setup_error(error: TlsError, broker: &MqttBroker) -> MqttSetupError {
         TlsError::NoSystemRoots => MqttSetupError::MissingCa { broker: broker.to_string() },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::mqtt::config::{MqttBroker, MqttTls};
+    use crate::mqtt::connect::{mqtt_options, ConnectSettings};
+
+    #[test]
+    fn tls_file_errors_name_the_file_in_the_sources_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "").unwrap();
+        let broker = MqttBroker::parse_url("mqtts://localhost").unwrap();
+        let error_of = |tls: &MqttTls| {
+            let settings = ConnectSettings {
+                broker: &broker,
+                client_id: "gw",
+                clean_session: false,
+                keep_alive: Duration::from_secs(30),
+                username: None,
+                password: None,
+                tls: Some(tls),
+                max_packet_bytes: 1024,
+            };
+            mqtt_options(&settings).expect_err("broken TLS files").to_string()
+        };
+        assert_eq!(
+            error_of(&MqttTls { ca_file: empty.clone(), client_auth: None }),
+            format!("cannot read CA certificate from {}: no PEM certificate in the file", empty.display()),
+        );
+        let missing = PathBuf::from("/nonexistent/ca.pem");
+        let client_auth = Some((empty.clone(), missing.clone()));
+        assert!(error_of(&MqttTls { ca_file: missing, client_auth })
+            .starts_with("cannot read CA certificate from /nonexistent/ca.pem: "),);
+    }
+}
