@@ -2,3 +2,15 @@
 //! never prints, broker URL parsing, TLS files, backoff with jitter, the wall clock, and the
 //! key-path error of configuration validation. A leaf: it depends on none of eddy's crates.
 #![deny(missing_docs)]
+
+mod backoff;
+mod broker_url;
+mod clock;
+mod secret;
+mod tls;
+
+pub use crate::backoff::Backoff;
+pub use crate::broker_url::BrokerUrl;
+pub use crate::clock::wall_clock_ms;
+pub use crate::secret::Secret;
+pub use crate::tls::{tls_client_config, PemFile, TlsError};

@@ -1,9 +1,4 @@
-//! The gateway's wall clock in milliseconds, for timestamps and the future-timestamp check.
+//! The wall clock, which lives in `eddy_common`: this re-export keeps the
+//! `crate::clock::wall_clock_ms` imports of the sources and the simulator as they are.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970, saturating far ahead).
-pub fn wall_clock_ms() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
+pub(crate) use eddy_common::wall_clock_ms;

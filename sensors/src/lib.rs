@@ -18,7 +18,6 @@ mod simulator;
 mod stats;
 mod tcp;
 
-pub use crate::clock::wall_clock_ms;
 pub use crate::framing::{Fill, Frame, LineFramer, READ_CHUNK_BYTES};
 pub use crate::ingest::{
     ingest_channel, Durability, IngestBatch, IngestClosed, IngestPermit, IngestReceiver, IngestSender, Mark,
@@ -42,3 +41,5 @@ pub use crate::simulator::{
 };
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
 pub use crate::tcp::{TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};
+// The daemon still calls `eddy_sensors::wall_clock_ms()` by its full path in a few places.
+pub use eddy_common::wall_clock_ms;

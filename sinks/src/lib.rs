@@ -22,8 +22,8 @@ pub use crate::file::FileSink;
 pub use crate::http::{classify_status, HttpConfig, HttpSink, StatusClass};
 pub use crate::mqtt::{check_topic_template, MqttConfig, MqttSink, MqttUrl};
 pub use crate::record::{Delivery, OutRecord};
-pub use crate::secret::Secret;
 pub use crate::sink::Sink;
 pub use crate::tls::TlsFiles;
+pub use eddy_common::Secret;
 /// The URI type the HTTP uplink parses its `url` with (for checking configurations).
 pub use hyper::Uri as HttpUri;

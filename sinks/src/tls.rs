@@ -1,13 +1,12 @@
-//! TLS client settings shared by the MQTT and HTTP uplinks: rustls with the ring provider, the
-//! server checked against a CA file (or the system's roots), an optional client certificate.
+//! TLS client settings shared by the MQTT and HTTP uplinks: which PEM files to use (a CA file or
+//! the system's roots, an optional client certificate), read by `eddy_common` into a rustls
+//! configuration with the ring provider, failures in the sinks' words.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use eddy_common::{tls_client_config, PemFile, TlsError};
+use rustls::ClientConfig;
 
 use crate::error::SinkError;
 
@@ -38,46 +37,9 @@ impl fmt::Debug for TlsFiles {
 /// A rustls client configuration (ring provider, TLS 1.2 and 1.3) from `files`. `alpn` is set
 /// as given (e.g. `http/1.1`).
 pub(crate) fn client_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, SinkError> {
-    let mut roots = RootCertStore::empty();
-    match &files.ca_file {
-        Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path).map_err(|error| tls_file(path, error))? {
-                let cert = cert.map_err(|error| tls_file(path, error))?;
-                roots.add(cert).map_err(|error| tls_error(path, error))?;
-            }
-            if roots.is_empty() {
-                return Err(SinkError::Tls {
-                    path: path.clone(),
-                    reason: "no certificate in the file".to_owned(),
-                });
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(SinkError::Tls {
-                    path: PathBuf::from("/etc/ssl/certs"),
-                    reason: "no system CA certificates found; set ca_file".to_owned(),
-                });
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| tls_error(Path::new("-"), error))?
-        .with_root_certificates(roots);
-    let mut config = match (&files.cert_file, &files.key_file) {
-        (Some(cert_path), Some(key_path)) => {
-            let chain = CertificateDer::pem_file_iter(cert_path)
-                .map_err(|error| tls_file(cert_path, error))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| tls_file(cert_path, error))?;
-            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|error| tls_file(key_path, error))?;
-            builder.with_client_auth_cert(chain, key).map_err(|error| tls_error(cert_path, error))?
-        }
-        (None, None) => builder.with_no_client_auth(),
+    let client_auth = match (&files.cert_file, &files.key_file) {
+        (Some(cert_path), Some(key_path)) => Some((cert_path.as_path(), key_path.as_path())),
+        (None, None) => None,
         (Some(path), None) | (None, Some(path)) => {
             return Err(SinkError::Tls {
                 path: path.clone(),
@@ -85,14 +47,55 @@ pub(crate) fn client_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ClientCo
             })
         }
     };
-    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-    Ok(config)
+    tls_client_config(files.ca_file.as_deref(), client_auth, alpn).map_err(sink_error)
 }
 
-fn tls_file(path: &Path, error: rustls::pki_types::pem::Error) -> SinkError {
-    SinkError::Tls { path: path.to_path_buf(), reason: error.to_string() }
+/// The error of the TLS set-up in this crate's words: `Tls` naming the file and the reason.
+fn sink_error(error: TlsError) -> SinkError {
+    let (path, reason) = match error {
+        TlsError::Pem { path, source, .. } => (path, source.to_string()),
+        TlsError::NoCertificate { file: PemFile::CaCertificate, path } => {
+            (path, "no certificate in the file".to_owned())
+        }
+        // The uplinks used to hand an empty chain to rustls, and this is what rustls said.
+        TlsError::NoCertificate { path, .. } => (path, rustls::Error::NoCertificatesPresented.to_string()),
+        TlsError::CaRefused { path, source } | TlsError::ClientAuth { cert_path: path, source } => {
+            (path, source.to_string())
+        }
+        TlsError::NoSystemRoots => {
+            (PathBuf::from("/etc/ssl/certs"), "no system CA certificates found; set ca_file".to_owned())
+        }
+        TlsError::Versions(source) => (PathBuf::from("-"), source.to_string()),
+    };
+    SinkError::Tls { path, reason }
 }
 
-fn tls_error(path: &Path, error: impl fmt::Display) -> SinkError {
-    SinkError::Tls { path: path.to_path_buf(), reason: error.to_string() }
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::tls::{client_config, TlsFiles};
+
+    fn check(files: &TlsFiles, expected: &str) {
+        let error = client_config(files, &[]).expect_err("broken TLS files");
+        assert_eq!(error.to_string(), expected);
+    }
+
+    #[test]
+    fn tls_file_errors_keep_the_uplinks_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let ca_only = TlsFiles { ca_file: Some(empty.clone()), ..TlsFiles::default() };
+        check(&ca_only, &format!("TLS setting from {}: no certificate in the file", empty.display()));
+        let cert_only = TlsFiles { cert_file: Some(empty.clone()), ..TlsFiles::default() };
+        check(
+            &cert_only,
+            &format!("TLS setting from {}: cert_file and key_file go together", empty.display()),
+        );
+        let missing = Path::new("/nonexistent/ca.pem");
+        let error = client_config(&TlsFiles { ca_file: Some(missing.into()), ..TlsFiles::default() }, &[])
+            .expect_err("no such file");
+        assert!(error.to_string().starts_with("TLS setting from /nonexistent/ca.pem: "), "{error}");
+    }
 }

@@ -185,7 +185,7 @@ pub(super) fn mqtt_from_raw(key: &str, name: &str, raw: &RawSource) -> Result<So
             ))
         }
         (Some(path), None) => Some(read_password_file(&format!("{key}.password_file"), path)?),
-        (None, Some(variable)) => Some(Secret::new(std::env::var(variable).map_err(|_| {
+        (None, Some(variable)) => Some(Secret::verbatim(std::env::var(variable).map_err(|_| {
             invalid(
                 format!("{key}.password_env"),
                 format!("the environment variable `{variable}` is not set"),
@@ -279,7 +279,7 @@ fn read_password_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
     // A trailing newline is an artefact of `echo secret > file`, never part of the password.
     let password =
         text.strip_suffix('\n').map(|text| text.strip_suffix('\r').unwrap_or(text)).unwrap_or(&text);
-    Ok(Secret::new(password))
+    Ok(Secret::verbatim(password))
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use eddy_sensors::{wall_clock_ms, Durability, IngestBatch, IngestReceiver, Reading};
+use eddy_common::wall_clock_ms;
+use eddy_sensors::{Durability, IngestBatch, IngestReceiver, Reading};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
 

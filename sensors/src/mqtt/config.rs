@@ -1,102 +1,10 @@
 //! Settings of the MQTT source, already validated and typed by the daemon's config loader,
 //! and the broker URL they start from.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where the broker is: `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]`
-/// (TLS, default port 8883).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttBroker {
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// `mqtts://`: TLS, verified against the configured CA.
-    pub tls: bool,
-}
-
-impl MqttBroker {
-    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]`; the error says what is wrong.
-    pub fn parse_url(url: &str) -> Result<MqttBroker, String> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else {
-            return Err(format!("`{url}` must start with mqtt:// or mqtts://"));
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains(['/', '?', '#', '@']) {
-            return Err(format!(
-                "`{url}` must be mqtt(s)://host[:port] without a path, query or credentials \
-                 (credentials have their own keys)"
-            ));
-        }
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
-            let (host, after) =
-                bracketed.split_once(']').ok_or_else(|| format!("`{url}`: unclosed `[` in the host"))?;
-            let port = match after.strip_prefix(':') {
-                Some(port) => Some(port),
-                None if after.is_empty() => None,
-                None => return Err(format!("`{url}`: unexpected text after the host")),
-            };
-            (host, port)
-        } else {
-            match rest.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("`{url}` has no host"));
-        }
-        let port = match port {
-            None => default_port,
-            Some(port) => port
-                .parse::<u16>()
-                .ok()
-                .filter(|port| *port != 0)
-                .ok_or_else(|| format!("`{url}`: `{port}` is not a port number"))?,
-        };
-        Ok(MqttBroker { host: host.to_owned(), port, tls })
-    }
-}
-
-impl fmt::Display for MqttBroker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// A password: never printed, not even by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a password.
-    pub fn new(secret: impl Into<String>) -> Secret {
-        Secret(secret.into())
-    }
-
-    /// The password itself, for the CONNECT packet only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use eddy_common::{BrokerUrl as MqttBroker, Secret};
 
 /// Files of a TLS connection (`mqtts://`), PEM encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,33 +107,5 @@ impl MqttSourceConfig {
             test_hold_messages: false,
             test_skip_acks: false,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_urls_parse_with_default_ports_and_refuse_the_rest() {
-        let parse = |url| MqttBroker::parse_url(url);
-        let broker = |host: &str, port, tls| Ok(MqttBroker { host: host.to_owned(), port, tls });
-        assert_eq!(parse("mqtt://localhost"), broker("localhost", 1883, false));
-        assert_eq!(parse("mqtts://10.0.0.2:8884/"), broker("10.0.0.2", 8884, true));
-        assert_eq!(parse("mqtts://broker.local"), broker("broker.local", 8883, true));
-        assert_eq!(parse("mqtt://[::1]:1884"), broker("::1", 1884, false));
-        for bad in
-            ["tcp://x", "mqtt://", "mqtt://h:0", "mqtt://h:x", "mqtt://u:p@h", "mqtt://h/t", "mqtt://[::1"]
-        {
-            assert!(parse(bad).is_err(), "{bad}");
-        }
-        assert_eq!(parse("mqtt://[::1]:1884").unwrap().to_string(), "mqtt://[::1]:1884");
-    }
-
-    #[test]
-    fn secrets_are_not_printed() {
-        let secret = Secret::new("hunter2");
-        assert_eq!(format!("{secret:?}"), "Secret(***)");
-        assert_eq!(secret.expose(), "hunter2");
     }
 }

@@ -2,14 +2,12 @@
 //! rustls client configuration (ring provider) from PEM files. Shared by the MQTT source and
 //! `eddy simulate --mqtt`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eddy_common::{tls_client_config, TlsError};
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
 
 use crate::mqtt::config::{MqttBroker, MqttTls, Secret};
 
@@ -72,44 +70,69 @@ pub(crate) fn mqtt_options(settings: &ConnectSettings<'_>) -> Result<MqttOptions
     if settings.broker.tls {
         let tls =
             settings.tls.ok_or_else(|| MqttSetupError::MissingCa { broker: settings.broker.to_string() })?;
-        let config = tls_client_config(tls)?;
+        let client_auth = tls.client_auth.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path()));
+        let config = tls_client_config(Some(&tls.ca_file), client_auth, &[])
+            .map_err(|error| setup_error(error, settings.broker))?;
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(config))));
     }
     Ok(options)
 }
 
-/// A rustls client trusting the CA file, with the client certificate if one is configured.
-/// The crypto provider is ring, passed explicitly (no process-wide default is installed).
-fn tls_client_config(tls: &MqttTls) -> Result<ClientConfig, MqttSetupError> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs("CA certificate", &tls.ca_file)? {
-        roots.add(cert).map_err(|error| pem_error("CA certificate", &tls.ca_file, error.to_string()))?;
-    }
-    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let config = match &tls.client_auth {
-        None => builder.with_no_client_auth(),
-        Some((cert_path, key_path)) => {
-            let certs = read_certs("client certificate", cert_path)?;
-            let key = PrivateKeyDer::from_pem_file(key_path)
-                .map_err(|error| pem_error("client key", key_path, error.to_string()))?;
-            builder.with_client_auth_cert(certs, key)?
+/// The error of the TLS set-up in this crate's words: a file's problem is a `Pem` error naming
+/// the file, a refusal by rustls a `Tls` error.
+fn setup_error(error: TlsError, broker: &MqttBroker) -> MqttSetupError {
+    match error {
+        TlsError::Pem { file, path, source } => {
+            MqttSetupError::Pem { what: file.describe(), path, message: source.to_string() }
         }
-    };
-    Ok(config)
-}
-
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttSetupError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|error| pem_error(what, path, error.to_string()))?;
-    if certs.is_empty() {
-        return Err(pem_error(what, path, "no PEM certificate in the file".to_owned()));
+        TlsError::NoCertificate { file, path } => MqttSetupError::Pem {
+            what: file.describe(),
+            path,
+            message: "no PEM certificate in the file".to_owned(),
+        },
+        TlsError::CaRefused { path, source } => {
+            MqttSetupError::Pem { what: "CA certificate", path, message: source.to_string() }
+        }
+        TlsError::Versions(source) | TlsError::ClientAuth { source, .. } => MqttSetupError::Tls(source),
+        // Not reached: the source always names a CA file.
+        TlsError::NoSystemRoots => MqttSetupError::MissingCa { broker: broker.to_string() },
     }
-    Ok(certs)
 }
 
-fn pem_error(what: &'static str, path: &Path, message: String) -> MqttSetupError {
-    MqttSetupError::Pem { what, path: path.to_path_buf(), message }
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::mqtt::config::{MqttBroker, MqttTls};
+    use crate::mqtt::connect::{mqtt_options, ConnectSettings};
+
+    #[test]
+    fn tls_file_errors_name_the_file_in_the_sources_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "").unwrap();
+        let broker = MqttBroker::parse_url("mqtts://localhost").unwrap();
+        let error_of = |tls: &MqttTls| {
+            let settings = ConnectSettings {
+                broker: &broker,
+                client_id: "gw",
+                clean_session: false,
+                keep_alive: Duration::from_secs(30),
+                username: None,
+                password: None,
+                tls: Some(tls),
+                max_packet_bytes: 1024,
+            };
+            mqtt_options(&settings).expect_err("broken TLS files").to_string()
+        };
+        assert_eq!(
+            error_of(&MqttTls { ca_file: empty.clone(), client_auth: None }),
+            format!("cannot read CA certificate from {}: no PEM certificate in the file", empty.display()),
+        );
+        let missing = PathBuf::from("/nonexistent/ca.pem");
+        let client_auth = Some((empty.clone(), missing.clone()));
+        assert!(error_of(&MqttTls { ca_file: missing, client_auth })
+            .starts_with("cannot read CA certificate from /nonexistent/ca.pem: "),);
+    }
 }
