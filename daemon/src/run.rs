@@ -19,7 +19,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Config;
 use crate::delivery::sink_set::{self, ComponentFuture, SinkSet, SinkTask};
-use crate::ops::report::{log_status, log_uplinks};
+use crate::ops::report::log_counters;
 use crate::ops::{api, systemd, telemetry};
 use crate::pipeline::aggregate::Aggregator;
 use crate::pipeline::ingest::{Ingest, ProcessingClock};
@@ -136,10 +136,6 @@ struct Daemon {
     store: Store,
     components: Components,
     sinks: SinkSet,
-    source_stats: Vec<Arc<SourceStats>>,
-    aggregate_stats: Arc<AggregateStats>,
-    /// Kept for the status log (outbox depth); the sinks watch the sender, not the receivers.
-    status_committed: watch::Receiver<Committed>,
     /// Wakes the main loop at each commit while no sink runs (free slots follow the commits).
     commits: watch::Receiver<Committed>,
     telemetry: Arc<telemetry::Telemetry>,
@@ -288,9 +284,6 @@ impl Daemon {
             store,
             components,
             sinks,
-            source_stats,
-            aggregate_stats,
-            status_committed: committed_rx.clone(),
             commits: committed_rx,
             telemetry,
             sources_stop,
@@ -444,8 +437,7 @@ impl Daemon {
 
     /// The counters log lines.
     fn report(&self) {
-        log_status(&self.source_stats, &self.aggregate_stats, &self.sinks.stats(), &self.store);
-        log_uplinks(&self.sinks.stats(), &self.store, *self.status_committed.borrow());
+        log_counters(&self.telemetry.status());
     }
 }
 

@@ -1,14 +1,137 @@
 //! The counters and positions the components publish for the others to read: the engine's
-//! heartbeat and commits, the ingest latencies, each sink's delivery counters. A leaf of the
-//! daemon: the components write these, `ops/` reads them, and none of them imports another
+//! heartbeat and commits, the ingest latencies, each sink's delivery counters, and the one
+//! snapshot type per component ([`EngineCounters`], [`StoreCounters`], [`SinkCounters`],
+//! `eddy_sensors::SourceStatsSnapshot`) gathered in [`Status`], from which the counters log
+//! lines, `/status`, `/metrics` and `eddy status` are all made. A leaf of the daemon: the
+//! components write these, `ops/` and `cli/` read them, and none of them imports another
 //! for it.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::storage::{Appended, Lane, SinkDrops, StoreError};
+use eddy_sensors::SourceStatsSnapshot;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{Appended, Lane, SinkDrops, Store, StoreError};
+
+/// The `/status` document, and the snapshot of every counter the daemon shows. Fields marked
+/// `serde(skip)` in the parts are shown in `/metrics` or the log but not in `/status` (its keys
+/// are a contract), so they read back from the document as zero.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Status {
+    pub(crate) device_id: String,
+    pub(crate) version: String,
+    pub(crate) uptime_secs: u64,
+    pub(crate) healthy: bool,
+    /// Why not healthy (empty when healthy).
+    pub(crate) problems: Vec<String>,
+    pub(crate) pipeline_idle_ms: u64,
+    pub(crate) sources: Vec<SourceStatsSnapshot>,
+    pub(crate) engine: EngineCounters,
+    pub(crate) store: StoreCounters,
+    pub(crate) uplinks: Vec<SinkCounters>,
+}
+
+/// The engine's counters and the ingest latencies (`/status` `engine`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct EngineCounters {
+    /// Results (window, batch) committed to the outbox.
+    pub(crate) results: u64,
+    pub(crate) late_readings: u64,
+    pub(crate) commits: u64,
+    /// Upper bucket bound of the 99th percentile of `ingest_latency`, ms (None: no data).
+    pub(crate) ingest_p99_ms: Option<f64>,
+    /// Upper bucket bound of the 99th percentile of `flush_latency`, ms (None: no data).
+    pub(crate) flush_p99_ms: Option<f64>,
+    /// Log chunks and ticks through the engine (the heartbeat).
+    #[serde(skip)]
+    pub(crate) inputs: u64,
+    #[serde(skip)]
+    pub(crate) ingest_latency: HistogramSnapshot,
+    #[serde(skip)]
+    pub(crate) flush_latency: HistogramSnapshot,
+}
+
+impl EngineCounters {
+    /// The counters now.
+    pub(crate) fn read(aggregate: &AggregateStats, ingest: &IngestStats) -> EngineCounters {
+        let ingest_latency = ingest.ingest_latency.snapshot();
+        let flush_latency = ingest.flush_latency.snapshot();
+        let ms = |q: Option<f64>| q.map(|secs| secs * 1000.0);
+        EngineCounters {
+            results: aggregate.results_total.load(Ordering::Relaxed),
+            late_readings: aggregate.late_total.load(Ordering::Relaxed),
+            commits: aggregate.commits_total.load(Ordering::Relaxed),
+            ingest_p99_ms: ms(ingest_latency.quantile_bound(0.99)),
+            flush_p99_ms: ms(flush_latency.quantile_bound(0.99)),
+            inputs: aggregate.inputs_total.load(Ordering::Relaxed),
+            ingest_latency,
+            flush_latency,
+        }
+    }
+}
+
+/// The store's size, budget, refusals and drops, and its corruption and flush counts
+/// (`/status` `store`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoreCounters {
+    pub(crate) used_bytes: u64,
+    /// 0: no budget.
+    pub(crate) budget_bytes: u64,
+    pub(crate) disk_bytes: u64,
+    /// Readings refused because the budget was full.
+    pub(crate) refused_budget: u64,
+    /// Readings refused because a write failed.
+    pub(crate) refused_disk: u64,
+    /// Why the last group was not stored (None: it was).
+    pub(crate) last_refusal: Option<String>,
+    /// Outbox records dropped for the budget.
+    #[serde(skip)]
+    pub(crate) dropped_budget: u64,
+    /// Outbox records dropped for their age.
+    #[serde(skip)]
+    pub(crate) dropped_ttl: u64,
+    #[serde(skip)]
+    pub(crate) dead_letters: u64,
+    #[serde(skip)]
+    pub(crate) dropped_dead_letters: u64,
+    #[serde(skip)]
+    pub(crate) corrupt_log_chunks: u64,
+    #[serde(skip)]
+    pub(crate) corrupt_outbox_pages: u64,
+    #[serde(skip)]
+    pub(crate) corrupt_state_pages: u64,
+    #[serde(skip)]
+    pub(crate) corrupt_meta: u64,
+    #[serde(skip)]
+    pub(crate) flushes: u64,
+}
+
+impl StoreCounters {
+    /// The counters now.
+    pub(crate) fn read(store: &Store, ingest: &IngestStats) -> StoreCounters {
+        let drops = store.drop_stats();
+        let stats = store.stats();
+        StoreCounters {
+            used_bytes: store.used_bytes(),
+            budget_bytes: store.budget_config().max_bytes.unwrap_or(0),
+            disk_bytes: store.size_on_disk().unwrap_or(0),
+            refused_budget: drops.refused_budget_readings.load(Ordering::Relaxed),
+            refused_disk: drops.refused_disk_readings.load(Ordering::Relaxed),
+            last_refusal: ingest.last_refusal(),
+            dropped_budget: drops.dropped_budget_records.load(Ordering::Relaxed),
+            dropped_ttl: drops.dropped_ttl_records.load(Ordering::Relaxed),
+            dead_letters: drops.dead_letter_records.load(Ordering::Relaxed),
+            dropped_dead_letters: drops.dropped_dead_letter_records.load(Ordering::Relaxed),
+            corrupt_log_chunks: stats.corrupt_log_chunks.load(Ordering::Relaxed),
+            corrupt_outbox_pages: stats.corrupt_outbox_entries.load(Ordering::Relaxed),
+            corrupt_state_pages: stats.corrupt_state_pages.load(Ordering::Relaxed),
+            corrupt_meta: stats.corrupt_meta.load(Ordering::Relaxed),
+            flushes: stats.flushes.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// Counters of the aggregator, shared with the status log.
 #[derive(Debug, Default)]
@@ -61,7 +184,6 @@ pub(crate) struct Histogram {
     /// Observations per bucket (not cumulative); the last is `+Inf`.
     buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     sum_micros: AtomicU64,
-    count: AtomicU64,
 }
 
 impl Histogram {
@@ -70,11 +192,46 @@ impl Histogram {
         let idx = LATENCY_BOUNDS.iter().position(|bound| secs <= *bound).unwrap_or(LATENCY_BOUNDS.len());
         self.buckets[idx].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counts now.
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|idx| self.buckets[idx].load(Ordering::Relaxed)),
+            sum_micros: self.sum_micros.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A copy of a latency histogram at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HistogramSnapshot {
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    pub(crate) buckets: [u64; LATENCY_BOUNDS.len() + 1],
+    /// Sum of the observations, microseconds.
+    pub(crate) sum_micros: u64,
+}
+
+impl HistogramSnapshot {
+    /// Each bucket's upper bound in seconds (None: `+Inf`) with the observations at or under
+    /// it (cumulative, as Prometheus wants).
+    pub(crate) fn cumulative(&self) -> impl Iterator<Item = (Option<f64>, u64)> + '_ {
+        self.buckets.iter().enumerate().scan(0, |seen, (idx, bucket)| {
+            *seen += bucket;
+            Some((LATENCY_BOUNDS.get(idx).copied(), *seen))
+        })
+    }
+
+    /// Number of observations.
     pub(crate) fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.buckets.iter().sum()
+    }
+
+    /// Sum of the observations, seconds.
+    pub(crate) fn sum_secs(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.sum_micros as f64 / 1e6;
+        sum
     }
 
     /// The smallest bucket bound under which `q` (0..1) of the observations fall, seconds
@@ -84,34 +241,8 @@ impl Histogram {
         if count == 0 {
             return None;
         }
-        let mut seen = 0;
-        for (idx, bucket) in self.buckets.iter().enumerate() {
-            seen += bucket.load(Ordering::Relaxed);
-            #[allow(clippy::cast_precision_loss)]
-            if seen as f64 >= q * count as f64 {
-                return LATENCY_BOUNDS.get(idx).copied();
-            }
-        }
-        None
-    }
-
-    pub(crate) fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (idx, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
-            match LATENCY_BOUNDS.get(idx) {
-                Some(bound) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
-        }
         #[allow(clippy::cast_precision_loss)]
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        self.cumulative().find(|(_, seen)| *seen as f64 >= q * count as f64).and_then(|(bound, _)| bound)
     }
 }
 
@@ -169,9 +300,15 @@ pub(crate) struct DeliveryStats {
     pub(crate) offline_since_ms: AtomicU64,
 }
 
-/// A plain copy of one sink's counters, for the status log (and a later `/metrics`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A copy of one sink's counters at one moment (`/status` `uplinks`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SinkCounters {
+    /// The sink's name from the config.
+    pub(crate) name: String,
+    /// False from the first failed delivery of an outage to the next delivery.
+    pub(crate) online: bool,
+    /// How long the sink has been failing, s (0: online).
+    pub(crate) offline_secs: u64,
     pub(crate) delivered: u64,
     pub(crate) retries: u64,
     pub(crate) rejected: u64,
@@ -186,13 +323,18 @@ pub(crate) struct SinkCounters {
 }
 
 impl DeliveryStats {
-    /// Counters now; `committed` is the last committed seqs, `now_ms` the processing clock.
-    pub(crate) fn snapshot(&self, committed: Committed, now_ms: u64) -> SinkCounters {
+    /// Counters now of the sink `name`; `committed` is the last committed seqs, `now_ms` the
+    /// wall clock.
+    pub(crate) fn snapshot(&self, name: &str, committed: Committed, now_ms: u64) -> SinkCounters {
+        let since = self.offline_since_ms.load(Ordering::Relaxed);
         let cursor = self.cursor.load(Ordering::Relaxed);
         let oldest = self.oldest_waiting_ms.load(Ordering::Relaxed);
         let depth = committed.results.saturating_sub(cursor);
         let raw_depth = committed.raw.saturating_sub(self.raw_cursor.load(Ordering::Relaxed));
         SinkCounters {
+            name: name.to_owned(),
+            online: since == 0,
+            offline_secs: if since == 0 { 0 } else { now_ms.saturating_sub(since) / 1000 },
             delivered: self.delivered_total.load(Ordering::Relaxed),
             retries: self.retries_total.load(Ordering::Relaxed),
             rejected: self.rejected_total.load(Ordering::Relaxed),

@@ -1,7 +1,11 @@
 //! Per-source counters: received, accepted, rejected by reason. Shared with the daemon,
-//! which logs them and (later) serves them as metrics.
+//! which logs them, serves them in `/status` and `/metrics`, and reads them back in
+//! `eddy status`, all from [`SourceStatsSnapshot`].
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
 
 use crate::reject::RejectReason;
 
@@ -19,9 +23,19 @@ pub struct SourceStats {
     up: AtomicBool,
 }
 
-/// A copy of a source's counters at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A copy of a source's counters at one moment: the one definition the daemon's log lines,
+/// `/status` entry and `/metrics` samples of a source are made from.
+///
+/// It serialises as the `/status` document's source entry (`name`, `up`, the counts, the
+/// `rejected` total and `rejected_by_reason` by reason name); `connections` is not part of
+/// that document and reads back as 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "SourceStatusEntry", try_from = "SourceStatusEntry")]
 pub struct SourceStatsSnapshot {
+    /// The source's name from the config.
+    pub name: String,
+    /// Whether the source could take readings (see [`SourceStats::set_up`]).
+    pub up: bool,
     /// Lines (or messages) received.
     pub received: u64,
     /// Readings accepted (valid) and handed to the durable log.
@@ -29,7 +43,8 @@ pub struct SourceStatsSnapshot {
     /// Accepted readings the durable log then refused (disk budget full, a failed write):
     /// not stored, answered `nack` (or left unacknowledged for an MQTT broker).
     pub refused: u64,
-    /// Rejected lines by reason, only reasons with a non-zero count.
+    /// Rejected lines by reason, only reasons with a non-zero count, in
+    /// [`RejectReason::ALL`] order.
     pub rejected: Vec<(RejectReason, u64)>,
     /// Connections accepted so far (TCP).
     pub connections: u64,
@@ -109,6 +124,8 @@ impl SourceStats {
     /// Reads all counters.
     pub fn snapshot(&self) -> SourceStatsSnapshot {
         SourceStatsSnapshot {
+            name: self.name.clone(),
+            up: self.is_up(),
             received: self.received.load(Ordering::Relaxed),
             accepted: self.accepted.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
@@ -120,5 +137,103 @@ impl SourceStats {
             connections: self.connections.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// The `/status` form of a source's counters (its keys are part of the endpoint's contract).
+#[derive(Serialize, Deserialize)]
+struct SourceStatusEntry {
+    name: String,
+    up: bool,
+    received: u64,
+    accepted: u64,
+    refused: u64,
+    duplicates: u64,
+    /// The sum of `rejected_by_reason` (read back from the reasons, not from this).
+    rejected: u64,
+    rejected_by_reason: BTreeMap<String, u64>,
+}
+
+/// A `/status` document named a reject reason this build does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown reject reason `{0}`")]
+struct UnknownReason(String);
+
+impl From<SourceStatsSnapshot> for SourceStatusEntry {
+    fn from(snapshot: SourceStatsSnapshot) -> SourceStatusEntry {
+        SourceStatusEntry {
+            rejected: snapshot.rejected_total(),
+            rejected_by_reason: snapshot
+                .rejected
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_owned(), *n))
+                .collect(),
+            name: snapshot.name,
+            up: snapshot.up,
+            received: snapshot.received,
+            accepted: snapshot.accepted,
+            refused: snapshot.refused,
+            duplicates: snapshot.duplicates,
+        }
+    }
+}
+
+impl TryFrom<SourceStatusEntry> for SourceStatsSnapshot {
+    type Error = UnknownReason;
+
+    fn try_from(entry: SourceStatusEntry) -> Result<SourceStatsSnapshot, UnknownReason> {
+        let mut rejected = Vec::with_capacity(entry.rejected_by_reason.len());
+        for (name, n) in entry.rejected_by_reason {
+            let reason = RejectReason::ALL
+                .iter()
+                .copied()
+                .find(|reason| reason.as_str() == name)
+                .ok_or(UnknownReason(name))?;
+            rejected.push((reason, n));
+        }
+        rejected.sort_by_key(|(reason, _)| reason.index());
+        Ok(SourceStatsSnapshot {
+            name: entry.name,
+            up: entry.up,
+            received: entry.received,
+            accepted: entry.accepted,
+            refused: entry.refused,
+            rejected,
+            connections: 0,
+            duplicates: entry.duplicates,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_round_trips_through_the_status_entry() {
+        let stats = SourceStats::new("in");
+        stats.set_up(true);
+        stats.add_received(7);
+        stats.add_accepted(4);
+        stats.add_refused(1);
+        stats.add_duplicates(2);
+        stats.add_rejected(RejectReason::Overrun);
+        stats.add_rejected(RejectReason::BadSyntax);
+        stats.add_rejected(RejectReason::BadSyntax);
+        let snapshot = stats.snapshot();
+        let json = serde_json::to_string(&snapshot).expect("serialises");
+        assert_eq!(
+            json,
+            r#"{"name":"in","up":true,"received":7,"accepted":4,"refused":1,"duplicates":2,"rejected":3,"rejected_by_reason":{"bad_syntax":2,"overrun":1}}"#
+        );
+        let back: SourceStatsSnapshot = serde_json::from_str(&json).expect("reads back");
+        assert_eq!(back, snapshot);
+    }
+
+    #[test]
+    fn an_unknown_reason_is_an_error_naming_it() {
+        let json = r#"{"name":"in","up":true,"received":1,"accepted":0,"refused":0,"duplicates":0,"rejected":1,"rejected_by_reason":{"cosmic_ray":1}}"#;
+        let error = serde_json::from_str::<SourceStatsSnapshot>(json).expect_err("unknown reason");
+        assert!(error.to_string().contains("cosmic_ray"), "{error}");
     }
 }

@@ -284,12 +284,7 @@ impl SinkSet {
         self.entries.is_empty()
     }
 
-    /// The counters of the configured sinks, for the status log.
-    pub(crate) fn stats(&self) -> SinkStatsList {
-        self.stats.borrow().clone()
-    }
-
-    /// The counters as they change, for `/status` and `/metrics`.
+    /// The counters as they change, for `/status`, `/metrics` and the counters log lines.
     pub(crate) fn stats_watch(&self) -> watch::Receiver<SinkStatsList> {
         self.stats.subscribe()
     }
@@ -604,7 +599,9 @@ mod tests {
         let tasks = sinks.start_configured(&configured).unwrap();
         assert_eq!(tasks.len(), 2);
         assert_eq!(slots(&cursors)[..3], [0, 0, u64::MAX]);
-        let names = |sinks: &SinkSet| sinks.stats().into_iter().map(|(name, _)| name).collect::<Vec<_>>();
+        let names = |sinks: &SinkSet| {
+            sinks.stats_watch().borrow().iter().map(|(name, _)| name.clone()).collect::<Vec<_>>()
+        };
         assert_eq!(names(&sinks), ["a", "b"]);
 
         // Remove a, add c: c takes a spare slot at 0 and starts now; a leaves once ended.

@@ -1,11 +1,13 @@
 //! What the operator and the service manager see and do: the local HTTP endpoint (`api`), the
-//! health verdict, metrics and status built from the components' counters (`telemetry`),
+//! health verdict and status built from the components' counters (`telemetry`), the
+//! Prometheus text made from that status (`metrics`), the counters log lines (`report`),
 //! systemd's readiness and watchdog (`systemd`), and SIGHUP (`reload`).
 //!
 //! Architecture invariant: ops only reads counters and positions; it changes the pipeline
 //! solely through the reload channel the main loop serves.
 
 pub(crate) mod api;
+pub(crate) mod metrics;
 pub(crate) mod reload;
 pub(crate) mod report;
 pub(crate) mod systemd;

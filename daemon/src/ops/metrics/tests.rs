@@ -1,0 +1,279 @@
+//! The `/metrics` writer against a known snapshot: every family, its order, labels, escaping
+//! and number formats, as the hand-written text had them.
+
+use std::time::Duration;
+
+use eddy_sensors::{RejectReason, SourceStatsSnapshot};
+
+use crate::ops::metrics::{label, render};
+use crate::stats::{EngineCounters, Histogram, SinkCounters, Status, StoreCounters};
+
+fn known_status() -> Status {
+    let ingest_latency = Histogram::default();
+    for ms in [1, 1, 3, 40, 3000] {
+        ingest_latency.observe(Duration::from_millis(ms));
+    }
+    Status {
+        device_id: "gw".to_owned(),
+        version: "0.1.0".to_owned(),
+        uptime_secs: 61,
+        healthy: true,
+        problems: Vec::new(),
+        pipeline_idle_ms: 5,
+        sources: vec![
+            SourceStatsSnapshot {
+                name: "in".to_owned(),
+                up: true,
+                received: 7,
+                accepted: 4,
+                refused: 1,
+                rejected: vec![(RejectReason::BadSyntax, 2), (RejectReason::Overrun, 1)],
+                connections: 3,
+                duplicates: 2,
+            },
+            SourceStatsSnapshot { name: "we\"ird".to_owned(), ..SourceStatsSnapshot::default() },
+        ],
+        engine: EngineCounters {
+            results: 3,
+            late_readings: 0,
+            commits: 5,
+            ingest_p99_ms: Some(5000.0),
+            flush_p99_ms: None,
+            inputs: 42,
+            ingest_latency: ingest_latency.snapshot(),
+            flush_latency: Histogram::default().snapshot(),
+        },
+        store: StoreCounters {
+            used_bytes: 1000,
+            disk_bytes: 4096,
+            refused_disk: 2,
+            ..StoreCounters::default()
+        },
+        uplinks: vec![SinkCounters {
+            name: "hub".to_owned(),
+            online: false,
+            offline_secs: 12,
+            delivered: 0,
+            retries: 3,
+            rejected: 1,
+            dropped_budget: 4,
+            dropped_ttl: 0,
+            outbox_depth: 5,
+            raw_depth: 0,
+            outbox_age_ms: 1500,
+        }],
+    }
+}
+
+const KNOWN_TEXT: &str = r#"# HELP eddy_up 1 when healthy (sources up, store writable, pipeline moving).
+# TYPE eddy_up gauge
+eddy_up 1
+# HELP eddy_uptime_seconds Seconds since eddy started.
+# TYPE eddy_uptime_seconds gauge
+eddy_uptime_seconds 61
+# HELP eddy_source_received_total Readings received per source.
+# TYPE eddy_source_received_total counter
+eddy_source_received_total{source="in"} 7
+eddy_source_received_total{source="we\"ird"} 0
+# HELP eddy_source_accepted_total Readings accepted per source.
+# TYPE eddy_source_accepted_total counter
+eddy_source_accepted_total{source="in"} 4
+eddy_source_accepted_total{source="we\"ird"} 0
+# HELP eddy_source_refused_total Accepted readings the store refused per source (disk budget full, failed write): nacked, not stored.
+# TYPE eddy_source_refused_total counter
+eddy_source_refused_total{source="in"} 1
+eddy_source_refused_total{source="we\"ird"} 0
+# HELP eddy_source_duplicates_total Lines of a numbered TCP session resent after being settled, answered dup, not stored again.
+# TYPE eddy_source_duplicates_total counter
+eddy_source_duplicates_total{source="in"} 2
+eddy_source_duplicates_total{source="we\"ird"} 0
+# HELP eddy_source_up 1 while the source can take readings (listening, port open, broker connected).
+# TYPE eddy_source_up gauge
+eddy_source_up{source="in"} 1
+eddy_source_up{source="we\"ird"} 0
+# HELP eddy_source_rejected_total Readings rejected per source and reason.
+# TYPE eddy_source_rejected_total counter
+eddy_source_rejected_total{source="in",reason="bad_syntax"} 2
+eddy_source_rejected_total{source="in",reason="overrun"} 1
+# HELP eddy_ingest_latency_seconds From a group's first reading to its acknowledgement (durable).
+# TYPE eddy_ingest_latency_seconds histogram
+eddy_ingest_latency_seconds_bucket{le="0.001"} 2
+eddy_ingest_latency_seconds_bucket{le="0.002"} 2
+eddy_ingest_latency_seconds_bucket{le="0.005"} 3
+eddy_ingest_latency_seconds_bucket{le="0.01"} 3
+eddy_ingest_latency_seconds_bucket{le="0.02"} 3
+eddy_ingest_latency_seconds_bucket{le="0.05"} 4
+eddy_ingest_latency_seconds_bucket{le="0.1"} 4
+eddy_ingest_latency_seconds_bucket{le="0.2"} 4
+eddy_ingest_latency_seconds_bucket{le="0.5"} 4
+eddy_ingest_latency_seconds_bucket{le="1"} 4
+eddy_ingest_latency_seconds_bucket{le="2"} 4
+eddy_ingest_latency_seconds_bucket{le="5"} 5
+eddy_ingest_latency_seconds_bucket{le="+Inf"} 5
+eddy_ingest_latency_seconds_sum 3.045
+eddy_ingest_latency_seconds_count 5
+# HELP eddy_flush_latency_seconds Log append and fsync per group.
+# TYPE eddy_flush_latency_seconds histogram
+eddy_flush_latency_seconds_bucket{le="0.001"} 0
+eddy_flush_latency_seconds_bucket{le="0.002"} 0
+eddy_flush_latency_seconds_bucket{le="0.005"} 0
+eddy_flush_latency_seconds_bucket{le="0.01"} 0
+eddy_flush_latency_seconds_bucket{le="0.02"} 0
+eddy_flush_latency_seconds_bucket{le="0.05"} 0
+eddy_flush_latency_seconds_bucket{le="0.1"} 0
+eddy_flush_latency_seconds_bucket{le="0.2"} 0
+eddy_flush_latency_seconds_bucket{le="0.5"} 0
+eddy_flush_latency_seconds_bucket{le="1"} 0
+eddy_flush_latency_seconds_bucket{le="2"} 0
+eddy_flush_latency_seconds_bucket{le="5"} 0
+eddy_flush_latency_seconds_bucket{le="+Inf"} 0
+eddy_flush_latency_seconds_sum 0
+eddy_flush_latency_seconds_count 0
+# HELP eddy_window_results_total Results (window, batch) committed to the outbox.
+# TYPE eddy_window_results_total counter
+eddy_window_results_total 3
+# HELP eddy_late_readings_total Readings that arrived after their window was emitted.
+# TYPE eddy_late_readings_total counter
+eddy_late_readings_total 0
+# HELP eddy_commits_total Engine commits (results, state and log position).
+# TYPE eddy_commits_total counter
+eddy_commits_total 5
+# HELP eddy_pipeline_inputs_total Log chunks and ticks through the engine (the heartbeat).
+# TYPE eddy_pipeline_inputs_total counter
+eddy_pipeline_inputs_total 42
+# HELP eddy_store_used_bytes Bytes of log and outbox records held (what the budget counts).
+# TYPE eddy_store_used_bytes gauge
+eddy_store_used_bytes 1000
+# HELP eddy_store_budget_bytes The disk budget, storage.max_bytes (0: none).
+# TYPE eddy_store_budget_bytes gauge
+eddy_store_budget_bytes 0
+# HELP eddy_store_disk_bytes Size of the store's files on disk.
+# TYPE eddy_store_disk_bytes gauge
+eddy_store_disk_bytes 4096
+# HELP eddy_store_refused_readings_total Readings refused by the store, by reason.
+# TYPE eddy_store_refused_readings_total counter
+eddy_store_refused_readings_total{reason="budget"} 0
+eddy_store_refused_readings_total{reason="disk"} 2
+# HELP eddy_uplink_delivered_total Records delivered per sink.
+# TYPE eddy_uplink_delivered_total counter
+eddy_uplink_delivered_total{sink="hub"} 0
+# HELP eddy_uplink_retries_total Failed deliveries (retried) per sink.
+# TYPE eddy_uplink_retries_total counter
+eddy_uplink_retries_total{sink="hub"} 3
+# HELP eddy_uplink_rejected_total Records the sink rejected for good (dead letters).
+# TYPE eddy_uplink_rejected_total counter
+eddy_uplink_rejected_total{sink="hub"} 1
+# HELP eddy_uplink_outbox_depth Results committed and not yet delivered.
+# TYPE eddy_uplink_outbox_depth gauge
+eddy_uplink_outbox_depth{sink="hub"} 5
+# HELP eddy_uplink_raw_depth Raw readings committed and not yet delivered.
+# TYPE eddy_uplink_raw_depth gauge
+eddy_uplink_raw_depth{sink="hub"} 0
+# HELP eddy_uplink_outbox_age_seconds Age of the oldest record waiting.
+# TYPE eddy_uplink_outbox_age_seconds gauge
+eddy_uplink_outbox_age_seconds{sink="hub"} 1.5
+# HELP eddy_uplink_offline_seconds How long the sink has been failing (0: online).
+# TYPE eddy_uplink_offline_seconds gauge
+eddy_uplink_offline_seconds{sink="hub"} 12
+# HELP eddy_uplink_dropped_total Records dropped before this sink delivered them, by reason.
+# TYPE eddy_uplink_dropped_total counter
+eddy_uplink_dropped_total{sink="hub",reason="budget"} 4
+eddy_uplink_dropped_total{sink="hub",reason="ttl"} 0
+eddy_uplink_dropped_total{sink="hub",reason="rejected"} 1
+"#;
+
+#[test]
+fn writer_renders_a_known_snapshot_to_the_known_text() {
+    let rendered = render(&known_status());
+    for (line_idx, (got, want)) in rendered.lines().zip(KNOWN_TEXT.lines()).enumerate() {
+        assert_eq!(got, want, "line {}", line_idx + 1);
+    }
+    assert_eq!(rendered, KNOWN_TEXT);
+}
+
+#[test]
+fn histogram_quantiles_use_bucket_bounds() {
+    let status = known_status();
+    assert_eq!(status.engine.ingest_latency.quantile_bound(0.5), Some(0.005));
+    assert_eq!(status.engine.ingest_latency.quantile_bound(1.0), Some(5.0));
+    assert_eq!(status.engine.flush_latency.quantile_bound(0.99), None);
+}
+
+#[test]
+fn labels_are_escaped() {
+    assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+}
+
+/// `/status` round-trips through the types: what the daemon serves is what `eddy status`
+/// reads back, and serving that again gives the same document.
+#[test]
+fn status_round_trips_through_the_types() {
+    let status = known_status();
+    let served = serde_json::to_string_pretty(&status).expect("serialises");
+    let read: Status = serde_json::from_str(&served).expect("reads back");
+    assert_eq!(serde_json::to_string_pretty(&read).expect("serialises"), served);
+    // What /status does not carry reads back as zero; everything it carries is kept.
+    let mut expected = status;
+    expected.sources[0].connections = 0;
+    expected.engine.inputs = 0;
+    expected.engine.ingest_latency = Histogram::default().snapshot();
+    assert_eq!(read, expected);
+}
+
+/// The document's keys, in order: the `/status` contract scripts and dashboards read.
+#[test]
+fn status_keeps_its_keys() {
+    let value = serde_json::to_value(known_status()).expect("serialises");
+    let keys = |value: &serde_json::Value| -> Vec<String> {
+        value.as_object().expect("an object").keys().cloned().collect()
+    };
+    let mut top = keys(&value);
+    top.sort();
+    assert_eq!(
+        top,
+        [
+            "device_id",
+            "engine",
+            "healthy",
+            "pipeline_idle_ms",
+            "problems",
+            "sources",
+            "store",
+            "uplinks",
+            "uptime_secs",
+            "version"
+        ]
+    );
+    let sorted = |mut keys: Vec<String>| {
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        sorted(keys(&value["sources"][0])),
+        ["accepted", "duplicates", "name", "received", "refused", "rejected", "rejected_by_reason", "up"]
+    );
+    assert_eq!(
+        sorted(keys(&value["engine"])),
+        ["commits", "flush_p99_ms", "ingest_p99_ms", "late_readings", "results"]
+    );
+    assert_eq!(
+        sorted(keys(&value["store"])),
+        ["budget_bytes", "disk_bytes", "last_refusal", "refused_budget", "refused_disk", "used_bytes"]
+    );
+    assert_eq!(
+        sorted(keys(&value["uplinks"][0])),
+        [
+            "delivered",
+            "dropped_budget",
+            "dropped_ttl",
+            "name",
+            "offline_secs",
+            "online",
+            "outbox_age_ms",
+            "outbox_depth",
+            "raw_depth",
+            "rejected",
+            "retries"
+        ]
+    );
+}
