@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Committed;
+use crate::config::DeliveryConfig;
 use crate::storage::{DeadLetterEntry, Lane, SinkDrops, Store, StoreError};
-use crate::uplink::DeliveryConfig;
 
 /// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);

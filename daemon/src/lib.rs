@@ -16,7 +16,6 @@ mod sink_set;
 mod sources;
 mod systemd;
 mod telemetry;
-mod uplink;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
