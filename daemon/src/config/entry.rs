@@ -9,7 +9,8 @@
 
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Value};
+use toml::map::Map;
+use toml::Value;
 
 /// Set around the key below an entry at the start of an error message.
 const SUBKEY_MARK: char = '\u{1f}';
@@ -37,16 +38,16 @@ impl<'de, S: SharedKeys, K: DeserializeOwned> Deserialize<'de> for RawEntry<S, K
         let entry = Map::<String, Value>::deserialize(deserializer)?;
         let (shared, own): (Map<String, Value>, Map<String, Value>) =
             entry.into_iter().partition(|(name, _)| S::KEYS.contains(&name.as_str()));
-        let shared = serde_path_to_error::deserialize::<_, S>(Value::Object(shared)).map_err(|error| {
+        let shared = serde_path_to_error::deserialize::<_, S>(Value::Table(shared)).map_err(|error| {
             let subkey = error.path().to_string();
-            D::Error::custom(mark(&subkey, &error.into_inner().to_string()))
+            D::Error::custom(mark(&subkey, &message_of(&error.into_inner())))
         })?;
         let kind_name = match own.get("kind") {
             Some(Value::String(kind_name)) => kind_name.clone(),
             _ => String::new(),
         };
-        let kind = serde_json::from_value::<K>(Value::Object(own.clone()))
-            .map_err(|error| D::Error::custom(kind_error::<S, K>(&kind_name, &own, &error.to_string())))?;
+        let kind = K::deserialize(Value::Table(own.clone()))
+            .map_err(|error| D::Error::custom(kind_error::<S, K>(&kind_name, &own, &message_of(&error))))?;
         Ok(RawEntry { shared, kind_name, kind })
     }
 }
@@ -61,6 +62,12 @@ pub(crate) fn join_key(path: String, message: String) -> (String, String) {
     let rest = format!("{}{}", &message[..start], &after[end + SUBKEY_MARK.len_utf8()..]);
     let key = if subkey.starts_with('[') { format!("{path}{subkey}") } else { format!("{path}.{subkey}") };
     (key, rest)
+}
+
+/// The message of a `toml` error, without the key context (`in `records``) it adds on a
+/// second line: the key is named in full by the caller.
+fn message_of(error: &toml::de::Error) -> String {
+    error.to_string().lines().next().unwrap_or_default().to_owned()
 }
 
 fn mark(subkey: &str, message: &str) -> String {
@@ -98,8 +105,8 @@ fn kind_error<S: SharedKeys, K: DeserializeOwned>(
             [("kind".to_owned(), Value::String(kind_name.to_owned())), (name.clone(), value.clone())]
                 .into_iter()
                 .collect();
-        if let Err(error) = serde_json::from_value::<K>(Value::Object(alone)) {
-            return mark(name, &error.to_string());
+        if let Err(error) = K::deserialize(Value::Table(alone)) {
+            return mark(name, &message_of(&error));
         }
     }
     message.to_owned()

@@ -308,3 +308,17 @@ fn client_cert_and_client_key_still_load_with_a_deprecation_warning() {
         "sources[0].client_cert: give cert_file or its old spelling client_cert, not both",
     );
 }
+
+#[test]
+fn non_finite_numbers_reach_validation_and_are_refused() {
+    // The entries are buffered as TOML values, which keep nan and inf (JSON values would
+    // turn them into null, and so into the default).
+    check_message(
+        "[[sources]]\nkind = \"simulator\"\nrate = nan\n",
+        "sources[1].rate: must be a number of readings/s in (0, 1000000]",
+    );
+    check_message(
+        "[[sinks]]\nkind = \"console\"\nrate_limit = inf\n",
+        "sinks[0].rate_limit: must be a positive number of records/s",
+    );
+}
