@@ -53,6 +53,31 @@ pub struct SerialSourceConfig {
     pub retry_max: Duration,
 }
 
+/// One `[[sources]]` entry with `kind = "serial"`, as written (the daemon takes `kind` and
+/// `name`, the keys every source has).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerialSource {
+    /// Device path (required).
+    pub path: Option<PathBuf>,
+    /// Line speed (default 9600).
+    pub baud: Option<u64>,
+    /// Data bits: 5 to 8 (default 8).
+    pub data_bits: Option<u64>,
+    /// `none` (default), `odd` or `even`.
+    pub parity: Option<String>,
+    /// Stop bits: 1 (default) or 2.
+    pub stop_bits: Option<u64>,
+    /// `lf` (default) or `cr`.
+    pub line_separator: Option<String>,
+    /// Readings held while the log is busy (default 4096).
+    pub max_pending_readings: Option<u64>,
+    /// Line format: `json` (default), `csv` or `influx`.
+    pub format: Option<String>,
+    /// Timestamp unit of `influx` lines: `ns` (default), `us`, `ms` or `s`.
+    pub precision: Option<String>,
+}
+
 impl SerialSourceConfig {
     /// Default `baud`.
     pub const DEFAULT_BAUD: u32 = 9600;
@@ -77,31 +102,6 @@ impl SerialSourceConfig {
             retry_max: SerialSourceConfig::DEFAULT_RETRY_MAX,
         }
     }
-}
-
-/// One `[[sources]]` entry with `kind = "serial"`, as written (the daemon takes `kind` and
-/// `name`, the keys every source has).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSerialSource {
-    /// Device path (required).
-    pub path: Option<PathBuf>,
-    /// Line speed (default 9600).
-    pub baud: Option<u64>,
-    /// Data bits: 5 to 8 (default 8).
-    pub data_bits: Option<u64>,
-    /// `none` (default), `odd` or `even`.
-    pub parity: Option<String>,
-    /// Stop bits: 1 (default) or 2.
-    pub stop_bits: Option<u64>,
-    /// `lf` (default) or `cr`.
-    pub line_separator: Option<String>,
-    /// Readings held while the log is busy (default 4096).
-    pub max_pending_readings: Option<u64>,
-    /// Line format: `json` (default), `csv` or `influx`.
-    pub format: Option<String>,
-    /// Timestamp unit of `influx` lines: `ns` (default), `us`, `ms` or `s`.
-    pub precision: Option<String>,
 }
 
 impl RawSerialSource {

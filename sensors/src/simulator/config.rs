@@ -17,6 +17,19 @@ pub struct SimulatorConfig {
     pub seed: u64,
 }
 
+/// One `[[sources]]` entry with `kind = "simulator"`, as written (the daemon takes `kind` and
+/// `name`, the keys every source has).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSimulatorSource {
+    /// Thermostats (default 10).
+    pub sensors: Option<u64>,
+    /// Readings per second per thermostat (default 1).
+    pub rate: Option<f64>,
+    /// Seed of the random values (default 42).
+    pub seed: Option<u64>,
+}
+
 impl SimulatorConfig {
     /// Default `sensors`.
     pub const DEFAULT_SENSORS: NonZeroU32 = match NonZeroU32::new(10) {
@@ -35,19 +48,6 @@ impl Default for SimulatorConfig {
             seed: 0,
         }
     }
-}
-
-/// One `[[sources]]` entry with `kind = "simulator"`, as written (the daemon takes `kind` and
-/// `name`, the keys every source has).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSimulatorSource {
-    /// Thermostats (default 10).
-    pub sensors: Option<u64>,
-    /// Readings per second per thermostat (default 1).
-    pub rate: Option<f64>,
-    /// Seed of the random values (default 42).
-    pub seed: Option<u64>,
 }
 
 impl RawSimulatorSource {

@@ -30,6 +30,25 @@ pub struct TcpSourceConfig {
     pub max_sessions: usize,
 }
 
+/// One `[[sources]]` entry with `kind = "tcp"`, as written (the daemon takes `kind` and
+/// `name`, the keys every source has).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpSource {
+    /// Address to listen on (default `127.0.0.1:7878`).
+    pub listen: Option<String>,
+    /// Line format: `json` (default), `csv` or `influx`.
+    pub format: Option<String>,
+    /// Timestamp unit of `influx` lines: `ns` (default), `us`, `ms` or `s`.
+    pub precision: Option<String>,
+    /// Reply with durable acks (default `false`).
+    pub ack: Option<bool>,
+    /// Connection cap (default 64).
+    pub max_connections: Option<u64>,
+    /// Numbered sessions (`#session`) remembered at once (default 4096).
+    pub max_sessions: Option<u64>,
+}
+
 impl TcpSourceConfig {
     /// Default `listen`: `127.0.0.1:7878`.
     pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7878));
@@ -54,25 +73,6 @@ impl Default for TcpSourceConfig {
             max_sessions: TcpSourceConfig::DEFAULT_MAX_SESSIONS,
         }
     }
-}
-
-/// One `[[sources]]` entry with `kind = "tcp"`, as written (the daemon takes `kind` and
-/// `name`, the keys every source has).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTcpSource {
-    /// Address to listen on (default `127.0.0.1:7878`).
-    pub listen: Option<String>,
-    /// Line format: `json` (default), `csv` or `influx`.
-    pub format: Option<String>,
-    /// Timestamp unit of `influx` lines: `ns` (default), `us`, `ms` or `s`.
-    pub precision: Option<String>,
-    /// Reply with durable acks (default `false`).
-    pub ack: Option<bool>,
-    /// Connection cap (default 64).
-    pub max_connections: Option<u64>,
-    /// Numbered sessions (`#session`) remembered at once (default 4096).
-    pub max_sessions: Option<u64>,
 }
 
 impl RawTcpSource {
