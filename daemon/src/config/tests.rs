@@ -322,3 +322,27 @@ fn non_finite_numbers_reach_validation_and_are_refused() {
         "sinks[0].rate_limit: must be a positive number of records/s",
     );
 }
+
+#[test]
+fn every_shared_key_is_taken_by_every_kind() {
+    let shared = "records = [\"batch\"]\nbatch_max_records = 10\nlinger = \"1s\"\nrate_limit = 5.0\nmax_backoff = \"1s\"\n";
+    for (idx, kind) in [
+        "kind = \"console\"",
+        "kind = \"file\"\npath = \"/tmp/x.jsonl\"",
+        "kind = \"mqtt\"\nurl = \"mqtt://hub\"",
+        "kind = \"http\"\nurl = \"http://hub\"",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let config = load_extra(&format!("[[sinks]]\nname = \"s{idx}\"\n{kind}\n{shared}")).expect(kind);
+        let sink = &config.sinks[0];
+        assert_eq!(sink.name, format!("s{idx}"));
+        assert_eq!(sink.delivery.batch_max_records, 10);
+        assert_eq!(sink.delivery.rate_limit, Some(5.0));
+    }
+    for kind in ["kind = \"tcp\"", "kind = \"serial\"\npath = \"/dev/x\"", "kind = \"simulator\""] {
+        let config = load_extra(&format!("[[sources]]\nname = \"named\"\n{kind}\n")).expect(kind);
+        assert_eq!(config.sources[1].name, "named");
+    }
+}
