@@ -6,11 +6,13 @@
 mod backoff;
 mod broker_url;
 mod clock;
+mod config;
 mod secret;
 mod tls;
 
 pub use crate::backoff::Backoff;
 pub use crate::broker_url::BrokerUrl;
 pub use crate::clock::wall_clock_ms;
+pub use crate::config::{invalid, secret_from_env, secret_from_file, KeyError};
 pub use crate::secret::Secret;
 pub use crate::tls::{tls_client_config, PemFile, TlsError};

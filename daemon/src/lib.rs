@@ -23,6 +23,5 @@ mod ops;
 mod pipeline;
 mod run;
 mod stats;
-mod uplink;
 
 pub use crate::run::{run, run_with_reloads, RunError};

@@ -25,21 +25,23 @@ pub use crate::ingest::{
 };
 pub use crate::mqtt::{
     MqttBroker, MqttConnectionStats, MqttQos, MqttSetupError, MqttSource, MqttSourceConfig, MqttSourceError,
-    MqttTls, Secret,
+    MqttTls, RawMqttSource, Secret,
 };
 pub use crate::parse::{Format, Limits, LineDecoder, LineParser, ParsedLine, TsPrecision};
 pub use crate::reading::{Reading, MAX_SENSOR_BYTES};
 pub use crate::registry::{AdmittedSensors, SensorRegistry};
 pub use crate::reject::{RejectReason, Rejection};
 pub use crate::schema::{FieldSpec, InternedTags, Schema, TagSpec};
-pub use crate::serial::{LineSeparator, SerialParity, SerialSource, SerialSourceConfig, SerialSourceError};
+pub use crate::serial::{
+    LineSeparator, RawSerialSource, SerialParity, SerialSource, SerialSourceConfig, SerialSourceError,
+};
 pub use crate::simulator::{
-    simulate_mqtt, simulate_serial, simulate_tcp, SimulateError, SimulateMqttError, SimulateMqttOptions,
-    SimulateMqttReport, SimulateOptions, SimulateReport, SimulateSerialError, SimulateSerialOptions,
-    SimulateSerialReport, SimulatorConfig, SimulatorError, SimulatorSource, ThermostatMode, ThermostatSample,
-    Thermostats,
+    simulate_mqtt, simulate_serial, simulate_tcp, RawSimulatorSource, SimulateError, SimulateMqttError,
+    SimulateMqttOptions, SimulateMqttReport, SimulateOptions, SimulateReport, SimulateSerialError,
+    SimulateSerialOptions, SimulateSerialReport, SimulatorConfig, SimulatorError, SimulatorSource,
+    ThermostatMode, ThermostatSample, Thermostats,
 };
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
-pub use crate::tcp::{TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};
+pub use crate::tcp::{RawTcpSource, TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};
 // The daemon still calls `eddy_sensors::wall_clock_ms()` by its full path in a few places.
 pub use eddy_common::wall_clock_ms;

@@ -6,6 +6,7 @@
 //! the retry loop; a sink only says whether a slice of records got out ([`Delivery`]).
 #![deny(missing_docs)]
 
+mod config_keys;
 mod console;
 mod error;
 mod file;
@@ -16,11 +17,11 @@ mod secret;
 mod sink;
 mod tls;
 
-pub use crate::console::ConsoleSink;
+pub use crate::console::{ConsoleSink, RawConsoleSink};
 pub use crate::error::SinkError;
-pub use crate::file::FileSink;
-pub use crate::http::{classify_status, HttpConfig, HttpSink, StatusClass};
-pub use crate::mqtt::{check_topic_template, MqttConfig, MqttSink, MqttUrl};
+pub use crate::file::{FileSink, RawFileSink};
+pub use crate::http::{classify_status, HttpConfig, HttpSink, RawHttpSink, StatusClass};
+pub use crate::mqtt::{check_topic_template, MqttConfig, MqttSink, MqttUrl, RawMqttSink};
 pub use crate::record::{Delivery, OutRecord};
 pub use crate::sink::Sink;
 pub use crate::tls::TlsFiles;

@@ -517,7 +517,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::uplink::DeliveryConfig;
+    use crate::config::DeliveryConfig;
 
     fn file(name: &str, path: &str) -> SinkConfig {
         SinkConfig {

@@ -10,9 +10,9 @@ use eddy_sinks::{Delivery, OutRecord, Sink};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::DeliveryConfig;
 use crate::stats::{Committed, DeliveryStats};
 use crate::storage::{DeadLetterEntry, Lane, Store, StoreError};
-use crate::uplink::DeliveryConfig;
 
 /// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);

@@ -6,9 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
-use eddy_sensors::{
-    IngestSender, LineParser, SensorRegistry, SourceStats, StoredMarks, TcpSource, TcpSourceConfig,
-};
+use eddy_sensors::{IngestSender, LineParser, SensorRegistry, SourceStats, StoredMarks, TcpSource};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SourceConfig, SourceKind};
@@ -62,16 +60,10 @@ pub(crate) async fn start(
     marks: StoredMarks,
 ) -> anyhow::Result<SourceFuture> {
     match &source.kind {
-        SourceKind::Tcp { listen, format, ack, max_connections, max_sessions } => {
+        SourceKind::Tcp { tcp: tcp_config, format } => {
             let parser = Arc::new(LineParser::new(*format, config.schema.clone(), config.limits));
-            let tcp_config = TcpSourceConfig {
-                listen: *listen,
-                max_connections: *max_connections,
-                max_sessions: *max_sessions,
-                ack: *ack,
-                ..TcpSourceConfig::default()
-            };
-            let tcp = TcpSource::bind(tcp_config, source_idx, parser, registry, stats)
+            let (listen, ack) = (tcp_config.listen, tcp_config.ack);
+            let tcp = TcpSource::bind(tcp_config.clone(), source_idx, parser, registry, stats)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?
                 .with_stored_marks(marks);
@@ -95,14 +87,10 @@ pub(crate) async fn start(
                 .with_stored_marks(marks);
             Ok(Box::pin(async move { mqtt.run(ingest, stop).await.map_err(anyhow::Error::from) }))
         }
-        SourceKind::Simulator { sensors, rate, seed } => {
-            let sensors_nz = std::num::NonZeroU32::new(*sensors).context("sensors must be at least 1")?;
-            let simulator = eddy_sensors::SimulatorSource::new(
-                eddy_sensors::SimulatorConfig { sensors: sensors_nz, rate: *rate, seed: *seed },
-                source_idx,
-                registry,
-                stats,
-            )?;
+        SourceKind::Simulator(simulator) => {
+            let (sensors, rate, seed) = (simulator.sensors, simulator.rate, simulator.seed);
+            let simulator =
+                eddy_sensors::SimulatorSource::new(simulator.clone(), source_idx, registry, stats)?;
             tracing::info!(source = %source.name, sensors, rate, seed, "Simulator started.");
             Ok(Box::pin(async move { simulator.run(ingest, stop).await.map_err(anyhow::Error::from) }))
         }

@@ -6,6 +6,7 @@
 mod config;
 mod connect;
 mod payload;
+mod raw_config;
 mod subscription;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use crate::stats::SourceStats;
 pub use crate::mqtt::config::{MqttBroker, MqttQos, MqttSourceConfig, MqttTls, Secret};
 pub use crate::mqtt::connect::MqttSetupError;
 pub(crate) use crate::mqtt::connect::{mqtt_options, ConnectSettings};
+pub use crate::mqtt::raw_config::RawMqttSource;
 
 /// Why the MQTT source could not start or stopped early. An unreachable broker, a refused
 /// login or a failed TLS handshake are not errors of the source: they are logged and

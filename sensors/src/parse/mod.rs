@@ -4,6 +4,7 @@
 //! of the value checks live here, documented on [`LineParser::parse`]; each format has its
 //! own file (`json.rs`, `csv.rs`, `influx.rs`) describing its syntax.
 
+mod config;
 mod csv;
 mod influx;
 mod json;
@@ -18,6 +19,8 @@ use crate::registry::{AdmittedSensors, SensorRegistry};
 use crate::reject::{RejectReason, Rejection};
 use crate::schema::{InternedTags, Schema};
 use crate::stats::SourceStats;
+
+pub(crate) use crate::parse::config::format_from_keys;
 
 /// The wire format of a source's lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

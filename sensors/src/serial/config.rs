@@ -1,7 +1,13 @@
-//! Settings of the serial source, already validated and typed by the daemon's config loader.
+//! Settings of the serial source: the `kind = "serial"` keys as written, and their validation
+//! into the typed settings the source runs with.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use eddy_common::{invalid, KeyError};
+use serde::Deserialize;
+
+use crate::parse::{format_from_keys, Format};
 
 /// Parity of a serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +53,31 @@ pub struct SerialSourceConfig {
     pub retry_max: Duration,
 }
 
+/// One `[[sources]]` entry with `kind = "serial"`, as written (the daemon takes `kind` and
+/// `name`, the keys every source has).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerialSource {
+    /// Device path (required).
+    pub path: Option<PathBuf>,
+    /// Line speed (default 9600).
+    pub baud: Option<u64>,
+    /// Data bits: 5 to 8 (default 8).
+    pub data_bits: Option<u64>,
+    /// `none` (default), `odd` or `even`.
+    pub parity: Option<String>,
+    /// Stop bits: 1 (default) or 2.
+    pub stop_bits: Option<u64>,
+    /// `lf` (default) or `cr`.
+    pub line_separator: Option<String>,
+    /// Readings held while the log is busy (default 4096).
+    pub max_pending_readings: Option<u64>,
+    /// Line format: `json` (default), `csv` or `influx`.
+    pub format: Option<String>,
+    /// Timestamp unit of `influx` lines: `ns` (default), `us`, `ms` or `s`.
+    pub precision: Option<String>,
+}
+
 impl SerialSourceConfig {
     /// Default `baud`.
     pub const DEFAULT_BAUD: u32 = 9600;
@@ -70,5 +101,64 @@ impl SerialSourceConfig {
             retry_min: SerialSourceConfig::DEFAULT_RETRY_MIN,
             retry_max: SerialSourceConfig::DEFAULT_RETRY_MAX,
         }
+    }
+}
+
+impl RawSerialSource {
+    /// Validates the entry at `key` (`sources[N]`) into the port settings and line format.
+    pub fn validate(self, key: &str) -> Result<(SerialSourceConfig, Format), KeyError> {
+        let path =
+            self.path.ok_or_else(|| invalid(format!("{key}.path"), "is required for kind = \"serial\""))?;
+        if path.as_os_str().is_empty() || path.to_str().is_none() {
+            return Err(invalid(format!("{key}.path"), "must be a non-empty UTF-8 path"));
+        }
+        let mut serial = SerialSourceConfig::new(path);
+        if let Some(baud) = self.baud {
+            serial.baud = u32::try_from(baud)
+                .ok()
+                .filter(|baud| (50..=4_000_000).contains(baud))
+                .ok_or_else(|| invalid(format!("{key}.baud"), "must be between 50 and 4000000"))?;
+        }
+        if let Some(data_bits) = self.data_bits {
+            serial.data_bits = u8::try_from(data_bits)
+                .ok()
+                .filter(|bits| (5..=8).contains(bits))
+                .ok_or_else(|| invalid(format!("{key}.data_bits"), "must be 5, 6, 7 or 8"))?;
+        }
+        serial.parity = match self.parity.as_deref() {
+            None | Some("none") => SerialParity::None,
+            Some("odd") => SerialParity::Odd,
+            Some("even") => SerialParity::Even,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{key}.parity"),
+                    format!("`{other}` is not one of: none, odd, even"),
+                ))
+            }
+        };
+        if let Some(stop_bits) = self.stop_bits {
+            serial.stop_bits = u8::try_from(stop_bits)
+                .ok()
+                .filter(|bits| (1..=2).contains(bits))
+                .ok_or_else(|| invalid(format!("{key}.stop_bits"), "must be 1 or 2"))?;
+        }
+        serial.line_separator = match self.line_separator.as_deref() {
+            None | Some("lf") => LineSeparator::Lf,
+            Some("cr") => LineSeparator::Cr,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{key}.line_separator"),
+                    format!("`{other}` is not one of: lf, cr"),
+                ))
+            }
+        };
+        if let Some(max_pending) = self.max_pending_readings {
+            serial.max_pending_readings =
+                usize::try_from(max_pending).ok().filter(|n| (1..=1_000_000).contains(n)).ok_or_else(
+                    || invalid(format!("{key}.max_pending_readings"), "must be between 1 and 1000000"),
+                )?;
+        }
+        let format = format_from_keys(key, self.format.as_deref(), self.precision.as_deref())?;
+        Ok((serial, format))
     }
 }

@@ -30,7 +30,7 @@ use crate::serial::line_ends::LineEnds;
 use crate::stats::SourceStats;
 use crate::tcp::warn_limit::WarnLimiter;
 
-pub use crate::serial::config::{LineSeparator, SerialParity, SerialSourceConfig};
+pub use crate::serial::config::{LineSeparator, RawSerialSource, SerialParity, SerialSourceConfig};
 
 /// Why the serial source could not start or stopped early. A device that is missing or goes
 /// away is not an error: the source waits for it.

@@ -3,11 +3,11 @@
 //! serial port or an MQTT broker.
 
 mod client;
+mod config;
 mod mqtt_client;
 mod serial_client;
 mod thermostat;
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use crate::reject::RejectReason;
 use crate::stats::SourceStats;
 
 pub use crate::simulator::client::{simulate_tcp, SimulateError, SimulateOptions, SimulateReport};
+pub use crate::simulator::config::{RawSimulatorSource, SimulatorConfig};
 pub use crate::simulator::mqtt_client::{
     simulate_mqtt, SimulateMqttError, SimulateMqttOptions, SimulateMqttReport,
 };
@@ -30,37 +31,6 @@ pub use crate::simulator::serial_client::{
     simulate_serial, SimulateSerialError, SimulateSerialOptions, SimulateSerialReport,
 };
 pub use crate::simulator::thermostat::{ThermostatMode, ThermostatSample, Thermostats};
-
-/// Settings of the simulator source.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SimulatorConfig {
-    /// Number of thermostats, `t-000` upwards.
-    pub sensors: NonZeroU32,
-    /// Readings per second per thermostat; must be positive.
-    pub rate: f64,
-    /// Seed of the random generator: the same seed gives the same values.
-    pub seed: u64,
-}
-
-impl SimulatorConfig {
-    /// Default `sensors`.
-    pub const DEFAULT_SENSORS: NonZeroU32 = match NonZeroU32::new(10) {
-        Some(sensors) => sensors,
-        None => panic!("10 is not zero"),
-    };
-    /// Default `rate`.
-    pub const DEFAULT_RATE: f64 = 1.0;
-}
-
-impl Default for SimulatorConfig {
-    fn default() -> SimulatorConfig {
-        SimulatorConfig {
-            sensors: SimulatorConfig::DEFAULT_SENSORS,
-            rate: SimulatorConfig::DEFAULT_RATE,
-            seed: 0,
-        }
-    }
-}
 
 /// Why the simulator could not start or stopped early.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -195,6 +165,7 @@ fn period_for_rate(rate: f64) -> Option<Duration> {
 mod tests {
     use super::*;
     use crate::ingest::ingest_channel;
+    use std::num::NonZeroU32;
 
     fn source(sensors: u32, registry_cap: usize) -> (SimulatorSource, Arc<SourceStats>) {
         let config = SimulatorConfig { sensors: NonZeroU32::new(sensors).unwrap(), rate: 2.0, seed: 11 };

@@ -1,6 +1,12 @@
-//! Settings of the TCP source, already validated and typed by the daemon's config loader.
+//! Settings of the TCP source: the `kind = "tcp"` keys as written, and their validation into
+//! the typed settings the source runs with.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use eddy_common::{invalid, KeyError};
+use serde::Deserialize;
+
+use crate::parse::{format_from_keys, Format};
 
 /// How the TCP source listens and answers (`kind = "tcp"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +28,25 @@ pub struct TcpSourceConfig {
     /// Numbered sessions (`#session`) remembered at once; past it the least recently declared
     /// one is forgotten.
     pub max_sessions: usize,
+}
+
+/// One `[[sources]]` entry with `kind = "tcp"`, as written (the daemon takes `kind` and
+/// `name`, the keys every source has).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpSource {
+    /// Address to listen on (default `127.0.0.1:7878`).
+    pub listen: Option<String>,
+    /// Line format: `json` (default), `csv` or `influx`.
+    pub format: Option<String>,
+    /// Timestamp unit of `influx` lines: `ns` (default), `us`, `ms` or `s`.
+    pub precision: Option<String>,
+    /// Reply with durable acks (default `false`).
+    pub ack: Option<bool>,
+    /// Connection cap (default 64).
+    pub max_connections: Option<u64>,
+    /// Numbered sessions (`#session`) remembered at once (default 4096).
+    pub max_sessions: Option<u64>,
 }
 
 impl TcpSourceConfig {
@@ -47,5 +72,37 @@ impl Default for TcpSourceConfig {
             max_in_flight_batches: TcpSourceConfig::DEFAULT_MAX_IN_FLIGHT_BATCHES,
             max_sessions: TcpSourceConfig::DEFAULT_MAX_SESSIONS,
         }
+    }
+}
+
+impl RawTcpSource {
+    /// Validates the entry at `key` (`sources[N]`) into the source's settings and line format.
+    pub fn validate(self, key: &str) -> Result<(TcpSourceConfig, Format), KeyError> {
+        let listen_text = self.listen.as_deref().unwrap_or("127.0.0.1:7878");
+        let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
+            invalid(format!("{key}.listen"), format!("`{listen_text}` is not an address like 127.0.0.1:7878"))
+        })?;
+        let format = format_from_keys(key, self.format.as_deref(), self.precision.as_deref())?;
+        let max_connections = usize::try_from(self.max_connections.unwrap_or(64))
+            .ok()
+            .filter(|n| (1..=65_536).contains(n))
+            .ok_or_else(|| invalid(format!("{key}.max_connections"), "must be between 1 and 65536"))?;
+        let max_sessions = usize::try_from(self.max_sessions.unwrap_or(4096))
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n) && *n >= max_connections)
+            .ok_or_else(|| {
+                invalid(
+                    format!("{key}.max_sessions"),
+                    "must be between max_connections (a connection owns at most one session) and 1000000",
+                )
+            })?;
+        let tcp = TcpSourceConfig {
+            listen,
+            max_connections,
+            max_sessions,
+            ack: self.ack.unwrap_or(false),
+            ..TcpSourceConfig::default()
+        };
+        Ok((tcp, format))
     }
 }

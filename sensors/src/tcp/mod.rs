@@ -34,7 +34,7 @@ use crate::tcp::conn::{Connection, ConnectionSettings};
 use crate::tcp::session::Sessions;
 use crate::tcp::warn_limit::WarnLimiter;
 
-pub use crate::tcp::config::TcpSourceConfig;
+pub use crate::tcp::config::{RawTcpSource, TcpSourceConfig};
 
 /// Why the TCP source could not start or stopped early.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! The console sink: records as human-readable tables on stdout, one heading block per group,
 //! like Spark's console sink.
 
+mod config;
 mod row;
 mod table;
 
@@ -10,6 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{reason_of, SinkError};
 use crate::record::{Delivery, OutRecord};
+
+pub use crate::console::config::RawConsoleSink;
 
 /// Writes records as tables to stdout or to an injected writer.
 ///

@@ -26,7 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::error::SinkError;
-pub use crate::http::config::HttpConfig;
+pub use crate::http::config::{HttpConfig, RawHttpSink};
 use crate::record::{Delivery, OutRecord};
 use crate::tls::client_config;
 

@@ -16,6 +16,7 @@
 //!   a reset (a blackhole) while a delivery waits.
 
 mod config;
+mod raw_config;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -30,6 +31,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::SinkError;
 pub use crate::mqtt::config::{check_topic_template, MqttConfig, MqttUrl};
+pub use crate::mqtt::raw_config::RawMqttSink;
 use crate::record::{Delivery, OutRecord};
 use crate::tls::client_config;
 

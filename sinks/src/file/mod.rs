@@ -20,6 +20,8 @@
 //!   but neither fsynced nor tail-checked, since they have no disk state.
 //! - One writer per file: two sinks or processes appending to the same path interleave.
 
+mod config;
+
 use std::fmt;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -28,6 +30,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{reason_of, SinkError};
 use crate::record::{Delivery, OutRecord};
+
+pub use crate::file::config::RawFileSink;
 
 /// Appends records as JSON lines to a file.
 pub struct FileSink {

@@ -1,0 +1,262 @@
+//! `[engine]`, `[batch]`, `[schema]` and `[[windows]]`: what the engine computes, into its
+//! [`EngineSpec`] and the reading [`Schema`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_sensors::{FieldSpec, Schema, TagSpec, MAX_SENSOR_BYTES};
+use serde::Deserialize;
+
+use crate::config::{check_name, invalid, millis, positive, ConfigError};
+use crate::engine::{Aggregate, EngineSpec, TimeDomain, WindowSpec};
+
+/// `[engine]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEngine {
+    /// Commit interval of results + state + log position.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Idle time after which a sensor's windows are closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Also forward every raw reading (to sinks with `records` including `raw`).
+    pub forward_raw: bool,
+}
+
+impl Default for RawEngine {
+    fn default() -> RawEngine {
+        RawEngine {
+            checkpoint_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(300),
+            forward_raw: false,
+        }
+    }
+}
+
+/// `[batch]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBatch {
+    /// Micro-batch interval.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RawBatch {
+    fn default() -> RawBatch {
+        RawBatch { interval: Duration::from_secs(2) }
+    }
+}
+
+/// `[schema]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchema {
+    /// Numeric fields.
+    pub fields: Vec<RawField>,
+    /// String tags.
+    #[serde(default)]
+    pub tags: Vec<RawTag>,
+}
+
+/// One schema field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawField {
+    /// Key name.
+    pub name: String,
+    /// Must be present.
+    #[serde(default)]
+    pub required: bool,
+    /// Smallest plausible value.
+    #[serde(default = "default_min")]
+    pub min: f64,
+    /// Largest plausible value.
+    #[serde(default = "default_max")]
+    pub max: f64,
+}
+
+fn default_min() -> f64 {
+    -1e12
+}
+fn default_max() -> f64 {
+    1e12
+}
+
+/// One schema tag.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTag {
+    /// Key name.
+    pub name: String,
+    /// Must be present.
+    #[serde(default)]
+    pub required: bool,
+    /// Allowed values (empty: any).
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// One `[[windows]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// Unique name.
+    pub name: String,
+    /// Window length.
+    #[serde(with = "humantime_serde")]
+    pub length: Duration,
+    /// Slide (default: length, tumbling).
+    #[serde(with = "humantime_serde", default)]
+    pub slide: Option<Duration>,
+    /// `event` or `processing`.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Allowed lateness.
+    #[serde(with = "humantime_serde", default)]
+    pub lateness: Option<Duration>,
+    /// Fields (default: all).
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// Aggregates (default: count, sum, min, max, mean).
+    #[serde(default)]
+    pub aggregates: Option<Vec<String>>,
+    /// Tags counted by value.
+    #[serde(default)]
+    pub count_by: Vec<String>,
+}
+
+/// Validates `[engine]` (but `forward_raw`, checked against the sinks), `[batch]`, `[schema]`
+/// and `[[windows]]` of gateway `device_id`.
+pub(crate) fn engine_from_raw(
+    device_id: &str,
+    engine: &RawEngine,
+    batch: &RawBatch,
+    schema: Option<RawSchema>,
+    raw_windows: Vec<RawWindow>,
+) -> Result<(Arc<Schema>, EngineSpec), ConfigError> {
+    positive("engine.checkpoint_interval", engine.checkpoint_interval)?;
+    positive("engine.idle_timeout", engine.idle_timeout)?;
+    let batch_interval = batch.interval;
+    if batch_interval.as_millis() == 0 || Duration::from_millis(millis(batch_interval)) != batch_interval {
+        return Err(invalid("batch.interval", "must be a positive whole number of milliseconds"));
+    }
+
+    let schema = match schema {
+        None => Schema::thermostat(),
+        Some(raw_schema) => schema_from_raw(raw_schema)?,
+    };
+    let schema = Arc::new(schema);
+
+    let mut windows = Vec::new();
+    let mut window_names = BTreeSet::new();
+    for (idx, window) in raw_windows.into_iter().enumerate() {
+        let key = format!("windows[{idx}]");
+        if window.name == "batch" {
+            return Err(invalid(
+                format!("{key}.name"),
+                "`batch` is reserved (micro-batch result ids use it)",
+            ));
+        }
+        if !window_names.insert(window.name.clone()) {
+            return Err(invalid(format!("{key}.name"), format!("`{}` is used twice", window.name)));
+        }
+        windows.push(window_from_raw(&key, window, &schema)?);
+    }
+    let spec = EngineSpec {
+        device_id: device_id.to_owned(),
+        field_names: schema.fields.iter().map(|field| field.name.clone()).collect(),
+        tag_names: schema.tags.iter().map(|tag| tag.name.clone()).collect(),
+        batch_interval,
+        windows,
+        idle_timeout: engine.idle_timeout,
+    };
+    Ok((schema, spec))
+}
+
+fn schema_from_raw(raw: RawSchema) -> Result<Schema, ConfigError> {
+    if raw.fields.is_empty() {
+        return Err(invalid("schema.fields", "at least one field is needed"));
+    }
+    let mut seen = BTreeSet::new();
+    // `late` would make a window result id look like a late-reading id.
+    let reserved = ["sensor", "ts", "late"];
+    let mut fields = Vec::new();
+    for (idx, field) in raw.fields.into_iter().enumerate() {
+        let key = format!("schema.fields[{idx}]");
+        check_name(&format!("{key}.name"), &field.name)?;
+        if reserved.contains(&field.name.as_str()) || !seen.insert(field.name.clone()) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("`{}` is reserved or used twice", field.name),
+            ));
+        }
+        if !(field.min.is_finite() && field.max.is_finite() && field.min <= field.max) {
+            return Err(invalid(key, "min and max must be finite numbers with min <= max"));
+        }
+        fields.push(FieldSpec { name: field.name, required: field.required, min: field.min, max: field.max });
+    }
+    let mut tags = Vec::new();
+    for (idx, tag) in raw.tags.into_iter().enumerate() {
+        let key = format!("schema.tags[{idx}]");
+        check_name(&format!("{key}.name"), &tag.name)?;
+        if reserved.contains(&tag.name.as_str()) || !seen.insert(tag.name.clone()) {
+            return Err(invalid(format!("{key}.name"), format!("`{}` is reserved or used twice", tag.name)));
+        }
+        if tag.values.iter().any(|value| value.is_empty() || value.len() > MAX_SENSOR_BYTES) {
+            return Err(invalid(format!("{key}.values"), "values must be 1 to 64 bytes"));
+        }
+        tags.push(TagSpec { name: tag.name, required: tag.required, values: tag.values });
+    }
+    Ok(Schema { fields, tags })
+}
+
+fn window_from_raw(key: &str, raw: RawWindow, schema: &Schema) -> Result<WindowSpec, ConfigError> {
+    let time = match raw.time.as_deref() {
+        None | Some("event") => TimeDomain::Event,
+        Some("processing") => TimeDomain::Processing,
+        Some(other) => {
+            return Err(invalid(format!("{key}.time"), format!("`{other}` is not one of: event, processing")))
+        }
+    };
+    let fields = match raw.fields {
+        None => (0..schema.fields.len()).collect(),
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                schema.field_index(name).ok_or_else(|| {
+                    invalid(format!("{key}.fields"), format!("`{name}` is not a field of the schema"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let aggregates = match raw.aggregates {
+        None => vec![Aggregate::Count, Aggregate::Sum, Aggregate::Min, Aggregate::Max, Aggregate::Mean],
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                Aggregate::from_name(name).ok_or_else(|| {
+                    invalid(
+                        format!("{key}.aggregates"),
+                        format!("`{name}` is not one of: count, sum, min, max, mean, stddev, first, last"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let count_by = raw
+        .count_by
+        .iter()
+        .map(|name| {
+            schema.tag_index(name).ok_or_else(|| {
+                invalid(format!("{key}.count_by"), format!("`{name}` is not a tag of the schema"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let slide = raw.slide.unwrap_or(raw.length);
+    let lateness = raw.lateness.unwrap_or(Duration::ZERO);
+    WindowSpec::new(&raw.name, raw.length, slide, time, lateness, fields, aggregates, count_by)
+        .map_err(|error| invalid(key, error.to_string()))
+}

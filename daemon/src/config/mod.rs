@@ -1,0 +1,303 @@
+//! Configuration in two stages: `RawConfig` mirrors the TOML file, `Config` is the validated,
+//! typed result every component is built from.
+//!
+//! Each section has its file (`ingest.rs`, `storage.rs`, `engine.rs`, `sources.rs`,
+//! `sinks.rs`, `ops.rs` for `[api]` and `[log]`); the keys of each kind of source and sink
+//! are owned by that source or sink in the sensors and sinks crates, selected by `kind`
+//! (`entry.rs`). This file loads the file and the environment and validates the whole.
+
+mod engine;
+mod entry;
+mod ingest;
+mod ops;
+mod sinks;
+mod sources;
+mod storage;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_common::KeyError;
+use eddy_sensors::{Limits, Schema};
+use serde::Deserialize;
+
+use crate::engine::EngineSpec;
+
+pub use crate::config::engine::{RawBatch, RawEngine, RawField, RawSchema, RawTag, RawWindow};
+pub use crate::config::entry::{RawEntry, SharedKeys};
+pub use crate::config::ingest::RawIngest;
+pub use crate::config::ops::{RawApi, RawLog};
+pub use crate::config::sinks::{
+    DeliveryConfig, RawSink, RawSinkEntry, RawSinkShared, SinkConfig, SinkKind, RECORD_KINDS,
+};
+pub use crate::config::sources::{RawSource, RawSourceEntry, RawSourceShared, SourceConfig, SourceKind};
+pub use crate::config::storage::RawStorage;
+
+/// The commented default configuration, used when no file is given.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default_config.toml");
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or is not valid TOML, or a value has the wrong type.
+    #[error("{0}")]
+    Load(String),
+    /// A value is invalid.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, e.g. `windows[0].slide`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl From<KeyError> for ConfigError {
+    fn from(error: KeyError) -> ConfigError {
+        ConfigError::Invalid { key: error.key, message: error.message }
+    }
+}
+
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+// ---------------------------------------------------------------- stage 1: raw
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Id of this gateway, first part of every result id.
+    pub device_id: String,
+    /// Directory of the sled database.
+    pub data_dir: PathBuf,
+    /// Deadline of a graceful stop.
+    #[serde(with = "humantime_serde", default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Duration,
+    /// Ingest settings.
+    #[serde(default)]
+    pub ingest: RawIngest,
+    /// Storage settings.
+    #[serde(default)]
+    pub storage: RawStorage,
+    /// Engine settings.
+    #[serde(default)]
+    pub engine: RawEngine,
+    /// Micro-batch settings.
+    #[serde(default)]
+    pub batch: RawBatch,
+    /// The reading schema (default: the thermostat's).
+    #[serde(default)]
+    pub schema: Option<RawSchema>,
+    /// Sources.
+    #[serde(default)]
+    pub sources: Vec<RawSourceEntry>,
+    /// Windows.
+    #[serde(default)]
+    pub windows: Vec<RawWindow>,
+    /// Sinks.
+    #[serde(default)]
+    pub sinks: Vec<RawSinkEntry>,
+    /// The local HTTP endpoint (`/health`, `/metrics`, `/status`).
+    #[serde(default)]
+    pub api: RawApi,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+// ---------------------------------------------------------------- stage 2: typed
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Gateway id.
+    pub device_id: String,
+    /// sled directory.
+    pub data_dir: PathBuf,
+    /// Stop deadline.
+    pub shutdown_timeout: Duration,
+    /// Group-commit interval.
+    pub flush_interval: Duration,
+    /// Parser limits.
+    pub limits: Limits,
+    /// Cap on distinct sensors.
+    pub max_sensors: usize,
+    /// sled cache bytes.
+    pub cache_capacity: u64,
+    /// Disk budget, full-store policy, ttl, free-space guard.
+    pub budget: crate::storage::BudgetConfig,
+    /// Engine commit interval.
+    pub checkpoint_interval: Duration,
+    /// Raw readings go to the outbox's raw lane too.
+    pub forward_raw: bool,
+    /// The schema.
+    pub schema: Arc<Schema>,
+    /// The engine's specification.
+    pub engine: Arc<EngineSpec>,
+    /// Sources.
+    pub sources: Vec<SourceConfig>,
+    /// Sinks.
+    pub sinks: Vec<SinkConfig>,
+    /// Address of the local HTTP endpoint (`[api] listen`; none: off).
+    pub api_listen: Option<SocketAddr>,
+    /// Log filter from `[log] level` (none: `info`; `EDDY_LOG` overrides it).
+    pub log_level: Option<String>,
+    /// What the file should say differently although it loads, one line each naming the key
+    /// (a deprecated spelling and its new one). Logged once tracing is set up, which the
+    /// configuration has to come first for.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Loads `path` (or the built-in default), applies `EDDY__…` environment overrides, and
+    /// validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let builder = config::Config::builder();
+        let builder = match path {
+            Some(path) => {
+                builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
+            }
+            None => builder.add_source(config::File::from_str(DEFAULT_CONFIG_TOML, config::FileFormat::Toml)),
+        };
+        let raw: RawConfig = builder
+            .add_source(
+                config::Environment::with_prefix("EDDY")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|error| {
+                let at = path.map_or_else(|| "built-in default".to_owned(), |p| p.display().to_string());
+                ConfigError::Load(format!("{at}: {error}"))
+            })
+            .and_then(deserialize)?;
+        Config::from_raw(raw)
+    }
+
+    /// Validates a raw configuration.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        if raw.device_id.is_empty()
+            || raw.device_id.len() > 64
+            || !raw.device_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return Err(invalid("device_id", "must be 1 to 64 characters of [A-Za-z0-9-_.:]"));
+        }
+        if raw.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        positive("shutdown_timeout", raw.shutdown_timeout)?;
+        let api_listen = raw.api.listen()?;
+        let log_level = raw.log.level()?;
+        let ingest = raw.ingest.validate()?;
+        let cache_capacity = raw.storage.cache_capacity()?;
+        let budget = raw.storage.budget()?;
+        let (schema, engine) =
+            engine::engine_from_raw(&raw.device_id, &raw.engine, &raw.batch, raw.schema, raw.windows)?;
+
+        let mut warnings = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut sources = Vec::new();
+        for (idx, source) in raw.sources.into_iter().enumerate() {
+            let key = format!("sources[{idx}]");
+            let source = sources::source_from_raw(&key, idx, source, &mut warnings)?;
+            if !names.insert(source.name.clone()) {
+                return Err(invalid(format!("{key}.name"), format!("`{}` is used twice", source.name)));
+            }
+            sources.push(source);
+        }
+        if sources.is_empty() {
+            return Err(invalid("sources", "at least one [[sources]] entry is needed"));
+        }
+
+        let mut sink_names = BTreeSet::new();
+        let mut sinks = Vec::new();
+        for (idx, sink) in raw.sinks.into_iter().enumerate() {
+            let key = format!("sinks[{idx}]");
+            let sink = sinks::sink_from_raw(&key, idx, sink, &raw.device_id)?;
+            if !sink_names.insert(sink.name.clone()) {
+                return Err(invalid(format!("{key}.name"), format!("`{}` is used twice", sink.name)));
+            }
+            sinks.push(sink);
+        }
+
+        let takes_raw = sinks.iter().position(|sink| sink.records.contains("raw"));
+        match (raw.engine.forward_raw, takes_raw) {
+            (false, Some(idx)) => {
+                return Err(invalid(format!("sinks[{idx}].records"), "`raw` needs engine.forward_raw = true"))
+            }
+            (true, None) => {
+                return Err(invalid(
+                    "engine.forward_raw",
+                    "no sink takes raw readings (records = [.., \"raw\"])",
+                ))
+            }
+            _ => {}
+        }
+
+        Ok(Config {
+            device_id: raw.device_id,
+            data_dir: raw.data_dir,
+            shutdown_timeout: raw.shutdown_timeout,
+            flush_interval: ingest.flush_interval,
+            limits: ingest.limits,
+            max_sensors: ingest.max_sensors,
+            cache_capacity,
+            budget,
+            checkpoint_interval: raw.engine.checkpoint_interval,
+            forward_raw: raw.engine.forward_raw,
+            schema,
+            engine: Arc::new(engine),
+            sources,
+            sinks,
+            api_listen,
+            log_level,
+            warnings,
+        })
+    }
+}
+
+/// Deserializes the merged configuration, naming the key of any type error
+/// (`batch.interval: invalid value ...`), also below a `[[sources]]` or `[[sinks]]` entry
+/// (`sources[1].rate: does not apply to kind = "tcp" ...`; see `entry.rs`).
+fn deserialize(built: config::Config) -> Result<RawConfig, ConfigError> {
+    serde_path_to_error::deserialize(built).map_err(|error| {
+        let path = error.path().to_string();
+        let (key, message) = entry::join_key(path, error.into_inner().to_string());
+        ConfigError::Invalid { key, message }
+    })
+}
+
+/// Checks the `name` of a window, source or sink (it appears in ids and cursors).
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("`{name}` must be 1 to 64 characters of [A-Za-z0-9-_.]")))
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn positive(key: &str, duration: Duration) -> Result<(), ConfigError> {
+    if duration.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(())
+}

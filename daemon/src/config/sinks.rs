@@ -1,0 +1,181 @@
+//! `[[sinks]]`: the kinds of sink, each with its own keys (owned by its sink in the sinks
+//! crate), the keys every sink has (name, record kinds, delivery pacing), and the validated
+//! [`SinkConfig`].
+//!
+//! A new kind of sink is one line in [`RawSink`], one in [`SinkKind`] and one arm in
+//! [`sink_from_raw`]; its keys, defaults and checks live with the sink.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use eddy_sinks::{HttpConfig, MqttConfig, RawConsoleSink, RawFileSink, RawHttpSink, RawMqttSink};
+use serde::Deserialize;
+
+use crate::config::entry::{RawEntry, SharedKeys};
+use crate::config::{check_name, invalid, ConfigError};
+
+/// Kinds of outbox record a sink can take (`raw` needs `engine.forward_raw`).
+pub const RECORD_KINDS: [&str; 4] = ["window", "batch", "late", "raw"];
+
+/// One `[[sinks]]` entry as written.
+pub type RawSinkEntry = RawEntry<RawSinkShared, RawSink>;
+
+/// The kind of a `[[sinks]]` entry (`kind = "..."`) with the keys of that kind; a key of
+/// another kind is refused by serde.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RawSink {
+    /// `kind = "console"`: readable tables on stdout.
+    Console(RawConsoleSink),
+    /// `kind = "file"`: JSON lines appended to a file.
+    File(RawFileSink),
+    /// `kind = "mqtt"`: a hub over MQTT.
+    Mqtt(RawMqttSink),
+    /// `kind = "http"`: a hub over HTTP.
+    Http(RawHttpSink),
+}
+
+/// The keys every `[[sinks]]` entry has, whatever its kind: its name, the records it takes and
+/// how its deliveries are batched, paced and retried.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSinkShared {
+    /// Unique name (default `kind-N`); it names the sink's durable cursor, so keep it stable.
+    pub name: Option<String>,
+    /// Record kinds taken (default: window, batch).
+    pub records: Option<Vec<String>>,
+    /// Records handed to the sink per delivery (default 512).
+    pub batch_max_records: Option<u64>,
+    /// Wait this long for a delivery to fill up (default 0).
+    #[serde(with = "humantime_serde", default)]
+    pub linger: Option<Duration>,
+    /// Most records per second delivered (default: no cap).
+    pub rate_limit: Option<f64>,
+    /// Longest pause between retries (default 60s).
+    #[serde(with = "humantime_serde", default)]
+    pub max_backoff: Option<Duration>,
+}
+
+impl SharedKeys for RawSinkShared {
+    const KEYS: &'static [&'static str] =
+        &["name", "records", "batch_max_records", "linger", "rate_limit", "max_backoff"];
+}
+
+/// A validated sink. Compared on a reload: any difference (secrets included) restarts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkConfig {
+    /// Unique name (names the durable cursor).
+    pub name: String,
+    /// What it is.
+    pub kind: SinkKind,
+    /// Record kinds taken.
+    pub records: BTreeSet<String>,
+    /// Batching, rate cap and retry pacing of its deliveries.
+    pub delivery: DeliveryConfig,
+}
+
+/// The kinds of sink, each with the typed settings of its sink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    /// Readable tables on stdout.
+    Console,
+    /// JSON lines appended to a file.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A hub over MQTT.
+    Mqtt(Box<MqttConfig>),
+    /// A hub over HTTP.
+    Http(Box<HttpConfig>),
+}
+
+/// How a sink's delivery task batches, paces and retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryConfig {
+    /// Most records handed to the sink per delivery.
+    pub batch_max_records: usize,
+    /// When fewer records are waiting, wait this long for more before delivering.
+    pub linger: Duration,
+    /// Most records per second (`None`: no cap), so a drained backlog does not flood the hub.
+    pub rate_limit: Option<f64>,
+    /// Longest pause between retries of a failing delivery.
+    pub max_backoff: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> DeliveryConfig {
+        DeliveryConfig {
+            batch_max_records: 512,
+            linger: Duration::ZERO,
+            rate_limit: None,
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Validates entry `idx` (at `key`, `sinks[idx]`) of gateway `device_id`.
+pub(crate) fn sink_from_raw(
+    key: &str,
+    idx: usize,
+    raw: RawSinkEntry,
+    device_id: &str,
+) -> Result<SinkConfig, ConfigError> {
+    let shared = raw.shared;
+    let name = shared.name.clone().unwrap_or_else(|| format!("{}-{idx}", raw.kind_name));
+    check_name(&format!("{key}.name"), &name)?;
+    let records: BTreeSet<String> = match shared.records.clone() {
+        None => ["window", "batch"].map(String::from).into(),
+        Some(kinds) => {
+            for kind in &kinds {
+                if !RECORD_KINDS.contains(&kind.as_str()) {
+                    return Err(invalid(
+                        format!("{key}.records"),
+                        format!("`{kind}` is not one of: {}", RECORD_KINDS.join(", ")),
+                    ));
+                }
+            }
+            if kinds.is_empty() {
+                return Err(invalid(format!("{key}.records"), "must name at least one kind"));
+            }
+            kinds.into_iter().collect()
+        }
+    };
+    let delivery = delivery_from_raw(key, &shared)?;
+    let kind = match raw.kind {
+        RawSink::Console(RawConsoleSink {}) => SinkKind::Console,
+        RawSink::File(file) => SinkKind::File { path: file.validate(key)? },
+        RawSink::Mqtt(mqtt) => SinkKind::Mqtt(Box::new(mqtt.validate(key, &name, device_id)?)),
+        RawSink::Http(http) => SinkKind::Http(Box::new(http.validate(key, &name)?)),
+    };
+    Ok(SinkConfig { name, kind, records, delivery })
+}
+
+/// The delivery keys, valid for every kind of sink.
+fn delivery_from_raw(key: &str, raw: &RawSinkShared) -> Result<DeliveryConfig, ConfigError> {
+    let defaults = DeliveryConfig::default();
+    let batch_max_records = match raw.batch_max_records {
+        None => defaults.batch_max_records,
+        Some(n) => usize::try_from(n)
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| invalid(format!("{key}.batch_max_records"), "must be between 1 and 10000"))?,
+    };
+    let rate_limit = match raw.rate_limit {
+        None => None,
+        Some(rate) if rate.is_finite() && rate > 0.0 => Some(rate),
+        Some(_) => {
+            return Err(invalid(format!("{key}.rate_limit"), "must be a positive number of records/s"))
+        }
+    };
+    let max_backoff = raw.max_backoff.unwrap_or(defaults.max_backoff);
+    if max_backoff < Duration::from_millis(100) {
+        return Err(invalid(format!("{key}.max_backoff"), "must be at least 100ms"));
+    }
+    let linger = raw.linger.unwrap_or(defaults.linger);
+    if linger > Duration::from_secs(60) {
+        return Err(invalid(format!("{key}.linger"), "must be at most 60s"));
+    }
+    Ok(DeliveryConfig { batch_max_records, linger, rate_limit, max_backoff })
+}

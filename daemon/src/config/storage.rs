@@ -1,0 +1,74 @@
+//! `[storage]`: the sled cache and the disk budget of log and outbox (size, full-store policy,
+//! ttl, free-space guard).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{invalid, ConfigError};
+use crate::storage::{BudgetConfig, Policy};
+
+/// `[storage]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorage {
+    /// sled cache, bytes.
+    pub cache_capacity: u64,
+    /// Disk budget of log + outbox, bytes (0: none).
+    pub max_bytes: u64,
+    /// `drop_oldest` or `reject_new`.
+    pub policy: String,
+    /// Drop outbox records older than this (none: keep until delivered).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Refuse readings when the file system has less free space, bytes (0: no check).
+    pub min_free_bytes: u64,
+}
+
+impl Default for RawStorage {
+    fn default() -> RawStorage {
+        RawStorage {
+            cache_capacity: 4 * 1024 * 1024,
+            max_bytes: 0,
+            policy: "drop_oldest".to_owned(),
+            ttl: None,
+            min_free_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl RawStorage {
+    /// Validates the sled cache size.
+    pub(crate) fn cache_capacity(&self) -> Result<u64, ConfigError> {
+        if self.cache_capacity < 256 * 1024 {
+            return Err(invalid("storage.cache_capacity", "must be at least 262144 bytes"));
+        }
+        Ok(self.cache_capacity)
+    }
+
+    /// Validates the budget keys.
+    pub(crate) fn budget(&self) -> Result<BudgetConfig, ConfigError> {
+        let policy = match self.policy.as_str() {
+            "drop_oldest" => Policy::DropOldest,
+            "reject_new" => Policy::RejectNew,
+            other => {
+                return Err(invalid(
+                    "storage.policy",
+                    format!("`{other}` is not one of: drop_oldest, reject_new"),
+                ))
+            }
+        };
+        if self.max_bytes != 0 && self.max_bytes < 64 * 1024 {
+            return Err(invalid("storage.max_bytes", "must be 0 (no budget) or at least 65536 bytes"));
+        }
+        if self.ttl.is_some_and(|ttl| ttl.is_zero()) {
+            return Err(invalid("storage.ttl", "must be greater than zero (leave it out to keep records)"));
+        }
+        Ok(BudgetConfig {
+            max_bytes: (self.max_bytes != 0).then_some(self.max_bytes),
+            policy,
+            ttl: self.ttl,
+            min_free_bytes: self.min_free_bytes,
+        })
+    }
+}

@@ -1,0 +1,348 @@
+//! Tests of the configuration: defaults, and every mistake reported with its key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{deserialize, Config, ConfigError, SinkKind, SourceKind};
+
+fn load_str(text: &str) -> Result<Config, ConfigError> {
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .map_err(|error| ConfigError::Load(error.to_string()))?;
+    Config::from_raw(deserialize(built)?)
+}
+
+const MINIMAL: &str = "device_id = \"gw\"\ndata_dir = \"/tmp/x\"\n[[sources]]\nkind = \"simulator\"\n";
+
+fn check_err(extra: &str, expected_fragment: &str) {
+    let text = format!("{MINIMAL}{extra}");
+    let error = load_str(&text).expect_err("config should be rejected").to_string();
+    assert!(error.contains(expected_fragment), "error `{error}` should mention `{expected_fragment}`");
+}
+
+#[test]
+fn built_in_default_config_is_valid_and_matches_the_documented_pipeline() {
+    let config = Config::load(None).expect("default config loads");
+    assert_eq!(config.device_id, "gw-01");
+    assert_eq!(config.engine.windows.len(), 1);
+    assert_eq!(config.engine.windows[0].length_ms(), 10_000);
+    assert_eq!(config.engine.windows[0].slide_ms(), 5_000);
+    assert_eq!(config.engine.batch_interval, Duration::from_secs(2));
+    assert!(matches!(config.sources[0].kind, SourceKind::Simulator { .. }));
+    assert!(matches!(config.sinks[0].kind, SinkKind::Console));
+    assert_eq!(config.data_dir, PathBuf::from("./eddy-data"));
+}
+
+#[test]
+fn invalid_values_are_reported_with_their_key() {
+    check_err("[batch]\ninterval = \"0s\"\n", "batch.interval");
+    check_err("[ingest]\nflush_interval = \"5s\"\n", "ingest.flush_interval");
+    check_err("[[windows]]\nname = \"w\"\nlength = \"5s\"\nslide = \"10s\"\n", "windows[0]: slide");
+    check_err("[[windows]]\nname = \"w\"\nlength = \"5s\"\nfields = [\"nope\"]\n", "windows[0].fields");
+    check_err(
+        "[[windows]]\nname = \"w\"\nlength = \"5s\"\naggregates = [\"median\"]\n",
+        "windows[0].aggregates",
+    );
+    check_err("[[windows]]\nname = \"w\"\nlength = \"5s\"\ntime = \"wall\"\n", "windows[0].time");
+    check_err("[[sources]]\nkind = \"tcp\"\nlisten = \"nowhere\"\n", "sources[1].listen");
+    check_err("[[sources]]\nkind = \"tcp\"\nformat = \"xml\"\n", "sources[1].format");
+    check_err("[[sources]]\nkind = \"tcp\"\nrate = 2.0\n", "sources[1].rate");
+    check_err("[[sources]]\nkind = \"modbus\"\n", "sources[1].kind");
+    check_err("[[sources]]\nkind = \"tcp\"\nmax_sessions = 8\n", "sources[1].max_sessions");
+    check_err("[[sources]]\nkind = \"simulator\"\nmax_sessions = 8\n", "sources[1].max_sessions");
+    check_err("[[sinks]]\nkind = \"file\"\n", "sinks[0].path");
+    check_err("[[windows]]\nname = \"batch\"\nlength = \"5s\"\n", "windows[0].name");
+    check_err("[schema]\nfields = [{ name = \"late\" }]\n", "schema.fields[0].name");
+    check_err("[[sinks]]\nkind = \"console\"\nrecords = [\"raw\"]\n", "sinks[0].records");
+    check_err(
+        "[[sinks]]\nkind = \"console\"\n[[sinks]]\nkind = \"console\"\nname = \"console-0\"\n",
+        "used twice",
+    );
+}
+
+#[test]
+fn log_level_takes_a_default_level_and_target_levels() {
+    for level in ["info", "WARN", "off", "eddy=debug,info", "eddy::storage=trace,rumqttc=warn,error"] {
+        let config = load_str(&format!("{MINIMAL}[log]\nlevel = \"{level}\"\n")).expect(level);
+        assert_eq!(config.log_level.as_deref(), Some(level));
+    }
+    check_err("[log]\nlevel = \"eddy=loud\"\n", "log.level");
+    check_err("[log]\nlevel = \"eddy=debug=info\"\n", "log.level");
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_are_rejected() {
+    check_err("colour = \"blue\"\n", "colour");
+    check_err("[batch]\ninterval = 5\n", "interval");
+}
+
+#[test]
+fn a_custom_schema_drives_window_fields() {
+    let config = load_str(&format!(
+        "{MINIMAL}[schema]\nfields = [{{ name = \"pressure\", required = true, min = 0.0, max = 2000.0 }}]\n\
+         [[windows]]\nname = \"p\"\nlength = \"1m\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(config.engine.field_names, vec!["pressure".to_owned()]);
+    assert_eq!(config.engine.windows[0].fields(), &[0]);
+}
+
+fn load_source(source: &str) -> Result<Config, ConfigError> {
+    load_str(&format!("device_id = \"gw\"\ndata_dir = \"/tmp/x\"\n[[sources]]\n{source}"))
+}
+
+#[track_caller]
+fn check_source_err(source: &str, expected_key: &str) {
+    let error = load_source(source).expect_err("config should be rejected").to_string();
+    assert!(error.starts_with(expected_key), "error `{error}` should name `{expected_key}`");
+}
+
+fn load_extra(extra: &str) -> Result<Config, ConfigError> {
+    load_str(&format!("{MINIMAL}{extra}"))
+}
+
+#[track_caller]
+fn check_key(extra: &str, key: &str) {
+    let error = load_extra(extra).expect_err("must be rejected").to_string();
+    assert!(error.starts_with(key), "error `{error}` should name `{key}`");
+}
+
+#[test]
+fn serial_source_keys_are_typed_with_defaults() {
+    let config = load_source(
+        "kind = \"serial\"\npath = \"/dev/ttyUSB0\"\nbaud = 115200\nparity = \"even\"\nformat = \"csv\"\n",
+    )
+    .unwrap();
+    let SourceKind::Serial { serial, format } = &config.sources[0].kind else { panic!() };
+    assert_eq!((serial.baud, serial.data_bits, serial.stop_bits), (115_200, 8, 1));
+    assert_eq!(serial.parity, eddy_sensors::SerialParity::Even);
+    assert_eq!(*format, eddy_sensors::Format::Csv);
+    assert_eq!(config.sources[0].name, "serial-0");
+}
+
+#[test]
+fn serial_source_errors_name_the_key() {
+    check_source_err("kind = \"serial\"\n", "sources[0].path");
+    check_source_err("kind = \"serial\"\npath = \"/dev/x\"\nbaud = 0\n", "sources[0].baud");
+    check_source_err("kind = \"serial\"\npath = \"/dev/x\"\ndata_bits = 9\n", "sources[0].data_bits");
+    check_source_err("kind = \"serial\"\npath = \"/dev/x\"\nparity = \"mark\"\n", "sources[0].parity");
+    check_source_err("kind = \"serial\"\npath = \"/dev/x\"\nstop_bits = 3\n", "sources[0].stop_bits");
+    check_source_err(
+        "kind = \"serial\"\npath = \"/dev/x\"\nline_separator = \"nul\"\n",
+        "sources[0].line_separator",
+    );
+    check_source_err("kind = \"serial\"\npath = \"/dev/x\"\nlisten = \"127.0.0.1:1\"\n", "sources[0].listen");
+    check_source_err("kind = \"serial\"\npath = \"/dev/x\"\ntopics = [\"a\"]\n", "sources[0].topics");
+    check_source_err("kind = \"tcp\"\nbaud = 9600\n", "sources[0].baud");
+}
+
+#[test]
+fn mqtt_source_keys_are_typed_with_a_persistent_session_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("pw");
+    std::fs::write(&password_file, "s3cret\n").unwrap();
+    let config = load_source(&format!(
+        "kind = \"mqtt\"\nurl = \"mqtt://broker:1884\"\nclient_id = \"gw-17\"\ntopics = [\"sensors/+/reading\"]\n\
+         username = \"eddy\"\npassword_file = \"{}\"\nsensor_from_topic = 1\nkeep_alive = \"10s\"\n",
+        password_file.display()
+    ))
+    .unwrap();
+    let SourceKind::Mqtt { mqtt, .. } = &config.sources[0].kind else { panic!() };
+    assert_eq!((mqtt.broker.host.as_str(), mqtt.broker.port), ("broker", 1884));
+    assert!(!mqtt.clean_session);
+    assert_eq!(mqtt.qos, eddy_sensors::MqttQos::AtLeastOnce);
+    assert_eq!(mqtt.password.as_ref().map(eddy_sensors::Secret::expose), Some("s3cret"));
+    assert_eq!(mqtt.sensor_from_topic, Some(1));
+    assert!(!format!("{config:?}").contains("s3cret"), "the password is never printed");
+}
+
+#[test]
+fn mqtt_source_errors_name_the_key() {
+    let base = "kind = \"mqtt\"\nurl = \"mqtt://localhost\"\nclient_id = \"gw\"\ntopics = [\"a/#\"]\n";
+    check_source_err("kind = \"mqtt\"\nclient_id = \"gw\"\ntopics = [\"a\"]\n", "sources[0].url");
+    check_source_err(
+        "kind = \"mqtt\"\nurl = \"http://x\"\nclient_id = \"gw\"\ntopics = [\"a\"]\n",
+        "sources[0].url",
+    );
+    check_source_err("kind = \"mqtt\"\nurl = \"mqtt://x\"\ntopics = [\"a\"]\n", "sources[0].client_id");
+    check_source_err("kind = \"mqtt\"\nurl = \"mqtt://x\"\nclient_id = \"gw\"\n", "sources[0].topics");
+    check_source_err(
+        "kind = \"mqtt\"\nurl = \"mqtt://x\"\nclient_id = \"gw\"\ntopics = [\"a/#/b\"]\n",
+        "sources[0].topics[0]",
+    );
+    check_source_err(
+        "kind = \"mqtt\"\nurl = \"mqtt://x\"\nclient_id = \"gw\"\ntopics = [\"a+\"]\n",
+        "sources[0].topics[0]",
+    );
+    check_source_err(&format!("{base}qos = 3\n"), "sources[0].qos");
+    check_source_err(
+        &format!("{base}password_env = \"EDDY_TEST_SURELY_UNSET_VARIABLE\"\nusername = \"u\"\n"),
+        "sources[0].password_env",
+    );
+    check_source_err(
+        &format!("{base}password_file = \"/nonexistent/pw\"\nusername = \"u\"\n"),
+        "sources[0].password_file",
+    );
+    check_source_err(
+        "kind = \"mqtt\"\nurl = \"mqtts://x\"\nclient_id = \"gw\"\ntopics = [\"a\"]\n",
+        "sources[0].ca_file",
+    );
+    check_source_err(&format!("{base}ca_file = \"/ca.pem\"\n"), "sources[0].ca_file");
+    check_source_err(
+        &format!("{base}sensor_from_topic = 1\nformat = \"csv\"\n"),
+        "sources[0].sensor_from_topic",
+    );
+    check_source_err(&format!("{base}keep_alive = \"1s\"\n"), "sources[0].keep_alive");
+    check_source_err(&format!("{base}max_in_flight = 0\n"), "sources[0].max_in_flight");
+    check_source_err(&format!("{base}rate = 1.0\n"), "sources[0].rate");
+    check_source_err(&format!("{base}path = \"/dev/x\"\n"), "sources[0].path");
+}
+
+#[test]
+fn uplink_and_budget_mistakes_name_their_key() {
+    check_key("[[sinks]]\nkind = \"mqtt\"\n", "sinks[0].url");
+    check_key("[[sinks]]\nkind = \"mqtt\"\nurl = \"tcp://x\"\n", "sinks[0].url");
+    check_key("[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://x\"\ntopic = \"a/{sensor}\"\n", "sinks[0].topic");
+    check_key(
+        "[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://x\"\npassword_env = \"EDDY_TEST_UNSET_VAR\"\n",
+        "sinks[0].password_env",
+    );
+    check_key("[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://x\"\ntimeout = \"1s\"\n", "sinks[0].timeout");
+    check_key(
+        "[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://x\"\nca_file = \"/nonexistent.pem\"\n",
+        "sinks[0].ca_file",
+    );
+    check_key("[[sinks]]\nkind = \"http\"\nurl = \"ftp://x\"\n", "sinks[0].url");
+    check_key("[[sinks]]\nkind = \"http\"\nurl = \"http://x\"\ntopic = \"t\"\n", "sinks[0].topic");
+    check_key("[[sinks]]\nkind = \"http\"\nurl = \"http://x\"\nheader_env = { authorization = \"EDDY_TEST_UNSET_VAR\" }\n", "sinks[0].header_env.authorization");
+    check_key("[[sinks]]\nkind = \"console\"\nurl = \"http://x\"\n", "sinks[0].url");
+    check_key("[[sinks]]\nkind = \"console\"\nrate_limit = 0.0\n", "sinks[0].rate_limit");
+    check_key("[[sinks]]\nkind = \"console\"\nbatch_max_records = 0\n", "sinks[0].batch_max_records");
+    check_key("[[sinks]]\nkind = \"console\"\nrecords = [\"raw\"]\n", "sinks[0].records");
+    check_key("[engine]\nforward_raw = true\n[[sinks]]\nkind = \"console\"\n", "engine.forward_raw");
+    check_key("[storage]\npolicy = \"panic\"\n", "storage.policy");
+    check_key("[storage]\nmax_bytes = 1000\n", "storage.max_bytes");
+}
+
+#[test]
+fn an_mqtt_sink_gets_its_defaults_and_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let config = load_extra(&format!(
+        "[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtts://hub.local\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+        password.display()
+    ))
+    .expect("valid");
+    let SinkKind::Mqtt(mqtt) = &config.sinks[0].kind else { panic!("not mqtt") };
+    assert_eq!(mqtt.broker.port, 8883);
+    assert_eq!(mqtt.topic, "devices/{device_id}/{type}");
+    assert_eq!(mqtt.client_id, "eddy-gw");
+    assert_eq!(mqtt.password.as_ref().map(|secret| secret.expose()), Some("s3cret"));
+    assert!(!format!("{config:?}").contains("s3cret"), "the password must not show in Debug");
+    assert_eq!(config.sinks[0].delivery.batch_max_records, 512);
+}
+
+#[track_caller]
+fn check_message(extra: &str, expected: &str) {
+    let error = load_extra(extra).expect_err("must be rejected").to_string();
+    assert_eq!(error, expected);
+}
+
+#[test]
+fn a_key_of_another_kind_or_of_the_wrong_type_is_named_in_full() {
+    check_message(
+        "[[sources]]\nkind = \"tcp\"\nrate = 2.0\n",
+        "sources[1].rate: does not apply to kind = \"tcp\" (its keys: `name`, `listen`, `format`, \
+         `precision`, `ack`, `max_connections`, `max_sessions`)",
+    );
+    check_message(
+        "[[sinks]]\nkind = \"console\"\nurl = \"http://x\"\n",
+        "sinks[0].url: does not apply to kind = \"console\" (its keys: `name`, `records`, \
+         `batch_max_records`, `linger`, `rate_limit`, `max_backoff`)",
+    );
+    check_message(
+        "[[sources]]\nkind = \"tcp\"\nmax_connections = \"x\"\n",
+        "sources[1].max_connections: invalid type: string \"x\", expected u64",
+    );
+    check_message(
+        "[[sinks]]\nkind = \"console\"\nrecords = [3]\n",
+        "sinks[0].records[0]: invalid type: integer `3`, expected a string",
+    );
+    check_message(
+        "[[sources]]\nkind = \"modbus\"\n",
+        "sources[1].kind: `modbus` is not one of: tcp, serial, mqtt, simulator",
+    );
+    check_message(
+        "[[sinks]]\nkind = \"kafka\"\n",
+        "sinks[0].kind: `kafka` is not one of: console, file, mqtt, http",
+    );
+    check_key("[[sources]]\nname = \"x\"\n", "sources[1].kind");
+}
+
+#[test]
+fn client_cert_and_client_key_still_load_with_a_deprecation_warning() {
+    let mqtts = "kind = \"mqtt\"\nurl = \"mqtts://broker\"\nclient_id = \"gw\"\ntopics = [\"a/#\"]\n\
+                 ca_file = \"/etc/eddy/ca.pem\"\n";
+    let config = load_source(&format!(
+        "{mqtts}client_cert = \"/etc/eddy/gw.pem\"\nclient_key = \"/etc/eddy/gw.key\"\n"
+    ))
+    .expect("the old spelling loads");
+    let SourceKind::Mqtt { mqtt, .. } = &config.sources[0].kind else { panic!("not mqtt") };
+    let tls = mqtt.tls.as_ref().expect("tls");
+    assert_eq!(tls.client_auth, Some((PathBuf::from("/etc/eddy/gw.pem"), PathBuf::from("/etc/eddy/gw.key"))));
+    assert_eq!(
+        config.warnings,
+        [
+            "sources[0].client_cert is deprecated: write sources[0].cert_file instead",
+            "sources[0].client_key is deprecated: write sources[0].key_file instead",
+        ]
+    );
+    let config =
+        load_source(&format!("{mqtts}cert_file = \"/etc/eddy/gw.pem\"\nkey_file = \"/etc/eddy/gw.key\"\n"))
+            .expect("the new spelling loads");
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    check_source_err(
+        &format!("{mqtts}cert_file = \"/a.pem\"\nclient_cert = \"/a.pem\"\nkey_file = \"/a.key\"\n"),
+        "sources[0].client_cert: give cert_file or its old spelling client_cert, not both",
+    );
+}
+
+#[test]
+fn non_finite_numbers_reach_validation_and_are_refused() {
+    // The entries are buffered as TOML values, which keep nan and inf (JSON values would
+    // turn them into null, and so into the default).
+    check_message(
+        "[[sources]]\nkind = \"simulator\"\nrate = nan\n",
+        "sources[1].rate: must be a number of readings/s in (0, 1000000]",
+    );
+    check_message(
+        "[[sinks]]\nkind = \"console\"\nrate_limit = inf\n",
+        "sinks[0].rate_limit: must be a positive number of records/s",
+    );
+}
+
+#[test]
+fn every_shared_key_is_taken_by_every_kind() {
+    let shared = "records = [\"batch\"]\nbatch_max_records = 10\nlinger = \"1s\"\nrate_limit = 5.0\nmax_backoff = \"1s\"\n";
+    for (idx, kind) in [
+        "kind = \"console\"",
+        "kind = \"file\"\npath = \"/tmp/x.jsonl\"",
+        "kind = \"mqtt\"\nurl = \"mqtt://hub\"",
+        "kind = \"http\"\nurl = \"http://hub\"",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let config = load_extra(&format!("[[sinks]]\nname = \"s{idx}\"\n{kind}\n{shared}")).expect(kind);
+        let sink = &config.sinks[0];
+        assert_eq!(sink.name, format!("s{idx}"));
+        assert_eq!(sink.delivery.batch_max_records, 10);
+        assert_eq!(sink.delivery.rate_limit, Some(5.0));
+    }
+    for kind in ["kind = \"tcp\"", "kind = \"serial\"\npath = \"/dev/x\"", "kind = \"simulator\""] {
+        let config = load_extra(&format!("[[sources]]\nname = \"named\"\n{kind}\n")).expect(kind);
+        assert_eq!(config.sources[1].name, "named");
+    }
+}
