@@ -44,6 +44,31 @@ fn an_invalid_config_exits_2_naming_the_key() {
 }
 
 #[test]
+fn a_deprecated_key_loads_with_a_warning_naming_its_new_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eddy.toml");
+    let cert = dir.path().join("c.pem");
+    std::fs::write(&cert, b"").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "device_id = \"gw\"\ndata_dir = \"d\"\n[[sources]]\nkind = \"mqtt\"\n\
+             broker = \"mqtts://127.0.0.1:8883\"\ntopics = [\"t/#\"]\n\
+             client_cert = \"{0}\"\nclient_key = \"{0}\"\n",
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = eddy(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: sources[0].client_cert is deprecated: write sources[0].cert_file instead")
+            && stderr.contains("sources[0].client_key is deprecated"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_missing_config_file_exits_2_naming_the_file() {
     let (code, _, stderr) = eddy(&["check-config", "--config", "/nonexistent/eddy.toml"]);
     assert_eq!(code, 2);

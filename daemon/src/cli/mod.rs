@@ -111,7 +111,10 @@ pub fn main(cli: Cli, log: LogHandle) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => match Config::load(Some(&config)) {
-            Ok(_) => {
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    eprintln!("eddy: warning: {warning}");
+                }
                 eprintln!("{}: configuration is valid", config.display());
                 ExitCode::SUCCESS
             }
@@ -133,6 +136,9 @@ pub fn main(cli: Cli, log: LogHandle) -> ExitCode {
                 if let Ok(filter) = level.parse::<tracing_subscriber::filter::Targets>() {
                     let _ = log.reload(filter);
                 }
+            }
+            for warning in &loaded.warnings {
+                tracing::warn!(%warning, "Configuration: a key to change.");
             }
             let runtime = match runtime() {
                 Ok(runtime) => runtime,

@@ -86,6 +86,9 @@ fn reload(running: &mut Running, log: &LogHandle) -> Option<Config> {
             return None;
         }
     };
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "SIGHUP: configuration: a key to change.");
+    }
     if config.log_level != running.log_level {
         if env_log_filter().is_some() {
             tracing::warn!(
