@@ -3,8 +3,6 @@
 //! daemon.
 #![deny(missing_docs)]
 
-mod backoff;
-mod clock;
 mod framing;
 mod ingest;
 mod mqtt;
@@ -43,5 +41,3 @@ pub use crate::simulator::{
 };
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
 pub use crate::tcp::{RawTcpSource, TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};
-// The daemon still calls `eddy_sensors::wall_clock_ms()` by its full path in a few places.
-pub use eddy_common::wall_clock_ms;

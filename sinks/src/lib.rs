@@ -13,7 +13,6 @@ mod file;
 mod http;
 mod mqtt;
 mod record;
-mod secret;
 mod sink;
 mod tls;
 

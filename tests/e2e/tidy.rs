@@ -21,7 +21,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn workspace_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
-    for crate_dir in ["daemon", "sensors", "sinks", "tests"] {
+    for crate_dir in ["common", "daemon", "sensors", "sinks", "tests"] {
         rust_files(&root.join(crate_dir), &mut files);
     }
     assert!(files.len() > 20, "found only {} Rust files", files.len());

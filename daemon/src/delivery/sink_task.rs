@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use eddy_common::{wall_clock_ms, Backoff};
 use eddy_sinks::{Delivery, OutRecord, Sink};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -65,7 +66,7 @@ impl Delivering {
         };
         self.publish(Lane::Results, cursors.results);
         self.publish(Lane::Raw, cursors.raw);
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, self.delivery.max_backoff);
         let mut offline_since: Option<tokio::time::Instant> = None;
         let mut last_warned = tokio::time::Instant::now();
         loop {
@@ -164,10 +165,10 @@ impl Delivering {
                     if let Some(since) = offline_since.take() {
                         tracing::info!(sink = %name, offline_secs = since.elapsed().as_secs(), "Sink is back.");
                     }
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                 }
                 Delivery::Rejected { reason } => {
-                    let rejected_ms = eddy_sensors::wall_clock_ms();
+                    let rejected_ms = wall_clock_ms();
                     let dead: Vec<DeadLetterEntry> = records
                         .iter()
                         .map(|record| DeadLetterEntry {
@@ -199,7 +200,7 @@ impl Delivering {
                     if offline_since.is_none() {
                         tracing::warn!(sink = %name, %reason, "Sink is unavailable; records stay in the outbox and are retried.");
                         offline_since = Some(now);
-                        let wall_ms = u64::try_from(eddy_sensors::wall_clock_ms()).unwrap_or(1).max(1);
+                        let wall_ms = u64::try_from(wall_clock_ms()).unwrap_or(1).max(1);
                         self.stats.offline_since_ms.store(wall_ms, Ordering::Relaxed);
                         last_warned = now;
                     } else if now - last_warned >= STILL_OFFLINE_WARN_EVERY {
@@ -210,8 +211,7 @@ impl Delivering {
                     } else {
                         tracing::debug!(sink = %name, %reason, "Delivery failed again; retrying.");
                     }
-                    let delay = jittered(backoff);
-                    backoff = (backoff * 2).min(self.delivery.max_backoff);
+                    let delay = backoff.next_delay();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = give_up.changed() => break,
@@ -279,12 +279,6 @@ impl Delivering {
             }
         }
     }
-}
-
-/// `base` ± 25 %, so that many gateways that lost the same hub do not retry in lockstep.
-fn jittered(base: Duration) -> Duration {
-    let factor = 0.75 + fastrand::f64() * 0.5;
-    base.mul_f64(factor)
 }
 
 #[cfg(test)]

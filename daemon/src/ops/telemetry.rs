@@ -60,7 +60,7 @@ pub(crate) struct Telemetry {
 }
 
 fn now_ms() -> u64 {
-    u64::try_from(eddy_sensors::wall_clock_ms()).unwrap_or(0)
+    u64::try_from(eddy_common::wall_clock_ms()).unwrap_or(0)
 }
 
 impl Telemetry {

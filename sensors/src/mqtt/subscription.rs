@@ -15,14 +15,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::Backoff;
-use crate::clock::wall_clock_ms;
 use crate::ingest::{Durability, IngestClosed, IngestSender, Mark};
 use crate::mqtt::config::{MqttQos, MqttSourceConfig};
 use crate::mqtt::payload::{decode_payload, PayloadRules};
 use crate::mqtt::{MqttConnectionStats, MqttSourceError, REQUEST_CHANNEL_CAPACITY};
 use crate::parse::LineDecoder;
 use crate::tcp::warn_limit::WarnLimiter;
+use eddy_common::wall_clock_ms;
+use eddy_common::Backoff;
 
 /// How long a stopping source may take to write its last acknowledgements and disconnect.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);

@@ -18,8 +18,6 @@ use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialSt
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::backoff::Backoff;
-use crate::clock::wall_clock_ms;
 use crate::framing::{Fill, Frame, LineFramer};
 use crate::ingest::{IngestClosed, IngestSender};
 use crate::parse::{LineDecoder, LineParser};
@@ -29,6 +27,8 @@ use crate::reject::RejectReason;
 use crate::serial::line_ends::LineEnds;
 use crate::stats::SourceStats;
 use crate::tcp::warn_limit::WarnLimiter;
+use eddy_common::wall_clock_ms;
+use eddy_common::Backoff;
 
 pub use crate::serial::config::{LineSeparator, RawSerialSource, SerialParity, SerialSourceConfig};
 

@@ -15,12 +15,12 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use crate::clock::wall_clock_ms;
 use crate::ingest::{IngestClosed, IngestSender};
 use crate::reading::Reading;
 use crate::registry::{AdmittedSensors, SensorRegistry};
 use crate::reject::RejectReason;
 use crate::stats::SourceStats;
+use eddy_common::wall_clock_ms;
 
 pub use crate::simulator::client::{simulate_tcp, SimulateError, SimulateOptions, SimulateReport};
 pub use crate::simulator::config::{RawSimulatorSource, SimulatorConfig};

@@ -10,7 +10,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::clock::wall_clock_ms;
 use crate::framing::{Frame, LineFramer};
 use crate::ingest::{IngestClosed, IngestSender, Mark};
 use crate::parse::LineDecoder;
@@ -18,6 +17,7 @@ use crate::reject::{RejectReason, Rejection};
 use crate::tcp::conn::{AwaitDurability, Outcome, PendingBatch, ReplyEntry, ReplyQueue};
 use crate::tcp::session::{parse_session_line, SessionClaim, Sessions};
 use crate::tcp::warn_limit::WarnLimiter;
+use eddy_common::wall_clock_ms;
 
 /// The prefix of a control line declaring a numbered session; never a reading in any format
 /// (`#` is not JSON, and a comment in line protocol).

@@ -9,8 +9,8 @@ use eddy_common::{invalid, secret_from_env, secret_from_file, KeyError};
 use serde::Deserialize;
 
 use crate::config_keys::{timeout, tls_files};
-use crate::secret::Secret;
 use crate::tls::TlsFiles;
+use eddy_common::Secret;
 
 /// Where and how the HTTP uplink posts. Plain data, validated from [`RawHttpSink`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::config_keys::{timeout, tls_files};
 use crate::mqtt::config::{check_topic_template, MqttConfig, MqttUrl};
-use crate::secret::Secret;
+use eddy_common::Secret;
 
 /// One `[[sinks]]` entry with `kind = "mqtt"`, as written (the daemon takes `kind`, `name`,
 /// `records` and the delivery keys every sink has).
