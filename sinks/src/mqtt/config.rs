@@ -1,4 +1,4 @@
-//! Settings of the MQTT uplink and the parsing of its `mqtt://` / `mqtts://` URL.
+//! Settings of the MQTT uplink, already validated and typed (the URL is parsed by `eddy_common::BrokerUrl`).
 
 use std::time::Duration;
 
