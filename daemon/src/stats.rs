@@ -104,8 +104,15 @@ pub(crate) struct StoreCounters {
     pub(crate) corrupt_state_pages: u64,
     #[serde(skip)]
     pub(crate) corrupt_meta: u64,
-    #[serde(skip)]
+    /// Store flushes made durable (group commits, engine commits, cursors); absent from an
+    /// older eddy's document.
+    #[serde(default)]
     pub(crate) flushes: u64,
+    /// Bytes eddy caused to be written to storage since it started (`write_bytes` of
+    /// `/proc/self/io`: the store with sled's own overhead, and file sinks): what wears the
+    /// flash. 0 where the kernel does not count it; absent from an older eddy's document.
+    #[serde(default)]
+    pub(crate) written_bytes: u64,
 }
 
 impl StoreCounters {
@@ -129,8 +136,16 @@ impl StoreCounters {
             corrupt_state_pages: stats.corrupt_state_pages.load(Ordering::Relaxed),
             corrupt_meta: stats.corrupt_meta.load(Ordering::Relaxed),
             flushes: stats.flushes.load(Ordering::Relaxed),
+            written_bytes: process_written_bytes().unwrap_or(0),
         }
     }
+}
+
+/// `write_bytes` of `/proc/self/io`: the bytes this process caused to be sent to the storage
+/// layer (counted when pages are dirtied, so a rewrite of a cached page counts again).
+fn process_written_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|line| line.strip_prefix("write_bytes:")).and_then(|value| value.trim().parse().ok())
 }
 
 /// Counters of the aggregator, shared with the status log.

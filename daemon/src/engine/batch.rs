@@ -161,6 +161,11 @@ impl MicroBatch {
         self.touched_list = touched;
     }
 
+    /// Whether a sensor's batch state changed since the last `take_dirty`.
+    pub(crate) fn has_dirty(&self) -> bool {
+        !self.dirty_list.is_empty()
+    }
+
     /// Appends the changed entries: a put for sensors with readings in the open batch, a delete
     /// for the others.
     pub(crate) fn take_dirty(

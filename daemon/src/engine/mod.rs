@@ -88,6 +88,9 @@ pub struct Engine {
     late_readings_total: u64,
     results_emitted_total: u64,
     meta_dirty: bool,
+    /// The clock moved since the last `take_dirty`. Stored with the next real change only
+    /// (see [`Engine::has_changes`]), so that an idle gateway writes nothing.
+    clock_dirty: bool,
     /// Keys of skipped stored entries, deleted by the next `take_dirty`.
     pending_deletes: Vec<Vec<u8>>,
 }
@@ -139,6 +142,7 @@ impl Engine {
             late_readings_total: 0,
             results_emitted_total: 0,
             meta_dirty: false,
+            clock_dirty: false,
             pending_deletes: Vec::new(),
         }
     }
@@ -184,13 +188,25 @@ impl Engine {
         self.batch.deadline_ms().into_iter().chain(windows).min()
     }
 
+    /// Whether state changed since the last [`Engine::take_dirty`] beyond the processing
+    /// clock: a reading applied, something emitted, a sensor's state changed. The clock moving
+    /// alone is not a change worth storing (an idle gateway would write every tick); it is
+    /// stored with the next real one. Resuming from an older clock after a restart closes
+    /// nothing twice, since nothing was emitted while only the clock moved.
+    pub fn has_changes(&self) -> bool {
+        self.meta_dirty
+            || !self.pending_deletes.is_empty()
+            || self.batch.has_dirty()
+            || self.windows.iter().any(WindowSet::has_dirty)
+    }
+
     /// State changed since the last call, as opaque `(key, Some(value))` puts and `(key, None)`
     /// deletes, sorted by key. Keys are short byte strings (at most 130 bytes) unique within
     /// the engine; values are postcard bytes of the versioned envelopes of `engine/state.rs`.
     pub fn take_dirty(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let mut entries: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             self.pending_deletes.drain(..).map(|key| (key, None)).collect();
-        if std::mem::take(&mut self.meta_dirty) {
+        if std::mem::take(&mut self.meta_dirty) | std::mem::take(&mut self.clock_dirty) {
             let meta = MetaEnvelope::V1(MetaV1 {
                 clock_ms: self.clock_ms,
                 batch_floor: self.batch.floor(),
@@ -272,10 +288,14 @@ impl Engine {
             return;
         }
         self.clock_ms = Some(now_ms);
-        self.meta_dirty = true;
+        self.clock_dirty = true;
+        let first_output = out.len();
         self.batch.advance(now_ms, &self.sensors.names, out);
         for window_set in &mut self.windows {
             window_set.advance(now_ms, &self.sensors.sorted, &self.sensors.names, out);
+        }
+        if out.len() > first_output {
+            self.meta_dirty = true;
         }
     }
 

@@ -596,6 +596,32 @@ fn take_dirty_puts_changed_state_and_deletes_closed_batches() {
 }
 
 #[test]
+fn the_clock_moving_alone_is_no_change_to_store_but_rides_along_with_the_next() {
+    let mut engine = Engine::new(engine_spec(vec![event("w", 10_000, 10_000, 0)], IDLE_MS));
+    let mut out = Vec::new();
+    engine.apply_chunk(0, 0, &[reading("s", 1000, Some(1.0))], &mut out);
+    assert!(engine.has_changes());
+    engine.take_dirty();
+    engine.tick(500, &mut out);
+    assert!(!engine.has_changes(), "an idle tick that emits nothing is not worth a write");
+    // The batch of 0 closes at 1000: something was emitted, so the state changed.
+    engine.tick(1000, &mut out);
+    assert!(engine.has_changes());
+    engine.take_dirty();
+    // Idle ticks short of the idle timeout: nothing emitted, nothing to store...
+    for now_ms in (2000..IDLE_MS).step_by(1000) {
+        engine.tick(now_ms, &mut out);
+        assert!(!engine.has_changes(), "tick at {now_ms}");
+    }
+    // ...but whatever is taken next carries the clock the engine reached.
+    let keys: Vec<Vec<u8>> = engine.take_dirty().into_iter().map(|(key, _)| key).collect();
+    assert_eq!(keys, [b"e".to_vec()]);
+    // The idle timeout closes the sensor's window: a change.
+    engine.tick(1000 + IDLE_MS, &mut out);
+    assert!(engine.has_changes());
+}
+
+#[test]
 fn restore_refuses_window_state_that_lacks_parts_new_aggregates_read() {
     let with = |aggregates: Vec<Aggregate>| {
         WindowSpec::new(

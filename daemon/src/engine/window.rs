@@ -277,6 +277,11 @@ impl WindowSet {
         *next_due_ms = next_due;
     }
 
+    /// Whether a sensor's state changed since the last `take_dirty`.
+    pub(crate) fn has_dirty(&self) -> bool {
+        !self.dirty_list.is_empty()
+    }
+
     /// Appends a put for every sensor whose state changed.
     pub(crate) fn take_dirty(
         &mut self,

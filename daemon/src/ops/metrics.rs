@@ -164,6 +164,18 @@ const FAMILIES: &[Family] = &[
         read: Daemon(|status| Count(status.store.disk_bytes)),
     },
     Family {
+        name: "eddy_store_written_bytes_total",
+        kind: Counter,
+        help: "Bytes eddy caused to be written to storage (the store and file sinks; /proc/self/io write_bytes).",
+        read: Daemon(|status| Count(status.store.written_bytes)),
+    },
+    Family {
+        name: "eddy_store_fsyncs_total",
+        kind: Counter,
+        help: "Store flushes made durable (fdatasync of the store's files).",
+        read: Daemon(|status| Count(status.store.flushes)),
+    },
+    Family {
         name: "eddy_store_refused_readings_total",
         kind: Counter,
         help: "Readings refused by the store, by reason.",

@@ -346,12 +346,17 @@ impl Aggregator {
     /// needed.
     async fn commit(&mut self) -> Result<(), StoreError> {
         self.uncommitted_readings = 0;
-        let state = self.engine.take_dirty();
         let position_moved = self.store_position_changed();
-        if self.n_pending() == 0 && self.pending_raw.is_empty() && state.is_empty() && !position_moved {
+        // Nothing but the processing clock moved (an idle gateway): no write, no fsync.
+        if self.n_pending() == 0
+            && self.pending_raw.is_empty()
+            && !self.engine.has_changes()
+            && !position_moved
+        {
             self.trim_outbox()?;
             return Ok(());
         }
+        let state = self.engine.take_dirty();
         let n_results = u64::try_from(self.n_pending()).unwrap_or(u64::MAX);
         let commit = Commit {
             sealed: std::mem::take(&mut self.sealed),

@@ -44,6 +44,7 @@ mod dead_letter;
 mod log;
 mod outbox;
 mod stored;
+mod sync;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,7 @@ pub use crate::storage::commit::{
 pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX};
 pub use crate::storage::log::LogChunk;
 pub use crate::storage::outbox::OutboxEntry;
+use crate::storage::sync::Durability;
 
 const OUTBOX: u8 = b'o';
 /// The raw-readings lane of the outbox (`forward_raw`): same page format, own seq space.
@@ -176,6 +178,7 @@ pub struct Store {
     field_names: Arc<Vec<String>>,
     tag_names: Arc<Vec<String>>,
     budget: Arc<Budget>,
+    durability: Arc<Durability>,
 }
 
 impl Store {
@@ -192,9 +195,10 @@ impl Store {
         let sled_config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_capacity)
-            // The log is flushed explicitly (group commit); sled's own timer flush only adds
-            // fsyncs on top, so it is slowed down.
-            .flush_every_ms(Some(1000))
+            // Every promise is made by an explicit flush (group commit, commits, cursors), and
+            // sled's timer thread would write and fsync every second on an idle gateway, for
+            // nothing but flash wear. sled still cleans segments as pages are rewritten.
+            .flush_every_ms(None)
             .mode(sled::Mode::LowSpace);
         // sled's file lock can outlive a closed handle for a moment (its flusher thread lets go
         // last), so a lock conflict is retried briefly before it is reported as another owner.
@@ -214,6 +218,8 @@ impl Store {
         };
         let log = db.open_tree("log").map_err(open_err)?;
         let main = db.open_tree("main").map_err(open_err)?;
+        db.flush().map_err(open_err)?;
+        let durability = Durability::open(dir).map_err(|error| open_err(sled::Error::Io(error)))?;
         Ok(Store {
             db,
             log,
@@ -222,6 +228,7 @@ impl Store {
             field_names: Arc::new(field_names),
             tag_names: Arc::new(tag_names),
             budget: Arc::new(Budget::new(BudgetConfig::default(), free_space_of(dir.to_path_buf()))),
+            durability: Arc::new(durability),
         })
     }
 
@@ -230,9 +237,19 @@ impl Store {
         &self.stats
     }
 
-    /// Makes everything written so far durable (one fsync for all writers: group commit).
+    /// Makes everything written so far durable (one fsync for all writers: group commit):
+    /// sled's flush writes its buffers, then [`Durability::sync`] `fdatasync`s the data file
+    /// (and syncs blob files and directories), which sled's own flush does not do.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await.map_err(io("flush"))?;
+        let durability = Arc::clone(&self.durability);
+        tokio::task::spawn_blocking(move || durability.sync())
+            .await
+            .map_err(|error| StoreError::Io {
+                operation: "flush",
+                source: sled::Error::Io(std::io::Error::other(error)),
+            })?
+            .map_err(|error| StoreError::Io { operation: "fsync", source: sled::Error::Io(error) })?;
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

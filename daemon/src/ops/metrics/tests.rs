@@ -47,6 +47,8 @@ fn known_status() -> Status {
             used_bytes: 1000,
             disk_bytes: 4096,
             refused_disk: 2,
+            flushes: 9,
+            written_bytes: 81920,
             ..StoreCounters::default()
         },
         uplinks: vec![SinkCounters {
@@ -150,6 +152,12 @@ eddy_store_budget_bytes 0
 # HELP eddy_store_disk_bytes Size of the store's files on disk.
 # TYPE eddy_store_disk_bytes gauge
 eddy_store_disk_bytes 4096
+# HELP eddy_store_written_bytes_total Bytes eddy caused to be written to storage (the store and file sinks; /proc/self/io write_bytes).
+# TYPE eddy_store_written_bytes_total counter
+eddy_store_written_bytes_total 81920
+# HELP eddy_store_fsyncs_total Store flushes made durable (fdatasync of the store's files).
+# TYPE eddy_store_fsyncs_total counter
+eddy_store_fsyncs_total 9
 # HELP eddy_store_refused_readings_total Readings refused by the store, by reason.
 # TYPE eddy_store_refused_readings_total counter
 eddy_store_refused_readings_total{reason="budget"} 0
@@ -258,7 +266,16 @@ fn status_keeps_its_keys() {
     );
     assert_eq!(
         sorted(keys(&value["store"])),
-        ["budget_bytes", "disk_bytes", "last_refusal", "refused_budget", "refused_disk", "used_bytes"]
+        [
+            "budget_bytes",
+            "disk_bytes",
+            "flushes",
+            "last_refusal",
+            "refused_budget",
+            "refused_disk",
+            "used_bytes",
+            "written_bytes"
+        ]
     );
     assert_eq!(
         sorted(keys(&value["uplinks"][0])),
