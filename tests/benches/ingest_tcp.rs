@@ -1,6 +1,7 @@
 //! Benchmark: durable ingest + two event-time windows + micro-batches over TCP, end to end.
 //! Runs the release `eddy` with an acking TCP source (fsync group commit), drives it with
-//! `eddy simulate --ack` as fast as possible, and reports readings/s and eddy's peak RSS.
+//! `eddy simulate --ack` as fast as possible, and reports readings/s, eddy's peak RSS and the
+//! bytes it wrote to storage per reading and per input byte (`/proc/PID/io`).
 //!
 //! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench ingest_tcp`
 //! Environment: `EDDY_BENCH_COUNT` (readings per run, default 2,000,000), `EDDY_BENCH_SENSORS`
@@ -32,6 +33,7 @@ fn main() {
     let mut eddy = Eddy::start(&config()).expect("eddy starts");
     let address = eddy.tcp_address("in").expect("address");
     let idle_rss = eddy.proc_status_kib("VmRSS:").unwrap_or(0);
+    let io_before = proc_io(&eddy);
 
     let started = Instant::now();
     let output = Command::new(eddy_binary())
@@ -52,6 +54,9 @@ fn main() {
         .unwrap_or_else(|| panic!("cannot read the acked count from `{report}`"));
     assert_eq!(acked, count, "every reading is acked");
     let peak_rss = eddy.proc_status_kib("VmHWM:").unwrap_or(0);
+    // The last commit (checkpoint_interval 1 s) and the sink's cursor follow the last ack.
+    std::thread::sleep(Duration::from_secs(3));
+    let io_after = proc_io(&eddy);
     let status = eddy.stop().expect("eddy stops");
     assert!(status.success());
 
@@ -62,5 +67,24 @@ fn main() {
     );
     println!("ingest_tcp: {:.3} s, {:.0} readings/s (durable, acked)", elapsed.as_secs_f64(), rate);
     println!("ingest_tcp: eddy RSS idle {} KiB, peak {} KiB", idle_rss, peak_rss);
-    let _ = Duration::ZERO;
+    let read = io_after.0 - io_before.0;
+    let written = io_after.1 - io_before.1;
+    println!(
+        "ingest_tcp: eddy read {read} bytes ({:.1} per reading), wrote {written} bytes to storage \
+         ({:.1} per reading, {:.2} per input byte)",
+        read as f64 / acked as f64,
+        written as f64 / acked as f64,
+        written as f64 / read.max(1) as f64
+    );
+}
+
+/// `(rchar, write_bytes)` of eddy's `/proc/PID/io`: the bytes it read (the readings off the
+/// socket, nearly all of it) and the bytes it caused to be written to storage.
+fn proc_io(eddy: &Eddy) -> (u64, u64) {
+    let pid = eddy.pid().expect("eddy runs");
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    let field = |name: &str| -> u64 {
+        io.lines().find_map(|line| line.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    (field("rchar:"), field("write_bytes:"))
 }

@@ -8,6 +8,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod docs;
+mod flash_wear;
 mod ingest;
 mod mqtt;
 mod reload;
