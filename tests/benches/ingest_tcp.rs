@@ -67,24 +67,29 @@ fn main() {
     );
     println!("ingest_tcp: {:.3} s, {:.0} readings/s (durable, acked)", elapsed.as_secs_f64(), rate);
     println!("ingest_tcp: eddy RSS idle {} KiB, peak {} KiB", idle_rss, peak_rss);
-    let read = io_after.0 - io_before.0;
-    let written = io_after.1 - io_before.1;
+    // What the sender wrote: `sent N readings (B bytes) in …`.
+    let input: u64 = report
+        .split(" readings (")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the byte count from `{report}`"));
+    let written = io_after - io_before;
     println!(
-        "ingest_tcp: eddy read {read} bytes ({:.1} per reading), wrote {written} bytes to storage \
-         ({:.1} per reading, {:.2} per input byte)",
-        read as f64 / acked as f64,
+        "ingest_tcp: input {input} bytes ({:.1} per reading); eddy wrote {written} bytes to \
+         storage ({:.1} per reading, {:.2} per input byte)",
+        input as f64 / acked as f64,
         written as f64 / acked as f64,
-        written as f64 / read.max(1) as f64
+        written as f64 / input.max(1) as f64
     );
 }
 
-/// `(rchar, write_bytes)` of eddy's `/proc/PID/io`: the bytes it read (the readings off the
-/// socket, nearly all of it) and the bytes it caused to be written to storage.
-fn proc_io(eddy: &Eddy) -> (u64, u64) {
+/// `write_bytes` of eddy's `/proc/PID/io`: the bytes it caused to be written to storage.
+fn proc_io(eddy: &Eddy) -> u64 {
     let pid = eddy.pid().expect("eddy runs");
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
-    let field = |name: &str| -> u64 {
-        io.lines().find_map(|line| line.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-    };
-    (field("rchar:"), field("write_bytes:"))
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }

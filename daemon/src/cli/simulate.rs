@@ -184,8 +184,9 @@ pub(crate) async fn tcp(address: SocketAddr, load: Load, ack: bool, session: Opt
         Ok(report) => {
             let secs = report.elapsed.as_secs_f64().max(1e-9);
             println!(
-                "sent {} readings in {:.3} s ({:.0}/s); acked {}, rejected {}, refused {}, already stored {}",
+                "sent {} readings ({} bytes) in {:.3} s ({:.0}/s); acked {}, rejected {}, refused {}, already stored {}",
                 report.sent,
+                report.bytes,
                 secs,
                 report.sent as f64 / secs,
                 report.acked,

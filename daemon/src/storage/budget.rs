@@ -418,9 +418,11 @@ mod tests {
     fn chunk(key: u64, n_readings: usize) -> LogChunk {
         let readings = (0..n_readings)
             .map(|idx| Reading {
-                sensor: Arc::from("s"),
-                ts_ms: i64::try_from(idx).unwrap(),
-                values: vec![Some(20.0)],
+                // Distinct sensors and values, so that a chunk's size grows with its readings
+                // (the log's column format stores repeats in next to nothing).
+                sensor: Arc::from(format!("sensor-{idx}")),
+                ts_ms: i64::try_from(idx * 7919).unwrap(),
+                values: vec![Some(20.0 + f64::from(u32::try_from(idx).unwrap()) * std::f64::consts::E)],
                 tags: vec![],
             })
             .collect();
@@ -531,17 +533,17 @@ mod tests {
         drop(store);
         let store = open(dir.path(), budget(used + 50, Policy::RejectNew));
         assert!(
-            matches!(store.append_log(&[chunk(1, 3)]).unwrap(), Appended::Refused(reason) if reason == "disk budget full")
+            matches!(store.append_log(&[chunk(1, 5)]).unwrap(), Appended::Refused(reason) if reason == "disk budget full")
         );
-        assert!(matches!(store.append_log(&[chunk(2, 4)]).unwrap(), Appended::Refused(_)));
-        assert_eq!(counter(&store.drop_stats().refused_budget_readings), 7);
+        assert!(matches!(store.append_log(&[chunk(2, 6)]).unwrap(), Appended::Refused(_)));
+        assert_eq!(counter(&store.drop_stats().refused_budget_readings), 11);
         assert_eq!(counter(&store.drop_stats().dropped_budget_records), 0, "reject_new never drops");
         assert_eq!(store.used_bytes(), used);
         assert_eq!(store.last_log_key().unwrap(), None);
         // The sinks deliver everything: room again.
         store.trim_outbox_through(next_seq - 1).unwrap();
         assert_eq!(store.append_log(&[chunk(3, 3)]).unwrap(), Appended::Stored);
-        assert_eq!(counter(&store.drop_stats().refused_budget_readings), 7);
+        assert_eq!(counter(&store.drop_stats().refused_budget_readings), 11);
     }
 
     #[test]

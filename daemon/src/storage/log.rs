@@ -7,7 +7,8 @@ use std::sync::Arc;
 use eddy_sensors::Reading;
 
 use crate::storage::budget::entry_bytes;
-use crate::storage::stored::{self, LogChunkV2Ref, ReadingsRef};
+use crate::storage::columns::ReadingColumnsV1;
+use crate::storage::stored::{self, LogChunkV3Ref};
 use crate::storage::{decode_key, io, Appended, MarkChange, Store, StoreError};
 
 /// A chunk of readings in the log.
@@ -41,12 +42,14 @@ impl Store {
         let mut bytes = 0;
         let mut n_readings = 0;
         for chunk in chunks {
-            let value = stored::encode_log_chunk(&LogChunkV2Ref {
+            let readings =
+                ReadingColumnsV1::encode(&chunk.readings, self.field_names.len(), self.tag_names.len());
+            let value = stored::encode_log_chunk(&LogChunkV3Ref {
                 ingest_ms: chunk.ingest_ms,
                 batch: chunk.batch,
                 field_names: &self.field_names,
                 tag_names: &self.tag_names,
-                readings: ReadingsRef(&chunk.readings),
+                readings: &readings,
                 marks: &chunk.marks,
             })
             .map_err(|source| StoreError::Encode { what: "log chunk", source })?;

@@ -39,6 +39,7 @@
 //!   the full-store policies and the free-space guard).
 
 mod budget;
+mod columns;
 mod commit;
 mod dead_letter;
 mod log;

@@ -466,6 +466,15 @@ async fn marks_are_stored_with_their_chunk_and_outlive_the_trim_through_the_comm
         marks: marks.clone(),
     };
     assert_eq!(postcard::to_allocvec(&borrowed).unwrap(), postcard::to_allocvec(&owned).unwrap());
+
+    // A chunk as eddy wrote it before the column format (Lz4V2) still reads back, marks and all.
+    let v2 = crate::storage::stored::encode_log_chunk_v2(&borrowed).unwrap();
+    store.log.insert(9u64.to_be_bytes(), v2).unwrap();
+    let (read, skipped) = store.read_log_after(8, 10).unwrap();
+    assert_eq!(skipped, 0);
+    assert_eq!(read[0].readings, readings);
+    assert_eq!(read[0].marks, marks);
+    assert_eq!((read[0].ingest_ms, read[0].batch), (5, 2));
 }
 
 #[test]

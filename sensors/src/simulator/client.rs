@@ -50,6 +50,8 @@ pub struct SimulateOptions {
 pub struct SimulateReport {
     /// Lines written completely.
     pub sent: u64,
+    /// Bytes written to the connection (the `#session` line aside).
+    pub bytes: u64,
     /// Lines acknowledged as durable (the last `ack N`).
     pub acked: u64,
     /// Valid lines the durable log refused (`nack`).
@@ -191,6 +193,7 @@ pub async fn simulate_tcp(options: SimulateOptions) -> Result<SimulateReport, Si
         out: Vec::with_capacity(SEND_CHUNK_BYTES + 1024),
         written: 0,
         sent: 0,
+        bytes: 0,
         thermostats: Thermostats::new(options.sensors, options.seed),
     };
     let sent = match round_period {
@@ -203,6 +206,7 @@ pub async fn simulate_tcp(options: SimulateOptions) -> Result<SimulateReport, Si
     };
     let report = |counts: &ReplyCounts| SimulateReport {
         sent: sender.sent,
+        bytes: sender.bytes,
         acked: counts.acked,
         nacked: counts.nacked,
         errors: counts.errors,
@@ -331,6 +335,8 @@ struct LineSender {
     /// Bytes of `out` already written.
     written: usize,
     sent: u64,
+    /// Bytes written in all.
+    bytes: u64,
     thermostats: Thermostats,
 }
 
@@ -434,6 +440,7 @@ impl LineSender {
         let n_lines = memchr::memchr_iter(b'\n', just_written).count();
         self.sent += u64::try_from(n_lines).expect("a line count fits in u64");
         self.written += n_written;
+        self.bytes += u64::try_from(n_written).expect("a write's length fits in u64");
     }
 }
 
