@@ -57,6 +57,15 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
+    /// Rotating the output file (deleting the oldest kept file, renaming the others) failed.
+    #[error("cannot rotate output file {}", path.display())]
+    Rotate {
+        /// The file that could not be removed or renamed.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A TLS certificate or key file is unreadable or invalid.
     #[error("TLS setting from {}: {reason}", path.display())]
     Tls {

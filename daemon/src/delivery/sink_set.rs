@@ -194,8 +194,8 @@ pub(crate) fn cursor_slots(sinks: &[SinkConfig]) -> (Arc<Vec<AtomicU64>>, Arc<Ve
 fn build(config: &SinkConfig) -> anyhow::Result<Sink> {
     Ok(match &config.kind {
         SinkKind::Console => Sink::Console(ConsoleSink::stdout(&config.name)),
-        SinkKind::File { path } => Sink::File(
-            FileSink::open(&config.name, path)
+        SinkKind::File(file) => Sink::File(
+            FileSink::open(&config.name, file)
                 .with_context(|| format!("cannot open sink `{}`", config.name))?,
         ),
         SinkKind::Mqtt(mqtt) => Sink::Mqtt(Box::new(
@@ -217,7 +217,7 @@ fn tls_digest(config: &SinkConfig) -> u64 {
     let tls = match &config.kind {
         SinkKind::Mqtt(mqtt) => &mqtt.tls,
         SinkKind::Http(http) => &http.tls,
-        SinkKind::Console | SinkKind::File { .. } => return 0,
+        SinkKind::Console | SinkKind::File(_) => return 0,
     };
     let files = [&tls.ca_file, &tls.cert_file, &tls.key_file];
     if files.iter().all(|file| file.is_none()) {
@@ -514,7 +514,6 @@ impl SinkSet {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
     use crate::config::DeliveryConfig;
@@ -522,7 +521,7 @@ mod tests {
     fn file(name: &str, path: &str) -> SinkConfig {
         SinkConfig {
             name: name.to_owned(),
-            kind: SinkKind::File { path: PathBuf::from(path) },
+            kind: SinkKind::File(eddy_sinks::FileConfig::new(path)),
             records: ["window".to_owned()].into(),
             delivery: DeliveryConfig::default(),
         }
