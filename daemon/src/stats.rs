@@ -298,6 +298,8 @@ pub(crate) struct DeliveryStats {
     /// Wall-clock time of the first failed delivery of the current outage (ms since the
     /// epoch; 0: the sink is online). For `/metrics` and `/status`.
     pub(crate) offline_since_ms: AtomicU64,
+    /// Bytes the sink keeps on disk: a file sink's live and rotated files (0 for other sinks).
+    pub(crate) file_bytes: AtomicU64,
 }
 
 /// A copy of one sink's counters at one moment (`/status` `uplinks`).
@@ -320,6 +322,10 @@ pub(crate) struct SinkCounters {
     pub(crate) raw_depth: u64,
     /// Age of the oldest record waiting, ms (0: none).
     pub(crate) outbox_age_ms: u64,
+    /// Bytes of a file sink's files (live and rotated; 0 for other sinks). Absent from the
+    /// documents of older eddies, read as 0.
+    #[serde(default)]
+    pub(crate) file_bytes: u64,
 }
 
 impl DeliveryStats {
@@ -347,6 +353,7 @@ impl DeliveryStats {
             } else {
                 now_ms.saturating_sub(oldest)
             },
+            file_bytes: self.file_bytes.load(Ordering::Relaxed),
         }
     }
 }

@@ -117,6 +117,9 @@ pub(crate) fn render(status: &Status) -> String {
             uplink.outbox_depth + uplink.raw_depth,
             uplink.outbox_age_ms / 1000
         );
+        if uplink.file_bytes > 0 {
+            let _ = writeln!(out, "      files on disk: {}", bytes(uplink.file_bytes));
+        }
         if uplink.dropped_budget + uplink.dropped_ttl + uplink.rejected > 0 {
             let _ = writeln!(
                 out,
@@ -244,5 +247,17 @@ Uplinks                 state            delivered  retries  outbox  oldest
     fn status_document_prints_as_before() {
         let status: Status = serde_json::from_str(DOCUMENT).expect("a status document");
         assert_eq!(render(&status), PRINTED);
+    }
+
+    /// A file sink's bytes on disk get a line under its uplink.
+    #[test]
+    fn a_file_sinks_bytes_are_printed_under_it() {
+        let mut status: Status = serde_json::from_str(DOCUMENT).expect("a status document");
+        status.uplinks[1].file_bytes = 3 << 20;
+        let printed = render(&status);
+        assert!(
+            printed.ends_with("  file                 online                  99        0       0      0s\n      files on disk: 3.0 MiB\n"),
+            "{printed}"
+        );
     }
 }

@@ -66,6 +66,7 @@ impl Delivering {
         };
         self.publish(Lane::Results, cursors.results);
         self.publish(Lane::Raw, cursors.raw);
+        self.publish_file_bytes();
         let mut backoff = Backoff::new(MIN_BACKOFF, self.delivery.max_backoff);
         let mut offline_since: Option<tokio::time::Instant> = None;
         let mut last_warned = tokio::time::Instant::now();
@@ -158,6 +159,7 @@ impl Delivering {
                 }
             };
             let n_records = u64::try_from(records.len()).unwrap_or(u64::MAX);
+            self.publish_file_bytes();
             match outcome {
                 Delivery::Delivered => {
                     self.stats.delivered_total.fetch_add(n_records, Ordering::Relaxed);
@@ -265,6 +267,13 @@ impl Delivering {
         self.store.flush().await?;
         self.publish(lane, cursor);
         Ok(())
+    }
+
+    /// A file sink's bytes on disk, as of its last delivery (or rotation).
+    fn publish_file_bytes(&self) {
+        if let Some(bytes) = self.sink.disk_bytes() {
+            self.stats.file_bytes.store(bytes, Ordering::Relaxed);
+        }
     }
 
     fn publish(&self, lane: Lane, cursor: u64) {

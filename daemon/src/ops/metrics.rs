@@ -215,6 +215,12 @@ const FAMILIES: &[Family] = &[
         read: Sink(|sink| Count(sink.offline_secs)),
     },
     Family {
+        name: "eddy_uplink_file_bytes",
+        kind: Gauge,
+        help: "Bytes a file sink keeps on disk, its live and rotated files (0 for other sinks).",
+        read: Sink(|sink| Count(sink.file_bytes)),
+    },
+    Family {
         name: "eddy_uplink_dropped_total",
         kind: Counter,
         help: "Records dropped before this sink delivered them, by reason.",

@@ -52,7 +52,8 @@ fn log_status(status: &Status) {
     }
 }
 
-/// The store budget and per-sink delivery counters (outbox depth and age, drops by reason).
+/// The store budget and per-sink delivery counters (outbox depth and age, drops by reason,
+/// a file sink's bytes on disk).
 fn log_uplinks(status: &Status) {
     let store = &status.store;
     tracing::info!(
@@ -77,6 +78,7 @@ fn log_uplinks(status: &Status) {
             outbox_depth = sink.outbox_depth,
             raw_depth = sink.raw_depth,
             outbox_age_ms = sink.outbox_age_ms,
+            file_bytes = sink.file_bytes,
             "Uplink counters."
         );
     }

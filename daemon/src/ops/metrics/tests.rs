@@ -61,6 +61,7 @@ fn known_status() -> Status {
             outbox_depth: 5,
             raw_depth: 0,
             outbox_age_ms: 1500,
+            file_bytes: 8192,
         }],
     }
 }
@@ -175,6 +176,9 @@ eddy_uplink_outbox_age_seconds{sink="hub"} 1.5
 # HELP eddy_uplink_offline_seconds How long the sink has been failing (0: online).
 # TYPE eddy_uplink_offline_seconds gauge
 eddy_uplink_offline_seconds{sink="hub"} 12
+# HELP eddy_uplink_file_bytes Bytes a file sink keeps on disk, its live and rotated files (0 for other sinks).
+# TYPE eddy_uplink_file_bytes gauge
+eddy_uplink_file_bytes{sink="hub"} 8192
 # HELP eddy_uplink_dropped_total Records dropped before this sink delivered them, by reason.
 # TYPE eddy_uplink_dropped_total counter
 eddy_uplink_dropped_total{sink="hub",reason="budget"} 4
@@ -266,6 +270,7 @@ fn status_keeps_its_keys() {
             "delivered",
             "dropped_budget",
             "dropped_ttl",
+            "file_bytes",
             "name",
             "offline_secs",
             "online",
