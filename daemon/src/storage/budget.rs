@@ -117,7 +117,7 @@ pub(crate) struct Budget {
     pub(crate) outbox_removal: Mutex<()>,
     pub(crate) free_space: FreeSpace,
     /// Registered sinks, for per-sink drop counters.
-    sinks: Mutex<Vec<(String, bool, Arc<SinkDrops>)>>,
+    pub(crate) sinks: Mutex<Vec<(String, bool, Arc<SinkDrops>)>>,
     /// Appends that fail with an injected ENOSPC before touching sled (tests of the error path).
     injected_failures: AtomicU64,
 }
@@ -189,6 +189,13 @@ impl Store {
         free_space: FreeSpace,
     ) -> Result<(), StoreError> {
         let budget = Budget::new(config, free_space);
+        budget.used.store(self.count_used()?, Ordering::Relaxed);
+        self.budget = Arc::new(budget);
+        Ok(())
+    }
+
+    /// The key + value bytes of every live log chunk and outbox page (a scan of both).
+    pub(crate) fn count_used(&self) -> Result<u64, StoreError> {
         let mut used = 0;
         for item in self.log.iter() {
             let (key, value) = item.map_err(io("log read"))?;
@@ -200,9 +207,7 @@ impl Store {
                 used += entry_bytes(&key, &value);
             }
         }
-        budget.used.store(used, Ordering::Relaxed);
-        self.budget = Arc::new(budget);
-        Ok(())
+        Ok(used)
     }
 
     /// Accounted bytes of live log chunks and outbox pages (see the module docs).
@@ -218,27 +223,17 @@ impl Store {
     /// Registers sink `name` for per-sink drop counters; raw-lane drops count for it only when
     /// it `takes_raw`.
     pub fn register_sink(&self, name: &str, takes_raw: bool) -> Arc<SinkDrops> {
-        let drops = Arc::new(SinkDrops::default());
-        self.register_sink_drops(name, takes_raw, &drops);
-        drops
+        self.meters().register_sink(name, takes_raw)
     }
 
-    /// Registers (or, for a name already registered, replaces) sink `name` with counters it
-    /// already has: a sink that a reload changed, or added back, keeps counting where it was,
-    /// and a change of `takes_raw` takes effect.
+    /// See [`StoreMeters::register_sink_drops`](crate::storage::StoreMeters::register_sink_drops).
     pub fn register_sink_drops(&self, name: &str, takes_raw: bool, drops: &Arc<SinkDrops>) {
-        let mut sinks = self.budget.sinks.lock().unwrap_or_else(PoisonError::into_inner);
-        sinks.retain(|(registered, _, _)| registered != name);
-        sinks.push((name.to_owned(), takes_raw, drops.clone()));
+        self.meters().register_sink_drops(name, takes_raw, drops);
     }
 
     /// Stops counting drops for sink `name` (a reload removed it).
     pub fn unregister_sink(&self, name: &str) {
-        self.budget
-            .sinks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(registered, _, _)| registered != name);
+        self.meters().unregister_sink(name);
     }
 
     /// The budget settings.

@@ -42,6 +42,7 @@ mod budget;
 mod commit;
 mod dead_letter;
 mod log;
+mod meters;
 mod outbox;
 mod stored;
 
@@ -57,6 +58,7 @@ pub use crate::storage::commit::{
 };
 pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX};
 pub use crate::storage::log::LogChunk;
+pub use crate::storage::meters::{size_on_disk_of, StoreMeters};
 pub use crate::storage::outbox::OutboxEntry;
 
 const OUTBOX: u8 = b'o';
