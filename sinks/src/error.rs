@@ -91,6 +91,26 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// Whether the disk is full or failing (ENOSPC, EDQUOT, EIO): a condition to wait out,
+    /// not a configuration mistake.
+    pub(crate) fn is_disk_full_or_failing(&self) -> bool {
+        const EIO: i32 = 5;
+        let source = match self {
+            SinkError::CreateDir { source, .. }
+            | SinkError::Open { source, .. }
+            | SinkError::Inspect { source, .. }
+            | SinkError::Write { source, .. }
+            | SinkError::Sync { source, .. }
+            | SinkError::Rotate { source, .. }
+            | SinkError::ConsoleWrite { source } => source,
+            SinkError::Tls { .. } | SinkError::Invalid { .. } => return false,
+        };
+        matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+            || source.raw_os_error() == Some(EIO)
+    }
+}
+
 /// Renders an error and its causes on one line, `outer: inner: innermost`, for an `Offline`
 /// reason that the daemon logs as one field.
 pub(crate) fn reason_of(error: &dyn Error) -> String {

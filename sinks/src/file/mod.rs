@@ -59,7 +59,9 @@ impl FileSink {
     /// Opens (creating it and its parent directories if needed) `config.path` for appending.
     ///
     /// This does blocking file I/O: call it at start-up or inside `spawn_blocking`. An error
-    /// names the directory or file that failed; it is usually a configuration mistake.
+    /// names the directory or file that failed; it is usually a configuration mistake. A full
+    /// or failing disk (ENOSPC, EDQUOT, EIO) is not: the sink is returned without its file,
+    /// which each delivery tries to open again (`Offline` until it can).
     pub fn open(name: &str, config: &FileConfig) -> Result<FileSink, SinkError> {
         let disk_bytes = Arc::new(AtomicU64::new(0));
         let mut state = FileState {
@@ -73,7 +75,13 @@ impl FileSink {
             rotated_bytes: 0,
             disk_bytes: disk_bytes.clone(),
         };
-        state.ensure_open()?;
+        match state.ensure_open() {
+            Ok(()) => {}
+            Err(error) if error.is_disk_full_or_failing() => {
+                tracing::warn!(sink = %name, error = %reason_of(&error), "Cannot open the output file now (disk full or failing); each delivery tries again.");
+            }
+            Err(error) => return Err(error),
+        }
         Ok(FileSink { name: name.to_owned(), state: Arc::new(Mutex::new(state)), disk_bytes })
     }
 
@@ -545,6 +553,15 @@ mod tests {
             "{error:?}"
         );
         assert!(error.to_string().contains("not-a-dir/sub"), "{error}");
+    }
+
+    #[test]
+    fn only_a_full_or_failing_disk_is_waited_out() {
+        let error = |raw| SinkError::Open { path: "/x".into(), source: io::Error::from_raw_os_error(raw) };
+        assert!(error(28).is_disk_full_or_failing(), "ENOSPC");
+        assert!(error(5).is_disk_full_or_failing(), "EIO");
+        assert!(!error(21).is_disk_full_or_failing(), "EISDIR");
+        assert!(!error(13).is_disk_full_or_failing(), "EACCES");
     }
 
     #[tokio::test]
