@@ -15,6 +15,12 @@
 //!   Its stored cursor is kept, as a restart keeps it: a sink of that name added later
 //!   resumes after it with what the outbox still holds.
 //!
+//! When the store fails (see `run.rs`), every sink is *suspended*: retired the same way, its
+//! slot kept at its durable cursor (so the outbox is not trimmed past it), no task started; once
+//! the store is open again, [`SinkSet::resume`] sets every sink up afresh and starts it from its
+//! stored cursor, as at a restart. A sink that cannot be set up again then is logged and
+//! retried ([`SinkSet::resume_pending`]).
+//!
 //! The aggregator reads a fixed vector of cursor slots, so the vector has spare slots for
 //! sinks a reload adds (`SPARE_SLOTS`). A free slot reads `u64::MAX` (it never holds back the
 //! trim) while any sink runs; with no sink at all, free slots follow the committed seq (the
@@ -36,7 +42,7 @@ use crate::config::{SinkConfig, SinkKind};
 use crate::delivery::sink_task::Delivering;
 use crate::stats::Committed;
 use crate::stats::DeliveryStats;
-use crate::storage::Store;
+use crate::storage::{Store, StoreMeters};
 
 /// Cursor slots beyond the configured sinks, for sinks added by a reload. Each holds two
 /// atomics; past them an added sink is refused (logged) until a restart.
@@ -161,7 +167,12 @@ impl Entry {
 /// The running sinks, their cursor slots and counters. Owned by `run`'s main loop, which
 /// spawns the tasks this hands out and reports their ends back.
 pub(crate) struct SinkSet {
-    store: Store,
+    /// `None` while suspended: the store failed and is being opened again.
+    store: Option<Store>,
+    /// Per-sink drop counters are registered here; they outlive a failed store.
+    meters: StoreMeters,
+    /// Sinks whose settings could not be set up when resuming; retried.
+    pending: BTreeSet<String>,
     cursors: Arc<Vec<AtomicU64>>,
     raw_cursors: Arc<Vec<AtomicU64>>,
     committed: watch::Receiver<Committed>,
@@ -251,7 +262,9 @@ impl SinkSet {
         let (stats, _) = watch::channel(Vec::new());
         let free = (0..cursors.len()).collect();
         SinkSet {
-            store,
+            meters: store.meters(),
+            store: Some(store),
+            pending: BTreeSet::new(),
             cursors,
             raw_cursors,
             committed,
@@ -282,6 +295,69 @@ impl SinkSet {
     /// True when no sink runs or is pending.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The store failed: every sink's task is retired (drain-first, as by a reload) and none is
+    /// started again until [`SinkSet::resume`]. The set lets go of its handle of the store.
+    pub(crate) fn suspend(&mut self) {
+        self.store = None;
+        for entry in self.entries.values() {
+            entry.retire.cancel();
+        }
+    }
+
+    /// The store is open again (`committed` is its recovered engine's): every sink is set up
+    /// afresh and started from its stored cursor. Sinks that cannot be set up are logged and
+    /// left to [`SinkSet::resume_pending`]. Call once every suspended task has ended.
+    pub(crate) async fn resume(
+        &mut self,
+        store: Store,
+        committed: watch::Receiver<Committed>,
+    ) -> Vec<SinkTask> {
+        self.store = Some(store);
+        self.committed = committed;
+        self.pending.extend(self.entries.keys().cloned());
+        self.resume_pending().await
+    }
+
+    /// Starts the sinks that could not be set up at the last [`SinkSet::resume`] (none while
+    /// suspended).
+    pub(crate) async fn resume_pending(&mut self) -> Vec<SinkTask> {
+        if self.store.is_none() || self.pending.is_empty() {
+            return Vec::new();
+        }
+        let mut ready = Vec::new();
+        let mut to_build = Vec::new();
+        for name in std::mem::take(&mut self.pending) {
+            let Some(entry) = self.entries.get_mut(&name) else { continue };
+            match std::mem::replace(&mut entry.next, Next::Keep) {
+                // A reload changed it before the store failed: its new settings are built.
+                Next::Restart(prepared) => ready.push(*prepared),
+                Next::Keep => to_build.push(entry.config.clone()),
+                Next::Remove => self.remove(&name),
+            }
+        }
+        // Opening files and reading TLS files blocks: off the async workers.
+        let built =
+            tokio::task::spawn_blocking(move || to_build.into_iter().map(prepare).collect::<Vec<_>>())
+                .await
+                .unwrap_or_default();
+        for (name, prepared) in built {
+            match prepared {
+                Ok(prepared) => ready.push(prepared),
+                Err(error) => {
+                    tracing::error!(sink = %name, error = %format!("{error:#}"), "Cannot set this sink up again after the store reopened; retrying.");
+                    self.pending.insert(name);
+                }
+            }
+        }
+        let mut tasks = Vec::new();
+        for prepared in ready {
+            let Some(entry) = self.entries.remove(&prepared.config.name) else { continue };
+            tasks.push(self.launch(entry.slot, entry.stats, prepared, Started::Fresh));
+        }
+        self.publish_stats();
+        tasks
     }
 
     /// The counters as they change, for `/status`, `/metrics` and the counters log lines.
@@ -393,9 +469,15 @@ impl SinkSet {
     /// (unless the daemon is `stopping`); frees its slot when a reload removed it.
     pub(crate) fn exited(&mut self, component: &str, stopping: bool) -> Option<SinkTask> {
         let name = component.strip_prefix("sink ")?;
+        let suspended = self.store.is_none();
         let entry = self.entries.get_mut(name)?;
         match std::mem::replace(&mut entry.next, Next::Keep) {
             Next::Keep => None,
+            // Suspended: it starts with the others once the store is open again.
+            Next::Restart(next) if suspended => {
+                entry.next = Next::Restart(next);
+                None
+            }
             Next::Restart(next) if !stopping => {
                 let (slot, stats) = (entry.slot, entry.stats.clone());
                 // A sink that starts taking raw readings must hold the raw lane from now on.
@@ -404,22 +486,27 @@ impl SinkSet {
                     self.raw_cursors[slot].store(0, Ordering::Release);
                 }
                 // Raw-lane drops count for it from now on, or no longer.
-                self.store.register_sink_drops(name, takes_raw, &stats.drops);
+                self.meters.register_sink_drops(name, takes_raw, &stats.drops);
                 self.entries.remove(name);
                 Some(self.launch(slot, stats, *next, Started::Successor))
             }
             Next::Restart(_) => None,
             Next::Remove => {
-                let name = name.to_owned();
-                if let Some(entry) = self.entries.remove(&name) {
-                    self.free_slot(entry.slot);
-                    self.store.unregister_sink(&name);
-                    self.retired.insert(name, entry.stats);
-                }
-                self.publish_stats();
+                self.remove(name);
                 None
             }
         }
+    }
+
+    /// Frees the slot of a removed sink, keeping its counters in case the name comes back.
+    fn remove(&mut self, name: &str) {
+        if let Some(entry) = self.entries.remove(name) {
+            self.free_slot(entry.slot);
+            self.meters.unregister_sink(name);
+            self.retired.insert(name.to_owned(), entry.stats);
+        }
+        self.pending.remove(name);
+        self.publish_stats();
     }
 
     /// Spawnable delivery task for `prepared` in `slot`.
@@ -437,7 +524,7 @@ impl SinkSet {
         let delivering = Delivering {
             sink,
             records: config.records.clone(),
-            store: self.store.clone(),
+            store: self.store.clone().expect("sinks are started only while the store is open"),
             cursor: self.cursors.clone(),
             raw_cursor: self.raw_cursors.clone(),
             cursor_idx: slot,
@@ -489,11 +576,11 @@ impl SinkSet {
         match self.retired.remove(&config.name) {
             Some(stats) => {
                 // Added back: its drops count for it again, from where they were.
-                self.store.register_sink_drops(&config.name, takes_raw, &stats.drops);
+                self.meters.register_sink_drops(&config.name, takes_raw, &stats.drops);
                 stats
             }
             None => Arc::new(DeliveryStats {
-                drops: self.store.register_sink(&config.name, takes_raw),
+                drops: self.meters.register_sink(&config.name, takes_raw),
                 ..DeliveryStats::default()
             }),
         }

@@ -172,6 +172,18 @@ const FAMILIES: &[Family] = &[
         }),
     },
     Family {
+        name: "eddy_store_free_bytes",
+        kind: Gauge,
+        help: "Free bytes on the store's file system (readings are refused below storage.min_free_bytes).",
+        read: Daemon(|status| Count(status.store.free_bytes)),
+    },
+    Family {
+        name: "eddy_store_failures_total",
+        kind: Counter,
+        help: "Times the store failed (a write or flush error, e.g. ENOSPC or EIO) and was opened again in-process.",
+        read: Daemon(|status| Count(status.store.failures)),
+    },
+    Family {
         name: "eddy_uplink_delivered_total",
         kind: Counter,
         help: "Records delivered per sink.",

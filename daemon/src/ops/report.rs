@@ -63,6 +63,8 @@ fn log_uplinks(status: &Status) {
         dropped_ttl = store.dropped_ttl,
         refused_budget = store.refused_budget,
         refused_disk = store.refused_disk,
+        free_bytes = store.free_bytes,
+        store_failures = store.failures,
         dead_letters = store.dead_letters,
         dropped_dead_letters = store.dropped_dead_letters,
         "Store budget counters."

@@ -10,9 +10,18 @@
 //! sled's file size: sled is log-structured, so its files hold old versions until its segment
 //! cleaner reclaims them, plus engine state and metadata (measured in BENCHMARKS.md: the
 //! directory is a small multiple of `used`). `storage.max_bytes` bounds `used`; size the real
-//! partition for a few times that, and keep `min_free_bytes` as the last guard: below it eddy
-//! refuses new readings before sled itself could hit ENOSPC (which sled 0.34 does not survive
-//! without a restart).
+//! partition for a few times that, and keep `min_free_bytes` as the last guard.
+//!
+//! # The reserve (`min_free_bytes`)
+//! Only new readings are checked against free space: a group is refused while the file system
+//! has less than `min_free_bytes` + the group's bytes free. Everything else the store writes is
+//! for data already taken (the engine's commits of results, state and raw lane, the log trims,
+//! the sinks' cursors, dead letters) and goes into that reserve unchecked, so readings stop
+//! coming in while those writes still have room. A commit covers at most 50,000 readings (a
+//! few MB), far below the default reserve of 64 MiB. Should a write fail anyway (another
+//! program took the reserve, a failing medium), sled refuses every later write of that handle;
+//! the daemon then opens the store again once the reserve is free (`run.rs`,
+//! `storage/meters.rs`).
 //!
 //! # When the budget is full
 //! - `drop_oldest`: before a new log chunk is stored, and after each engine commit, the oldest

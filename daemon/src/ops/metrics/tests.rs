@@ -47,6 +47,8 @@ fn known_status() -> Status {
             used_bytes: 1000,
             disk_bytes: 4096,
             refused_disk: 2,
+            free_bytes: 1 << 30,
+            failures: 1,
             ..StoreCounters::default()
         },
         uplinks: vec![SinkCounters {
@@ -155,6 +157,12 @@ eddy_store_disk_bytes 4096
 # TYPE eddy_store_refused_readings_total counter
 eddy_store_refused_readings_total{reason="budget"} 0
 eddy_store_refused_readings_total{reason="disk"} 2
+# HELP eddy_store_free_bytes Free bytes on the store's file system (readings are refused below storage.min_free_bytes).
+# TYPE eddy_store_free_bytes gauge
+eddy_store_free_bytes 1073741824
+# HELP eddy_store_failures_total Times the store failed (a write or flush error, e.g. ENOSPC or EIO) and was opened again in-process.
+# TYPE eddy_store_failures_total counter
+eddy_store_failures_total 1
 # HELP eddy_uplink_delivered_total Records delivered per sink.
 # TYPE eddy_uplink_delivered_total counter
 eddy_uplink_delivered_total{sink="hub"} 0
@@ -262,7 +270,16 @@ fn status_keeps_its_keys() {
     );
     assert_eq!(
         sorted(keys(&value["store"])),
-        ["budget_bytes", "disk_bytes", "last_refusal", "refused_budget", "refused_disk", "used_bytes"]
+        [
+            "budget_bytes",
+            "disk_bytes",
+            "failures",
+            "free_bytes",
+            "last_refusal",
+            "refused_budget",
+            "refused_disk",
+            "used_bytes"
+        ]
     );
     assert_eq!(
         sorted(keys(&value["uplinks"][0])),
