@@ -243,17 +243,23 @@ fn sample(metrics: &str, series: &str) -> Option<u64> {
     metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// (sensor, ts) of every raw reading the hub took.
+fn raw_readings_at(hub: &HttpHub) -> HashSet<(String, i64)> {
+    hub.records()
+        .iter()
+        .filter(|record| record["type"] == "raw")
+        .filter_map(|record| Some((record["sensor"].as_str()?.to_owned(), record["ts"].as_i64()?)))
+        .collect()
+}
+
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-#[test]
-fn a_full_disk_refuses_readings_without_an_exit_and_loses_nothing_acknowledged() {
-    let started = Instant::now();
-    let fs = LoopMount::new(IMAGE_BYTES);
-    let hub = HttpHub::start().expect("the HTTP hub starts");
-    hub.stop();
-    let config = ConfigToml::new("gw-full")
+/// The tests' eddy: `data_dir` and a rotating results file on `fs`, an acked TCP source,
+/// one-second windows, raw readings forwarded to `hub`, and the endpoint.
+fn config(fs: &LoopMount, hub: &HttpHub) -> String {
+    ConfigToml::new("gw-full")
         .root("data_dir", fs.path("data").display().to_string())
         .root("shutdown_timeout", "20s")
         .table("ingest")
@@ -284,7 +290,16 @@ fn a_full_disk_refuses_readings_without_an_exit_and_loses_nothing_acknowledged()
         .key("records", ["raw"])
         .key("max_backoff", "300ms")
         .key("timeout", "1s")
-        .to_toml();
+        .to_toml()
+}
+
+#[test]
+fn a_full_disk_refuses_readings_without_an_exit_and_loses_nothing_acknowledged() {
+    let started = Instant::now();
+    let fs = LoopMount::new(IMAGE_BYTES);
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    hub.stop();
+    let config = config(&fs, &hub);
     let mut eddy = Eddy::start(&config).expect("eddy starts");
     let pid = eddy.pid().expect("eddy runs");
     let api = api_address(&eddy);
@@ -375,13 +390,7 @@ fn a_full_disk_refuses_readings_without_an_exit_and_loses_nothing_acknowledged()
     );
     // Every acknowledged reading reaches the hub (as a raw record), none is lost.
     let acked: HashSet<(String, i64)> = ledger.acked.iter().cloned().collect();
-    let delivered = || -> HashSet<(String, i64)> {
-        hub.records()
-            .iter()
-            .filter(|record| record["type"] == "raw")
-            .filter_map(|record| Some((record["sensor"].as_str()?.to_owned(), record["ts"].as_i64()?)))
-            .collect()
-    };
+    let delivered = || raw_readings_at(&hub);
     let all_there = wait_until(Duration::from_secs(60), || acked.is_subset(&delivered()));
     let missing = acked.difference(&delivered()).count();
     assert!(
@@ -451,4 +460,50 @@ fn eddy_started_on_a_full_disk_waits_for_room_then_starts() {
     let address = eddy.tcp_address("in").expect("the TCP source");
     assert_eq!(ledger.round(address, base_ms()), (u64::try_from(ROUND).unwrap(), 0), "readings are taken");
     assert!(eddy.stop().expect("eddy stops").success(), "{}", eddy.log());
+}
+
+/// A stop asked for while the store is failed ends cleanly (no wait for a store that cannot be
+/// written), and a restart once there is room finds everything that was acknowledged.
+#[test]
+fn stopping_while_the_store_is_failed_ends_cleanly_and_a_restart_keeps_every_ack() {
+    let fs = LoopMount::new(IMAGE_BYTES);
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    hub.stop();
+    let config = config(&fs, &hub);
+    let run_dir = tempfile::tempdir().expect("a directory for the configuration and logs");
+    let mut eddy = Eddy::start_in(run_dir.path(), &config).expect("eddy starts");
+    let address = eddy.tcp_address("in").expect("the TCP source");
+    let base = base_ms();
+    let mut ledger = Ledger::default();
+    for _ in 0..3 {
+        ledger.round(address, base);
+    }
+    let mut filler = Filler::start(fs.path("filler"));
+    while !filler.is_full() {
+        ledger.round(address, base);
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || eddy.log().contains("The store failed")),
+        "no store write failed on the full disk; log:\n{}",
+        eddy.log()
+    );
+    let stop_asked = Instant::now();
+    let status = eddy.stop().expect("eddy stops");
+    assert!(status.success(), "a stop is a clean stop, also with a failed store: {}", eddy.log());
+    assert!(stop_asked.elapsed() < Duration::from_secs(15), "the stop waited {:?}", stop_asked.elapsed());
+    assert!(eddy.log().contains("Stopped while the store was failed"), "{}", eddy.log());
+
+    filler.stop();
+    std::fs::remove_file(fs.path("filler")).expect("the filler is removed");
+    hub.restart().expect("the hub comes back");
+    let eddy = Eddy::start_in(run_dir.path(), &config).expect("eddy starts again on the same store");
+    let acked: HashSet<(String, i64)> = ledger.acked.iter().cloned().collect();
+    let delivered = || raw_readings_at(&hub);
+    assert!(
+        wait_until(Duration::from_secs(60), || acked.is_subset(&delivered())),
+        "{} of {} acknowledged readings never reached the hub; log:\n{}",
+        acked.difference(&delivered()).count(),
+        acked.len(),
+        eddy.log()
+    );
 }
