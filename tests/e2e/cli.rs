@@ -53,8 +53,8 @@ fn a_deprecated_key_loads_with_a_warning_naming_its_new_spelling() {
         &path,
         format!(
             "device_id = \"gw\"\ndata_dir = \"d\"\n[[sources]]\nkind = \"mqtt\"\n\
-             broker = \"mqtts://127.0.0.1:8883\"\ntopics = [\"t/#\"]\n\
-             client_cert = \"{0}\"\nclient_key = \"{0}\"\n",
+             url = \"mqtts://127.0.0.1:8883\"\nclient_id = \"gw-eddy\"\ntopics = [\"t/#\"]\n\
+             ca_file = \"{0}\"\nclient_cert = \"{0}\"\nclient_key = \"{0}\"\n",
             cert.display()
         ),
     )
