@@ -168,6 +168,22 @@ impl Drop for Filler {
     }
 }
 
+/// Writes `path` until the file system has at most `leave` bytes free (and a little less than
+/// that, by a block or so), then stops.
+fn fill_leaving(fs: &LoopMount, path: &Path, leave: u64) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("the filler file");
+    let chunk = vec![0x5a_u8; 1 << 20];
+    loop {
+        let free = fs.free_bytes();
+        if free <= leave {
+            return;
+        }
+        let n = usize::try_from((free - leave).min(1 << 20)).unwrap();
+        file.write_all(&chunk[..n]).expect("room below the target");
+        file.sync_data().expect("filler sync");
+    }
+}
+
 /// What happened to each reading a test sent: acknowledged (durable) or nacked.
 #[derive(Default)]
 struct Ledger {
@@ -506,4 +522,49 @@ fn stopping_while_the_store_is_failed_ends_cleanly_and_a_restart_keeps_every_ack
         acked.len(),
         eddy.log()
     );
+}
+
+/// Short of the reserve but not out of space (another program took most of it): new readings
+/// are refused, while what eddy writes for data it already took goes into the reserve. The hub
+/// comes back and the sinks deliver the backlog, their cursors written there; the store never
+/// fails. Once space is freed, readings are taken again.
+#[test]
+fn short_of_the_reserve_readings_are_refused_while_sinks_deliver_into_it() {
+    let fs = LoopMount::new(IMAGE_BYTES);
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    hub.stop();
+    let mut eddy = Eddy::start(&config(&fs, &hub)).expect("eddy starts");
+    let api = api_address(&eddy);
+    let address = eddy.tcp_address("in").expect("the TCP source");
+    let base = base_ms();
+    let mut ledger = Ledger::default();
+    for _ in 0..10 {
+        assert_eq!(ledger.round(address, base), (u64::try_from(ROUND).unwrap(), 0), "room on the disk");
+    }
+    // Half the reserve left: below min_free_bytes, yet room for the store's own writes.
+    fill_leaving(&fs, &fs.path("filler"), MIN_FREE_BYTES / 2);
+    assert_eq!(ledger.round(address, base), (0, u64::try_from(ROUND).unwrap()), "refused below the reserve");
+    let (code, body) = get(api, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("disk almost full"), "{body}");
+
+    // The hub comes back: the backlog is delivered while readings are still refused.
+    hub.restart().expect("the hub comes back");
+    let acked: HashSet<(String, i64)> = ledger.acked.iter().cloned().collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || acked.is_subset(&raw_readings_at(&hub))),
+        "{} of {} acknowledged readings never reached the hub; log:\n{}",
+        acked.difference(&raw_readings_at(&hub)).count(),
+        acked.len(),
+        eddy.log()
+    );
+    assert_eq!(ledger.round(address, base), (0, u64::try_from(ROUND).unwrap()), "still refused");
+    assert!(!eddy.log().contains("The store failed"), "the reserve had room; log:\n{}", eddy.log());
+
+    std::fs::remove_file(fs.path("filler")).expect("the filler is removed");
+    assert_eq!(ledger.round(address, base), (u64::try_from(ROUND).unwrap(), 0), "taken again, no restart");
+    assert!(eddy.stop().expect("eddy stops").success(), "{}", eddy.log());
+    let store = counters(&eddy.log(), "Store budget counters.", "");
+    assert_eq!(store["refused_disk"], ledger.nacked);
+    assert_eq!(store["store_failures"], 0);
 }
