@@ -203,6 +203,9 @@ struct Opened {
     committed: watch::Receiver<Committed>,
     /// The first log key past every chunk the log holds.
     next_key: u64,
+    /// The sources' marks as of the replay: what each source had made durable (used at
+    /// start-up; the sources keep theirs across a reopening).
+    marks: Vec<(Vec<u8>, u64)>,
 }
 
 /// Why an opening failed: the store itself, or the engine's recovery on it.
@@ -282,7 +285,11 @@ async fn open_store(args: OpenArgs) -> Result<Opened, OpenError> {
         .await
         .map_err(|error| OpenError::Engine(anyhow::Error::from(error).context("cannot replay the log")))?;
     let next_key = last_log_key.max(aggregator.log_pos()) + 1;
-    Ok(Opened { store, aggregator, committed, next_key })
+    // After the replay, whose commit wrote the marks of the chunks it replayed.
+    let marks = store.load_marks().map_err(|error| {
+        OpenError::Engine(anyhow::Error::from(error).context("cannot read the sources' marks"))
+    })?;
+    Ok(Opened { store, aggregator, committed, next_key, marks })
 }
 
 /// The store failed: since when, why, and how the reopening goes.
@@ -418,14 +425,11 @@ impl Daemon {
                 }
             }
         };
-        let Opened { store, aggregator, committed: committed_rx, next_key } = opened;
+        let Opened { store, aggregator, committed: committed_rx, next_key, marks } = opened;
         let meters = store.meters();
         // What each source had made durable, so it recognises a resend of it (exactly-once
         // ingest for numbered TCP sessions and MQTT redeliveries).
-        let mut durable_marks = marks::durable_by_source(
-            store.load_marks().context("cannot read the sources' marks")?,
-            &aggregator.uncommitted_marks(),
-        );
+        let mut durable_marks = marks::durable_by_source(marks, &aggregator.uncommitted_marks());
 
         let mut components = Components::default();
         // Sinks first, so that results replayed above are delivered.
@@ -836,7 +840,7 @@ impl Daemon {
             }
         };
         let down_secs = fault.since.elapsed().as_secs();
-        let Opened { store, aggregator, committed, next_key } = opened;
+        let Opened { store, aggregator, committed, next_key, marks: _ } = opened;
         let (engine_tx, engine_rx) = mpsc::channel(ENGINE_CHANNEL_CHUNKS);
         self.components.spawn_aggregator(aggregator, engine_rx);
         let reopened = StoreControl::Reopened { store: store.clone(), engine: engine_tx, next_key };
