@@ -351,11 +351,9 @@ impl SinkSet {
                 }
             }
         }
-        let mut tasks = Vec::new();
-        for prepared in ready {
-            let Some(entry) = self.entries.remove(&prepared.config.name) else { continue };
-            tasks.push(self.launch(entry.slot, entry.stats, prepared, Started::Fresh));
-        }
+        // The suspended tasks have ended and closed their sinks: these start fresh.
+        let tasks =
+            ready.into_iter().filter_map(|prepared| self.relaunch(prepared, Started::Fresh)).collect();
         self.publish_stats();
         tasks
     }
@@ -478,24 +476,27 @@ impl SinkSet {
                 entry.next = Next::Restart(next);
                 None
             }
-            Next::Restart(next) if !stopping => {
-                let (slot, stats) = (entry.slot, entry.stats.clone());
-                // A sink that starts taking raw readings must hold the raw lane from now on.
-                let takes_raw = next.config.records.contains("raw");
-                if takes_raw && !entry.config.records.contains("raw") {
-                    self.raw_cursors[slot].store(0, Ordering::Release);
-                }
-                // Raw-lane drops count for it from now on, or no longer.
-                self.meters.register_sink_drops(name, takes_raw, &stats.drops);
-                self.entries.remove(name);
-                Some(self.launch(slot, stats, *next, Started::Successor))
-            }
+            Next::Restart(next) if !stopping => self.relaunch(*next, Started::Successor),
             Next::Restart(_) => None,
             Next::Remove => {
                 self.remove(name);
                 None
             }
         }
+    }
+
+    /// Starts `next` in the slot, and with the counters, of the sink of its name, whose task has
+    /// ended.
+    fn relaunch(&mut self, next: Prepared, started: Started) -> Option<SinkTask> {
+        let entry = self.entries.remove(&next.config.name)?;
+        // A sink that starts taking raw readings must hold the raw lane from now on.
+        let takes_raw = next.config.records.contains("raw");
+        if takes_raw && !entry.config.records.contains("raw") {
+            self.raw_cursors[entry.slot].store(0, Ordering::Release);
+        }
+        // Raw-lane drops count for it from now on, or no longer.
+        self.meters.register_sink_drops(&next.config.name, takes_raw, &entry.stats.drops);
+        Some(self.launch(entry.slot, entry.stats, next, started))
     }
 
     /// Frees the slot of a removed sink, keeping its counters in case the name comes back.
@@ -671,6 +672,45 @@ mod tests {
     /// The slot bookkeeping that the outbox trim depends on: a removed sink stops holding it
     /// back, an added sink holds it from 0 until it publishes its cursor, and with no sink at
     /// all the free slots follow the committed seq.
+    /// A failed store suspends every sink: nothing starts while it is failed (not even a changed
+    /// sink's successor), slots keep their cursors; a reopened store starts them all again, the
+    /// changed one with its new settings, and drops the ones a reload removed.
+    #[tokio::test]
+    async fn a_failed_store_suspends_every_sink_until_it_is_open_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data"), 1 << 20, vec![], vec![]).unwrap();
+        let out = |name: &str| dir.path().join(name).display().to_string();
+        let configured = [file("a", &out("a.jsonl")), file("b", &out("b.jsonl")), file("c", &out("c.jsonl"))];
+        let (cursors, raw_cursors) = cursor_slots(&configured);
+        let (_committed_tx, committed_rx) = watch::channel(Committed { results: 7, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let mut sinks =
+            SinkSet::new(store.clone(), cursors.clone(), raw_cursors, committed_rx.clone(), give_up_rx);
+        assert_eq!(sinks.start_configured(&configured).unwrap().len(), 3);
+        cursors[0].store(5, Ordering::Release);
+        // A reload changes b and removes c, then the store fails before their tasks ended.
+        let (applied, _) = sinks.reload(vec![file("a", &out("a.jsonl")), file("b", &out("b2.jsonl"))]).await;
+        assert_eq!((applied.changed, applied.removed), (vec!["b".to_owned()], vec!["c".to_owned()]));
+        sinks.suspend();
+        assert!(sinks.entries.values().all(|entry| entry.retire.is_cancelled()), "every task is retired");
+        for name in ["sink a", "sink b", "sink c"] {
+            assert!(sinks.exited(name, false).is_none(), "{name} does not start while suspended");
+        }
+        assert_eq!(slots(&cursors)[..3], [5, 0, u64::MAX], "slots keep their cursors; c is gone");
+        assert!(sinks.resume_pending().await.is_empty(), "nothing starts while suspended");
+
+        let tasks = sinks.resume(store, committed_rx).await;
+        let mut started: Vec<&str> = tasks.iter().map(|task| task.component.as_str()).collect();
+        started.sort_unstable();
+        assert_eq!(started, ["sink a", "sink b"]);
+        let b = sinks.entries.get("b").expect("b runs");
+        assert!(
+            matches!(&b.config.kind, SinkKind::File(file) if file.path.ends_with("b2.jsonl")),
+            "with its new settings"
+        );
+        assert!(sinks.pending.is_empty());
+    }
+
     #[tokio::test]
     async fn slots_hold_the_trim_only_for_running_sinks() {
         let dir = tempfile::tempdir().unwrap();
