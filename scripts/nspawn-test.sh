@@ -214,6 +214,17 @@ user_and_dirs() {
 }
 check "user eddy in dialout, /var/lib/eddy owned by it, conffile, watchdog 30s" user_and_dirs
 
+restart_limits() {
+  # Restarts for crashes only, and a crash loop still ends in start-limit-hit: 10 starts in
+  # 10 minutes, 5 s apart; an invalid configuration (exit 2) is not restarted.
+  echo "Restart=$(prop Restart) RestartUSec=$(prop RestartUSec) StartLimitBurst=$(prop StartLimitBurst)" \
+    "StartLimitIntervalUSec=$(prop StartLimitIntervalUSec) RestartPreventExitStatus=$(prop RestartPreventExitStatus)"
+  [ "$(prop Restart)" = on-failure ] && [ "$(prop RestartUSec)" = 5s ] &&
+    [ "$(prop StartLimitBurst)" = 10 ] && [ "$(prop StartLimitIntervalUSec)" = 10min ] &&
+    prop RestartPreventExitStatus | grep -qw 2
+}
+check "restarts only for crashes; a crash loop still ends in start-limit-hit" restart_limits
+
 status_healthy() { in_ct eddy status --config /etc/eddy/eddy.toml; }
 check "eddy status reports HEALTHY" wait_for 15 status_healthy
 

@@ -3,18 +3,44 @@
 //! and then serves one closed [`Event`] enum until everything has drained.
 //!
 //! Every state change of a running daemon goes through [`Daemon::handle`]: a stop request,
-//! a component that ended, a reload, the periodic report, the stop deadline.
+//! a component that ended, a reload, the periodic report, the stop deadline, a failure of the
+//! store and its reopening.
+//!
+//! # A failed store is a state, not an exit
+//! A full disk or a failing medium makes a write of the store fail (ENOSPC, EIO), and sled
+//! then refuses every later write of that handle (`storage/meters.rs` has the evidence).
+//! Exiting would leave systemd to restart eddy into the same full disk until the unit's start
+//! limit gives up on it. Instead the daemon keeps running and:
+//! 1. lets go of the store everywhere: the ingest task refuses readings (nack, counted per
+//!    source and store-wide) without touching the disk; the aggregator drains and ends; every
+//!    sink is retired, its slot kept at its durable cursor; the sources stay up;
+//! 2. says so: `/health` is 503 with the reason, systemd's STATUS names it, and the main loop
+//!    beats the watchdog while it waits;
+//! 3. once every handle is dropped and the file system has `storage.min_free_bytes` free
+//!    again, opens the store again in this process (with backoff while that fails), recovers
+//!    the engine from its last commit and replays the log, as after a crash, then resumes the
+//!    ingest and the sinks from their durable cursors.
+//!
+//! Nothing acknowledged is lost: a reading is acknowledged only after its fsync, the log is
+//! trimmed only through a flushed commit, and a cursor is published only after its flush, so
+//! what the reopened store holds covers everything acknowledged. A group refused because its
+//! write failed may still be found in the store (as after a crash: "may or may not be in the
+//! log"). At start-up, a store that cannot be opened (or replayed) because the disk is full or
+//! failing is waited for the same way, before READY, extending systemd's start timeout.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use eddy_common::Backoff;
 use eddy_sensors::{ingest_channel, SensorRegistry, SourceStats};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Config;
@@ -22,10 +48,10 @@ use crate::delivery::sink_set::{self, ComponentFuture, SinkSet, SinkTask};
 use crate::ops::report::log_counters;
 use crate::ops::{api, systemd, telemetry};
 use crate::pipeline::aggregate::Aggregator;
-use crate::pipeline::ingest::{Ingest, ProcessingClock};
+use crate::pipeline::ingest::{EngineInput, Ingest, IngestNotice, ProcessingClock, StoreControl, StoreLink};
 use crate::pipeline::{marks, sources};
-use crate::stats::{AggregateStats, Committed, IngestStats};
-use crate::storage::{Store, StoreError};
+use crate::stats::{AggregateStats, Committed, IngestStats, StoreHealth};
+use crate::storage::{Store, StoreError, StoreMeters};
 
 /// Why the daemon stopped with an error; `main` maps it to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +73,15 @@ const ENGINE_CHANNEL_CHUNKS: usize = 32;
 const STATUS_EVERY: Duration = Duration::from_secs(30);
 /// How often, while stopping, the daemon says what it still waits for.
 const STOPPING_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// While the store is failed, how often the main loop looks whether it can open it again (and
+/// beats the watchdog).
+const STORE_WAIT_TICK: Duration = Duration::from_secs(1);
+/// First pause after a failed opening of the store; doubles up to [`STORE_MAX_BACKOFF`].
+const STORE_MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest pause between two openings of a failed store.
+const STORE_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// While waiting for the store, the wait is logged again this often.
+const STORE_WAIT_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs the daemon until `stop` resolves (then drains) or a component fails.
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), RunError> {
@@ -64,7 +99,9 @@ pub async fn run_with_reloads(
     stop: impl Future<Output = ()>,
     reloads: mpsc::Receiver<Config>,
 ) -> Result<(), RunError> {
-    let daemon = Daemon::start(config).await?;
+    let mut stop = std::pin::pin!(stop);
+    // A stop while eddy waits for its disk at start-up ends it cleanly.
+    let Some(daemon) = Daemon::start(config, stop.as_mut()).await? else { return Ok(()) };
     daemon.serve(stop, reloads).await
 }
 
@@ -82,6 +119,12 @@ enum Event {
     Reload(Box<Config>),
     /// The aggregator committed, while no sink runs (free cursor slots follow it).
     Committed,
+    /// The ingest task says something about the store.
+    Ingest(IngestNotice),
+    /// While the store is failed: time to look whether it can be opened again.
+    StoreWait,
+    /// An opening of the failed store ended.
+    Reopened(Box<anyhow::Result<Opened>>),
 }
 
 /// What the main loop does after an event.
@@ -118,6 +161,19 @@ impl Components {
         }
     }
 
+    /// Spawns the aggregator on its input.
+    fn spawn_aggregator(&mut self, aggregator: Aggregator, input: mpsc::Receiver<EngineInput>) {
+        self.spawn(
+            "aggregator".into(),
+            Box::pin(async move { aggregator.run(input).await.map_err(anyhow::Error::from) }),
+        );
+    }
+
+    /// The components that use the store besides the ingest task: the aggregator and the sinks.
+    fn holding_the_store(&self) -> Vec<&String> {
+        self.running.iter().filter(|name| *name == "aggregator" || name.starts_with("sink ")).collect()
+    }
+
     /// The next component that ended (None: none is left).
     async fn next_exited(&mut self) -> Option<(String, anyhow::Result<()>)> {
         match self.tasks.join_next_with_id().await? {
@@ -130,14 +186,168 @@ impl Components {
     }
 }
 
+/// The store's failure, if `error` is one (a read, write or flush of sled that failed), as
+/// opposed to a bug or a closed channel.
+fn store_failure(error: &anyhow::Error) -> Option<&StoreError> {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<StoreError>())
+        .find(|store_error| store_error.is_runtime_failure())
+}
+
+/// One opening of the store with the engine recovered and replayed on it: what the start-up
+/// and every reopening after a failure share.
+struct Opened {
+    store: Store,
+    aggregator: Aggregator,
+    committed: watch::Receiver<Committed>,
+    /// The first log key past every chunk the log holds.
+    next_key: u64,
+    /// The sources' marks as of the replay: what each source had made durable (used at
+    /// start-up; the sources keep theirs across a reopening).
+    marks: Vec<(Vec<u8>, u64)>,
+}
+
+/// Why an opening failed: the store itself, or the engine's recovery on it.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Engine(anyhow::Error),
+}
+
+impl OpenError {
+    /// A full or failing disk, which eddy waits out rather than exits for.
+    fn is_waitable(&self) -> bool {
+        match self {
+            OpenError::Store(error) => error.is_waitable_open_failure() || error.is_runtime_failure(),
+            OpenError::Engine(error) => store_failure(error).is_some(),
+        }
+    }
+}
+
+/// What an opening of the store needs from the configuration and the daemon, owned so that a
+/// reopening can run as its own task.
+#[derive(Clone)]
+struct OpenArgs {
+    config: Config,
+    /// The meters of the earlier opening, taken over by a reopening (None at start-up).
+    meters: Option<StoreMeters>,
+    cursors: Arc<Vec<AtomicU64>>,
+    raw_cursors: Arc<Vec<AtomicU64>>,
+    aggregate_stats: Arc<AggregateStats>,
+}
+
+/// Opens the store, sets its budget (or takes over `meters`), recovers the engine and replays
+/// the log after its last commit. The sled open and the scans block: off the async workers.
+async fn open_store(args: OpenArgs) -> Result<Opened, OpenError> {
+    let OpenArgs { config, meters, cursors, raw_cursors, aggregate_stats } = args;
+    let recover_config = config.clone();
+    let recovered = tokio::task::spawn_blocking(move || {
+        let config = recover_config;
+        let store = Store::open(
+            &config.data_dir,
+            config.cache_capacity,
+            config.engine.field_names.clone(),
+            config.engine.tag_names.clone(),
+        )
+        .map_err(OpenError::Store)?;
+        // The disk budget counts the live log and outbox bytes (one scan).
+        let store = match &meters {
+            None => store.with_budget(config.budget.clone()),
+            Some(meters) => store.with_meters_of(meters),
+        }
+        .map_err(OpenError::Store)?;
+        let (aggregator, committed) = Aggregator::recover(
+            store.clone(),
+            config.engine.clone(),
+            config.checkpoint_interval,
+            cursors,
+            aggregate_stats,
+        )
+        .map_err(|error| {
+            OpenError::Engine(anyhow::Error::from(error).context("cannot recover the engine state"))
+        })?;
+        let last_log_key = store
+            .last_log_key()
+            .map_err(|error| OpenError::Engine(anyhow::Error::from(error).context("cannot read the log")))?
+            .unwrap_or(0);
+        Ok((store, aggregator.forwarding_raw(config.forward_raw, raw_cursors), committed, last_log_key))
+    })
+    .await
+    .map_err(|join_error| OpenError::Engine(anyhow::anyhow!("store opening task failed: {join_error}")))??;
+    let (store, mut aggregator, committed, last_log_key) = recovered;
+    // Replay what the log holds past the last commit, before anything new is written: chunk
+    // keys continue after what is stored.
+    aggregator
+        .replay(last_log_key)
+        .await
+        .map_err(|error| OpenError::Engine(anyhow::Error::from(error).context("cannot replay the log")))?;
+    let next_key = last_log_key.max(aggregator.log_pos()) + 1;
+    // After the replay, whose commit wrote the marks of the chunks it replayed.
+    let marks = store.load_marks().map_err(|error| {
+        OpenError::Engine(anyhow::Error::from(error).context("cannot read the sources' marks"))
+    })?;
+    Ok(Opened { store, aggregator, committed, next_key, marks })
+}
+
+/// The store failed: since when, why, and how the reopening goes.
+struct StoreFault {
+    since: Instant,
+    /// The error that failed it.
+    error: String,
+    /// The ingest task has let go of its handle.
+    ingest_released: bool,
+    /// Pauses between failed openings.
+    backoff: Backoff,
+    /// No opening before this.
+    next_attempt: Instant,
+    /// An opening under way.
+    attempt: Option<oneshot::Receiver<anyhow::Result<Opened>>>,
+    /// What the wait was last logged for, and when.
+    last_logged: Option<(&'static str, Instant)>,
+}
+
+impl StoreFault {
+    fn new(error: &str) -> StoreFault {
+        let now = Instant::now();
+        StoreFault {
+            since: now,
+            error: error.to_owned(),
+            ingest_released: false,
+            backoff: Backoff::new(STORE_MIN_BACKOFF, STORE_MAX_BACKOFF),
+            next_attempt: now,
+            attempt: None,
+            last_logged: None,
+        }
+    }
+
+    /// Whether waiting `for_what` is due to be logged: when the wait starts or changes, and
+    /// every [`STORE_WAIT_LOG_EVERY`] while it lasts.
+    fn log_due(&mut self, for_what: &'static str) -> bool {
+        let due = self
+            .last_logged
+            .is_none_or(|(logged, at)| logged != for_what || at.elapsed() >= STORE_WAIT_LOG_EVERY);
+        if due {
+            self.last_logged = Some((for_what, Instant::now()));
+        }
+        due
+    }
+}
+
 /// A started daemon: its components run; [`Daemon::serve`] handles their events.
 struct Daemon {
     config: Config,
-    store: Store,
+    /// `None` while the store is failed and not yet open again.
+    store: Option<Store>,
+    /// The store's budget and counters, across its openings.
+    meters: StoreMeters,
     components: Components,
     sinks: SinkSet,
     /// Wakes the main loop at each commit while no sink runs (free slots follow the commits).
     commits: watch::Receiver<Committed>,
+    commits_open: bool,
     telemetry: Arc<telemetry::Telemetry>,
     /// Cancelled to stop: only sources are; everything downstream drains as its input closes.
     sources_stop: CancellationToken,
@@ -147,54 +357,90 @@ struct Daemon {
     _stop_observers: DropGuard,
     stopping: bool,
     failed: Option<anyhow::Error>,
+    /// Orders to the ingest task about the store, and its notices.
+    ingest_control: mpsc::Sender<StoreControl>,
+    ingest_notices: mpsc::Receiver<IngestNotice>,
+    /// Handed to each engine recovered on a reopened store.
+    cursors: Arc<Vec<AtomicU64>>,
+    raw_cursors: Arc<Vec<AtomicU64>>,
+    aggregate_stats: Arc<AggregateStats>,
+    /// Whether the store is open, for `/health` and `/status`.
+    store_health: Arc<StoreHealth>,
+    /// The store failed and is being opened again.
+    fault: Option<StoreFault>,
+    /// Beaten once per [`STORE_WAIT_TICK`] while the store is failed: the watchdog's sign
+    /// that the main loop is alive and waiting on purpose.
+    waiting_beats: Arc<AtomicU64>,
 }
 
 impl Daemon {
-    /// Opens the store, recovers and replays the engine, then starts the sinks, the pipeline,
-    /// the sources and the observers, in that order, and says READY to systemd.
-    async fn start(config: Config) -> Result<Daemon, RunError> {
+    /// Opens the store (waiting out a full or failing disk, until `stop`: then `None`),
+    /// recovers and replays the engine, then starts the sinks, the pipeline, the sources and
+    /// the observers, in that order, and says READY to systemd.
+    async fn start(
+        config: Config,
+        mut stop: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Option<Daemon>, RunError> {
         tracing::info!(device_id = %config.device_id, data_dir = %config.data_dir.display(), "Starting eddy.");
-        let store = Store::open(
-            &config.data_dir,
-            config.cache_capacity,
-            config.engine.field_names.clone(),
-            config.engine.tag_names.clone(),
-        )
-        .map_err(RunError::StoreOpen)?;
-        // The disk budget counts the live log and outbox bytes (one scan at start-up).
-        let store = store.with_budget(config.budget.clone()).map_err(RunError::StoreOpen)?;
-
         // Recover the engine and replay what the log holds past its last commit, before any
         // source is up: the ingest keys and clock continue after what is stored.
         // One cursor slot per sink, plus spares for sinks a reload adds: 0 until the sink task
-        // publishes its durable cursor (nothing is trimmed before, also not by the replay below).
+        // publishes its durable cursor (nothing is trimmed before, also not by the replay).
         let (cursors, raw_cursors) = sink_set::cursor_slots(&config.sinks);
         let aggregate_stats = Arc::new(AggregateStats::default());
-        let (mut aggregator, committed_rx) = Aggregator::recover(
-            store.clone(),
-            config.engine.clone(),
-            config.checkpoint_interval,
-            cursors.clone(),
-            aggregate_stats.clone(),
-        )
-        .map(|(aggregator, committed)| {
-            (aggregator.forwarding_raw(config.forward_raw, raw_cursors.clone()), committed)
-        })
-        .context("cannot recover the engine state")?;
-        let last_log_key = store.last_log_key().context("cannot read the log")?.unwrap_or(0);
-        aggregator.replay(last_log_key).await.context("cannot replay the log")?;
-        let next_key = last_log_key.max(aggregator.log_pos()) + 1;
+        let args = OpenArgs {
+            config: config.clone(),
+            meters: None,
+            cursors: cursors.clone(),
+            raw_cursors: raw_cursors.clone(),
+            aggregate_stats: aggregate_stats.clone(),
+        };
+        let mut backoff = Backoff::new(STORE_MIN_BACKOFF, STORE_MAX_BACKOFF);
+        let opened = loop {
+            let error = match open_store(args.clone()).await {
+                Ok(opened) => break opened,
+                // A damaged or locked store, or a bug: the operator must act (exit 3, or 1).
+                Err(error) if !error.is_waitable() => {
+                    return Err(match error {
+                        OpenError::Store(error) => RunError::StoreOpen(error),
+                        OpenError::Engine(error) => RunError::Runtime(error),
+                    })
+                }
+                Err(error) => error,
+            };
+            // A full or failing disk: wait in this process rather than exit into systemd's
+            // restart loop. The start timeout is extended while eddy says why it waits.
+            let delay = backoff.next_delay();
+            tracing::warn!(error = %format!("{error:#}"), retry_in = ?delay, "Cannot open the store: its disk is full or failing; waiting for it (no restart needed).");
+            let timeout_usec = (delay + Duration::from_secs(30)).as_micros();
+            let status_error = error.to_string().replace(['\n', '\r'], " ");
+            systemd::notify(&format!(
+                "STATUS=Waiting for the store's disk: {status_error}\nEXTEND_TIMEOUT_USEC={timeout_usec}"
+            ));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.as_mut() => {
+                    tracing::info!("Stopped while waiting for the store's disk.");
+                    return Ok(None);
+                }
+            }
+        };
+        let Opened { store, aggregator, committed: committed_rx, next_key, marks } = opened;
+        let meters = store.meters();
         // What each source had made durable, so it recognises a resend of it (exactly-once
         // ingest for numbered TCP sessions and MQTT redeliveries).
-        let mut durable_marks = marks::durable_by_source(
-            store.load_marks().context("cannot read the sources' marks")?,
-            &aggregator.uncommitted_marks(),
-        );
+        let mut durable_marks = marks::durable_by_source(marks, &aggregator.uncommitted_marks());
 
         let mut components = Components::default();
         // Sinks first, so that results replayed above are delivered.
         let (give_up, give_up_rx) = watch::channel(false);
-        let mut sinks = SinkSet::new(store.clone(), cursors, raw_cursors, committed_rx.clone(), give_up_rx);
+        let mut sinks = SinkSet::new(
+            store.clone(),
+            cursors.clone(),
+            raw_cursors.clone(),
+            committed_rx.clone(),
+            give_up_rx,
+        );
         components.spawn_sinks(sinks.start_configured(&config.sinks)?);
         if config.sinks.is_empty() {
             tracing::warn!("No sink is configured: results are computed and discarded.");
@@ -206,25 +452,29 @@ impl Daemon {
             config.sources.iter().map(|source| Arc::new(SourceStats::new(source.name.clone()))).collect();
         let ingest = Ingest {
             stats: ingest_stats.clone(),
-            store: store.clone(),
+            store: Some(store.clone()),
+            meters: meters.clone(),
+            released: None,
             flush_interval: config.flush_interval,
             batch_interval_ms: u64::try_from(config.engine.batch_interval.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1),
             next_key,
             clock: ProcessingClock::new(aggregator.clock_ms()),
-            failed_groups: 0,
             sources: source_stats.clone(),
             refused_sessions: marks::RefusedSessions::default(),
+            refusal_log: Default::default(),
         };
+        let (ingest_control, control) = mpsc::channel(4);
+        let (notices, ingest_notices) = mpsc::channel(4);
         let (ingest_tx, ingest_rx) = ingest_channel(INGEST_CHANNEL_BATCHES);
-        components.spawn(
-            "aggregator".into(),
-            Box::pin(async move { aggregator.run(engine_rx).await.map_err(anyhow::Error::from) }),
-        );
+        components.spawn_aggregator(aggregator, engine_rx);
+        let link = StoreLink { control, notices };
         components.spawn(
             "ingest".into(),
-            Box::pin(async move { ingest.run(ingest_rx, engine_tx).await.map_err(anyhow::Error::from) }),
+            Box::pin(
+                async move { ingest.run(ingest_rx, engine_tx, link).await.map_err(anyhow::Error::from) },
+            ),
         );
 
         // Sources last: once they are up, readings flow.
@@ -249,14 +499,18 @@ impl Daemon {
         drop(ingest_tx);
 
         // What operators see: the HTTP endpoint, systemd's readiness and watchdog. Outside the
-        // component set: they only read counters, and the endpoint stays up during the drain.
+        // component set: they only read counters, and the endpoint stays up during the drain
+        // and while a failed store is opened again.
+        let store_health = Arc::new(StoreHealth::default());
         let telemetry = Arc::new(telemetry::Telemetry::new(
             config.device_id.clone(),
             source_stats.clone(),
             aggregate_stats.clone(),
             ingest_stats,
             sinks.stats_watch(),
-            store.clone(),
+            meters.clone(),
+            config.data_dir.clone(),
+            store_health.clone(),
             committed_rx.clone(),
         ));
         telemetry.sources_up.store(true, Ordering::Relaxed);
@@ -269,8 +523,13 @@ impl Daemon {
             tracing::info!(listen = %bound, "HTTP endpoint up: /health, /metrics, /status.");
             tokio::spawn(api::serve(listener, telemetry.clone(), observers_stop.clone()));
         }
+        let waiting_beats = Arc::new(AtomicU64::new(0));
         if let Some(interval) = systemd::watchdog_interval() {
-            let watchdog = systemd::watchdog(interval, aggregate_stats.clone(), || {
+            let (pipeline, waiting) = (aggregate_stats.clone(), waiting_beats.clone());
+            let progress = move || {
+                pipeline.inputs_total.load(Ordering::Relaxed).wrapping_add(waiting.load(Ordering::Relaxed))
+            };
+            let watchdog = systemd::watchdog(interval, progress, || {
                 systemd::notify("WATCHDOG=1");
             });
             let stop = observers_stop.clone();
@@ -279,39 +538,52 @@ impl Daemon {
         tracing::info!(sources = config.sources.len(), sinks = config.sinks.len(), "eddy is ready.");
         systemd::notify("READY=1\nSTATUS=Taking readings.");
 
-        Ok(Daemon {
+        Ok(Some(Daemon {
             config,
-            store,
+            store: Some(store),
+            meters,
             components,
             sinks,
             commits: committed_rx,
+            commits_open: true,
             telemetry,
             sources_stop,
             give_up,
             _stop_observers: observers_stop.drop_guard(),
             stopping: false,
             failed: None,
-        })
+            ingest_control,
+            ingest_notices,
+            cursors,
+            raw_cursors,
+            aggregate_stats,
+            store_health,
+            fault: None,
+            waiting_beats,
+        }))
     }
 
     /// The main loop: waits for the next [`Event`] and handles it, until every component has
     /// ended (then a final flush and report) or the stop deadline passes.
     async fn serve(
         mut self,
-        stop: impl Future<Output = ()>,
+        mut stop: Pin<&mut impl Future<Output = ()>>,
         mut reloads: mpsc::Receiver<Config>,
     ) -> Result<(), RunError> {
-        tokio::pin!(stop);
         let mut stop_requested = false;
-        let mut commits_open = true;
         let mut reloads_open = true;
+        let mut notices_open = true;
         let mut report = tokio::time::interval(STATUS_EVERY);
         report.reset();
+        let mut store_wait = tokio::time::interval(STORE_WAIT_TICK);
+        store_wait.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = tokio::time::sleep(Duration::MAX / 4);
         tokio::pin!(deadline);
         loop {
+            let (store_failed, reopening_now) = (self.fault.is_some(), reopening_pending(&self.fault));
+            let reopening = self.fault.as_mut().and_then(|fault| fault.attempt.as_mut());
             let event = tokio::select! {
-                () = &mut stop, if !stop_requested => { stop_requested = true; Event::Stop }
+                () = stop.as_mut(), if !stop_requested => { stop_requested = true; Event::Stop }
                 exited = self.components.next_exited() => match exited {
                     Some((name, result)) => Event::Exited { name, result },
                     None => break,
@@ -322,10 +594,18 @@ impl Daemon {
                     Some(new_config) => Event::Reload(Box::new(new_config)),
                     None => { reloads_open = false; continue; }
                 },
-                changed = self.commits.changed(), if commits_open && self.sinks.is_empty() => match changed {
+                changed = self.commits.changed(), if self.commits_open && self.sinks.is_empty() => match changed {
                     Ok(()) => Event::Committed,
-                    Err(_) => { commits_open = false; continue; }
+                    Err(_) => { self.commits_open = false; continue; }
                 },
+                notice = self.ingest_notices.recv(), if notices_open => match notice {
+                    Some(notice) => Event::Ingest(notice),
+                    None => { notices_open = false; continue; }
+                },
+                _ = store_wait.tick(), if store_failed => Event::StoreWait,
+                opened = async { reopening.expect("guarded by the condition").await }, if reopening_now => {
+                    Event::Reopened(Box::new(opened.unwrap_or_else(|_| Err(anyhow::anyhow!("the store opening task ended without an answer")))))
+                }
             };
             match self.handle(event).await {
                 Flow::Continue => {}
@@ -334,12 +614,18 @@ impl Daemon {
                     self.begin_stop();
                     report = tokio::time::interval(STOPPING_REPORT_EVERY);
                     report.reset();
-                    deadline.as_mut().reset(tokio::time::Instant::now() + self.config.shutdown_timeout);
+                    deadline.as_mut().reset(Instant::now() + self.config.shutdown_timeout);
                 }
                 Flow::Exit(error) => return Err(error),
             }
         }
-        self.store.flush().await.context("final flush")?;
+        match &self.store {
+            Some(store) => store.flush().await.context("final flush")?,
+            None => tracing::warn!(
+                "Stopped while the store was failed: nothing more could be written; what was \
+                 acknowledged is in it."
+            ),
+        }
         self.report();
         match self.failed {
             Some(error) => Err(RunError::Runtime(error)),
@@ -362,6 +648,10 @@ impl Daemon {
                 tracing::warn!("SIGHUP while stopping: the sinks are not reloaded.");
                 Flow::Continue
             }
+            Event::Reload(_) if self.fault.is_some() => {
+                tracing::warn!("SIGHUP while the store is failed: the sinks are not reloaded; send SIGHUP again once it is open.");
+                Flow::Continue
+            }
             Event::Reload(new_config) => {
                 if let Some(key) = sinks_need_restart(&self.config, &new_config) {
                     tracing::warn!(changed = key, "SIGHUP: sinks not reloaded: they are validated against this setting, which takes a restart.");
@@ -382,33 +672,67 @@ impl Daemon {
             }
             Event::Report => {
                 self.report();
+                let retried = self.sinks.resume_pending().await;
+                self.components.spawn_sinks(retried);
                 Flow::Continue
             }
             Event::Deadline => {
                 tracing::error!(still_running = ?self.components.running, "Stop deadline passed; exiting with work unfinished (it stays in the store).");
                 let _ = self.give_up.send(true);
                 self.components.tasks.abort_all();
-                let _ = self.store.flush().await;
+                if let Some(store) = &self.store {
+                    let _ = store.flush().await;
+                }
                 Flow::Exit(RunError::Runtime(anyhow::anyhow!(
                     "stop deadline of {:?} passed",
                     self.config.shutdown_timeout
                 )))
             }
+            Event::Ingest(IngestNotice::StoreFailed { error }) => {
+                self.store_failed("ingest", &error);
+                if let Some(fault) = &mut self.fault {
+                    fault.ingest_released = true;
+                }
+                Flow::Continue
+            }
+            Event::Ingest(IngestNotice::Released) => {
+                if let Some(fault) = &mut self.fault {
+                    fault.ingest_released = true;
+                }
+                Flow::Continue
+            }
+            Event::StoreWait => {
+                self.waiting_beats.fetch_add(1, Ordering::Relaxed);
+                self.try_reopen();
+                Flow::Continue
+            }
+            Event::Reopened(opened) => {
+                self.reopened(*opened).await;
+                Flow::Continue
+            }
         }
     }
 
-    /// A component ended: fine while stopping (or a sink a reload retired), else the daemon
-    /// stops, with an error if the component failed.
+    /// A component ended: fine while stopping (or a sink a reload retired, or the aggregator
+    /// and sinks while the store is failed), else the daemon stops, with an error if the
+    /// component failed. A failure of the store is no reason to stop: see the module docs.
     fn exited(&mut self, name: String, result: anyhow::Result<()>) -> Flow {
         self.components.running.remove(&name);
         let mut flow = Flow::Continue;
+        let holds_store = name == "aggregator" || name.starts_with("sink ");
         match result {
             Ok(()) if self.stopping || name.starts_with("sink ") => {
                 tracing::debug!(component = %name, "Component stopped.")
             }
+            Ok(()) if self.fault.is_some() && holds_store => {
+                tracing::info!(component = %name, "Component stopped while the store is failed; it starts again once the store is open.")
+            }
             Ok(()) => {
                 tracing::warn!(component = %name, "Component stopped on its own; stopping eddy.");
                 flow = Flow::BeginStop;
+            }
+            Err(error) if !self.stopping && holds_store && store_failure(&error).is_some() => {
+                self.store_failed(&name, &format!("{error:#}"));
             }
             Err(error) => {
                 tracing::error!(component = %name, error = %format!("{error:#}"), "Component failed; stopping eddy.");
@@ -426,6 +750,115 @@ impl Daemon {
         flow
     }
 
+    /// The store failed (seen by `component`): every handle is let go of, readings are refused,
+    /// and the main loop opens the store again once it can (see the module docs).
+    fn store_failed(&mut self, component: &str, error: &str) {
+        if self.fault.is_some() {
+            tracing::debug!(component, error, "The store failed here too; it is being opened again already.");
+            return;
+        }
+        if self.stopping {
+            tracing::error!(
+                component,
+                error,
+                "The store failed while stopping; what was acknowledged is in it."
+            );
+            return;
+        }
+        tracing::error!(
+            component,
+            error,
+            "The store failed: new readings are refused (nack) until eddy has opened it again, \
+             which it does by itself once the disk has room; nothing acknowledged is lost."
+        );
+        let reason = format!("store failed ({error}); eddy opens it again by itself");
+        self.store = None;
+        self.fault = Some(StoreFault::new(error));
+        self.store_health.failed(error.to_owned());
+        // The ingest task answers with `Released` (or has let go already, `StoreFailed`).
+        if self.ingest_control.try_send(StoreControl::Release { reason }).is_err() {
+            tracing::debug!("The ingest task has stopped or is busy; it lets go of the store on its own.");
+        }
+        self.sinks.suspend();
+        // One line: the protocol separates its fields by line.
+        let status_error = error.replace(['\n', '\r'], " ");
+        systemd::notify(&format!(
+            "STATUS=Store failed ({status_error}); refusing readings until it is open again."
+        ));
+    }
+
+    /// While the store is failed: opens it again once nothing holds it and its file system has
+    /// room, as a task whose end is [`Event::Reopened`].
+    fn try_reopen(&mut self) {
+        let holding: Vec<String> = self.components.holding_the_store().into_iter().cloned().collect();
+        let short_of_space = self.meters.short_of_space();
+        let Some(fault) = &mut self.fault else { return };
+        if self.stopping || fault.attempt.is_some() || Instant::now() < fault.next_attempt {
+            return;
+        }
+        if !fault.ingest_released || !holding.is_empty() {
+            if fault.log_due("holders") {
+                tracing::info!(still_holding = ?holding, ingest_released = fault.ingest_released, "Waiting for every component to let go of the failed store.");
+            }
+            return;
+        }
+        if let Some(short) = short_of_space {
+            if fault.log_due("space") {
+                tracing::warn!(reason = %short, down_secs = fault.since.elapsed().as_secs(), "Waiting for free space before opening the store again.");
+            }
+            return;
+        }
+        tracing::info!(down_secs = fault.since.elapsed().as_secs(), "Opening the store again.");
+        let args = OpenArgs {
+            config: self.config.clone(),
+            meters: Some(self.meters.clone()),
+            cursors: self.cursors.clone(),
+            raw_cursors: self.raw_cursors.clone(),
+            aggregate_stats: self.aggregate_stats.clone(),
+        };
+        let (answer, attempt) = oneshot::channel();
+        fault.attempt = Some(attempt);
+        tokio::spawn(async move {
+            let _ = answer.send(open_store(args).await.map_err(anyhow::Error::from));
+        });
+    }
+
+    /// An opening of the failed store ended: on success the engine, the ingest task and the
+    /// sinks resume on it; else the next try waits longer.
+    async fn reopened(&mut self, opened: anyhow::Result<Opened>) {
+        let Some(fault) = &mut self.fault else { return };
+        fault.attempt = None;
+        let opened = match opened {
+            Ok(opened) if !self.stopping => opened,
+            Ok(_) => return, // stopping: the opened store is dropped unused
+            Err(error) => {
+                let delay = fault.backoff.next_delay();
+                fault.next_attempt = Instant::now() + delay;
+                tracing::warn!(error = %format!("{error:#}"), retry_in = ?delay, "Cannot open the store again yet; retrying.");
+                self.store_health.set_reason(format!("{}; opening it again failed: {error:#}", fault.error));
+                return;
+            }
+        };
+        let down_secs = fault.since.elapsed().as_secs();
+        let Opened { store, aggregator, committed, next_key, marks: _ } = opened;
+        let (engine_tx, engine_rx) = mpsc::channel(ENGINE_CHANNEL_CHUNKS);
+        self.components.spawn_aggregator(aggregator, engine_rx);
+        let reopened = StoreControl::Reopened { store: store.clone(), engine: engine_tx, next_key };
+        if self.ingest_control.send(reopened).await.is_err() {
+            tracing::warn!("The ingest task has stopped; readings are not taken again.");
+        }
+        let started = self.sinks.resume(store.clone(), committed.clone()).await;
+        self.components.spawn_sinks(started);
+        self.telemetry.set_committed(committed.clone());
+        self.commits = committed;
+        self.commits_open = true;
+        self.store = Some(store);
+        self.fault = None;
+        self.store_health.reopened();
+        tracing::info!(down_secs, "Store open again: readings are taken and results delivered again.");
+        systemd::notify("STATUS=Taking readings.");
+    }
+
     /// Starts the drain: only sources are cancelled; everything downstream drains as its
     /// input closes.
     fn begin_stop(&mut self) {
@@ -439,6 +872,11 @@ impl Daemon {
     fn report(&self) {
         log_counters(&self.telemetry.status());
     }
+}
+
+/// Whether an opening of the failed store is under way.
+fn reopening_pending(fault: &Option<StoreFault>) -> bool {
+    fault.as_ref().is_some_and(|fault| fault.attempt.is_some())
 }
 
 /// A restart-only setting the sinks are validated against that `new` changes: sinks built

@@ -13,7 +13,7 @@ use std::time::Duration;
 use eddy_sensors::SourceStatsSnapshot;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{Appended, Lane, SinkDrops, Store, StoreError};
+use crate::storage::{size_on_disk_of, Appended, Lane, SinkDrops, StoreError, StoreMeters};
 
 /// The `/status` document, and the snapshot of every counter the daemon shows. Fields marked
 /// `serde(skip)` in the parts are shown in `/metrics` or the log but not in `/status` (its keys
@@ -86,6 +86,12 @@ pub(crate) struct StoreCounters {
     pub(crate) refused_disk: u64,
     /// Why the last group was not stored (None: it was).
     pub(crate) last_refusal: Option<String>,
+    /// Free bytes on the store's file system (0: unknown). Absent from older documents.
+    #[serde(default)]
+    pub(crate) free_bytes: u64,
+    /// Times the store failed (a write or flush error) and was opened again, or is being.
+    #[serde(default)]
+    pub(crate) failures: u64,
     /// Outbox records dropped for the budget.
     #[serde(skip)]
     pub(crate) dropped_budget: u64,
@@ -116,17 +122,25 @@ pub(crate) struct StoreCounters {
 }
 
 impl StoreCounters {
-    /// The counters now.
-    pub(crate) fn read(store: &Store, ingest: &IngestStats) -> StoreCounters {
-        let drops = store.drop_stats();
-        let stats = store.stats();
+    /// The counters now, without a handle of the store (it may have failed): its budget and
+    /// counters from `meters`, its size from the files in `data_dir`.
+    pub(crate) fn read(
+        meters: &StoreMeters,
+        data_dir: &std::path::Path,
+        ingest: &IngestStats,
+        health: &StoreHealth,
+    ) -> StoreCounters {
+        let drops = meters.drop_stats();
+        let stats = meters.stats();
         StoreCounters {
-            used_bytes: store.used_bytes(),
-            budget_bytes: store.budget_config().max_bytes.unwrap_or(0),
-            disk_bytes: store.size_on_disk().unwrap_or(0),
+            used_bytes: meters.used_bytes(),
+            budget_bytes: meters.budget_config().max_bytes.unwrap_or(0),
+            disk_bytes: size_on_disk_of(data_dir),
             refused_budget: drops.refused_budget_readings.load(Ordering::Relaxed),
             refused_disk: drops.refused_disk_readings.load(Ordering::Relaxed),
             last_refusal: ingest.last_refusal(),
+            free_bytes: meters.free_bytes().unwrap_or(0),
+            failures: health.failures_total.load(Ordering::Relaxed),
             dropped_budget: drops.dropped_budget_records.load(Ordering::Relaxed),
             dropped_ttl: drops.dropped_ttl_records.load(Ordering::Relaxed),
             dead_letters: drops.dead_letter_records.load(Ordering::Relaxed),
@@ -146,6 +160,45 @@ impl StoreCounters {
 fn process_written_bytes() -> Option<u64> {
     let io = std::fs::read_to_string("/proc/self/io").ok()?;
     io.lines().find_map(|line| line.strip_prefix("write_bytes:")).and_then(|value| value.trim().parse().ok())
+}
+
+/// Whether the store can be written, as the main loop knows it: set when the store failed,
+/// cleared once it is open again. Read by `/health` and `/status`.
+#[derive(Debug, Default)]
+pub(crate) struct StoreHealth {
+    /// Why the store is not open (None: it is).
+    failure: Mutex<Option<String>>,
+    /// Times the store failed.
+    pub(crate) failures_total: AtomicU64,
+}
+
+impl StoreHealth {
+    /// The store failed for `reason`; it is closed until [`StoreHealth::reopened`].
+    pub(crate) fn failed(&self, reason: String) {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
+        self.set(Some(reason));
+    }
+
+    /// Why the store is not open now, in words (a failed reopening updates it).
+    pub(crate) fn set_reason(&self, reason: String) {
+        self.set(Some(reason));
+    }
+
+    /// The store is open again.
+    pub(crate) fn reopened(&self) {
+        self.set(None);
+    }
+
+    /// Why the store is not open (None: it is).
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|failure| failure.clone())
+    }
+
+    fn set(&self, reason: Option<String>) {
+        if let Ok(mut failure) = self.failure.lock() {
+            *failure = reason;
+        }
+    }
 }
 
 /// Counters of the aggregator, shared with the status log.
@@ -313,6 +366,8 @@ pub(crate) struct DeliveryStats {
     /// Wall-clock time of the first failed delivery of the current outage (ms since the
     /// epoch; 0: the sink is online). For `/metrics` and `/status`.
     pub(crate) offline_since_ms: AtomicU64,
+    /// Bytes the sink keeps on disk: a file sink's live and rotated files (0 for other sinks).
+    pub(crate) file_bytes: AtomicU64,
 }
 
 /// A copy of one sink's counters at one moment (`/status` `uplinks`).
@@ -335,6 +390,10 @@ pub(crate) struct SinkCounters {
     pub(crate) raw_depth: u64,
     /// Age of the oldest record waiting, ms (0: none).
     pub(crate) outbox_age_ms: u64,
+    /// Bytes of a file sink's files (live and rotated; 0 for other sinks). Absent from the
+    /// documents of older eddies, read as 0.
+    #[serde(default)]
+    pub(crate) file_bytes: u64,
 }
 
 impl DeliveryStats {
@@ -362,6 +421,7 @@ impl DeliveryStats {
             } else {
                 now_ms.saturating_sub(oldest)
             },
+            file_bytes: self.file_bytes.load(Ordering::Relaxed),
         }
     }
 }

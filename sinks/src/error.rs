@@ -57,6 +57,15 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
+    /// Rotating the output file (deleting the oldest kept file, renaming the others) failed.
+    #[error("cannot rotate output file {}", path.display())]
+    Rotate {
+        /// The file that could not be removed or renamed.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A TLS certificate or key file is unreadable or invalid.
     #[error("TLS setting from {}: {reason}", path.display())]
     Tls {
@@ -80,6 +89,26 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
+}
+
+impl SinkError {
+    /// Whether the disk is full or failing (ENOSPC, EDQUOT, EIO): a condition to wait out,
+    /// not a configuration mistake.
+    pub(crate) fn is_disk_full_or_failing(&self) -> bool {
+        const EIO: i32 = 5;
+        let source = match self {
+            SinkError::CreateDir { source, .. }
+            | SinkError::Open { source, .. }
+            | SinkError::Inspect { source, .. }
+            | SinkError::Write { source, .. }
+            | SinkError::Sync { source, .. }
+            | SinkError::Rotate { source, .. }
+            | SinkError::ConsoleWrite { source } => source,
+            SinkError::Tls { .. } | SinkError::Invalid { .. } => return false,
+        };
+        matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+            || source.raw_os_error() == Some(EIO)
+    }
 }
 
 /// Renders an error and its causes on one line, `outer: inner: innermost`, for an `Offline`

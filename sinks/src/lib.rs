@@ -18,7 +18,7 @@ mod tls;
 
 pub use crate::console::{ConsoleSink, RawConsoleSink};
 pub use crate::error::SinkError;
-pub use crate::file::{FileSink, RawFileSink};
+pub use crate::file::{FileConfig, FileSink, RawFileSink, DEFAULT_MAX_FILES, DEFAULT_MAX_FILE_BYTES};
 pub use crate::http::{classify_status, HttpConfig, HttpSink, RawHttpSink, StatusClass};
 pub use crate::mqtt::{check_topic_template, MqttConfig, MqttSink, MqttUrl, RawMqttSink};
 pub use crate::record::{Delivery, OutRecord};

@@ -32,6 +32,15 @@ impl Sink {
         }
     }
 
+    /// Bytes the sink keeps on disk: a file sink's live and rotated files (`None`: a sink that
+    /// keeps nothing on disk).
+    pub fn disk_bytes(&self) -> Option<u64> {
+        match self {
+            Sink::File(file) => Some(file.disk_bytes()),
+            Sink::Console(_) | Sink::Mqtt(_) | Sink::Http(_) => None,
+        }
+    }
+
     /// Delivers `records` in order. `Delivered` means all of them are written (for the file:
     /// written and fsynced); `Offline` means retry the same records later.
     ///

@@ -7,6 +7,7 @@ mod budget;
 mod cli;
 mod conformance;
 mod crash;
+mod disk_full;
 mod docs;
 mod flash_wear;
 mod ingest;

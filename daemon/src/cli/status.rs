@@ -103,6 +103,16 @@ pub(crate) fn render(status: &Status) -> String {
         store.refused_budget,
         store.refused_disk
     );
+    if store.free_bytes > 0 {
+        let _ = writeln!(out, "       {} free on its file system", bytes(store.free_bytes));
+    }
+    if store.failures > 0 {
+        let _ = writeln!(
+            out,
+            "       failed {} times since eddy started (opened again in-process)",
+            store.failures
+        );
+    }
     let _ = writeln!(out, "\nUplinks                 state            delivered  retries  outbox  oldest");
     for uplink in &status.uplinks {
         let state =
@@ -117,6 +127,9 @@ pub(crate) fn render(status: &Status) -> String {
             uplink.outbox_depth + uplink.raw_depth,
             uplink.outbox_age_ms / 1000
         );
+        if uplink.file_bytes > 0 {
+            let _ = writeln!(out, "      files on disk: {}", bytes(uplink.file_bytes));
+        }
         if uplink.dropped_budget + uplink.dropped_ttl + uplink.rejected > 0 {
             let _ = writeln!(
                 out,
@@ -244,5 +257,24 @@ Uplinks                 state            delivered  retries  outbox  oldest
     fn status_document_prints_as_before() {
         let status: Status = serde_json::from_str(DOCUMENT).expect("a status document");
         assert_eq!(render(&status), PRINTED);
+    }
+
+    /// A file sink's bytes on disk get a line under its uplink; the store's free space and
+    /// failures, lines under the store.
+    #[test]
+    fn a_file_sinks_bytes_are_printed_under_it() {
+        let mut status: Status = serde_json::from_str(DOCUMENT).expect("a status document");
+        status.uplinks[1].file_bytes = 3 << 20;
+        status.store.free_bytes = 5 << 30;
+        status.store.failures = 2;
+        let printed = render(&status);
+        assert!(
+            printed.contains("refused 7 (budget) 0 (disk)\n       5.0 GiB free on its file system\n       failed 2 times since eddy started (opened again in-process)\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.ends_with("  file                 online                  99        0       0      0s\n      files on disk: 3.0 MiB\n"),
+            "{printed}"
+        );
     }
 }

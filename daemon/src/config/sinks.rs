@@ -6,10 +6,9 @@
 //! [`sink_from_raw`]; its keys, defaults and checks live with the sink.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use eddy_sinks::{HttpConfig, MqttConfig, RawConsoleSink, RawFileSink, RawHttpSink, RawMqttSink};
+use eddy_sinks::{FileConfig, HttpConfig, MqttConfig, RawConsoleSink, RawFileSink, RawHttpSink, RawMqttSink};
 use serde::Deserialize;
 
 use crate::config::entry::{RawEntry, SharedKeys};
@@ -80,11 +79,8 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// Readable tables on stdout.
     Console,
-    /// JSON lines appended to a file.
-    File {
-        /// The file.
-        path: PathBuf,
-    },
+    /// JSON lines appended to a file, rotated by size.
+    File(FileConfig),
     /// A hub over MQTT.
     Mqtt(Box<MqttConfig>),
     /// A hub over HTTP.
@@ -145,7 +141,7 @@ pub(crate) fn sink_from_raw(
     let delivery = delivery_from_raw(key, &shared)?;
     let kind = match raw.kind {
         RawSink::Console(RawConsoleSink {}) => SinkKind::Console,
-        RawSink::File(file) => SinkKind::File { path: file.validate(key)? },
+        RawSink::File(file) => SinkKind::File(file.validate(key)?),
         RawSink::Mqtt(mqtt) => SinkKind::Mqtt(Box::new(mqtt.validate(key, &name, device_id)?)),
         RawSink::Http(http) => SinkKind::Http(Box::new(http.validate(key, &name)?)),
     };

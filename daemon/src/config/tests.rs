@@ -52,6 +52,8 @@ fn invalid_values_are_reported_with_their_key() {
     check_err("[[sources]]\nkind = \"tcp\"\nmax_sessions = 8\n", "sources[1].max_sessions");
     check_err("[[sources]]\nkind = \"simulator\"\nmax_sessions = 8\n", "sources[1].max_sessions");
     check_err("[[sinks]]\nkind = \"file\"\n", "sinks[0].path");
+    check_err("[[sinks]]\nkind = \"file\"\npath = \"o\"\nmax_file_bytes = 10\n", "sinks[0].max_file_bytes");
+    check_err("[[sinks]]\nkind = \"file\"\npath = \"o\"\nmax_files = 0\n", "sinks[0].max_files");
     check_err("[[windows]]\nname = \"batch\"\nlength = \"5s\"\n", "windows[0].name");
     check_err("[schema]\nfields = [{ name = \"late\" }]\n", "schema.fields[0].name");
     check_err("[[sinks]]\nkind = \"console\"\nrecords = [\"raw\"]\n", "sinks[0].records");
@@ -345,4 +347,20 @@ fn every_shared_key_is_taken_by_every_kind() {
         let config = load_extra(&format!("[[sources]]\nname = \"named\"\n{kind}\n")).expect(kind);
         assert_eq!(config.sources[1].name, "named");
     }
+}
+
+/// The configuration the .deb installs is valid, and its results file cannot fill the disk:
+/// rotated, with a bound on the bytes kept.
+#[test]
+fn the_packaged_config_is_valid_and_bounds_its_results_file() {
+    let config = load_str(include_str!("../../../systemd/eddy.toml")).expect("systemd/eddy.toml loads");
+    let file = config.sinks.iter().find_map(|sink| match &sink.kind {
+        SinkKind::File(file) => Some(file),
+        _ => None,
+    });
+    let file = file.expect("the packaged configuration has a file sink");
+    assert_eq!(file.path, std::path::Path::new("/var/lib/eddy/results.jsonl"));
+    let bound = file.max_file_bytes.expect("rotated") * u64::from(file.max_files);
+    assert!(bound <= 64 * 1024 * 1024, "up to {bound} bytes of results");
+    assert!(config.budget.min_free_bytes > 0, "the free-space guard is on");
 }

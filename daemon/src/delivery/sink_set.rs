@@ -15,6 +15,12 @@
 //!   Its stored cursor is kept, as a restart keeps it: a sink of that name added later
 //!   resumes after it with what the outbox still holds.
 //!
+//! When the store fails (see `run.rs`), every sink is *suspended*: retired the same way, its
+//! slot kept at its durable cursor (so the outbox is not trimmed past it), no task started; once
+//! the store is open again, [`SinkSet::resume`] sets every sink up afresh and starts it from its
+//! stored cursor, as at a restart. A sink that cannot be set up again then is logged and
+//! retried ([`SinkSet::resume_pending`]).
+//!
 //! The aggregator reads a fixed vector of cursor slots, so the vector has spare slots for
 //! sinks a reload adds (`SPARE_SLOTS`). A free slot reads `u64::MAX` (it never holds back the
 //! trim) while any sink runs; with no sink at all, free slots follow the committed seq (the
@@ -36,7 +42,7 @@ use crate::config::{SinkConfig, SinkKind};
 use crate::delivery::sink_task::Delivering;
 use crate::stats::Committed;
 use crate::stats::DeliveryStats;
-use crate::storage::Store;
+use crate::storage::{Store, StoreMeters};
 
 /// Cursor slots beyond the configured sinks, for sinks added by a reload. Each holds two
 /// atomics; past them an added sink is refused (logged) until a restart.
@@ -161,7 +167,12 @@ impl Entry {
 /// The running sinks, their cursor slots and counters. Owned by `run`'s main loop, which
 /// spawns the tasks this hands out and reports their ends back.
 pub(crate) struct SinkSet {
-    store: Store,
+    /// `None` while suspended: the store failed and is being opened again.
+    store: Option<Store>,
+    /// Per-sink drop counters are registered here; they outlive a failed store.
+    meters: StoreMeters,
+    /// Sinks whose settings could not be set up when resuming; retried.
+    pending: BTreeSet<String>,
     cursors: Arc<Vec<AtomicU64>>,
     raw_cursors: Arc<Vec<AtomicU64>>,
     committed: watch::Receiver<Committed>,
@@ -194,8 +205,8 @@ pub(crate) fn cursor_slots(sinks: &[SinkConfig]) -> (Arc<Vec<AtomicU64>>, Arc<Ve
 fn build(config: &SinkConfig) -> anyhow::Result<Sink> {
     Ok(match &config.kind {
         SinkKind::Console => Sink::Console(ConsoleSink::stdout(&config.name)),
-        SinkKind::File { path } => Sink::File(
-            FileSink::open(&config.name, path)
+        SinkKind::File(file) => Sink::File(
+            FileSink::open(&config.name, file)
                 .with_context(|| format!("cannot open sink `{}`", config.name))?,
         ),
         SinkKind::Mqtt(mqtt) => Sink::Mqtt(Box::new(
@@ -217,7 +228,7 @@ fn tls_digest(config: &SinkConfig) -> u64 {
     let tls = match &config.kind {
         SinkKind::Mqtt(mqtt) => &mqtt.tls,
         SinkKind::Http(http) => &http.tls,
-        SinkKind::Console | SinkKind::File { .. } => return 0,
+        SinkKind::Console | SinkKind::File(_) => return 0,
     };
     let files = [&tls.ca_file, &tls.cert_file, &tls.key_file];
     if files.iter().all(|file| file.is_none()) {
@@ -251,7 +262,9 @@ impl SinkSet {
         let (stats, _) = watch::channel(Vec::new());
         let free = (0..cursors.len()).collect();
         SinkSet {
-            store,
+            meters: store.meters(),
+            store: Some(store),
+            pending: BTreeSet::new(),
             cursors,
             raw_cursors,
             committed,
@@ -282,6 +295,67 @@ impl SinkSet {
     /// True when no sink runs or is pending.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The store failed: every sink's task is retired (drain-first, as by a reload) and none is
+    /// started again until [`SinkSet::resume`]. The set lets go of its handle of the store.
+    pub(crate) fn suspend(&mut self) {
+        self.store = None;
+        for entry in self.entries.values() {
+            entry.retire.cancel();
+        }
+    }
+
+    /// The store is open again (`committed` is its recovered engine's): every sink is set up
+    /// afresh and started from its stored cursor. Sinks that cannot be set up are logged and
+    /// left to [`SinkSet::resume_pending`]. Call once every suspended task has ended.
+    pub(crate) async fn resume(
+        &mut self,
+        store: Store,
+        committed: watch::Receiver<Committed>,
+    ) -> Vec<SinkTask> {
+        self.store = Some(store);
+        self.committed = committed;
+        self.pending.extend(self.entries.keys().cloned());
+        self.resume_pending().await
+    }
+
+    /// Starts the sinks that could not be set up at the last [`SinkSet::resume`] (none while
+    /// suspended).
+    pub(crate) async fn resume_pending(&mut self) -> Vec<SinkTask> {
+        if self.store.is_none() || self.pending.is_empty() {
+            return Vec::new();
+        }
+        let mut ready = Vec::new();
+        let mut to_build = Vec::new();
+        for name in std::mem::take(&mut self.pending) {
+            let Some(entry) = self.entries.get_mut(&name) else { continue };
+            match std::mem::replace(&mut entry.next, Next::Keep) {
+                // A reload changed it before the store failed: its new settings are built.
+                Next::Restart(prepared) => ready.push(*prepared),
+                Next::Keep => to_build.push(entry.config.clone()),
+                Next::Remove => self.remove(&name),
+            }
+        }
+        // Opening files and reading TLS files blocks: off the async workers.
+        let built =
+            tokio::task::spawn_blocking(move || to_build.into_iter().map(prepare).collect::<Vec<_>>())
+                .await
+                .unwrap_or_default();
+        for (name, prepared) in built {
+            match prepared {
+                Ok(prepared) => ready.push(prepared),
+                Err(error) => {
+                    tracing::error!(sink = %name, error = %format!("{error:#}"), "Cannot set this sink up again after the store reopened; retrying.");
+                    self.pending.insert(name);
+                }
+            }
+        }
+        // The suspended tasks have ended and closed their sinks: these start fresh.
+        let tasks =
+            ready.into_iter().filter_map(|prepared| self.relaunch(prepared, Started::Fresh)).collect();
+        self.publish_stats();
+        tasks
     }
 
     /// The counters as they change, for `/status`, `/metrics` and the counters log lines.
@@ -393,33 +467,47 @@ impl SinkSet {
     /// (unless the daemon is `stopping`); frees its slot when a reload removed it.
     pub(crate) fn exited(&mut self, component: &str, stopping: bool) -> Option<SinkTask> {
         let name = component.strip_prefix("sink ")?;
+        let suspended = self.store.is_none();
         let entry = self.entries.get_mut(name)?;
         match std::mem::replace(&mut entry.next, Next::Keep) {
             Next::Keep => None,
-            Next::Restart(next) if !stopping => {
-                let (slot, stats) = (entry.slot, entry.stats.clone());
-                // A sink that starts taking raw readings must hold the raw lane from now on.
-                let takes_raw = next.config.records.contains("raw");
-                if takes_raw && !entry.config.records.contains("raw") {
-                    self.raw_cursors[slot].store(0, Ordering::Release);
-                }
-                // Raw-lane drops count for it from now on, or no longer.
-                self.store.register_sink_drops(name, takes_raw, &stats.drops);
-                self.entries.remove(name);
-                Some(self.launch(slot, stats, *next, Started::Successor))
+            // Suspended: it starts with the others once the store is open again.
+            Next::Restart(next) if suspended => {
+                entry.next = Next::Restart(next);
+                None
             }
+            Next::Restart(next) if !stopping => self.relaunch(*next, Started::Successor),
             Next::Restart(_) => None,
             Next::Remove => {
-                let name = name.to_owned();
-                if let Some(entry) = self.entries.remove(&name) {
-                    self.free_slot(entry.slot);
-                    self.store.unregister_sink(&name);
-                    self.retired.insert(name, entry.stats);
-                }
-                self.publish_stats();
+                self.remove(name);
                 None
             }
         }
+    }
+
+    /// Starts `next` in the slot, and with the counters, of the sink of its name, whose task has
+    /// ended.
+    fn relaunch(&mut self, next: Prepared, started: Started) -> Option<SinkTask> {
+        let entry = self.entries.remove(&next.config.name)?;
+        // A sink that starts taking raw readings must hold the raw lane from now on.
+        let takes_raw = next.config.records.contains("raw");
+        if takes_raw && !entry.config.records.contains("raw") {
+            self.raw_cursors[entry.slot].store(0, Ordering::Release);
+        }
+        // Raw-lane drops count for it from now on, or no longer.
+        self.meters.register_sink_drops(&next.config.name, takes_raw, &entry.stats.drops);
+        Some(self.launch(entry.slot, entry.stats, next, started))
+    }
+
+    /// Frees the slot of a removed sink, keeping its counters in case the name comes back.
+    fn remove(&mut self, name: &str) {
+        if let Some(entry) = self.entries.remove(name) {
+            self.free_slot(entry.slot);
+            self.meters.unregister_sink(name);
+            self.retired.insert(name.to_owned(), entry.stats);
+        }
+        self.pending.remove(name);
+        self.publish_stats();
     }
 
     /// Spawnable delivery task for `prepared` in `slot`.
@@ -437,7 +525,7 @@ impl SinkSet {
         let delivering = Delivering {
             sink,
             records: config.records.clone(),
-            store: self.store.clone(),
+            store: self.store.clone().expect("sinks are started only while the store is open"),
             cursor: self.cursors.clone(),
             raw_cursor: self.raw_cursors.clone(),
             cursor_idx: slot,
@@ -489,11 +577,11 @@ impl SinkSet {
         match self.retired.remove(&config.name) {
             Some(stats) => {
                 // Added back: its drops count for it again, from where they were.
-                self.store.register_sink_drops(&config.name, takes_raw, &stats.drops);
+                self.meters.register_sink_drops(&config.name, takes_raw, &stats.drops);
                 stats
             }
             None => Arc::new(DeliveryStats {
-                drops: self.store.register_sink(&config.name, takes_raw),
+                drops: self.meters.register_sink(&config.name, takes_raw),
                 ..DeliveryStats::default()
             }),
         }
@@ -514,7 +602,6 @@ impl SinkSet {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
     use crate::config::DeliveryConfig;
@@ -522,7 +609,7 @@ mod tests {
     fn file(name: &str, path: &str) -> SinkConfig {
         SinkConfig {
             name: name.to_owned(),
-            kind: SinkKind::File { path: PathBuf::from(path) },
+            kind: SinkKind::File(eddy_sinks::FileConfig::new(path)),
             records: ["window".to_owned()].into(),
             delivery: DeliveryConfig::default(),
         }
@@ -585,6 +672,45 @@ mod tests {
     /// The slot bookkeeping that the outbox trim depends on: a removed sink stops holding it
     /// back, an added sink holds it from 0 until it publishes its cursor, and with no sink at
     /// all the free slots follow the committed seq.
+    /// A failed store suspends every sink: nothing starts while it is failed (not even a changed
+    /// sink's successor), slots keep their cursors; a reopened store starts them all again, the
+    /// changed one with its new settings, and drops the ones a reload removed.
+    #[tokio::test]
+    async fn a_failed_store_suspends_every_sink_until_it_is_open_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data"), 1 << 20, vec![], vec![]).unwrap();
+        let out = |name: &str| dir.path().join(name).display().to_string();
+        let configured = [file("a", &out("a.jsonl")), file("b", &out("b.jsonl")), file("c", &out("c.jsonl"))];
+        let (cursors, raw_cursors) = cursor_slots(&configured);
+        let (_committed_tx, committed_rx) = watch::channel(Committed { results: 7, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let mut sinks =
+            SinkSet::new(store.clone(), cursors.clone(), raw_cursors, committed_rx.clone(), give_up_rx);
+        assert_eq!(sinks.start_configured(&configured).unwrap().len(), 3);
+        cursors[0].store(5, Ordering::Release);
+        // A reload changes b and removes c, then the store fails before their tasks ended.
+        let (applied, _) = sinks.reload(vec![file("a", &out("a.jsonl")), file("b", &out("b2.jsonl"))]).await;
+        assert_eq!((applied.changed, applied.removed), (vec!["b".to_owned()], vec!["c".to_owned()]));
+        sinks.suspend();
+        assert!(sinks.entries.values().all(|entry| entry.retire.is_cancelled()), "every task is retired");
+        for name in ["sink a", "sink b", "sink c"] {
+            assert!(sinks.exited(name, false).is_none(), "{name} does not start while suspended");
+        }
+        assert_eq!(slots(&cursors)[..3], [5, 0, u64::MAX], "slots keep their cursors; c is gone");
+        assert!(sinks.resume_pending().await.is_empty(), "nothing starts while suspended");
+
+        let tasks = sinks.resume(store, committed_rx).await;
+        let mut started: Vec<&str> = tasks.iter().map(|task| task.component.as_str()).collect();
+        started.sort_unstable();
+        assert_eq!(started, ["sink a", "sink b"]);
+        let b = sinks.entries.get("b").expect("b runs");
+        assert!(
+            matches!(&b.config.kind, SinkKind::File(file) if file.path.ends_with("b2.jsonl")),
+            "with its new settings"
+        );
+        assert!(sinks.pending.is_empty());
+    }
+
     #[tokio::test]
     async fn slots_hold_the_trim_only_for_running_sinks() {
         let dir = tempfile::tempdir().unwrap();

@@ -17,8 +17,8 @@ use crate::storage::{DeadLetterEntry, Lane, Store, StoreError};
 
 /// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
-/// How long a delivery in flight may still take once eddy is stopping, or once a reload
-/// stops or restarts the sink.
+/// How long a delivery in flight may still take once eddy is stopping, or once a reload (or a
+/// failed store) stops or restarts the sink.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// While a sink stays unavailable, its latest failure reason is logged this often.
 const STILL_OFFLINE_WARN_EVERY: Duration = Duration::from_secs(30);
@@ -49,7 +49,8 @@ impl Delivering {
     /// `give_up` fires (shutdown deadline): then what is left stays in the outbox.
     ///
     /// `retire` stops this sink alone, drain-first (a reload removes it or restarts it with new
-    /// settings): no new delivery starts, the one in flight gets `STOP_GRACE` to finish, and the
+    /// settings, or the store failed and every sink waits for it to be opened again): no new
+    /// delivery starts, the one in flight gets `STOP_GRACE` to finish, and the
     /// cursor of what was confirmed is flushed before the task ends, so that a successor
     /// resumes right after it.
     pub(crate) async fn run(
@@ -66,6 +67,7 @@ impl Delivering {
         };
         self.publish(Lane::Results, cursors.results);
         self.publish(Lane::Raw, cursors.raw);
+        self.publish_file_bytes();
         let mut backoff = Backoff::new(MIN_BACKOFF, self.delivery.max_backoff);
         let mut offline_since: Option<tokio::time::Instant> = None;
         let mut last_warned = tokio::time::Instant::now();
@@ -153,11 +155,12 @@ impl Delivering {
                         reason: format!("no answer within {STOP_GRACE:?} of the stop"),
                     },
                     () = retiring => Delivery::Offline {
-                        reason: format!("no answer within {STOP_GRACE:?} of the reload"),
+                        reason: format!("no answer within {STOP_GRACE:?} of the sink's retirement"),
                     },
                 }
             };
             let n_records = u64::try_from(records.len()).unwrap_or(u64::MAX);
+            self.publish_file_bytes();
             match outcome {
                 Delivery::Delivered => {
                     self.stats.delivered_total.fetch_add(n_records, Ordering::Relaxed);
@@ -193,7 +196,7 @@ impl Delivering {
                     }
                     if retire.is_cancelled() {
                         // Reloaded: the successor (if any) resumes from the cursor.
-                        tracing::warn!(sink = %name, %reason, "Sink unavailable as it is reloaded; undelivered records stay in the outbox.");
+                        tracing::warn!(sink = %name, %reason, "Sink unavailable as it is retired (a reload, or the store reopening); undelivered records stay in the outbox.");
                         break;
                     }
                     let now = tokio::time::Instant::now();
@@ -265,6 +268,13 @@ impl Delivering {
         self.store.flush().await?;
         self.publish(lane, cursor);
         Ok(())
+    }
+
+    /// A file sink's bytes on disk, as of its last delivery (or rotation).
+    fn publish_file_bytes(&self) {
+        if let Some(bytes) = self.sink.disk_bytes() {
+            self.stats.file_bytes.store(bytes, Ordering::Relaxed);
+        }
     }
 
     fn publish(&self, lane: Lane, cursor: u64) {

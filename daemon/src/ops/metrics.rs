@@ -184,6 +184,18 @@ const FAMILIES: &[Family] = &[
         }),
     },
     Family {
+        name: "eddy_store_free_bytes",
+        kind: Gauge,
+        help: "Free bytes on the store's file system (readings are refused below storage.min_free_bytes).",
+        read: Daemon(|status| Count(status.store.free_bytes)),
+    },
+    Family {
+        name: "eddy_store_failures_total",
+        kind: Counter,
+        help: "Times the store failed (a write or flush error, e.g. ENOSPC or EIO) and was opened again in-process.",
+        read: Daemon(|status| Count(status.store.failures)),
+    },
+    Family {
         name: "eddy_uplink_delivered_total",
         kind: Counter,
         help: "Records delivered per sink.",
@@ -225,6 +237,12 @@ const FAMILIES: &[Family] = &[
         kind: Gauge,
         help: "How long the sink has been failing (0: online).",
         read: Sink(|sink| Count(sink.offline_secs)),
+    },
+    Family {
+        name: "eddy_uplink_file_bytes",
+        kind: Gauge,
+        help: "Bytes a file sink keeps on disk, its live and rotated files (0 for other sinks).",
+        read: Sink(|sink| Count(sink.file_bytes)),
     },
     Family {
         name: "eddy_uplink_dropped_total",

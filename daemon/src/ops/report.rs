@@ -52,7 +52,8 @@ fn log_status(status: &Status) {
     }
 }
 
-/// The store budget and per-sink delivery counters (outbox depth and age, drops by reason).
+/// The store budget and per-sink delivery counters (outbox depth and age, drops by reason,
+/// a file sink's bytes on disk).
 fn log_uplinks(status: &Status) {
     let store = &status.store;
     tracing::info!(
@@ -62,6 +63,8 @@ fn log_uplinks(status: &Status) {
         dropped_ttl = store.dropped_ttl,
         refused_budget = store.refused_budget,
         refused_disk = store.refused_disk,
+        free_bytes = store.free_bytes,
+        store_failures = store.failures,
         dead_letters = store.dead_letters,
         dropped_dead_letters = store.dropped_dead_letters,
         "Store budget counters."
@@ -77,6 +80,7 @@ fn log_uplinks(status: &Status) {
             outbox_depth = sink.outbox_depth,
             raw_depth = sink.raw_depth,
             outbox_age_ms = sink.outbox_age_ms,
+            file_bytes = sink.file_bytes,
             "Uplink counters."
         );
     }

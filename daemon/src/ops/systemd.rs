@@ -1,16 +1,14 @@
 //! systemd's notification protocol (`Type=notify`): READY=1 once eddy takes readings,
-//! STOPPING=1 when the drain starts, and WATCHDOG=1 only while the pipeline moves.
+//! STOPPING=1 when the drain starts, WATCHDOG=1 only while the pipeline moves (or the daemon
+//! is waiting for its store, and says so), STATUS= for what it is doing, and
+//! EXTEND_TIMEOUT_USEC= while it waits for a full disk before READY.
 //!
 //! The protocol is one datagram of `KEY=VALUE` lines to the socket named by `NOTIFY_SOCKET`
 //! (a path, or `@name` in the abstract namespace). std's `UnixDatagram` does it in a few
 //! lines, so no crate: `sd-notify` would add a dependency for the same ~20 lines, and
 //! libsystemd is not linked (it would tie the binary to the device's libsystemd).
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
-
-use crate::stats::AggregateStats;
 
 /// Sends `state` to systemd; false when not under systemd (no `NOTIFY_SOCKET`) or on error.
 pub(crate) fn notify(state: &str) -> bool {
@@ -59,17 +57,19 @@ pub(crate) fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Pings the watchdog every third of its interval, but only when the pipeline's heartbeat
-/// (chunks and ticks through the engine) moved since the last look: a stuck fsync, a wedged
-/// engine or a dead ingest task stop the pings, and systemd restarts eddy (`Restart=`).
+/// Pings the watchdog every third of its interval, but only when `progress` moved since the
+/// last look. The daemon's progress is the pipeline's heartbeat (chunks and ticks through the
+/// engine) plus the beats of its main loop while it waits for a failed store to open again
+/// (once a second): a stuck fsync, a wedged engine, a dead ingest task or a wedged main loop
+/// stop the pings, and systemd restarts eddy (`Restart=`); a full disk it waits out does not.
 /// `ping` sends WATCHDOG=1 ([`notify`] in the daemon).
-pub(crate) async fn watchdog(interval: Duration, pipeline: Arc<AggregateStats>, mut ping: impl FnMut()) {
+pub(crate) async fn watchdog(interval: Duration, progress: impl Fn() -> u64, mut ping: impl FnMut()) {
     let every = interval / 3;
-    let mut last = pipeline.inputs_total.load(Ordering::Relaxed);
+    let mut last = progress();
     let mut warned = false;
     loop {
         tokio::time::sleep(every).await;
-        let now = pipeline.inputs_total.load(Ordering::Relaxed);
+        let now = progress();
         if now != last {
             last = now;
             ping();
@@ -86,6 +86,9 @@ pub(crate) async fn watchdog(interval: Duration, pipeline: Arc<AggregateStats>, 
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -102,18 +105,23 @@ mod tests {
     /// No ping while the pipeline's heartbeat stands still, one per look while it moves.
     #[tokio::test(start_paused = true)]
     async fn the_watchdog_is_pinged_only_while_the_pipeline_moves() {
-        let pipeline = Arc::new(AggregateStats::default());
-        let pings = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let pipeline = Arc::new(AtomicU64::new(0));
+        let pings = Arc::new(AtomicU64::new(0));
         let counted = pings.clone();
-        let task = tokio::spawn(watchdog(Duration::from_secs(3), pipeline.clone(), move || {
-            counted.fetch_add(1, Ordering::Relaxed);
-        }));
+        let progress = pipeline.clone();
+        let task = tokio::spawn(watchdog(
+            Duration::from_secs(3),
+            move || progress.load(Ordering::Relaxed),
+            move || {
+                counted.fetch_add(1, Ordering::Relaxed);
+            },
+        ));
         // Stalled for 10 looks: no ping.
         tokio::time::sleep(Duration::from_millis(10_500)).await;
         assert_eq!(pings.load(Ordering::Relaxed), 0);
         // Moving: a ping at each look (every second).
         for _ in 0..5 {
-            pipeline.inputs_total.fetch_add(1, Ordering::Relaxed);
+            pipeline.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         assert_eq!(pings.load(Ordering::Relaxed), 5);

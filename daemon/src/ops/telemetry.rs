@@ -1,9 +1,14 @@
 //! What an operator sees of a running eddy: the health verdict and the [`Status`] snapshot
 //! (served as `/status`, rendered as `/metrics`, logged as the counters lines), all read from
 //! the counters the components already keep.
+//!
+//! It holds no handle of the store: the store's counters come from its [`StoreMeters`], which
+//! outlive a failed handle, so `/health` and `/status` keep answering while the main loop opens
+//! a failed store again.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use eddy_sensors::SourceStats;
@@ -12,9 +17,9 @@ use tokio::sync::watch;
 use crate::delivery::sink_set::SinkStatsList;
 use crate::ops::metrics;
 use crate::stats::{
-    AggregateStats, Committed, EngineCounters, IngestStats, SinkCounters, Status, StoreCounters,
+    AggregateStats, Committed, EngineCounters, IngestStats, SinkCounters, Status, StoreCounters, StoreHealth,
 };
-use crate::storage::Store;
+use crate::storage::StoreMeters;
 
 /// The pipeline counts as stalled when its heartbeat (chunks and ticks through the engine,
 /// one tick every 200 ms when idle) has not moved for this long.
@@ -52,8 +57,15 @@ pub(crate) struct Telemetry {
     pub(crate) ingest: Arc<IngestStats>,
     /// The sinks configured now (a reload changes the set).
     pub(crate) sinks: watch::Receiver<SinkStatsList>,
-    pub(crate) store: Store,
-    pub(crate) committed: watch::Receiver<Committed>,
+    /// The store's budget and counters.
+    pub(crate) meters: StoreMeters,
+    /// The store's directory, whose files make its size on disk.
+    pub(crate) data_dir: PathBuf,
+    /// Whether the store is open (the main loop sets it).
+    pub(crate) store_health: Arc<StoreHealth>,
+    /// The last committed seqs, from the engine running on the store now (a reopened store
+    /// brings a new engine, [`Telemetry::set_committed`]).
+    committed: Mutex<watch::Receiver<Committed>>,
     /// True once every source is up, false again when the drain starts.
     pub(crate) sources_up: AtomicBool,
     heartbeat: Heartbeat,
@@ -71,7 +83,9 @@ impl Telemetry {
         aggregate: Arc<AggregateStats>,
         ingest: Arc<IngestStats>,
         sinks: watch::Receiver<SinkStatsList>,
-        store: Store,
+        meters: StoreMeters,
+        data_dir: PathBuf,
+        store_health: Arc<StoreHealth>,
         committed: watch::Receiver<Committed>,
     ) -> Telemetry {
         Telemetry {
@@ -81,11 +95,18 @@ impl Telemetry {
             aggregate,
             ingest,
             sinks,
-            store,
-            committed,
+            meters,
+            data_dir,
+            store_health,
+            committed: Mutex::new(committed),
             sources_up: AtomicBool::new(false),
             heartbeat: Heartbeat::new(),
         }
+    }
+
+    /// The engine recovered on a reopened store announces its commits here.
+    pub(crate) fn set_committed(&self, committed: watch::Receiver<Committed>) {
+        *self.committed.lock().unwrap_or_else(PoisonError::into_inner) = committed;
     }
 
     /// How long the pipeline's heartbeat has not moved.
@@ -93,7 +114,8 @@ impl Telemetry {
         self.heartbeat.still_for(self.aggregate.inputs_total.load(Ordering::Relaxed))
     }
 
-    /// Ok when sources are up, the store takes writes and the pipeline moves; else the reasons.
+    /// Ok when sources are up, the store is open and takes writes, its file system has room
+    /// and the pipeline moves; else the reasons.
     pub(crate) fn health(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if !self.sources_up.load(Ordering::Relaxed) {
@@ -105,6 +127,15 @@ impl Telemetry {
                     source.name
                 ));
             }
+        }
+        if let Some(failure) = self.store_health.failure() {
+            problems.push(format!(
+                "store failed: {failure}; new readings are refused until it is open again \
+                 (eddy retries by itself, no restart needed)"
+            ));
+        }
+        if let Some(short) = self.meters.short_of_space() {
+            problems.push(short);
         }
         if let Some(refusal) = self.ingest.last_refusal() {
             problems.push(format!("store is not writable: {refusal}"));
@@ -121,7 +152,7 @@ impl Telemetry {
     }
 
     fn uplinks(&self) -> Vec<SinkCounters> {
-        let committed = *self.committed.borrow();
+        let committed = *self.committed.lock().unwrap_or_else(PoisonError::into_inner).borrow();
         let now = now_ms();
         let sinks = self.sinks.borrow().clone();
         sinks.iter().map(|(name, stats)| stats.snapshot(name, committed, now)).collect()
@@ -140,7 +171,7 @@ impl Telemetry {
             pipeline_idle_ms: u64::try_from(self.pipeline_idle().as_millis()).unwrap_or(u64::MAX),
             sources: self.sources.iter().map(|source| source.snapshot()).collect(),
             engine: EngineCounters::read(&self.aggregate, &self.ingest),
-            store: StoreCounters::read(&self.store, &self.ingest),
+            store: StoreCounters::read(&self.meters, &self.data_dir, &self.ingest, &self.store_health),
             uplinks: self.uplinks(),
         }
     }

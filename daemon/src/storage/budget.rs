@@ -10,9 +10,18 @@
 //! sled's file size: sled is log-structured, so its files hold old versions until its segment
 //! cleaner reclaims them, plus engine state and metadata (measured in BENCHMARKS.md: the
 //! directory is a small multiple of `used`). `storage.max_bytes` bounds `used`; size the real
-//! partition for a few times that, and keep `min_free_bytes` as the last guard: below it eddy
-//! refuses new readings before sled itself could hit ENOSPC (which sled 0.34 does not survive
-//! without a restart).
+//! partition for a few times that, and keep `min_free_bytes` as the last guard.
+//!
+//! # The reserve (`min_free_bytes`)
+//! Only new readings are checked against free space: a group is refused while the file system
+//! has less than `min_free_bytes` + the group's bytes free. Everything else the store writes is
+//! for data already taken (the engine's commits of results, state and raw lane, the log trims,
+//! the sinks' cursors, dead letters) and goes into that reserve unchecked, so readings stop
+//! coming in while those writes still have room. A commit covers at most 50,000 readings (a
+//! few MB), far below the default reserve of 64 MiB. Should a write fail anyway (another
+//! program took the reserve, a failing medium), sled refuses every later write of that handle;
+//! the daemon then opens the store again once the reserve is free (`run.rs`,
+//! `storage/meters.rs`).
 //!
 //! # When the budget is full
 //! - `drop_oldest`: before a new log chunk is stored, and after each engine commit, the oldest
@@ -117,7 +126,7 @@ pub(crate) struct Budget {
     pub(crate) outbox_removal: Mutex<()>,
     pub(crate) free_space: FreeSpace,
     /// Registered sinks, for per-sink drop counters.
-    sinks: Mutex<Vec<(String, bool, Arc<SinkDrops>)>>,
+    pub(crate) sinks: Mutex<Vec<(String, bool, Arc<SinkDrops>)>>,
     /// Appends that fail with an injected ENOSPC before touching sled (tests of the error path).
     injected_failures: AtomicU64,
 }
@@ -189,6 +198,13 @@ impl Store {
         free_space: FreeSpace,
     ) -> Result<(), StoreError> {
         let budget = Budget::new(config, free_space);
+        budget.used.store(self.count_used()?, Ordering::Relaxed);
+        self.budget = Arc::new(budget);
+        Ok(())
+    }
+
+    /// The key + value bytes of every live log chunk and outbox page (a scan of both).
+    pub(crate) fn count_used(&self) -> Result<u64, StoreError> {
         let mut used = 0;
         for item in self.log.iter() {
             let (key, value) = item.map_err(io("log read"))?;
@@ -200,9 +216,7 @@ impl Store {
                 used += entry_bytes(&key, &value);
             }
         }
-        budget.used.store(used, Ordering::Relaxed);
-        self.budget = Arc::new(budget);
-        Ok(())
+        Ok(used)
     }
 
     /// Accounted bytes of live log chunks and outbox pages (see the module docs).
@@ -218,27 +232,17 @@ impl Store {
     /// Registers sink `name` for per-sink drop counters; raw-lane drops count for it only when
     /// it `takes_raw`.
     pub fn register_sink(&self, name: &str, takes_raw: bool) -> Arc<SinkDrops> {
-        let drops = Arc::new(SinkDrops::default());
-        self.register_sink_drops(name, takes_raw, &drops);
-        drops
+        self.meters().register_sink(name, takes_raw)
     }
 
-    /// Registers (or, for a name already registered, replaces) sink `name` with counters it
-    /// already has: a sink that a reload changed, or added back, keeps counting where it was,
-    /// and a change of `takes_raw` takes effect.
+    /// See [`StoreMeters::register_sink_drops`](crate::storage::StoreMeters::register_sink_drops).
     pub fn register_sink_drops(&self, name: &str, takes_raw: bool, drops: &Arc<SinkDrops>) {
-        let mut sinks = self.budget.sinks.lock().unwrap_or_else(PoisonError::into_inner);
-        sinks.retain(|(registered, _, _)| registered != name);
-        sinks.push((name.to_owned(), takes_raw, drops.clone()));
+        self.meters().register_sink_drops(name, takes_raw, drops);
     }
 
     /// Stops counting drops for sink `name` (a reload removed it).
     pub fn unregister_sink(&self, name: &str) {
-        self.budget
-            .sinks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(registered, _, _)| registered != name);
+        self.meters().unregister_sink(name);
     }
 
     /// The budget settings.

@@ -43,6 +43,7 @@ mod columns;
 mod commit;
 mod dead_letter;
 mod log;
+mod meters;
 mod outbox;
 mod stored;
 mod sync;
@@ -59,6 +60,7 @@ pub use crate::storage::commit::{
 };
 pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX};
 pub use crate::storage::log::LogChunk;
+pub use crate::storage::meters::{size_on_disk_of, StoreMeters};
 pub use crate::storage::outbox::OutboxEntry;
 use crate::storage::sync::Durability;
 

@@ -49,6 +49,8 @@ fn known_status() -> Status {
             refused_disk: 2,
             flushes: 9,
             written_bytes: 81920,
+            free_bytes: 1 << 30,
+            failures: 1,
             ..StoreCounters::default()
         },
         uplinks: vec![SinkCounters {
@@ -63,6 +65,7 @@ fn known_status() -> Status {
             outbox_depth: 5,
             raw_depth: 0,
             outbox_age_ms: 1500,
+            file_bytes: 8192,
         }],
     }
 }
@@ -162,6 +165,12 @@ eddy_store_fsyncs_total 9
 # TYPE eddy_store_refused_readings_total counter
 eddy_store_refused_readings_total{reason="budget"} 0
 eddy_store_refused_readings_total{reason="disk"} 2
+# HELP eddy_store_free_bytes Free bytes on the store's file system (readings are refused below storage.min_free_bytes).
+# TYPE eddy_store_free_bytes gauge
+eddy_store_free_bytes 1073741824
+# HELP eddy_store_failures_total Times the store failed (a write or flush error, e.g. ENOSPC or EIO) and was opened again in-process.
+# TYPE eddy_store_failures_total counter
+eddy_store_failures_total 1
 # HELP eddy_uplink_delivered_total Records delivered per sink.
 # TYPE eddy_uplink_delivered_total counter
 eddy_uplink_delivered_total{sink="hub"} 0
@@ -183,6 +192,9 @@ eddy_uplink_outbox_age_seconds{sink="hub"} 1.5
 # HELP eddy_uplink_offline_seconds How long the sink has been failing (0: online).
 # TYPE eddy_uplink_offline_seconds gauge
 eddy_uplink_offline_seconds{sink="hub"} 12
+# HELP eddy_uplink_file_bytes Bytes a file sink keeps on disk, its live and rotated files (0 for other sinks).
+# TYPE eddy_uplink_file_bytes gauge
+eddy_uplink_file_bytes{sink="hub"} 8192
 # HELP eddy_uplink_dropped_total Records dropped before this sink delivered them, by reason.
 # TYPE eddy_uplink_dropped_total counter
 eddy_uplink_dropped_total{sink="hub",reason="budget"} 4
@@ -269,7 +281,9 @@ fn status_keeps_its_keys() {
         [
             "budget_bytes",
             "disk_bytes",
+            "failures",
             "flushes",
+            "free_bytes",
             "last_refusal",
             "refused_budget",
             "refused_disk",
@@ -283,6 +297,7 @@ fn status_keeps_its_keys() {
             "delivered",
             "dropped_budget",
             "dropped_ttl",
+            "file_bytes",
             "name",
             "offline_secs",
             "online",
