@@ -6,6 +6,7 @@ pub mod http_hub;
 pub mod mosquitto;
 pub mod mqtt_hub;
 pub mod pki;
+pub mod powercut_fs;
 pub mod proxy;
 pub mod socat;
 
