@@ -9,6 +9,7 @@ pub mod pki;
 pub mod powercut_fs;
 pub mod proxy;
 pub mod socat;
+pub mod torture;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
