@@ -106,6 +106,21 @@ impl PowerCutFs {
         self.tree.lock().unwrap_or_else(std::sync::PoisonError::into_inner).cut()
     }
 
+    /// Arms a power failure at an exact point: `changes` more changing requests (writes,
+    /// truncations, fsyncs, creates, renames…) go through, and from the next one on every change
+    /// fails with EIO and nothing more becomes durable, until [`PowerCutFs::cut`]. Reads still
+    /// answer. A test polls [`PowerCutFs::power_is_off`], kills the process and cuts: the cut
+    /// then falls exactly between two changes, say between a write and its fsync, which a
+    /// moment picked by the clock seldom hits when fsyncs follow writes closely.
+    pub fn power_off_after(&self, changes: u64) {
+        self.tree.lock().unwrap_or_else(std::sync::PoisonError::into_inner).power_off_after(changes);
+    }
+
+    /// True once the changes [`PowerCutFs::power_off_after`] allowed are spent.
+    pub fn power_is_off(&self) -> bool {
+        self.tree.lock().unwrap_or_else(std::sync::PoisonError::into_inner).power_is_off()
+    }
+
     /// Counters since the mount: writes, fsyncs by kind, cuts and the bytes they dropped.
     pub fn stats(&self) -> PowerCutStats {
         self.tree.lock().unwrap_or_else(std::sync::PoisonError::into_inner).stats()

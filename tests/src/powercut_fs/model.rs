@@ -16,6 +16,9 @@
 //!   Strictness leaves one case a real file system's journal would not: a node named by two
 //!   durable entries (moved out of a directory that was not fsynced into one that was) keeps
 //!   only the first name met, walking from the root in name order, so the tree stays a tree.
+//! - The power can also go off at an exact point ([`Tree::power_off_after`]): after a given
+//!   number of changing requests, every further one fails with EIO and nothing more becomes
+//!   durable until the cut, which then falls between two changes of the test's choosing.
 //! - Not modelled: permissions, owners and times are kept as they are (not reverted), and a cut
 //!   drops all unsynced writes, never a part of them (a real disk may keep some, or tear one).
 //!
@@ -55,6 +58,8 @@ pub struct PowerCutStats {
     pub cuts: u64,
     /// Bytes the cuts dropped, all together (see [`CutReport::dropped_bytes`]).
     pub dropped_bytes: u64,
+    /// Changes refused (EIO) while the power was off, before a cut.
+    pub refused_changes: u64,
 }
 
 /// What one cut dropped.
@@ -226,7 +231,17 @@ pub(crate) struct Tree {
     next_handle: u64,
     /// Most bytes the files may hold together (ENOSPC past it).
     capacity: u64,
+    power: Power,
     stats: PowerCutStats,
+}
+
+/// Whether changes are still taken (see [`Tree::power_off_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Power {
+    On,
+    /// On for this many more changing requests; the next one finds it off.
+    OnFor(u64),
+    Off,
 }
 
 type FsResult<T> = Result<T, Errno>;
@@ -243,12 +258,42 @@ impl Tree {
             handles: HashMap::new(),
             next_handle: 1,
             capacity,
+            power: Power::On,
             stats: Default::default(),
         }
     }
 
     pub(crate) fn stats(&self) -> PowerCutStats {
         self.stats
+    }
+
+    /// Lets `changes` more changing requests (write, truncate, fsync, create, rename…) through;
+    /// the one after them finds the power off: it and every later change fail with EIO and
+    /// nothing more becomes durable, until [`Tree::cut`]. Reads still answer (what they see is
+    /// lost at the cut anyway). So a cut can fall between any two changes, say between a write
+    /// and its fsync.
+    pub(crate) fn power_off_after(&mut self, changes: u64) {
+        self.power = if changes == 0 { Power::Off } else { Power::OnFor(changes) };
+    }
+
+    /// True once [`Tree::power_off_after`]'s changes are spent.
+    pub(crate) fn power_is_off(&self) -> bool {
+        self.power == Power::Off
+    }
+
+    /// Spends one change of the power left, or fails with EIO if there is none.
+    fn change(&mut self) -> FsResult<()> {
+        match self.power {
+            Power::On => Ok(()),
+            Power::OnFor(left) => {
+                self.power = if left > 1 { Power::OnFor(left - 1) } else { Power::Off };
+                Ok(())
+            }
+            Power::Off => {
+                self.stats.refused_changes += 1;
+                Err(Errno::EIO)
+            }
+        }
     }
 
     fn node(&self, ino: u64) -> FsResult<&Node> {
@@ -320,6 +365,7 @@ impl Tree {
 
     /// Adds a new node named `name` in `parent` (not durable until `parent` is fsynced).
     fn add(&mut self, parent: u64, name: &OsStr, node: Node) -> FsResult<u64> {
+        self.change()?;
         Tree::check_name(name)?;
         if self.entries(parent)?.contains_key(name) {
             return Err(Errno::EEXIST);
@@ -378,6 +424,7 @@ impl Tree {
     }
 
     pub(crate) fn unlink(&mut self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.change()?;
         let ino = *self.entries(parent)?.get(name).ok_or(Errno::ENOENT)?;
         if matches!(self.node(ino)?.body, Body::Dir { .. }) {
             return Err(Errno::EISDIR);
@@ -390,6 +437,7 @@ impl Tree {
     }
 
     pub(crate) fn rmdir(&mut self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.change()?;
         let ino = *self.entries(parent)?.get(name).ok_or(Errno::ENOENT)?;
         match &self.node(ino)?.body {
             Body::File { .. } => return Err(Errno::ENOTDIR),
@@ -429,6 +477,7 @@ impl Tree {
         new_name: &OsStr,
         mode: RenameMode,
     ) -> FsResult<()> {
+        self.change()?;
         Tree::check_name(new_name)?;
         let ino = *self.entries(parent)?.get(name).ok_or(Errno::ENOENT)?;
         let target = self.entries(new_parent)?.get(new_name).copied();
@@ -525,6 +574,7 @@ impl Tree {
     }
 
     pub(crate) fn write(&mut self, ino: u64, offset: u64, bytes: &[u8]) -> FsResult<u32> {
+        self.change()?;
         let written = u32::try_from(bytes.len()).map_err(|_| Errno::EINVAL)?;
         let end = offset.checked_add(u64::from(written)).ok_or(Errno::EFBIG)?;
         let growth = match &self.node(ino)?.body {
@@ -546,6 +596,7 @@ impl Tree {
     }
 
     pub(crate) fn setattr(&mut self, ino: u64, change: SetAttr) -> FsResult<FileAttr> {
+        self.change()?;
         if let Some(size) = change.size {
             let growth = match &self.node(ino)?.body {
                 Body::File { data, .. } => size.saturating_sub(data.len()),
@@ -575,13 +626,14 @@ impl Tree {
 
     /// `fsync`/`fdatasync` of a file: its contents and size become durable.
     pub(crate) fn fsync(&mut self, ino: u64, datasync: bool) -> FsResult<()> {
+        self.change()?;
         match &mut self.node_mut(ino)?.body {
             Body::File { data, durable, unsynced } => {
                 *durable = data.clone();
                 *unsynced = 0;
             }
             // The kernel sends FSYNCDIR for directories; be lenient with a plain FSYNC.
-            Body::Dir { .. } => return self.fsyncdir(ino),
+            Body::Dir { .. } => return self.sync_dir(ino),
         }
         if datasync {
             self.stats.fdatasyncs += 1;
@@ -593,6 +645,11 @@ impl Tree {
 
     /// `fsync` of a directory: its entries become durable.
     pub(crate) fn fsyncdir(&mut self, ino: u64) -> FsResult<()> {
+        self.change()?;
+        self.sync_dir(ino)
+    }
+
+    fn sync_dir(&mut self, ino: u64) -> FsResult<()> {
         match &mut self.node_mut(ino)?.body {
             Body::Dir { entries, durable, .. } => *durable = entries.clone(),
             Body::File { .. } => return Err(Errno::ENOTDIR),
@@ -712,6 +769,7 @@ impl Tree {
             self.set_parent(child, parent);
         }
         self.handles.clear();
+        self.power = Power::On;
         self.stats.cuts += 1;
         self.stats.dropped_bytes += report.dropped_bytes;
         report

@@ -301,3 +301,25 @@ fn model_renumbers_surviving_nodes_and_makes_old_handles_stale() {
         Err(fuser::Errno::EINVAL)
     );
 }
+
+#[test]
+fn after_the_power_goes_off_changes_fail_and_the_cut_keeps_what_was_durable_then() {
+    let fs = mounted();
+    let path = durable_file(&fs, "log", b"durable ");
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    // One more change goes through (the write); its fsync finds the power off.
+    fs.power_off_after(1);
+    file.write_all(b"written").unwrap();
+    assert!(fs.power_is_off(), "the change allowed is spent");
+    let error = file.sync_data().unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EIO));
+    assert!(file.write_all(b"more").is_err(), "no change is taken while the power is off");
+    assert_eq!(fs::read(&path).unwrap(), b"durable written", "reads still answer");
+    drop(file);
+    let report = fs.cut();
+    assert!(!fs.power_is_off(), "a cut is also the restart");
+    assert_eq!(fs::read(&path).unwrap(), b"durable ");
+    assert_eq!(report.dropped_bytes, 7);
+    assert!(fs.stats().refused_changes >= 2);
+    fs::write(fs.path().join("data/after"), b"x").unwrap();
+}
