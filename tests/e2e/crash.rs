@@ -169,6 +169,7 @@ fn run(
         eddy.kill();
         eddy.wait(Duration::from_secs(20)).expect("killed eddy exits");
         let finished = feed.finish();
+        assert_eq!(finished.nacked, 0, "eddy refused lines; log:\n{}", eddy.log());
         dups += finished.dups;
         let new_next = next + finished.settled;
         let sent_to = (next + finished.started).min(lines.len());
@@ -196,6 +197,7 @@ fn run(
         Feed::start(address, SESSION, SEND_RATE, lines[next..].to_vec(), valid[next..].to_vec(), next + 1);
     let answered = wait_until(Duration::from_secs(120), || feed.settled() == rest);
     let finished = feed.finish();
+    assert_eq!(finished.nacked, 0, "eddy refused lines; log:\n{}", eddy.log());
     dups += finished.dups;
     // Error line numbers of the whole stream (the last feed started at line `next + 1`).
     let errors: Vec<usize> = finished.errors.iter().map(|n| n + next).collect();

@@ -72,6 +72,8 @@ pub struct Feed {
     stored_front: Arc<AtomicUsize>,
     /// Lines answered `dup`: stored before, on an earlier connection.
     dups: Arc<AtomicU64>,
+    /// Lines refused (`nack N REASON`): not stored, kept by the sender.
+    nacked: Arc<AtomicU64>,
     /// 1-based numbers of the lines answered `err`, counted from the feed's first line.
     errors: Arc<Mutex<Vec<usize>>>,
     /// eddy's answer to `#session`: the last line of the session it holds as settled
@@ -94,6 +96,8 @@ pub struct Finished {
     pub started: usize,
     /// Lines answered `dup`.
     pub dups: u64,
+    /// Lines refused (`nack`): the front stops before the first of them.
+    pub nacked: u64,
     /// 1-based numbers of the lines answered `err`, from the feed's first line.
     pub errors: Vec<usize>,
     /// eddy's `session ID SETTLED` answer, if it came.
@@ -119,6 +123,7 @@ impl Feed {
         let settled = Arc::new(AtomicUsize::new(0));
         let stored_front = Arc::new(AtomicUsize::new(0));
         let dups = Arc::new(AtomicU64::new(0));
+        let nacked = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let session_settled = Arc::new(AtomicU64::new(u64::MAX));
         let stop = Arc::new(AtomicBool::new(false));
@@ -149,6 +154,7 @@ impl Feed {
             settled: settled.clone(),
             stored_front: stored_front.clone(),
             dups: dups.clone(),
+            nacked: nacked.clone(),
             errors: errors.clone(),
             session_settled: session_settled.clone(),
             stop: stop.clone(),
@@ -162,6 +168,7 @@ impl Feed {
             settled,
             stored_front,
             dups,
+            nacked,
             errors,
             session_settled,
             stop,
@@ -188,6 +195,7 @@ impl Feed {
             stored_front: self.stored_front.load(Ordering::SeqCst),
             started: self.started.load(Ordering::SeqCst),
             dups: self.dups.load(Ordering::SeqCst),
+            nacked: self.nacked.load(Ordering::SeqCst),
             errors: self.errors.lock().expect("errors lock").clone(),
             session_settled: (session_settled != u64::MAX).then_some(session_settled),
         }
@@ -202,6 +210,7 @@ struct FeedReader {
     settled: Arc<AtomicUsize>,
     stored_front: Arc<AtomicUsize>,
     dups: Arc<AtomicU64>,
+    nacked: Arc<AtomicU64>,
     errors: Arc<Mutex<Vec<usize>>>,
     session_settled: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -213,6 +222,9 @@ impl FeedReader {
         let mut line = String::new();
         // The front of the queue and the accepted lines popped so far.
         let (mut front, mut popped_accepted) = (0usize, 0u64);
+        // After a `nack` the session refuses every later line until the sender resends, so
+        // nothing past it settles on this connection: later replies are counted, not applied.
+        let mut refused = false;
         loop {
             line.clear();
             match reader.read_line(&mut line) {
@@ -221,7 +233,16 @@ impl FeedReader {
                 Ok(_) if !line.ends_with('\n') => return,
                 Ok(_) => {
                     let mut words = line.split_whitespace();
-                    match (words.next(), words.next(), words.next().and_then(|n| n.parse::<u64>().ok())) {
+                    let verb = words.next();
+                    if refused {
+                        if let (Some("nack"), Some(n)) =
+                            (verb, words.next().and_then(|n| n.parse::<u64>().ok()))
+                        {
+                            self.nacked.fetch_add(n, Ordering::SeqCst);
+                        }
+                        continue;
+                    }
+                    match (verb, words.next(), words.next().and_then(|n| n.parse::<u64>().ok())) {
                         (Some("session"), Some(id), Some(settled)) if id == self.session => {
                             self.session_settled.store(settled, Ordering::SeqCst);
                         }
@@ -245,6 +266,13 @@ impl FeedReader {
                             }
                             self.acked.fetch_max(n, Ordering::SeqCst);
                             self.stored_front.store(front, Ordering::SeqCst);
+                        }
+                        (Some("nack"), Some(n), _) => {
+                            // Refused (the store failed a write): not stored, kept by the sender.
+                            let n: u64 = n.parse().expect("nack count");
+                            self.nacked.fetch_add(n, Ordering::SeqCst);
+                            refused = true;
+                            continue;
                         }
                         (Some("err"), Some(n), _) => {
                             let n: usize = n.parse().expect("err line");
@@ -278,27 +306,34 @@ impl FeedReader {
 pub struct SinkRecords {
     /// First occurrences, in file order.
     pub firsts: Vec<Value>,
+    /// Last occurrences, in the order of the first: what the sink was told last about each id
+    /// (the same as `firsts` unless there are conflicts).
+    pub latest: Vec<Value>,
     /// Records repeated with the same values (a re-delivered batch).
     pub repeats: usize,
-    /// Ids repeated with other values: (first, later). eddy never does that, as a result's
-    /// values are fixed once a sink saw it.
+    /// Ids repeated with other values than the occurrence before: (before, later). eddy never
+    /// does that, as a result's values are fixed once a sink saw it.
     pub conflicts: Vec<(Value, Value)>,
 }
 
 /// Reads a sink file, skipping lines a kill tore (the same records follow again).
 pub fn read_sink_records(path: &Path) -> SinkRecords {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut by_id: HashMap<String, Value> = HashMap::new();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut records = SinkRecords::default();
     for line in text.lines().filter(|line| !line.trim().is_empty()) {
         let Ok(record) = serde_json::from_str::<Value>(line) else { continue };
         let id = record["id"].as_str().expect("record id").to_owned();
         match by_id.get(&id) {
-            Some(first) if first == &record => records.repeats += 1,
-            Some(first) => records.conflicts.push((first.clone(), record)),
+            Some(&idx) if records.latest[idx] == record => records.repeats += 1,
+            Some(&idx) => {
+                let before = std::mem::replace(&mut records.latest[idx], record.clone());
+                records.conflicts.push((before, record));
+            }
             None => {
-                by_id.insert(id, record.clone());
-                records.firsts.push(record);
+                by_id.insert(id, records.firsts.len());
+                records.firsts.push(record.clone());
+                records.latest.push(record);
             }
         }
     }
