@@ -10,6 +10,7 @@ mod crash;
 mod docs;
 mod ingest;
 mod mqtt;
+mod power_cut;
 mod reload;
 mod schema;
 mod serial;
