@@ -15,14 +15,18 @@ fi
 
 # Tools the tests start themselves: mosquitto (MQTT sources and hub uplinks) and its
 # mosquitto_pub client (raw payloads), socat (serial pseudo-terminals), openssl (a test CA for
-# TLS), strace (the flash-wear test counts eddy's write and sync calls). Installed with
-# apt-get when missing, without asking (CI has no standard input).
+# TLS), strace (the flash-wear test counts eddy's write and sync calls), fusermount3 when not
+# root (the power-cut file system). Installed with apt-get when missing, without asking (CI has
+# no standard input).
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v strace >/dev/null 2>&1 || need+=(strace)
+# The power-cut test mounts a FUSE file system: as root with mount(2), as another user through
+# fusermount3 (package fuse3).
+[ "$(id -u)" -eq 0 ] || command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]} (apt-get)"
   sudo=()

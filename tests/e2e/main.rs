@@ -12,6 +12,7 @@ mod docs;
 mod flash_wear;
 mod ingest;
 mod mqtt;
+mod power_cut;
 mod reload;
 mod schema;
 mod serial;

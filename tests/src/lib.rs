@@ -6,8 +6,10 @@ pub mod http_hub;
 pub mod mosquitto;
 pub mod mqtt_hub;
 pub mod pki;
+pub mod powercut_fs;
 pub mod proxy;
 pub mod socat;
+pub mod torture;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
