@@ -8,8 +8,8 @@
 //! over a quarter of a segment) are written without any sync at all, and the snapshot it
 //! renames into place, like the files it creates, needs its directory synced to exist after a
 //! power cut. [`Durability::sync`] does what `Store::flush` promises after sled's flush
-//! returned: blobs first (the log may point at them), then the data file, then the
-//! directories.
+//! returned: blobs first (the log may point at them), then the data file, then any file new
+//! in the store directory (sled's `conf`), then the directories.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -75,6 +75,19 @@ impl Durability {
         self.data_file.sync_data()?;
         let entries = names_in(&self.dir)?;
         if entries != synced.dir_entries {
+            // A new file's contents first (sled's `conf` at creation; its snapshots are
+            // synced by sled before their rename), then the names.
+            for name in entries.difference(&synced.dir_entries) {
+                let path = self.dir.join(name);
+                if name == DATA_FILE || !path.is_file() {
+                    continue;
+                }
+                match File::open(&path) {
+                    Ok(file) => file.sync_all()?,
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error),
+                }
+            }
             sync_dir(&self.dir)?;
             synced.dir_entries = entries;
         }
