@@ -67,21 +67,24 @@ fn main() {
     );
     println!("ingest_tcp: {:.3} s, {:.0} readings/s (durable, acked)", elapsed.as_secs_f64(), rate);
     println!("ingest_tcp: eddy RSS idle {} KiB, peak {} KiB", idle_rss, peak_rss);
-    // What the sender wrote: `sent N readings (B bytes) in …`.
-    let input: u64 = report
+    // What the sender wrote: `sent N readings (B bytes) in …` (an eddy before #12 does not say).
+    let input: Option<u64> = report
         .split(" readings (")
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("cannot read the byte count from `{report}`"));
+        .and_then(|n| n.parse().ok());
     let written = io_after - io_before;
     println!(
-        "ingest_tcp: input {input} bytes ({:.1} per reading); eddy wrote {written} bytes to \
-         storage ({:.1} per reading, {:.2} per input byte)",
-        input as f64 / acked as f64,
-        written as f64 / acked as f64,
-        written as f64 / input.max(1) as f64
+        "ingest_tcp: eddy wrote {written} bytes to storage ({:.1} per reading)",
+        written as f64 / acked as f64
     );
+    if let Some(input) = input {
+        println!(
+            "ingest_tcp: input {input} bytes ({:.1} per reading): {:.2} bytes written per input byte",
+            input as f64 / acked as f64,
+            written as f64 / input.max(1) as f64
+        );
+    }
 }
 
 /// `write_bytes` of eddy's `/proc/PID/io`: the bytes it caused to be written to storage.
