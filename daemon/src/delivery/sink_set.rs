@@ -15,7 +15,7 @@
 //!   Its stored cursor is kept, as a restart keeps it: a sink of that name added later
 //!   resumes after it with what the outbox still holds.
 //!
-//! When the store fails (see `run.rs`), every sink is *suspended*: retired the same way, its
+//! When the store fails (see `run/store.rs`), every sink is *suspended*: retired the same way, its
 //! slot kept at its durable cursor (so the outbox is not trimmed past it), no task started; once
 //! the store is open again, [`SinkSet::resume`] sets every sink up afresh and starts it from its
 //! stored cursor, as at a restart. A sink that cannot be set up again then is logged and

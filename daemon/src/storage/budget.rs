@@ -20,7 +20,7 @@
 //! coming in while those writes still have room. A commit covers at most 50,000 readings (a
 //! few MB), far below the default reserve of 64 MiB. Should a write fail anyway (another
 //! program took the reserve, a failing medium), sled refuses every later write of that handle;
-//! the daemon then opens the store again once the reserve is free (`run.rs`,
+//! the daemon then opens the store again once the reserve is free (`run/store.rs`,
 //! `storage/meters.rs`).
 //!
 //! # When the budget is full

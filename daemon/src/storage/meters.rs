@@ -10,7 +10,7 @@
 //! one ENOSPC, inserts and flushes kept failing with ENOSPC once 20 MB were free again; after
 //! every handle was dropped, an open in the same process recovered every flushed key and took
 //! writes again. So after a failed write the daemon drops every handle and opens the store
-//! again (`run.rs`), and the new opening takes these meters over
+//! again (`run/store.rs`), and the new opening takes these meters over
 //! ([`Store::with_meters_of`]).
 
 use std::path::Path;

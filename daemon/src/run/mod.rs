@@ -4,29 +4,9 @@
 //!
 //! Every state change of a running daemon goes through [`Daemon::handle`]: a stop request,
 //! a component that ended, a reload, the periodic report, the stop deadline, a failure of the
-//! store and its reopening.
-//!
-//! # A failed store is a state, not an exit
-//! A full disk or a failing medium makes a write of the store fail (ENOSPC, EIO), and sled
-//! then refuses every later write of that handle (`storage/meters.rs` has the evidence).
-//! Exiting would leave systemd to restart eddy into the same full disk until the unit's start
-//! limit gives up on it. Instead the daemon keeps running and:
-//! 1. lets go of the store everywhere: the ingest task refuses readings (nack, counted per
-//!    source and store-wide) without touching the disk; the aggregator drains and ends; every
-//!    sink is retired, its slot kept at its durable cursor; the sources stay up;
-//! 2. says so: `/health` is 503 with the reason, systemd's STATUS names it, and the main loop
-//!    beats the watchdog while it waits;
-//! 3. once every handle is dropped and the file system has `storage.min_free_bytes` free
-//!    again, opens the store again in this process (with backoff while that fails), recovers
-//!    the engine from its last commit and replays the log, as after a crash, then resumes the
-//!    ingest and the sinks from their durable cursors.
-//!
-//! Nothing acknowledged is lost: a reading is acknowledged only after its fsync, the log is
-//! trimmed only through a flushed commit, and a cursor is published only after its flush, so
-//! what the reopened store holds covers everything acknowledged. A group refused because its
-//! write failed may still be found in the store (as after a crash: "may or may not be in the
-//! log"). At start-up, a store that cannot be opened (or replayed) because the disk is full or
-//! failing is waited for the same way, before READY, extending systemd's start timeout.
+//! store and its reopening (`store.rs`: why a failed store is a state, not an exit).
+
+mod store;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -50,6 +30,10 @@ use crate::ops::{api, systemd, telemetry};
 use crate::pipeline::aggregate::Aggregator;
 use crate::pipeline::ingest::{EngineInput, Ingest, IngestNotice, ProcessingClock, StoreControl, StoreLink};
 use crate::pipeline::{marks, sources};
+use crate::run::store::{
+    open_store, reopening_pending, store_failure, OpenArgs, OpenError, Opened, StoreFault, STORE_MAX_BACKOFF,
+    STORE_MIN_BACKOFF,
+};
 use crate::stats::{AggregateStats, Committed, IngestStats, StoreHealth};
 use crate::storage::{Store, StoreError, StoreMeters};
 
@@ -76,12 +60,6 @@ const STOPPING_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// While the store is failed, how often the main loop looks whether it can open it again (and
 /// beats the watchdog).
 const STORE_WAIT_TICK: Duration = Duration::from_secs(1);
-/// First pause after a failed opening of the store; doubles up to [`STORE_MAX_BACKOFF`].
-const STORE_MIN_BACKOFF: Duration = Duration::from_secs(1);
-/// Longest pause between two openings of a failed store.
-const STORE_MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// While waiting for the store, the wait is logged again this often.
-const STORE_WAIT_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs the daemon until `stop` resolves (then drains) or a component fails.
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), RunError> {
@@ -183,156 +161,6 @@ impl Components {
                 Err(anyhow::anyhow!("task panicked or was cancelled: {join_error}")),
             )),
         }
-    }
-}
-
-/// The store's failure, if `error` is one (a read, write or flush of sled that failed), as
-/// opposed to a bug or a closed channel.
-fn store_failure(error: &anyhow::Error) -> Option<&StoreError> {
-    error
-        .chain()
-        .filter_map(|cause| cause.downcast_ref::<StoreError>())
-        .find(|store_error| store_error.is_runtime_failure())
-}
-
-/// One opening of the store with the engine recovered and replayed on it: what the start-up
-/// and every reopening after a failure share.
-struct Opened {
-    store: Store,
-    aggregator: Aggregator,
-    committed: watch::Receiver<Committed>,
-    /// The first log key past every chunk the log holds.
-    next_key: u64,
-    /// The sources' marks as of the replay: what each source had made durable (used at
-    /// start-up; the sources keep theirs across a reopening).
-    marks: Vec<(Vec<u8>, u64)>,
-}
-
-/// Why an opening failed: the store itself, or the engine's recovery on it.
-#[derive(Debug, thiserror::Error)]
-enum OpenError {
-    #[error(transparent)]
-    Store(StoreError),
-    #[error(transparent)]
-    Engine(anyhow::Error),
-}
-
-impl OpenError {
-    /// A full or failing disk, which eddy waits out rather than exits for.
-    fn is_waitable(&self) -> bool {
-        match self {
-            OpenError::Store(error) => error.is_waitable_open_failure() || error.is_runtime_failure(),
-            OpenError::Engine(error) => store_failure(error).is_some(),
-        }
-    }
-}
-
-/// What an opening of the store needs from the configuration and the daemon, owned so that a
-/// reopening can run as its own task.
-#[derive(Clone)]
-struct OpenArgs {
-    config: Config,
-    /// The meters of the earlier opening, taken over by a reopening (None at start-up).
-    meters: Option<StoreMeters>,
-    cursors: Arc<Vec<AtomicU64>>,
-    raw_cursors: Arc<Vec<AtomicU64>>,
-    aggregate_stats: Arc<AggregateStats>,
-}
-
-/// Opens the store, sets its budget (or takes over `meters`), recovers the engine and replays
-/// the log after its last commit. The sled open and the scans block: off the async workers.
-async fn open_store(args: OpenArgs) -> Result<Opened, OpenError> {
-    let OpenArgs { config, meters, cursors, raw_cursors, aggregate_stats } = args;
-    let recover_config = config.clone();
-    let recovered = tokio::task::spawn_blocking(move || {
-        let config = recover_config;
-        let store = Store::open(
-            &config.data_dir,
-            config.cache_capacity,
-            config.engine.field_names.clone(),
-            config.engine.tag_names.clone(),
-        )
-        .map_err(OpenError::Store)?;
-        // The disk budget counts the live log and outbox bytes (one scan).
-        let store = match &meters {
-            None => store.with_budget(config.budget.clone()),
-            Some(meters) => store.with_meters_of(meters),
-        }
-        .map_err(OpenError::Store)?;
-        let (aggregator, committed) = Aggregator::recover(
-            store.clone(),
-            config.engine.clone(),
-            config.checkpoint_interval,
-            cursors,
-            aggregate_stats,
-        )
-        .map_err(|error| {
-            OpenError::Engine(anyhow::Error::from(error).context("cannot recover the engine state"))
-        })?;
-        let last_log_key = store
-            .last_log_key()
-            .map_err(|error| OpenError::Engine(anyhow::Error::from(error).context("cannot read the log")))?
-            .unwrap_or(0);
-        Ok((store, aggregator.forwarding_raw(config.forward_raw, raw_cursors), committed, last_log_key))
-    })
-    .await
-    .map_err(|join_error| OpenError::Engine(anyhow::anyhow!("store opening task failed: {join_error}")))??;
-    let (store, mut aggregator, committed, last_log_key) = recovered;
-    // Replay what the log holds past the last commit, before anything new is written: chunk
-    // keys continue after what is stored.
-    aggregator
-        .replay(last_log_key)
-        .await
-        .map_err(|error| OpenError::Engine(anyhow::Error::from(error).context("cannot replay the log")))?;
-    let next_key = last_log_key.max(aggregator.log_pos()) + 1;
-    // After the replay, whose commit wrote the marks of the chunks it replayed.
-    let marks = store.load_marks().map_err(|error| {
-        OpenError::Engine(anyhow::Error::from(error).context("cannot read the sources' marks"))
-    })?;
-    Ok(Opened { store, aggregator, committed, next_key, marks })
-}
-
-/// The store failed: since when, why, and how the reopening goes.
-struct StoreFault {
-    since: Instant,
-    /// The error that failed it.
-    error: String,
-    /// The ingest task has let go of its handle.
-    ingest_released: bool,
-    /// Pauses between failed openings.
-    backoff: Backoff,
-    /// No opening before this.
-    next_attempt: Instant,
-    /// An opening under way.
-    attempt: Option<oneshot::Receiver<anyhow::Result<Opened>>>,
-    /// What the wait was last logged for, and when.
-    last_logged: Option<(&'static str, Instant)>,
-}
-
-impl StoreFault {
-    fn new(error: &str) -> StoreFault {
-        let now = Instant::now();
-        StoreFault {
-            since: now,
-            error: error.to_owned(),
-            ingest_released: false,
-            backoff: Backoff::new(STORE_MIN_BACKOFF, STORE_MAX_BACKOFF),
-            next_attempt: now,
-            attempt: None,
-            last_logged: None,
-        }
-    }
-
-    /// Whether waiting `for_what` is due to be logged: when the wait starts or changes, and
-    /// every [`STORE_WAIT_LOG_EVERY`] while it lasts.
-    fn log_due(&mut self, for_what: &'static str) -> bool {
-        let due = self
-            .last_logged
-            .is_none_or(|(logged, at)| logged != for_what || at.elapsed() >= STORE_WAIT_LOG_EVERY);
-        if due {
-            self.last_logged = Some((for_what, Instant::now()));
-        }
-        due
     }
 }
 
@@ -872,11 +700,6 @@ impl Daemon {
     fn report(&self) {
         log_counters(&self.telemetry.status());
     }
-}
-
-/// Whether an opening of the failed store is under way.
-fn reopening_pending(fault: &Option<StoreFault>) -> bool {
-    fault.as_ref().is_some_and(|fault| fault.attempt.is_some())
 }
 
 /// A restart-only setting the sinks are validated against that `new` changes: sinks built
