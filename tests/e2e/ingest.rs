@@ -15,6 +15,10 @@ fn config() -> String {
         .key("max_line_bytes", 256)
         .key("max_sensors", 3)
         .key("max_future", "5m")
+        // A clock this eddy believes (this machine's kernel says it is not synchronised, and
+        // an untrusted clock refuses nothing as future_ts: tests/e2e/clock.rs).
+        .table("clock")
+        .key("trust", "always")
         .tcp_source("in")
         .key("ack", true)
         .window("w", "10s")
