@@ -172,6 +172,8 @@ pub(crate) fn engine_from_raw(
         batch_interval,
         windows,
         idle_timeout: engine.idle_timeout,
+        outlier_after: Some(EngineSpec::DEFAULT_OUTLIER_AFTER),
+        outlier_confirm: EngineSpec::DEFAULT_OUTLIER_CONFIRM,
     };
     Ok((schema, spec))
 }
