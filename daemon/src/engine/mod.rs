@@ -128,6 +128,17 @@ pub struct EngineStats {
     pub future_outliers_held: usize,
 }
 
+/// The future-outlier counters ([`Engine::future_outliers`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FutureOutliers {
+    /// Readings held so far.
+    pub total: u64,
+    /// Held readings applied because their sensor's hold was full.
+    pub forced_total: u64,
+    /// Readings held now.
+    pub held: usize,
+}
+
 /// One sensor's clock offset estimate ([`Engine::sensor_clocks`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SensorClockOffset {
@@ -397,6 +408,15 @@ impl Engine {
             future_outliers_total: self.future_outliers_total,
             future_outliers_forced_total: self.future_outliers_forced_total,
             future_outliers_held: self.n_held,
+        }
+    }
+
+    /// The future-outlier counters alone: cheap enough to read after every chunk.
+    pub fn future_outliers(&self) -> FutureOutliers {
+        FutureOutliers {
+            total: self.future_outliers_total,
+            forced_total: self.future_outliers_forced_total,
+            held: self.n_held,
         }
     }
 
