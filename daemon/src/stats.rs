@@ -64,7 +64,7 @@ pub(crate) struct EngineCounters {
     pub(crate) future_outliers: u64,
     /// Held readings applied because their sensor held too many.
     #[serde(default)]
-    pub(crate) future_outliers_forced: u64,
+    pub(crate) future_outliers_dropped: u64,
     /// Readings held now.
     #[serde(default)]
     pub(crate) future_outliers_held: u64,
@@ -108,7 +108,7 @@ impl EngineCounters {
             ingest_latency,
             flush_latency,
             future_outliers: aggregate.future_outliers_total.load(Ordering::Relaxed),
-            future_outliers_forced: aggregate.future_outliers_forced_total.load(Ordering::Relaxed),
+            future_outliers_dropped: aggregate.future_outliers_dropped_total.load(Ordering::Relaxed),
             future_outliers_held: aggregate.future_outliers_held.load(Ordering::Relaxed),
             sensor_clocks: aggregate.sensor_clocks.lock().map(|clocks| clocks.clone()).unwrap_or_default(),
         }
@@ -259,8 +259,11 @@ pub(crate) struct AggregateStats {
     pub(crate) inputs_total: AtomicU64,
     /// The engine's count of readings held as future outliers (kept across restarts).
     pub(crate) future_outliers_total: AtomicU64,
-    /// The engine's count of held readings forced out by a full hold.
-    pub(crate) future_outliers_forced_total: AtomicU64,
+    /// The engine's count of held readings dropped, never confirmed (a full hold, an idle close).
+    pub(crate) future_outliers_dropped_total: AtomicU64,
+    /// Set once the aggregator published the outlier counters (the first publication seeds
+    /// them from the recovered engine, without a warning).
+    pub(crate) outliers_published: AtomicBool,
     /// Readings held now.
     pub(crate) future_outliers_held: AtomicU64,
     /// The sensors whose clocks are furthest off, as of the last commit.

@@ -61,7 +61,7 @@ fn one_reading_four_minutes_ahead_neither_closes_windows_nor_makes_readings_late
     assert_eq!(wild_lines, expected);
     let stats = engine.stats();
     assert_eq!(
-        (stats.future_outliers_total, stats.future_outliers_forced_total, stats.future_outliers_held),
+        (stats.future_outliers_total, stats.future_outliers_dropped_total, stats.future_outliers_held),
         (1, 0, 0)
     );
     assert_eq!(stats.late_readings_total, 0);
@@ -102,7 +102,7 @@ fn three_consecutive_consistent_outliers_confirm_a_clock_jump_and_apply_in_order
     assert_eq!(lines, ["w s temp_c [20000,30000) n=1 sum=1", "w s temp_c [620000,630000) n=4 sum=30"]);
     let stats = engine.stats();
     assert_eq!(
-        (stats.future_outliers_total, stats.future_outliers_forced_total, stats.future_outliers_held),
+        (stats.future_outliers_total, stats.future_outliers_dropped_total, stats.future_outliers_held),
         (3, 0, 0)
     );
 }
@@ -129,7 +129,7 @@ fn a_sensor_resuming_after_ten_minutes_of_silence_is_not_an_outlier() {
 }
 
 #[test]
-fn a_full_hold_applies_its_oldest_reading_and_counts_it_as_forced() {
+fn a_full_hold_drops_its_oldest_reading_and_counts_it() {
     let mut steps = vec![Step::Chunk(10_000, vec![reading("s", 10_000, Some(1.0))])];
     // Five wild readings going back in time: never confirmed, one more than the hold keeps.
     for (idx, ts_s) in [500, 400, 300, 200, 190].into_iter().enumerate() {
@@ -142,44 +142,53 @@ fn a_full_hold_applies_its_oldest_reading_and_counts_it_as_forced() {
 
     steps.push(Step::Tick(FAR_MS));
     let (engine, lines) = run(&engine_spec(tumbling(), IDLE_MS), &steps);
-    // The oldest held (500 s) is applied as without a hold; the sensor's clock then predicts
-    // 500 s, so the other held readings are applied too (late).
+    // The oldest held (500 s) is dropped when the fifth arrives; at the idle close, far later,
+    // the sensor's predicted clock has reached the others: applied in arrival order, the first
+    // moves the watermark and the rest are late.
     assert_eq!(
         lines,
         [
             "w s temp_c [10000,20000) n=1 sum=1",
-            "late w s ts=400000 wm=500000 #0",
-            "late w s ts=300000 wm=500000 #1",
-            "late w s ts=200000 wm=500000 #2",
-            "late w s ts=190000 wm=500000 #3",
-            "w s temp_c [500000,510000) n=1 sum=2",
+            "late w s ts=300000 wm=400000 #0",
+            "late w s ts=200000 wm=400000 #1",
+            "late w s ts=190000 wm=400000 #2",
+            "w s temp_c [400000,410000) n=1 sum=2",
         ]
     );
     let stats = engine.stats();
     assert_eq!(
-        (stats.future_outliers_total, stats.future_outliers_forced_total, stats.future_outliers_held),
+        (stats.future_outliers_total, stats.future_outliers_dropped_total, stats.future_outliers_held),
         (5, 1, 0)
     );
 }
 
 #[test]
-fn held_readings_are_applied_when_their_sensor_goes_idle_before_its_windows_close() {
-    let spec = engine_spec(tumbling(), IDLE_MS);
+fn at_an_idle_close_a_held_reading_is_applied_if_its_sensor_reached_it_and_dropped_if_not() {
+    const IDLE_2M: i64 = 120_000;
+    let spec = engine_spec(tumbling(), IDLE_2M);
     let steps = [
         Step::Chunk(0, vec![reading("s", 5000, Some(1.0))]),
-        Step::Chunk(1000, vec![reading("s", 400_000, Some(2.0))]),
-        // The held reading kept the sensor active: not idle yet at 0 + IDLE_MS.
-        Step::Tick(IDLE_MS),
+        // 94 s ahead of the sensor's clock (held: over the default 60 s)…
+        Step::Chunk(1000, vec![reading("s", 100_000, Some(2.0))]),
+        // … and one 20 years ahead, as a gateway with an untrusted clock lets through.
+        Step::Chunk(2000, vec![reading("s", 5000 + 20 * 365 * 86_400_000, Some(4.0))]),
+        // The held readings kept the sensor active: not idle yet at 0 + IDLE_2M.
+        Step::Tick(IDLE_2M),
     ];
     let (mut engine, lines) = run(&spec, &steps);
     assert!(lines.is_empty(), "{lines:?}");
-    assert_eq!(engine.next_deadline_ms(), Some(1000 + IDLE_MS));
+    assert_eq!(engine.stats().future_outliers_held, 2);
+    // A lower bound of the idle close (the first held reading's arrival + idle_timeout).
+    assert!(engine.next_deadline_ms().is_some_and(|at| at <= 2000 + IDLE_2M));
     let mut out = Vec::new();
-    engine.tick(1000 + IDLE_MS, &mut out);
+    engine.tick(2000 + IDLE_2M, &mut out);
     let lines: Vec<String> = out.iter().map(summary).collect();
-    assert_eq!(lines, ["w s temp_c [0,10000) n=1 sum=1", "w s temp_c [400000,410000) n=1 sum=2"]);
-    assert_eq!(engine.stats().future_outliers_held, 0);
-    assert_eq!(engine.stats().open_windows, 0);
+    // At the idle close the sensor's clock is predicted at 5 s + 122 s: the first held reading
+    // is reached and applied before the windows close; the wild one is dropped, counted.
+    assert_eq!(lines, ["w s temp_c [0,10000) n=1 sum=1", "w s temp_c [100000,110000) n=1 sum=2"]);
+    let stats = engine.stats();
+    assert_eq!((stats.future_outliers_held, stats.future_outliers_dropped_total), (0, 1));
+    assert_eq!(stats.open_windows, 0);
 }
 
 #[test]
@@ -227,7 +236,7 @@ fn a_restored_engine_holds_and_releases_like_an_uninterrupted_one() {
     let spec = engine_spec(tumbling(), IDLE_MS);
     let steps = eventful_steps();
     let (uninterrupted, uninterrupted_lines) = run(&spec, &steps);
-    assert!(uninterrupted.stats().future_outliers_forced_total > 0);
+    assert!(uninterrupted.stats().future_outliers_dropped_total > 0);
     assert!(uninterrupted.stats().future_outliers_total > 5);
     for split in 0..steps.len() {
         let mut engine = Engine::new(spec.clone());

@@ -37,10 +37,14 @@
 //!   in arrival order: a single wild reading lands in its own window once real readings get
 //!   there. Reached rather than within `outlier_after`, which would still close windows early.
 //! - **Bound.** A sensor holds at most `max(outlier_confirm, 4)` readings (`outlier_confirm` is
-//!   at most 16); one more applies the oldest held reading as if there were no hold, counted in
-//!   `future_outliers_forced_total`. A held reading is never dropped.
+//!   at most 16); one more drops the oldest held reading, counted in
+//!   `future_outliers_dropped_total` (the aggregator logs it): never confirmed, applied it
+//!   would move the watermark as far as the wild timestamp went.
 //! - **Idle and shutdown.** When a sensor goes idle (no reading, held or not, for
-//!   `idle_timeout`), its held readings are applied, then its windows close, in the same step.
+//!   `idle_timeout`), its held readings that its predicted clock has reached by then are
+//!   applied and the others dropped (counted as above), then its windows close, in the same
+//!   step. A reading 4 minutes ahead of a sensor idle for 5 is applied; one 20 years ahead is
+//!   not.
 //!   Held readings are engine state like open windows: a stop keeps them in the commit, and a
 //!   restart resumes holding them. With the hold turned off, a restored held reading is applied
 //!   with the sensor's next reading.
@@ -123,7 +127,7 @@ pub struct EngineStats {
     /// Readings held because their event time was far ahead of their sensor's clock.
     pub future_outliers_total: u64,
     /// Held readings applied because their sensor's hold was full.
-    pub future_outliers_forced_total: u64,
+    pub future_outliers_dropped_total: u64,
     /// Readings held now.
     pub future_outliers_held: usize,
 }
@@ -134,7 +138,7 @@ pub struct FutureOutliers {
     /// Readings held so far.
     pub total: u64,
     /// Held readings applied because their sensor's hold was full.
-    pub forced_total: u64,
+    pub dropped_total: u64,
     /// Readings held now.
     pub held: usize,
 }
@@ -173,7 +177,7 @@ pub struct Engine {
     /// A lower bound of the processing time at which a sensor with held readings goes idle.
     held_due_ms: i64,
     future_outliers_total: u64,
-    future_outliers_forced_total: u64,
+    future_outliers_dropped_total: u64,
     /// The processing clock: the largest ingest or tick time seen.
     clock_ms: Option<i64>,
     late_readings_total: u64,
@@ -243,7 +247,7 @@ impl Engine {
             n_held: 0,
             held_due_ms: i64::MAX,
             future_outliers_total: 0,
-            future_outliers_forced_total: 0,
+            future_outliers_dropped_total: 0,
             clock_ms: None,
             late_readings_total: 0,
             results_emitted_total: 0,
@@ -335,7 +339,7 @@ impl Engine {
                 results_emitted_total: self.results_emitted_total,
                 batch_readings_deferred_total: self.batch.deferred_total,
                 future_outliers_total: self.future_outliers_total,
-                future_outliers_forced_total: self.future_outliers_forced_total,
+                future_outliers_dropped_total: self.future_outliers_dropped_total,
             });
             entries.push((state::META_KEY.to_vec(), Some(state::encode(&meta))));
         }
@@ -406,7 +410,7 @@ impl Engine {
             results_emitted_total: self.results_emitted_total,
             batch_readings_deferred_total: self.batch.deferred_total,
             future_outliers_total: self.future_outliers_total,
-            future_outliers_forced_total: self.future_outliers_forced_total,
+            future_outliers_dropped_total: self.future_outliers_dropped_total,
             future_outliers_held: self.n_held,
         }
     }
@@ -415,7 +419,7 @@ impl Engine {
     pub fn future_outliers(&self) -> FutureOutliers {
         FutureOutliers {
             total: self.future_outliers_total,
-            forced_total: self.future_outliers_forced_total,
+            dropped_total: self.future_outliers_dropped_total,
             held: self.n_held,
         }
     }
@@ -498,15 +502,17 @@ impl Engine {
         }
     }
 
-    /// Applies the held readings of `sensor` that are due at `ingest_ms` (released, or forced
-    /// out by the bound) to the event-time windows, in order.
+    /// Applies the held readings of `sensor` that are due at `ingest_ms` (released) to the
+    /// event-time windows, in order; drops (and counts) the one the bound forces out.
     fn apply_due_held(&mut self, sensor: usize, ingest_ms: i64, clock_ms: i64, out: &mut Vec<Output>) {
-        while let Some((held, forced)) = self.sensor_clocks[sensor].next_due(self.hold.as_ref(), ingest_ms) {
+        while let Some((held, dropped)) = self.sensor_clocks[sensor].next_due(self.hold.as_ref(), ingest_ms) {
             self.n_held -= 1;
-            if forced {
-                self.future_outliers_forced_total += 1;
+            if dropped {
+                self.future_outliers_dropped_total += 1;
+                self.sensor_clock_changed(sensor);
+            } else {
+                self.apply_held(sensor, clock_ms, &held, out);
             }
-            self.apply_held(sensor, clock_ms, &held, out);
         }
     }
 
@@ -532,11 +538,16 @@ impl Engine {
                 next_due_ms = next_due_ms.min(idle_at);
                 continue;
             }
-            let held = clock.take_held();
+            let held = clock.take_held(self.hold.as_ref(), now_ms);
             self.n_held -= held.len();
-            for held in &held {
-                self.apply_held(sensor, now_ms, held, out);
+            for (held, reached) in &held {
+                if *reached {
+                    self.apply_held(sensor, now_ms, held, out);
+                } else {
+                    self.future_outliers_dropped_total += 1;
+                }
             }
+            self.sensor_clock_changed(sensor);
         }
         self.held_due_ms = next_due_ms;
     }
@@ -586,7 +597,7 @@ impl Engine {
             StateKey::Meta => {
                 let meta = state::decode_meta(value)?;
                 self.future_outliers_total = meta.future_outliers_total;
-                self.future_outliers_forced_total = meta.future_outliers_forced_total;
+                self.future_outliers_dropped_total = meta.future_outliers_dropped_total;
                 self.clock_ms = meta.clock_ms;
                 self.batch.set_floor(meta.batch_floor);
                 self.batch.deferred_total = meta.batch_readings_deferred_total;

@@ -19,10 +19,12 @@
 //!   ingest time) has reached are applied, in arrival order. Reached, not merely come within
 //!   `outlier_after`: released that early, a reading would still close the sensor's open
 //!   windows up to `outlier_after` too soon.
-//! - *Bound*: at most `max(outlier_confirm, 4)` readings are held per sensor; one more applies
-//!   the oldest held reading (the behaviour without a hold), counted as forced.
+//! - *Bound*: at most `max(outlier_confirm, 4)` readings are held per sensor; one more drops
+//!   the oldest held reading, counted: never confirmed, applied it would move the watermark
+//!   as far as its wild timestamp went.
 //! - *Idle*: when the sensor goes idle (no reading, held or applied, for `idle_timeout`), its
-//!   held readings are applied before its windows close, in the same step.
+//!   held readings that the predicted clock has reached by then are applied, before its
+//!   windows close, in the same step; the others are dropped, counted.
 //!
 //! Everything is judged at ingest times from the log, never at tick times (ticks are not
 //! replayed), so a replay holds and releases exactly what the live run did.
@@ -167,7 +169,7 @@ impl SensorClock {
         Verdict::Held
     }
 
-    /// The next held reading to apply at `ingest_ms`, and whether it is forced out by the
+    /// The next held reading due at `ingest_ms`, and whether it is to be dropped (forced out by the
     /// bound: the oldest if more than the bound are held, else the first (in arrival order)
     /// that the sensor's predicted clock has reached. Without rules (the hold was turned off since the reading
     /// was held), every held reading is due.
@@ -188,10 +190,19 @@ impl SensorClock {
         self.held.remove(idx).map(|held| (held, false))
     }
 
-    /// Takes every held reading, in arrival order (the sensor went idle).
-    pub(crate) fn take_held(&mut self) -> VecDeque<HeldReading> {
+    /// Takes every held reading, in arrival order (the sensor went idle at `now_ms`), each
+    /// with whether the sensor's predicted clock has reached it by then (else it is dropped).
+    /// Without rules (the hold was turned off) every one counts as reached.
+    pub(crate) fn take_held(&mut self, rules: Option<&HoldRules>, now_ms: i64) -> Vec<(HeldReading, bool)> {
         self.streak = 0;
+        let predicted_ms = if rules.is_some() { self.predicted_ms(now_ms) } else { Some(i64::MAX) };
         std::mem::take(&mut self.held)
+            .into_iter()
+            .map(|held| {
+                let reached = predicted_ms.is_some_and(|predicted| held.reading.ts_ms <= predicted);
+                (held, reached)
+            })
+            .collect()
     }
 
     /// A reading ingested at `ingest_ms` with event time `ts_ms` was applied.

@@ -114,7 +114,7 @@ pub(crate) struct MetaV2 {
     /// Readings held because they were far ahead of their sensor's clock.
     pub(crate) future_outliers_total: u64,
     /// Held readings applied because their sensor's hold was full.
-    pub(crate) future_outliers_forced_total: u64,
+    pub(crate) future_outliers_dropped_total: u64,
 }
 
 impl From<MetaV1> for MetaV2 {
@@ -127,7 +127,7 @@ impl From<MetaV1> for MetaV2 {
             results_emitted_total: v1.results_emitted_total,
             batch_readings_deferred_total: v1.batch_readings_deferred_total,
             future_outliers_total: 0,
-            future_outliers_forced_total: 0,
+            future_outliers_dropped_total: 0,
         }
     }
 }
@@ -586,7 +586,7 @@ mod tests {
                 results_emitted_total: 3,
                 batch_readings_deferred_total: 4,
                 future_outliers_total: 0,
-                future_outliers_forced_total: 0,
+                future_outliers_dropped_total: 0,
             }
         );
     }

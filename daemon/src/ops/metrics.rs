@@ -152,10 +152,10 @@ const FAMILIES: &[Family] = &[
         read: Daemon(|status| Count(status.engine.future_outliers)),
     },
     Family {
-        name: "eddy_future_outliers_forced_total",
+        name: "eddy_future_outliers_dropped_total",
         kind: Counter,
-        help: "Held readings applied because their sensor held too many (they moved its watermark as without a hold).",
-        read: Daemon(|status| Count(status.engine.future_outliers_forced)),
+        help: "Held readings dropped, never confirmed: their sensor held too many, or went idle before its clock reached them.",
+        read: Daemon(|status| Count(status.engine.future_outliers_dropped)),
     },
     Family {
         name: "eddy_future_outliers_held",

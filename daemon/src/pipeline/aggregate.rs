@@ -433,7 +433,16 @@ impl Aggregator {
 fn publish_outliers(engine: &Engine, stats: &AggregateStats) {
     let outliers = engine.future_outliers();
     stats.future_outliers_total.store(outliers.total, Ordering::Relaxed);
-    stats.future_outliers_forced_total.store(outliers.forced_total, Ordering::Relaxed);
+    // The first publication (at recovery, line ~104) only seeds the counter.
+    let before = stats.future_outliers_dropped_total.swap(outliers.dropped_total, Ordering::Relaxed);
+    if outliers.dropped_total > before && stats.outliers_published.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            dropped = outliers.dropped_total - before,
+            dropped_total = outliers.dropped_total,
+            "Dropped readings held for being far ahead of their sensor's clock, never confirmed \
+             (the sensor went idle first, or held too many); see eddy status for sensor clocks."
+        );
+    }
     stats.future_outliers_held.store(u64::try_from(outliers.held).unwrap_or(u64::MAX), Ordering::Relaxed);
 }
 

@@ -47,7 +47,7 @@ fn known_status() -> Status {
             ingest_latency: ingest_latency.snapshot(),
             flush_latency: Histogram::default().snapshot(),
             future_outliers: 6,
-            future_outliers_forced: 1,
+            future_outliers_dropped: 1,
             future_outliers_held: 2,
             sensor_clocks: vec![SensorClockStatus {
                 sensor: "t-9".to_owned(),
@@ -161,9 +161,9 @@ eddy_late_readings_total 0
 # HELP eddy_future_outliers_total Readings held because their timestamp was further ahead of their sensor's clock than engine.outlier_after.
 # TYPE eddy_future_outliers_total counter
 eddy_future_outliers_total 6
-# HELP eddy_future_outliers_forced_total Held readings applied because their sensor held too many (they moved its watermark as without a hold).
-# TYPE eddy_future_outliers_forced_total counter
-eddy_future_outliers_forced_total 1
+# HELP eddy_future_outliers_dropped_total Held readings dropped, never confirmed: their sensor held too many, or went idle before its clock reached them.
+# TYPE eddy_future_outliers_dropped_total counter
+eddy_future_outliers_dropped_total 1
 # HELP eddy_future_outliers_held Readings held now, waiting for their sensor's clock.
 # TYPE eddy_future_outliers_held gauge
 eddy_future_outliers_held 2
@@ -307,7 +307,7 @@ fn status_keeps_its_keys() {
             "commits",
             "flush_p99_ms",
             "future_outliers",
-            "future_outliers_forced",
+            "future_outliers_dropped",
             "future_outliers_held",
             "ingest_p99_ms",
             "late_readings",
