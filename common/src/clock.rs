@@ -98,6 +98,10 @@ pub enum ClockTrust {
     Auto,
     /// Always (a battery-backed clock, no time daemon), as long as it is not before the build.
     Always,
+    /// Only while the synchronised-file exists, whatever the kernel says (a time daemon that
+    /// steers the clock without telling the kernel, or a host whose kernel state is not this
+    /// system's, as in a container or a test).
+    File,
 }
 
 /// The gateway's judgement of its wall clock, shared by the sources (the future-timestamp
@@ -153,6 +157,7 @@ impl GatewayClock {
                 kernel_synchronized() == Some(true)
                     || shared.synchronized_file.as_ref().is_some_and(|path| path.exists())
             }
+            ClockTrust::File => shared.synchronized_file.as_ref().is_some_and(|path| path.exists()),
         };
         let trusted = believable && synchronized;
         shared.trusted.store(trusted, Ordering::Relaxed);
@@ -168,11 +173,12 @@ impl GatewayClock {
         if wall_clock_ms() < shared.floor_ms {
             return Some("it reads earlier than this eddy was built".to_owned());
         }
-        Some(match &shared.synchronized_file {
-            Some(path) => {
+        Some(match (&shared.synchronized_file, shared.trust) {
+            (Some(path), ClockTrust::File) => format!("{} does not exist", path.display()),
+            (Some(path), _) => {
                 format!("the kernel does not report it synchronised and {} does not exist", path.display())
             }
-            None => "the kernel does not report it synchronised (no NTP client steers it)".to_owned(),
+            (None, _) => "the kernel does not report it synchronised (no NTP client steers it)".to_owned(),
         })
     }
 }
@@ -216,6 +222,17 @@ mod tests {
         assert_eq!(clock.distrust_reason(), None);
         std::fs::remove_file(&flag).unwrap();
         assert_eq!(clock.refresh(), kernel_synchronized() == Some(true));
+    }
+
+    #[test]
+    fn in_file_mode_only_the_file_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("synchronized");
+        let clock = GatewayClock::with_floor(ClockTrust::File, Some(flag.clone()), 0);
+        assert!(!clock.is_trusted());
+        assert!(clock.distrust_reason().unwrap().ends_with("synchronized does not exist"));
+        std::fs::write(&flag, b"").unwrap();
+        assert!(clock.refresh());
     }
 
     #[test]

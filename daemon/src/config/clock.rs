@@ -12,7 +12,8 @@ use crate::config::{invalid, ConfigError};
 #[serde(deny_unknown_fields)]
 pub struct RawClock {
     /// `auto` (the default): believed once the kernel says an NTP client synchronised it, or
-    /// while `synchronized_file` exists; `always`: a battery-backed clock with no time daemon.
+    /// while `synchronized_file` exists; `always`: a battery-backed clock with no time daemon;
+    /// `file`: only while `synchronized_file` exists, whatever the kernel says.
     /// Never believed while it reads earlier than eddy's build.
     pub trust: Option<String>,
     /// A file whose existence says the clock is synchronised (systemd-timesyncd writes
@@ -35,10 +36,14 @@ impl RawClock {
         let trust = match self.trust.as_deref() {
             None | Some("auto") => ClockTrust::Auto,
             Some("always") => ClockTrust::Always,
+            Some("file") => ClockTrust::File,
             Some(other) => {
-                return Err(invalid("clock.trust", format!("`{other}` is not one of: auto, always")))
+                return Err(invalid("clock.trust", format!("`{other}` is not one of: auto, always, file")))
             }
         };
+        if trust == ClockTrust::File && self.synchronized_file.is_none() {
+            return Err(invalid("clock.synchronized_file", "is needed with trust = \"file\""));
+        }
         if let Some(path) = &self.synchronized_file {
             if !path.is_absolute() {
                 return Err(invalid("clock.synchronized_file", "must be an absolute path"));
