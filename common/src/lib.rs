@@ -12,7 +12,9 @@ mod tls;
 
 pub use crate::backoff::Backoff;
 pub use crate::broker_url::BrokerUrl;
-pub use crate::clock::wall_clock_ms;
+pub use crate::clock::{
+    boottime_ms, build_floor_ms, kernel_synchronized, wall_clock_ms, ClockTrust, GatewayClock,
+};
 pub use crate::config::{invalid, secret_from_env, secret_from_file, KeyError};
 pub use crate::secret::Secret;
 pub use crate::tls::{tls_client_config, PemFile, TlsError};

@@ -6,10 +6,11 @@
 //! components write these, `ops/` and `cli/` read them, and none of them imports another
 //! for it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eddy_common::{boottime_ms, wall_clock_ms, GatewayClock};
 use eddy_sensors::SourceStatsSnapshot;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,12 @@ pub(crate) struct Status {
     pub(crate) healthy: bool,
     /// Why not healthy (empty when healthy).
     pub(crate) problems: Vec<String>,
+    /// What deserves attention without making eddy unhealthy (a clock not synchronised).
+    #[serde(default)]
+    pub(crate) warnings: Vec<String>,
+    /// The wall clock and the processing clock.
+    #[serde(default)]
+    pub(crate) clock: ClockSnapshot,
     pub(crate) pipeline_idle_ms: u64,
     pub(crate) sources: Vec<SourceStatsSnapshot>,
     pub(crate) engine: EngineCounters,
@@ -424,4 +431,128 @@ impl DeliveryStats {
             file_bytes: self.file_bytes.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A step of the wall clock larger than this, against the elapsed monotonic time, is a jump.
+pub(crate) const JUMP_THRESHOLD_MS: i64 = 1000;
+
+/// The wall clock's state for `/status`, `/health` and `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct ClockStats {
+    /// Whether the wall clock is trusted now.
+    synchronized: AtomicBool,
+    /// Wall-clock jumps seen.
+    pub(crate) jumps: AtomicU64,
+    /// Size of the last jump, ms (negative: backwards).
+    pub(crate) last_jump_ms: AtomicI64,
+    /// `CLOCK_BOOTTIME` when the clock was last seen becoming untrusted (0: trusted).
+    unsynchronized_since_boot_ms: AtomicI64,
+    /// The wall clock then.
+    unsynchronized_since_wall_ms: AtomicI64,
+    /// The processing clock, as last read by the watch.
+    pub(crate) processing_ms: AtomicI64,
+}
+
+/// The `/status` `clock` object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ClockSnapshot {
+    /// Whether the wall clock is trusted (synchronised, not before the build).
+    pub(crate) synchronized: bool,
+    /// Since when it is not, by the wall clock of that moment (which is itself not trusted).
+    pub(crate) unsynchronized_since_ms: Option<i64>,
+    /// How long it has not been, by the monotonic clock, seconds.
+    pub(crate) unsynchronized_for_secs: Option<u64>,
+    /// Wall-clock jumps seen since start.
+    pub(crate) jumps: u64,
+    /// The last jump's size, ms (negative: backwards).
+    pub(crate) last_jump_ms: Option<i64>,
+    /// The wall clock now, ms.
+    pub(crate) wall_ms: i64,
+    /// The processing clock now, ms.
+    pub(crate) processing_ms: i64,
+    /// While the clock is trusted: how far the processing clock is behind it (labels of
+    /// processing-time results catch up at the next start).
+    pub(crate) processing_behind_ms: Option<i64>,
+}
+
+impl ClockStats {
+    /// Records whether the clock is trusted, seen at `boot_ms` / `wall_ms`.
+    pub(crate) fn set_synchronized(&self, synchronized: bool, boot_ms: i64, wall_ms: i64) {
+        let was = self.synchronized.swap(synchronized, Ordering::Relaxed);
+        if !synchronized && (was || self.unsynchronized_since_boot_ms.load(Ordering::Relaxed) == 0) {
+            self.unsynchronized_since_boot_ms.store(boot_ms.max(1), Ordering::Relaxed);
+            self.unsynchronized_since_wall_ms.store(wall_ms, Ordering::Relaxed);
+        } else if synchronized {
+            self.unsynchronized_since_boot_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The state now.
+    pub(crate) fn snapshot(&self) -> ClockSnapshot {
+        let synchronized = self.synchronized.load(Ordering::Relaxed);
+        let since_boot = self.unsynchronized_since_boot_ms.load(Ordering::Relaxed);
+        let jumps = self.jumps.load(Ordering::Relaxed);
+        let wall_ms = wall_clock_ms();
+        let processing_ms = self.processing_ms.load(Ordering::Relaxed);
+        let unsynced = !synchronized && since_boot > 0;
+        ClockSnapshot {
+            synchronized,
+            unsynchronized_since_ms: unsynced
+                .then(|| self.unsynchronized_since_wall_ms.load(Ordering::Relaxed)),
+            unsynchronized_for_secs: unsynced
+                .then(|| u64::try_from(boottime_ms().saturating_sub(since_boot) / 1000).unwrap_or(0)),
+            jumps,
+            last_jump_ms: (jumps > 0).then(|| self.last_jump_ms.load(Ordering::Relaxed)),
+            wall_ms,
+            processing_ms,
+            processing_behind_ms: (synchronized
+                && processing_ms > 0
+                && wall_ms - processing_ms > JUMP_THRESHOLD_MS)
+                .then_some(wall_ms - processing_ms),
+        }
+    }
+
+    /// The `/health` warning while the clock is not trusted.
+    pub(crate) fn warning(&self, clock: &GatewayClock) -> Option<String> {
+        let snapshot = self.snapshot();
+        if snapshot.synchronized {
+            return None;
+        }
+        let reason = clock.distrust_reason().unwrap_or_else(|| "it is not trusted yet".to_owned());
+        let since = snapshot.unsynchronized_since_ms.map_or_else(String::new, |ms| {
+            format!(" since {} ({} s ago)", rfc3339_ms(ms), snapshot.unsynchronized_for_secs.unwrap_or(0))
+        });
+        Some(format!(
+            "clock not synchronised{since}: {reason}; readings are kept and judged by their sensors' clocks"
+        ))
+    }
+}
+
+/// `ms` as an RFC 3339 UTC time with milliseconds.
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }

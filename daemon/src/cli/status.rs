@@ -56,6 +56,25 @@ pub(crate) fn render(status: &Status) -> String {
     for problem in &status.problems {
         let _ = writeln!(out, "  problem: {problem}");
     }
+    for warning in &status.warnings {
+        let _ = writeln!(out, "  warning: {warning}");
+    }
+    let clock = &status.clock;
+    if clock.jumps > 0 {
+        let _ = writeln!(
+            out,
+            "  wall clock jumped {} time(s), last by {} ms (processing time ignores it)",
+            clock.jumps,
+            clock.last_jump_ms.unwrap_or(0)
+        );
+    }
+    if let Some(behind) = clock.processing_behind_ms {
+        let _ = writeln!(
+            out,
+            "  processing time is {} s behind the synchronised clock (its labels catch up at the next start)",
+            behind / 1000
+        );
+    }
     let _ = writeln!(out, "\nSources                 state    received   accepted    refused   rejected");
     for source in &status.sources {
         let _ = writeln!(

@@ -6,6 +6,7 @@
 //! are owned by that source or sink in the sensors and sinks crates, selected by `kind`
 //! (`entry.rs`). This file loads the file and the environment and validates the whole.
 
+mod clock;
 mod engine;
 mod entry;
 mod ingest;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 
 use crate::engine::EngineSpec;
 
+pub use crate::config::clock::{ClockConfig, RawClock};
 pub use crate::config::engine::{RawBatch, RawEngine, RawField, RawSchema, RawTag, RawWindow};
 pub use crate::config::entry::{RawEntry, SharedKeys};
 pub use crate::config::ingest::RawIngest;
@@ -83,6 +85,9 @@ pub struct RawConfig {
     /// Ingest settings.
     #[serde(default)]
     pub ingest: RawIngest,
+    /// When the wall clock may be believed.
+    #[serde(default)]
+    pub clock: RawClock,
     /// Storage settings.
     #[serde(default)]
     pub storage: RawStorage,
@@ -133,6 +138,8 @@ pub struct Config {
     pub limits: Limits,
     /// Cap on distinct sensors.
     pub max_sensors: usize,
+    /// When the wall clock is believed.
+    pub clock: ClockConfig,
     /// sled cache bytes.
     pub cache_capacity: u64,
     /// Disk budget, full-store policy, ttl, free-space guard.
@@ -201,6 +208,7 @@ impl Config {
         let api_listen = raw.api.listen()?;
         let log_level = raw.log.level()?;
         let ingest = raw.ingest.validate()?;
+        let clock = raw.clock.validate()?;
         let cache_capacity = raw.storage.cache_capacity()?;
         let budget = raw.storage.budget()?;
         let (schema, engine) =
@@ -253,6 +261,7 @@ impl Config {
             flush_interval: ingest.flush_interval,
             limits: ingest.limits,
             max_sensors: ingest.max_sensors,
+            clock,
             cache_capacity,
             budget,
             checkpoint_interval: raw.engine.checkpoint_interval,

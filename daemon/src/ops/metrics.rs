@@ -72,6 +72,18 @@ const FAMILIES: &[Family] = &[
         read: Daemon(|status| Count(status.uptime_secs)),
     },
     Family {
+        name: "eddy_clock_synchronized",
+        kind: Gauge,
+        help: "1 while the wall clock is trusted (synchronised, not before the build); else no reading is refused as future_ts.",
+        read: Daemon(|status| Count(u64::from(status.clock.synchronized))),
+    },
+    Family {
+        name: "eddy_clock_jumps_total",
+        kind: Counter,
+        help: "Wall-clock steps of more than 1 s seen (processing time runs on the monotonic clock and ignores them).",
+        read: Daemon(|status| Count(status.clock.jumps)),
+    },
+    Family {
         name: "eddy_source_received_total",
         kind: Counter,
         help: "Readings received per source.",

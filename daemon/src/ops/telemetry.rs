@@ -11,13 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use eddy_common::GatewayClock;
 use eddy_sensors::SourceStats;
 use tokio::sync::watch;
 
 use crate::delivery::sink_set::SinkStatsList;
 use crate::ops::metrics;
 use crate::stats::{
-    AggregateStats, Committed, EngineCounters, IngestStats, SinkCounters, Status, StoreCounters, StoreHealth,
+    AggregateStats, ClockStats, Committed, EngineCounters, IngestStats, SinkCounters, Status, StoreCounters,
+    StoreHealth,
 };
 use crate::storage::StoreMeters;
 
@@ -69,6 +71,10 @@ pub(crate) struct Telemetry {
     /// True once every source is up, false again when the drain starts.
     pub(crate) sources_up: AtomicBool,
     heartbeat: Heartbeat,
+    /// Whether the wall clock is trusted (the sources' view of it).
+    clock: GatewayClock,
+    /// The wall clock's state, kept by the ingest task's watch.
+    clock_stats: Arc<ClockStats>,
 }
 
 fn now_ms() -> u64 {
@@ -87,6 +93,8 @@ impl Telemetry {
         data_dir: PathBuf,
         store_health: Arc<StoreHealth>,
         committed: watch::Receiver<Committed>,
+        clock: GatewayClock,
+        clock_stats: Arc<ClockStats>,
     ) -> Telemetry {
         Telemetry {
             device_id,
@@ -101,6 +109,8 @@ impl Telemetry {
             committed: Mutex::new(committed),
             sources_up: AtomicBool::new(false),
             heartbeat: Heartbeat::new(),
+            clock,
+            clock_stats,
         }
     }
 
@@ -151,6 +161,12 @@ impl Telemetry {
         }
     }
 
+    /// What is worth an operator's attention without making eddy unhealthy (`/health` stays
+    /// 200): a wall clock that is not synchronised.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        self.clock_stats.warning(&self.clock).into_iter().collect()
+    }
+
     fn uplinks(&self) -> Vec<SinkCounters> {
         let committed = *self.committed.lock().unwrap_or_else(PoisonError::into_inner).borrow();
         let now = now_ms();
@@ -168,6 +184,8 @@ impl Telemetry {
             uptime_secs: self.started.elapsed().as_secs(),
             healthy: problems.is_empty(),
             problems,
+            warnings: self.warnings(),
+            clock: self.clock_stats.snapshot(),
             pipeline_idle_ms: u64::try_from(self.pipeline_idle().as_millis()).unwrap_or(u64::MAX),
             sources: self.sources.iter().map(|source| source.snapshot()).collect(),
             engine: EngineCounters::read(&self.aggregate, &self.ingest),

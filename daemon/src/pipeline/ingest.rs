@@ -9,11 +9,11 @@
 
 use std::time::Duration;
 
-use eddy_common::wall_clock_ms;
 use eddy_sensors::{Durability, IngestBatch, IngestReceiver, Reading};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
 
+use crate::pipeline::clock::{ClockWatch, ProcessingClock};
 use crate::pipeline::marks::{change_of, RefusedSessions};
 use crate::storage::{Appended, LogChunk, MarkChange, Store, StoreError, StoreMeters, MAX_CHUNK_READINGS};
 
@@ -24,7 +24,8 @@ pub(crate) enum EngineInput {
     Chunk(LogChunk),
     /// Processing time moved on with no new readings.
     Tick {
-        /// Gateway time, ms since the epoch; never less than any chunk's `ingest_ms` before it.
+        /// Processing time (see `pipeline/clock.rs`), ms; never less than any chunk's
+        /// `ingest_ms` before it.
         now_ms: i64,
     },
 }
@@ -80,26 +81,6 @@ const TICK_EVERY: Duration = Duration::from_millis(200);
 /// While readings keep being refused, the warning is repeated at most this often.
 const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// The gateway's processing clock: wall time in ms, never going backwards (an NTP step back
-/// must not reopen closed batches).
-#[derive(Debug)]
-pub(crate) struct ProcessingClock {
-    last_ms: i64,
-}
-
-impl ProcessingClock {
-    /// A clock that never reads earlier than `floor_ms` (the last ingest time in the log).
-    pub(crate) fn new(floor_ms: i64) -> ProcessingClock {
-        ProcessingClock { last_ms: floor_ms }
-    }
-
-    /// The current time, ms since the epoch.
-    pub(crate) fn now_ms(&mut self) -> i64 {
-        self.last_ms = self.last_ms.max(wall_clock_ms());
-        self.last_ms
-    }
-}
-
 /// Refusal warnings, at most one per [`REFUSAL_WARN_EVERY`] with the count since the last.
 #[derive(Debug, Default)]
 pub(crate) struct RefusalLog {
@@ -143,6 +124,8 @@ pub(crate) struct Ingest {
     pub(crate) next_key: u64,
     /// The processing clock.
     pub(crate) clock: ProcessingClock,
+    /// The watch over the wall clock (trust, jumps), run at each tick.
+    pub(crate) clock_watch: Option<ClockWatch>,
     /// Latencies and the store's last answer, for `/metrics` and `/health`.
     pub(crate) stats: std::sync::Arc<crate::stats::IngestStats>,
     /// Each source's counters by index: its name is the namespace of its marks in the store,
@@ -190,6 +173,9 @@ impl Ingest {
                     None => control_open = false,
                 },
                 _ = ticker.tick() => {
+                    if let Some(watch) = &mut self.clock_watch {
+                        watch.check(Some(self.clock.now_ms()));
+                    }
                     if !committed_since_tick {
                         if let Some(sender) = &engine {
                             let now_ms = self.clock.now_ms();
@@ -422,7 +408,8 @@ mod tests {
             flush_interval: Duration::from_millis(1),
             batch_interval_ms: 1000,
             next_key: 1,
-            clock: ProcessingClock::new(0),
+            clock: ProcessingClock::starting_at(eddy_common::wall_clock_ms()),
+            clock_watch: None,
             stats: Arc::default(),
             sources: vec![Arc::new(eddy_sensors::SourceStats::new("in"))],
             refused_sessions: RefusedSessions::default(),

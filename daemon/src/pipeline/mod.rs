@@ -6,6 +6,7 @@
 //! the pipeline is the outbox in the store and the [`crate::stats::Committed`] positions.
 
 pub(crate) mod aggregate;
+pub(crate) mod clock;
 pub(crate) mod ingest;
 pub(crate) mod marks;
 pub(crate) mod sources;

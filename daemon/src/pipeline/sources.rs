@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
+use eddy_common::GatewayClock;
 use eddy_sensors::{IngestSender, LineParser, SensorRegistry, SourceStats, StoredMarks, TcpSource};
 use tokio_util::sync::CancellationToken;
 
@@ -58,10 +59,13 @@ pub(crate) async fn start(
     ingest: IngestSender,
     stop: CancellationToken,
     marks: StoredMarks,
+    clock: &GatewayClock,
 ) -> anyhow::Result<SourceFuture> {
     match &source.kind {
         SourceKind::Tcp { tcp: tcp_config, format } => {
-            let parser = Arc::new(LineParser::new(*format, config.schema.clone(), config.limits));
+            let parser = Arc::new(
+                LineParser::new(*format, config.schema.clone(), config.limits).with_clock(clock.clone()),
+            );
             let (listen, ack) = (tcp_config.listen, tcp_config.ack);
             let tcp = TcpSource::bind(tcp_config.clone(), source_idx, parser, registry, stats)
                 .await
@@ -71,14 +75,18 @@ pub(crate) async fn start(
             Ok(Box::pin(async move { tcp.run(ingest, stop).await.map_err(anyhow::Error::from) }))
         }
         SourceKind::Serial { serial, format } => {
-            let parser = Arc::new(LineParser::new(*format, config.schema.clone(), config.limits));
+            let parser = Arc::new(
+                LineParser::new(*format, config.schema.clone(), config.limits).with_clock(clock.clone()),
+            );
             let path = serial.path.display().to_string();
             let serial = eddy_sensors::SerialSource::new(serial.clone(), source_idx, parser, registry, stats)
                 .with_context(|| format!("cannot set up the serial source on {path}"))?;
             Ok(Box::pin(async move { serial.run(ingest, stop).await.map_err(anyhow::Error::from) }))
         }
         SourceKind::Mqtt { mqtt, format } => {
-            let parser = Arc::new(LineParser::new(*format, config.schema.clone(), config.limits));
+            let parser = Arc::new(
+                LineParser::new(*format, config.schema.clone(), config.limits).with_clock(clock.clone()),
+            );
             let mqtt = (**mqtt).clone();
             // Test knobs (tests/e2e/mqtt.rs), only in a build with the `test-switches` feature.
             #[cfg(feature = "test-switches")]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use eddy_common::Backoff;
+use eddy_common::{Backoff, GatewayClock};
 use eddy_sensors::{ingest_channel, SensorRegistry, SourceStats};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -28,13 +28,14 @@ use crate::delivery::sink_set::{self, ComponentFuture, SinkSet, SinkTask};
 use crate::ops::report::log_counters;
 use crate::ops::{api, systemd, telemetry};
 use crate::pipeline::aggregate::Aggregator;
-use crate::pipeline::ingest::{EngineInput, Ingest, IngestNotice, ProcessingClock, StoreControl, StoreLink};
+use crate::pipeline::clock::{Anchor, ClockWatch, ProcessingClock};
+use crate::pipeline::ingest::{EngineInput, Ingest, IngestNotice, StoreControl, StoreLink};
 use crate::pipeline::{marks, sources};
 use crate::run::store::{
     open_store, reopening_pending, store_failure, OpenArgs, OpenError, Opened, StoreFault, STORE_MAX_BACKOFF,
     STORE_MIN_BACKOFF,
 };
-use crate::stats::{AggregateStats, Committed, IngestStats, StoreHealth};
+use crate::stats::{AggregateStats, ClockStats, Committed, IngestStats, StoreHealth};
 use crate::storage::{Store, StoreError, StoreMeters};
 
 /// Why the daemon stopped with an error; `main` maps it to an exit code.
@@ -274,6 +275,31 @@ impl Daemon {
             tracing::warn!("No sink is configured: results are computed and discarded.");
         }
 
+        // The wall clock's trust (for the future-timestamp check) and the processing clock,
+        // anchored on what the store holds (pipeline/clock.rs).
+        let gateway_clock = GatewayClock::new(config.clock.trust, config.clock.synchronized_file.clone());
+        let clock_stats = Arc::new(ClockStats::default());
+        let clock_watch = ClockWatch::new(gateway_clock.clone(), clock_stats.clone());
+        let (processing_clock, anchor) = ProcessingClock::anchored(
+            aggregator.clock_ms(),
+            eddy_common::wall_clock_ms(),
+            gateway_clock.is_trusted(),
+        );
+        match anchor {
+            Anchor::NewStore => tracing::info!(
+                trusted = gateway_clock.is_trusted(),
+                "Processing time starts at the wall clock (a new store)."
+            ),
+            Anchor::TrustedWall { downtime_ms } => {
+                tracing::info!(downtime_ms, "Processing time continues at the synchronised wall clock.")
+            }
+            Anchor::Stored => tracing::info!(
+                stored_ms = aggregator.clock_ms(),
+                trusted = gateway_clock.is_trusted(),
+                "Processing time continues from the store (the wall clock is not synchronised, or behind it)."
+            ),
+        }
+
         let (engine_tx, engine_rx) = mpsc::channel(ENGINE_CHANNEL_CHUNKS);
         let ingest_stats = Arc::new(IngestStats::default());
         let source_stats: Vec<Arc<SourceStats>> =
@@ -288,7 +314,8 @@ impl Daemon {
                 .unwrap_or(u64::MAX)
                 .max(1),
             next_key,
-            clock: ProcessingClock::new(aggregator.clock_ms()),
+            clock: processing_clock,
+            clock_watch: Some(clock_watch),
             sources: source_stats.clone(),
             refused_sessions: marks::RefusedSessions::default(),
             refusal_log: Default::default(),
@@ -318,6 +345,7 @@ impl Daemon {
                 ingest_tx.clone(),
                 sources_stop.clone(),
                 durable_marks.remove(&source_config.name).unwrap_or_default(),
+                &gateway_clock,
             )
             .await
             .with_context(|| format!("cannot start source `{}`", source_config.name))?;
@@ -340,6 +368,8 @@ impl Daemon {
             config.data_dir.clone(),
             store_health.clone(),
             committed_rx.clone(),
+            gateway_clock.clone(),
+            clock_stats.clone(),
         ));
         telemetry.sources_up.store(true, Ordering::Relaxed);
         let observers_stop = CancellationToken::new();

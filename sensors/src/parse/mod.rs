@@ -14,6 +14,8 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eddy_common::GatewayClock;
+
 use crate::reading::{Reading, MAX_SENSOR_BYTES};
 use crate::registry::{AdmittedSensors, SensorRegistry};
 use crate::reject::{RejectReason, Rejection};
@@ -68,6 +70,8 @@ pub struct LineParser {
     schema: Arc<Schema>,
     interned: InternedTags,
     limits: Limits,
+    /// Whether the gateway's wall clock can judge "too far in the future".
+    clock: GatewayClock,
 }
 
 /// A parsed line before its sensor id is admitted by the registry.
@@ -87,7 +91,17 @@ impl LineParser {
     /// A parser for `format` checking against `schema`.
     pub fn new(format: Format, schema: Arc<Schema>, limits: Limits) -> LineParser {
         let interned = InternedTags::new(&schema);
-        LineParser { format, schema, interned, limits }
+        LineParser { format, schema, interned, limits, clock: GatewayClock::trusted() }
+    }
+
+    /// Judges the future-timestamp limit by `clock`: while the gateway's wall clock is not
+    /// trusted (not synchronised, or before the build), no reading is refused for being ahead
+    /// of it. The reading is kept, and the engine judges it against its sensor's own clock.
+    /// Without this, the wall clock is always believed.
+    #[must_use]
+    pub fn with_clock(mut self, clock: GatewayClock) -> LineParser {
+        self.clock = clock;
+        self
     }
 
     /// The schema lines are checked against.
@@ -187,7 +201,7 @@ impl LineParser {
         // A limit too large for i64 milliseconds means "no limit"; saturating keeps it so.
         let max_future_ms = i64::try_from(self.limits.max_future.as_millis()).unwrap_or(i64::MAX);
         let ahead_ms = ts_ms.saturating_sub(now_ms);
-        if ahead_ms > max_future_ms {
+        if ahead_ms > max_future_ms && self.clock.is_trusted() {
             return Err(Rejection::new(
                 RejectReason::FutureTs,
                 format!("ts: {ts_ms} is {ahead_ms} ms ahead of the gateway clock, the limit is {max_future_ms} ms"),

@@ -311,6 +311,29 @@ fn json_rejects_timestamps_beyond_the_future_limit() {
 }
 
 #[test]
+fn an_untrusted_gateway_clock_refuses_no_reading_for_being_ahead_of_it() {
+    // A gateway booted at 1970 with no synchronised clock: real-time readings are kept, in
+    // every format, and become judged again once the clock is trusted.
+    let untrusted = eddy_common::GatewayClock::with_floor(eddy_common::ClockTrust::Always, None, i64::MAX);
+    let far_ahead = NOW_MS + 20 * 365 * 86_400_000;
+    for (format, line) in [
+        (JSON, format!(r#"{{"sensor":"a","ts":{far_ahead},"temp_c":20}}"#)),
+        (CSV, format!("a,{far_ahead},20")),
+        (INFLUX, format!("m,sensor=a temp_c=20 {far_ahead}000000")),
+    ] {
+        let parser = thermostat(format).with_clock(untrusted.clone());
+        let parsed =
+            parser.parse(line.as_bytes(), NOW_MS).unwrap_or_else(|rejection| panic!("{line}: {rejection}"));
+        assert_eq!(parsed.ts_ms, far_ahead);
+        let trusted = thermostat(format).with_clock(eddy_common::GatewayClock::trusted());
+        assert_eq!(trusted.parse(line.as_bytes(), NOW_MS).unwrap_err().reason, RejectReason::FutureTs);
+    }
+    // The range check still holds whatever the clock.
+    let parser = thermostat(JSON).with_clock(untrusted);
+    check_with(&parser, format!(r#"{{"sensor":"a","ts":{TS_END_MS},"temp_c":20}}"#).as_bytes(), "bad_ts");
+}
+
+#[test]
 fn json_rejects_a_missing_or_null_required_field() {
     check(
         JSON,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use eddy_sensors::{RejectReason, SourceStatsSnapshot};
 
 use crate::ops::metrics::{label, render};
-use crate::stats::{EngineCounters, Histogram, SinkCounters, Status, StoreCounters};
+use crate::stats::{ClockSnapshot, EngineCounters, Histogram, SinkCounters, Status, StoreCounters};
 
 fn known_status() -> Status {
     let ingest_latency = Histogram::default();
@@ -19,6 +19,8 @@ fn known_status() -> Status {
         uptime_secs: 61,
         healthy: true,
         problems: Vec::new(),
+        warnings: vec!["clock not synchronised".to_owned()],
+        clock: ClockSnapshot { synchronized: false, jumps: 2, ..ClockSnapshot::default() },
         pipeline_idle_ms: 5,
         sources: vec![
             SourceStatsSnapshot {
@@ -76,6 +78,12 @@ eddy_up 1
 # HELP eddy_uptime_seconds Seconds since eddy started.
 # TYPE eddy_uptime_seconds gauge
 eddy_uptime_seconds 61
+# HELP eddy_clock_synchronized 1 while the wall clock is trusted (synchronised, not before the build); else no reading is refused as future_ts.
+# TYPE eddy_clock_synchronized gauge
+eddy_clock_synchronized 0
+# HELP eddy_clock_jumps_total Wall-clock steps of more than 1 s seen (processing time runs on the monotonic clock and ignores them).
+# TYPE eddy_clock_jumps_total counter
+eddy_clock_jumps_total 2
 # HELP eddy_source_received_total Readings received per source.
 # TYPE eddy_source_received_total counter
 eddy_source_received_total{source="in"} 7
@@ -252,6 +260,7 @@ fn status_keeps_its_keys() {
     assert_eq!(
         top,
         [
+            "clock",
             "device_id",
             "engine",
             "healthy",
@@ -261,7 +270,8 @@ fn status_keeps_its_keys() {
             "store",
             "uplinks",
             "uptime_secs",
-            "version"
+            "version",
+            "warnings"
         ]
     );
     let sorted = |mut keys: Vec<String>| {
