@@ -45,6 +45,8 @@ fn spec() -> Arc<EngineSpec> {
         batch_interval: Duration::from_secs(2),
         windows: vec![window("temp_10s", 10, 5), window("temp_5s", 5, 5)],
         idle_timeout: Duration::from_secs(60),
+        outlier_after: Some(EngineSpec::DEFAULT_OUTLIER_AFTER),
+        outlier_confirm: EngineSpec::DEFAULT_OUTLIER_CONFIRM,
     })
 }
 

@@ -58,6 +58,38 @@ pub(crate) struct EngineCounters {
     pub(crate) ingest_latency: HistogramSnapshot,
     #[serde(skip)]
     pub(crate) flush_latency: HistogramSnapshot,
+    /// Readings held because their event time was far ahead of their sensor's clock (the
+    /// engine's count, kept across restarts). Absent from an older eddy's document.
+    #[serde(default)]
+    pub(crate) future_outliers: u64,
+    /// Held readings applied because their sensor held too many.
+    #[serde(default)]
+    pub(crate) future_outliers_forced: u64,
+    /// Readings held now.
+    #[serde(default)]
+    pub(crate) future_outliers_held: u64,
+    /// The sensors whose clocks are furthest off (at most [`SENSOR_CLOCKS_LISTED`], beyond
+    /// [`SENSOR_CLOCK_THRESHOLD`]), as of the last engine commit.
+    #[serde(default)]
+    pub(crate) sensor_clocks: Vec<SensorClockStatus>,
+}
+
+/// Most sensors `sensor_clocks` lists.
+pub(crate) const SENSOR_CLOCKS_LISTED: usize = 20;
+
+/// A sensor is listed in `sensor_clocks` when its clock is off by more than this, against the
+/// gateway's clock or against the median sensor.
+pub(crate) const SENSOR_CLOCK_THRESHOLD: Duration = Duration::from_secs(5);
+
+/// One sensor's clock offset (`/status` `engine.sensor_clocks`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SensorClockStatus {
+    pub(crate) sensor: String,
+    /// Its event times minus the gateway's processing clock, ms (positive: ahead).
+    pub(crate) offset_ms: i64,
+    /// `offset_ms` minus the median of all sensors' offsets: what counts when the gateway's
+    /// own clock is the wrong one.
+    pub(crate) offset_from_median_ms: i64,
 }
 
 impl EngineCounters {
@@ -75,6 +107,10 @@ impl EngineCounters {
             inputs: aggregate.inputs_total.load(Ordering::Relaxed),
             ingest_latency,
             flush_latency,
+            future_outliers: aggregate.future_outliers_total.load(Ordering::Relaxed),
+            future_outliers_forced: aggregate.future_outliers_forced_total.load(Ordering::Relaxed),
+            future_outliers_held: aggregate.future_outliers_held.load(Ordering::Relaxed),
+            sensor_clocks: aggregate.sensor_clocks.lock().map(|clocks| clocks.clone()).unwrap_or_default(),
         }
     }
 }
@@ -221,6 +257,14 @@ pub(crate) struct AggregateStats {
     /// a tick every 200 ms when idle, so this stalls only when ingest or the engine is stuck
     /// (the systemd watchdog and `/health` watch it).
     pub(crate) inputs_total: AtomicU64,
+    /// The engine's count of readings held as future outliers (kept across restarts).
+    pub(crate) future_outliers_total: AtomicU64,
+    /// The engine's count of held readings forced out by a full hold.
+    pub(crate) future_outliers_forced_total: AtomicU64,
+    /// Readings held now.
+    pub(crate) future_outliers_held: AtomicU64,
+    /// The sensors whose clocks are furthest off, as of the last commit.
+    pub(crate) sensor_clocks: Mutex<Vec<SensorClockStatus>>,
 }
 
 /// The last committed (and flushed) seq of each outbox lane, announced to the sinks.

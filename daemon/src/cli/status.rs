@@ -108,6 +108,20 @@ pub(crate) fn render(status: &Status) -> String {
         ms(engine.ingest_p99_ms),
         ms(engine.flush_p99_ms)
     );
+    if engine.future_outliers > 0 || engine.future_outliers_held > 0 {
+        let _ = writeln!(
+            out,
+            "        future outliers: {} held so far, {} forced by a full hold, {} held now",
+            engine.future_outliers, engine.future_outliers_forced, engine.future_outliers_held
+        );
+    }
+    for clock in &engine.sensor_clocks {
+        let _ = writeln!(
+            out,
+            "        sensor clock {}: {:+} ms vs the gateway, {:+} ms vs the median sensor",
+            clock.sensor, clock.offset_ms, clock.offset_from_median_ms
+        );
+    }
     let store = &status.store;
     let _ = writeln!(
         out,
@@ -276,6 +290,24 @@ Uplinks                 state            delivered  retries  outbox  oldest
     fn status_document_prints_as_before() {
         let status: Status = serde_json::from_str(DOCUMENT).expect("a status document");
         assert_eq!(render(&status), PRINTED);
+    }
+
+    /// Future outliers and the sensor clocks furthest off get lines under the engine.
+    #[test]
+    fn future_outliers_and_sensor_clocks_are_printed_under_the_engine() {
+        let document = DOCUMENT.replace(
+            r#""flush_p99_ms": null}"#,
+            r#""flush_p99_ms": null, "future_outliers": 4, "future_outliers_forced": 1, "future_outliers_held": 2,
+               "sensor_clocks": [{"sensor": "t-9", "offset_ms": 301000, "offset_from_median_ms": 300500}]}"#,
+        );
+        let status: Status = serde_json::from_str(&document).expect("a status document");
+        let printed = render(&status);
+        assert!(
+            printed.contains(
+                "p99 log fsync -\n        future outliers: 4 held so far, 1 forced by a full hold, 2 held now\n        sensor clock t-9: +301000 ms vs the gateway, +300500 ms vs the median sensor\nStore:"
+            ),
+            "{printed}"
+        );
     }
 
     /// A file sink's bytes on disk get a line under its uplink; the store's free space and

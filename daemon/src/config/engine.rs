@@ -23,6 +23,12 @@ pub struct RawEngine {
     pub idle_timeout: Duration,
     /// Also forward every raw reading (to sinks with `records` including `raw`).
     pub forward_raw: bool,
+    /// A reading further ahead of its sensor's predicted clock is held: a humantime duration,
+    /// or `off` for no hold.
+    pub outlier_after: String,
+    /// Consecutive outliers with non-decreasing event times that confirm a sensor's clock
+    /// jump (1 to 16).
+    pub outlier_confirm: u32,
 }
 
 impl Default for RawEngine {
@@ -31,6 +37,8 @@ impl Default for RawEngine {
             checkpoint_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(300),
             forward_raw: false,
+            outlier_after: "60s".to_owned(),
+            outlier_confirm: EngineSpec::DEFAULT_OUTLIER_CONFIRM,
         }
     }
 }
@@ -139,6 +147,13 @@ pub(crate) fn engine_from_raw(
 ) -> Result<(Arc<Schema>, EngineSpec), ConfigError> {
     positive("engine.checkpoint_interval", engine.checkpoint_interval)?;
     positive("engine.idle_timeout", engine.idle_timeout)?;
+    let outlier_after = outlier_after_from_raw(&engine.outlier_after)?;
+    if !(1..=EngineSpec::MAX_OUTLIER_CONFIRM).contains(&engine.outlier_confirm) {
+        return Err(invalid(
+            "engine.outlier_confirm",
+            format!("must be 1 to {} (readings held per sensor)", EngineSpec::MAX_OUTLIER_CONFIRM),
+        ));
+    }
     let batch_interval = batch.interval;
     if batch_interval.as_millis() == 0 || Duration::from_millis(millis(batch_interval)) != batch_interval {
         return Err(invalid("batch.interval", "must be a positive whole number of milliseconds"));
@@ -172,8 +187,27 @@ pub(crate) fn engine_from_raw(
         batch_interval,
         windows,
         idle_timeout: engine.idle_timeout,
+        outlier_after,
+        outlier_confirm: engine.outlier_confirm,
     };
     Ok((schema, spec))
+}
+
+/// `engine.outlier_after`: a positive whole number of milliseconds, or `off` (None).
+fn outlier_after_from_raw(raw: &str) -> Result<Option<Duration>, ConfigError> {
+    const KEY: &str = "engine.outlier_after";
+    if raw.trim() == "off" {
+        return Ok(None);
+    }
+    let duration = humantime::parse_duration(raw)
+        .map_err(|error| invalid(KEY, format!("`{raw}` is neither a duration nor `off`: {error}")))?;
+    if duration.is_zero() {
+        return Err(invalid(KEY, "must be greater than zero (`off` turns the hold off)"));
+    }
+    if Duration::from_millis(millis(duration)) != duration {
+        return Err(invalid(KEY, "must be a whole number of milliseconds"));
+    }
+    Ok(Some(duration))
 }
 
 fn schema_from_raw(raw: RawSchema) -> Result<Schema, ConfigError> {

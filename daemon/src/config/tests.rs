@@ -364,3 +364,28 @@ fn the_packaged_config_is_valid_and_bounds_its_results_file() {
     assert!(bound <= 64 * 1024 * 1024, "up to {bound} bytes of results");
     assert!(config.budget.min_free_bytes > 0, "the free-space guard is on");
 }
+
+#[test]
+fn future_outlier_hold_defaults_to_a_minute_and_three_confirmations_and_can_be_turned_off() {
+    let config = load_str(MINIMAL).expect("minimal config");
+    assert_eq!(config.engine.outlier_after, Some(Duration::from_secs(60)));
+    assert_eq!(config.engine.outlier_confirm, 3);
+    let config = Config::load(None).expect("default config loads");
+    assert_eq!(config.engine.outlier_after, Some(Duration::from_secs(60)));
+    assert_eq!(config.engine.outlier_confirm, 3);
+
+    let config = load_str(&format!("{MINIMAL}[engine]\noutlier_after = \"off\"\noutlier_confirm = 16\n"))
+        .expect("hold off");
+    assert_eq!((config.engine.outlier_after, config.engine.outlier_confirm), (None, 16));
+    let config = load_str(&format!("{MINIMAL}[engine]\noutlier_after = \"2m 30s\"\n")).expect("2m 30s");
+    assert_eq!(config.engine.outlier_after, Some(Duration::from_secs(150)));
+
+    check_err("[engine]\noutlier_after = \"0s\"\n", "engine.outlier_after: must be greater than zero");
+    check_err(
+        "[engine]\noutlier_after = \"soon\"\n",
+        "engine.outlier_after: `soon` is neither a duration nor `off`",
+    );
+    check_err("[engine]\noutlier_after = \"1500us\"\n", "engine.outlier_after: must be a whole number");
+    check_err("[engine]\noutlier_confirm = 0\n", "engine.outlier_confirm: must be 1 to 16");
+    check_err("[engine]\noutlier_confirm = 17\n", "engine.outlier_confirm: must be 1 to 16");
+}

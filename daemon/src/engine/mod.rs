@@ -9,18 +9,62 @@
 //! byte-identical outputs: this is what makes exactly-once recovery possible.
 //!
 //! The processing clock is the largest ingest or tick time seen; it never goes back. Advancing
-//! it first closes the micro-batch if due, then, window spec by window spec in configuration
-//! order, processing-time windows that ended and the windows of idle event-time sensors.
+//! it first closes the micro-batch if due, then applies the held readings of idle sensors (below),
+//! then, window spec by window spec in configuration order, closes processing-time windows that
+//! ended and the windows of idle event-time sensors.
+//!
+//! # Future outliers (issue #13)
+//!
+//! One reading stamped minutes ahead would move its sensor's event-time watermark, close its
+//! open windows early with partial data and make its next real readings late. So a reading
+//! far ahead of its sensor's clock is *held* (`engine/sensor_clock.rs` has the code):
+//!
+//! - **Outlier.** A sensor's reference is its newest applied reading (largest event time, and
+//!   the ingest time it came with). A reading ingested at `ingest` is an outlier when
+//!   `ts > ref_ts + (ingest - ref_ingest) + outlier_after`: the sensor's clock is predicted to
+//!   have moved as far as the processing clock, so a sensor silent for ten minutes that resumes
+//!   is not an outlier. A sensor's first reading never is.
+//! - **Held.** An outlier goes to micro-batches and processing-time windows at once (they place
+//!   it by ingest time, which no sender controls) but not to event-time windows: it does not
+//!   move the watermark and is not aggregated there yet. It is counted
+//!   (`future_outliers_total`), and it still counts as the sensor's activity for idle closes.
+//! - **Confirmed.** `outlier_confirm` (default 3) consecutive readings of the sensor, by
+//!   arrival, that are all outliers with non-decreasing event times mean its clock really
+//!   moved: the last of them becomes the reference and the held readings it covers are applied
+//!   in arrival order, by the usual rules (the watermark moves, lateness is judged as usual).
+//! - **Released.** Before and after each reading of the sensor, held readings that the
+//!   sensor's predicted clock has reached (`ts <= ref_ts + (ingest - ref_ingest)`) are applied,
+//!   in arrival order: a single wild reading lands in its own window once real readings get
+//!   there. Reached rather than within `outlier_after`, which would still close windows early.
+//! - **Bound.** A sensor holds at most `max(outlier_confirm, 4)` readings (`outlier_confirm` is
+//!   at most 16); one more applies the oldest held reading as if there were no hold, counted in
+//!   `future_outliers_forced_total`. A held reading is never dropped.
+//! - **Idle and shutdown.** When a sensor goes idle (no reading, held or not, for
+//!   `idle_timeout`), its held readings are applied, then its windows close, in the same step.
+//!   Held readings are engine state like open windows: a stop keeps them in the commit, and a
+//!   restart resumes holding them. With the hold turned off, a restored held reading is applied
+//!   with the sensor's next reading.
+//!
+//! Holds and releases are judged only at ingest times from the log (a reading's arrival, or
+//! the idle deadline it sets), never at tick times, so a replay holds, confirms and releases
+//! exactly what the live run did. The hold is off with `outlier_after = "off"` and when no
+//! event-time window is configured. Each sensor's clock also estimates its offset against the
+//! processing clock ([`Engine::sensor_clocks`]): the largest `ts - ingest` of its applied
+//! readings over the current and the previous 10-minute period, since network delay only
+//! lowers that difference.
 
 mod acc;
 mod batch;
 pub mod record;
+mod sensor_clock;
 mod spec;
 mod state;
 mod window;
 
 #[cfg(test)]
 mod conformance_tests;
+#[cfg(test)]
+mod hold_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
@@ -35,7 +79,8 @@ pub use crate::engine::spec::{Aggregate, EngineSpec, SpecError, TimeDomain, Wind
 
 use crate::engine::batch::MicroBatch;
 use crate::engine::record::{LateRecord, ResultRecord};
-use crate::engine::state::{MetaEnvelope, MetaV1, StateKey};
+use crate::engine::sensor_clock::{HeldReading, HoldRules, SensorClock, Verdict};
+use crate::engine::state::{MetaEnvelope, MetaV2, StateKey};
 use crate::engine::window::WindowSet;
 
 /// What the engine emits.
@@ -75,6 +120,36 @@ pub struct EngineStats {
     /// Readings whose stored micro-batch was already closed when they were applied and that
     /// went into the open batch instead.
     pub batch_readings_deferred_total: u64,
+    /// Readings held because their event time was far ahead of their sensor's clock.
+    pub future_outliers_total: u64,
+    /// Held readings applied because their sensor's hold was full.
+    pub future_outliers_forced_total: u64,
+    /// Readings held now.
+    pub future_outliers_held: usize,
+}
+
+/// The future-outlier counters ([`Engine::future_outliers`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FutureOutliers {
+    /// Readings held so far.
+    pub total: u64,
+    /// Held readings applied because their sensor's hold was full.
+    pub forced_total: u64,
+    /// Readings held now.
+    pub held: usize,
+}
+
+/// One sensor's clock offset estimate ([`Engine::sensor_clocks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SensorClockOffset {
+    /// The sensor id.
+    pub sensor: Arc<str>,
+    /// Event time minus processing time (positive: the sensor's clock is ahead of the
+    /// gateway's), the largest over its recent readings.
+    pub offset_ms: i64,
+    /// `offset_ms` minus the median offset of all recently seen sensors: meaningful when the
+    /// gateway's own clock is the one that is wrong.
+    pub offset_from_median_ms: i64,
 }
 
 /// The engine. See the module documentation.
@@ -83,6 +158,22 @@ pub struct Engine {
     sensors: SensorTable,
     batch: MicroBatch,
     windows: Vec<WindowSet>,
+    /// Per sensor index: its clock, and its held readings.
+    sensor_clocks: Vec<SensorClock>,
+    /// Whether a sensor's clock changed since the last `take_dirty`, and the list of those.
+    sensor_clock_dirty: Vec<bool>,
+    sensor_clock_dirty_list: Vec<usize>,
+    /// The hold's rules (None: off).
+    hold: Option<HoldRules>,
+    idle_ms: i64,
+    field_names: Vec<Arc<str>>,
+    tag_names: Vec<Arc<str>>,
+    /// Readings held over all sensors.
+    n_held: usize,
+    /// A lower bound of the processing time at which a sensor with held readings goes idle.
+    held_due_ms: i64,
+    future_outliers_total: u64,
+    future_outliers_forced_total: u64,
     /// The processing clock: the largest ingest or tick time seen.
     clock_ms: Option<i64>,
     late_readings_total: u64,
@@ -126,7 +217,11 @@ impl Engine {
     /// An engine with no state.
     pub fn new(spec: Arc<EngineSpec>) -> Engine {
         let device: Arc<str> = Arc::from(spec.device_id.as_str());
-        let field_names = spec.field_names.iter().map(|name| Arc::from(name.as_str())).collect();
+        let field_names: Vec<Arc<str>> =
+            spec.field_names.iter().map(|name| Arc::from(name.as_str())).collect();
+        let tag_names = spec.tag_names.iter().map(|name| Arc::from(name.as_str())).collect();
+        let has_event_windows = spec.windows.iter().any(|window| window.time() == TimeDomain::Event);
+        let hold = HoldRules::new(spec.outlier_after, spec.outlier_confirm, has_event_windows);
         let interval_ms = duration_ms(spec.batch_interval).max(1);
         let idle_ms = duration_ms(spec.idle_timeout);
         let windows = spec
@@ -136,8 +231,19 @@ impl Engine {
             .collect();
         Engine {
             sensors: SensorTable::default(),
-            batch: MicroBatch::new(device, field_names, interval_ms),
+            batch: MicroBatch::new(device, field_names.clone(), interval_ms),
             windows,
+            sensor_clocks: Vec::new(),
+            sensor_clock_dirty: Vec::new(),
+            sensor_clock_dirty_list: Vec::new(),
+            hold,
+            idle_ms,
+            field_names,
+            tag_names,
+            n_held: 0,
+            held_due_ms: i64::MAX,
+            future_outliers_total: 0,
+            future_outliers_forced_total: 0,
             clock_ms: None,
             late_readings_total: 0,
             results_emitted_total: 0,
@@ -149,7 +255,8 @@ impl Engine {
 
     /// Advances processing time to `ingest_ms` (closing due micro-batches, processing-time
     /// windows, idle sensors), then applies the readings in order. `batch` is the stored batch
-    /// number.
+    /// number. A reading far ahead of its sensor's clock is held for event-time windows (see
+    /// the module documentation).
     pub fn apply_chunk(&mut self, ingest_ms: i64, batch: u64, readings: &[Reading], out: &mut Vec<Output>) {
         let first_output = out.len();
         self.advance(ingest_ms, out);
@@ -158,17 +265,24 @@ impl Engine {
         for reading in readings {
             let (sensor, is_new) = self.sensors.intern(&reading.sensor);
             if is_new {
-                self.batch.push_sensor();
-                for window_set in &mut self.windows {
-                    window_set.push_sensor();
-                }
+                self.push_sensor();
             }
             self.batch.add(sensor, reading);
-            for window_set in &mut self.windows {
-                if window_set.apply(sensor, ingest_ms, clock_ms, reading, out) {
-                    self.late_readings_total += 1;
+            self.apply_due_held(sensor, ingest_ms, clock_ms, out);
+            match self.sensor_clocks[sensor].judge(self.hold.as_ref(), ingest_ms, reading) {
+                Verdict::Apply => {
+                    self.apply_to_windows(sensor, ingest_ms, clock_ms, reading, Domains::All, out);
+                    self.sensor_clocks[sensor].applied(ingest_ms, reading.ts_ms);
+                }
+                Verdict::Held => {
+                    self.future_outliers_total += 1;
+                    self.n_held += 1;
+                    self.held_due_ms = self.held_due_ms.min(ingest_ms.saturating_add(self.idle_ms));
+                    self.apply_to_windows(sensor, ingest_ms, clock_ms, reading, Domains::ProcessingOnly, out);
                 }
             }
+            self.apply_due_held(sensor, ingest_ms, clock_ms, out);
+            self.sensor_clock_changed(sensor);
         }
         self.meta_dirty = true;
         self.count_results(&out[first_output..]);
@@ -185,7 +299,8 @@ impl Engine {
     /// nothing then: idle deadlines are lower bounds), or `None` when nothing is pending.
     pub fn next_deadline_ms(&self) -> Option<i64> {
         let windows = self.windows.iter().filter_map(WindowSet::deadline_ms);
-        self.batch.deadline_ms().into_iter().chain(windows).min()
+        let held = (self.n_held > 0).then_some(self.held_due_ms);
+        self.batch.deadline_ms().into_iter().chain(windows).chain(held).min()
     }
 
     /// Whether state changed since the last [`Engine::take_dirty`] beyond the processing
@@ -197,6 +312,7 @@ impl Engine {
         self.meta_dirty
             || !self.pending_deletes.is_empty()
             || self.batch.has_dirty()
+            || !self.sensor_clock_dirty_list.is_empty()
             || self.windows.iter().any(WindowSet::has_dirty)
     }
 
@@ -207,7 +323,7 @@ impl Engine {
         let mut entries: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             self.pending_deletes.drain(..).map(|key| (key, None)).collect();
         if std::mem::take(&mut self.meta_dirty) | std::mem::take(&mut self.clock_dirty) {
-            let meta = MetaEnvelope::V1(MetaV1 {
+            let meta = MetaEnvelope::V2(MetaV2 {
                 clock_ms: self.clock_ms,
                 batch_floor: self.batch.floor(),
                 late_readings_total: self.late_readings_total,
@@ -218,10 +334,20 @@ impl Engine {
                     .collect(),
                 results_emitted_total: self.results_emitted_total,
                 batch_readings_deferred_total: self.batch.deferred_total,
+                future_outliers_total: self.future_outliers_total,
+                future_outliers_forced_total: self.future_outliers_forced_total,
             });
             entries.push((state::META_KEY.to_vec(), Some(state::encode(&meta))));
         }
         self.batch.take_dirty(&self.sensors.names, &mut entries);
+        for sensor in self.sensor_clock_dirty_list.drain(..) {
+            self.sensor_clock_dirty[sensor] = false;
+            let stored = self.sensor_clocks[sensor].store(&self.field_names, &self.tag_names);
+            entries.push((
+                state::sensor_clock_key(&self.sensors.names[sensor]),
+                Some(state::encode(&state::SensorClockEnvelope::V1(stored))),
+            ));
+        }
         for window_set in &mut self.windows {
             window_set.take_dirty(&self.sensors.names, &mut entries);
         }
@@ -279,7 +405,140 @@ impl Engine {
             sensors: self.sensors.names.len(),
             results_emitted_total: self.results_emitted_total,
             batch_readings_deferred_total: self.batch.deferred_total,
+            future_outliers_total: self.future_outliers_total,
+            future_outliers_forced_total: self.future_outliers_forced_total,
+            future_outliers_held: self.n_held,
         }
+    }
+
+    /// The future-outlier counters alone: cheap enough to read after every chunk.
+    pub fn future_outliers(&self) -> FutureOutliers {
+        FutureOutliers {
+            total: self.future_outliers_total,
+            forced_total: self.future_outliers_forced_total,
+            held: self.n_held,
+        }
+    }
+
+    /// The sensors whose clocks are furthest off, at most `limit` of them: those whose offset
+    /// estimate, against the processing clock or against the median of all sensors, is
+    /// larger than `threshold` in magnitude, largest first (ties by sensor id). Only sensors
+    /// seen within the last 20 minutes of processing time count, in the median too. Costs a
+    /// pass over all sensors: call it when publishing stats, not per reading.
+    pub fn sensor_clocks(&self, limit: usize, threshold: std::time::Duration) -> Vec<SensorClockOffset> {
+        let threshold_ms = duration_ms(threshold);
+        let recent_ms =
+            self.clock_ms.map_or(i64::MIN, |clock_ms| clock_ms.saturating_sub(sensor_clock::RECENT_MS));
+        let offsets: Vec<(usize, i64)> = self
+            .sensor_clocks
+            .iter()
+            .enumerate()
+            .filter(|(_, clock)| clock.last_seen_ms().is_some_and(|seen_ms| seen_ms >= recent_ms))
+            .filter_map(|(sensor, clock)| clock.offset_ms().map(|offset_ms| (sensor, offset_ms)))
+            .collect();
+        let Some(median_ms) = median(offsets.iter().map(|(_, offset_ms)| *offset_ms).collect()) else {
+            return Vec::new();
+        };
+        let mut listed: Vec<(i64, &Arc<str>, SensorClockOffset)> = offsets
+            .into_iter()
+            .map(|(sensor, offset_ms)| {
+                let offset_from_median_ms = offset_ms.saturating_sub(median_ms);
+                let name = &self.sensors.names[sensor];
+                let rank = offset_ms.saturating_abs().max(offset_from_median_ms.saturating_abs());
+                (rank, name, SensorClockOffset { sensor: name.clone(), offset_ms, offset_from_median_ms })
+            })
+            .filter(|(rank, _, _)| *rank > threshold_ms)
+            .collect();
+        listed.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        listed.into_iter().take(limit).map(|(_, _, offset)| offset).collect()
+    }
+
+    /// Makes room for a newly interned sensor.
+    fn push_sensor(&mut self) {
+        self.batch.push_sensor();
+        for window_set in &mut self.windows {
+            window_set.push_sensor();
+        }
+        self.sensor_clocks.push(SensorClock::default());
+        self.sensor_clock_dirty.push(false);
+    }
+
+    fn sensor_clock_changed(&mut self, sensor: usize) {
+        if !self.sensor_clock_dirty[sensor] {
+            self.sensor_clock_dirty[sensor] = true;
+            self.sensor_clock_dirty_list.push(sensor);
+        }
+    }
+
+    /// Applies one reading of `sensor` to the window sets `domains` names, in configuration
+    /// order; an event-time window set left out (the reading is held) still sees the sensor
+    /// active.
+    fn apply_to_windows(
+        &mut self,
+        sensor: usize,
+        ingest_ms: i64,
+        clock_ms: i64,
+        reading: &Reading,
+        domains: Domains,
+        out: &mut Vec<Output>,
+    ) {
+        for window_set in &mut self.windows {
+            let applies = match domains {
+                Domains::All => true,
+                Domains::EventOnly => !window_set.processing_time(),
+                Domains::ProcessingOnly => window_set.processing_time(),
+            };
+            if applies {
+                if window_set.apply(sensor, ingest_ms, clock_ms, reading, out) {
+                    self.late_readings_total += 1;
+                }
+            } else {
+                window_set.touch(sensor, ingest_ms);
+            }
+        }
+    }
+
+    /// Applies the held readings of `sensor` that are due at `ingest_ms` (released, or forced
+    /// out by the bound) to the event-time windows, in order.
+    fn apply_due_held(&mut self, sensor: usize, ingest_ms: i64, clock_ms: i64, out: &mut Vec<Output>) {
+        while let Some((held, forced)) = self.sensor_clocks[sensor].next_due(self.hold.as_ref(), ingest_ms) {
+            self.n_held -= 1;
+            if forced {
+                self.future_outliers_forced_total += 1;
+            }
+            self.apply_held(sensor, clock_ms, &held, out);
+        }
+    }
+
+    fn apply_held(&mut self, sensor: usize, clock_ms: i64, held: &HeldReading, out: &mut Vec<Output>) {
+        self.apply_to_windows(sensor, held.ingest_ms, clock_ms, &held.reading, Domains::EventOnly, out);
+        self.sensor_clocks[sensor].applied(held.ingest_ms, held.reading.ts_ms);
+        self.sensor_clock_changed(sensor);
+    }
+
+    /// Applies every held reading of the sensors idle at `now_ms`, sensor by sensor in id
+    /// order, before the window sets' idle closes of the same step.
+    fn apply_idle_held(&mut self, now_ms: i64, out: &mut Vec<Output>) {
+        let mut next_due_ms = i64::MAX;
+        for sorted_idx in 0..self.sensors.sorted.len() {
+            let sensor = self.sensors.sorted[sorted_idx];
+            let clock = &mut self.sensor_clocks[sensor];
+            if clock.n_held() == 0 {
+                continue;
+            }
+            let idle_at =
+                clock.last_seen_ms().map_or(i64::MIN, |seen_ms| seen_ms.saturating_add(self.idle_ms));
+            if idle_at > now_ms {
+                next_due_ms = next_due_ms.min(idle_at);
+                continue;
+            }
+            let held = clock.take_held();
+            self.n_held -= held.len();
+            for held in &held {
+                self.apply_held(sensor, now_ms, held, out);
+            }
+        }
+        self.held_due_ms = next_due_ms;
     }
 
     /// Moves the processing clock forward to `now_ms` and closes what became due.
@@ -291,6 +550,9 @@ impl Engine {
         self.clock_dirty = true;
         let first_output = out.len();
         self.batch.advance(now_ms, &self.sensors.names, out);
+        if self.n_held > 0 && now_ms >= self.held_due_ms {
+            self.apply_idle_held(now_ms, out);
+        }
         for window_set in &mut self.windows {
             window_set.advance(now_ms, &self.sensors.sorted, &self.sensors.names, out);
         }
@@ -308,10 +570,7 @@ impl Engine {
     fn intern_sensor(&mut self, name: &str) -> usize {
         let (sensor, is_new) = self.sensors.intern(&Arc::from(name));
         if is_new {
-            self.batch.push_sensor();
-            for window_set in &mut self.windows {
-                window_set.push_sensor();
-            }
+            self.push_sensor();
         }
         sensor
     }
@@ -325,7 +584,9 @@ impl Engine {
     ) -> Result<bool, String> {
         match state::parse_key(key)? {
             StateKey::Meta => {
-                let MetaEnvelope::V1(meta) = state::decode(value)?;
+                let meta = state::decode_meta(value)?;
+                self.future_outliers_total = meta.future_outliers_total;
+                self.future_outliers_forced_total = meta.future_outliers_forced_total;
                 self.clock_ms = meta.clock_ms;
                 self.batch.set_floor(meta.batch_floor);
                 self.batch.deferred_total = meta.batch_readings_deferred_total;
@@ -346,6 +607,21 @@ impl Engine {
                 batches.push((key.to_vec(), sensor, stored));
                 Ok(false)
             }
+            StateKey::SensorClock { sensor } => {
+                let stored = state::decode_sensor_clock(value)?;
+                let sensor = self.intern_sensor(sensor);
+                let clock = SensorClock::load(
+                    stored,
+                    &self.sensors.names[sensor],
+                    &self.field_names,
+                    &self.tag_names,
+                );
+                self.n_held = self.n_held - self.sensor_clocks[sensor].n_held() + clock.n_held();
+                self.sensor_clocks[sensor] = clock;
+                // The next advance scans once and finds the true idle deadline.
+                self.held_due_ms = i64::MIN;
+                Ok(true)
+            }
             StateKey::Window { window, sensor } => {
                 let stored = state::decode_window(value)?;
                 let window_idx = self
@@ -359,6 +635,33 @@ impl Engine {
             }
         }
     }
+}
+
+/// Which window sets a reading goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Domains {
+    All,
+    /// A held reading applied: event-time windows (processing-time ones had it on arrival).
+    EventOnly,
+    /// A reading being held: processing-time windows only.
+    ProcessingOnly,
+}
+
+/// The median of `values` (the mean of the two middle ones for an even count, rounded down),
+/// or None for none.
+fn median(mut values: Vec<i64>) -> Option<i64> {
+    if values.is_empty() {
+        return None;
+    }
+    let n_values = values.len();
+    let (below, upper, _) = values.select_nth_unstable(n_values / 2);
+    let upper = *upper;
+    if n_values % 2 == 1 {
+        return Some(upper);
+    }
+    let lower = below.iter().copied().max().expect("an even, non-empty count has a lower half");
+    let mean = (i128::from(lower) + i128::from(upper)).div_euclid(2);
+    Some(i64::try_from(mean).expect("the mean of two i64 values is an i64"))
 }
 
 /// Whole milliseconds of `duration`, saturating at `i64::MAX`.

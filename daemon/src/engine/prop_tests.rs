@@ -9,7 +9,7 @@ use eddy_sensors::Reading;
 use proptest::prelude::*;
 
 use crate::engine::record::ResultRecord;
-use crate::engine::tests::{engine_spec, run_step, store, Step};
+use crate::engine::tests::{engine_spec, engine_spec_holding, run_step, store, Step};
 use crate::engine::{Aggregate, Engine, Output, TimeDomain, WindowSpec};
 
 const SENSORS: [&str; 3] = ["a", "b", "c"];
@@ -255,6 +255,59 @@ fn step_strategy() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// A reading whose event time is relative to its chunk's ingest time: mostly close (a little
+/// behind or ahead), sometimes far ahead (a wild clock or a jump), sometimes far behind.
+fn clocked_reading_strategy() -> impl Strategy<Value = (usize, i64, Option<i32>)> {
+    let offset_ms = prop_oneof![
+        8 => -3000i64..1000,
+        2 => 5000i64..300_000,
+        1 => -60_000i64..-5000,
+    ];
+    (0usize..SENSORS.len(), offset_ms, prop::option::weighted(0.9, -20i32..40))
+}
+
+/// Chunks and ticks whose readings' event times follow the processing clock, with outliers.
+fn clocked_steps_strategy() -> impl Strategy<Value = Vec<Step>> {
+    let step = prop_oneof![
+        4 => (0i64..2500, prop::collection::vec(clocked_reading_strategy(), 0..6))
+            .prop_map(|(advance_ms, readings)| (advance_ms, Some(readings))),
+        1 => (0i64..2500).prop_map(|ahead_ms| (ahead_ms, None)),
+    ];
+    prop::collection::vec(step, 0..60).prop_map(|steps| {
+        let mut clock_ms = 1_000_000;
+        steps
+            .into_iter()
+            .map(|(advance_ms, readings)| match readings {
+                Some(readings) => {
+                    clock_ms += advance_ms;
+                    let readings = readings
+                        .into_iter()
+                        .map(|(sensor, offset_ms, value)| Reading {
+                            sensor: Arc::from(SENSORS[sensor]),
+                            ts_ms: clock_ms + offset_ms,
+                            values: vec![value.map(f64::from), None],
+                            tags: vec![None],
+                        })
+                        .collect();
+                    Step::Chunk(clock_ms, readings)
+                }
+                None => Step::Tick(clock_ms + advance_ms),
+            })
+            .collect()
+    })
+}
+
+/// Outputs as their JSON lines (ids and contents).
+fn json(outputs: &[Output]) -> Vec<Vec<u8>> {
+    outputs
+        .iter()
+        .map(|output| match output {
+            Output::Result(record) => record.to_json(),
+            Output::Late(late) => late.to_json(),
+        })
+        .collect()
+}
+
 /// Turns relative step times into a processing time line.
 fn timeline(steps: Vec<Step>) -> Vec<Step> {
     let mut clock_ms = 0;
@@ -283,8 +336,10 @@ proptest! {
         let windows: Vec<(String, i64, i64, i64)> =
             windows.into_iter().enumerate().map(|(idx, (name, l, s, late))| (format!("{name}{idx}"), l, s, late)).collect();
         let specs = windows.iter().map(|(name, l, s, late)| to_spec(name, *l, *s, *late, TimeDomain::Event)).collect();
-        // Processing time stands still, so only the final tick idles the sensors out.
-        let mut engine = Engine::new(engine_spec(specs, 1_000_000));
+        // Processing time stands still, so only the final tick idles the sensors out. The
+        // naive model has no hold of future outliers (with processing time standing still,
+        // any jump over a minute would be held).
+        let mut engine = Engine::new(engine_spec_holding(specs, 1_000_000, None, 3));
         let mut out = Vec::new();
         let mut rest = &readings[..];
         for size in chunk_sizes {
@@ -366,17 +421,96 @@ proptest! {
         for step in &steps[split..] {
             run_step(&mut restored, step, &mut out);
         }
-        let json = |outputs: &[Output]| -> Vec<Vec<u8>> {
-            outputs
-                .iter()
-                .map(|output| match output {
-                    Output::Result(record) => record.to_json(),
-                    Output::Late(late) => late.to_json(),
-                })
-                .collect()
-        };
         prop_assert_eq!(json(&out), json(&uninterrupted));
         prop_assert_eq!(restored.stats(), engine_after(&steps, specs(), idle_ms));
+    }
+
+    #[test]
+    fn restored_engine_holds_and_releases_future_outliers_like_an_uninterrupted_one(
+        event_window in window_strategy("event"),
+        processing_window in window_strategy("processing"),
+        idle_ms in 2000i64..40_000,
+        outlier_after_ms in 1000u64..20_000,
+        outlier_confirm in 1u32..5,
+        steps in clocked_steps_strategy(),
+        split in any::<prop::sample::Index>(),
+        checkpoints in prop::collection::vec(any::<bool>(), 60),
+    ) {
+        let spec = || {
+            let (name, l, s, late) = &event_window;
+            let (p_name, p_l, p_s, _) = &processing_window;
+            let windows = vec![
+                to_spec(name, *l, *s, *late, TimeDomain::Event),
+                to_spec(p_name, *p_l, *p_s, 0, TimeDomain::Processing),
+            ];
+            engine_spec_holding(windows, idle_ms, Some(Duration::from_millis(outlier_after_ms)), outlier_confirm)
+        };
+        let mut steps = steps;
+        steps.push(Step::Tick(200_000_000));
+        let split = split.index(steps.len());
+
+        let mut engine = Engine::new(spec());
+        let mut uninterrupted = Vec::new();
+        for step in &steps {
+            run_step(&mut engine, step, &mut uninterrupted);
+        }
+        let uninterrupted_stats = engine.stats();
+        prop_assert_eq!(uninterrupted_stats.future_outliers_held, 0, "idle applies everything held");
+        prop_assert_eq!(uninterrupted_stats.open_windows, 0);
+
+        let mut engine = Engine::new(spec());
+        let mut out = Vec::new();
+        let mut stored = BTreeMap::new();
+        for (step, checkpoint) in steps[..split].iter().zip(&checkpoints) {
+            run_step(&mut engine, step, &mut out);
+            if *checkpoint {
+                store(&mut stored, engine.take_dirty());
+            }
+        }
+        store(&mut stored, engine.take_dirty());
+        let (mut restored, report) = Engine::restore(spec(), stored);
+        prop_assert!(report.skipped.is_empty(), "{:?}", report);
+        for step in &steps[split..] {
+            run_step(&mut restored, step, &mut out);
+        }
+        prop_assert_eq!(json(&out), json(&uninterrupted));
+        prop_assert_eq!(restored.stats(), uninterrupted_stats);
+    }
+
+    #[test]
+    fn every_reading_is_counted_once_in_event_windows_whatever_is_held(
+        outlier_after_ms in 1000u64..20_000,
+        outlier_confirm in 1u32..5,
+        steps in clocked_steps_strategy(),
+    ) {
+        // One window long enough, and a lateness and idle timeout long enough, that no reading
+        // can be late: each reading is in exactly one window result, so nothing held may be
+        // lost or counted twice. The final tick idles every sensor out.
+        let windows = vec![to_spec("all", 1_000_000, 1_000_000, 100_000_000, TimeDomain::Event)];
+        let spec = engine_spec_holding(windows, 100_000_000, Some(Duration::from_millis(outlier_after_ms)), outlier_confirm);
+        let mut engine = Engine::new(spec);
+        let mut out = Vec::new();
+        let mut steps = steps;
+        steps.push(Step::Tick(200_000_000));
+        for step in &steps {
+            run_step(&mut engine, step, &mut out);
+        }
+        let n_values: usize = steps
+            .iter()
+            .map(|step| match step {
+                Step::Chunk(_, readings) => readings.iter().filter(|reading| reading.values[0].is_some()).count(),
+                Step::Tick(_) => 0,
+            })
+            .sum();
+        let counted: u64 = out
+            .iter()
+            .filter_map(|output| match output {
+                Output::Result(ResultRecord::Window(record)) => Some(record.stats.count),
+                _ => None,
+            })
+            .sum();
+        prop_assert_eq!(counted, u64::try_from(n_values).unwrap());
+        prop_assert_eq!(engine.stats().future_outliers_held, 0);
     }
 }
 

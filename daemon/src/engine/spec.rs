@@ -218,4 +218,20 @@ pub struct EngineSpec {
     /// An event-time sensor with no reading for this long (processing time) has its open
     /// windows closed and emitted.
     pub idle_timeout: Duration,
+    /// A reading whose event time is further ahead of its sensor's predicted clock is held
+    /// (see the engine module documentation); `None` turns the hold off.
+    pub outlier_after: Option<Duration>,
+    /// Consecutive outliers with non-decreasing event times that confirm a sensor's clock
+    /// jump (at least 1).
+    pub outlier_confirm: u32,
+}
+
+impl EngineSpec {
+    /// The default of [`EngineSpec::outlier_after`].
+    pub const DEFAULT_OUTLIER_AFTER: Duration = Duration::from_secs(60);
+    /// The default of [`EngineSpec::outlier_confirm`].
+    pub const DEFAULT_OUTLIER_CONFIRM: u32 = 3;
+    /// The largest [`EngineSpec::outlier_confirm`] accepted: it bounds the readings a sensor
+    /// holds.
+    pub const MAX_OUTLIER_CONFIRM: u32 = 16;
 }

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `e` | [`MetaEnvelope`] | processing clock, micro-batch floor, counters |
 //! | `b` + sensor | [`BatchEnvelope`] | the open micro-batch's accumulators of one sensor |
+//! | `c` + sensor | [`SensorClockEnvelope`] | one sensor's clock: reference, held readings, offset estimate |
 //! | `w` + name length (1 byte) + window name + sensor | [`WindowEnvelope`] | watermark, last activity, late sequence and open windows of one sensor in one window |
 //!
 //! postcard is not self-describing: a stored type never changes, a new layout is a new
@@ -22,6 +23,7 @@ use crate::engine::Aggregate;
 /// The key of the engine-wide entry.
 pub(crate) const META_KEY: &[u8] = b"e";
 const BATCH_PREFIX: u8 = b'b';
+const CLOCK_PREFIX: u8 = b'c';
 const WINDOW_PREFIX: u8 = b'w';
 
 /// A decoded key.
@@ -29,6 +31,7 @@ const WINDOW_PREFIX: u8 = b'w';
 pub(crate) enum StateKey<'a> {
     Meta,
     Batch { sensor: &'a str },
+    SensorClock { sensor: &'a str },
     Window { window: &'a str, sensor: &'a str },
 }
 
@@ -36,6 +39,14 @@ pub(crate) enum StateKey<'a> {
 pub(crate) fn batch_key(sensor: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + sensor.len());
     key.push(BATCH_PREFIX);
+    key.extend_from_slice(sensor.as_bytes());
+    key
+}
+
+/// The key of one sensor's clock.
+pub(crate) fn sensor_clock_key(sensor: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + sensor.len());
+    key.push(CLOCK_PREFIX);
     key.extend_from_slice(sensor.as_bytes());
     key
 }
@@ -52,11 +63,14 @@ pub(crate) fn window_key(window: &str, sensor: &str) -> Vec<u8> {
     key
 }
 
-/// Decodes a key written by [`batch_key`], [`window_key`] or [`META_KEY`].
+/// Decodes a key written by [`batch_key`], [`sensor_clock_key`], [`window_key`] or [`META_KEY`].
 pub(crate) fn parse_key(key: &[u8]) -> Result<StateKey<'_>, String> {
     match key.split_first() {
         Some((&b'e', [])) => Ok(StateKey::Meta),
         Some((&BATCH_PREFIX, sensor)) if !sensor.is_empty() => Ok(StateKey::Batch { sensor: utf8(sensor)? }),
+        Some((&CLOCK_PREFIX, sensor)) if !sensor.is_empty() => {
+            Ok(StateKey::SensorClock { sensor: utf8(sensor)? })
+        }
         Some((&WINDOW_PREFIX, [name_len, rest @ ..])) => {
             let name_len = usize::from(*name_len);
             if name_len == 0 || rest.len() <= name_len {
@@ -77,6 +91,45 @@ fn utf8(bytes: &[u8]) -> Result<&str, String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum MetaEnvelope {
     V1(MetaV1),
+    /// [`MetaV1`] and the future-outlier counters.
+    V2(MetaV2),
+}
+
+/// Decodes an engine-wide entry of any version.
+pub(crate) fn decode_meta(bytes: &[u8]) -> Result<MetaV2, String> {
+    Ok(match decode(bytes)? {
+        MetaEnvelope::V1(v1) => v1.into(),
+        MetaEnvelope::V2(v2) => v2,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct MetaV2 {
+    pub(crate) clock_ms: Option<i64>,
+    pub(crate) batch_floor: u64,
+    pub(crate) late_readings_total: u64,
+    pub(crate) late_by_window: Vec<(String, u64)>,
+    pub(crate) results_emitted_total: u64,
+    pub(crate) batch_readings_deferred_total: u64,
+    /// Readings held because they were far ahead of their sensor's clock.
+    pub(crate) future_outliers_total: u64,
+    /// Held readings applied because their sensor's hold was full.
+    pub(crate) future_outliers_forced_total: u64,
+}
+
+impl From<MetaV1> for MetaV2 {
+    fn from(v1: MetaV1) -> MetaV2 {
+        MetaV2 {
+            clock_ms: v1.clock_ms,
+            batch_floor: v1.batch_floor,
+            late_readings_total: v1.late_readings_total,
+            late_by_window: v1.late_by_window,
+            results_emitted_total: v1.results_emitted_total,
+            batch_readings_deferred_total: v1.batch_readings_deferred_total,
+            future_outliers_total: 0,
+            future_outliers_forced_total: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +183,49 @@ pub(crate) struct BatchSensorV1 {
     pub(crate) batch: u64,
     /// Non-empty accumulators by field name.
     pub(crate) fields: Vec<(String, AccV1)>,
+}
+
+/// One sensor's clock (`engine/sensor_clock.rs`). Absent for sensors last stored by an eddy
+/// that had no sensor clocks: such a sensor starts with no reference, so its next reading is
+/// judged like a first one (never held).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum SensorClockEnvelope {
+    V1(SensorClockV1),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SensorClockV1 {
+    /// Event time and ingest time of the newest applied reading.
+    pub(crate) reference: Option<(i64, i64)>,
+    /// Ingest time of the sensor's latest reading, held or applied.
+    pub(crate) last_seen_ms: Option<i64>,
+    /// Consecutive outliers (by arrival) with non-decreasing event times, and the event time
+    /// of the last of them.
+    pub(crate) streak: u32,
+    pub(crate) streak_last_ts_ms: i64,
+    /// Held readings in arrival order.
+    pub(crate) held: Vec<HeldReadingV1>,
+    /// The offset estimate: the period (ingest time / period length) of `offset_current_ms`,
+    /// and the largest `ts - ingest` of the applied readings of that period and the one before.
+    pub(crate) offset_period: i64,
+    pub(crate) offset_current_ms: Option<i64>,
+    pub(crate) offset_previous_ms: Option<i64>,
+}
+
+/// A held reading, its values and tags by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct HeldReadingV1 {
+    pub(crate) ingest_ms: i64,
+    pub(crate) ts_ms: i64,
+    pub(crate) values: Vec<(String, f64)>,
+    pub(crate) tags: Vec<(String, String)>,
+}
+
+/// Decodes a sensor clock entry of any version.
+pub(crate) fn decode_sensor_clock(bytes: &[u8]) -> Result<SensorClockV1, String> {
+    match decode(bytes)? {
+        SensorClockEnvelope::V1(v1) => Ok(v1),
+    }
 }
 
 /// One sensor's state in one window.
@@ -374,6 +470,7 @@ mod tests {
     fn keys_round_trip() {
         check(META_KEY, Ok(StateKey::Meta));
         check(&batch_key("t-017"), Ok(StateKey::Batch { sensor: "t-017" }));
+        check(&sensor_clock_key("t/017"), Ok(StateKey::SensorClock { sensor: "t/017" }));
         check(&window_key("temp_10s", "t/017"), Ok(StateKey::Window { window: "temp_10s", sensor: "t/017" }));
     }
 
@@ -382,6 +479,7 @@ mod tests {
         check(b"", Err("unknown key".into()));
         check(b"x1", Err("unknown key".into()));
         check(b"b", Err("unknown key".into()));
+        check(b"c", Err("unknown key".into()));
         check(b"w\x05abc", Err("window key too short".into()));
         check(b"w\x03abc", Err("window key too short".into()));
         check(b"b\xff", Err("key is not UTF-8".into()));
@@ -465,6 +563,52 @@ mod tests {
         let decoded = decode_batch(&encode(&batch)).unwrap();
         assert_eq!(decoded.batch, 4);
         assert_eq!(decoded.fields[0].1.load(AccParts::for_aggregates(&[Aggregate::First])), Ok(acc));
+    }
+
+    #[test]
+    fn version_1_engine_entry_decodes_with_no_future_outliers() {
+        let v1 = MetaV1 {
+            clock_ms: Some(5),
+            batch_floor: 2,
+            late_readings_total: 1,
+            late_by_window: vec![("w".into(), 1)],
+            results_emitted_total: 3,
+            batch_readings_deferred_total: 4,
+        };
+        let decoded = decode_meta(&encode(&MetaEnvelope::V1(v1))).unwrap();
+        assert_eq!(
+            decoded,
+            MetaV2 {
+                clock_ms: Some(5),
+                batch_floor: 2,
+                late_readings_total: 1,
+                late_by_window: vec![("w".into(), 1)],
+                results_emitted_total: 3,
+                batch_readings_deferred_total: 4,
+                future_outliers_total: 0,
+                future_outliers_forced_total: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn sensor_clock_entry_round_trips() {
+        let clock = SensorClockV1 {
+            reference: Some((10, 20)),
+            last_seen_ms: Some(21),
+            streak: 2,
+            streak_last_ts_ms: 99_000,
+            held: vec![HeldReadingV1 {
+                ingest_ms: 21,
+                ts_ms: 99_000,
+                values: vec![("temp_c".into(), 1.5)],
+                tags: vec![("mode".into(), "heat".into())],
+            }],
+            offset_period: 0,
+            offset_current_ms: Some(-10),
+            offset_previous_ms: None,
+        };
+        assert_eq!(decode_sensor_clock(&encode(&SensorClockEnvelope::V1(clock.clone()))), Ok(clock));
     }
 
     #[test]

@@ -55,7 +55,23 @@ pub(crate) fn window(
     .unwrap()
 }
 
+/// A spec with the default hold of future outliers.
 pub(crate) fn engine_spec(windows: Vec<WindowSpec>, idle_ms: i64) -> Arc<EngineSpec> {
+    engine_spec_holding(
+        windows,
+        idle_ms,
+        Some(EngineSpec::DEFAULT_OUTLIER_AFTER),
+        EngineSpec::DEFAULT_OUTLIER_CONFIRM,
+    )
+}
+
+/// A spec holding readings more than `outlier_after` ahead (None: no hold).
+pub(crate) fn engine_spec_holding(
+    windows: Vec<WindowSpec>,
+    idle_ms: i64,
+    outlier_after: Option<Duration>,
+    outlier_confirm: u32,
+) -> Arc<EngineSpec> {
     Arc::new(EngineSpec {
         device_id: "gw".into(),
         field_names: vec!["temp_c".into(), "humidity".into()],
@@ -63,6 +79,8 @@ pub(crate) fn engine_spec(windows: Vec<WindowSpec>, idle_ms: i64) -> Arc<EngineS
         batch_interval: Duration::from_millis(u64::try_from(INTERVAL_MS).unwrap()),
         windows,
         idle_timeout: Duration::from_millis(u64::try_from(idle_ms).unwrap()),
+        outlier_after,
+        outlier_confirm,
     })
 }
 
@@ -561,7 +579,7 @@ fn restore_skips_undecodable_entries_and_reshaped_or_removed_windows() {
     let (mut restored, report) = Engine::restore(engine_spec(reshaped, IDLE_MS), stored.clone());
     let mut reasons: Vec<String> = report.skipped.iter().map(|(_, reason)| reason.clone()).collect();
     reasons.sort();
-    assert_eq!(report.loaded, 1, "the micro-batch entry");
+    assert_eq!(report.loaded, 2, "the micro-batch entry and the sensor's clock");
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(reasons[0].starts_with("undecodable"), "{reasons:?}");
     assert_eq!(reasons[1], "window gone is no longer configured");
@@ -576,7 +594,7 @@ fn restore_skips_undecodable_entries_and_reshaped_or_removed_windows() {
         engine_spec(vec![event("keep", 10_000, 10_000, 5000), event("gone", 10_000, 10_000, 0)], IDLE_MS),
         stored,
     );
-    assert_eq!(report.loaded, 3, "a changed lateness keeps the state: {report:?}");
+    assert_eq!(report.loaded, 4, "a changed lateness keeps the state: {report:?}");
 }
 
 #[test]
@@ -587,7 +605,10 @@ fn take_dirty_puts_changed_state_and_deletes_closed_batches() {
     engine.apply_chunk(0, 0, &[reading("s", 1000, Some(1.0))], &mut out);
     let keys: Vec<(Vec<u8>, bool)> =
         engine.take_dirty().into_iter().map(|(key, value)| (key, value.is_some())).collect();
-    assert_eq!(keys, [(b"bs".to_vec(), true), (b"e".to_vec(), true), (b"w\x01ws".to_vec(), true)]);
+    assert_eq!(
+        keys,
+        [(b"bs".to_vec(), true), (b"cs".to_vec(), true), (b"e".to_vec(), true), (b"w\x01ws".to_vec(), true)]
+    );
     assert!(engine.take_dirty().is_empty());
     engine.tick(1000, &mut out);
     let keys: Vec<(Vec<u8>, bool)> =

@@ -201,7 +201,9 @@ impl WindowSet {
         }
         if !shape.processing_time {
             state.max_ts_ms = Some(state.max_ts_ms.map_or(reading.ts_ms, |max_ts| max_ts.max(reading.ts_ms)));
-            state.last_activity_ms = Some(ingest_ms);
+            // A held reading applied later comes with its own, older ingest time.
+            state.last_activity_ms =
+                Some(state.last_activity_ms.map_or(ingest_ms, |last| last.max(ingest_ms)));
             *next_due_ms = (*next_due_ms).min(ingest_ms.saturating_add(shape.idle_ms));
             if let Some(watermark) = state.watermark(shape.lateness_ms) {
                 let n_due = state
@@ -220,6 +222,27 @@ impl WindowSet {
             dirty_list.push(sensor);
         }
         late
+    }
+
+    /// Whether this is a processing-time window.
+    pub(crate) fn processing_time(&self) -> bool {
+        self.shape.processing_time
+    }
+
+    /// Sensor `sensor` sent a reading ingested at `ingest_ms` that this window set does not
+    /// take now (it is held): the sensor is active, so its idle close moves as if it had. This
+    /// keeps a sensor's idle time the same for its windows and its held readings, so that both
+    /// are closed and applied in the same step, live and in a replay.
+    pub(crate) fn touch(&mut self, sensor: usize, ingest_ms: i64) {
+        let state = &mut self.sensors[sensor];
+        if self.shape.processing_time || state.last_activity_ms.is_some_and(|last| last >= ingest_ms) {
+            return;
+        }
+        state.last_activity_ms = Some(ingest_ms);
+        if !state.dirty {
+            state.dirty = true;
+            self.dirty_list.push(sensor);
+        }
     }
 
     /// Processing time reached `clock_ms`: closes processing-time windows that ended and the

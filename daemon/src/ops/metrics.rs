@@ -146,6 +146,24 @@ const FAMILIES: &[Family] = &[
         read: Daemon(|status| Count(status.engine.late_readings)),
     },
     Family {
+        name: "eddy_future_outliers_total",
+        kind: Counter,
+        help: "Readings held because their timestamp was further ahead of their sensor's clock than engine.outlier_after.",
+        read: Daemon(|status| Count(status.engine.future_outliers)),
+    },
+    Family {
+        name: "eddy_future_outliers_forced_total",
+        kind: Counter,
+        help: "Held readings applied because their sensor held too many (they moved its watermark as without a hold).",
+        read: Daemon(|status| Count(status.engine.future_outliers_forced)),
+    },
+    Family {
+        name: "eddy_future_outliers_held",
+        kind: Gauge,
+        help: "Readings held now, waiting for their sensor's clock.",
+        read: Daemon(|status| Count(status.engine.future_outliers_held)),
+    },
+    Family {
         name: "eddy_commits_total",
         kind: Counter,
         help: "Engine commits (results, state and log position).",

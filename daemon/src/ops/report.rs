@@ -32,6 +32,9 @@ fn log_status(status: &Status) {
     tracing::info!(
         results = engine.results,
         late_readings = engine.late_readings,
+        future_outliers = engine.future_outliers,
+        future_outliers_forced = engine.future_outliers_forced,
+        future_outliers_held = engine.future_outliers_held,
         commits = engine.commits,
         corrupt_log_chunks = store.corrupt_log_chunks,
         corrupt_outbox_pages = store.corrupt_outbox_pages,

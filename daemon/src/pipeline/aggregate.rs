@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, EngineSpec, Output};
 use crate::pipeline::ingest::EngineInput;
-use crate::stats::{AggregateStats, Committed};
+use crate::stats::{
+    AggregateStats, Committed, SensorClockStatus, SENSOR_CLOCKS_LISTED, SENSOR_CLOCK_THRESHOLD,
+};
 use crate::storage::{
     Commit, Lane, LogChunk, MarkChange, OutboxEntry, RawCommit, SealedPage, Store, StoreError,
     OUTBOX_PAGE_ENTRIES,
@@ -99,6 +101,8 @@ impl Aggregator {
         );
         let (committed, committed_rx) =
             watch::channel(Committed { results: snapshot.next_seq - 1, raw: snapshot.next_raw_seq - 1 });
+        publish_outliers(&engine, &stats);
+        publish_sensor_clocks(&engine, &stats);
         Ok((
             Aggregator {
                 store,
@@ -230,6 +234,7 @@ impl Aggregator {
                         self.stats.inputs_total.fetch_add(1, Ordering::Relaxed);
                         self.clock_ms = self.clock_ms.max(now_ms);
                         self.engine.tick(now_ms, &mut self.outputs);
+                        publish_outliers(&self.engine, &self.stats);
                         self.take_outputs();
                         self.seal_full_pages()?;
                     }
@@ -282,6 +287,7 @@ impl Aggregator {
         if chunk.ingest_ms != i64::MIN {
             self.clock_ms = self.clock_ms.max(chunk.ingest_ms);
             self.engine.apply_chunk(chunk.ingest_ms, chunk.batch, &chunk.readings, &mut self.outputs);
+            publish_outliers(&self.engine, &self.stats);
             if self.forward_raw {
                 for (reading_idx, reading) in chunk.readings.iter().enumerate() {
                     self.pending_raw.push(OutboxEntry {
@@ -388,6 +394,7 @@ impl Aggregator {
         self.committed_log_pos = self.log_pos;
         self.stats.results_total.fetch_add(n_results, Ordering::Relaxed);
         self.stats.commits_total.fetch_add(1, Ordering::Relaxed);
+        publish_sensor_clocks(&self.engine, &self.stats);
         self.committed.send_replace(Committed { results: self.next_seq - 1, raw: self.next_raw_seq - 1 });
         // The log up to the committed position is no longer needed: a restart resumes after it.
         self.store.trim_log_through(self.log_pos)?;
@@ -419,5 +426,29 @@ impl Aggregator {
             }
         }
         Ok(())
+    }
+}
+
+/// Publishes the engine's future-outlier counters (cheap: per chunk and tick).
+fn publish_outliers(engine: &Engine, stats: &AggregateStats) {
+    let outliers = engine.future_outliers();
+    stats.future_outliers_total.store(outliers.total, Ordering::Relaxed);
+    stats.future_outliers_forced_total.store(outliers.forced_total, Ordering::Relaxed);
+    stats.future_outliers_held.store(u64::try_from(outliers.held).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+/// Publishes the sensors whose clocks are furthest off (a pass over all sensors: per commit).
+fn publish_sensor_clocks(engine: &Engine, stats: &AggregateStats) {
+    let clocks = engine
+        .sensor_clocks(SENSOR_CLOCKS_LISTED, SENSOR_CLOCK_THRESHOLD)
+        .into_iter()
+        .map(|clock| SensorClockStatus {
+            sensor: clock.sensor.to_string(),
+            offset_ms: clock.offset_ms,
+            offset_from_median_ms: clock.offset_from_median_ms,
+        })
+        .collect();
+    if let Ok(mut published) = stats.sensor_clocks.lock() {
+        *published = clocks;
     }
 }

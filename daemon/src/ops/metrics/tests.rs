@@ -6,7 +6,9 @@ use std::time::Duration;
 use eddy_sensors::{RejectReason, SourceStatsSnapshot};
 
 use crate::ops::metrics::{label, render};
-use crate::stats::{ClockSnapshot, EngineCounters, Histogram, SinkCounters, Status, StoreCounters};
+use crate::stats::{
+    ClockSnapshot, EngineCounters, Histogram, SensorClockStatus, SinkCounters, Status, StoreCounters,
+};
 
 fn known_status() -> Status {
     let ingest_latency = Histogram::default();
@@ -44,6 +46,14 @@ fn known_status() -> Status {
             inputs: 42,
             ingest_latency: ingest_latency.snapshot(),
             flush_latency: Histogram::default().snapshot(),
+            future_outliers: 6,
+            future_outliers_forced: 1,
+            future_outliers_held: 2,
+            sensor_clocks: vec![SensorClockStatus {
+                sensor: "t-9".to_owned(),
+                offset_ms: 301_000,
+                offset_from_median_ms: 300_500,
+            }],
         },
         store: StoreCounters {
             used_bytes: 1000,
@@ -148,6 +158,15 @@ eddy_window_results_total 3
 # HELP eddy_late_readings_total Readings that arrived after their window was emitted.
 # TYPE eddy_late_readings_total counter
 eddy_late_readings_total 0
+# HELP eddy_future_outliers_total Readings held because their timestamp was further ahead of their sensor's clock than engine.outlier_after.
+# TYPE eddy_future_outliers_total counter
+eddy_future_outliers_total 6
+# HELP eddy_future_outliers_forced_total Held readings applied because their sensor held too many (they moved its watermark as without a hold).
+# TYPE eddy_future_outliers_forced_total counter
+eddy_future_outliers_forced_total 1
+# HELP eddy_future_outliers_held Readings held now, waiting for their sensor's clock.
+# TYPE eddy_future_outliers_held gauge
+eddy_future_outliers_held 2
 # HELP eddy_commits_total Engine commits (results, state and log position).
 # TYPE eddy_commits_total counter
 eddy_commits_total 5
@@ -284,7 +303,21 @@ fn status_keeps_its_keys() {
     );
     assert_eq!(
         sorted(keys(&value["engine"])),
-        ["commits", "flush_p99_ms", "ingest_p99_ms", "late_readings", "results"]
+        [
+            "commits",
+            "flush_p99_ms",
+            "future_outliers",
+            "future_outliers_forced",
+            "future_outliers_held",
+            "ingest_p99_ms",
+            "late_readings",
+            "results",
+            "sensor_clocks"
+        ]
+    );
+    assert_eq!(
+        sorted(keys(&value["engine"]["sensor_clocks"][0])),
+        ["offset_from_median_ms", "offset_ms", "sensor"]
     );
     assert_eq!(
         sorted(keys(&value["store"])),
