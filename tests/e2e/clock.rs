@@ -15,7 +15,12 @@
 //!   once. Without `FAKETIME_NO_CACHE` the spec is cached for 10 s.
 //! - Only a clock read through libc is faked: Rust's `SystemTime` and `Instant` are (glibc's
 //!   `clock_gettime`), a raw vDSO or syscall read (rustix's `linux_raw` backend) would not be.
-//!   Each test checks that eddy's log lines carry the fake time, so the preload did work.
+//!   The 1970 and restart tests check that eddy's log lines carry the fake time (the preload
+//!   took hold), the jump test that eddy counted the jumps.
+//! - libfaketime does not fake `adjtimex`: the kernel's "synchronised" stays the host's. With
+//!   `trust = "auto"` these tests thus need a host whose clock no NTP client steers (the restart
+//!   test says so when it is not); a test makes eddy's clock synchronised with the
+//!   `synchronized_file` instead.
 //!
 //! Readings are stamped with real time and sent at its pace (`eddy_tests::paced`), not the
 //! Spark conformance stream replayed at full speed: the outlier hold judges each reading
@@ -536,7 +541,6 @@ fn restarts_while_the_clock_is_twenty_years_ahead_or_at_1970_lose_and_repeat_no_
     let clock_dir = tempfile::tempdir().unwrap();
     let mut clock = FakeClock::new(clock_dir.path(), 0).unwrap();
     let sync_file = dir.path().join(SYNC_FILE);
-    std::fs::write(&sync_file, "").unwrap();
     let config = with_sync_file(pipeline("gw-restart", "4s")).tcp_source("tcp").key("ack", true);
     let config = with_windows(config)
         .file_sink("results", "{dir}/results.jsonl")
@@ -545,6 +549,17 @@ fn restarts_while_the_clock_is_twenty_years_ahead_or_at_1970_lose_and_repeat_no_
     let owned_env = clock.env();
     let env = env_pairs(&owned_env, &[]);
     let mut eddy = Eddy::start_in_with_env(dir.path(), &config, &env).expect("eddy starts");
+    // With `trust = "auto"` the kernel's word (adjtimex) counts too, and libfaketime cannot
+    // fake it: on a host whose clock an NTP client steers, eddy would believe the clock twenty
+    // years ahead and count twenty years of downtime at the restart, by design.
+    let kernel = status(&eddy)["clock"]["synchronized"].clone();
+    assert!(
+        kernel != true,
+        "the kernel reports the wall clock synchronised (adjtimex without STA_UNSYNC), so this host \
+         cannot show eddy a wrong clock that is not synchronised; run it where no NTP client steers \
+         the clock (a container on such a host shares its kernel's clock state)"
+    );
+    std::fs::write(&sync_file, "").unwrap();
     let results = dir.path().join("results.jsonl");
     let sensors = [("tcp-0", Transport::Tcp), ("tcp-1", Transport::Tcp), ("tcp-2", Transport::Tcp)];
     let mut feed = Feed::new(plan(&sensors, real_now_ms(), PERIOD, Duration::from_millis(12_500)));
