@@ -224,16 +224,30 @@ fn check_pace(problems: &mut Problems, watch: &BatchWatch, from: Duration, to: D
     });
 }
 
-/// The jump counter and the log lines of the jumps.
-fn check_jumps(problems: &mut Problems, eddy: &Eddy, at_least: usize) {
+/// Each jump of `jumps_secs` (the clock's steps, in order) counted once and logged once with
+/// its size (`jump_ms=`, within 5 s: the step is made between two of eddy's samples).
+fn check_jumps(problems: &mut Problems, eddy: &Eddy, jumps_secs: &[i64]) {
     let metrics = metrics(eddy);
     let counted = sample(&metrics, "eddy_clock_jumps_total");
-    problems.check(counted.is_some_and(|jumps| jumps >= at_least as f64), || {
-        format!("eddy_clock_jumps_total is {counted:?}, at least {at_least} expected")
+    let n_jumps = u32::try_from(jumps_secs.len()).expect("few jumps");
+    problems.check(counted == Some(f64::from(n_jumps)), || {
+        format!("eddy_clock_jumps_total is {counted:?}, {n_jumps} expected")
     });
-    let logged = eddy.log().to_lowercase().matches(JUMP_LOG).count();
-    problems.check(logged >= at_least, || {
-        format!("`{JUMP_LOG}` logged {logged} times, at least {at_least} expected")
+    let log = eddy.log();
+    let logged: Vec<&str> = log.lines().filter(|line| line.to_lowercase().contains(JUMP_LOG)).collect();
+    let sizes_ms: Vec<Option<i64>> = logged
+        .iter()
+        .map(|line| line.split_whitespace().find_map(|word| word.strip_prefix("jump_ms=")?.parse().ok()))
+        .collect();
+    let as_expected = sizes_ms.len() == jumps_secs.len()
+        && sizes_ms
+            .iter()
+            .zip(jumps_secs)
+            .all(|(size_ms, secs)| size_ms.is_some_and(|size_ms| (size_ms - secs * 1000).abs() < 5_000));
+    problems.check(as_expected, || {
+        format!(
+            "each jump of {jumps_secs:?} s logged once with its size (`{JUMP_LOG}`, jump_ms=): {logged:#?}"
+        )
     });
 }
 
@@ -500,7 +514,7 @@ fn a_wall_clock_twenty_years_ahead_and_back_under_load_keeps_batches_windows_and
     });
     problems
         .check(hub["outbox_depth"].as_u64().unwrap_or(0) > 0, || format!("the hub's results wait: {hub}"));
-    check_jumps(&mut problems, &eddy, 2);
+    check_jumps(&mut problems, &eddy, &[TWENTY_YEARS_SECS, -TWENTY_YEARS_SECS]);
     problems.assert_none(&eddy);
 }
 
