@@ -15,7 +15,8 @@ fi
 
 # Tools the tests start themselves: mosquitto (MQTT sources and hub uplinks) and its
 # mosquitto_pub client (raw payloads), socat (serial pseudo-terminals), openssl (a test CA for
-# TLS), strace (the flash-wear test counts eddy's write and sync calls), fusermount3 when not
+# TLS), strace (the flash-wear test counts eddy's write and sync calls), libfaketime (the clock
+# tests move eddy's wall clock; perl's Time::HiRes probes what it fakes), fusermount3 when not
 # root (the power-cut file system). Installed with apt-get when missing, without asking (CI has
 # no standard input).
 need=()
@@ -24,6 +25,8 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v strace >/dev/null 2>&1 || need+=(strace)
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(faketime)
+perl -MTime::HiRes -e 1 >/dev/null 2>&1 || need+=(perl)
 # The power-cut test mounts a FUSE file system: as root with mount(2), as another user through
 # fusermount3 (package fuse3).
 [ "$(id -u)" -eq 0 ] || command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)

@@ -5,6 +5,7 @@ mod api;
 mod architecture;
 mod budget;
 mod cli;
+mod clock;
 mod conformance;
 mod crash;
 mod disk_full;

@@ -2,9 +2,11 @@
 //! talks to it over TCP like a sensor gateway client, and reads what it wrote.
 
 pub mod config;
+pub mod faketime;
 pub mod http_hub;
 pub mod mosquitto;
 pub mod mqtt_hub;
+pub mod paced;
 pub mod pki;
 pub mod powercut_fs;
 pub mod proxy;
