@@ -26,6 +26,9 @@ pub(crate) struct Status {
     pub(crate) healthy: bool,
     /// Why not healthy (empty when healthy).
     pub(crate) problems: Vec<String>,
+    /// What deserves attention without making eddy unhealthy (a broker that dropped messages).
+    #[serde(default)]
+    pub(crate) warnings: Vec<String>,
     pub(crate) pipeline_idle_ms: u64,
     pub(crate) sources: Vec<SourceStatsSnapshot>,
     pub(crate) engine: EngineCounters,

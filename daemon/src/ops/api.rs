@@ -71,7 +71,11 @@ fn respond(telemetry: &Telemetry, request: &Request<Incoming>) -> Response<Full<
     }
     match request.uri().path() {
         "/health" => match telemetry.health() {
-            Ok(()) => plain(StatusCode::OK, "ok\n".to_owned()),
+            Ok(()) => {
+                let warnings: String =
+                    telemetry.warnings().iter().map(|warning| format!("warning: {warning}\n")).collect();
+                plain(StatusCode::OK, format!("ok\n{warnings}"))
+            }
             Err(problems) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", problems.join("\n"))),
         },
         "/metrics" => {

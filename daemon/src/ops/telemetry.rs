@@ -25,6 +25,9 @@ use crate::storage::StoreMeters;
 /// one tick every 200 ms when idle) has not moved for this long.
 pub(crate) const STALL_AFTER: Duration = Duration::from_secs(10);
 
+/// How long `/health` warns after a source's MQTT broker reported dropped messages.
+pub(crate) const BROKER_DROPS_WARN_FOR: Duration = Duration::from_secs(10 * 60);
+
 /// Watches a counter that only moves while the pipeline works.
 #[derive(Debug)]
 pub(crate) struct Heartbeat {
@@ -151,6 +154,27 @@ impl Telemetry {
         }
     }
 
+    /// What is worth an operator's attention without making eddy unhealthy (`/health` stays
+    /// 200): an MQTT broker that reported dropped messages in the last
+    /// [`BROKER_DROPS_WARN_FOR`].
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.sources
+            .iter()
+            .filter_map(|source| {
+                let ago = source.broker_dropped_rose_ago(now).filter(|ago| *ago < BROKER_DROPS_WARN_FOR)?;
+                let total = source.snapshot().broker_dropped.unwrap_or(0);
+                Some(format!(
+                    "source {}: the MQTT broker dropped messages {} s ago (its counter, for all its \
+                     clients, is at {total}): readings may be missing; raise its max_queued_messages \
+                     (README, \"Broker settings\")",
+                    source.name,
+                    ago.as_secs()
+                ))
+            })
+            .collect()
+    }
+
     fn uplinks(&self) -> Vec<SinkCounters> {
         let committed = *self.committed.lock().unwrap_or_else(PoisonError::into_inner).borrow();
         let now = now_ms();
@@ -168,6 +192,7 @@ impl Telemetry {
             uptime_secs: self.started.elapsed().as_secs(),
             healthy: problems.is_empty(),
             problems,
+            warnings: self.warnings(),
             pipeline_idle_ms: u64::try_from(self.pipeline_idle().as_millis()).unwrap_or(u64::MAX),
             sources: self.sources.iter().map(|source| source.snapshot()).collect(),
             engine: EngineCounters::read(&self.aggregate, &self.ingest),
