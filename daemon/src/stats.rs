@@ -27,7 +27,7 @@ pub(crate) struct Status {
     pub(crate) healthy: bool,
     /// Why not healthy (empty when healthy).
     pub(crate) problems: Vec<String>,
-    /// What deserves attention without making eddy unhealthy (a clock not synchronised).
+    /// What deserves attention without making eddy unhealthy (a clock not synchronised, a broker that dropped messages).
     #[serde(default)]
     pub(crate) warnings: Vec<String>,
     /// The wall clock and the processing clock.

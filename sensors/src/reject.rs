@@ -42,11 +42,18 @@ pub enum RejectReason {
     /// A complete line dropped because the durable log could not keep up and the source's
     /// bounded queue was full (a serial device cannot be paused).
     Overrun,
+    /// An MQTT message whose payload is larger than the source's `max_payload_bytes`: read,
+    /// acknowledged and dropped whole.
+    MessageTooLarge,
+    /// An MQTT message the client could not read at all (larger than the packet limit, or
+    /// malformed) that the broker kept resending: eddy discarded its broker session to get
+    /// past it, which also drops whatever the broker had queued behind it (counted once).
+    UnreadableMessage,
 }
 
 impl RejectReason {
     /// Every reason, in counter order.
-    pub const ALL: [RejectReason; 17] = [
+    pub const ALL: [RejectReason; 19] = [
         RejectReason::BadSyntax,
         RejectReason::NotObject,
         RejectReason::BadUtf8,
@@ -64,6 +71,8 @@ impl RejectReason {
         RejectReason::TooManySensors,
         RejectReason::PartialLine,
         RejectReason::Overrun,
+        RejectReason::MessageTooLarge,
+        RejectReason::UnreadableMessage,
     ];
 
     /// The stable name of the reason.
@@ -86,6 +95,8 @@ impl RejectReason {
             RejectReason::TooManySensors => "too_many_sensors",
             RejectReason::PartialLine => "partial_line",
             RejectReason::Overrun => "overrun",
+            RejectReason::MessageTooLarge => "message_too_large",
+            RejectReason::UnreadableMessage => "unreadable_message",
         }
     }
 

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,16 @@ pub struct SourceStats {
     duplicates: AtomicU64,
     refused: AtomicU64,
     up: AtomicBool,
+    broker_drops: Mutex<BrokerDrops>,
+}
+
+/// The dropped-messages counter an MQTT broker publishes (`$SYS`), as last read.
+#[derive(Debug, Default)]
+struct BrokerDrops {
+    /// The broker's count (since it started, all its clients).
+    total: Option<u64>,
+    /// When eddy last saw it rise.
+    rose_at: Option<Instant>,
 }
 
 /// A copy of a source's counters at one moment: the one definition the daemon's log lines,
@@ -51,6 +63,9 @@ pub struct SourceStatsSnapshot {
     /// Lines recognised as already settled on an earlier connection of their numbered session
     /// (TCP), answered `dup` and not stored again.
     pub duplicates: u64,
+    /// MQTT: the messages the broker says it dropped (its `$SYS` counter: since it started,
+    /// for all its clients), when the broker publishes it.
+    pub broker_dropped: Option<u64>,
 }
 
 impl SourceStatsSnapshot {
@@ -77,6 +92,7 @@ impl SourceStats {
             duplicates: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             up: AtomicBool::new(false),
+            broker_drops: Mutex::new(BrokerDrops::default()),
         }
     }
 
@@ -121,6 +137,29 @@ impl SourceStats {
         self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records the broker's dropped-messages counter as just read at `now`. Returns true when
+    /// it rose: above the last value read, or above zero after a reset (the broker restarted)
+    /// or at the first reading (eddy cannot tell how old those drops are, and drops for its
+    /// session happen mostly while it is away).
+    pub fn set_broker_dropped(&self, total: u64, now: Instant) -> bool {
+        let mut drops = self.broker_drops.lock().unwrap_or_else(PoisonError::into_inner);
+        let rose = match drops.total {
+            Some(last) if total >= last => total > last,
+            _ => total > 0,
+        };
+        drops.total = Some(total);
+        if rose {
+            drops.rose_at = Some(now);
+        }
+        rose
+    }
+
+    /// How long before `now` the broker's dropped-messages counter last rose, if it did.
+    pub fn broker_dropped_rose_ago(&self, now: Instant) -> Option<Duration> {
+        let drops = self.broker_drops.lock().unwrap_or_else(PoisonError::into_inner);
+        drops.rose_at.map(|rose_at| now.saturating_duration_since(rose_at))
+    }
+
     /// Reads all counters.
     pub fn snapshot(&self) -> SourceStatsSnapshot {
         SourceStatsSnapshot {
@@ -136,6 +175,7 @@ impl SourceStats {
                 .collect(),
             connections: self.connections.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            broker_dropped: self.broker_drops.lock().unwrap_or_else(PoisonError::into_inner).total,
         }
     }
 }
@@ -152,6 +192,9 @@ struct SourceStatusEntry {
     /// The sum of `rejected_by_reason` (read back from the reasons, not from this).
     rejected: u64,
     rejected_by_reason: BTreeMap<String, u64>,
+    /// Only for MQTT sources whose broker publishes the counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    broker_dropped: Option<u64>,
 }
 
 /// A `/status` document named a reject reason this build does not know.
@@ -174,6 +217,7 @@ impl From<SourceStatsSnapshot> for SourceStatusEntry {
             accepted: snapshot.accepted,
             refused: snapshot.refused,
             duplicates: snapshot.duplicates,
+            broker_dropped: snapshot.broker_dropped,
         }
     }
 }
@@ -201,6 +245,7 @@ impl TryFrom<SourceStatusEntry> for SourceStatsSnapshot {
             rejected,
             connections: 0,
             duplicates: entry.duplicates,
+            broker_dropped: entry.broker_dropped,
         })
     }
 }
@@ -228,6 +273,25 @@ mod tests {
         );
         let back: SourceStatsSnapshot = serde_json::from_str(&json).expect("reads back");
         assert_eq!(back, snapshot);
+    }
+
+    #[test]
+    fn broker_drops_rise_above_the_last_value_or_after_a_reset() {
+        let stats = SourceStats::new("mqtt");
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        assert!(!stats.set_broker_dropped(0, at(0)), "a first zero is no drop");
+        assert_eq!(stats.broker_dropped_rose_ago(at(0)), None);
+        assert!(stats.set_broker_dropped(30, at(1)));
+        assert!(!stats.set_broker_dropped(30, at(2)));
+        assert_eq!(stats.broker_dropped_rose_ago(at(5)), Some(Duration::from_secs(4)));
+        assert!(stats.set_broker_dropped(2, at(6)), "the broker restarted and dropped again");
+        assert!(!stats.set_broker_dropped(0, at(7)), "a restart alone is no drop");
+        assert_eq!(stats.snapshot().broker_dropped, Some(0));
+        let json = serde_json::to_string(&stats.snapshot()).expect("serialises");
+        assert!(json.ends_with(r#""broker_dropped":0}"#), "{json}");
+        let other = SourceStats::new("tcp");
+        assert!(!serde_json::to_string(&other.snapshot()).unwrap().contains("broker_dropped"));
     }
 
     #[test]

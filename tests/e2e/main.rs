@@ -11,6 +11,7 @@ mod crash;
 mod disk_full;
 mod docs;
 mod flash_wear;
+mod hostile_mqtt;
 mod ingest;
 mod mqtt;
 mod power_cut;

@@ -2,6 +2,7 @@
 //! talks to it over TCP like a sensor gateway client, and reads what it wrote.
 
 pub mod config;
+pub mod fake_broker;
 pub mod faketime;
 pub mod http_hub;
 pub mod mosquitto;

@@ -54,19 +54,22 @@ impl Mosquitto {
 
     /// Like [`Mosquitto::start`] with extra `mosquitto.conf` lines for the listener (`{dir}` is
     /// replaced by the broker's directory), e.g. `password_file`, `cafile`/`certfile`/`keyfile`.
-    /// Without `allow_anonymous` in `extra`, anonymous clients are allowed.
+    /// Without `allow_anonymous` in `extra`, anonymous clients are allowed; without
+    /// `max_queued_messages`, queues are unlimited.
     pub fn start_with(extra: &str) -> anyhow::Result<Mosquitto> {
         let tmp = tempfile::tempdir().context("temp dir")?;
         let dir = tmp.path().to_path_buf();
         let port = free_port();
         let extra = extra.replace("{dir}", &dir.display().to_string());
         let anonymous = if extra.contains("allow_anonymous") { "" } else { "allow_anonymous true\n" };
+        // Unlimited queues unless the test sets its own limit (a later line would override it).
+        let queue = if extra.contains("max_queued_messages") { "" } else { "max_queued_messages 0\n" };
         // `user root`: mosquitto started as root (CI) would otherwise drop to its own user and
         // could write neither its log nor its persistence file in this root-owned directory.
         // It has no effect when the tests run as another user.
         let config = format!(
             "user root\nlistener {port} 127.0.0.1\n{anonymous}{extra}\npersistence true\npersistence_location {}/\n\
-             log_dest file {}/mosquitto.log\nlog_type all\nmax_queued_messages 0\n",
+             log_dest file {}/mosquitto.log\nlog_type all\n{queue}",
             dir.display(),
             dir.display()
         );

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use eddy_sensors::SourceStatsSnapshot;
 
 use crate::ops::metrics::Kind::{Counter, Gauge, Histogram};
-use crate::ops::metrics::Read::{Daemon, DaemonBy, Sink, SinkBy, Source, SourceBy};
+use crate::ops::metrics::Read::{Daemon, DaemonBy, Sink, SinkBy, Source, SourceBy, SourceIf};
 use crate::ops::metrics::Value::Count;
 use crate::stats::{HistogramSnapshot, SinkCounters, Status};
 
@@ -43,6 +43,8 @@ enum Read {
     Source(fn(&SourceStatsSnapshot) -> Value<'_>),
     /// Per source, one sample per value of the second label.
     SourceBy(&'static str, fn(&SourceStatsSnapshot) -> Vec<(&'static str, u64)>),
+    /// One sample per source that has the value, labelled `source`.
+    SourceIf(fn(&SourceStatsSnapshot) -> Option<u64>),
     /// One sample per sink, labelled `sink`.
     Sink(fn(&SinkCounters) -> Value<'_>),
     /// Per sink, one sample per value of the second label.
@@ -120,6 +122,12 @@ const FAMILIES: &[Family] = &[
         read: SourceBy("reason", |source| {
             source.rejected.iter().map(|(reason, n)| (reason.as_str(), *n)).collect()
         }),
+    },
+    Family {
+        name: "eddy_broker_dropped_total",
+        kind: Counter,
+        help: "Messages the MQTT source's broker says it dropped ($SYS/broker/publish/messages/dropped: all its clients, since it started).",
+        read: SourceIf(|source| source.broker_dropped),
     },
     Family {
         name: "eddy_ingest_latency_seconds",
@@ -311,6 +319,13 @@ fn write_family(out: &mut String, family: &Family, status: &Status) {
         Source(read) => {
             for source in &status.sources {
                 write_sample(out, name, &[("source", &label(&source.name))], &read(source));
+            }
+        }
+        SourceIf(read) => {
+            for source in &status.sources {
+                if let Some(n) = read(source) {
+                    write_sample(out, name, &[("source", &label(&source.name))], &Count(n));
+                }
             }
         }
         SourceBy(key, read) => {

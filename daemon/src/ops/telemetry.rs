@@ -27,6 +27,9 @@ use crate::storage::StoreMeters;
 /// one tick every 200 ms when idle) has not moved for this long.
 pub(crate) const STALL_AFTER: Duration = Duration::from_secs(10);
 
+/// How long `/health` warns after a source's MQTT broker reported dropped messages.
+pub(crate) const BROKER_DROPS_WARN_FOR: Duration = Duration::from_secs(10 * 60);
+
 /// Watches a counter that only moves while the pipeline works.
 #[derive(Debug)]
 pub(crate) struct Heartbeat {
@@ -162,9 +165,22 @@ impl Telemetry {
     }
 
     /// What is worth an operator's attention without making eddy unhealthy (`/health` stays
-    /// 200): a wall clock that is not synchronised.
+    /// 200): a wall clock that is not synchronised, an MQTT broker that reported dropped
+    /// messages in the last [`BROKER_DROPS_WARN_FOR`].
     pub(crate) fn warnings(&self) -> Vec<String> {
-        self.clock_stats.warning(&self.clock).into_iter().collect()
+        let now = Instant::now();
+        let brokers = self.sources.iter().filter_map(|source| {
+            let ago = source.broker_dropped_rose_ago(now).filter(|ago| *ago < BROKER_DROPS_WARN_FOR)?;
+            let total = source.snapshot().broker_dropped.unwrap_or(0);
+            Some(format!(
+                "source {}: the MQTT broker dropped messages {} s ago (its counter, for all its \
+                 clients, is at {total}): readings may be missing; raise its max_queued_messages \
+                 (README, \"Broker settings\")",
+                source.name,
+                ago.as_secs()
+            ))
+        });
+        self.clock_stats.warning(&self.clock).into_iter().chain(brokers).collect()
     }
 
     fn uplinks(&self) -> Vec<SinkCounters> {

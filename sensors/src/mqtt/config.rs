@@ -54,8 +54,12 @@ pub struct MqttSourceConfig {
     /// Messages handed to the log and not yet acknowledged, at most; past it the source
     /// stops taking messages until the log catches up (the broker holds them).
     pub max_in_flight: usize,
-    /// Largest payload decoded; larger ones are rejected as `line_too_long` (and acked).
+    /// Largest payload decoded; larger ones (up to [`MqttSourceConfig::MAX_PACKET_BYTES`])
+    /// are rejected as `message_too_large` and acknowledged.
     pub max_payload_bytes: usize,
+    /// Subscribe to the broker's dropped-messages counter
+    /// ([`MqttSourceConfig::BROKER_DROPPED_TOPIC`]) and report it.
+    pub broker_stats: bool,
     /// First pause before reconnecting; doubled per failure.
     pub retry_min: Duration,
     /// Longest pause between connection attempts.
@@ -81,10 +85,26 @@ impl MqttSourceConfig {
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
     /// Default `max_payload_bytes`.
     pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+    /// The largest MQTT packet the client reads (the remaining length: topic, packet id and
+    /// payload), at least: `max_payload_bytes` plus room for the longest topic when that is
+    /// more. A message up to this size is read, and rejected by eddy if its payload is over
+    /// `max_payload_bytes`; a larger one cannot be read (rumqttc stops at its header and
+    /// drops the connection), so the broker's `max_packet_size` should be at most this.
+    pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
+    /// mosquitto's count of messages it dropped (queue limits), broker-wide; published every
+    /// `sys_interval` (10 s by default) and retained.
+    pub const BROKER_DROPPED_TOPIC: &'static str = "$SYS/broker/publish/messages/dropped";
     /// Default `retry_min`.
     pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(100);
     /// Default `retry_max`.
     pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+    /// The packet size limit handed to rumqttc: [`MqttSourceConfig::MAX_PACKET_BYTES`], or
+    /// more when `max_payload_bytes` with the longest topic (65535 bytes, its length and the
+    /// packet id) needs it.
+    pub fn read_limit_bytes(&self) -> usize {
+        MqttSourceConfig::MAX_PACKET_BYTES.max(self.max_payload_bytes.saturating_add(65_539))
+    }
 
     /// A persistent QoS 1 session of `client_id` at `broker` on `topics`, other settings at
     /// their defaults.
@@ -102,6 +122,7 @@ impl MqttSourceConfig {
             sensor_from_topic: None,
             max_in_flight: MqttSourceConfig::DEFAULT_MAX_IN_FLIGHT,
             max_payload_bytes: MqttSourceConfig::DEFAULT_MAX_PAYLOAD_BYTES,
+            broker_stats: true,
             retry_min: MqttSourceConfig::DEFAULT_RETRY_MIN,
             retry_max: MqttSourceConfig::DEFAULT_RETRY_MAX,
             test_hold_messages: false,

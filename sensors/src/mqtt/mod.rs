@@ -116,6 +116,15 @@ impl MqttConnectionStats {
 /// (0-based) and a `sensor` key in the payload is ignored. Each reading counts as received,
 /// then as accepted or rejected by reason, like a TCP line.
 ///
+/// A message whose payload is over `max_payload_bytes` is still read (up to
+/// [`MqttSourceConfig::read_limit_bytes`], 16 MiB by default), counted as `message_too_large`
+/// and acknowledged; so is a message none of whose readings is valid. A packet the client
+/// cannot read at all (larger than that limit, or malformed) ends the connection, and a broker
+/// resends it first at every reconnection of the persistent session: after three connections
+/// in a row end on it, the source connects once with a clean session, which makes the broker
+/// discard the session (the message, and what it had queued behind it, are lost: logged at
+/// ERROR and counted once as `unreadable_message`), then goes back to a persistent session.
+///
 /// # Acknowledgements
 ///
 /// The session is persistent (`clean_session = false`) and acknowledgements are manual: a
@@ -147,7 +156,16 @@ impl MqttConnectionStats {
 /// # Connection
 ///
 /// One task polls rumqttc's event loop and never waits on its client; it writes the
-/// acknowledgements itself, through the event loop's state and connection. After every
+/// acknowledgements itself, through the event loop's state and connection. Every reconnection
+/// starts from a new client and event loop, so that nothing read on one connection is
+/// acknowledged on the next (rumqttc keeps the packets it read but had not handed out across
+/// its own reconnections): such messages are handed to the log as orphans, and acknowledged
+/// when the broker redelivers them.
+///
+/// With `broker_stats` (the default) the source also subscribes, at QoS 0, to the broker's
+/// dropped-messages counter ([`MqttSourceConfig::BROKER_DROPPED_TOPIC`], mosquitto's) and
+/// reports it in the source's stats; a broker that refuses it is logged once and not asked
+/// again. After every
 /// connection the source subscribes again (a broker that lost its sessions has lost the
 /// subscriptions too). A refused or lost connection is logged — at ERROR when an operator
 /// must act (wrong credentials, not authorised, TLS failure), at WARN otherwise — once, and
@@ -212,9 +230,10 @@ impl MqttSource {
             username: config.username.as_deref(),
             password: config.password.as_ref(),
             tls: config.tls.as_ref(),
-            // Room for a payload at the limit plus the topic and header; a larger message is
-            // refused by rumqttc, which drops the connection.
-            max_packet_bytes: config.max_payload_bytes.saturating_mul(2).max(64 * 1024),
+            // Far above the payload limit: a message up to this is read, rejected by the source
+            // as `message_too_large` and acknowledged. Past it rumqttc cannot read the packet
+            // and drops the connection (see `Subscription::note_unreadable`).
+            max_packet_bytes: config.read_limit_bytes(),
         };
         let mut options = mqtt_options(&settings)
             .map_err(|source| MqttSourceError::Setup { broker: config.broker.to_string(), source })?;

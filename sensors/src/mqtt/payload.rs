@@ -27,9 +27,9 @@ pub(crate) fn decode_payload(
     rejected: &mut impl FnMut(Rejection),
 ) {
     if payload.len() > rules.max_payload_bytes {
-        decoder.reject_unparsed(RejectReason::LineTooLong);
+        decoder.reject_unparsed(RejectReason::MessageTooLarge);
         rejected(Rejection::new(
-            RejectReason::LineTooLong,
+            RejectReason::MessageTooLarge,
             format!("payload of {} bytes, the limit is {}", payload.len(), rules.max_payload_bytes),
         ));
         return;
@@ -142,7 +142,7 @@ mod tests {
         );
         check(Format::Json, None, "a/b", b"[{\"sensor\":", &[], &[RejectReason::BadSyntax]);
         check(Format::Json, None, "a/b", b"\xff", &[], &[RejectReason::BadUtf8]);
-        check(Format::Json, None, "a/b", &[b' '; 2000], &[], &[RejectReason::LineTooLong]);
+        check(Format::Json, None, "a/b", &[b' '; 2000], &[], &[RejectReason::MessageTooLarge]);
     }
 
     #[test]

@@ -48,8 +48,11 @@ pub struct RawMqttSource {
     pub sensor_from_topic: Option<u64>,
     /// Messages awaiting durability at most (default 1024).
     pub max_in_flight: Option<u64>,
-    /// Largest payload decoded, bytes (default 262144).
+    /// Largest payload decoded, bytes (default 262144); larger messages are acknowledged and
+    /// counted as `message_too_large`.
     pub max_payload_bytes: Option<u64>,
+    /// Read the broker's dropped-messages counter from `$SYS` (default true).
+    pub broker_stats: Option<bool>,
     /// Payload format: `json` (default), `csv` or `influx`.
     pub format: Option<String>,
     /// Timestamp unit of `influx` payloads: `ns` (default), `us`, `ms` or `s`.
@@ -169,6 +172,9 @@ impl RawMqttSource {
                 usize::try_from(max_payload).ok().filter(|n| (64..=16 << 20).contains(n)).ok_or_else(
                     || invalid(format!("{key}.max_payload_bytes"), "must be between 64 and 16777216"),
                 )?;
+        }
+        if let Some(broker_stats) = self.broker_stats {
+            mqtt.broker_stats = broker_stats;
         }
         Ok((mqtt, format))
     }

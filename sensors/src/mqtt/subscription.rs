@@ -20,6 +20,7 @@ use crate::mqtt::config::{MqttQos, MqttSourceConfig};
 use crate::mqtt::payload::{decode_payload, PayloadRules};
 use crate::mqtt::{MqttConnectionStats, MqttSourceError, REQUEST_CHANNEL_CAPACITY};
 use crate::parse::LineDecoder;
+use crate::reject::RejectReason;
 use crate::tcp::warn_limit::WarnLimiter;
 use eddy_common::wall_clock_ms;
 use eddy_common::Backoff;
@@ -40,6 +41,9 @@ const FAILURE_REMINDER_EVERY: Duration = Duration::from_secs(60);
 const REDELIVERY_DELAY: Duration = Duration::from_secs(5);
 /// The longest wait before reconnecting for a redelivery while the log keeps refusing.
 const MAX_REDELIVERY_DELAY: Duration = Duration::from_secs(60);
+/// Connections in a row that end on the same packet the client cannot read before eddy
+/// discards its broker session to get past it (see [`Subscription::note_unreadable`]).
+const UNREADABLE_LIMIT: u32 = 3;
 
 /// A message handed to the log (or rejected) and not yet acknowledged.
 #[derive(Debug)]
@@ -80,6 +84,8 @@ enum Step {
 pub(crate) struct Subscription {
     client: AsyncClient,
     eventloop: EventLoop,
+    /// What every new client starts from (a persistent session unless configured otherwise).
+    options: MqttOptions,
     config: MqttSourceConfig,
     source_idx: usize,
     decoder: LineDecoder,
@@ -105,6 +111,17 @@ pub(crate) struct Subscription {
     /// How long after a refusal that is; grows while the log keeps refusing.
     redelivery_backoff: Backoff,
     held: u64,
+    /// The last connection's end on a packet the client could not read, and how many
+    /// connections in a row ended on it.
+    unreadable: Option<(String, u32)>,
+    /// Connect with a clean session (once it succeeds, go back to the configured one): the
+    /// broker keeps resending a packet no client can read.
+    discard_session: bool,
+    /// SUBACKs received on this connection (the topics' first, then the `$SYS` one).
+    n_subacks: usize,
+    /// The broker refused the `$SYS` subscription (or dropped the connection for it): not
+    /// asked again until eddy restarts.
+    broker_stats_refused: bool,
 }
 
 impl Subscription {
@@ -117,11 +134,12 @@ impl Subscription {
         stats: Arc<MqttConnectionStats>,
         ingest: IngestSender,
     ) -> Subscription {
-        let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
+        let (client, eventloop) = AsyncClient::new(options.clone(), REQUEST_CHANNEL_CAPACITY);
         let backoff = Backoff::new(config.retry_min, config.retry_max);
         Subscription {
             client,
             eventloop,
+            options,
             config,
             source_idx,
             decoder,
@@ -139,6 +157,10 @@ impl Subscription {
             redeliver_at: None,
             redelivery_backoff: Backoff::new(REDELIVERY_DELAY, MAX_REDELIVERY_DELAY),
             held: 0,
+            unreadable: None,
+            discard_session: false,
+            n_subacks: 0,
+            broker_stats_refused: false,
         }
     }
 
@@ -159,11 +181,8 @@ impl Subscription {
         loop {
             let acked = self.ack_answered().await;
             let step = match acked {
-                Err(error) => {
-                    // The connection is broken: make the event loop reconnect at its next poll.
-                    self.eventloop.clean();
-                    Step::Event(Err(error))
-                }
+                // The connection is broken: a new client reconnects (below).
+                Err(error) => Step::Event(Err(error)),
                 Ok(()) => {
                     let front_waiting = self.front_is_waiting();
                     // Stop reading the connection while too many messages wait for the log:
@@ -191,11 +210,15 @@ impl Subscription {
                 Step::Redeliver => {
                     info!("Reconnecting for the broker to redeliver the messages the log refused.");
                     self.redeliver_at = None;
-                    self.eventloop.clean();
-                    self.set_disconnected();
+                    self.abandon_connection(false).await?;
                 }
                 Step::Event(Err(error)) => {
-                    self.connection_lost(&error);
+                    let was_connected = self.connected;
+                    if was_connected {
+                        self.note_unreadable(&error);
+                    }
+                    self.abandon_connection(closed_by_broker(&error)).await?;
+                    self.connection_lost(&error, was_connected);
                     let retry_in = self.backoff.next_delay();
                     tokio::select! {
                         () = shutdown.cancelled() => break,
@@ -222,13 +245,24 @@ impl Subscription {
         match event {
             Event::Incoming(Incoming::ConnAck(connack)) => self.connected(connack.session_present),
             Event::Incoming(Incoming::SubAck(suback)) => {
-                for (topic, code) in self.config.topics.iter().zip(&suback.return_codes) {
-                    match code {
-                        SubscribeReasonCode::Success(qos) => info!(%topic, ?qos, "Subscribed."),
-                        SubscribeReasonCode::Failure => {
-                            error!(%topic, "The broker refused the subscription (check its ACL).")
+                self.n_subacks += 1;
+                if self.n_subacks == 1 {
+                    for (topic, code) in self.config.topics.iter().zip(&suback.return_codes) {
+                        match code {
+                            SubscribeReasonCode::Success(qos) => info!(%topic, ?qos, "Subscribed."),
+                            SubscribeReasonCode::Failure => {
+                                error!(%topic, "The broker refused the subscription (check its ACL).")
+                            }
                         }
                     }
+                    self.subscribe_broker_stats();
+                } else if suback.return_codes.iter().all(|code| *code == SubscribeReasonCode::Failure) {
+                    self.broker_stats_refused = true;
+                    warn!(
+                        topic = MqttSourceConfig::BROKER_DROPPED_TOPIC,
+                        "The broker refused the subscription to its dropped-messages counter: drops \
+                         at the broker stay invisible to eddy (set broker_stats = false to not ask)."
+                    );
                 }
             }
             Event::Incoming(Incoming::Publish(publish)) => self.handle_publish(publish).await?,
@@ -237,8 +271,26 @@ impl Subscription {
         Ok(())
     }
 
-    /// A CONNACK accepted the connection: subscribe (again).
+    /// A CONNACK accepted the connection: subscribe (again). A connection made only to
+    /// discard the broker's session is dropped at once for a persistent one.
     fn connected(&mut self, session_present: bool) {
+        if self.discard_session {
+            self.discard_session = false;
+            let (failure, n_connections) = self.unreadable.take().unwrap_or_default();
+            self.decoder.reject_unparsed(RejectReason::UnreadableMessage);
+            error!(
+                %failure,
+                connections = n_connections,
+                "Discarding the broker's session: it kept resending a message the MQTT client \
+                 cannot read. That message and any the broker had queued for eddy are lost; \
+                 reconnecting with a persistent session."
+            );
+            // What the broker will not redeliver any more.
+            self.orphans.clear();
+            self.pending.clear();
+            self.renew_client();
+            return;
+        }
         self.connected = true;
         self.stats.connected.store(true, Ordering::Relaxed);
         self.decoder.stats().set_up(true);
@@ -260,13 +312,77 @@ impl Subscription {
             MqttQos::ExactlyOnce => QoS::ExactlyOnce,
         };
         let filters = self.config.topics.iter().map(|topic| SubscribeFilter::new(topic.clone(), qos));
-        // The request channel has room beyond the acknowledgements for this.
+        // The request channel carries only these requests: it has room.
+        self.n_subacks = 0;
         if let Err(error) = self.client.try_subscribe_many(filters) {
             error!(%error, "Cannot queue the subscription request.");
         }
     }
 
+    /// Subscribes to the broker's dropped-messages counter (QoS 0, retained by mosquitto, so
+    /// the current value comes at once), after the topics' SUBACK and in its own request, so
+    /// that a refusal cannot cost the topics.
+    fn subscribe_broker_stats(&mut self) {
+        if !self.config.broker_stats || self.broker_stats_refused {
+            return;
+        }
+        if let Err(error) = self.client.try_subscribe(MqttSourceConfig::BROKER_DROPPED_TOPIC, QoS::AtMostOnce)
+        {
+            warn!(%error, "Cannot queue the subscription to the broker's dropped-messages counter.");
+        }
+    }
+
+    /// A value of the broker's dropped-messages counter.
+    fn broker_dropped(&mut self, payload: &[u8]) {
+        let Some(total) = std::str::from_utf8(payload).ok().and_then(|text| text.trim().parse::<u64>().ok())
+        else {
+            debug!("The broker's dropped-messages counter is not a number.");
+            return;
+        };
+        if self.decoder.stats().set_broker_dropped(total, std::time::Instant::now()) {
+            warn!(
+                broker_dropped_total = total,
+                "The MQTT broker reports dropped messages. Its counter covers all its clients; \
+                 for eddy's session it means readings lost at the broker (raise its \
+                 max_queued_messages, see README \"Broker settings\")."
+            );
+        }
+    }
+
+    /// The connection ended on `error`. When that is a packet the client cannot read (larger
+    /// than its limit, or malformed), a broker keeping a persistent session resends it first
+    /// at every reconnection, and the source would never get past it. After
+    /// [`UNREADABLE_LIMIT`] connections in a row ending on the same failure, the next
+    /// connection is made with a clean session, which makes the broker discard the session:
+    /// the one way MQTT 3.1.1 offers to get rid of a message the client cannot acknowledge.
+    fn note_unreadable(&mut self, error: &ConnectionError) {
+        let unreadable = matches!(
+            error,
+            ConnectionError::MqttState(StateError::Deserialization(cause))
+                if !matches!(cause, rumqttc::Error::Io(_))
+        );
+        if !unreadable || self.config.clean_session {
+            // With a clean session the broker drops the message itself at the reconnection.
+            self.unreadable = None;
+            return;
+        }
+        let failure = error.to_string();
+        let n_connections = match &self.unreadable {
+            Some((last, n_connections)) if *last == failure => n_connections + 1,
+            _ => 1,
+        };
+        warn!(%failure, connections = n_connections, "The MQTT client cannot read a packet from the broker.");
+        if n_connections >= UNREADABLE_LIMIT {
+            self.discard_session = true;
+        }
+        self.unreadable = Some((failure, n_connections));
+    }
+
     async fn handle_publish(&mut self, publish: Publish) -> Result<(), MqttSourceError> {
+        if publish.topic == MqttSourceConfig::BROKER_DROPPED_TOPIC {
+            self.broker_dropped(&publish.payload);
+            return Ok(());
+        }
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
         if self.config.test_hold_messages {
             self.held += 1;
@@ -402,11 +518,60 @@ impl Subscription {
         Ok(())
     }
 
-    /// The connection failed or was lost: every message not known to be acknowledged at the
-    /// broker becomes an orphan awaiting redelivery, and the failure is logged.
-    fn connection_lost(&mut self, error: &ConnectionError) {
-        let was_connected = self.connected;
+    /// Leaves the current connection (lost, or dropped on purpose) for a new client, so that
+    /// nothing of the old connection reaches the new one: rumqttc keeps the packets it read
+    /// but had not yet handed out (its `events`) across its own reconnections, and eddy
+    /// would acknowledge them there under packet ids the broker had not sent on it.
+    ///
+    /// The messages among them are handed to the log first, as if read before the loss:
+    /// they become orphans like every message not acknowledged, and their redelivery is
+    /// recognised. (Dropping them would be correct too, the broker redelivers them, but a
+    /// message read just before a packet no client can read would then never be stored.)
+    ///
+    /// `closed_by_broker`: the broker ended the connection (as some do when a client
+    /// subscribes where it may not).
+    async fn abandon_connection(&mut self, closed_by_broker: bool) -> Result<(), MqttSourceError> {
+        self.connected = false;
+        let buffered: Vec<Publish> = self
+            .eventloop
+            .state
+            .events
+            .drain(..)
+            .filter_map(|event| match event {
+                Event::Incoming(Incoming::Publish(publish)) => Some(publish),
+                _ => None,
+            })
+            .collect();
+        if !buffered.is_empty() {
+            debug!(messages = buffered.len(), "Handing over the messages read before the connection ended.");
+        }
+        for publish in buffered {
+            self.handle_publish(publish).await?;
+        }
+        if closed_by_broker && self.n_subacks == 1 && self.config.broker_stats && !self.broker_stats_refused {
+            // Lost between the `$SYS` subscription and its SUBACK: some brokers (AWS IoT)
+            // drop a client that subscribes where it may not.
+            self.broker_stats_refused = true;
+            warn!("The connection ended right after subscribing to the broker's dropped-messages counter: not asking again.");
+        }
+        self.n_subacks = 0;
         self.set_disconnected();
+        self.renew_client();
+        Ok(())
+    }
+
+    /// A new client and event loop (no connection yet, nothing buffered): the configured
+    /// session, or a clean one to discard the broker's.
+    fn renew_client(&mut self) {
+        let mut options = self.options.clone();
+        if self.discard_session {
+            options.set_clean_session(true);
+        }
+        (self.client, self.eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
+    }
+
+    /// The connection failed or was lost (the caller abandoned it): the failure is logged.
+    fn connection_lost(&mut self, error: &ConnectionError, was_connected: bool) {
         self.stats.connection_failures.fetch_add(1, Ordering::Relaxed);
 
         let (operator_must_act, reason) = describe_failure(error);
@@ -566,6 +731,17 @@ fn fingerprint(publish: &Publish) -> u32 {
     }
     let folded = (hash >> 32) ^ (hash & u64::from(u32::MAX));
     u32::try_from(folded).expect("folded to 32 bits").max(1)
+}
+
+/// Whether the broker ended the connection (end of stream, reset), rather than eddy or its
+/// client giving up on it.
+fn closed_by_broker(error: &ConnectionError) -> bool {
+    matches!(
+        error,
+        ConnectionError::MqttState(
+            StateError::ConnectionAborted | StateError::Deserialization(rumqttc::Error::Io(_))
+        ) | ConnectionError::Io(_)
+    )
 }
 
 /// Whether an operator must act on a connection failure, and a clear reason.

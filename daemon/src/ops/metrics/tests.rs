@@ -34,6 +34,7 @@ fn known_status() -> Status {
                 rejected: vec![(RejectReason::BadSyntax, 2), (RejectReason::Overrun, 1)],
                 connections: 3,
                 duplicates: 2,
+                broker_dropped: Some(90),
             },
             SourceStatsSnapshot { name: "we\"ird".to_owned(), ..SourceStatsSnapshot::default() },
         ],
@@ -118,6 +119,9 @@ eddy_source_up{source="we\"ird"} 0
 # TYPE eddy_source_rejected_total counter
 eddy_source_rejected_total{source="in",reason="bad_syntax"} 2
 eddy_source_rejected_total{source="in",reason="overrun"} 1
+# HELP eddy_broker_dropped_total Messages the MQTT source's broker says it dropped ($SYS/broker/publish/messages/dropped: all its clients, since it started).
+# TYPE eddy_broker_dropped_total counter
+eddy_broker_dropped_total{source="in"} 90
 # HELP eddy_ingest_latency_seconds From a group's first reading to its acknowledgement (durable).
 # TYPE eddy_ingest_latency_seconds histogram
 eddy_ingest_latency_seconds_bucket{le="0.001"} 2
@@ -299,7 +303,17 @@ fn status_keeps_its_keys() {
     };
     assert_eq!(
         sorted(keys(&value["sources"][0])),
-        ["accepted", "duplicates", "name", "received", "refused", "rejected", "rejected_by_reason", "up"]
+        [
+            "accepted",
+            "broker_dropped",
+            "duplicates",
+            "name",
+            "received",
+            "refused",
+            "rejected",
+            "rejected_by_reason",
+            "up"
+        ]
     );
     assert_eq!(
         sorted(keys(&value["engine"])),
