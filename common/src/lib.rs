@@ -15,4 +15,4 @@ pub use crate::broker_url::BrokerUrl;
 pub use crate::clock::wall_clock_ms;
 pub use crate::config::{invalid, secret_from_env, secret_from_file, KeyError};
 pub use crate::secret::Secret;
-pub use crate::tls::{tls_client_config, PemFile, TlsError};
+pub use crate::tls::{tls_client_config, tls_server_config, PemFile, TlsError};
