@@ -10,6 +10,7 @@ mod crash;
 mod disk_full;
 mod docs;
 mod flash_wear;
+mod hostile_tcp;
 mod ingest;
 mod mqtt;
 mod power_cut;
