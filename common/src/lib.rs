@@ -17,4 +17,4 @@ pub use crate::clock::{
 };
 pub use crate::config::{invalid, secret_from_env, secret_from_file, KeyError};
 pub use crate::secret::Secret;
-pub use crate::tls::{tls_client_config, PemFile, TlsError};
+pub use crate::tls::{tls_client_config, tls_server_config, PemFile, TlsError};

@@ -1,13 +1,15 @@
-//! TLS client configurations from PEM files: rustls with the ring provider, the server checked
-//! against a CA file or the system's roots, an optional client certificate. Used by the MQTT
-//! sources and by the MQTT and HTTP uplinks.
+//! TLS configurations from PEM files, rustls with the ring provider: clients (the server
+//! checked against a CA file or the system's roots, an optional client certificate), used by
+//! the MQTT sources and the MQTT and HTTP uplinks; and servers (a certificate and key, client
+//! certificates optionally required and checked against a CA file), used by the TCP source.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Which PEM file of a TLS client a [`TlsError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,15 +20,22 @@ pub enum PemFile {
     ClientCertificate,
     /// The private key of the client certificate.
     ClientKey,
+    /// The server certificate (chain) a TLS server presents.
+    ServerCertificate,
+    /// The private key of the server certificate.
+    ServerKey,
 }
 
 impl PemFile {
-    /// `CA certificate`, `client certificate` or `client key`.
+    /// `CA certificate`, `client certificate`, `client key`, `server certificate` or
+    /// `server key`.
     pub fn describe(self) -> &'static str {
         match self {
             PemFile::CaCertificate => "CA certificate",
             PemFile::ClientCertificate => "client certificate",
             PemFile::ClientKey => "client key",
+            PemFile::ServerCertificate => "server certificate",
+            PemFile::ServerKey => "server key",
         }
     }
 }
@@ -77,6 +86,24 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
+    /// rustls refused the server certificate and key (a key that does not match, ...).
+    #[error("server certificate {} and its key are refused", cert_path.display())]
+    ServerCertificate {
+        /// The server certificate file.
+        cert_path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client CA file cannot make a client certificate verifier.
+    #[error("the client CA certificates in {} are refused", path.display())]
+    ClientVerifier {
+        /// The client CA file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
 }
 
 /// A rustls client configuration (ring provider, TLS 1.2 and 1.3) trusting the certificates of
@@ -114,6 +141,42 @@ pub fn tls_client_config(
     };
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(config)
+}
+
+/// A rustls server configuration (ring provider, TLS 1.2 and 1.3) presenting the certificate
+/// chain of `cert_file` with the key of `key_file`. With `client_ca_file`, every client must
+/// present a certificate that chains to one of its CAs (the handshake fails otherwise);
+/// without it, no client certificate is asked for.
+///
+/// The files are read here, once at start-up.
+pub fn tls_server_config(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca_file: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Versions)?;
+    let builder = match client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let roots = roots_from_file(path)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|source| TlsError::ClientVerifier { path: path.to_path_buf(), source })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let chain = read_certs(PemFile::ServerCertificate, cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Pem {
+        file: PemFile::ServerKey,
+        path: key_file.to_path_buf(),
+        source,
+    })?;
+    builder
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::ServerCertificate { cert_path: cert_file.to_path_buf(), source })
 }
 
 fn roots_from_file(path: &Path) -> Result<RootCertStore, TlsError> {

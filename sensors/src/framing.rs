@@ -152,6 +152,11 @@ impl<R: AsyncRead + Unpin> LineFramer<R> {
         &self.reader
     }
 
+    /// The underlying reader, the bytes buffered but not framed dropped.
+    pub(crate) fn into_inner(self) -> R {
+        self.reader
+    }
+
     /// What [`next_frame`](Self::next_frame) returns when the buffered bytes hold no `\n`.
     fn no_newline_frame(&mut self) -> Option<Frame<'_>> {
         self.scanned = self.end;

@@ -40,4 +40,6 @@ pub use crate::simulator::{
     ThermostatMode, ThermostatSample, Thermostats,
 };
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
-pub use crate::tcp::{RawTcpSource, TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError};
+pub use crate::tcp::{
+    PeerNet, RawTcpSource, TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError, TcpTls,
+};

@@ -22,6 +22,9 @@ pub struct SourceStats {
     connections: AtomicU64,
     duplicates: AtomicU64,
     refused: AtomicU64,
+    peers_refused: AtomicU64,
+    auth_failures: AtomicU64,
+    timed_out: AtomicU64,
     up: AtomicBool,
     broker_drops: Mutex<BrokerDrops>,
 }
@@ -66,6 +69,14 @@ pub struct SourceStatsSnapshot {
     /// MQTT: the messages the broker says it dropped (its `$SYS` counter: since it started,
     /// for all its clients), when the broker publishes it.
     pub broker_dropped: Option<u64>,
+    /// Connections refused at accept: the peer is outside `allow` (TCP).
+    pub peers_refused: u64,
+    /// Connections closed for want of credentials: a failed TLS handshake (no or a bad client
+    /// certificate), a wrong or missing `#auth` token, or none within `auth_timeout` (TCP).
+    pub auth_failures: u64,
+    /// Connections closed because they sent nothing for `idle_timeout`, or their peer left
+    /// their replies unread for `reply_timeout` (TCP).
+    pub timed_out: u64,
 }
 
 impl SourceStatsSnapshot {
@@ -91,6 +102,9 @@ impl SourceStats {
             connections: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            peers_refused: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
             up: AtomicBool::new(false),
             broker_drops: Mutex::new(BrokerDrops::default()),
         }
@@ -130,6 +144,21 @@ impl SourceStats {
     /// Counts `n` lines recognised as already settled (a resend), not stored again.
     pub fn add_duplicates(&self, n: u64) {
         self.duplicates.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one connection refused because its peer is not allowed.
+    pub fn add_peer_refused(&self) {
+        self.peers_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one connection closed for want of credentials.
+    pub fn add_auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one connection closed by a timeout (idle, or replies unread).
+    pub fn add_timed_out(&self) {
+        self.timed_out.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one accepted connection.
@@ -176,6 +205,9 @@ impl SourceStats {
             connections: self.connections.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             broker_dropped: self.broker_drops.lock().unwrap_or_else(PoisonError::into_inner).total,
+            peers_refused: self.peers_refused.load(Ordering::Relaxed),
+            auth_failures: self.auth_failures.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
         }
     }
 }
@@ -189,6 +221,13 @@ struct SourceStatusEntry {
     accepted: u64,
     refused: u64,
     duplicates: u64,
+    /// Absent from the documents of older versions.
+    #[serde(default)]
+    peers_refused: u64,
+    #[serde(default)]
+    auth_failures: u64,
+    #[serde(default)]
+    timed_out: u64,
     /// The sum of `rejected_by_reason` (read back from the reasons, not from this).
     rejected: u64,
     rejected_by_reason: BTreeMap<String, u64>,
@@ -218,6 +257,9 @@ impl From<SourceStatsSnapshot> for SourceStatusEntry {
             refused: snapshot.refused,
             duplicates: snapshot.duplicates,
             broker_dropped: snapshot.broker_dropped,
+            peers_refused: snapshot.peers_refused,
+            auth_failures: snapshot.auth_failures,
+            timed_out: snapshot.timed_out,
         }
     }
 }
@@ -246,6 +288,9 @@ impl TryFrom<SourceStatusEntry> for SourceStatsSnapshot {
             connections: 0,
             duplicates: entry.duplicates,
             broker_dropped: entry.broker_dropped,
+            peers_refused: entry.peers_refused,
+            auth_failures: entry.auth_failures,
+            timed_out: entry.timed_out,
         })
     }
 }
@@ -262,6 +307,9 @@ mod tests {
         stats.add_accepted(4);
         stats.add_refused(1);
         stats.add_duplicates(2);
+        stats.add_peer_refused();
+        stats.add_auth_failure();
+        stats.add_timed_out();
         stats.add_rejected(RejectReason::Overrun);
         stats.add_rejected(RejectReason::BadSyntax);
         stats.add_rejected(RejectReason::BadSyntax);
@@ -269,7 +317,7 @@ mod tests {
         let json = serde_json::to_string(&snapshot).expect("serialises");
         assert_eq!(
             json,
-            r#"{"name":"in","up":true,"received":7,"accepted":4,"refused":1,"duplicates":2,"rejected":3,"rejected_by_reason":{"bad_syntax":2,"overrun":1}}"#
+            r#"{"name":"in","up":true,"received":7,"accepted":4,"refused":1,"duplicates":2,"peers_refused":1,"auth_failures":1,"timed_out":1,"rejected":3,"rejected_by_reason":{"bad_syntax":2,"overrun":1}}"#
         );
         let back: SourceStatsSnapshot = serde_json::from_str(&json).expect("reads back");
         assert_eq!(back, snapshot);

@@ -59,9 +59,11 @@ fn sink_error(error: TlsError) -> SinkError {
         }
         // The uplinks used to hand an empty chain to rustls, and this is what rustls said.
         TlsError::NoCertificate { path, .. } => (path, rustls::Error::NoCertificatesPresented.to_string()),
-        TlsError::CaRefused { path, source } | TlsError::ClientAuth { cert_path: path, source } => {
-            (path, source.to_string())
-        }
+        TlsError::CaRefused { path, source }
+        | TlsError::ClientAuth { cert_path: path, source }
+        | TlsError::ServerCertificate { cert_path: path, source } => (path, source.to_string()),
+        // Not reached: a client configuration has no client verifier.
+        TlsError::ClientVerifier { path, source } => (path, source.to_string()),
         TlsError::NoSystemRoots => {
             (PathBuf::from("/etc/ssl/certs"), "no system CA certificates found; set ca_file".to_owned())
         }

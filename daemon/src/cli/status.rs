@@ -90,6 +90,15 @@ pub(crate) fn render(status: &Status) -> String {
         if source.duplicates > 0 {
             let _ = writeln!(out, "      resent, already stored (dup): {}", source.duplicates);
         }
+        for (what, count) in [
+            ("peers refused (not in allow)", source.peers_refused),
+            ("authentication failures", source.auth_failures),
+            ("connections timed out", source.timed_out),
+        ] {
+            if count > 0 {
+                let _ = writeln!(out, "      {what}: {count}");
+            }
+        }
         // By name, as the document's object lists them.
         let by_reason: BTreeMap<&str, u64> =
             source.rejected.iter().map(|(reason, n)| (reason.as_str(), *n)).collect();

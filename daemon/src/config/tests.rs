@@ -246,6 +246,50 @@ fn an_mqtt_sink_gets_its_defaults_and_secret() {
     assert_eq!(config.sinks[0].delivery.batch_max_records, 512);
 }
 
+#[test]
+fn tcp_security_keys_are_checked_and_named() {
+    let tcp = |keys: &str| format!("[[sources]]\nkind = \"tcp\"\n{keys}\n");
+    check_message(
+        &tcp("allow = [\"192.168.10.7/24\"]"),
+        "sources[1].allow: `192.168.10.7/24` has host bits set; did you mean 192.168.10.0/24?",
+    );
+    check_message(
+        &tcp("allow = [\"::1/129\"]"),
+        "sources[1].allow: `::1/129`: the prefix length must be 0 to 128",
+    );
+    check_message(
+        &tcp("tls_cert_file = \"/x.crt\""),
+        "sources[1].tls_key_file: is required with tls_cert_file",
+    );
+    check_message(
+        &tcp("tls_client_ca_file = \"/ca.crt\""),
+        "sources[1].tls_client_ca_file: needs tls_cert_file and tls_key_file (client certificates are a TLS feature)",
+    );
+    check_message(&tcp("idle_timeout = \"10ms\""), "sources[1].idle_timeout: must be at least 1s");
+    check_message(
+        &tcp("max_sessions_per_peer = 0"),
+        "sources[1].max_sessions_per_peer: must be between 1 and max_sessions",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("tcp.token");
+    std::fs::write(&token, " \n").unwrap();
+    check_message(
+        &tcp(&format!("token_file = \"{}\"", token.display())),
+        &format!("sources[1].token_file: {} holds no token", token.display()),
+    );
+    std::fs::write(&token, "  hunter2\n").unwrap();
+    let config = load_extra(&tcp(&format!("token_file = \"{}\"\nallow = [\"10.0.0.0/8\"]", token.display())))
+        .expect("valid");
+    let SourceKind::Tcp { tcp, .. } = &config.sources[1].kind else { panic!("not tcp") };
+    assert_eq!(tcp.token.as_ref().map(|token| token.expose()), Some("hunter2"));
+    assert_eq!(tcp.idle_timeout, Duration::from_secs(300));
+    assert_eq!(
+        (tcp.max_sessions_per_peer, tcp.max_session_skip_lines, tcp.max_reply_bytes),
+        (64, 1_000_000, 65_536)
+    );
+    assert!(!format!("{config:?}").contains("hunter2"), "the token must not show in Debug");
+}
+
 #[track_caller]
 fn check_message(extra: &str, expected: &str) {
     let error = load_extra(extra).expect_err("must be rejected").to_string();
@@ -257,7 +301,9 @@ fn a_key_of_another_kind_or_of_the_wrong_type_is_named_in_full() {
     check_message(
         "[[sources]]\nkind = \"tcp\"\nrate = 2.0\n",
         "sources[1].rate: does not apply to kind = \"tcp\" (its keys: `name`, `listen`, `format`, \
-         `precision`, `ack`, `max_connections`, `max_sessions`)",
+         `precision`, `ack`, `max_connections`, `max_sessions`, `max_sessions_per_peer`, \
+         `max_session_skip_lines`, `tls_cert_file`, `tls_key_file`, `tls_client_ca_file`, `allow`, \
+         `token_file`, `idle_timeout`, `auth_timeout`, `max_reply_bytes`, `reply_timeout`)",
     );
     check_message(
         "[[sinks]]\nkind = \"console\"\nurl = \"http://x\"\n",

@@ -110,6 +110,24 @@ const FAMILIES: &[Family] = &[
         read: Source(|source| Count(source.duplicates)),
     },
     Family {
+        name: "eddy_source_peers_refused_total",
+        kind: Counter,
+        help: "TCP connections refused at accept because the peer is not in the source's allow list.",
+        read: Source(|source| Count(source.peers_refused)),
+    },
+    Family {
+        name: "eddy_source_auth_failures_total",
+        kind: Counter,
+        help: "TCP connections closed for a failed TLS handshake, a wrong or missing #auth token, or none in time.",
+        read: Source(|source| Count(source.auth_failures)),
+    },
+    Family {
+        name: "eddy_source_timed_out_total",
+        kind: Counter,
+        help: "TCP connections closed idle (idle_timeout) or with replies left unread (reply_timeout).",
+        read: Source(|source| Count(source.timed_out)),
+    },
+    Family {
         name: "eddy_source_up",
         kind: Gauge,
         help: "1 while the source can take readings (listening, port open, broker connected).",

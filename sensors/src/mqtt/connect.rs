@@ -93,7 +93,13 @@ fn setup_error(error: TlsError, broker: &MqttBroker) -> MqttSetupError {
         TlsError::CaRefused { path, source } => {
             MqttSetupError::Pem { what: "CA certificate", path, message: source.to_string() }
         }
-        TlsError::Versions(source) | TlsError::ClientAuth { source, .. } => MqttSetupError::Tls(source),
+        TlsError::Versions(source)
+        | TlsError::ClientAuth { source, .. }
+        | TlsError::ServerCertificate { source, .. } => MqttSetupError::Tls(source),
+        // Not reached: a client configuration has no client verifier.
+        TlsError::ClientVerifier { path, source } => {
+            MqttSetupError::Pem { what: "CA certificate", path, message: source.to_string() }
+        }
         // Not reached: the source always names a CA file.
         TlsError::NoSystemRoots => MqttSetupError::MissingCa { broker: broker.to_string() },
     }

@@ -2,11 +2,14 @@
 //! the typed settings the source runs with.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use eddy_common::{invalid, KeyError};
+use eddy_common::{invalid, secret_from_file, tls_server_config, KeyError, PemFile, Secret, TlsError};
 use serde::Deserialize;
 
 use crate::parse::{format_from_keys, Format};
+use crate::tcp::peer::PeerNet;
 
 /// How the TCP source listens and answers (`kind = "tcp"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +29,47 @@ pub struct TcpSourceConfig {
     /// connection stops reading until the oldest batch is answered.
     pub max_in_flight_batches: usize,
     /// Numbered sessions (`#session`) remembered at once; past it the least recently declared
-    /// one is forgotten.
+    /// one of the same owner (or one nobody has claimed since the start) is forgotten.
     pub max_sessions: usize,
+    /// Numbered sessions one owner (credential, or peer address without one) may have; past
+    /// it its own least recently declared one is forgotten.
+    pub max_sessions_per_peer: usize,
+    /// How far `FIRST` of `#session ID FIRST` may jump past the session's settled line.
+    pub max_session_skip_lines: u64,
+    /// TLS: the server's certificate and key, and the CA client certificates must chain to.
+    pub tls: Option<TcpTls>,
+    /// Networks peers may connect from; empty: any.
+    pub allow: Vec<PeerNet>,
+    /// The shared token a connection's first line must present (`#auth TOKEN`).
+    pub token: Option<Secret>,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// The TLS handshake and the `#auth` line must be done within this from the accept.
+    pub auth_timeout: Duration,
+    /// Replies (with `ack`) a connection may have queued, in bytes; past it the connection
+    /// stops reading until its peer reads them.
+    pub max_reply_bytes: usize,
+    /// A connection whose replies cannot be written for this long (its peer does not read
+    /// them) is closed.
+    pub reply_timeout: Duration,
+}
+
+/// The files of the TCP source's TLS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpTls {
+    /// The server certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// With it, every client must present a certificate that chains to one of these CAs.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TcpTls {
+    /// The rustls server configuration (reads the files).
+    pub(crate) fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        tls_server_config(&self.cert_file, &self.key_file, self.client_ca_file.as_deref())
+    }
 }
 
 /// One `[[sources]]` entry with `kind = "tcp"`, as written (the daemon takes `kind` and
@@ -47,6 +89,32 @@ pub struct RawTcpSource {
     pub max_connections: Option<u64>,
     /// Numbered sessions (`#session`) remembered at once (default 4096).
     pub max_sessions: Option<u64>,
+    /// Numbered sessions one owner may have (default 64, or `max_sessions` if smaller).
+    pub max_sessions_per_peer: Option<u64>,
+    /// Lines a `#session` may skip past the settled line (default 1000000).
+    pub max_session_skip_lines: Option<u64>,
+    /// The TLS server certificate (PEM); with `tls_key_file`, the source speaks TLS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The TLS server key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to; set, a client certificate is
+    /// required.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Networks peers may connect from, like `192.168.10.0/24` (default: any).
+    pub allow: Option<Vec<String>>,
+    /// A file holding the token every connection must send first (`#auth TOKEN`).
+    pub token_file: Option<PathBuf>,
+    /// Close a connection silent this long (default 5m).
+    #[serde(with = "humantime_serde", default)]
+    pub idle_timeout: Option<Duration>,
+    /// Time to finish the TLS handshake and `#auth` (default 10s).
+    #[serde(with = "humantime_serde", default)]
+    pub auth_timeout: Option<Duration>,
+    /// Queued reply bytes per connection before it stops reading (default 65536).
+    pub max_reply_bytes: Option<u64>,
+    /// Close a connection whose replies cannot be written this long (default 30s).
+    #[serde(with = "humantime_serde", default)]
+    pub reply_timeout: Option<Duration>,
 }
 
 impl TcpSourceConfig {
@@ -60,6 +128,20 @@ impl TcpSourceConfig {
     pub const DEFAULT_MAX_IN_FLIGHT_BATCHES: usize = 16;
     /// Default `max_sessions`: far more senders than a gateway has, a few dozen KiB.
     pub const DEFAULT_MAX_SESSIONS: usize = 4096;
+    /// Default `max_sessions_per_peer`: a gateway's sender has a handful of streams.
+    pub const DEFAULT_MAX_SESSIONS_PER_PEER: usize = 64;
+    /// Default `max_session_skip_lines`: far more than a sender loses in one outage, far less
+    /// than a number that would silence a session for good.
+    pub const DEFAULT_MAX_SESSION_SKIP_LINES: u64 = 1_000_000;
+    /// Default `idle_timeout`.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Default `auth_timeout`.
+    pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default `max_reply_bytes`: a few thousand replies, against the megabytes a full
+    /// pipeline of rejections took before.
+    pub const DEFAULT_MAX_REPLY_BYTES: usize = 64 * 1024;
+    /// Default `reply_timeout`.
+    pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 impl Default for TcpSourceConfig {
@@ -71,6 +153,15 @@ impl Default for TcpSourceConfig {
             max_batch_lines: TcpSourceConfig::DEFAULT_MAX_BATCH_LINES,
             max_in_flight_batches: TcpSourceConfig::DEFAULT_MAX_IN_FLIGHT_BATCHES,
             max_sessions: TcpSourceConfig::DEFAULT_MAX_SESSIONS,
+            max_sessions_per_peer: TcpSourceConfig::DEFAULT_MAX_SESSIONS_PER_PEER,
+            max_session_skip_lines: TcpSourceConfig::DEFAULT_MAX_SESSION_SKIP_LINES,
+            tls: None,
+            allow: Vec::new(),
+            token: None,
+            idle_timeout: TcpSourceConfig::DEFAULT_IDLE_TIMEOUT,
+            auth_timeout: TcpSourceConfig::DEFAULT_AUTH_TIMEOUT,
+            max_reply_bytes: TcpSourceConfig::DEFAULT_MAX_REPLY_BYTES,
+            reply_timeout: TcpSourceConfig::DEFAULT_REPLY_TIMEOUT,
         }
     }
 }
@@ -96,13 +187,141 @@ impl RawTcpSource {
                     "must be between max_connections (a connection owns at most one session) and 1000000",
                 )
             })?;
+        // The default never exceeds a smaller `max_sessions`.
+        let max_sessions_per_peer = match self.max_sessions_per_peer {
+            Some(n) => usize::try_from(n).ok(),
+            None => Some(TcpSourceConfig::DEFAULT_MAX_SESSIONS_PER_PEER.min(max_sessions)),
+        }
+        .filter(|n| (1..=max_sessions).contains(n))
+        .ok_or_else(|| {
+            invalid(format!("{key}.max_sessions_per_peer"), "must be between 1 and max_sessions")
+        })?;
+        let max_session_skip_lines =
+            self.max_session_skip_lines.unwrap_or(TcpSourceConfig::DEFAULT_MAX_SESSION_SKIP_LINES);
+        if max_session_skip_lines > u64::MAX / 2 {
+            return Err(invalid(
+                format!("{key}.max_session_skip_lines"),
+                "must be at most 9223372036854775807",
+            ));
+        }
+        let allow = self
+            .allow
+            .unwrap_or_default()
+            .iter()
+            .map(|text| PeerNet::parse(text).map_err(|message| invalid(format!("{key}.allow"), message)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let token = match &self.token_file {
+            None => None,
+            Some(path) => {
+                let key = format!("{key}.token_file");
+                let text = secret_from_file(&key, path)?;
+                let token = Secret::new(text.trim());
+                if token.expose().is_empty() {
+                    return Err(invalid(key, format!("{} holds no token", path.display())));
+                }
+                if token.expose().bytes().any(|byte| byte.is_ascii_whitespace() || byte.is_ascii_control()) {
+                    return Err(invalid(key, "the token must be one word of printable characters"));
+                }
+                Some(token)
+            }
+        };
+        let tls = tls_from_keys(key, self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)?;
+        let duration = |name: &str, value: Option<Duration>, default: Duration, min: Duration| {
+            let value = value.unwrap_or(default);
+            if value < min {
+                return Err(invalid(format!("{key}.{name}"), format!("must be at least {min:?}")));
+            }
+            Ok(value)
+        };
+        let idle_timeout = duration(
+            "idle_timeout",
+            self.idle_timeout,
+            TcpSourceConfig::DEFAULT_IDLE_TIMEOUT,
+            Duration::from_secs(1),
+        )?;
+        let auth_timeout = duration(
+            "auth_timeout",
+            self.auth_timeout,
+            TcpSourceConfig::DEFAULT_AUTH_TIMEOUT,
+            Duration::from_millis(100),
+        )?;
+        let reply_timeout = duration(
+            "reply_timeout",
+            self.reply_timeout,
+            TcpSourceConfig::DEFAULT_REPLY_TIMEOUT,
+            Duration::from_millis(100),
+        )?;
+        let max_reply_bytes = usize::try_from(self.max_reply_bytes.unwrap_or(64 * 1024))
+            .ok()
+            .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
+            .ok_or_else(|| invalid(format!("{key}.max_reply_bytes"), "must be between 1024 and 67108864"))?;
         let tcp = TcpSourceConfig {
             listen,
             max_connections,
             max_sessions,
+            max_sessions_per_peer,
+            max_session_skip_lines,
             ack: self.ack.unwrap_or(false),
+            tls,
+            allow,
+            token,
+            idle_timeout,
+            auth_timeout,
+            max_reply_bytes,
+            reply_timeout,
             ..TcpSourceConfig::default()
         };
         Ok((tcp, format))
     }
+}
+
+/// The TLS keys: certificate and key together, a client CA only with them; the files are
+/// loaded once here so that `check-config` reports a broken file, naming its key.
+fn tls_from_keys(
+    key: &str,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+) -> Result<Option<TcpTls>, KeyError> {
+    let (cert_file, key_file) = match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => (cert_file, key_file),
+        (None, None) if client_ca_file.is_none() => return Ok(None),
+        (None, None) => {
+            return Err(invalid(
+                format!("{key}.tls_client_ca_file"),
+                "needs tls_cert_file and tls_key_file (client certificates are a TLS feature)",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(invalid(format!("{key}.tls_key_file"), "is required with tls_cert_file"))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(format!("{key}.tls_cert_file"), "is required with tls_key_file"))
+        }
+    };
+    let tls = TcpTls { cert_file, key_file, client_ca_file };
+    tls.server_config().map_err(|error| tls_key_error(key, &error))?;
+    Ok(Some(tls))
+}
+
+/// A TLS set-up error as a key error naming the key of the file at fault.
+pub(crate) fn tls_key_error(key: &str, error: &TlsError) -> KeyError {
+    let name = match error {
+        TlsError::Pem { file, .. } | TlsError::NoCertificate { file, .. } => match file {
+            PemFile::ServerKey | PemFile::ClientKey => "tls_key_file",
+            PemFile::CaCertificate => "tls_client_ca_file",
+            PemFile::ServerCertificate | PemFile::ClientCertificate => "tls_cert_file",
+        },
+        TlsError::CaRefused { .. } | TlsError::ClientVerifier { .. } => "tls_client_ca_file",
+        TlsError::ServerCertificate { .. } => "tls_key_file",
+        TlsError::Versions(_) | TlsError::NoSystemRoots | TlsError::ClientAuth { .. } => "tls_cert_file",
+    };
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    invalid(format!("{key}.{name}"), message)
 }

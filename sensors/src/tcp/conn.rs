@@ -11,20 +11,26 @@
 //! batch's lines settled once it is durable, and the session passes to another connection
 //! only after the last entry is answered.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use eddy_common::Secret;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::framing::LineFramer;
+use crate::framing::{Frame, LineFramer};
 use crate::ingest::{Durability, IngestSender};
 use crate::parse::LineDecoder;
 use crate::reading::Reading;
 use crate::reject::Rejection;
+use crate::stats::SourceStats;
+use crate::tcp::peer::{auth_line_matches, Owner};
 use crate::tcp::reader::{LineReader, ReadEnd};
 use crate::tcp::replies::{write_replies, WriteSummary};
 use crate::tcp::session::{SessionClaim, Sessions};
@@ -37,48 +43,141 @@ pub(crate) struct ConnectionSettings {
     pub(crate) ack: bool,
     pub(crate) max_batch_lines: usize,
     pub(crate) max_in_flight_batches: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) auth_timeout: Duration,
+    pub(crate) max_reply_bytes: usize,
+    pub(crate) reply_timeout: Duration,
+}
+
+/// What every connection of a source checks a peer with, and where it reports refusals.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// Client certificates are required (and verified by the acceptor).
+    pub(crate) client_certificates: bool,
+    pub(crate) token: Option<Secret>,
+    pub(crate) stats: Arc<SourceStats>,
+    /// One WARN per second for failed authentications, one for timeouts, across connections.
+    pub(crate) auth_warnings: Mutex<WarnLimiter>,
+    pub(crate) timeout_warnings: Mutex<WarnLimiter>,
+}
+
+impl Guard {
+    /// Counts an authentication failure and logs it (rate-limited).
+    fn auth_failed(&self, peer: SocketAddr, why: &str) {
+        self.stats.add_auth_failure();
+        let allowed = self.auth_warnings.lock().expect("never poisoned").allow(Instant::now());
+        if let Some(suppressed) = allowed {
+            warn!(%peer, why, suppressed, "Refused a connection: authentication failed.");
+        }
+    }
+
+    /// Counts a connection closed by a timeout and logs it (rate-limited).
+    fn timed_out(&self, peer: SocketAddr, why: &str) {
+        self.stats.add_timed_out();
+        let allowed = self.timeout_warnings.lock().expect("never poisoned").allow(Instant::now());
+        if let Some(suppressed) = allowed {
+            warn!(%peer, why, suppressed, "Closed a connection: timed out.");
+        }
+    }
+
+    /// Events held back by the rate limits, for a last summary.
+    pub(crate) fn take_suppressed(&self) -> (u64, u64) {
+        (
+            self.auth_warnings.lock().expect("never poisoned").take_suppressed(),
+            self.timeout_warnings.lock().expect("never poisoned").take_suppressed(),
+        )
+    }
 }
 
 /// A connection about to be served.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    settings: ConnectionSettings,
-    decoder: LineDecoder,
-    ingest: IngestSender,
-    shutdown: CancellationToken,
-    ingest_closed: CancellationToken,
-    sessions: Arc<Sessions>,
+    pub(crate) settings: ConnectionSettings,
+    pub(crate) decoder: LineDecoder,
+    pub(crate) ingest: IngestSender,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) ingest_closed: CancellationToken,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) peer: SocketAddr,
 }
 
 /// How long a connection stopped by shutdown waits for its peer to close.
 const LINGER: Duration = Duration::from_secs(1);
 
-impl Connection {
-    pub(crate) fn new(
-        settings: ConnectionSettings,
-        decoder: LineDecoder,
-        ingest: IngestSender,
-        shutdown: CancellationToken,
-        ingest_closed: CancellationToken,
-        sessions: Arc<Sessions>,
-    ) -> Connection {
-        Connection { settings, decoder, ingest, shutdown, ingest_closed, sessions }
-    }
+/// How long the `err auth` answer may take to write before the connection is dropped anyway.
+const AUTH_REPLY_WAIT: Duration = Duration::from_secs(1);
 
-    /// Serves the connection until the peer closes it, it fails, or shutdown; see the module
-    /// docs of `tcp` for the protocol.
-    pub(crate) async fn serve(self, mut stream: TcpStream) {
+impl Connection {
+    /// Serves the connection until the peer closes it, it fails, times out, or shutdown; see
+    /// the module docs of `tcp` for the protocol. The TLS handshake and `#auth` must be done
+    /// within `auth_timeout` of the accept.
+    pub(crate) async fn serve(self, stream: TcpStream) {
+        let auth_deadline = Instant::now() + self.settings.auth_timeout;
         // Replies are small and a sender may be waiting for them; do not let Nagle hold them.
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "Could not disable Nagle's algorithm.");
         }
         debug!("Connection opened.");
-        let Connection { settings, decoder, ingest, shutdown, ingest_closed, sessions } = self;
-        let replies_stopped = CancellationToken::new();
-        let (read_half, write_half) = stream.split();
+        let ip = self.peer.ip().to_canonical();
+        let default_owner = if self.guard.token.is_some() { Owner::Token } else { Owner::Peer(ip) };
+        let Some(acceptor) = self.guard.tls.clone().map(TlsAcceptor::from) else {
+            let (read_half, write_half) = stream.into_split();
+            return self.serve_halves(read_half, write_half, default_owner, auth_deadline).await;
+        };
+        let handshake = tokio::select! {
+            () = self.shutdown.cancelled() => return,
+            handshake = tokio::time::timeout_at(auth_deadline, acceptor.accept(stream)) => handshake,
+        };
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                return self.guard.auth_failed(self.peer, &format!("TLS handshake failed: {error}"))
+            }
+            Err(_elapsed) => {
+                return self.guard.auth_failed(self.peer, "no TLS handshake within auth_timeout")
+            }
+        };
+        let owner = match tls.get_ref().1.peer_certificates().and_then(<[_]>::first) {
+            Some(certificate) if self.guard.client_certificates => {
+                // Verified by the acceptor, so it parses; the whole certificate is the
+                // fallback identity all the same.
+                let subject = webpki::EndEntityCert::try_from(certificate)
+                    .map(|parsed| Arc::<[u8]>::from(parsed.subject()))
+                    .unwrap_or_else(|_| Arc::from(certificate.as_ref()));
+                Owner::Certificate(subject)
+            }
+            _ => default_owner,
+        };
+        let (read_half, write_half) = tokio::io::split(tls);
+        self.serve_halves(read_half, write_half, owner, auth_deadline).await;
+    }
+
+    async fn serve_halves<R, W>(self, read_half: R, mut write_half: W, owner: Owner, auth_deadline: Instant)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let Connection { settings, decoder, ingest, shutdown, ingest_closed, sessions, guard, peer } = self;
         let max_line_bytes = decoder.limits().max_line_bytes;
+        let mut framer = LineFramer::new(read_half, max_line_bytes);
+        if let Some(token) = &guard.token {
+            if let Err(why) = authenticate(&mut framer, token, auth_deadline, &shutdown).await {
+                if let Some(why) = why {
+                    let answered = async {
+                        write_half.write_all(b"err auth\n").await?;
+                        write_half.shutdown().await
+                    };
+                    let _ = tokio::time::timeout(AUTH_REPLY_WAIT, answered).await;
+                    guard.auth_failed(peer, why);
+                }
+                return;
+            }
+        }
+        let replies_stopped = CancellationToken::new();
         let mut reader = LineReader {
-            framer: LineFramer::new(read_half, max_line_bytes),
+            framer,
             decoder,
             ingest,
             source_idx: settings.source_idx,
@@ -90,21 +189,29 @@ impl Connection {
             n_rejected: 0,
             rejection_warnings: WarnLimiter::per_second(),
             sessions,
+            owner,
             claim: None,
-            next_line: 0,
+            next_line: Some(0),
             dup_through: 0,
             renumbered: false,
             pending_forget: None,
             replies_stopped: replies_stopped.clone(),
+            idle_timeout: settings.idle_timeout,
         };
-        let (read_summary, write_summary) = if settings.ack {
+        let ((read_summary, framer), write_summary) = if settings.ack {
             let (entries_tx, entries_rx) = mpsc::channel(settings.max_in_flight_batches);
+            let max_reply_bytes = settings.max_reply_bytes.min(Semaphore::MAX_PERMITS);
             reader.replies = Some(ReplyQueue {
                 entries: entries_tx,
                 in_flight: Arc::new(Semaphore::new(settings.max_in_flight_batches)),
                 max_in_flight: u32::try_from(settings.max_in_flight_batches).unwrap_or(u32::MAX),
+                reply_bytes: Arc::new(Semaphore::new(max_reply_bytes)),
+                max_reply_bytes,
             });
-            tokio::join!(reader.run(), write_replies(write_half, entries_rx, replies_stopped))
+            tokio::join!(
+                reader.run(),
+                write_replies(write_half, entries_rx, replies_stopped, settings.reply_timeout)
+            )
         } else {
             (reader.run().await, WriteSummary::default())
         };
@@ -113,7 +220,7 @@ impl Connection {
             ingest_closed.cancel();
         }
         if settings.ack && matches!(read_summary.end, ReadEnd::Shutdown { .. }) {
-            let discarded_bytes = linger(&mut stream).await;
+            let discarded_bytes = linger(framer.into_inner()).await;
             debug!(discarded_bytes, "Waited for the peer to close after the last reply.");
         }
         match &read_summary.end {
@@ -126,8 +233,11 @@ impl Connection {
             ReadEnd::RepliesClosed => debug!("Replies can no longer be written; stopped reading."),
             ReadEnd::TakenOver => debug!("Another connection took the session over; stopped reading."),
             ReadEnd::SessionRefused => debug!("The session could not be had; closing."),
+            ReadEnd::Idle => guard.timed_out(peer, "sent nothing for idle_timeout"),
         }
-        if let Some(error) = &write_summary.error {
+        if write_summary.timed_out {
+            guard.timed_out(peer, "left its replies unread for reply_timeout");
+        } else if let Some(error) = &write_summary.error {
             debug!(%error, "Writing replies failed.");
         }
         debug!(
@@ -141,6 +251,34 @@ impl Connection {
     }
 }
 
+/// Reads the first line, which must be `#auth TOKEN`, before `deadline`. `Err(Some(why))`:
+/// refused (answer `err auth`); `Err(None)`: the peer left or shutdown came first.
+async fn authenticate<R: AsyncRead + Unpin>(
+    framer: &mut LineFramer<R>,
+    token: &Secret,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> Result<(), Option<&'static str>> {
+    loop {
+        let verdict = match framer.next_frame() {
+            Some(Frame::Line(line)) => Some(auth_line_matches(line, token)),
+            Some(Frame::TooLong) => Some(false),
+            None => None,
+        };
+        match verdict {
+            Some(true) => return Ok(()),
+            Some(false) => return Err(Some("the first line is not `#auth` with the token")),
+            None if framer.is_eof() => return Err(None),
+            None => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(None),
+            () = tokio::time::sleep_until(deadline) => return Err(Some("no `#auth` line within auth_timeout")),
+            filled = framer.fill() => if filled.is_err() { return Err(None) },
+        }
+    }
+}
+
 /// The reader's end of the reply pipeline.
 #[derive(Debug)]
 pub(crate) struct ReplyQueue {
@@ -149,6 +287,11 @@ pub(crate) struct ReplyQueue {
     pub(crate) in_flight: Arc<Semaphore>,
     /// The number of permits: holding them all means every earlier entry is answered.
     pub(crate) max_in_flight: u32,
+    /// One permit per byte of replies queued or formatted but not yet written
+    /// (`max_reply_bytes`): a peer that does not read its replies stops its own reading, and
+    /// cannot make the connection hold more.
+    pub(crate) reply_bytes: Arc<Semaphore>,
+    pub(crate) max_reply_bytes: usize,
 }
 
 /// What to answer for one batch, in line order.
@@ -159,7 +302,9 @@ pub(crate) struct ReplyEntry {
     /// The session and the last line this entry's batch settles once durable.
     pub(crate) settles: Option<(Arc<SessionClaim>, u64)>,
     /// Released once the replies of this entry are formatted.
-    pub(crate) _in_flight: OwnedSemaphorePermit,
+    pub(crate) in_flight: OwnedSemaphorePermit,
+    /// The bytes this entry takes ([`Outcome::bytes`]); released once its replies are written.
+    pub(crate) reply_bytes: OwnedSemaphorePermit,
 }
 
 #[derive(Debug)]
@@ -174,6 +319,19 @@ pub(crate) enum Outcome {
     Duplicate(u64),
     /// A reply of its own line (`session …`, `session-refused …`).
     Control(String),
+}
+
+impl Outcome {
+    /// What this outcome takes in memory until its reply is written, in bytes (the
+    /// formatted reply is never longer).
+    pub(crate) fn bytes(&self) -> usize {
+        let heap = match self {
+            Outcome::Rejected { rejection, .. } => rejection.detail.len(),
+            Outcome::Control(text) => text.len(),
+            Outcome::Accepted(_) | Outcome::Duplicate(_) => 0,
+        };
+        std::mem::size_of::<Outcome>() + heap + "err 18446744073709551615 \n".len()
+    }
 }
 
 #[derive(Debug)]
@@ -195,12 +353,14 @@ pub(crate) struct PendingBatch {
     /// The session line numbers the batch covers (duplicates excluded).
     pub(crate) first_line: Option<u64>,
     pub(crate) last_line: u64,
+    /// The sum of the outcomes' [`Outcome::bytes`].
+    pub(crate) reply_bytes: usize,
 }
 
 /// After a shutdown the peer may still be sending. Closing a socket with unread input makes
 /// the kernel send a reset, which can destroy replies not yet delivered; so read and discard
 /// until the peer closes or [`LINGER`] passes. Returns the bytes discarded (never acked).
-async fn linger(stream: &mut TcpStream) -> usize {
+async fn linger<R: AsyncRead + Unpin>(mut stream: R) -> usize {
     let mut discard = vec![0; 4096];
     let mut discarded_bytes = 0;
     let drain = async {

@@ -5,6 +5,7 @@
 
 mod config;
 mod conn;
+mod peer;
 mod reader;
 mod replies;
 mod session;
@@ -17,9 +18,10 @@ pub(crate) mod warn_limit;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eddy_common::TlsError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,11 +32,13 @@ use crate::ingest::{IngestSender, StoredMarks};
 use crate::parse::{LineDecoder, LineParser};
 use crate::registry::SensorRegistry;
 use crate::stats::SourceStats;
-use crate::tcp::conn::{Connection, ConnectionSettings};
-use crate::tcp::session::Sessions;
+use crate::tcp::conn::{Connection, ConnectionSettings, Guard};
+use crate::tcp::peer::is_allowed;
+use crate::tcp::session::{SessionLimits, Sessions};
 use crate::tcp::warn_limit::WarnLimiter;
 
-pub use crate::tcp::config::{RawTcpSource, TcpSourceConfig};
+pub use crate::tcp::config::{RawTcpSource, TcpSourceConfig, TcpTls};
+pub use crate::tcp::peer::PeerNet;
 
 /// Why the TCP source could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,16 @@ pub enum TcpSourceError {
     ZeroLimit {
         /// The config field.
         field: &'static str,
+    },
+    /// The TLS files could not be loaded (they were checked when the configuration was
+    /// validated, so they changed since).
+    #[error("tls settings of the tcp source on {addr}")]
+    Tls {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Which file, and why.
+        #[source]
+        source: TlsError,
     },
     /// The daemon's durable log stopped accepting readings while the source was running.
     #[error("the durable log closed while the tcp source on {addr} was running")]
@@ -128,30 +142,44 @@ impl TcpConnectionStats {
 ///   connection, not stored again (a sender may also skip them itself). They are not counted
 ///   in `ack` totals.
 /// - `session-refused REASON [DETAIL]` — the line was malformed (`bad_syntax`), the session's
-///   previous connection did not let go within 10 s (`busy`), or `max_sessions` sessions are
-///   all in use (`too_many_sessions`); the server closes the connection.
+///   previous connection did not let go within 10 s (`busy`), the session belongs to another
+///   owner (`not_owner`), `FIRST` is more than `max_session_skip_lines` past the settled line
+///   (`too_far_ahead`; nothing is remembered), the session ran out of line numbers
+///   (`exhausted`), or no session can be forgotten for it (`too_many_sessions`); the server
+///   closes the connection.
 ///
 /// A sender keeps one session id for one stream of lines and its numbering across its own
 /// restarts; a sender that cannot must pick a new id. A new connection with a session that
 /// another connection holds takes it over once the old one has answered what it had in
 /// flight. After a `nack`, later lines of the session are refused too until the sender
 /// resends from the first refused line (`#session ID N`), so the settled number never passes
-/// a line that was not stored. At most `max_sessions` sessions are remembered per source;
-/// past that the one least recently declared is forgotten (logged), and a resend of its old
-/// lines would be stored again.
+/// a line that was not stored. At most `max_sessions` sessions are remembered per source and
+/// `max_sessions_per_peer` per owner; past that the owner's least recently declared one (or
+/// one restored at start that nobody claimed since) is forgotten (logged), and a resend of
+/// its old lines would be stored again.
+///
+/// # Who may connect
+///
+/// A session belongs to its owner: the subject of the verified client certificate
+/// (`tls_client_ca_file`), else the token (`token_file`), else the peer's IP address. Peers
+/// outside `allow` are closed at accept. With TLS, the handshake comes first; with a token,
+/// the first line must be `#auth TOKEN` (not numbered, not answered) or the server writes
+/// `err auth` and closes. Both must be done within `auth_timeout` of the accept.
 ///
 /// # Flow control and shutdown
 ///
 /// Valid readings from one read (up to `max_batch_lines` lines) become one batch. Batches are
 /// pipelined: a connection keeps reading while up to `max_in_flight_batches` of its batches
 /// await durability, and stops reading when the ingest channel is full or that limit is
-/// reached. Past `max_connections`, new connections are accepted and closed at once.
+/// reached, and when the replies it holds reach `max_reply_bytes` (its peer is not reading
+/// them). Past `max_connections`, new connections are accepted and closed at once; a
+/// connection silent for `idle_timeout`, or whose replies cannot be written for
+/// `reply_timeout`, is closed, so no peer holds a slot for ever.
 ///
 /// On shutdown the source stops accepting, each connection stops reading, hands over the
 /// complete lines it had already read, waits for their durability, writes the replies and
 /// closes. A partial line read before the stop is dropped (and never acknowledged). A peer
-/// that never reads its replies can keep its connection from finishing; the daemon's stop
-/// deadline covers that case.
+/// that never reads its replies keeps its connection from finishing for `reply_timeout`.
 ///
 /// [`LineFramer`]: crate::LineFramer
 /// [`RejectReason`]: crate::RejectReason
@@ -166,6 +194,7 @@ pub struct TcpSource {
     stats: Arc<SourceStats>,
     connection_stats: Arc<TcpConnectionStats>,
     sessions: Arc<Sessions>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// First pause after a failed `accept` (out of file descriptors, usually); doubled per failure.
@@ -189,17 +218,27 @@ impl TcpSource {
             ("max_batch_lines", config.max_batch_lines),
             ("max_in_flight_batches", config.max_in_flight_batches),
             ("max_sessions", config.max_sessions),
+            ("max_sessions_per_peer", config.max_sessions_per_peer),
+            ("max_reply_bytes", config.max_reply_bytes),
         ] {
             if value == 0 {
                 return Err(TcpSourceError::ZeroLimit { field });
             }
         }
         let addr = config.listen;
+        let tls = match &config.tls {
+            None => None,
+            Some(files) => {
+                let server = files.server_config().map_err(|source| TcpSourceError::Tls { addr, source })?;
+                Some(Arc::new(server))
+            }
+        };
         let listener =
             TcpListener::bind(addr).await.map_err(|source| TcpSourceError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| TcpSourceError::Bind { addr, source })?;
-        let sessions = Arc::new(Sessions::new(config.max_sessions, Vec::new()));
+        let sessions = Arc::new(Sessions::new(session_limits(&config), Vec::new()));
         Ok(TcpSource {
+            tls,
             listener,
             local_addr,
             sessions,
@@ -218,7 +257,7 @@ impl TcpSource {
         if !marks.sessions.is_empty() {
             info!(source = %self.stats.name, sessions = marks.sessions.len(), "Numbered sessions restored.");
         }
-        self.sessions = Arc::new(Sessions::new(self.config.max_sessions, marks.sessions));
+        self.sessions = Arc::new(Sessions::new(session_limits(&self.config), marks.sessions));
         self
     }
 
@@ -256,19 +295,42 @@ impl TcpSource {
             stats,
             connection_stats,
             sessions,
+            tls,
         } = self;
         let settings = ConnectionSettings {
             source_idx,
             ack: config.ack,
             max_batch_lines: config.max_batch_lines,
             max_in_flight_batches: config.max_in_flight_batches,
+            idle_timeout: config.idle_timeout,
+            auth_timeout: config.auth_timeout,
+            max_reply_bytes: config.max_reply_bytes,
+            reply_timeout: config.reply_timeout,
         };
+        let guard = Arc::new(Guard {
+            tls,
+            client_certificates: config.tls.as_ref().is_some_and(|tls| tls.client_ca_file.is_some()),
+            token: config.token.clone(),
+            stats: stats.clone(),
+            auth_warnings: Mutex::new(WarnLimiter::per_second()),
+            timeout_warnings: Mutex::new(WarnLimiter::per_second()),
+        });
         // Cancelled by a connection that finds the durable log closed; stops accepting.
         let ingest_closed = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut refusals = WarnLimiter::per_second();
+        let mut strangers = WarnLimiter::per_second();
         let mut accept_backoff = ACCEPT_BACKOFF_MIN;
-        info!(max_connections = config.max_connections, ack = config.ack, "TCP source listening.");
+        info!(
+            max_connections = config.max_connections,
+            ack = config.ack,
+            tls = config.tls.is_some(),
+            client_certificates = guard.client_certificates,
+            token = config.token.is_some(),
+            allow = config.allow.len(),
+            idle_timeout = ?config.idle_timeout,
+            "TCP source listening."
+        );
         stats.set_up(true);
 
         loop {
@@ -293,6 +355,14 @@ impl TcpSource {
                     continue;
                 }
             };
+            if !is_allowed(&config.allow, peer.ip()) {
+                stats.add_peer_refused();
+                if let Some(suppressed) = strangers.allow(Instant::now()) {
+                    warn!(%peer, suppressed, "Refused a connection: the peer is not in `allow`.");
+                }
+                drop(stream);
+                continue;
+            }
             if connection_stats.open_connections() >= config.max_connections {
                 refuse(stream, peer, &connection_stats, config.max_connections, &mut refusals);
                 continue;
@@ -300,14 +370,16 @@ impl TcpSource {
             stats.add_connection();
             let open = OpenConnection::new(connection_stats.clone());
             let decoder = LineDecoder::new(parser.clone(), registry.clone(), stats.clone());
-            let connection = Connection::new(
+            let connection = Connection {
                 settings,
                 decoder,
-                ingest.clone(),
-                shutdown.clone(),
-                ingest_closed.clone(),
-                sessions.clone(),
-            );
+                ingest: ingest.clone(),
+                shutdown: shutdown.clone(),
+                ingest_closed: ingest_closed.clone(),
+                sessions: sessions.clone(),
+                guard: guard.clone(),
+                peer,
+            };
             let span = tracing::debug_span!("tcp_connection", %peer);
             tracker.spawn(
                 async move {
@@ -329,11 +401,28 @@ impl TcpSource {
         if refused_unlogged > 0 {
             warn!(refused_unlogged, "Refused more connections: too many open connections.");
         }
+        let strangers_unlogged = strangers.take_suppressed();
+        if strangers_unlogged > 0 {
+            warn!(strangers_unlogged, "Refused more connections: peers not in `allow`.");
+        }
+        let (auth_unlogged, timeouts_unlogged) = guard.take_suppressed();
+        if auth_unlogged > 0 || timeouts_unlogged > 0 {
+            warn!(auth_unlogged, timeouts_unlogged, "More connections failed authentication or timed out.");
+        }
         if ingest_closed.is_cancelled() {
             return Err(TcpSourceError::IngestClosed { addr: local_addr });
         }
         info!(refused_total = connection_stats.refused_total(), "TCP source stopped.");
         Ok(())
+    }
+}
+
+/// The session table's bounds from the source's settings.
+fn session_limits(config: &TcpSourceConfig) -> SessionLimits {
+    SessionLimits {
+        max_sessions: config.max_sessions,
+        max_per_owner: config.max_sessions_per_peer,
+        max_skip_lines: config.max_session_skip_lines,
     }
 }
 

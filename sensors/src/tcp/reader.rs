@@ -4,8 +4,10 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncRead;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -15,6 +17,7 @@ use crate::ingest::{IngestClosed, IngestSender, Mark};
 use crate::parse::LineDecoder;
 use crate::reject::{RejectReason, Rejection};
 use crate::tcp::conn::{AwaitDurability, Outcome, PendingBatch, ReplyEntry, ReplyQueue};
+use crate::tcp::peer::Owner;
 use crate::tcp::session::{parse_session_line, SessionClaim, Sessions};
 use crate::tcp::warn_limit::WarnLimiter;
 use eddy_common::wall_clock_ms;
@@ -44,6 +47,8 @@ pub(crate) enum ReadEnd {
     TakenOver,
     /// A `#session` line was refused (malformed, or the session could not be had).
     SessionRefused,
+    /// Nothing came for `idle_timeout`.
+    Idle,
 }
 
 #[derive(Debug)]
@@ -69,10 +74,12 @@ pub(crate) struct LineReader<R> {
     pub(crate) n_rejected: u64,
     pub(crate) rejection_warnings: WarnLimiter,
     pub(crate) sessions: Arc<Sessions>,
+    /// Who the sessions this connection declares belong to.
+    pub(crate) owner: Owner,
     /// The numbered session this connection owns, if it declared one.
     pub(crate) claim: Option<Arc<SessionClaim>>,
-    /// The session number of the next reading line.
-    pub(crate) next_line: u64,
+    /// The session number of the next reading line; `None` once `u64::MAX` was used.
+    pub(crate) next_line: Option<u64>,
     /// Lines up to this number were settled before the claim: answered `dup`, not stored.
     pub(crate) dup_through: u64,
     /// No batch was sent since the session was declared.
@@ -82,17 +89,23 @@ pub(crate) struct LineReader<R> {
     /// Cancelled by the writer when replies cannot be written, or here when the session is
     /// taken over (the writer then stops writing, but still settles what is in flight).
     pub(crate) replies_stopped: CancellationToken,
+    /// A connection silent this long is closed: counted from each time the reader is ready
+    /// for more, so time spent waiting for the durable log is never the peer's idleness.
+    pub(crate) idle_timeout: Duration,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
-    pub(crate) async fn run(mut self) -> ReadSummary {
+    /// Reads until the end; gives the framer back (for the linger after a shutdown).
+    pub(crate) async fn run(mut self) -> (ReadSummary, LineFramer<R>) {
         let end = self.read_until_end().await;
         let suppressed = self.rejection_warnings.take_suppressed();
         if suppressed > 0 {
             warn!(suppressed, rejected = self.n_rejected, "Rejected more lines on this connection.");
         }
-        ReadSummary { end, lines: self.line_no, accepted: self.n_accepted, rejected: self.n_rejected }
-        // Dropping `self` drops the reply queue, which lets the writer finish.
+        let summary =
+            ReadSummary { end, lines: self.line_no, accepted: self.n_accepted, rejected: self.n_rejected };
+        // Dropping the rest drops the reply queue, which lets the writer finish.
+        (summary, self.framer)
     }
 
     async fn read_until_end(&mut self) -> ReadEnd {
@@ -103,11 +116,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             if self.framer.is_eof() {
                 return ReadEnd::Eof;
             }
+            let idle_deadline = Instant::now() + self.idle_timeout;
             let filled = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => Filled::Shutdown,
                 () = taken_over(self.claim.as_deref()) => Filled::TakenOver,
                 () = self.replies_stopped.cancelled() => Filled::RepliesStopped,
+                () = tokio::time::sleep_until(idle_deadline) => Filled::Idle,
                 filled = self.framer.fill() => Filled::Read(filled),
             };
             match filled {
@@ -119,6 +134,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                     return ReadEnd::TakenOver;
                 }
                 Filled::RepliesStopped => return ReadEnd::RepliesClosed,
+                Filled::Idle => return ReadEnd::Idle,
                 Filled::Read(Ok(_)) => {}
                 Filled::Read(Err(error)) => return ReadEnd::ReadFailed(error),
             }
@@ -130,6 +146,10 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     async fn frame_buffered(&mut self) -> Result<(), ReadEnd> {
         let now_ms = wall_clock_ms();
         let keep_outcomes = self.replies.is_some();
+        // A batch's replies stay well inside the connection's byte bound, so that the bound
+        // holds within one entry of its limit.
+        let max_batch_reply_bytes =
+            self.replies.as_ref().map_or(usize::MAX, |replies| replies.max_reply_bytes / 4);
         let mut batch = PendingBatch::default();
         while let Some(frame) = self.framer.next_frame() {
             if let Frame::Line(line) = &frame {
@@ -143,10 +163,22 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                     continue;
                 }
             }
-            self.line_no += 1;
+            self.line_no = self.line_no.saturating_add(1);
             if self.claim.is_some() {
-                let number = self.next_line;
-                self.next_line += 1;
+                let Some(number) = self.next_line else {
+                    // The line after number u64::MAX: no number left to give it.
+                    if batch.n_lines > 0 {
+                        self.submit(std::mem::take(&mut batch)).await?;
+                    }
+                    warn!("A numbered session ran out of line numbers; closing.");
+                    self.reply(
+                        "session-refused exhausted line numbers of this session are used up; declare a new session id"
+                            .to_owned(),
+                    )
+                    .await?;
+                    return Err(ReadEnd::SessionRefused);
+                };
+                self.next_line = number.checked_add(1);
                 if number <= self.dup_through {
                     // Settled on an earlier connection: answered, not decoded, not stored.
                     self.decoder.stats().add_received(1);
@@ -200,11 +232,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                     }
                     if keep_outcomes {
                         truncate_at_char_boundary(&mut rejection.detail, MAX_DETAIL_BYTES);
-                        batch.outcomes.push(Outcome::Rejected { line_no: self.line_no, rejection });
+                        let outcome = Outcome::Rejected { line_no: self.line_no, rejection };
+                        batch.reply_bytes += outcome.bytes();
+                        batch.outcomes.push(outcome);
                     }
                 }
             }
-            if batch.n_lines >= self.max_batch_lines {
+            if batch.n_lines >= self.max_batch_lines || batch.reply_bytes >= max_batch_reply_bytes {
                 self.submit(std::mem::take(&mut batch)).await?;
             }
         }
@@ -217,7 +251,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     /// Hands the readings over (waiting while the ingest channel is full) and queues the
     /// replies.
     async fn submit(&mut self, batch: PendingBatch) -> Result<(), ReadEnd> {
-        let PendingBatch { readings, outcomes, n_lines: _, first_line, last_line } = batch;
+        let PendingBatch { readings, outcomes, n_lines: _, first_line, last_line, reply_bytes: _ } = batch;
         let Some(replies) = &self.replies else {
             if readings.is_empty() {
                 return Ok(());
@@ -230,6 +264,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         };
         // Taken before handing the readings over, so at most `max_in_flight_batches` batches
         // of this connection are waiting for durability at any time.
+        let reply_bytes = replies.reply_bytes(&outcomes).await;
         let in_flight =
             replies.in_flight.clone().acquire_owned().await.expect("the in-flight semaphore is never closed");
         let mut ingest_closed = false;
@@ -258,7 +293,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 }
             }
         };
-        let entry = ReplyEntry { outcomes, durability, settles, _in_flight: in_flight };
+        let entry = ReplyEntry { outcomes, durability, settles, in_flight, reply_bytes };
         if replies.entries.send(entry).await.is_err() {
             return Err(ReadEnd::RepliesClosed);
         }
@@ -301,13 +336,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             () = self.shutdown.cancelled() => {
                 return Err(ReadEnd::Shutdown { unterminated_bytes: self.framer.buffered_len() });
             }
-            claimed = self.sessions.claim(session.clone()) => claimed,
+            claimed = self.sessions.claim(session.clone(), &self.owner, first) => claimed,
         };
         match claimed {
             Ok(claim) => {
                 debug!(%session, first, settled = claim.settled, "Session declared.");
                 self.dup_through = claim.settled;
-                self.next_line = first;
+                self.next_line = Some(first);
                 self.renumbered = true;
                 self.pending_forget = claim.forgotten.clone();
                 if let Some(forgotten) = &claim.forgotten {
@@ -318,8 +353,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 self.reply(format!("session {session} {settled}")).await
             }
             Err(error) => {
-                warn!(%session, reason = error.as_str(), "Refused a session; closing.");
-                self.reply(format!("session-refused {}", error.as_str())).await?;
+                warn!(%session, owner = ?self.owner, reason = error.as_str(), "Refused a session; closing.");
+                self.reply(format!("session-refused {} {}", error.as_str(), error.detail())).await?;
                 Err(ReadEnd::SessionRefused)
             }
         }
@@ -328,13 +363,16 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     /// Queues a reply line of its own, in order with the others.
     async fn reply(&mut self, text: String) -> Result<(), ReadEnd> {
         let Some(replies) = &self.replies else { return Ok(()) };
+        let outcomes = vec![Outcome::Control(text)];
+        let reply_bytes = replies.reply_bytes(&outcomes).await;
         let in_flight =
             replies.in_flight.clone().acquire_owned().await.expect("the in-flight semaphore is never closed");
         let entry = ReplyEntry {
-            outcomes: vec![Outcome::Control(text)],
+            outcomes,
             durability: AwaitDurability::NothingStored,
             settles: None,
-            _in_flight: in_flight,
+            in_flight,
+            reply_bytes,
         };
         replies.entries.send(entry).await.map_err(|_| ReadEnd::RepliesClosed)
     }
@@ -345,7 +383,24 @@ pub(crate) enum Filled {
     Shutdown,
     TakenOver,
     RepliesStopped,
+    Idle,
     Read(io::Result<crate::framing::Fill>),
+}
+
+impl ReplyQueue {
+    /// Waits until the replies of `outcomes` fit in the connection's byte bound and takes
+    /// their room (at most the whole bound: one entry larger than it waits for all of it). A
+    /// peer that does not read its replies keeps the writer from giving the room back, so
+    /// this connection stops reading; `reply_timeout` then closes it.
+    async fn reply_bytes(&self, outcomes: &[Outcome]) -> OwnedSemaphorePermit {
+        let bytes = outcomes.iter().map(Outcome::bytes).sum::<usize>().min(self.max_reply_bytes);
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self.reply_bytes
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .expect("the reply bytes semaphore is never closed")
+    }
 }
 
 /// Resolves when another connection asks for `claim`'s session; never without a session.

@@ -3,9 +3,10 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::Durability;
@@ -19,6 +20,8 @@ pub(crate) struct WriteSummary {
     pub(crate) acked: u64,
     pub(crate) nacked: u64,
     pub(crate) error: Option<io::Error>,
+    /// The peer left replies unread for `reply_timeout`.
+    pub(crate) timed_out: bool,
 }
 
 /// The writing half: answers the entries in order, each once its batch is durable.
@@ -26,17 +29,26 @@ pub(crate) async fn write_replies<W: AsyncWrite + Unpin>(
     writer: W,
     entries: mpsc::Receiver<ReplyEntry>,
     stopped: CancellationToken,
+    reply_timeout: Duration,
 ) -> WriteSummary {
     let mut replies = ReplyWriter {
         writer,
         out: Vec::with_capacity(REPLY_BUFFER_BYTES),
+        unwritten: Vec::new(),
         acked: 0,
         nacked: 0,
         stopped,
         error: None,
+        reply_timeout,
+        timed_out: false,
     };
     replies.run(entries).await;
-    WriteSummary { acked: replies.acked, nacked: replies.nacked, error: replies.error }
+    WriteSummary {
+        acked: replies.acked,
+        nacked: replies.nacked,
+        error: replies.error,
+        timed_out: replies.timed_out,
+    }
 }
 
 #[derive(Debug)]
@@ -44,6 +56,8 @@ struct ReplyWriter<W> {
     writer: W,
     /// Formatted replies not yet written.
     out: Vec<u8>,
+    /// The byte room of the entries formatted into `out`, given back once it is written.
+    unwritten: Vec<OwnedSemaphorePermit>,
     /// Accepted lines acknowledged so far: the `N` of `ack N`.
     acked: u64,
     nacked: u64,
@@ -51,6 +65,9 @@ struct ReplyWriter<W> {
     /// written, but every entry is still awaited so that its lines are settled.
     stopped: CancellationToken,
     error: Option<io::Error>,
+    /// A write that makes no progress for this long ends the replies (and the connection).
+    reply_timeout: Duration,
+    timed_out: bool,
 }
 
 impl<W: AsyncWrite + Unpin> ReplyWriter<W> {
@@ -81,18 +98,26 @@ impl<W: AsyncWrite + Unpin> ReplyWriter<W> {
                     Err(oneshot::error::TryRecvError::Closed) => unanswered(),
                 }),
             };
-            if let (Some((claim, last)), Some(Durability::Durable)) = (&entry.settles, &durability) {
+            let ReplyEntry { outcomes, durability: _, settles, in_flight, reply_bytes } = entry;
+            if let (Some((claim, last)), Some(Durability::Durable)) = (&settles, &durability) {
                 claim.settle(*last);
             }
-            self.format_entry(&entry.outcomes, durability.as_ref());
+            self.format_entry(&outcomes, durability.as_ref());
+            drop((outcomes, settles, in_flight));
+            self.unwritten.push(reply_bytes);
             if self.out.len() >= REPLY_BUFFER_BYTES {
                 self.write_out().await;
             }
         }
         self.write_out().await;
         if !self.stopped.is_cancelled() {
-            if let Err(error) = self.writer.shutdown().await {
-                self.error.get_or_insert(error);
+            // A TLS close_notify is a write too: a peer that reads nothing cannot hold it up.
+            match tokio::time::timeout(self.reply_timeout, self.writer.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    self.error.get_or_insert(error);
+                }
+                Err(_elapsed) => self.timed_out = true,
             }
         }
     }
@@ -141,22 +166,28 @@ impl<W: AsyncWrite + Unpin> ReplyWriter<W> {
     /// failure stops the reader too.
     async fn write_out(&mut self) {
         if self.out.is_empty() {
+            self.unwritten.clear();
             return;
         }
         if self.stopped.is_cancelled() {
             self.out.clear();
+            self.unwritten.clear();
             return;
         }
         let (writer, out, stopped) = (&mut self.writer, &self.out, &self.stopped);
         let written = tokio::select! {
             // A peer that stopped reading must not hold a session another connection wants.
             () = stopped.cancelled() => Ok(()),
-            written = async {
+            written = tokio::time::timeout(self.reply_timeout, async {
                 writer.write_all(out).await?;
                 writer.flush().await
-            } => written,
+            }) => written.unwrap_or_else(|_elapsed| {
+                self.timed_out = true;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the peer left its replies unread"))
+            }),
         };
         self.out.clear();
+        self.unwritten.clear();
         if let Err(error) = written {
             self.error.get_or_insert(error);
             self.stopped.cancel();

@@ -8,6 +8,12 @@
 //! connection for the same session (the sender reconnected while the old connection still
 //! looks open to eddy) takes it over, once the old one has settled what it had in flight, so
 //! the number it answers is exact.
+//!
+//! A session belongs to the owner that first claimed it (a client certificate's subject, the
+//! shared token, or the peer's address without credentials): another owner is refused, so a
+//! stranger cannot poison a session's number. `FIRST` may skip at most `max_skip_lines` past
+//! the settled line, so even the owner cannot silence its session by mistake; one owner has
+//! at most `max_per_owner` sessions and only ever displaces its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +21,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::tcp::peer::Owner;
 
 /// How long a connection waits for the previous owner of its session to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
@@ -27,7 +35,18 @@ pub(crate) const MAX_SESSION_ID_BYTES: usize = 128;
 #[derive(Debug)]
 pub(crate) struct Sessions {
     inner: Mutex<Inner>,
-    max_sessions: usize,
+    limits: SessionLimits,
+}
+
+/// The bounds of a session table (see [`TcpSourceConfig`](crate::TcpSourceConfig)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionLimits {
+    /// Sessions remembered at once.
+    pub(crate) max_sessions: usize,
+    /// Sessions one owner may have.
+    pub(crate) max_per_owner: usize,
+    /// How far `FIRST` may jump past the settled line.
+    pub(crate) max_skip_lines: u64,
 }
 
 #[derive(Debug, Default)]
@@ -41,9 +60,12 @@ struct Inner {
 struct Entry {
     /// The last line number known to be settled (durable or rejected).
     settled: u64,
-    /// The claim that owns the session: its id and the token that asks it to let go.
-    owner: Option<(u64, CancellationToken)>,
-    /// When it was last claimed (a claim count): the least recent goes when the table is full.
+    /// The credential or peer the session belongs to; `None` for a session restored from the
+    /// store that nobody has claimed since the start (the first claimant becomes its owner).
+    owner: Option<Owner>,
+    /// The claim that holds the session now: its id and the token that asks it to let go.
+    holder: Option<(u64, CancellationToken)>,
+    /// When it was last claimed (a claim count): the least recent goes when room is needed.
     last_claimed: u64,
 }
 
@@ -52,8 +74,18 @@ struct Entry {
 pub(crate) enum ClaimError {
     /// The previous connection did not let go in time (its writes are stuck).
     Busy,
-    /// Every remembered session is owned by an open connection: none can be forgotten.
+    /// No room: the owner's sessions, or every session it may displace, are held by open
+    /// connections.
     Full,
+    /// The session belongs to another credential or peer.
+    NotOwner,
+    /// `FIRST` is further than `max_skip_lines` past the settled line.
+    TooFarAhead {
+        /// The session's settled line.
+        settled: u64,
+        /// The bound.
+        max_skip_lines: u64,
+    },
 }
 
 impl ClaimError {
@@ -62,6 +94,22 @@ impl ClaimError {
         match self {
             ClaimError::Busy => "busy",
             ClaimError::Full => "too_many_sessions",
+            ClaimError::NotOwner => "not_owner",
+            ClaimError::TooFarAhead { .. } => "too_far_ahead",
+        }
+    }
+
+    /// The free text after the reason word.
+    pub(crate) fn detail(self) -> String {
+        match self {
+            ClaimError::Busy => "the session's previous connection did not let go".to_owned(),
+            ClaimError::Full => "no session of this peer (or unclaimed one) can be forgotten".to_owned(),
+            ClaimError::NotOwner => "session owned by another peer".to_owned(),
+            ClaimError::TooFarAhead { settled, max_skip_lines } => {
+                format!(
+                    "settled through line {settled}; FIRST may skip at most {max_skip_lines} lines past it"
+                )
+            }
         }
     }
 }
@@ -83,21 +131,36 @@ pub(crate) struct SessionClaim {
 }
 
 impl Sessions {
-    /// A table of at most `max_sessions` sessions, starting from the durable `stored` ones.
-    pub(crate) fn new(max_sessions: usize, stored: Vec<(Arc<str>, u64)>) -> Sessions {
+    /// A table bounded by `limits`, starting from the durable `stored` sessions (owned by
+    /// nobody yet).
+    pub(crate) fn new(limits: SessionLimits, stored: Vec<(Arc<str>, u64)>) -> Sessions {
         let entries = stored
             .into_iter()
-            .map(|(session, settled)| (session, Entry { settled, owner: None, last_claimed: 0 }))
+            .map(|(session, settled)| {
+                (session, Entry { settled, owner: None, holder: None, last_claimed: 0 })
+            })
             .collect();
-        Sessions { inner: Mutex::new(Inner { entries, n_claims: 0 }), max_sessions: max_sessions.max(1) }
+        let limits = SessionLimits {
+            max_sessions: limits.max_sessions.max(1),
+            max_per_owner: limits.max_per_owner.max(1),
+            max_skip_lines: limits.max_skip_lines,
+        };
+        Sessions { inner: Mutex::new(Inner { entries, n_claims: 0 }), limits }
     }
 
-    /// Takes `session` for a connection, first asking its current owner to let go and waiting
-    /// (up to [`TAKEOVER_WAIT`]) until it has settled what it had in flight.
-    pub(crate) async fn claim(self: &Arc<Self>, session: Arc<str>) -> Result<SessionClaim, ClaimError> {
+    /// Takes `session` for a connection of `owner` whose next line is `first`, first asking its
+    /// current holder to let go and waiting (up to [`TAKEOVER_WAIT`]) until it has settled
+    /// what it had in flight. A session of another owner, or a `first` too far ahead, is
+    /// refused at once and changes nothing.
+    pub(crate) async fn claim(
+        self: &Arc<Self>,
+        session: Arc<str>,
+        owner: &Owner,
+        first: u64,
+    ) -> Result<SessionClaim, ClaimError> {
         let deadline = Instant::now() + TAKEOVER_WAIT;
         loop {
-            match self.try_claim(&session) {
+            match self.try_claim(&session, owner, first) {
                 Ok(claim) => return Ok(claim),
                 Err(ClaimError::Busy) if Instant::now() < deadline => tokio::time::sleep(TAKEOVER_POLL).await,
                 Err(error) => return Err(error),
@@ -105,33 +168,62 @@ impl Sessions {
         }
     }
 
-    fn try_claim(self: &Arc<Self>, session: &Arc<str>) -> Result<SessionClaim, ClaimError> {
+    fn try_claim(
+        self: &Arc<Self>,
+        session: &Arc<str>,
+        owner: &Owner,
+        first: u64,
+    ) -> Result<SessionClaim, ClaimError> {
         let mut inner = self.inner.lock().expect("the sessions lock is never poisoned");
+        let known = inner.entries.get(session);
+        if known.and_then(|entry| entry.owner.as_ref()).is_some_and(|entry_owner| entry_owner != owner) {
+            return Err(ClaimError::NotOwner);
+        }
+        let settled = known.map_or(0, |entry| entry.settled);
+        // Lines between the settled one and FIRST would be skipped; saturating, so that no
+        // FIRST (u64::MAX included) can overflow.
+        let skipped = first.saturating_sub(settled.saturating_add(1));
+        if skipped > self.limits.max_skip_lines {
+            return Err(ClaimError::TooFarAhead { settled, max_skip_lines: self.limits.max_skip_lines });
+        }
+        let mut forgotten = None;
+        if known.is_none() {
+            let n_owned = inner.entries.values().filter(|entry| entry.owner.as_ref() == Some(owner)).count();
+            let owner_full = n_owned >= self.limits.max_per_owner;
+            if owner_full || inner.entries.len() >= self.limits.max_sessions {
+                // Only the owner's own sessions may go, or (to make room in a full table) one
+                // restored from the store that nobody has claimed since: never another
+                // peer's.
+                let victim = inner
+                    .entries
+                    .iter()
+                    .filter(|(_, entry)| entry.holder.is_none())
+                    .filter(|(_, entry)| match &entry.owner {
+                        Some(entry_owner) => entry_owner == owner,
+                        None => !owner_full,
+                    })
+                    .min_by_key(|(_, entry)| entry.last_claimed)
+                    .map(|(key, _)| key.clone())
+                    .ok_or(ClaimError::Full)?;
+                inner.entries.remove(&victim);
+                forgotten = Some(victim);
+            }
+        }
         inner.n_claims += 1;
         let claim_id = inner.n_claims;
-        let mut forgotten = None;
-        if !inner.entries.contains_key(session) && inner.entries.len() >= self.max_sessions {
-            let oldest = inner
-                .entries
-                .iter()
-                .filter(|(_, entry)| entry.owner.is_none())
-                .min_by_key(|(_, entry)| entry.last_claimed)
-                .map(|(key, _)| key.clone())
-                .ok_or(ClaimError::Full)?;
-            inner.entries.remove(&oldest);
-            forgotten = Some(oldest);
-        }
         let entry = inner.entries.entry(session.clone()).or_insert(Entry {
             settled: 0,
             owner: None,
+            holder: None,
             last_claimed: 0,
         });
-        if let Some((_, takeover)) = &entry.owner {
+        if let Some((_, takeover)) = &entry.holder {
             takeover.cancel();
             return Err(ClaimError::Busy);
         }
         let takeover = CancellationToken::new();
-        entry.owner = Some((claim_id, takeover.clone()));
+        entry.owner = Some(owner.clone());
+        entry.holder = Some((claim_id, takeover.clone()));
         entry.last_claimed = claim_id;
         Ok(SessionClaim {
             sessions: self.clone(),
@@ -165,8 +257,8 @@ impl Drop for SessionClaim {
     fn drop(&mut self) {
         let mut inner = self.sessions.inner.lock().expect("the sessions lock is never poisoned");
         if let Some(entry) = inner.entries.get_mut(&self.session) {
-            if entry.owner.as_ref().is_some_and(|(claim_id, _)| *claim_id == self.claim_id) {
-                entry.owner = None;
+            if entry.holder.as_ref().is_some_and(|(claim_id, _)| *claim_id == self.claim_id) {
+                entry.holder = None;
             }
         }
     }
@@ -211,26 +303,34 @@ mod tests {
         assert!(parse_session_line(long.as_bytes()).is_err());
     }
 
+    fn limits(max_sessions: usize, max_per_owner: usize) -> SessionLimits {
+        SessionLimits { max_sessions, max_per_owner, max_skip_lines: 1000 }
+    }
+
+    fn peer(last_octet: u8) -> Owner {
+        Owner::Peer(std::net::IpAddr::from([10, 0, 0, last_octet]))
+    }
+
     #[tokio::test]
     async fn a_claim_starts_from_the_stored_number_and_settles_forward_only() {
-        let sessions = Arc::new(Sessions::new(8, vec![(Arc::from("a"), 40)]));
-        let claim = sessions.claim(Arc::from("a")).await.unwrap();
+        let sessions = Arc::new(Sessions::new(limits(8, 8), vec![(Arc::from("a"), 40)]));
+        let claim = sessions.claim(Arc::from("a"), &peer(1), 41).await.unwrap();
         assert_eq!(claim.settled, 40);
         claim.settle(50);
         claim.settle(45);
         assert_eq!(sessions.settled("a"), 50);
         drop(claim);
-        assert_eq!(sessions.claim(Arc::from("a")).await.unwrap().settled, 50);
+        assert_eq!(sessions.claim(Arc::from("a"), &peer(1), 1).await.unwrap().settled, 50);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_second_connection_takes_the_session_over_once_the_first_lets_go() {
-        let sessions = Arc::new(Sessions::new(8, vec![]));
-        let first = sessions.claim(Arc::from("a")).await.unwrap();
+        let sessions = Arc::new(Sessions::new(limits(8, 8), vec![]));
+        let first = sessions.claim(Arc::from("a"), &peer(1), 1).await.unwrap();
         let takeover = first.takeover.clone();
         let contender = {
             let sessions = sessions.clone();
-            tokio::spawn(async move { sessions.claim(Arc::from("a")).await })
+            tokio::spawn(async move { sessions.claim(Arc::from("a"), &peer(1), 1).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(takeover.is_cancelled(), "the owner is asked to let go");
@@ -241,21 +341,60 @@ mod tests {
         assert_eq!(second.settled, 7, "the new owner sees what the old one settled");
 
         // An owner that never lets go makes the contender give up, not wait forever.
-        let stuck = sessions.claim(Arc::from("a"));
+        let owner = peer(1);
+        let stuck = sessions.claim(Arc::from("a"), &owner, 1);
         assert_eq!(stuck.await.unwrap_err(), ClaimError::Busy);
         drop(second);
     }
 
     #[tokio::test]
-    async fn a_full_table_forgets_the_least_recently_claimed_free_session() {
-        let sessions = Arc::new(Sessions::new(2, vec![(Arc::from("old"), 3)]));
-        let held = sessions.claim(Arc::from("held")).await.unwrap();
-        let new = sessions.claim(Arc::from("new")).await.unwrap();
-        assert_eq!(new.forgotten.as_deref(), Some("old"));
+    async fn a_full_table_forgets_the_least_recently_claimed_free_session_of_the_same_owner() {
+        let sessions = Arc::new(Sessions::new(limits(3, 3), vec![(Arc::from("restored"), 3)]));
+        let held = sessions.claim(Arc::from("held"), &peer(1), 1).await.unwrap();
+        drop(sessions.claim(Arc::from("mine"), &peer(2), 1).await.unwrap());
+        // Full: an unclaimed restored session may go, another peer's may not.
+        let new = sessions.claim(Arc::from("new"), &peer(1), 1).await.unwrap();
+        assert_eq!(new.forgotten.as_deref(), Some("restored"));
         drop(new);
-        // Both remembered sessions owned: nothing can be forgotten.
-        let _new_again = sessions.claim(Arc::from("new")).await.unwrap();
-        assert_eq!(sessions.claim(Arc::from("third")).await.unwrap_err(), ClaimError::Full);
-        drop(held);
+        let newer = sessions.claim(Arc::from("newer"), &peer(1), 1).await.unwrap();
+        assert_eq!(newer.forgotten.as_deref(), Some("new"), "its own, not peer 2's `mine`");
+        // Both of peer 1's sessions are held: nothing of its own can be forgotten.
+        assert_eq!(sessions.claim(Arc::from("third"), &peer(1), 1).await.unwrap_err(), ClaimError::Full);
+        assert_eq!(sessions.settled("mine"), 0);
+        drop((held, newer));
+    }
+
+    #[tokio::test]
+    async fn one_owner_churning_sessions_never_evicts_another_owners() {
+        let sessions = Arc::new(Sessions::new(limits(100, 4), vec![]));
+        let real = sessions.claim(Arc::from("gw7"), &peer(1), 1).await.unwrap();
+        real.settle(10);
+        drop(real);
+        for idx in 0..1000 {
+            let junk = sessions.claim(Arc::from(format!("junk-{idx}")), &peer(66), 1).await.unwrap();
+            drop(junk);
+        }
+        assert_eq!(sessions.settled("gw7"), 10);
+        assert_eq!(sessions.claim(Arc::from("gw7"), &peer(1), 11).await.unwrap().settled, 10);
+    }
+
+    #[tokio::test]
+    async fn a_session_belongs_to_its_owner_and_first_cannot_jump_far_ahead() {
+        let sessions = Arc::new(Sessions::new(limits(8, 8), vec![]));
+        drop(sessions.claim(Arc::from("gw7"), &peer(1), 1).await.unwrap());
+        assert_eq!(sessions.claim(Arc::from("gw7"), &peer(2), 1).await.unwrap_err(), ClaimError::NotOwner);
+        let too_far = ClaimError::TooFarAhead { settled: 0, max_skip_lines: 1000 };
+        assert_eq!(sessions.claim(Arc::from("gw7"), &peer(1), u64::MAX).await.unwrap_err(), too_far);
+        assert_eq!(sessions.claim(Arc::from("gw7"), &peer(1), 1002).await.unwrap_err(), too_far);
+        assert!(sessions.claim(Arc::from("gw7"), &peer(1), 1001).await.is_ok());
+        // A refused new session leaves nothing behind.
+        assert_eq!(sessions.claim(Arc::from("fresh"), &peer(1), u64::MAX).await.unwrap_err(), too_far);
+        assert!(sessions.claim(Arc::from("fresh"), &peer(2), 1).await.is_ok(), "nobody owned `fresh`");
+        // A restored session is owned by its first claimant.
+        let restored = Arc::new(Sessions::new(limits(8, 8), vec![(Arc::from("r"), u64::MAX - 1)]));
+        let claim = restored.claim(Arc::from("r"), &Owner::Token, u64::MAX).await.unwrap();
+        assert_eq!(claim.settled, u64::MAX - 1);
+        drop(claim);
+        assert_eq!(restored.claim(Arc::from("r"), &peer(1), 1).await.unwrap_err(), ClaimError::NotOwner);
     }
 }

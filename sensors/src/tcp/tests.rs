@@ -561,3 +561,42 @@ async fn tcp_source_reports_a_closed_durable_log() {
     let result = tokio::time::timeout(*PROMPTLY, run).await.unwrap().unwrap();
     assert!(matches!(result, Err(TcpSourceError::IngestClosed { .. })), "{result:?}");
 }
+
+#[tokio::test]
+async fn tcp_closes_a_connection_idle_past_idle_timeout_and_counts_it() {
+    let config = TcpSourceConfig { idle_timeout: Duration::from_millis(300), ..test_config() };
+    let harness = start(config, Limits::default(), DaemonSetup::default()).await;
+    let mut stream = TcpStream::connect(harness.addr).await.unwrap();
+    stream.write_all(valid_line(0, 0).as_bytes()).await.unwrap();
+    // The ack, then the close: nothing more came for 300 ms.
+    let replies = tokio::time::timeout(*PROMPTLY, read_replies_to_end(&mut stream)).await.unwrap();
+    assert_eq!(replies, ["ack 1"]);
+    assert_eq!(harness.stats.snapshot().timed_out, 1);
+    stop(harness).await;
+}
+
+#[tokio::test]
+async fn tcp_stops_reading_a_peer_that_leaves_its_replies_unread_then_closes_it() {
+    let config =
+        TcpSourceConfig { max_reply_bytes: 4096, reply_timeout: Duration::from_millis(500), ..test_config() };
+    let harness = start(config, Limits::default(), DaemonSetup::default()).await;
+    let stream = TcpStream::connect(harness.addr).await.unwrap();
+    let (_read_half, mut write_half) = stream.into_split();
+    // Garbage lines, one `err` each, written until the source stops taking them.
+    let garbage = "x\n".repeat(64 * 1024);
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        while write_half.write_all(garbage.as_bytes()).await.is_ok() {
+            sent += garbage.len();
+        }
+        sent
+    });
+    let sent =
+        tokio::time::timeout(*PROMPTLY, writer).await.expect("the source closed the connection").unwrap();
+    let snapshot = harness.stats.snapshot();
+    assert_eq!(snapshot.timed_out, 1);
+    // The kernel's buffers took the rest; the source decoded far less than was sent.
+    let n_sent_lines = u64::try_from(sent / 2).unwrap();
+    assert!(snapshot.received < n_sent_lines / 2, "{} of {n_sent_lines} lines", snapshot.received);
+    stop(harness).await;
+}

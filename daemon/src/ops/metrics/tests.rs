@@ -35,6 +35,9 @@ fn known_status() -> Status {
                 connections: 3,
                 duplicates: 2,
                 broker_dropped: Some(90),
+                peers_refused: 5,
+                auth_failures: 6,
+                timed_out: 8,
             },
             SourceStatsSnapshot { name: "we\"ird".to_owned(), ..SourceStatsSnapshot::default() },
         ],
@@ -111,6 +114,18 @@ eddy_source_refused_total{source="we\"ird"} 0
 # TYPE eddy_source_duplicates_total counter
 eddy_source_duplicates_total{source="in"} 2
 eddy_source_duplicates_total{source="we\"ird"} 0
+# HELP eddy_source_peers_refused_total TCP connections refused at accept because the peer is not in the source's allow list.
+# TYPE eddy_source_peers_refused_total counter
+eddy_source_peers_refused_total{source="in"} 5
+eddy_source_peers_refused_total{source="we\"ird"} 0
+# HELP eddy_source_auth_failures_total TCP connections closed for a failed TLS handshake, a wrong or missing #auth token, or none in time.
+# TYPE eddy_source_auth_failures_total counter
+eddy_source_auth_failures_total{source="in"} 6
+eddy_source_auth_failures_total{source="we\"ird"} 0
+# HELP eddy_source_timed_out_total TCP connections closed idle (idle_timeout) or with replies left unread (reply_timeout).
+# TYPE eddy_source_timed_out_total counter
+eddy_source_timed_out_total{source="in"} 8
+eddy_source_timed_out_total{source="we\"ird"} 0
 # HELP eddy_source_up 1 while the source can take readings (listening, port open, broker connected).
 # TYPE eddy_source_up gauge
 eddy_source_up{source="in"} 1
@@ -305,13 +320,16 @@ fn status_keeps_its_keys() {
         sorted(keys(&value["sources"][0])),
         [
             "accepted",
+            "auth_failures",
             "broker_dropped",
             "duplicates",
             "name",
+            "peers_refused",
             "received",
             "refused",
             "rejected",
             "rejected_by_reason",
+            "timed_out",
             "up"
         ]
     );
