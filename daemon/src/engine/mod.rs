@@ -56,6 +56,29 @@
 //! processing clock ([`Engine::sensor_clocks`]): the largest `ts - ingest` of its applied
 //! readings over the current and the previous 10-minute period, since network delay only
 //! lowers that difference.
+//!
+//! # Forgotten sensors (issue #14)
+//!
+//! A sensor with no reading (held or not) for `forget_after` of processing time is *forgotten*
+//! at the first advance of the processing clock that reaches that time: after the micro-batch,
+//! idle and processing-time closes of the same step, which have emitted everything it had
+//! open (`forget_after` is at least `idle_timeout`, the batch interval and every
+//! processing-time window's length, so its windows and batch are closed by then; a sensor
+//! that still has something open — state restored under another configuration — waits).
+//! Its window state, watermark floor, sensor clock and micro-batch entry are deleted from the
+//! engine and, through [`Engine::take_dirty`], from the store, and its name is handed out by
+//! [`Engine::take_forgotten`] so that the daemon releases it from the sensor caps once that
+//! commit is durable. Like an idle close, forgetting depends only on the sensor's ingest times
+//! and the clock reaching a deadline, and it emits nothing: a tick that forgets a sensor
+//! leaves the state the next chunk's own advance would have left, so a replay agrees.
+//!
+//! A forgotten sensor that comes back starts afresh: no watermark, no late sequence, no clock
+//! reference. Its readings older than its last emitted window are then not late but open that
+//! window again, and it is emitted a second time with the same id (its late records, numbered
+//! from 0 again, repeat ids too). No tombstone is kept (it
+//! would be state per junk id again, the growth this bounds): a sensor silent for
+//! `forget_after` (24 h by default) that then sends readings older than a day is the price,
+//! and a consumer that drops repeated ids keeps the first.
 
 mod acc;
 mod batch;
@@ -84,7 +107,7 @@ pub use crate::engine::spec::{Aggregate, EngineSpec, SpecError, TimeDomain, Wind
 use crate::engine::batch::MicroBatch;
 use crate::engine::record::{LateRecord, ResultRecord};
 use crate::engine::sensor_clock::{HeldReading, HoldRules, SensorClock, Verdict};
-use crate::engine::state::{MetaEnvelope, MetaV2, StateKey};
+use crate::engine::state::{MetaEnvelope, MetaV2, MetaV3, StateKey};
 use crate::engine::window::WindowSet;
 
 /// What the engine emits.
@@ -130,6 +153,11 @@ pub struct EngineStats {
     pub future_outliers_dropped_total: u64,
     /// Readings held now.
     pub future_outliers_held: usize,
+    /// Sensors forgotten (idle past `forget_after`) since this engine started.
+    pub sensors_forgotten_total: u64,
+    /// Readings counted in a window's `other` bucket: their `count_by` tag value came after
+    /// the window had counted `count_by_max_values` distinct ones (once per window they fell in).
+    pub count_by_overflow_total: u64,
 }
 
 /// The future-outlier counters ([`Engine::future_outliers`]).
@@ -186,34 +214,67 @@ pub struct Engine {
     /// The clock moved since the last `take_dirty`. Stored with the next real change only
     /// (see [`Engine::has_changes`]), so that an idle gateway writes nothing.
     clock_dirty: bool,
-    /// Keys of skipped stored entries, deleted by the next `take_dirty`.
+    /// Keys of skipped stored entries and forgotten sensors, deleted by the next `take_dirty`.
     pending_deletes: Vec<Vec<u8>>,
+    /// `forget_after` in ms (None: sensors are never forgotten).
+    forget_ms: Option<i64>,
+    /// A lower bound of the processing time at which a sensor is due to be forgotten.
+    forget_due_ms: i64,
+    /// Sensors forgotten since the last `take_forgotten`.
+    forgotten: Vec<Arc<str>>,
+    /// Sensors forgotten since this engine was built or restored.
+    sensors_forgotten_total: u64,
 }
 
 /// Sensor ids seen, interned to dense indexes. Indexes depend on arrival order, so they never
-/// leave the engine and never decide an output order: `sorted` does.
+/// leave the engine and never decide an output order: `sorted` does. The index of a forgotten
+/// sensor is free for the next new one (its state was reset when it was forgotten).
 #[derive(Debug, Default)]
 struct SensorTable {
     index: HashMap<Arc<str>, usize>,
     names: Vec<Arc<str>>,
-    /// Indexes in sensor id order.
+    /// Indexes in sensor id order (forgotten ones left out).
     sorted: Vec<usize>,
+    /// Indexes of forgotten sensors, for reuse.
+    free: Vec<usize>,
 }
 
 impl SensorTable {
-    /// The index of `name` and whether it is new.
+    /// The index of `name` and whether it is a new index (the engine must make room for it).
     #[inline]
     fn intern(&mut self, name: &Arc<str>) -> (usize, bool) {
         if let Some(&sensor) = self.index.get(&**name) {
             return (sensor, false);
         }
-        let sensor = self.names.len();
+        let (sensor, is_new) = match self.free.pop() {
+            Some(sensor) => {
+                self.names[sensor] = name.clone();
+                (sensor, false)
+            }
+            None => {
+                self.names.push(name.clone());
+                (self.names.len() - 1, true)
+            }
+        };
         self.index.insert(name.clone(), sensor);
-        self.names.push(name.clone());
         let names = &self.names;
         let pos = self.sorted.partition_point(|&other| names[other] < *name);
         self.sorted.insert(pos, sensor);
-        (sensor, true)
+        (sensor, is_new)
+    }
+
+    /// Frees the indexes of `forgotten` (their names stay until the index is reused).
+    fn forget(&mut self, forgotten: &[usize], is_forgotten: &[bool]) {
+        for &sensor in forgotten {
+            self.index.remove(&self.names[sensor]);
+            self.free.push(sensor);
+        }
+        self.sorted.retain(|&sensor| !is_forgotten[sensor]);
+    }
+
+    /// Sensors known now.
+    fn len(&self) -> usize {
+        self.index.len()
     }
 }
 
@@ -254,6 +315,10 @@ impl Engine {
             meta_dirty: false,
             clock_dirty: false,
             pending_deletes: Vec::new(),
+            forget_ms: spec.forget_after.map(duration_ms),
+            forget_due_ms: i64::MAX,
+            forgotten: Vec::new(),
+            sensors_forgotten_total: 0,
         }
     }
 
@@ -266,6 +331,11 @@ impl Engine {
         self.advance(ingest_ms, out);
         let clock_ms = self.clock_ms.unwrap_or(ingest_ms);
         self.batch.begin_chunk(batch, readings.len(), &self.sensors.names, out);
+        if let Some(forget_ms) = self.forget_ms {
+            if !readings.is_empty() {
+                self.forget_due_ms = self.forget_due_ms.min(ingest_ms.saturating_add(forget_ms));
+            }
+        }
         for reading in readings {
             let (sensor, is_new) = self.sensors.intern(&reading.sensor);
             if is_new {
@@ -304,7 +374,14 @@ impl Engine {
     pub fn next_deadline_ms(&self) -> Option<i64> {
         let windows = self.windows.iter().filter_map(WindowSet::deadline_ms);
         let held = (self.n_held > 0).then_some(self.held_due_ms);
-        self.batch.deadline_ms().into_iter().chain(windows).chain(held).min()
+        let forget = (self.forget_due_ms != i64::MAX).then_some(self.forget_due_ms);
+        self.batch.deadline_ms().into_iter().chain(windows).chain(held).chain(forget).min()
+    }
+
+    /// The sensors forgotten since the last call, in the order they were forgotten. Their
+    /// deletion is in the next [`Engine::take_dirty`]: release them once that is durable.
+    pub fn take_forgotten(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Whether state changed since the last [`Engine::take_dirty`] beyond the processing
@@ -327,7 +404,7 @@ impl Engine {
         let mut entries: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             self.pending_deletes.drain(..).map(|key| (key, None)).collect();
         if std::mem::take(&mut self.meta_dirty) | std::mem::take(&mut self.clock_dirty) {
-            let meta = MetaEnvelope::V2(MetaV2 {
+            let v2 = MetaV2 {
                 clock_ms: self.clock_ms,
                 batch_floor: self.batch.floor(),
                 late_readings_total: self.late_readings_total,
@@ -340,7 +417,9 @@ impl Engine {
                 batch_readings_deferred_total: self.batch.deferred_total,
                 future_outliers_total: self.future_outliers_total,
                 future_outliers_dropped_total: self.future_outliers_dropped_total,
-            });
+            };
+            let meta =
+                MetaEnvelope::V3(MetaV3 { v2, count_by_overflow_total: self.count_by_overflow_total() });
             entries.push((state::META_KEY.to_vec(), Some(state::encode(&meta))));
         }
         self.batch.take_dirty(&self.sensors.names, &mut entries);
@@ -355,8 +434,17 @@ impl Engine {
         for window_set in &mut self.windows {
             window_set.take_dirty(&self.sensors.names, &mut entries);
         }
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        entries
+        // Stable: a forgotten sensor's delete (pushed first) comes before the put of the same
+        // key when the sensor came back before this call, and the put wins.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match kept.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => kept.push(entry),
+            }
+        }
+        kept
     }
 
     /// Rebuilds an engine from stored entries (all keys the engine wrote and did not delete).
@@ -392,6 +480,10 @@ impl Engine {
             }
         }
         engine.pending_deletes = report.skipped.iter().map(|(key, _)| key.clone()).collect();
+        // The next advance scans once and finds the true forget deadline.
+        if engine.forget_ms.is_some() && engine.sensors.len() > 0 {
+            engine.forget_due_ms = i64::MIN;
+        }
         (engine, report)
     }
 
@@ -406,13 +498,20 @@ impl Engine {
                 .collect(),
             open_windows: self.windows.iter().map(WindowSet::n_open).sum(),
             open_keys: self.windows.iter().map(WindowSet::n_open_keys).sum(),
-            sensors: self.sensors.names.len(),
+            sensors: self.sensors.len(),
             results_emitted_total: self.results_emitted_total,
             batch_readings_deferred_total: self.batch.deferred_total,
             future_outliers_total: self.future_outliers_total,
             future_outliers_dropped_total: self.future_outliers_dropped_total,
             future_outliers_held: self.n_held,
+            sensors_forgotten_total: self.sensors_forgotten_total,
+            count_by_overflow_total: self.count_by_overflow_total(),
         }
+    }
+
+    /// Readings counted in `other` buckets, over all window sets (cheap: per chunk and tick).
+    pub fn count_by_overflow_total(&self) -> u64 {
+        self.windows.iter().map(|window_set| window_set.count_by_overflow_total).sum()
     }
 
     /// The future-outlier counters alone: cheap enough to read after every chunk.
@@ -570,6 +669,66 @@ impl Engine {
         if out.len() > first_output {
             self.meta_dirty = true;
         }
+        if let Some(forget_ms) = self.forget_ms {
+            if now_ms >= self.forget_due_ms {
+                self.forget_idle(now_ms, forget_ms);
+            }
+        }
+    }
+
+    /// Forgets every sensor with no reading since `now_ms - forget_ms` and nothing open (see
+    /// the module documentation), in id order, and finds the next forget deadline.
+    fn forget_idle(&mut self, now_ms: i64, forget_ms: i64) {
+        let mut next_due_ms = i64::MAX;
+        let mut forgotten = Vec::new();
+        for &sensor in &self.sensors.sorted {
+            let clock = &self.sensor_clocks[sensor];
+            let seen_ms = self
+                .windows
+                .iter()
+                .filter_map(|window_set| window_set.last_activity_ms(sensor))
+                .chain(clock.last_seen_ms())
+                .max()
+                .unwrap_or(i64::MIN);
+            let due_ms = seen_ms.saturating_add(forget_ms);
+            if due_ms > now_ms {
+                next_due_ms = next_due_ms.min(due_ms);
+                continue;
+            }
+            let open = clock.n_held() > 0
+                || self.batch.has_open(sensor)
+                || self.windows.iter().any(|window_set| window_set.has_open(sensor));
+            if open {
+                // Only under a changed configuration: look again at the next advance.
+                next_due_ms = next_due_ms.min(now_ms.saturating_add(1));
+                continue;
+            }
+            forgotten.push(sensor);
+        }
+        self.forget_due_ms = next_due_ms;
+        if forgotten.is_empty() {
+            return;
+        }
+        let mut is_forgotten = vec![false; self.sensors.names.len()];
+        for &sensor in &forgotten {
+            is_forgotten[sensor] = true;
+            let name = self.sensors.names[sensor].clone();
+            self.pending_deletes.push(state::batch_key(&name));
+            self.pending_deletes.push(state::sensor_clock_key(&name));
+            for window_set in &self.windows {
+                self.pending_deletes.push(state::window_key(window_set.name(), &name));
+            }
+            self.sensor_clocks[sensor] = SensorClock::default();
+            self.sensor_clock_dirty[sensor] = false;
+            self.forgotten.push(name);
+        }
+        self.sensor_clock_dirty_list.retain(|&sensor| !is_forgotten[sensor]);
+        self.batch.forget(&forgotten, &is_forgotten);
+        for window_set in &mut self.windows {
+            window_set.forget(&forgotten, &is_forgotten);
+        }
+        self.sensors.forget(&forgotten, &is_forgotten);
+        self.sensors_forgotten_total += u64::try_from(forgotten.len()).unwrap_or(u64::MAX);
     }
 
     fn count_results(&mut self, outputs: &[Output]) {
@@ -595,7 +754,11 @@ impl Engine {
     ) -> Result<bool, String> {
         match state::parse_key(key)? {
             StateKey::Meta => {
-                let meta = state::decode_meta(value)?;
+                let MetaV3 { v2: meta, count_by_overflow_total } = state::decode_meta(value)?;
+                // Kept by the first window set: the total is what the engine reports.
+                if let Some(window_set) = self.windows.first_mut() {
+                    window_set.count_by_overflow_total = count_by_overflow_total;
+                }
                 self.future_outliers_total = meta.future_outliers_total;
                 self.future_outliers_dropped_total = meta.future_outliers_dropped_total;
                 self.clock_ms = meta.clock_ms;

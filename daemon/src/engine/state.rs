@@ -11,6 +11,9 @@
 //! | `c` + sensor | [`SensorClockEnvelope`] | one sensor's clock: reference, held readings, offset estimate |
 //! | `w` + name length (1 byte) + window name + sensor | [`WindowEnvelope`] | watermark, last activity, late sequence and open windows of one sensor in one window |
 //!
+//! Versions written today: meta `V3` (with `count_by_overflow_total`), window `V3` (open
+//! windows with their `other` buckets), batch `V2`, sensor clock `V1`.
+//!
 //! postcard is not self-describing: a stored type never changes, a new layout is a new
 //! envelope variant (`V2`) and the decoder keeps reading `V1`. Fields and tags are stored by
 //! name, not schema index, so a reordered schema restores correctly.
@@ -93,14 +96,25 @@ pub(crate) enum MetaEnvelope {
     V1(MetaV1),
     /// [`MetaV1`] and the future-outlier counters.
     V2(MetaV2),
+    /// [`MetaV2`] and the `count_by` overflow counter (issue #14).
+    V3(MetaV3),
 }
 
 /// Decodes an engine-wide entry of any version.
-pub(crate) fn decode_meta(bytes: &[u8]) -> Result<MetaV2, String> {
+pub(crate) fn decode_meta(bytes: &[u8]) -> Result<MetaV3, String> {
     Ok(match decode(bytes)? {
-        MetaEnvelope::V1(v1) => v1.into(),
-        MetaEnvelope::V2(v2) => v2,
+        MetaEnvelope::V1(v1) => MetaV3 { v2: v1.into(), count_by_overflow_total: 0 },
+        MetaEnvelope::V2(v2) => MetaV3 { v2, count_by_overflow_total: 0 },
+        MetaEnvelope::V3(v3) => v3,
     })
+}
+
+/// [`MetaV2`] (its fields first, as postcard writes a nested struct inline) and the readings
+/// counted in a window's `other` bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct MetaV3 {
+    pub(crate) v2: MetaV2,
+    pub(crate) count_by_overflow_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,14 +248,67 @@ pub(crate) enum WindowEnvelope {
     V1(WindowSensorV1),
     /// Accumulators hold only the parts the window's aggregates read ([`AccV2`]).
     V2(WindowSensorV2),
+    /// Open windows also hold the `other` bucket of capped `count_by` tags (issue #14).
+    V3(WindowSensorV3),
 }
 
 /// Decodes a window entry of any version.
-pub(crate) fn decode_window(bytes: &[u8]) -> Result<WindowSensorV2, String> {
+pub(crate) fn decode_window(bytes: &[u8]) -> Result<WindowSensorV3, String> {
     Ok(match decode(bytes)? {
-        WindowEnvelope::V1(v1) => v1.into(),
-        WindowEnvelope::V2(v2) => v2,
+        WindowEnvelope::V1(v1) => WindowSensorV2::from(v1).into(),
+        WindowEnvelope::V2(v2) => v2.into(),
+        WindowEnvelope::V3(v3) => v3,
     })
+}
+
+/// [`WindowSensorV2`] with [`OpenWindowV3`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct WindowSensorV3 {
+    pub(crate) length_ms: i64,
+    pub(crate) slide_ms: i64,
+    pub(crate) processing_time: bool,
+    pub(crate) max_ts_ms: Option<i64>,
+    pub(crate) floor_ms: Option<i64>,
+    pub(crate) last_activity_ms: Option<i64>,
+    pub(crate) late_seq: u64,
+    pub(crate) open: Vec<OpenWindowV3>,
+}
+
+/// [`OpenWindowV2`] with, per tag name, the readings counted in the `other` bucket (tags with
+/// none are left out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct OpenWindowV3 {
+    pub(crate) start_ms: i64,
+    /// Non-empty accumulators by field name.
+    pub(crate) fields: Vec<(String, AccV2)>,
+    /// Counts by tag name, then by tag value.
+    pub(crate) counts: Vec<(String, Vec<(String, u64)>)>,
+    /// Readings past the tag's cap of distinct values, by tag name.
+    pub(crate) other: Vec<(String, u64)>,
+}
+
+impl From<WindowSensorV2> for WindowSensorV3 {
+    fn from(v2: WindowSensorV2) -> WindowSensorV3 {
+        WindowSensorV3 {
+            length_ms: v2.length_ms,
+            slide_ms: v2.slide_ms,
+            processing_time: v2.processing_time,
+            max_ts_ms: v2.max_ts_ms,
+            floor_ms: v2.floor_ms,
+            last_activity_ms: v2.last_activity_ms,
+            late_seq: v2.late_seq,
+            open: v2
+                .open
+                .into_iter()
+                .map(|window| OpenWindowV3 {
+                    start_ms: window.start_ms,
+                    fields: window.fields,
+                    counts: window.counts,
+                    other: Vec::new(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// [`WindowSensorV1`] with [`OpenWindowV2`]s.
@@ -566,6 +633,44 @@ mod tests {
     }
 
     #[test]
+    fn version_2_window_entry_decodes_with_empty_other_buckets() {
+        let v2 = WindowSensorV2 {
+            length_ms: 10,
+            slide_ms: 5,
+            processing_time: false,
+            max_ts_ms: Some(7),
+            floor_ms: None,
+            last_activity_ms: Some(3),
+            late_seq: 2,
+            open: vec![OpenWindowV2 {
+                start_ms: 5,
+                fields: vec![],
+                counts: vec![("mode".into(), vec![("heat".into(), 2)])],
+            }],
+        };
+        let decoded = decode_window(&encode(&WindowEnvelope::V2(v2))).unwrap();
+        assert_eq!((decoded.max_ts_ms, decoded.late_seq, decoded.open.len()), (Some(7), 2, 1));
+        assert_eq!(decoded.open[0].counts, vec![("mode".to_owned(), vec![("heat".to_owned(), 2)])]);
+        assert!(decoded.open[0].other.is_empty());
+    }
+
+    #[test]
+    fn version_2_engine_entry_decodes_with_no_count_by_overflow() {
+        let v2 = MetaV2 {
+            clock_ms: Some(5),
+            batch_floor: 2,
+            late_readings_total: 1,
+            late_by_window: vec![],
+            results_emitted_total: 3,
+            batch_readings_deferred_total: 4,
+            future_outliers_total: 6,
+            future_outliers_dropped_total: 7,
+        };
+        let decoded = decode_meta(&encode(&MetaEnvelope::V2(v2.clone()))).unwrap();
+        assert_eq!(decoded, MetaV3 { v2, count_by_overflow_total: 0 });
+    }
+
+    #[test]
     fn version_1_engine_entry_decodes_with_no_future_outliers() {
         let v1 = MetaV1 {
             clock_ms: Some(5),
@@ -576,8 +681,9 @@ mod tests {
             batch_readings_deferred_total: 4,
         };
         let decoded = decode_meta(&encode(&MetaEnvelope::V1(v1))).unwrap();
+        assert_eq!(decoded.count_by_overflow_total, 0);
         assert_eq!(
-            decoded,
+            decoded.v2,
             MetaV2 {
                 clock_ms: Some(5),
                 batch_floor: 2,
