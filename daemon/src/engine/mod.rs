@@ -72,13 +72,17 @@
 //! and the clock reaching a deadline, and it emits nothing: a tick that forgets a sensor
 //! leaves the state the next chunk's own advance would have left, so a replay agrees.
 //!
-//! A forgotten sensor that comes back starts afresh: no watermark, no late sequence, no clock
-//! reference. Its readings older than its last emitted window are then not late but open that
-//! window again, and it is emitted a second time with the same id (its late records, numbered
-//! from 0 again, repeat ids too). No tombstone is kept (it
-//! would be state per junk id again, the growth this bounds): a sensor silent for
-//! `forget_after` (24 h by default) that then sends readings older than a day is the price,
-//! and a consumer that drops repeated ids keeps the first.
+//! A forgotten sensor leaves a *tombstone*: per window, its watermark and late sequence (the
+//! `t` entry). If it comes back, its windows start from them, so a reading older than its
+//! last emitted window is late as before and late ids do not repeat; its clock reference and
+//! micro-batch start afresh. Tombstones are bounded, so that junk ids cannot grow them: at
+//! most [`MAX_TOMBSTONES`] (the oldest forgotten goes first, ties by id), each kept for
+//! another `forget_after`. A sensor back after that, or whose tombstone a flood of forgotten
+//! ids pushed out, starts with no watermark: a reading older than its last emitted window
+//! then opens that window again and it is emitted a second time with the same id.
+
+/// Most tombstones of forgotten sensors kept (see the module documentation).
+pub const MAX_TOMBSTONES: usize = 4096;
 
 mod acc;
 mod batch;
@@ -97,7 +101,7 @@ mod prop_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use eddy_sensors::Reading;
@@ -107,7 +111,7 @@ pub use crate::engine::spec::{Aggregate, EngineSpec, SpecError, TimeDomain, Wind
 use crate::engine::batch::MicroBatch;
 use crate::engine::record::{LateRecord, ResultRecord};
 use crate::engine::sensor_clock::{HeldReading, HoldRules, SensorClock, Verdict};
-use crate::engine::state::{MetaEnvelope, MetaV2, MetaV3, StateKey};
+use crate::engine::state::{MetaEnvelope, MetaV2, MetaV3, StateKey, TombstoneEnvelope, TombstoneV1};
 use crate::engine::window::WindowSet;
 
 /// What the engine emits.
@@ -155,6 +159,8 @@ pub struct EngineStats {
     pub future_outliers_held: usize,
     /// Sensors forgotten (idle past `forget_after`) since this engine started.
     pub sensors_forgotten_total: u64,
+    /// Tombstones of forgotten sensors kept now (at most [`MAX_TOMBSTONES`]).
+    pub tombstones: usize,
     /// Readings counted in a window's `other` bucket: their `count_by` tag value came after
     /// the window had counted `count_by_max_values` distinct ones (once per window they fell in).
     pub count_by_overflow_total: u64,
@@ -224,6 +230,23 @@ pub struct Engine {
     forgotten: Vec<Arc<str>>,
     /// Sensors forgotten since this engine was built or restored.
     sensors_forgotten_total: u64,
+    /// Tombstones of forgotten sensors, and the same names by (forgotten at, name): the
+    /// order in which they expire or are pushed out.
+    tombstones: HashMap<Arc<str>, TombstoneV1>,
+    tombstone_order: BTreeSet<(i64, Arc<str>)>,
+    /// Tombstones written since the last `take_dirty` (a removed one has its delete pending).
+    tombstones_dirty: Vec<Arc<str>>,
+}
+
+/// How [`SensorTable::intern`] found a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interned {
+    /// Known already.
+    Known,
+    /// New, in the index of a forgotten sensor (its state was reset).
+    Reused,
+    /// New, in a new index: the engine must make room for it.
+    New,
 }
 
 /// Sensor ids seen, interned to dense indexes. Indexes depend on arrival order, so they never
@@ -240,20 +263,20 @@ struct SensorTable {
 }
 
 impl SensorTable {
-    /// The index of `name` and whether it is a new index (the engine must make room for it).
+    /// The index of `name` and how it was found.
     #[inline]
-    fn intern(&mut self, name: &Arc<str>) -> (usize, bool) {
+    fn intern(&mut self, name: &Arc<str>) -> (usize, Interned) {
         if let Some(&sensor) = self.index.get(&**name) {
-            return (sensor, false);
+            return (sensor, Interned::Known);
         }
         let (sensor, is_new) = match self.free.pop() {
             Some(sensor) => {
                 self.names[sensor] = name.clone();
-                (sensor, false)
+                (sensor, Interned::Reused)
             }
             None => {
                 self.names.push(name.clone());
-                (self.names.len() - 1, true)
+                (self.names.len() - 1, Interned::New)
             }
         };
         self.index.insert(name.clone(), sensor);
@@ -319,6 +342,9 @@ impl Engine {
             forget_due_ms: i64::MAX,
             forgotten: Vec::new(),
             sensors_forgotten_total: 0,
+            tombstones: HashMap::new(),
+            tombstone_order: BTreeSet::new(),
+            tombstones_dirty: Vec::new(),
         }
     }
 
@@ -337,9 +363,12 @@ impl Engine {
             }
         }
         for reading in readings {
-            let (sensor, is_new) = self.sensors.intern(&reading.sensor);
-            if is_new {
+            let (sensor, interned) = self.sensors.intern(&reading.sensor);
+            if interned == Interned::New {
                 self.push_sensor();
+            }
+            if interned != Interned::Known && !self.tombstones.is_empty() {
+                self.revive(sensor);
             }
             self.batch.add(sensor, reading);
             self.apply_due_held(sensor, ingest_ms, clock_ms, out);
@@ -434,6 +463,12 @@ impl Engine {
         for window_set in &mut self.windows {
             window_set.take_dirty(&self.sensors.names, &mut entries);
         }
+        for name in self.tombstones_dirty.drain(..) {
+            if let Some(tombstone) = self.tombstones.get(&name) {
+                let value = state::encode(&TombstoneEnvelope::V1(tombstone.clone()));
+                entries.push((state::tombstone_key(&name), Some(value)));
+            }
+        }
         // Stable: a forgotten sensor's delete (pushed first) comes before the put of the same
         // key when the sensor came back before this call, and the put wins.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -481,7 +516,7 @@ impl Engine {
         }
         engine.pending_deletes = report.skipped.iter().map(|(key, _)| key.clone()).collect();
         // The next advance scans once and finds the true forget deadline.
-        if engine.forget_ms.is_some() && engine.sensors.len() > 0 {
+        if engine.forget_ms.is_some() && (engine.sensors.len() > 0 || !engine.tombstones.is_empty()) {
             engine.forget_due_ms = i64::MIN;
         }
         (engine, report)
@@ -505,6 +540,7 @@ impl Engine {
             future_outliers_dropped_total: self.future_outliers_dropped_total,
             future_outliers_held: self.n_held,
             sensors_forgotten_total: self.sensors_forgotten_total,
+            tombstones: self.tombstones.len(),
             count_by_overflow_total: self.count_by_overflow_total(),
         }
     }
@@ -681,6 +717,8 @@ impl Engine {
     fn forget_idle(&mut self, now_ms: i64, forget_ms: i64) {
         let mut next_due_ms = i64::MAX;
         let mut forgotten = Vec::new();
+        // When each was due, not when the scan came: a replay scans at other times.
+        let mut forgotten_due_ms = Vec::new();
         for &sensor in &self.sensors.sorted {
             let clock = &self.sensor_clocks[sensor];
             let seen_ms = self
@@ -704,13 +742,14 @@ impl Engine {
                 continue;
             }
             forgotten.push(sensor);
+            forgotten_due_ms.push(due_ms);
         }
-        self.forget_due_ms = next_due_ms;
         if forgotten.is_empty() {
+            self.expire_tombstones(now_ms, forget_ms, next_due_ms);
             return;
         }
         let mut is_forgotten = vec![false; self.sensors.names.len()];
-        for &sensor in &forgotten {
+        for (&sensor, &due_ms) in forgotten.iter().zip(&forgotten_due_ms) {
             is_forgotten[sensor] = true;
             let name = self.sensors.names[sensor].clone();
             self.pending_deletes.push(state::batch_key(&name));
@@ -720,6 +759,15 @@ impl Engine {
             }
             self.sensor_clocks[sensor] = SensorClock::default();
             self.sensor_clock_dirty[sensor] = false;
+            let windows = self
+                .windows
+                .iter()
+                .map(|window_set| {
+                    let (watermark_ms, late_seq) = window_set.tombstone(sensor);
+                    (window_set.name().to_string(), watermark_ms, late_seq)
+                })
+                .collect();
+            self.keep_tombstone(name.clone(), TombstoneV1 { forgotten_ms: due_ms, windows });
             self.forgotten.push(name);
         }
         self.sensor_clock_dirty_list.retain(|&sensor| !is_forgotten[sensor]);
@@ -729,6 +777,57 @@ impl Engine {
         }
         self.sensors.forget(&forgotten, &is_forgotten);
         self.sensors_forgotten_total += u64::try_from(forgotten.len()).unwrap_or(u64::MAX);
+        self.expire_tombstones(now_ms, forget_ms, next_due_ms);
+    }
+
+    /// Drops the tombstones kept for `forget_ms` by `now_ms`, and sets the next forget
+    /// deadline: `sensors_due_ms` (the sensors') or the next tombstone's expiry.
+    fn expire_tombstones(&mut self, now_ms: i64, forget_ms: i64, sensors_due_ms: i64) {
+        let mut next_due_ms = sensors_due_ms;
+        while let Some((forgotten_ms, name)) = self.tombstone_order.first().cloned() {
+            let expires_ms = forgotten_ms.saturating_add(forget_ms);
+            if expires_ms > now_ms {
+                next_due_ms = next_due_ms.min(expires_ms);
+                break;
+            }
+            self.drop_tombstone(&name);
+        }
+        self.forget_due_ms = next_due_ms;
+    }
+
+    /// Keeps a forgotten sensor's tombstone, pushing out the oldest past [`MAX_TOMBSTONES`].
+    fn keep_tombstone(&mut self, name: Arc<str>, tombstone: TombstoneV1) {
+        if let Some(old) = self.tombstones.remove(&name) {
+            self.tombstone_order.remove(&(old.forgotten_ms, name.clone()));
+        }
+        self.tombstone_order.insert((tombstone.forgotten_ms, name.clone()));
+        self.tombstones.insert(name.clone(), tombstone);
+        self.tombstones_dirty.push(name);
+        while self.tombstones.len() > MAX_TOMBSTONES {
+            let (_, oldest) = self.tombstone_order.first().cloned().expect("more tombstones than none");
+            self.drop_tombstone(&oldest);
+        }
+    }
+
+    /// Forgets a tombstone, in memory and (next `take_dirty`) in the store.
+    fn drop_tombstone(&mut self, name: &Arc<str>) -> Option<TombstoneV1> {
+        let tombstone = self.tombstones.remove(name)?;
+        self.tombstone_order.remove(&(tombstone.forgotten_ms, name.clone()));
+        self.pending_deletes.push(state::tombstone_key(name));
+        Some(tombstone)
+    }
+
+    /// A new sensor: if it was forgotten and its tombstone is kept, its windows start from it.
+    fn revive(&mut self, sensor: usize) {
+        let name = self.sensors.names[sensor].clone();
+        let Some(tombstone) = self.drop_tombstone(&name) else { return };
+        for (window, floor_ms, late_seq) in tombstone.windows {
+            if let Some(window_set) =
+                self.windows.iter_mut().find(|window_set| **window_set.name() == *window)
+            {
+                window_set.revive(sensor, floor_ms, late_seq);
+            }
+        }
     }
 
     fn count_results(&mut self, outputs: &[Output]) {
@@ -738,8 +837,8 @@ impl Engine {
 
     /// The sensor index of `name`, creating it.
     fn intern_sensor(&mut self, name: &str) -> usize {
-        let (sensor, is_new) = self.sensors.intern(&Arc::from(name));
-        if is_new {
+        let (sensor, interned) = self.sensors.intern(&Arc::from(name));
+        if interned == Interned::New {
             self.push_sensor();
         }
         sensor
@@ -794,6 +893,13 @@ impl Engine {
                 self.sensor_clocks[sensor] = clock;
                 // The next advance scans once and finds the true idle deadline.
                 self.held_due_ms = i64::MIN;
+                Ok(true)
+            }
+            StateKey::Tombstone { sensor } => {
+                let tombstone = state::decode_tombstone(value)?;
+                let name: Arc<str> = Arc::from(sensor);
+                self.tombstone_order.insert((tombstone.forgotten_ms, name.clone()));
+                self.tombstones.insert(name, tombstone);
                 Ok(true)
             }
             StateKey::Window { window, sensor } => {

@@ -10,6 +10,7 @@
 //! | `b` + sensor | [`BatchEnvelope`] | the open micro-batch's accumulators of one sensor |
 //! | `c` + sensor | [`SensorClockEnvelope`] | one sensor's clock: reference, held readings, offset estimate |
 //! | `w` + name length (1 byte) + window name + sensor | [`WindowEnvelope`] | watermark, last activity, late sequence and open windows of one sensor in one window |
+//! | `t` + sensor | [`TombstoneEnvelope`] | what a forgotten sensor keeps: per window, its watermark and late sequence |
 //!
 //! Versions written today: meta `V3` (with `count_by_overflow_total`), window `V3` (open
 //! windows with their `other` buckets), batch `V2`, sensor clock `V1`.
@@ -28,6 +29,7 @@ pub(crate) const META_KEY: &[u8] = b"e";
 const BATCH_PREFIX: u8 = b'b';
 const CLOCK_PREFIX: u8 = b'c';
 const WINDOW_PREFIX: u8 = b'w';
+const TOMBSTONE_PREFIX: u8 = b't';
 
 /// A decoded key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,15 @@ pub(crate) enum StateKey<'a> {
     Batch { sensor: &'a str },
     SensorClock { sensor: &'a str },
     Window { window: &'a str, sensor: &'a str },
+    Tombstone { sensor: &'a str },
+}
+
+/// The key of a forgotten sensor's tombstone.
+pub(crate) fn tombstone_key(sensor: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + sensor.len());
+    key.push(TOMBSTONE_PREFIX);
+    key.extend_from_slice(sensor.as_bytes());
+    key
 }
 
 /// The key of one sensor's micro-batch accumulators.
@@ -73,6 +84,9 @@ pub(crate) fn parse_key(key: &[u8]) -> Result<StateKey<'_>, String> {
         Some((&BATCH_PREFIX, sensor)) if !sensor.is_empty() => Ok(StateKey::Batch { sensor: utf8(sensor)? }),
         Some((&CLOCK_PREFIX, sensor)) if !sensor.is_empty() => {
             Ok(StateKey::SensorClock { sensor: utf8(sensor)? })
+        }
+        Some((&TOMBSTONE_PREFIX, sensor)) if !sensor.is_empty() => {
+            Ok(StateKey::Tombstone { sensor: utf8(sensor)? })
         }
         Some((&WINDOW_PREFIX, [name_len, rest @ ..])) => {
             let name_len = usize::from(*name_len);
@@ -239,6 +253,27 @@ pub(crate) struct HeldReadingV1 {
 pub(crate) fn decode_sensor_clock(bytes: &[u8]) -> Result<SensorClockV1, String> {
     match decode(bytes)? {
         SensorClockEnvelope::V1(v1) => Ok(v1),
+    }
+}
+
+/// A forgotten sensor's tombstone (issue #14).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum TombstoneEnvelope {
+    V1(TombstoneV1),
+}
+
+/// What a forgotten sensor keeps so that it comes back with exact lateness and unique late
+/// ids: when it was forgotten, and per window name its watermark then and its late sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TombstoneV1 {
+    pub(crate) forgotten_ms: i64,
+    pub(crate) windows: Vec<(String, Option<i64>, u64)>,
+}
+
+/// Decodes a tombstone entry of any version.
+pub(crate) fn decode_tombstone(bytes: &[u8]) -> Result<TombstoneV1, String> {
+    match decode(bytes)? {
+        TombstoneEnvelope::V1(v1) => Ok(v1),
     }
 }
 
@@ -630,6 +665,14 @@ mod tests {
         let decoded = decode_batch(&encode(&batch)).unwrap();
         assert_eq!(decoded.batch, 4);
         assert_eq!(decoded.fields[0].1.load(AccParts::for_aggregates(&[Aggregate::First])), Ok(acc));
+    }
+
+    #[test]
+    fn tombstone_entries_round_trip() {
+        check(&tombstone_key("s/1"), Ok(StateKey::Tombstone { sensor: "s/1" }));
+        let tombstone = TombstoneV1 { forgotten_ms: 5, windows: vec![("w".into(), Some(10_000), 3)] };
+        let decoded = decode_tombstone(&encode(&TombstoneEnvelope::V1(tombstone.clone()))).unwrap();
+        assert_eq!(decoded, tombstone);
     }
 
     #[test]

@@ -826,14 +826,16 @@ fn silent_sensors_are_forgotten_after_their_windows_closed_and_their_state_is_de
     run_step(&mut engine, &Step::Tick(60_300), &mut out);
     store(&mut stored, engine.take_dirty());
     assert_eq!(engine.take_forgotten(), vec![Arc::<str>::from("back")]);
+    // Of the others, only their tombstones are left.
     let sensors_in_store: std::collections::BTreeSet<String> = stored
         .keys()
-        .filter(|key| key.first() != Some(&b'e'))
+        .filter(|key| key.first() != Some(&b'e') && key.first() != Some(&b't'))
         .map(|key| String::from_utf8_lossy(key).to_string())
         .filter(|key| !key.contains("stay"))
         .collect();
     assert!(sensors_in_store.is_empty(), "{sensors_in_store:?}");
-    assert_eq!(engine.stats().sensors, 1);
+    assert_eq!(stored.keys().filter(|key| key.first() == Some(&b't')).count(), 21);
+    assert_eq!((engine.stats().sensors, engine.stats().tombstones), (1, 21));
 }
 
 #[test]
@@ -862,23 +864,61 @@ fn forgetting_does_not_depend_on_ticks_and_survives_a_restore_at_any_split_issue
 }
 
 #[test]
-fn a_forgotten_sensor_that_comes_back_starts_afresh() {
-    let (_, lines) = run(forgetting_spec(forgetting_windows()), &forgetting_steps(true));
-    let back: Vec<&String> = lines.iter().filter(|line| line.starts_with("w back ")).collect();
-    // Its window [0, 10000) was emitted at its idle close; forgotten, the old reading at 2000
-    // is not late but opens that window again (documented: no tombstone is kept).
+fn a_forgotten_sensor_that_comes_back_keeps_its_watermark_from_its_tombstone() {
+    let (engine, lines) = run(forgetting_spec(forgetting_windows()), &forgetting_steps(true));
+    let back: Vec<&String> =
+        lines.iter().filter(|line| line.starts_with("w back ") || line.starts_with("late w back")).collect();
+    // Its window [0, 10000) was emitted at its idle close; forgotten and back, the old reading
+    // at 2000 is late for it, as if it had never been forgotten.
     assert_eq!(
         back,
         [
             "w back temp_c [-5000,5000) n=1 sum=2",
             "w back temp_c [0,10000) n=1 sum=2",
-            "w back temp_c [-5000,5000) n=1 sum=6",
-            "w back temp_c [0,10000) n=1 sum=6",
+            "late w back ts=2000 wm=10000 #0",
             "w back temp_c [75000,85000) n=1 sum=7",
             "w back temp_c [80000,90000) n=1 sum=7",
         ]
     );
-    assert!(!lines.iter().any(|line| line.starts_with("late w back")), "{lines:?}");
+    // Its tombstone was used up; the junk ones expired another forget_after later.
+    assert_eq!(engine.stats().tombstones, 0);
+}
+
+#[test]
+fn a_sensor_back_after_its_tombstone_expired_starts_afresh() {
+    let steps = [
+        Step::Chunk(100, vec![reading("back", 3000, Some(2.0))]),
+        // Forgotten at 60,100, its tombstone kept until 120,100.
+        Step::Tick(130_000),
+        Step::Chunk(140_000, vec![reading("back", 2000, Some(6.0))]),
+        Step::Tick(FAR_MS),
+    ];
+    let (_, lines) = run(forgetting_spec(vec![event("w", 10_000, 10_000, 0)]), &steps);
+    let lines: Vec<String> = lines.into_iter().filter(|line| !line.starts_with("batch ")).collect();
+    // Documented: with no watermark left, the window is emitted a second time, same id.
+    assert_eq!(lines, ["w back temp_c [0,10000) n=1 sum=2", "w back temp_c [0,10000) n=1 sum=6"]);
+}
+
+#[test]
+fn tombstones_are_bounded_the_oldest_forgotten_going_first() {
+    let many: Vec<Reading> = (0..crate::engine::MAX_TOMBSTONES + 10)
+        .map(|n| reading(&format!("junk-{n:05}"), 1000, Some(1.0)))
+        .collect();
+    let steps = [
+        Step::Chunk(100, vec![reading("real", 1000, Some(1.0))]),
+        Step::Chunk(200, many),
+        Step::Tick(60_250),
+    ];
+    let (mut engine, _) = run(forgetting_spec(vec![event("w", 10_000, 10_000, 0)]), &steps);
+    assert_eq!(engine.stats().tombstones, crate::engine::MAX_TOMBSTONES);
+    // `real` (forgotten first) and the first junk ids by name were pushed out.
+    let entries = engine.take_dirty();
+    let tombstone = |name: &str| {
+        let key = crate::engine::state::tombstone_key(name);
+        entries.iter().any(|(entry_key, value)| *entry_key == key && value.is_some())
+    };
+    assert!(!tombstone("real") && !tombstone("junk-00000") && !tombstone("junk-00009"));
+    assert!(tombstone("junk-00010") && tombstone("junk-04105"));
 }
 
 #[test]

@@ -338,6 +338,27 @@ impl WindowSet {
         !self.sensors[sensor].open.is_empty()
     }
 
+    /// What sensor `sensor` leaves in its tombstone: its watermark (event time only) and its
+    /// late sequence.
+    pub(crate) fn tombstone(&self, sensor: usize) -> (Option<i64>, u64) {
+        let state = &self.sensors[sensor];
+        let watermark =
+            if self.shape.processing_time { None } else { state.watermark(self.shape.lateness_ms) };
+        (watermark, state.late_seq)
+    }
+
+    /// A forgotten sensor came back: it starts from its tombstone's watermark (as a floor)
+    /// and late sequence, so lateness stays exact and late ids unique.
+    pub(crate) fn revive(&mut self, sensor: usize, floor_ms: Option<i64>, late_seq: u64) {
+        let state = &mut self.sensors[sensor];
+        state.floor_ms = floor_ms;
+        state.late_seq = late_seq;
+        if !state.dirty {
+            state.dirty = true;
+            self.dirty_list.push(sensor);
+        }
+    }
+
     /// Resets the state of the `forgotten` sensors (none has an open window); their stored
     /// entries are deleted by the engine.
     pub(crate) fn forget(&mut self, forgotten: &[usize], is_forgotten: &[bool]) {
