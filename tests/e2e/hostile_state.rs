@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use eddy_tests::config::{raw, ConfigToml};
 use eddy_tests::{read_jsonl, send_with_acks, wait_until, Eddy};
 
-use crate::api::{api_address, get};
+use crate::api::{api_address, get, sample};
 
 fn now_ms() -> u64 {
     u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
@@ -67,6 +67,8 @@ fn issue_14_count_by_with_a_thousand_invented_values_keeps_at_most_cap_plus_one_
         .key("idle_timeout", "1s")
         .schema_fields(&["{ name = \"temp_c\" }"])
         .key("tags", raw("[{ name = \"mode\" }]"))
+        .table("api")
+        .key("listen", "127.0.0.1:0")
         .tcp_source("in")
         .key("ack", true)
         .window("modes", "60s")
@@ -102,6 +104,10 @@ fn issue_14_count_by_with_a_thousand_invented_values_keeps_at_most_cap_plus_one_
     assert!(values.keys().all(|value| value.strip_prefix("invented-").unwrap().parse::<u64>().unwrap() < 64));
     assert_eq!(record["other"], 936);
     assert_eq!(values.values().sum::<u64>() + record["other"].as_u64().unwrap(), 1000);
+    // Counted where an operator looks.
+    let (_, metrics) = get(api_address(&eddy), "/metrics");
+    assert_eq!(sample(&metrics, "eddy_count_by_overflow_total"), Some(936.0), "{metrics}");
+    assert_eq!(engine_status(&eddy)["count_by_overflow"], 936);
     assert!(eddy.stop().expect("eddy stops").success());
 }
 
