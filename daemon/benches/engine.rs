@@ -47,6 +47,9 @@ fn spec() -> Arc<EngineSpec> {
         idle_timeout: Duration::from_secs(60),
         outlier_after: Some(EngineSpec::DEFAULT_OUTLIER_AFTER),
         outlier_confirm: EngineSpec::DEFAULT_OUTLIER_CONFIRM,
+        count_by_max_values: EngineSpec::DEFAULT_COUNT_BY_MAX_VALUES,
+        tag_values_listed: Vec::new(),
+        forget_after: None,
     })
 }
 

@@ -68,6 +68,19 @@ pub(crate) struct EngineCounters {
     /// Readings held now.
     #[serde(default)]
     pub(crate) future_outliers_held: u64,
+    /// Readings counted in a window's `other` bucket: their `count_by` tag value came past
+    /// `engine.count_by_max_values` distinct ones (kept across restarts).
+    #[serde(default)]
+    pub(crate) count_by_overflow: u64,
+    /// Sensors the engine holds state for now (forgotten ones left out).
+    #[serde(default)]
+    pub(crate) sensors: u64,
+    /// Open (window, sensor, start) windows now.
+    #[serde(default)]
+    pub(crate) open_windows: u64,
+    /// Sensors forgotten (silent past `engine.forget_after`) since eddy started.
+    #[serde(default)]
+    pub(crate) sensors_forgotten: u64,
     /// The sensors whose clocks are furthest off (at most [`SENSOR_CLOCKS_LISTED`], beyond
     /// [`SENSOR_CLOCK_THRESHOLD`]), as of the last engine commit.
     #[serde(default)]
@@ -110,6 +123,10 @@ impl EngineCounters {
             future_outliers: aggregate.future_outliers_total.load(Ordering::Relaxed),
             future_outliers_dropped: aggregate.future_outliers_dropped_total.load(Ordering::Relaxed),
             future_outliers_held: aggregate.future_outliers_held.load(Ordering::Relaxed),
+            count_by_overflow: aggregate.count_by_overflow_total.load(Ordering::Relaxed),
+            sensors: aggregate.sensors.load(Ordering::Relaxed),
+            open_windows: aggregate.open_windows.load(Ordering::Relaxed),
+            sensors_forgotten: aggregate.sensors_forgotten_total.load(Ordering::Relaxed),
             sensor_clocks: aggregate.sensor_clocks.lock().map(|clocks| clocks.clone()).unwrap_or_default(),
         }
     }
@@ -266,6 +283,13 @@ pub(crate) struct AggregateStats {
     pub(crate) outliers_published: AtomicBool,
     /// Readings held now.
     pub(crate) future_outliers_held: AtomicU64,
+    /// The engine's count of readings put in `count_by` `other` buckets (kept across restarts).
+    pub(crate) count_by_overflow_total: AtomicU64,
+    /// The engine's sensors and open windows, as of the last commit.
+    pub(crate) sensors: AtomicU64,
+    pub(crate) open_windows: AtomicU64,
+    /// Sensors the engine forgot since start.
+    pub(crate) sensors_forgotten_total: AtomicU64,
     /// The sensors whose clocks are furthest off, as of the last commit.
     pub(crate) sensor_clocks: Mutex<Vec<SensorClockStatus>>,
 }

@@ -12,6 +12,7 @@ mod disk_full;
 mod docs;
 mod flash_wear;
 mod hostile_mqtt;
+mod hostile_state;
 mod hostile_tcp;
 mod ingest;
 mod mqtt;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use eddy_tests::config::ConfigToml;
+use eddy_tests::config::{raw, ConfigToml};
 use eddy_tests::{read_jsonl, Eddy};
 use serde_json::Value;
 
@@ -94,6 +94,14 @@ fn config() -> String {
         .table("engine")
         .key("checkpoint_interval", "100ms")
         .key("forward_raw", true)
+        // One value per window, so that a second one shows the `other` key (issue #14).
+        .key("count_by_max_values", 1)
+        .schema_fields(&[
+            "{ name = \"temp_c\", required = true, min = -60.0, max = 125.0 }",
+            "{ name = \"humidity\", min = 0.0, max = 100.0 }",
+            "{ name = \"setpoint_c\", min = -60.0, max = 125.0 }",
+        ])
+        .key("tags", raw("[{ name = \"mode\" }]"))
         .table("batch")
         .key("interval", "100ms")
         .tcp_source("in")
@@ -115,7 +123,9 @@ fn every_forwarded_record_validates_against_the_published_schema() {
     let mut lines = Vec::new();
     for tick in 0..30 {
         let ts = base + tick * 100;
-        lines.push(format!(r#"{{"sensor":"a/b%c","ts":{ts},"temp_c":21.5,"humidity":40.0,"mode":"heat"}}"#));
+        let mode = if tick % 2 == 0 { "heat" } else { "fan" };
+        lines
+            .push(format!(r#"{{"sensor":"a/b%c","ts":{ts},"temp_c":21.5,"humidity":40.0,"mode":"{mode}"}}"#));
         lines.push(format!(r#"{{"sensor":"s2","ts":{ts},"temp_c":19.0,"mode":"cool"}}"#));
     }
     // Late for the first window of s2.

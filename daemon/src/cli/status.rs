@@ -124,6 +124,13 @@ pub(crate) fn render(status: &Status) -> String {
             engine.future_outliers, engine.future_outliers_dropped, engine.future_outliers_held
         );
     }
+    if engine.count_by_overflow > 0 {
+        let _ = writeln!(
+            out,
+            "        count_by overflow: {} readings in `other` buckets (engine.count_by_max_values)",
+            engine.count_by_overflow
+        );
+    }
     for clock in &engine.sensor_clocks {
         let _ = writeln!(
             out,

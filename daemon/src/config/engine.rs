@@ -29,6 +29,12 @@ pub struct RawEngine {
     /// Consecutive outliers with non-decreasing event times that confirm a sensor's clock
     /// jump (1 to 16).
     pub outlier_confirm: u32,
+    /// Most distinct values of a `count_by` tag without `values` counted per window and
+    /// sensor; past them readings go to the window's `other` bucket.
+    pub count_by_max_values: u64,
+    /// A sensor silent this long (processing time) is forgotten: its state deleted, its id
+    /// released from the sensor caps. A humantime duration, or `off`.
+    pub forget_after: String,
 }
 
 impl Default for RawEngine {
@@ -39,6 +45,8 @@ impl Default for RawEngine {
             forward_raw: false,
             outlier_after: "60s".to_owned(),
             outlier_confirm: EngineSpec::DEFAULT_OUTLIER_CONFIRM,
+            count_by_max_values: EngineSpec::DEFAULT_COUNT_BY_MAX_VALUES as u64,
+            forget_after: "24h".to_owned(),
         }
     }
 }
@@ -154,6 +162,15 @@ pub(crate) fn engine_from_raw(
             format!("must be 1 to {} (readings held per sensor)", EngineSpec::MAX_OUTLIER_CONFIRM),
         ));
     }
+    let count_by_max_values = usize::try_from(engine.count_by_max_values)
+        .ok()
+        .filter(|max| (1..=EngineSpec::MAX_COUNT_BY_MAX_VALUES).contains(max))
+        .ok_or_else(|| {
+            invalid(
+                "engine.count_by_max_values",
+                format!("must be 1 to {}", EngineSpec::MAX_COUNT_BY_MAX_VALUES),
+            )
+        })?;
     let batch_interval = batch.interval;
     if batch_interval.as_millis() == 0 || Duration::from_millis(millis(batch_interval)) != batch_interval {
         return Err(invalid("batch.interval", "must be a positive whole number of milliseconds"));
@@ -180,6 +197,8 @@ pub(crate) fn engine_from_raw(
         }
         windows.push(window_from_raw(&key, window, &schema)?);
     }
+    let forget_after =
+        forget_after_from_raw(&engine.forget_after, engine.idle_timeout, batch_interval, &windows)?;
     let spec = EngineSpec {
         device_id: device_id.to_owned(),
         field_names: schema.fields.iter().map(|field| field.name.clone()).collect(),
@@ -189,8 +208,49 @@ pub(crate) fn engine_from_raw(
         idle_timeout: engine.idle_timeout,
         outlier_after,
         outlier_confirm: engine.outlier_confirm,
+        count_by_max_values,
+        forget_after,
+        tag_values_listed: schema.tags.iter().map(|tag| !tag.values.is_empty()).collect(),
     };
     Ok((schema, spec))
+}
+
+/// `engine.forget_after`: a whole number of milliseconds, at least `idle_timeout`, the batch
+/// interval and the length of every processing-time window (so that nothing of a sensor is
+/// open when it is forgotten), or `off` (None).
+fn forget_after_from_raw(
+    raw: &str,
+    idle_timeout: Duration,
+    batch_interval: Duration,
+    windows: &[WindowSpec],
+) -> Result<Option<Duration>, ConfigError> {
+    const KEY: &str = "engine.forget_after";
+    if raw.trim() == "off" {
+        return Ok(None);
+    }
+    let duration = humantime::parse_duration(raw)
+        .map_err(|error| invalid(KEY, format!("`{raw}` is neither a duration nor `off`: {error}")))?;
+    if Duration::from_millis(millis(duration)) != duration {
+        return Err(invalid(KEY, "must be a whole number of milliseconds"));
+    }
+    let longest_processing_window = windows
+        .iter()
+        .filter(|window| window.time() == TimeDomain::Processing)
+        .map(|window| Duration::from_millis(u64::try_from(window.length_ms()).unwrap_or(u64::MAX)))
+        .max()
+        .unwrap_or(Duration::ZERO);
+    let floor = idle_timeout.max(batch_interval).max(longest_processing_window);
+    if duration < floor {
+        return Err(invalid(
+            KEY,
+            format!(
+                "must be at least engine.idle_timeout, batch.interval and every processing-time \
+                 window's length ({}), so that a sensor's windows are closed before it is forgotten",
+                humantime::format_duration(floor)
+            ),
+        ));
+    }
+    Ok(Some(duration))
 }
 
 /// `engine.outlier_after`: a positive whole number of milliseconds, or `off` (None).

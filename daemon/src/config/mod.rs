@@ -136,7 +136,7 @@ pub struct Config {
     pub flush_interval: Duration,
     /// Parser limits.
     pub limits: Limits,
-    /// Cap on distinct sensors.
+    /// Cap on distinct sensors over all sources (each source has its own, within it).
     pub max_sensors: usize,
     /// When the wall clock is believed.
     pub clock: ClockConfig,
@@ -217,17 +217,20 @@ impl Config {
         let mut warnings = Vec::new();
         let mut names = BTreeSet::new();
         let mut sources = Vec::new();
+        let mut sensor_caps = Vec::new();
         for (idx, source) in raw.sources.into_iter().enumerate() {
             let key = format!("sources[{idx}]");
-            let source = sources::source_from_raw(&key, idx, source, &mut warnings)?;
+            let (source, sensor_cap) = sources::source_from_raw(&key, idx, source, &mut warnings)?;
             if !names.insert(source.name.clone()) {
                 return Err(invalid(format!("{key}.name"), format!("`{}` is used twice", source.name)));
             }
             sources.push(source);
+            sensor_caps.push(sensor_cap);
         }
         if sources.is_empty() {
             return Err(invalid("sources", "at least one [[sources]] entry is needed"));
         }
+        sources::share_sensor_caps(&mut sources, &sensor_caps, ingest.max_sensors)?;
 
         let mut sink_names = BTreeSet::new();
         let mut sinks = Vec::new();

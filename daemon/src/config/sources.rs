@@ -11,7 +11,7 @@ use eddy_sensors::{
 use serde::Deserialize;
 
 use crate::config::entry::{RawEntry, SharedKeys};
-use crate::config::{check_name, ConfigError};
+use crate::config::{check_name, invalid, ConfigError};
 
 /// One `[[sources]]` entry as written.
 pub type RawSourceEntry = RawEntry<RawSourceShared, RawSource>;
@@ -37,10 +37,13 @@ pub enum RawSource {
 pub struct RawSourceShared {
     /// Unique name (default `kind-N`).
     pub name: Option<String>,
+    /// Cap on the distinct sensor ids this source may introduce (default: its share of
+    /// `ingest.max_sensors`, see [`crate::config::Config`]).
+    pub max_sensors: Option<u64>,
 }
 
 impl SharedKeys for RawSourceShared {
-    const KEYS: &'static [&'static str] = &["name"];
+    const KEYS: &'static [&'static str] = &["name", "max_sensors"];
 }
 
 /// A validated source.
@@ -48,6 +51,9 @@ impl SharedKeys for RawSourceShared {
 pub struct SourceConfig {
     /// Unique name.
     pub name: String,
+    /// Cap on the distinct sensor ids this source may introduce; the caps of all sources add
+    /// up to at most `ingest.max_sensors`, so no source can lock another one's sensors out.
+    pub max_sensors: usize,
     /// What it is.
     pub kind: SourceKind,
 }
@@ -81,15 +87,25 @@ pub enum SourceKind {
 }
 
 /// Validates entry `idx` (at `key`, `sources[idx]`); a deprecated key spelling adds a line to
-/// `warnings`.
+/// `warnings`. Returns the source with `max_sensors` 0 and the cap written in the file, if
+/// any: [`share_sensor_caps`] sets it once every source is known.
 pub(crate) fn source_from_raw(
     key: &str,
     idx: usize,
     raw: RawSourceEntry,
     warnings: &mut Vec<String>,
-) -> Result<SourceConfig, ConfigError> {
+) -> Result<(SourceConfig, Option<usize>), ConfigError> {
     let name = raw.shared.name.unwrap_or_else(|| format!("{}-{idx}", raw.kind_name));
     check_name(&format!("{key}.name"), &name)?;
+    let max_sensors = match raw.shared.max_sensors {
+        None => None,
+        Some(cap) => Some(
+            usize::try_from(cap)
+                .ok()
+                .filter(|cap| (1..=10_000_000).contains(cap))
+                .ok_or_else(|| invalid(format!("{key}.max_sensors"), "must be between 1 and 10000000"))?,
+        ),
+    };
     let kind = match raw.kind {
         RawSource::Tcp(tcp) => {
             let (tcp, format) = tcp.validate(key)?;
@@ -106,5 +122,41 @@ pub(crate) fn source_from_raw(
         }
         RawSource::Simulator(simulator) => SourceKind::Simulator(simulator.validate(key)?),
     };
-    Ok(SourceConfig { name, kind })
+    Ok((SourceConfig { name, max_sensors: 0, kind }, max_sensors))
+}
+
+/// Sets each source's sensor cap: the one written, or an even share of what `gateway_cap`
+/// (`ingest.max_sensors`) leaves after the written ones. The caps may not add up to more than
+/// `gateway_cap`: then one source inventing ids could fill the gateway's room and lock the
+/// others' new sensors out (issue #14).
+pub(crate) fn share_sensor_caps(
+    sources: &mut [SourceConfig],
+    written: &[Option<usize>],
+    gateway_cap: usize,
+) -> Result<(), ConfigError> {
+    let written_total: usize = written.iter().flatten().sum();
+    let n_shared = written.iter().filter(|cap| cap.is_none()).count();
+    let left = gateway_cap.checked_sub(written_total).ok_or_else(|| {
+        invalid(
+            "ingest.max_sensors",
+            format!(
+                "the sources' max_sensors add up to {written_total}, more than ingest.max_sensors \
+                 ({gateway_cap}): one source could lock the others' sensors out"
+            ),
+        )
+    })?;
+    let share = left.checked_div(n_shared).unwrap_or(0);
+    if n_shared > 0 && share == 0 {
+        return Err(invalid(
+            "ingest.max_sensors",
+            format!(
+                "leaves no sensor for the {n_shared} source(s) without max_sensors after the \
+                 {written_total} the others take"
+            ),
+        ));
+    }
+    for (source, cap) in sources.iter_mut().zip(written) {
+        source.max_sensors = cap.unwrap_or(share);
+    }
+    Ok(())
 }

@@ -64,6 +64,52 @@ fn invalid_values_are_reported_with_their_key() {
 }
 
 #[test]
+fn sources_share_the_gateway_sensor_cap_and_may_not_overbook_it_issue_14() {
+    let two = "[[sources]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\n";
+    let config = load_str(&format!("{MINIMAL}{two}")).expect("two sources");
+    let caps: Vec<usize> = config.sources.iter().map(|source| source.max_sensors).collect();
+    assert_eq!((config.max_sensors, caps), (10_000, vec![5000, 5000]));
+    // A written cap is kept; the sources without one share what it leaves.
+    let text = format!("{MINIMAL}max_sensors = 10\n{two}{two}[ingest]\nmax_sensors = 100\n");
+    let config = load_str(&text).expect("one written cap");
+    let caps: Vec<usize> = config.sources.iter().map(|source| source.max_sensors).collect();
+    assert_eq!(caps, vec![10, 45, 45]);
+    check_err("max_sensors = 0\n", "sources[0].max_sensors");
+    check_err("max_sensors = 10001\n", "ingest.max_sensors");
+    check_err(
+        "[ingest]\nmax_sensors = 1\n[[sources]]\nkind = \"simulator\"\nsensors = 1\n",
+        "ingest.max_sensors",
+    );
+}
+
+#[test]
+fn count_by_max_values_is_checked() {
+    let config = load_str(MINIMAL).expect("minimal");
+    assert_eq!(config.engine.count_by_max_values, 64);
+    check_err("[engine]\ncount_by_max_values = 0\n", "engine.count_by_max_values");
+    check_err("[engine]\ncount_by_max_values = 10001\n", "engine.count_by_max_values");
+}
+
+#[test]
+fn forget_after_is_at_least_what_a_sensor_keeps_open() {
+    let config = load_str(MINIMAL).expect("minimal");
+    assert_eq!(config.engine.forget_after, Some(Duration::from_secs(24 * 3600)));
+    let config = load_str(&format!("{MINIMAL}[engine]\nforget_after = \"off\"\n")).expect("off");
+    assert_eq!(config.engine.forget_after, None);
+    check_err("[engine]\nforget_after = \"1m\"\n", "engine.forget_after");
+    check_err("[engine]\nidle_timeout = \"10s\"\nforget_after = \"5s\"\n", "engine.forget_after");
+    check_err(
+        "[engine]\nidle_timeout = \"10s\"\nforget_after = \"20s\"\n[[windows]]\nname = \"p\"\nlength = \"1m\"\ntime = \"processing\"\n",
+        "engine.forget_after",
+    );
+    let text = format!("{MINIMAL}[engine]\nidle_timeout = \"10s\"\nforget_after = \"10s\"\n");
+    assert_eq!(
+        load_str(&text).expect("equal to idle_timeout").engine.forget_after,
+        Some(Duration::from_secs(10))
+    );
+}
+
+#[test]
 fn log_level_takes_a_default_level_and_target_levels() {
     for level in ["info", "WARN", "off", "eddy=debug,info", "eddy::storage=trace,rumqttc=warn,error"] {
         let config = load_str(&format!("{MINIMAL}[log]\nlevel = \"{level}\"\n")).expect(level);
@@ -300,7 +346,7 @@ fn check_message(extra: &str, expected: &str) {
 fn a_key_of_another_kind_or_of_the_wrong_type_is_named_in_full() {
     check_message(
         "[[sources]]\nkind = \"tcp\"\nrate = 2.0\n",
-        "sources[1].rate: does not apply to kind = \"tcp\" (its keys: `name`, `listen`, `format`, \
+        "sources[1].rate: does not apply to kind = \"tcp\" (its keys: `name`, `max_sensors`, `listen`, `format`, \
          `precision`, `ack`, `max_connections`, `max_sessions`, `max_sessions_per_peer`, \
          `max_session_skip_lines`, `tls_cert_file`, `tls_key_file`, `tls_client_ca_file`, `allow`, \
          `token_file`, `idle_timeout`, `auth_timeout`, `max_reply_bytes`, `reply_timeout`)",

@@ -161,6 +161,21 @@ impl MicroBatch {
         self.touched_list = touched;
     }
 
+    /// Whether sensor `sensor` has readings in the open batch.
+    pub(crate) fn has_open(&self, sensor: usize) -> bool {
+        self.touched[sensor]
+    }
+
+    /// Resets the state of the `forgotten` sensors (none has readings in the open batch);
+    /// their stored entries are deleted by the engine.
+    pub(crate) fn forget(&mut self, forgotten: &[usize], is_forgotten: &[bool]) {
+        for &sensor in forgotten {
+            self.accs[sensor].fill(FieldAcc::EMPTY);
+            self.dirty[sensor] = false;
+        }
+        self.dirty_list.retain(|&sensor| !is_forgotten[sensor]);
+    }
+
     /// Whether a sensor's batch state changed since the last `take_dirty`.
     pub(crate) fn has_dirty(&self) -> bool {
         !self.dirty_list.is_empty()

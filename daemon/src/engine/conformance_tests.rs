@@ -71,6 +71,9 @@ fn run_sample(lateness: Duration) -> Vec<(Results, Vec<(String, i64)>)> {
         // Spark's watermark has no hold, and every chunk here shares one ingest time.
         outlier_after: None,
         outlier_confirm: EngineSpec::DEFAULT_OUTLIER_CONFIRM,
+        count_by_max_values: EngineSpec::DEFAULT_COUNT_BY_MAX_VALUES,
+        tag_values_listed: Vec::new(),
+        forget_after: None,
     });
     let mut engine = Engine::new(spec);
     let mut out = Vec::new();

@@ -291,7 +291,7 @@ fn a_snapshot_from_before_sensor_clocks_restores_and_its_sensors_start_afresh() 
     // The entries written next are the current versions.
     let entries = restored.take_dirty();
     let meta = entries.iter().find(|(key, _)| key == state::META_KEY).and_then(|(_, value)| value.clone());
-    assert!(matches!(state::decode::<MetaEnvelope>(&meta.unwrap()), Ok(MetaEnvelope::V2(_))));
+    assert!(matches!(state::decode::<MetaEnvelope>(&meta.unwrap()), Ok(MetaEnvelope::V3(_))));
     assert!(entries.iter().any(|(key, value)| key == b"cs" && value.is_some()));
 }
 

@@ -56,9 +56,37 @@
 //! processing clock ([`Engine::sensor_clocks`]): the largest `ts - ingest` of its applied
 //! readings over the current and the previous 10-minute period, since network delay only
 //! lowers that difference.
+//!
+//! # Forgotten sensors (issue #14)
+//!
+//! A sensor with no reading (held or not) for `forget_after` of processing time is *forgotten*
+//! at the first advance of the processing clock that reaches that time: after the micro-batch,
+//! idle and processing-time closes of the same step, which have emitted everything it had
+//! open (`forget_after` is at least `idle_timeout`, the batch interval and every
+//! processing-time window's length, so its windows and batch are closed by then; a sensor
+//! that still has something open — state restored under another configuration — waits).
+//! Its window state, watermark floor, sensor clock and micro-batch entry are deleted from the
+//! engine and, through [`Engine::take_dirty`], from the store, and its name is handed out by
+//! [`Engine::take_forgotten`] so that the daemon releases it from the sensor caps once that
+//! commit is durable. Like an idle close, forgetting depends only on the sensor's ingest times
+//! and the clock reaching a deadline, and it emits nothing: a tick that forgets a sensor
+//! leaves the state the next chunk's own advance would have left, so a replay agrees.
+//!
+//! A forgotten sensor leaves a *tombstone*: per window, its watermark and late sequence (the
+//! `t` entry). If it comes back, its windows start from them, so a reading older than its
+//! last emitted window is late as before and late ids do not repeat; its clock reference and
+//! micro-batch start afresh. Tombstones are bounded, so that junk ids cannot grow them: at
+//! most [`MAX_TOMBSTONES`] (the oldest forgotten goes first, ties by id), each kept for
+//! another `forget_after`. A sensor back after that, or whose tombstone a flood of forgotten
+//! ids pushed out, starts with no watermark: a reading older than its last emitted window
+//! then opens that window again and it is emitted a second time with the same id.
+
+/// Most tombstones of forgotten sensors kept (see the module documentation).
+pub const MAX_TOMBSTONES: usize = 4096;
 
 mod acc;
 mod batch;
+mod forget;
 pub mod record;
 mod sensor_clock;
 mod spec;
@@ -74,7 +102,7 @@ mod prop_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use eddy_sensors::Reading;
@@ -84,7 +112,7 @@ pub use crate::engine::spec::{Aggregate, EngineSpec, SpecError, TimeDomain, Wind
 use crate::engine::batch::MicroBatch;
 use crate::engine::record::{LateRecord, ResultRecord};
 use crate::engine::sensor_clock::{HeldReading, HoldRules, SensorClock, Verdict};
-use crate::engine::state::{MetaEnvelope, MetaV2, StateKey};
+use crate::engine::state::{MetaEnvelope, MetaV2, MetaV3, StateKey, TombstoneEnvelope, TombstoneV1};
 use crate::engine::window::WindowSet;
 
 /// What the engine emits.
@@ -130,6 +158,13 @@ pub struct EngineStats {
     pub future_outliers_dropped_total: u64,
     /// Readings held now.
     pub future_outliers_held: usize,
+    /// Sensors forgotten (idle past `forget_after`) since this engine started.
+    pub sensors_forgotten_total: u64,
+    /// Tombstones of forgotten sensors kept now (at most [`MAX_TOMBSTONES`]).
+    pub tombstones: usize,
+    /// Readings counted in a window's `other` bucket: their `count_by` tag value came after
+    /// the window had counted `count_by_max_values` distinct ones (once per window they fell in).
+    pub count_by_overflow_total: u64,
 }
 
 /// The future-outlier counters ([`Engine::future_outliers`]).
@@ -186,34 +221,84 @@ pub struct Engine {
     /// The clock moved since the last `take_dirty`. Stored with the next real change only
     /// (see [`Engine::has_changes`]), so that an idle gateway writes nothing.
     clock_dirty: bool,
-    /// Keys of skipped stored entries, deleted by the next `take_dirty`.
+    /// Keys of skipped stored entries and forgotten sensors, deleted by the next `take_dirty`.
     pending_deletes: Vec<Vec<u8>>,
+    /// `forget_after` in ms (None: sensors are never forgotten).
+    forget_ms: Option<i64>,
+    /// A lower bound of the processing time at which a sensor is due to be forgotten.
+    forget_due_ms: i64,
+    /// Sensors forgotten since the last `take_forgotten`.
+    forgotten: Vec<Arc<str>>,
+    /// Sensors forgotten since this engine was built or restored.
+    sensors_forgotten_total: u64,
+    /// Tombstones of forgotten sensors, and the same names by (forgotten at, name): the
+    /// order in which they expire or are pushed out.
+    tombstones: HashMap<Arc<str>, TombstoneV1>,
+    tombstone_order: BTreeSet<(i64, Arc<str>)>,
+    /// Tombstones written since the last `take_dirty` (a removed one has its delete pending).
+    tombstones_dirty: Vec<Arc<str>>,
+}
+
+/// How [`SensorTable::intern`] found a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interned {
+    /// Known already.
+    Known,
+    /// New, in the index of a forgotten sensor (its state was reset).
+    Reused,
+    /// New, in a new index: the engine must make room for it.
+    New,
 }
 
 /// Sensor ids seen, interned to dense indexes. Indexes depend on arrival order, so they never
-/// leave the engine and never decide an output order: `sorted` does.
+/// leave the engine and never decide an output order: `sorted` does. The index of a forgotten
+/// sensor is free for the next new one (its state was reset when it was forgotten).
 #[derive(Debug, Default)]
 struct SensorTable {
     index: HashMap<Arc<str>, usize>,
     names: Vec<Arc<str>>,
-    /// Indexes in sensor id order.
+    /// Indexes in sensor id order (forgotten ones left out).
     sorted: Vec<usize>,
+    /// Indexes of forgotten sensors, for reuse.
+    free: Vec<usize>,
 }
 
 impl SensorTable {
-    /// The index of `name` and whether it is new.
+    /// The index of `name` and how it was found.
     #[inline]
-    fn intern(&mut self, name: &Arc<str>) -> (usize, bool) {
+    fn intern(&mut self, name: &Arc<str>) -> (usize, Interned) {
         if let Some(&sensor) = self.index.get(&**name) {
-            return (sensor, false);
+            return (sensor, Interned::Known);
         }
-        let sensor = self.names.len();
+        let (sensor, is_new) = match self.free.pop() {
+            Some(sensor) => {
+                self.names[sensor] = name.clone();
+                (sensor, Interned::Reused)
+            }
+            None => {
+                self.names.push(name.clone());
+                (self.names.len() - 1, Interned::New)
+            }
+        };
         self.index.insert(name.clone(), sensor);
-        self.names.push(name.clone());
         let names = &self.names;
         let pos = self.sorted.partition_point(|&other| names[other] < *name);
         self.sorted.insert(pos, sensor);
-        (sensor, true)
+        (sensor, is_new)
+    }
+
+    /// Frees the indexes of `forgotten` (their names stay until the index is reused).
+    fn forget(&mut self, forgotten: &[usize], is_forgotten: &[bool]) {
+        for &sensor in forgotten {
+            self.index.remove(&self.names[sensor]);
+            self.free.push(sensor);
+        }
+        self.sorted.retain(|&sensor| !is_forgotten[sensor]);
+    }
+
+    /// Sensors known now.
+    fn len(&self) -> usize {
+        self.index.len()
     }
 }
 
@@ -254,6 +339,13 @@ impl Engine {
             meta_dirty: false,
             clock_dirty: false,
             pending_deletes: Vec::new(),
+            forget_ms: spec.forget_after.map(duration_ms),
+            forget_due_ms: i64::MAX,
+            forgotten: Vec::new(),
+            sensors_forgotten_total: 0,
+            tombstones: HashMap::new(),
+            tombstone_order: BTreeSet::new(),
+            tombstones_dirty: Vec::new(),
         }
     }
 
@@ -266,10 +358,18 @@ impl Engine {
         self.advance(ingest_ms, out);
         let clock_ms = self.clock_ms.unwrap_or(ingest_ms);
         self.batch.begin_chunk(batch, readings.len(), &self.sensors.names, out);
+        if let Some(forget_ms) = self.forget_ms {
+            if !readings.is_empty() {
+                self.forget_due_ms = self.forget_due_ms.min(ingest_ms.saturating_add(forget_ms));
+            }
+        }
         for reading in readings {
-            let (sensor, is_new) = self.sensors.intern(&reading.sensor);
-            if is_new {
+            let (sensor, interned) = self.sensors.intern(&reading.sensor);
+            if interned == Interned::New {
                 self.push_sensor();
+            }
+            if interned != Interned::Known && !self.tombstones.is_empty() {
+                self.revive(sensor);
             }
             self.batch.add(sensor, reading);
             self.apply_due_held(sensor, ingest_ms, clock_ms, out);
@@ -304,7 +404,14 @@ impl Engine {
     pub fn next_deadline_ms(&self) -> Option<i64> {
         let windows = self.windows.iter().filter_map(WindowSet::deadline_ms);
         let held = (self.n_held > 0).then_some(self.held_due_ms);
-        self.batch.deadline_ms().into_iter().chain(windows).chain(held).min()
+        let forget = (self.forget_due_ms != i64::MAX).then_some(self.forget_due_ms);
+        self.batch.deadline_ms().into_iter().chain(windows).chain(held).chain(forget).min()
+    }
+
+    /// The sensors forgotten since the last call, in the order they were forgotten. Their
+    /// deletion is in the next [`Engine::take_dirty`]: release them once that is durable.
+    pub fn take_forgotten(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Whether state changed since the last [`Engine::take_dirty`] beyond the processing
@@ -327,7 +434,7 @@ impl Engine {
         let mut entries: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             self.pending_deletes.drain(..).map(|key| (key, None)).collect();
         if std::mem::take(&mut self.meta_dirty) | std::mem::take(&mut self.clock_dirty) {
-            let meta = MetaEnvelope::V2(MetaV2 {
+            let v2 = MetaV2 {
                 clock_ms: self.clock_ms,
                 batch_floor: self.batch.floor(),
                 late_readings_total: self.late_readings_total,
@@ -340,7 +447,9 @@ impl Engine {
                 batch_readings_deferred_total: self.batch.deferred_total,
                 future_outliers_total: self.future_outliers_total,
                 future_outliers_dropped_total: self.future_outliers_dropped_total,
-            });
+            };
+            let meta =
+                MetaEnvelope::V3(MetaV3 { v2, count_by_overflow_total: self.count_by_overflow_total() });
             entries.push((state::META_KEY.to_vec(), Some(state::encode(&meta))));
         }
         self.batch.take_dirty(&self.sensors.names, &mut entries);
@@ -355,8 +464,23 @@ impl Engine {
         for window_set in &mut self.windows {
             window_set.take_dirty(&self.sensors.names, &mut entries);
         }
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        entries
+        for name in self.tombstones_dirty.drain(..) {
+            if let Some(tombstone) = self.tombstones.get(&name) {
+                let value = state::encode(&TombstoneEnvelope::V1(tombstone.clone()));
+                entries.push((state::tombstone_key(&name), Some(value)));
+            }
+        }
+        // Stable: a forgotten sensor's delete (pushed first) comes before the put of the same
+        // key when the sensor came back before this call, and the put wins.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match kept.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => kept.push(entry),
+            }
+        }
+        kept
     }
 
     /// Rebuilds an engine from stored entries (all keys the engine wrote and did not delete).
@@ -392,6 +516,10 @@ impl Engine {
             }
         }
         engine.pending_deletes = report.skipped.iter().map(|(key, _)| key.clone()).collect();
+        // The next advance scans once and finds the true forget deadline.
+        if engine.forget_ms.is_some() && (engine.sensors.len() > 0 || !engine.tombstones.is_empty()) {
+            engine.forget_due_ms = i64::MIN;
+        }
         (engine, report)
     }
 
@@ -406,13 +534,21 @@ impl Engine {
                 .collect(),
             open_windows: self.windows.iter().map(WindowSet::n_open).sum(),
             open_keys: self.windows.iter().map(WindowSet::n_open_keys).sum(),
-            sensors: self.sensors.names.len(),
+            sensors: self.sensors.len(),
             results_emitted_total: self.results_emitted_total,
             batch_readings_deferred_total: self.batch.deferred_total,
             future_outliers_total: self.future_outliers_total,
             future_outliers_dropped_total: self.future_outliers_dropped_total,
             future_outliers_held: self.n_held,
+            sensors_forgotten_total: self.sensors_forgotten_total,
+            tombstones: self.tombstones.len(),
+            count_by_overflow_total: self.count_by_overflow_total(),
         }
+    }
+
+    /// Readings counted in `other` buckets, over all window sets (cheap: per chunk and tick).
+    pub fn count_by_overflow_total(&self) -> u64 {
+        self.windows.iter().map(|window_set| window_set.count_by_overflow_total).sum()
     }
 
     /// The future-outlier counters alone: cheap enough to read after every chunk.
@@ -570,6 +706,11 @@ impl Engine {
         if out.len() > first_output {
             self.meta_dirty = true;
         }
+        if let Some(forget_ms) = self.forget_ms {
+            if now_ms >= self.forget_due_ms {
+                self.forget_idle(now_ms, forget_ms);
+            }
+        }
     }
 
     fn count_results(&mut self, outputs: &[Output]) {
@@ -579,8 +720,8 @@ impl Engine {
 
     /// The sensor index of `name`, creating it.
     fn intern_sensor(&mut self, name: &str) -> usize {
-        let (sensor, is_new) = self.sensors.intern(&Arc::from(name));
-        if is_new {
+        let (sensor, interned) = self.sensors.intern(&Arc::from(name));
+        if interned == Interned::New {
             self.push_sensor();
         }
         sensor
@@ -595,7 +736,11 @@ impl Engine {
     ) -> Result<bool, String> {
         match state::parse_key(key)? {
             StateKey::Meta => {
-                let meta = state::decode_meta(value)?;
+                let MetaV3 { v2: meta, count_by_overflow_total } = state::decode_meta(value)?;
+                // Kept by the first window set: the total is what the engine reports.
+                if let Some(window_set) = self.windows.first_mut() {
+                    window_set.count_by_overflow_total = count_by_overflow_total;
+                }
                 self.future_outliers_total = meta.future_outliers_total;
                 self.future_outliers_dropped_total = meta.future_outliers_dropped_total;
                 self.clock_ms = meta.clock_ms;
@@ -631,6 +776,13 @@ impl Engine {
                 self.sensor_clocks[sensor] = clock;
                 // The next advance scans once and finds the true idle deadline.
                 self.held_due_ms = i64::MIN;
+                Ok(true)
+            }
+            StateKey::Tombstone { sensor } => {
+                let tombstone = state::decode_tombstone(value)?;
+                let name: Arc<str> = Arc::from(sensor);
+                self.tombstone_order.insert((tombstone.forgotten_ms, name.clone()));
+                self.tombstones.insert(name, tombstone);
                 Ok(true)
             }
             StateKey::Window { window, sensor } => {

@@ -520,6 +520,66 @@ proptest! {
         }
         prop_assert_eq!(engine.stats().future_outliers_held, 0);
     }
+
+    /// Issue #14: forgetting silent sensors (their state deleted, their indexes reused) keeps
+    /// restores exact, wherever the split and whichever commits were taken.
+    #[test]
+    fn restored_engine_forgets_sensors_like_an_uninterrupted_one(
+        event_window in window_strategy("event"),
+        processing_window in window_strategy("processing"),
+        idle_ms in 1000i64..20_000,
+        extra_ms in 0i64..10_000,
+        steps in prop::collection::vec(step_strategy(), 0..40),
+        split in any::<prop::sample::Index>(),
+        checkpoints in prop::collection::vec(any::<bool>(), 40),
+    ) {
+        let forget_ms = idle_ms.max(processing_window.1).max(1000) + extra_ms;
+        let spec = || {
+            let (name, l, s, late) = &event_window;
+            let (p_name, p_l, p_s, _) = &processing_window;
+            let windows = vec![
+                to_spec(name, *l, *s, *late, TimeDomain::Event),
+                to_spec(p_name, *p_l, *p_s, 0, TimeDomain::Processing),
+            ];
+            let mut spec = (*engine_spec(windows, idle_ms)).clone();
+            spec.forget_after = Some(Duration::from_millis(u64::try_from(forget_ms).unwrap()));
+            Arc::new(spec)
+        };
+        let mut steps = timeline(steps);
+        steps.push(Step::Tick(100_000_000));
+        let split = split.index(steps.len());
+
+        let mut engine = Engine::new(spec());
+        let mut uninterrupted = Vec::new();
+        for step in &steps {
+            run_step(&mut engine, step, &mut uninterrupted);
+        }
+        let uninterrupted_stats = engine.stats();
+        prop_assert_eq!(uninterrupted_stats.sensors, 0, "everything is forgotten in the end");
+
+        let mut engine = Engine::new(spec());
+        let mut out = Vec::new();
+        let mut stored = BTreeMap::new();
+        for (step, checkpoint) in steps[..split].iter().zip(&checkpoints) {
+            run_step(&mut engine, step, &mut out);
+            if *checkpoint {
+                store(&mut stored, engine.take_dirty());
+            }
+        }
+        store(&mut stored, engine.take_dirty());
+        let (mut restored, report) = Engine::restore(spec(), stored);
+        prop_assert!(report.skipped.is_empty(), "{:?}", report);
+        for step in &steps[split..] {
+            run_step(&mut restored, step, &mut out);
+        }
+        prop_assert_eq!(json(&out), json(&uninterrupted));
+        // Only the count of forgotten sensors is per run (not stored).
+        let restored_stats = crate::engine::EngineStats { sensors_forgotten_total: 0, ..restored.stats() };
+        let uninterrupted_stats = crate::engine::EngineStats { sensors_forgotten_total: 0, ..uninterrupted_stats };
+        prop_assert_eq!(restored_stats, uninterrupted_stats);
+        restored.take_dirty();
+        prop_assert!(restored.take_dirty().is_empty());
+    }
 }
 
 /// Stats of an uninterrupted engine after all `steps`.

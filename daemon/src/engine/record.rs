@@ -12,6 +12,7 @@
 //!  "mean":21.34,"id":"gw-01/temp_10s/t-017/temp_c/1700000000000"}
 //! {"type":"window_counts","window":"mode_1m","device":"gw-01","sensor":"t-017","tag":"mode",
 //!  "start":..,"end":..,"counts":{"cool":1,"heat":3},"id":"gw-01/mode_1m/t-017/mode/1700000000000"}
+//! {"type":"window_counts",..,"counts":{"a":1,..},"other":7,"id":..}   (a tag past its cap)
 //! {"type":"batch","batch":850000000,"device":"gw-01","sensor":"t-017","field":"temp_c",
 //!  "start":..,"end":..,"count":..,"sum":..,"min":..,"max":..,"mean":..,
 //!  "id":"gw-01/batch/t-017/temp_c/1700000000000"}
@@ -94,8 +95,13 @@ pub struct WindowCountsRecord {
     pub start_ms: i64,
     /// Window end, ms since the epoch (exclusive).
     pub end_ms: i64,
-    /// Readings per tag value, sorted by value; readings without the tag are not counted.
+    /// Readings per tag value, sorted by value; readings without the tag are not counted. At
+    /// most `engine.count_by_max_values` values for a tag whose schema lists no `values`.
     pub counts: Vec<(Arc<str>, u64)>,
+    /// Readings whose value came after the window already counted `count_by_max_values`
+    /// others (written as `"other"` after `counts`, only when not zero; a key of its own, so a
+    /// tag value spelt `other` stays apart).
+    pub other: u64,
 }
 
 /// Aggregates of one field of one sensor over one micro-batch (processing time).
@@ -326,6 +332,9 @@ impl Serialize for ResultRecord {
                 map.serialize_entry("start", &record.start_ms)?;
                 map.serialize_entry("end", &record.end_ms)?;
                 map.serialize_entry("counts", &OrderedObject(&record.counts))?;
+                if record.other > 0 {
+                    map.serialize_entry("other", &record.other)?;
+                }
             }
             ResultRecord::Batch(record) => {
                 map.serialize_entry("type", "batch")?;
@@ -527,11 +536,30 @@ mod tests {
             start_ms: 1_700_000_000_000,
             end_ms: 1_700_000_060_000,
             counts: vec![("cool".into(), 1), ("heat".into(), 3)],
+            other: 0,
         });
         assert_eq!(record.kind(), "window");
         check(
             record.to_json(),
             r#"{"type":"window_counts","window":"mode_1m","device":"gw-01","sensor":"t-017","tag":"mode","start":1700000000000,"end":1700000060000,"counts":{"cool":1,"heat":3},"id":"gw-01/mode_1m/t-017/mode/1700000000000"}"#,
+        );
+    }
+
+    #[test]
+    fn window_counts_record_shows_its_other_bucket_after_the_counts() {
+        let record = ResultRecord::WindowCounts(WindowCountsRecord {
+            window: "mode_1m".into(),
+            device: "gw-01".into(),
+            sensor: "t-017".into(),
+            tag: "mode".into(),
+            start_ms: 0,
+            end_ms: 60_000,
+            counts: vec![("other".into(), 2)],
+            other: 5,
+        });
+        check(
+            record.to_json(),
+            r#"{"type":"window_counts","window":"mode_1m","device":"gw-01","sensor":"t-017","tag":"mode","start":0,"end":60000,"counts":{"other":2},"other":5,"id":"gw-01/mode_1m/t-017/mode/0"}"#,
         );
     }
 

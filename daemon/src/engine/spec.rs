@@ -224,6 +224,18 @@ pub struct EngineSpec {
     /// Consecutive outliers with non-decreasing event times that confirm a sensor's clock
     /// jump (at least 1).
     pub outlier_confirm: u32,
+    /// Most distinct values a window counts, per sensor, window and `count_by` tag, for a tag
+    /// whose schema lists no `values`; readings with a value past them are counted in the
+    /// window's `other` bucket (issue #14).
+    pub count_by_max_values: usize,
+    /// Per schema tag (indexed like `tag_names`; missing: false), whether the schema lists
+    /// its allowed `values`: the parser refuses any other, so its counts need no cap.
+    pub tag_values_listed: Vec<bool>,
+    /// A sensor with no reading for this long (processing time) is forgotten: its state is
+    /// deleted and its id released (see the engine module documentation); `None`: never. At
+    /// least `idle_timeout`, the batch interval and every processing-time window's length, so
+    /// that nothing of the sensor is open by then.
+    pub forget_after: Option<Duration>,
 }
 
 impl EngineSpec {
@@ -234,4 +246,10 @@ impl EngineSpec {
     /// The largest [`EngineSpec::outlier_confirm`] accepted: it bounds the readings a sensor
     /// holds.
     pub const MAX_OUTLIER_CONFIRM: u32 = 16;
+    /// The default of [`EngineSpec::count_by_max_values`].
+    pub const DEFAULT_COUNT_BY_MAX_VALUES: usize = 64;
+    /// The default of [`EngineSpec::forget_after`].
+    pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+    /// The largest [`EngineSpec::count_by_max_values`] accepted.
+    pub const MAX_COUNT_BY_MAX_VALUES: usize = 10_000;
 }

@@ -10,6 +10,10 @@
 //! | `b` + sensor | [`BatchEnvelope`] | the open micro-batch's accumulators of one sensor |
 //! | `c` + sensor | [`SensorClockEnvelope`] | one sensor's clock: reference, held readings, offset estimate |
 //! | `w` + name length (1 byte) + window name + sensor | [`WindowEnvelope`] | watermark, last activity, late sequence and open windows of one sensor in one window |
+//! | `t` + sensor | [`TombstoneEnvelope`] | what a forgotten sensor keeps: per window, its watermark and late sequence |
+//!
+//! Versions written today: meta `V3` (with `count_by_overflow_total`), window `V3` (open
+//! windows with their `other` buckets), batch `V2`, sensor clock `V1`.
 //!
 //! postcard is not self-describing: a stored type never changes, a new layout is a new
 //! envelope variant (`V2`) and the decoder keeps reading `V1`. Fields and tags are stored by
@@ -25,6 +29,7 @@ pub(crate) const META_KEY: &[u8] = b"e";
 const BATCH_PREFIX: u8 = b'b';
 const CLOCK_PREFIX: u8 = b'c';
 const WINDOW_PREFIX: u8 = b'w';
+const TOMBSTONE_PREFIX: u8 = b't';
 
 /// A decoded key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +38,15 @@ pub(crate) enum StateKey<'a> {
     Batch { sensor: &'a str },
     SensorClock { sensor: &'a str },
     Window { window: &'a str, sensor: &'a str },
+    Tombstone { sensor: &'a str },
+}
+
+/// The key of a forgotten sensor's tombstone.
+pub(crate) fn tombstone_key(sensor: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + sensor.len());
+    key.push(TOMBSTONE_PREFIX);
+    key.extend_from_slice(sensor.as_bytes());
+    key
 }
 
 /// The key of one sensor's micro-batch accumulators.
@@ -71,6 +85,9 @@ pub(crate) fn parse_key(key: &[u8]) -> Result<StateKey<'_>, String> {
         Some((&CLOCK_PREFIX, sensor)) if !sensor.is_empty() => {
             Ok(StateKey::SensorClock { sensor: utf8(sensor)? })
         }
+        Some((&TOMBSTONE_PREFIX, sensor)) if !sensor.is_empty() => {
+            Ok(StateKey::Tombstone { sensor: utf8(sensor)? })
+        }
         Some((&WINDOW_PREFIX, [name_len, rest @ ..])) => {
             let name_len = usize::from(*name_len);
             if name_len == 0 || rest.len() <= name_len {
@@ -93,14 +110,25 @@ pub(crate) enum MetaEnvelope {
     V1(MetaV1),
     /// [`MetaV1`] and the future-outlier counters.
     V2(MetaV2),
+    /// [`MetaV2`] and the `count_by` overflow counter (issue #14).
+    V3(MetaV3),
 }
 
 /// Decodes an engine-wide entry of any version.
-pub(crate) fn decode_meta(bytes: &[u8]) -> Result<MetaV2, String> {
+pub(crate) fn decode_meta(bytes: &[u8]) -> Result<MetaV3, String> {
     Ok(match decode(bytes)? {
-        MetaEnvelope::V1(v1) => v1.into(),
-        MetaEnvelope::V2(v2) => v2,
+        MetaEnvelope::V1(v1) => MetaV3 { v2: v1.into(), count_by_overflow_total: 0 },
+        MetaEnvelope::V2(v2) => MetaV3 { v2, count_by_overflow_total: 0 },
+        MetaEnvelope::V3(v3) => v3,
     })
+}
+
+/// [`MetaV2`] (its fields first, as postcard writes a nested struct inline) and the readings
+/// counted in a window's `other` bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct MetaV3 {
+    pub(crate) v2: MetaV2,
+    pub(crate) count_by_overflow_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,20 +256,94 @@ pub(crate) fn decode_sensor_clock(bytes: &[u8]) -> Result<SensorClockV1, String>
     }
 }
 
+/// A forgotten sensor's tombstone (issue #14).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum TombstoneEnvelope {
+    V1(TombstoneV1),
+}
+
+/// What a forgotten sensor keeps so that it comes back with exact lateness and unique late
+/// ids: when it was forgotten, and per window name its watermark then and its late sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TombstoneV1 {
+    pub(crate) forgotten_ms: i64,
+    pub(crate) windows: Vec<(String, Option<i64>, u64)>,
+}
+
+/// Decodes a tombstone entry of any version.
+pub(crate) fn decode_tombstone(bytes: &[u8]) -> Result<TombstoneV1, String> {
+    match decode(bytes)? {
+        TombstoneEnvelope::V1(v1) => Ok(v1),
+    }
+}
+
 /// One sensor's state in one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum WindowEnvelope {
     V1(WindowSensorV1),
     /// Accumulators hold only the parts the window's aggregates read ([`AccV2`]).
     V2(WindowSensorV2),
+    /// Open windows also hold the `other` bucket of capped `count_by` tags (issue #14).
+    V3(WindowSensorV3),
 }
 
 /// Decodes a window entry of any version.
-pub(crate) fn decode_window(bytes: &[u8]) -> Result<WindowSensorV2, String> {
+pub(crate) fn decode_window(bytes: &[u8]) -> Result<WindowSensorV3, String> {
     Ok(match decode(bytes)? {
-        WindowEnvelope::V1(v1) => v1.into(),
-        WindowEnvelope::V2(v2) => v2,
+        WindowEnvelope::V1(v1) => WindowSensorV2::from(v1).into(),
+        WindowEnvelope::V2(v2) => v2.into(),
+        WindowEnvelope::V3(v3) => v3,
     })
+}
+
+/// [`WindowSensorV2`] with [`OpenWindowV3`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct WindowSensorV3 {
+    pub(crate) length_ms: i64,
+    pub(crate) slide_ms: i64,
+    pub(crate) processing_time: bool,
+    pub(crate) max_ts_ms: Option<i64>,
+    pub(crate) floor_ms: Option<i64>,
+    pub(crate) last_activity_ms: Option<i64>,
+    pub(crate) late_seq: u64,
+    pub(crate) open: Vec<OpenWindowV3>,
+}
+
+/// [`OpenWindowV2`] with, per tag name, the readings counted in the `other` bucket (tags with
+/// none are left out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct OpenWindowV3 {
+    pub(crate) start_ms: i64,
+    /// Non-empty accumulators by field name.
+    pub(crate) fields: Vec<(String, AccV2)>,
+    /// Counts by tag name, then by tag value.
+    pub(crate) counts: Vec<(String, Vec<(String, u64)>)>,
+    /// Readings past the tag's cap of distinct values, by tag name.
+    pub(crate) other: Vec<(String, u64)>,
+}
+
+impl From<WindowSensorV2> for WindowSensorV3 {
+    fn from(v2: WindowSensorV2) -> WindowSensorV3 {
+        WindowSensorV3 {
+            length_ms: v2.length_ms,
+            slide_ms: v2.slide_ms,
+            processing_time: v2.processing_time,
+            max_ts_ms: v2.max_ts_ms,
+            floor_ms: v2.floor_ms,
+            last_activity_ms: v2.last_activity_ms,
+            late_seq: v2.late_seq,
+            open: v2
+                .open
+                .into_iter()
+                .map(|window| OpenWindowV3 {
+                    start_ms: window.start_ms,
+                    fields: window.fields,
+                    counts: window.counts,
+                    other: Vec::new(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// [`WindowSensorV1`] with [`OpenWindowV2`]s.
@@ -566,6 +668,52 @@ mod tests {
     }
 
     #[test]
+    fn tombstone_entries_round_trip() {
+        check(&tombstone_key("s/1"), Ok(StateKey::Tombstone { sensor: "s/1" }));
+        let tombstone = TombstoneV1 { forgotten_ms: 5, windows: vec![("w".into(), Some(10_000), 3)] };
+        let decoded = decode_tombstone(&encode(&TombstoneEnvelope::V1(tombstone.clone()))).unwrap();
+        assert_eq!(decoded, tombstone);
+    }
+
+    #[test]
+    fn version_2_window_entry_decodes_with_empty_other_buckets() {
+        let v2 = WindowSensorV2 {
+            length_ms: 10,
+            slide_ms: 5,
+            processing_time: false,
+            max_ts_ms: Some(7),
+            floor_ms: None,
+            last_activity_ms: Some(3),
+            late_seq: 2,
+            open: vec![OpenWindowV2 {
+                start_ms: 5,
+                fields: vec![],
+                counts: vec![("mode".into(), vec![("heat".into(), 2)])],
+            }],
+        };
+        let decoded = decode_window(&encode(&WindowEnvelope::V2(v2))).unwrap();
+        assert_eq!((decoded.max_ts_ms, decoded.late_seq, decoded.open.len()), (Some(7), 2, 1));
+        assert_eq!(decoded.open[0].counts, vec![("mode".to_owned(), vec![("heat".to_owned(), 2)])]);
+        assert!(decoded.open[0].other.is_empty());
+    }
+
+    #[test]
+    fn version_2_engine_entry_decodes_with_no_count_by_overflow() {
+        let v2 = MetaV2 {
+            clock_ms: Some(5),
+            batch_floor: 2,
+            late_readings_total: 1,
+            late_by_window: vec![],
+            results_emitted_total: 3,
+            batch_readings_deferred_total: 4,
+            future_outliers_total: 6,
+            future_outliers_dropped_total: 7,
+        };
+        let decoded = decode_meta(&encode(&MetaEnvelope::V2(v2.clone()))).unwrap();
+        assert_eq!(decoded, MetaV3 { v2, count_by_overflow_total: 0 });
+    }
+
+    #[test]
     fn version_1_engine_entry_decodes_with_no_future_outliers() {
         let v1 = MetaV1 {
             clock_ms: Some(5),
@@ -576,8 +724,9 @@ mod tests {
             batch_readings_deferred_total: 4,
         };
         let decoded = decode_meta(&encode(&MetaEnvelope::V1(v1))).unwrap();
+        assert_eq!(decoded.count_by_overflow_total, 0);
         assert_eq!(
-            decoded,
+            decoded.v2,
             MetaV2 {
                 clock_ms: Some(5),
                 batch_floor: 2,

@@ -81,6 +81,9 @@ pub(crate) fn engine_spec_holding(
         idle_timeout: Duration::from_millis(u64::try_from(idle_ms).unwrap()),
         outlier_after,
         outlier_confirm,
+        count_by_max_values: EngineSpec::DEFAULT_COUNT_BY_MAX_VALUES,
+        tag_values_listed: Vec::new(),
+        forget_after: None,
     })
 }
 
@@ -108,7 +111,11 @@ pub(crate) fn summary(output: &Output) -> String {
             record.stats.sum
         ),
         Output::Result(ResultRecord::WindowCounts(record)) => {
-            let counts: Vec<String> = record.counts.iter().map(|(value, n)| format!("{value}={n}")).collect();
+            let mut counts: Vec<String> =
+                record.counts.iter().map(|(value, n)| format!("{value}={n}")).collect();
+            if record.other > 0 {
+                counts.push(format!("(other)={}", record.other));
+            }
             format!(
                 "{} {} {} [{},{}) {}",
                 record.window,
@@ -504,6 +511,95 @@ fn count_by_counts_tag_values_per_window_and_skips_absent_tags() {
     );
 }
 
+fn count_by_window(name: &str) -> WindowSpec {
+    WindowSpec::new(
+        name,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+        TimeDomain::Event,
+        Duration::ZERO,
+        vec![],
+        vec![],
+        vec![0],
+    )
+    .unwrap()
+}
+
+fn capped_spec(count_by_max_values: usize, tag_values_listed: bool) -> Arc<EngineSpec> {
+    let mut spec = (*engine_spec(vec![count_by_window("modes")], IDLE_MS)).clone();
+    spec.count_by_max_values = count_by_max_values;
+    spec.tag_values_listed = vec![tag_values_listed];
+    Arc::new(spec)
+}
+
+/// Issue #14: invented tag values fill at most the cap per window; the rest is `other`.
+fn capped_steps() -> Vec<Step> {
+    let modes = ["heat", "cool", "fan", "heat", "dry", "auto", "cool"];
+    let readings = modes
+        .iter()
+        .enumerate()
+        .map(|(n, mode)| tagged("s", i64::try_from(n).unwrap(), 1.0, Some(mode)))
+        .collect();
+    vec![
+        Step::Chunk(0, readings),
+        Step::Chunk(100, vec![tagged("s", 8, 1.0, Some("eco")), tagged("s", 9, 1.0, Some("heat"))]),
+        Step::Chunk(200, vec![tagged("s", 12_000, 1.0, Some("eco")), tagged("s", 12_001, 1.0, Some("x"))]),
+        Step::Tick(FAR_MS),
+    ]
+}
+
+#[test]
+fn count_by_keeps_at_most_its_cap_of_values_per_window_and_counts_the_rest_as_other_issue_14() {
+    let (engine, lines) = run(capped_spec(2, false), &capped_steps());
+    let lines: Vec<String> = lines.into_iter().filter(|line| !line.starts_with("batch ")).collect();
+    assert_eq!(
+        lines,
+        [
+            // The first two values to arrive keep their counts; fan, dry, auto, eco go to other.
+            "modes s mode [0,10000) cool=2,heat=3,(other)=4",
+            // Each window has its own room.
+            "modes s mode [10000,20000) eco=1,x=1",
+        ]
+    );
+    assert_eq!(engine.stats().count_by_overflow_total, 4);
+}
+
+#[test]
+fn count_by_of_a_tag_with_listed_values_has_no_cap() {
+    let (engine, lines) = run(capped_spec(2, true), &capped_steps());
+    assert!(
+        lines.contains(&"modes s mode [0,10000) auto=1,cool=2,dry=1,eco=1,fan=1,heat=3".to_owned()),
+        "{lines:?}"
+    );
+    assert_eq!(engine.stats().count_by_overflow_total, 0);
+}
+
+#[test]
+fn count_by_other_buckets_and_their_counter_survive_a_restore_at_any_split() {
+    let steps = capped_steps();
+    let (uninterrupted_engine, uninterrupted) = run(capped_spec(2, false), &steps);
+    for split in 0..steps.len() {
+        let mut engine = Engine::new(capped_spec(2, false));
+        let mut out = Vec::new();
+        let mut stored = std::collections::BTreeMap::new();
+        for step in &steps[..split] {
+            run_step(&mut engine, step, &mut out);
+            store(&mut stored, engine.take_dirty());
+        }
+        let (mut engine, report) = Engine::restore(capped_spec(2, false), stored);
+        assert!(report.skipped.is_empty(), "{report:?}");
+        for step in &steps[split..] {
+            run_step(&mut engine, step, &mut out);
+        }
+        let lines: Vec<String> = out.iter().map(summary).collect();
+        assert_eq!(lines, uninterrupted, "split at {split}");
+        assert_eq!(
+            engine.stats().count_by_overflow_total,
+            uninterrupted_engine.stats().count_by_overflow_total
+        );
+    }
+}
+
 #[test]
 fn stats_count_open_windows_keys_sensors_and_results() {
     let (engine, lines) = run(
@@ -672,4 +768,171 @@ fn restore_refuses_window_state_that_lacks_parts_new_aggregates_read() {
         Engine::restore(engine_spec(vec![with(vec![Aggregate::Sum, Aggregate::Stddev])], IDLE_MS), stored);
     let reasons: Vec<&str> = report.skipped.iter().map(|(_, reason)| reason.as_str()).collect();
     assert_eq!(reasons, ["stored state has no stddev (aggregates changed since)"]);
+}
+
+/// Forget after (issue #14), in the forgetting tests.
+const FORGET_MS: i64 = 60_000;
+
+fn forgetting_spec(windows: Vec<WindowSpec>) -> Arc<EngineSpec> {
+    let mut spec = (*engine_spec(windows, IDLE_MS)).clone();
+    spec.forget_after = Some(Duration::from_millis(u64::try_from(FORGET_MS).unwrap()));
+    Arc::new(spec)
+}
+
+fn forgetting_windows() -> Vec<WindowSpec> {
+    vec![event("w", 10_000, 5000, 0), window("p", 4000, 2000, 0, TimeDomain::Processing)]
+}
+
+/// Junk sensors that go silent, a sensor that stays, and one that comes back after it was
+/// forgotten (with a reading older than its last emitted window, and a new one).
+fn forgetting_steps(with_ticks: bool) -> Vec<Step> {
+    let junk: Vec<Reading> = (0..20).map(|n| reading(&format!("junk-{n:02}"), 1000 + n, Some(1.0))).collect();
+    let mut steps = vec![
+        Step::Chunk(100, junk),
+        Step::Chunk(200, vec![reading("back", 3000, Some(2.0)), reading("stay", 3000, Some(3.0))]),
+        Step::Chunk(30_000, vec![reading("stay", 30_000, Some(4.0))]),
+    ];
+    if with_ticks {
+        steps.push(Step::Tick(60_150));
+        steps.push(Step::Tick(60_300));
+    }
+    steps.extend([
+        Step::Chunk(70_000, vec![reading("stay", 70_000, Some(5.0))]),
+        Step::Chunk(80_000, vec![reading("back", 2000, Some(6.0)), reading("back", 80_000, Some(7.0))]),
+        Step::Tick(FAR_MS),
+    ]);
+    steps
+}
+
+#[test]
+fn silent_sensors_are_forgotten_after_their_windows_closed_and_their_state_is_deleted_issue_14() {
+    let mut engine = Engine::new(forgetting_spec(forgetting_windows()));
+    let mut out = Vec::new();
+    let mut stored = std::collections::BTreeMap::new();
+    for step in &forgetting_steps(true)[..4] {
+        run_step(&mut engine, step, &mut out);
+        store(&mut stored, engine.take_dirty());
+    }
+    // At 60,150 the junk sensors and `back` (last seen at 100 and 200) are forgotten; their
+    // windows were emitted by the idle close at 30,100 and 30,200 first.
+    let lines: Vec<String> = out.iter().map(summary).collect();
+    assert!(lines.contains(&"w junk-00 temp_c [0,10000) n=1 sum=1".to_owned()), "{lines:?}");
+    let forgotten = engine.take_forgotten();
+    assert_eq!(forgotten.len(), 20);
+    assert!(forgotten.iter().all(|name| name.starts_with("junk-")));
+    let stats = engine.stats();
+    assert_eq!((stats.sensors, stats.sensors_forgotten_total), (2, 20));
+    // At 60,300 `back` goes too; only `stay`'s entries are left in the store.
+    run_step(&mut engine, &Step::Tick(60_300), &mut out);
+    store(&mut stored, engine.take_dirty());
+    assert_eq!(engine.take_forgotten(), vec![Arc::<str>::from("back")]);
+    // Of the others, only their tombstones are left.
+    let sensors_in_store: std::collections::BTreeSet<String> = stored
+        .keys()
+        .filter(|key| key.first() != Some(&b'e') && key.first() != Some(&b't'))
+        .map(|key| String::from_utf8_lossy(key).to_string())
+        .filter(|key| !key.contains("stay"))
+        .collect();
+    assert!(sensors_in_store.is_empty(), "{sensors_in_store:?}");
+    assert_eq!(stored.keys().filter(|key| key.first() == Some(&b't')).count(), 21);
+    assert_eq!((engine.stats().sensors, engine.stats().tombstones), (1, 21));
+}
+
+#[test]
+fn forgetting_does_not_depend_on_ticks_and_survives_a_restore_at_any_split_issue_14() {
+    let (_, without_ticks) = run(forgetting_spec(forgetting_windows()), &forgetting_steps(false));
+    let steps = forgetting_steps(true);
+    let (_, uninterrupted) = run(forgetting_spec(forgetting_windows()), &steps);
+    // A replay sees no ticks: the chunks alone forget the same sensors at the same point.
+    assert_eq!(without_ticks, uninterrupted);
+    for split in 0..steps.len() {
+        let mut engine = Engine::new(forgetting_spec(forgetting_windows()));
+        let mut out = Vec::new();
+        let mut stored = std::collections::BTreeMap::new();
+        for step in &steps[..split] {
+            run_step(&mut engine, step, &mut out);
+            store(&mut stored, engine.take_dirty());
+        }
+        let (mut engine, report) = Engine::restore(forgetting_spec(forgetting_windows()), stored);
+        assert!(report.skipped.is_empty(), "{report:?}");
+        for step in &steps[split..] {
+            run_step(&mut engine, step, &mut out);
+        }
+        let lines: Vec<String> = out.iter().map(summary).collect();
+        assert_eq!(lines, uninterrupted, "split at {split}");
+    }
+}
+
+#[test]
+fn a_forgotten_sensor_that_comes_back_keeps_its_watermark_from_its_tombstone() {
+    let (engine, lines) = run(forgetting_spec(forgetting_windows()), &forgetting_steps(true));
+    let back: Vec<&String> =
+        lines.iter().filter(|line| line.starts_with("w back ") || line.starts_with("late w back")).collect();
+    // Its window [0, 10000) was emitted at its idle close; forgotten and back, the old reading
+    // at 2000 is late for it, as if it had never been forgotten.
+    assert_eq!(
+        back,
+        [
+            "w back temp_c [-5000,5000) n=1 sum=2",
+            "w back temp_c [0,10000) n=1 sum=2",
+            "late w back ts=2000 wm=10000 #0",
+            "w back temp_c [75000,85000) n=1 sum=7",
+            "w back temp_c [80000,90000) n=1 sum=7",
+        ]
+    );
+    // Its tombstone was used up; the junk ones expired another forget_after later.
+    assert_eq!(engine.stats().tombstones, 0);
+}
+
+#[test]
+fn a_sensor_back_after_its_tombstone_expired_starts_afresh() {
+    let steps = [
+        Step::Chunk(100, vec![reading("back", 3000, Some(2.0))]),
+        // Forgotten at 60,100, its tombstone kept until 120,100.
+        Step::Tick(130_000),
+        Step::Chunk(140_000, vec![reading("back", 2000, Some(6.0))]),
+        Step::Tick(FAR_MS),
+    ];
+    let (_, lines) = run(forgetting_spec(vec![event("w", 10_000, 10_000, 0)]), &steps);
+    let lines: Vec<String> = lines.into_iter().filter(|line| !line.starts_with("batch ")).collect();
+    // Documented: with no watermark left, the window is emitted a second time, same id.
+    assert_eq!(lines, ["w back temp_c [0,10000) n=1 sum=2", "w back temp_c [0,10000) n=1 sum=6"]);
+}
+
+#[test]
+fn tombstones_are_bounded_the_oldest_forgotten_going_first() {
+    let many: Vec<Reading> = (0..crate::engine::MAX_TOMBSTONES + 10)
+        .map(|n| reading(&format!("junk-{n:05}"), 1000, Some(1.0)))
+        .collect();
+    let steps = [
+        Step::Chunk(100, vec![reading("real", 1000, Some(1.0))]),
+        Step::Chunk(200, many),
+        Step::Tick(60_250),
+    ];
+    let (mut engine, _) = run(forgetting_spec(vec![event("w", 10_000, 10_000, 0)]), &steps);
+    assert_eq!(engine.stats().tombstones, crate::engine::MAX_TOMBSTONES);
+    // `real` (forgotten first) and the first junk ids by name were pushed out.
+    let entries = engine.take_dirty();
+    let tombstone = |name: &str| {
+        let key = crate::engine::state::tombstone_key(name);
+        entries.iter().any(|(entry_key, value)| *entry_key == key && value.is_some())
+    };
+    assert!(!tombstone("real") && !tombstone("junk-00000") && !tombstone("junk-00009"));
+    assert!(tombstone("junk-00010") && tombstone("junk-04105"));
+}
+
+#[test]
+fn a_sensor_forgotten_and_back_before_the_commit_keeps_its_new_state_in_the_store() {
+    let mut engine = Engine::new(forgetting_spec(forgetting_windows()));
+    let mut out = Vec::new();
+    let mut stored = std::collections::BTreeMap::new();
+    run_step(&mut engine, &Step::Chunk(100, vec![reading("s", 1000, Some(1.0))]), &mut out);
+    store(&mut stored, engine.take_dirty());
+    // One chunk forgets `s` (its advance) and then brings it back.
+    run_step(&mut engine, &Step::Chunk(70_000, vec![reading("s", 70_000, Some(2.0))]), &mut out);
+    assert_eq!(engine.take_forgotten(), vec![Arc::<str>::from("s")]);
+    store(&mut stored, engine.take_dirty());
+    let (restored, report) = Engine::restore(forgetting_spec(forgetting_windows()), stored);
+    assert!(report.skipped.is_empty(), "{report:?}");
+    assert_eq!((restored.stats().sensors, restored.stats().open_windows), (1, engine.stats().open_windows));
 }

@@ -17,7 +17,7 @@ use eddy_sensors::Reading;
 
 use crate::engine::acc::FieldAcc;
 use crate::engine::record::{LateRecord, ResultRecord, WindowCountsRecord, WindowRecord};
-use crate::engine::state::{self, AccParts, AccV2, OpenWindowV2, WindowEnvelope, WindowSensorV2};
+use crate::engine::state::{self, AccParts, AccV2, OpenWindowV3, WindowEnvelope, WindowSensorV3};
 use crate::engine::{Aggregate, EngineSpec, Output, TimeDomain, WindowSpec};
 
 /// The state of one window spec: every sensor's open windows and watermark.
@@ -29,6 +29,8 @@ pub(crate) struct WindowSet {
     /// Emptied windows kept for reuse, so that opening a window rarely allocates.
     spare: Vec<OpenWindow>,
     pub(crate) late_total: u64,
+    /// Readings counted in `other` buckets (a window holding its tag's cap of values).
+    pub(crate) count_by_overflow_total: u64,
     n_open: usize,
     /// A lower bound of the processing time at which a scan can close something: the earliest
     /// end of an open processing-time window, or the earliest idle deadline of a sensor.
@@ -55,6 +57,9 @@ struct Shape {
     /// Schema tag indexes (count_by) and their names.
     tags: Vec<usize>,
     tag_names: Vec<Arc<str>>,
+    /// Per count_by tag: most distinct values a window counts (`usize::MAX` for a tag whose
+    /// schema lists its values).
+    tag_caps: Vec<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +80,8 @@ struct OpenWindow {
     fields: Vec<FieldAcc>,
     /// Per count_by tag: readings by tag value.
     counts: Vec<BTreeMap<Arc<str>, u64>>,
+    /// Per count_by tag: readings whose value came past the tag's cap.
+    other: Vec<u64>,
 }
 
 impl SensorWindows {
@@ -110,12 +117,24 @@ impl WindowSet {
                 .collect(),
             tags: spec.count_by().to_vec(),
             tag_names: spec.count_by().iter().map(|&idx| name_of(&engine.tag_names, idx, "tag")).collect(),
+            tag_caps: spec
+                .count_by()
+                .iter()
+                .map(|&idx| {
+                    if engine.tag_values_listed.get(idx).copied().unwrap_or(false) {
+                        usize::MAX
+                    } else {
+                        engine.count_by_max_values
+                    }
+                })
+                .collect(),
         };
         WindowSet {
             shape,
             sensors: Vec::new(),
             spare: Vec::new(),
             late_total: 0,
+            count_by_overflow_total: 0,
             n_open: 0,
             next_due_ms: i64::MAX,
             dirty_list: Vec::new(),
@@ -157,7 +176,16 @@ impl WindowSet {
         reading: &Reading,
         out: &mut Vec<Output>,
     ) -> bool {
-        let WindowSet { shape, sensors, spare, late_total, n_open, next_due_ms, dirty_list } = self;
+        let WindowSet {
+            shape,
+            sensors,
+            spare,
+            late_total,
+            count_by_overflow_total,
+            n_open,
+            next_due_ms,
+            dirty_list,
+        } = self;
         let state = &mut sensors[sensor];
         let (window_ts, watermark) = if shape.processing_time {
             (ingest_ms, Some(clock_ms))
@@ -187,7 +215,7 @@ impl WindowSet {
                                 window_idx
                             }
                         };
-                    shape.add(&mut state.open[window_idx], reading);
+                    *count_by_overflow_total += shape.add(&mut state.open[window_idx], reading);
                 }
                 None => {}
             }
@@ -300,6 +328,47 @@ impl WindowSet {
         *next_due_ms = next_due;
     }
 
+    /// The ingest time of sensor `sensor`'s last reading, for an event-time window set.
+    pub(crate) fn last_activity_ms(&self, sensor: usize) -> Option<i64> {
+        self.sensors[sensor].last_activity_ms
+    }
+
+    /// Whether sensor `sensor` has an open window.
+    pub(crate) fn has_open(&self, sensor: usize) -> bool {
+        !self.sensors[sensor].open.is_empty()
+    }
+
+    /// What sensor `sensor` leaves in its tombstone: its watermark (event time only) and its
+    /// late sequence.
+    pub(crate) fn tombstone(&self, sensor: usize) -> (Option<i64>, u64) {
+        let state = &self.sensors[sensor];
+        let watermark =
+            if self.shape.processing_time { None } else { state.watermark(self.shape.lateness_ms) };
+        (watermark, state.late_seq)
+    }
+
+    /// A forgotten sensor came back: it starts from its tombstone's watermark (as a floor)
+    /// and late sequence, so lateness stays exact and late ids unique.
+    pub(crate) fn revive(&mut self, sensor: usize, floor_ms: Option<i64>, late_seq: u64) {
+        let state = &mut self.sensors[sensor];
+        state.floor_ms = floor_ms;
+        state.late_seq = late_seq;
+        if !state.dirty {
+            state.dirty = true;
+            self.dirty_list.push(sensor);
+        }
+    }
+
+    /// Resets the state of the `forgotten` sensors (none has an open window); their stored
+    /// entries are deleted by the engine.
+    pub(crate) fn forget(&mut self, forgotten: &[usize], is_forgotten: &[bool]) {
+        for &sensor in forgotten {
+            debug_assert!(self.sensors[sensor].open.is_empty(), "a forgotten sensor has nothing open");
+            self.sensors[sensor] = SensorWindows::default();
+        }
+        self.dirty_list.retain(|&sensor| !is_forgotten[sensor]);
+    }
+
     /// Whether a sensor's state changed since the last `take_dirty`.
     pub(crate) fn has_dirty(&self) -> bool {
         !self.dirty_list.is_empty()
@@ -315,7 +384,7 @@ impl WindowSet {
         for sensor in self.dirty_list.drain(..) {
             let state = &mut self.sensors[sensor];
             state.dirty = false;
-            let stored = WindowSensorV2 {
+            let stored = WindowSensorV3 {
                 length_ms: shape.length_ms,
                 slide_ms: shape.slide_ms,
                 processing_time: shape.processing_time,
@@ -327,13 +396,13 @@ impl WindowSet {
             };
             entries.push((
                 state::window_key(&shape.name, &sensor_names[sensor]),
-                Some(state::encode(&WindowEnvelope::V2(stored))),
+                Some(state::encode(&WindowEnvelope::V3(stored))),
             ));
         }
     }
 
     /// Restores one sensor's stored state, unless the window changed shape since.
-    pub(crate) fn restore_sensor(&mut self, sensor: usize, stored: WindowSensorV2) -> Result<(), String> {
+    pub(crate) fn restore_sensor(&mut self, sensor: usize, stored: WindowSensorV3) -> Result<(), String> {
         let shape = &self.shape;
         if (stored.length_ms, stored.slide_ms, stored.processing_time)
             != (shape.length_ms, shape.slide_ms, shape.processing_time)
@@ -379,27 +448,39 @@ impl Shape {
                 start_ms,
                 fields: vec![FieldAcc::EMPTY; self.fields.len()],
                 counts: vec![BTreeMap::new(); self.tags.len()],
+                other: vec![0; self.tags.len()],
             },
         }
     }
 
+    /// Adds a reading to an open window; returns how many of its tag values went to an
+    /// `other` bucket (0 or 1 per count_by tag).
     #[inline]
-    fn add(&self, window: &mut OpenWindow, reading: &Reading) {
+    fn add(&self, window: &mut OpenWindow, reading: &Reading) -> u64 {
         for (acc, &field_idx) in window.fields.iter_mut().zip(&self.fields) {
             if let Some(Some(value)) = reading.values.get(field_idx) {
                 acc.add(reading.ts_ms, *value);
             }
         }
-        for (counts, &tag_idx) in window.counts.iter_mut().zip(&self.tags) {
+        let mut n_other = 0;
+        for ((counts, other), (&tag_idx, &cap)) in
+            window.counts.iter_mut().zip(&mut window.other).zip(self.tags.iter().zip(&self.tag_caps))
+        {
             if let Some(Some(value)) = reading.tags.get(tag_idx) {
+                let n_values = counts.len();
                 match counts.get_mut(&**value) {
                     Some(count) => *count += 1,
-                    None => {
+                    None if n_values < cap => {
                         counts.insert(value.clone(), 1);
+                    }
+                    None => {
+                        *other += 1;
+                        n_other += 1;
                     }
                 }
             }
         }
+        n_other
     }
 
     /// Emits a closed window's non-empty fields, then its non-empty tag counts, and keeps the
@@ -428,8 +509,8 @@ impl Shape {
             }
             *acc = FieldAcc::EMPTY;
         }
-        for (counts, tag) in window.counts.iter_mut().zip(&self.tag_names) {
-            if !counts.is_empty() {
+        for ((counts, other), tag) in window.counts.iter_mut().zip(&mut window.other).zip(&self.tag_names) {
+            if !counts.is_empty() || *other > 0 {
                 out.push(Output::Result(ResultRecord::WindowCounts(WindowCountsRecord {
                     window: self.name.clone(),
                     device: self.device.clone(),
@@ -438,9 +519,11 @@ impl Shape {
                     start_ms,
                     end_ms,
                     counts: counts.iter().map(|(value, count)| (value.clone(), *count)).collect(),
+                    other: *other,
                 })));
             }
             counts.clear();
+            *other = 0;
         }
         spare.push(window);
     }
@@ -465,8 +548,8 @@ impl Shape {
         }
     }
 
-    fn store_window(&self, window: &OpenWindow) -> OpenWindowV2 {
-        OpenWindowV2 {
+    fn store_window(&self, window: &OpenWindow) -> OpenWindowV3 {
+        OpenWindowV3 {
             start_ms: window.start_ms,
             fields: window
                 .fields
@@ -487,11 +570,18 @@ impl Shape {
                     )
                 })
                 .collect(),
+            other: window
+                .other
+                .iter()
+                .zip(&self.tag_names)
+                .filter(|(other, _)| **other > 0)
+                .map(|(other, name)| (name.to_string(), *other))
+                .collect(),
         }
     }
 
     /// Rebuilds a stored window; fields and tags no longer configured are dropped.
-    fn load_window(&self, spare: &mut Vec<OpenWindow>, stored: OpenWindowV2) -> Result<OpenWindow, String> {
+    fn load_window(&self, spare: &mut Vec<OpenWindow>, stored: OpenWindowV3) -> Result<OpenWindow, String> {
         let mut window = self.open_window(spare, stored.start_ms);
         for (name, acc) in stored.fields {
             if let Some(pos) = self.field_names.iter().position(|field| **field == *name) {
@@ -502,6 +592,11 @@ impl Shape {
             if let Some(pos) = self.tag_names.iter().position(|tag| **tag == *name) {
                 window.counts[pos] =
                     counts.into_iter().map(|(value, count)| (Arc::from(value), count)).collect();
+            }
+        }
+        for (name, other) in stored.other {
+            if let Some(pos) = self.tag_names.iter().position(|tag| **tag == *name) {
+                window.other[pos] = other;
             }
         }
         Ok(window)

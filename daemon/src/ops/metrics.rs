@@ -184,6 +184,30 @@ const FAMILIES: &[Family] = &[
         read: Daemon(|status| Count(status.engine.future_outliers_dropped)),
     },
     Family {
+        name: "eddy_count_by_overflow_total",
+        kind: Counter,
+        help: "Readings counted in a window's other bucket: their count_by tag value came past engine.count_by_max_values distinct ones.",
+        read: Daemon(|status| Count(status.engine.count_by_overflow)),
+    },
+    Family {
+        name: "eddy_engine_sensors",
+        kind: Gauge,
+        help: "Sensors the engine holds state for, as of the last commit (forgotten ones left out).",
+        read: Daemon(|status| Count(status.engine.sensors)),
+    },
+    Family {
+        name: "eddy_open_windows",
+        kind: Gauge,
+        help: "Open (window, sensor, start) windows, as of the last commit.",
+        read: Daemon(|status| Count(status.engine.open_windows)),
+    },
+    Family {
+        name: "eddy_sensors_forgotten_total",
+        kind: Counter,
+        help: "Sensors forgotten since eddy started: silent past engine.forget_after, their state deleted and their ids released.",
+        read: Daemon(|status| Count(status.engine.sensors_forgotten)),
+    },
+    Family {
         name: "eddy_future_outliers_held",
         kind: Gauge,
         help: "Readings held now, waiting for their sensor's clock.",

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use eddy_sensors::SensorRegistry;
 use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, EngineSpec, Output};
@@ -72,6 +73,9 @@ pub(crate) struct Aggregator {
     /// take at most 1 MiB here between commits however many messages came, and no
     /// allocation per message.
     pending_marks: BTreeMap<Vec<u8>, Box<MarkPageDelta>>,
+    /// Where the ids of sensors the engine forgot are released, once their deletion is
+    /// committed (None: nowhere, as in tests without sources).
+    sensor_registry: Option<Arc<SensorRegistry>>,
 }
 
 impl Aggregator {
@@ -103,6 +107,7 @@ impl Aggregator {
             watch::channel(Committed { results: snapshot.next_seq - 1, raw: snapshot.next_raw_seq - 1 });
         publish_outliers(&engine, &stats);
         publish_sensor_clocks(&engine, &stats);
+        publish_state_size(&engine, &stats);
         Ok((
             Aggregator {
                 store,
@@ -129,6 +134,7 @@ impl Aggregator {
                 committed_log_pos: snapshot.log_pos,
                 clock_ms: snapshot.clock_ms,
                 pending_marks: BTreeMap::new(),
+                sensor_registry: None,
             },
             committed_rx,
         ))
@@ -143,6 +149,13 @@ impl Aggregator {
     ) -> Aggregator {
         self.forward_raw = forward_raw;
         self.raw_cursors = raw_cursors;
+        self
+    }
+
+    /// Releases the ids of the sensors the engine forgets from `registry` (the gateway's
+    /// sensor cap and the sources'), each after the commit that deletes its state.
+    pub(crate) fn releasing_sensors_to(mut self, registry: Arc<SensorRegistry>) -> Aggregator {
+        self.sensor_registry = Some(registry);
         self
     }
 
@@ -363,6 +376,7 @@ impl Aggregator {
             return Ok(());
         }
         let state = self.engine.take_dirty();
+        let forgotten = self.engine.take_forgotten();
         let n_results = u64::try_from(self.n_pending()).unwrap_or(u64::MAX);
         let commit = Commit {
             sealed: std::mem::take(&mut self.sealed),
@@ -395,6 +409,15 @@ impl Aggregator {
         self.stats.results_total.fetch_add(n_results, Ordering::Relaxed);
         self.stats.commits_total.fetch_add(1, Ordering::Relaxed);
         publish_sensor_clocks(&self.engine, &self.stats);
+        publish_state_size(&self.engine, &self.stats);
+        // Their state is deleted durably: a restart cannot bring them back, so their ids may
+        // count no more.
+        if let Some(registry) = &self.sensor_registry {
+            registry.release(&forgotten);
+        }
+        if !forgotten.is_empty() {
+            tracing::info!(sensors = forgotten.len(), "Forgot sensors silent for engine.forget_after.");
+        }
         self.committed.send_replace(Committed { results: self.next_seq - 1, raw: self.next_raw_seq - 1 });
         // The log up to the committed position is no longer needed: a restart resumes after it.
         self.store.trim_log_through(self.log_pos)?;
@@ -429,10 +452,20 @@ impl Aggregator {
     }
 }
 
+/// Publishes how much state the engine holds (per commit and at recovery).
+fn publish_state_size(engine: &Engine, stats: &AggregateStats) {
+    let engine_stats = engine.stats();
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    stats.sensors.store(count(engine_stats.sensors), Ordering::Relaxed);
+    stats.open_windows.store(count(engine_stats.open_windows), Ordering::Relaxed);
+    stats.sensors_forgotten_total.store(engine_stats.sensors_forgotten_total, Ordering::Relaxed);
+}
+
 /// Publishes the engine's future-outlier counters (cheap: per chunk and tick).
 fn publish_outliers(engine: &Engine, stats: &AggregateStats) {
     let outliers = engine.future_outliers();
     stats.future_outliers_total.store(outliers.total, Ordering::Relaxed);
+    stats.count_by_overflow_total.store(engine.count_by_overflow_total(), Ordering::Relaxed);
     // The first publication (at recovery, line ~104) only seeds the counter.
     let before = stats.future_outliers_dropped_total.swap(outliers.dropped_total, Ordering::Relaxed);
     if outliers.dropped_total > before && stats.outliers_published.swap(true, Ordering::Relaxed) {

@@ -193,6 +193,9 @@ struct Daemon {
     cursors: Arc<Vec<AtomicU64>>,
     raw_cursors: Arc<Vec<AtomicU64>>,
     aggregate_stats: Arc<AggregateStats>,
+    /// The gateway's sensor cap, in front of which each source has its own; the aggregator
+    /// releases the ids of sensors the engine forgot.
+    sensor_registry: Arc<SensorRegistry>,
     /// Whether the store is open, for `/health` and `/status`.
     store_health: Arc<StoreHealth>,
     /// The store failed and is being opened again.
@@ -217,12 +220,14 @@ impl Daemon {
         // publishes its durable cursor (nothing is trimmed before, also not by the replay).
         let (cursors, raw_cursors) = sink_set::cursor_slots(&config.sinks);
         let aggregate_stats = Arc::new(AggregateStats::default());
+        let registry = Arc::new(SensorRegistry::new(config.max_sensors));
         let args = OpenArgs {
             config: config.clone(),
             meters: None,
             cursors: cursors.clone(),
             raw_cursors: raw_cursors.clone(),
             aggregate_stats: aggregate_stats.clone(),
+            sensor_registry: registry.clone(),
         };
         let mut backoff = Backoff::new(STORE_MIN_BACKOFF, STORE_MAX_BACKOFF);
         let opened = loop {
@@ -333,14 +338,13 @@ impl Daemon {
         );
 
         // Sources last: once they are up, readings flow.
-        let registry = Arc::new(SensorRegistry::new(config.max_sensors));
         let sources_stop = CancellationToken::new();
         for (source_idx, (source_config, stats)) in config.sources.iter().zip(&source_stats).enumerate() {
             let started = sources::start(
                 source_idx,
                 source_config,
                 &config,
-                registry.clone(),
+                SensorRegistry::for_source(&registry, source_config.max_sensors),
                 stats.clone(),
                 ingest_tx.clone(),
                 sources_stop.clone(),
@@ -415,6 +419,7 @@ impl Daemon {
             cursors,
             raw_cursors,
             aggregate_stats,
+            sensor_registry: registry,
             store_health,
             fault: None,
             waiting_beats,
@@ -673,6 +678,7 @@ impl Daemon {
             cursors: self.cursors.clone(),
             raw_cursors: self.raw_cursors.clone(),
             aggregate_stats: self.aggregate_stats.clone(),
+            sensor_registry: self.sensor_registry.clone(),
         };
         let (answer, attempt) = oneshot::channel();
         fault.attempt = Some(attempt);

@@ -95,12 +95,14 @@ pub(super) struct OpenArgs {
     pub(super) cursors: Arc<Vec<AtomicU64>>,
     pub(super) raw_cursors: Arc<Vec<AtomicU64>>,
     pub(super) aggregate_stats: Arc<AggregateStats>,
+    /// Where the aggregator releases the ids of sensors the engine forgot.
+    pub(super) sensor_registry: Arc<eddy_sensors::SensorRegistry>,
 }
 
 /// Opens the store, sets its budget (or takes over `meters`), recovers the engine and replays
 /// the log after its last commit. The sled open and the scans block: off the async workers.
 pub(super) async fn open_store(args: OpenArgs) -> Result<Opened, OpenError> {
-    let OpenArgs { config, meters, cursors, raw_cursors, aggregate_stats } = args;
+    let OpenArgs { config, meters, cursors, raw_cursors, aggregate_stats, sensor_registry } = args;
     let recover_config = config.clone();
     let recovered = tokio::task::spawn_blocking(move || {
         let config = recover_config;
@@ -131,7 +133,9 @@ pub(super) async fn open_store(args: OpenArgs) -> Result<Opened, OpenError> {
             .last_log_key()
             .map_err(|error| OpenError::Engine(anyhow::Error::from(error).context("cannot read the log")))?
             .unwrap_or(0);
-        Ok((store, aggregator.forwarding_raw(config.forward_raw, raw_cursors), committed, last_log_key))
+        let aggregator =
+            aggregator.forwarding_raw(config.forward_raw, raw_cursors).releasing_sensors_to(sensor_registry);
+        Ok((store, aggregator, committed, last_log_key))
     })
     .await
     .map_err(|join_error| OpenError::Engine(anyhow::anyhow!("store opening task failed: {join_error}")))??;

@@ -69,6 +69,9 @@ fn spec() -> Arc<EngineSpec> {
         // Event time runs faster than ingest time in these chunks; the hold is not under test.
         outlier_after: None,
         outlier_confirm: EngineSpec::DEFAULT_OUTLIER_CONFIRM,
+        count_by_max_values: EngineSpec::DEFAULT_COUNT_BY_MAX_VALUES,
+        tag_values_listed: Vec::new(),
+        forget_after: None,
     })
 }
 

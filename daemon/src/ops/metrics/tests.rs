@@ -53,6 +53,10 @@ fn known_status() -> Status {
             future_outliers: 6,
             future_outliers_dropped: 1,
             future_outliers_held: 2,
+            count_by_overflow: 7,
+            sensors: 11,
+            open_windows: 12,
+            sensors_forgotten: 13,
             sensor_clocks: vec![SensorClockStatus {
                 sensor: "t-9".to_owned(),
                 offset_ms: 301_000,
@@ -183,6 +187,18 @@ eddy_future_outliers_total 6
 # HELP eddy_future_outliers_dropped_total Held readings dropped, never confirmed: their sensor held too many, or went idle before its clock reached them.
 # TYPE eddy_future_outliers_dropped_total counter
 eddy_future_outliers_dropped_total 1
+# HELP eddy_count_by_overflow_total Readings counted in a window's other bucket: their count_by tag value came past engine.count_by_max_values distinct ones.
+# TYPE eddy_count_by_overflow_total counter
+eddy_count_by_overflow_total 7
+# HELP eddy_engine_sensors Sensors the engine holds state for, as of the last commit (forgotten ones left out).
+# TYPE eddy_engine_sensors gauge
+eddy_engine_sensors 11
+# HELP eddy_open_windows Open (window, sensor, start) windows, as of the last commit.
+# TYPE eddy_open_windows gauge
+eddy_open_windows 12
+# HELP eddy_sensors_forgotten_total Sensors forgotten since eddy started: silent past engine.forget_after, their state deleted and their ids released.
+# TYPE eddy_sensors_forgotten_total counter
+eddy_sensors_forgotten_total 13
 # HELP eddy_future_outliers_held Readings held now, waiting for their sensor's clock.
 # TYPE eddy_future_outliers_held gauge
 eddy_future_outliers_held 2
@@ -337,14 +353,18 @@ fn status_keeps_its_keys() {
         sorted(keys(&value["engine"])),
         [
             "commits",
+            "count_by_overflow",
             "flush_p99_ms",
             "future_outliers",
             "future_outliers_dropped",
             "future_outliers_held",
             "ingest_p99_ms",
             "late_readings",
+            "open_windows",
             "results",
-            "sensor_clocks"
+            "sensor_clocks",
+            "sensors",
+            "sensors_forgotten"
         ]
     );
     assert_eq!(
