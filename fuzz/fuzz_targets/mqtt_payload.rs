@@ -87,10 +87,8 @@ fuzz_target!(|data: &[u8]| {
     // non-blank lines (at least one) of a line format.
     let n_items = match format {
         Format::Json if input.payload.trim_ascii_start().starts_with(b"[") => {
-            match serde_json_len(input.payload) {
-                Some(n_elements) => n_elements,
-                None => 1,
-            }
+            // Not an array: one `bad_syntax` rejection for the message.
+            serde_json_len(input.payload).unwrap_or(1)
         }
         Format::Json => 1,
         _ => {
