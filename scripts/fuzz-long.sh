@@ -25,8 +25,8 @@ for target in "${targets[@]}"; do
      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
      </dev/null >"$log" 2>&1)
   status=$?
-  execs=$(grep -oE '^stat::number_of_executed_units: [0-9]+' "$log" | grep -oE '[0-9]+$')
-  rate=$(grep -oE '^stat::average_exec_per_sec: [0-9]+' "$log" | grep -oE '[0-9]+$')
+  execs=$(grep -oE '^stat::number_of_executed_units: +[0-9]+' "$log" | grep -oE '[0-9]+$')
+  rate=$(grep -oE '^stat::average_exec_per_sec: +[0-9]+' "$log" | grep -oE '[0-9]+$')
   last=$(grep -E '^#[0-9]+' "$log" | tail -n 1)
   cov=$(grep -oE 'cov: [0-9]+' <<<"$last" | grep -oE '[0-9]+')
   ft=$(grep -oE 'ft: [0-9]+' <<<"$last" | grep -oE '[0-9]+')
