@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs eddy's whole test suite: formatting, lints, unit, property and end-to-end tests.
+# Runs eddy's whole test suite: formatting, lints, unit, property and end-to-end tests, and a
+# short run of each fuzz target.
 # CI (.ci/run) calls exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,13 @@ echo "== systemd-nspawn: the package under a real systemd (scripts/nspawn-test.s
 ./scripts/nspawn-test.sh 2>&1 | tee -a "$log"
 nspawn_status=${PIPESTATUS[0]}
 [ "$nspawn_status" -eq 0 ] || [ "$status" -ne 0 ] || status=$nspawn_status
+# Every fuzz target for 20 s from the committed corpus (nightly and cargo-fuzz, installed if
+# missing; no nightly is a failure, not a skip). About 2.5 min once built; the first build of
+# the instrumented targets takes 5 to 10 min on two cores.
+echo "== fuzz smoke run (scripts/fuzz-smoke.sh)"
+./scripts/fuzz-smoke.sh 2>&1 | tee -a "$log"
+fuzz_status=${PIPESTATUS[0]}
+[ "$fuzz_status" -eq 0 ] || [ "$status" -ne 0 ] || status=$fuzz_status
 set -e
 # One closing line for the whole suite (cargo prints one per test binary, the last being the
 # doc-tests, which can be zero; the nspawn script prints `nspawn: N passed, N failed`).

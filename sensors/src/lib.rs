@@ -22,8 +22,8 @@ pub use crate::ingest::{
     StoredMarks,
 };
 pub use crate::mqtt::{
-    MqttBroker, MqttConnectionStats, MqttQos, MqttSetupError, MqttSource, MqttSourceConfig, MqttSourceError,
-    MqttTls, RawMqttSource, Secret,
+    decode_payload, MqttBroker, MqttConnectionStats, MqttQos, MqttSetupError, MqttSource, MqttSourceConfig,
+    MqttSourceError, MqttTls, PayloadRules, RawMqttSource, Secret,
 };
 pub use crate::parse::{Format, Limits, LineDecoder, LineParser, ParsedLine, TsPrecision};
 pub use crate::reading::{Reading, MAX_SENSOR_BYTES};
@@ -41,5 +41,6 @@ pub use crate::simulator::{
 };
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
 pub use crate::tcp::{
-    PeerNet, RawTcpSource, TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError, TcpTls,
+    auth_line_matches, parse_session_line, PeerNet, RawTcpSource, TcpConnectionStats, TcpSource,
+    TcpSourceConfig, TcpSourceError, TcpTls, MAX_SESSION_ID_BYTES,
 };

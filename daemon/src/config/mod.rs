@@ -193,6 +193,20 @@ impl Config {
         Config::from_raw(raw)
     }
 
+    /// Loads a configuration from TOML text and validates it, without the `EDDY__…`
+    /// environment overrides: what [`load`](Self::load) does with a file, minus the
+    /// environment. Validation still reads the secret files the text names (`token_file`,
+    /// `password_file`) and the variables of `password_env`. The fuzz target `config_loader`
+    /// (`fuzz/`) and tests use it.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|error| ConfigError::Load(format!("TOML text: {error}")))
+            .and_then(deserialize)?;
+        Config::from_raw(raw)
+    }
+
     /// Validates a raw configuration.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         if raw.device_id.is_empty()

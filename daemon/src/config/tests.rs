@@ -3,14 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{deserialize, Config, ConfigError, SinkKind, SourceKind};
+use crate::config::{Config, ConfigError, SinkKind, SourceKind};
 
 fn load_str(text: &str) -> Result<Config, ConfigError> {
-    let built = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .build()
-        .map_err(|error| ConfigError::Load(error.to_string()))?;
-    Config::from_raw(deserialize(built)?)
+    Config::from_toml_str(text)
 }
 
 const MINIMAL: &str = "device_id = \"gw\"\ndata_dir = \"/tmp/x\"\n[[sources]]\nkind = \"simulator\"\n";
@@ -32,6 +28,14 @@ fn built_in_default_config_is_valid_and_matches_the_documented_pipeline() {
     assert!(matches!(config.sources[0].kind, SourceKind::Simulator { .. }));
     assert!(matches!(config.sinks[0].kind, SinkKind::Console));
     assert_eq!(config.data_dir, PathBuf::from("./eddy-data"));
+}
+
+#[test]
+fn toml_text_loads_like_a_file_and_bad_text_is_a_load_error() {
+    let config = Config::from_toml_str(crate::config::DEFAULT_CONFIG_TOML).expect("default config loads");
+    assert_eq!(config.device_id, "gw-01");
+    assert!(matches!(Config::from_toml_str("device_id = "), Err(ConfigError::Load(_))));
+    assert!(matches!(Config::from_toml_str(""), Err(ConfigError::Invalid { .. } | ConfigError::Load(_))));
 }
 
 #[test]

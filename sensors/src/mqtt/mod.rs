@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ingest::{IngestSender, StoredMarks};
-use crate::mqtt::payload::PayloadRules;
 use crate::mqtt::subscription::Subscription;
 use crate::parse::{Format, LineDecoder, LineParser};
 use crate::registry::SensorRegistry;
@@ -25,6 +24,7 @@ use crate::stats::SourceStats;
 pub use crate::mqtt::config::{MqttBroker, MqttQos, MqttSourceConfig, MqttTls, Secret};
 pub use crate::mqtt::connect::MqttSetupError;
 pub(crate) use crate::mqtt::connect::{mqtt_options, ConnectSettings};
+pub use crate::mqtt::payload::{decode_payload, PayloadRules};
 pub use crate::mqtt::raw_config::RawMqttSource;
 
 /// Why the MQTT source could not start or stopped early. An unreachable broker, a refused

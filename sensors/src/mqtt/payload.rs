@@ -9,15 +9,20 @@ use crate::reject::{RejectReason, Rejection};
 
 /// How payloads of one source are read.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct PayloadRules {
-    pub(crate) format: Format,
-    pub(crate) sensor_from_topic: Option<usize>,
-    pub(crate) max_payload_bytes: usize,
+pub struct PayloadRules {
+    /// The format of the readings in a payload.
+    pub format: Format,
+    /// The topic segment (0-based) holding the sensor id, if the sensor id comes from it.
+    pub sensor_from_topic: Option<usize>,
+    /// A longer payload is one `message_too_large` rejection.
+    pub max_payload_bytes: usize,
 }
 
 /// Decodes `payload` of a message on `topic`: accepted readings go to `readings`, each
 /// rejection (already counted by the decoder) to `rejected`.
-pub(crate) fn decode_payload(
+///
+/// Public for the fuzz targets (`fuzz/`); the MQTT source calls it on every message.
+pub fn decode_payload(
     decoder: &mut LineDecoder,
     rules: PayloadRules,
     topic: &str,

@@ -38,7 +38,9 @@ use crate::tcp::session::{SessionLimits, Sessions};
 use crate::tcp::warn_limit::WarnLimiter;
 
 pub use crate::tcp::config::{RawTcpSource, TcpSourceConfig, TcpTls};
+pub use crate::tcp::peer::auth_line_matches;
 pub use crate::tcp::peer::PeerNet;
+pub use crate::tcp::session::{parse_session_line, MAX_SESSION_ID_BYTES};
 
 /// Why the TCP source could not start or stopped early.
 #[derive(Debug, thiserror::Error)]

@@ -119,7 +119,10 @@ pub(crate) const AUTH_PREFIX: &[u8] = b"#auth ";
 /// Whether `line` is `#auth TOKEN` with the right token. The comparison takes the same time
 /// whatever the bytes are (it depends on the lengths only), so the token cannot be guessed
 /// byte by byte from the time an answer takes.
-pub(crate) fn auth_line_matches(line: &[u8], token: &Secret) -> bool {
+///
+/// Public for the fuzz targets (`fuzz/`); a TCP source with a token calls it on a
+/// connection's first line.
+pub fn auth_line_matches(line: &[u8], token: &Secret) -> bool {
     let Some(given) = line.strip_prefix(AUTH_PREFIX) else { return false };
     constant_time_eq(given.trim_ascii(), token.expose().as_bytes())
 }

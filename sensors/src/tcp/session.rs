@@ -29,7 +29,7 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 /// How often it looks while it waits.
 const TAKEOVER_POLL: Duration = Duration::from_millis(10);
 /// Longest session id, in bytes.
-pub(crate) const MAX_SESSION_ID_BYTES: usize = 128;
+pub const MAX_SESSION_ID_BYTES: usize = 128;
 
 /// The sessions of one TCP source, shared by its connections.
 #[derive(Debug)]
@@ -265,8 +265,12 @@ impl Drop for SessionClaim {
 }
 
 /// Parses a `#session ID FIRST` control line: `ID` is 1 to 128 bytes of letters, digits and
-/// `. _ - : @ /`; `FIRST`, the number of the next reading line, is at least 1.
-pub(crate) fn parse_session_line(line: &[u8]) -> Result<(Arc<str>, u64), String> {
+/// `. _ - : @ /`; `FIRST`, the number of the next reading line, is at least 1. Words are
+/// separated by ASCII whitespace. `Err` says why the line is refused.
+///
+/// Public for the fuzz targets (`fuzz/`); a TCP source calls it on every line that starts
+/// with `#session`.
+pub fn parse_session_line(line: &[u8]) -> Result<(Arc<str>, u64), String> {
     let text = std::str::from_utf8(line).map_err(|_| "the session line is not UTF-8".to_owned())?;
     let mut words = text.split_ascii_whitespace();
     let (Some("#session"), Some(id), Some(first), None) =

@@ -1,0 +1,13 @@
+//! Fuzz target: arbitrary bytes as one InfluxDB line-protocol line, in every timestamp unit,
+//! through `LineParser::parse` and a `LineDecoder`; accepted readings must satisfy the schema
+//! and limits (`eddy_fuzz::check_line`).
+#![no_main]
+
+use eddy_sensors::Format;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|line: &[u8]| {
+    for precision in eddy_fuzz::PRECISIONS {
+        eddy_fuzz::fuzz_format(Format::Influx(precision), line);
+    }
+});
