@@ -22,16 +22,18 @@ impl BrokerUrl {
     /// Parses the URL of an MQTT source (`sources[].url`, `eddy simulate --mqtt`). A path, query,
     /// fragment or user part is refused; the error says what is wrong.
     pub fn parse_url(url: &str) -> Result<BrokerUrl, String> {
+        // The URL as the errors show it: a user part may hold a password.
+        let shown = crate::redact_url(url);
         parse_parts(url, &['/', '?', '#', '@']).map_err(|fault| match fault {
-            Fault::Scheme => format!("`{url}` must start with mqtt:// or mqtts://"),
+            Fault::Scheme => format!("`{shown}` must start with mqtt:// or mqtts://"),
             Fault::NotBare => format!(
-                "`{url}` must be mqtt(s)://host[:port] without a path, query or credentials \
+                "`{shown}` must be mqtt(s)://host[:port] without a path, query or credentials \
                  (credentials have their own keys)"
             ),
-            Fault::UnclosedBracket => format!("`{url}`: unclosed `[` in the host"),
-            Fault::AfterBracket => format!("`{url}`: unexpected text after the host"),
-            Fault::NoHost => format!("`{url}` has no host"),
-            Fault::BadPort(port) => format!("`{url}`: `{port}` is not a port number"),
+            Fault::UnclosedBracket => format!("`{shown}`: unclosed `[` in the host"),
+            Fault::AfterBracket => format!("`{shown}`: unexpected text after the host"),
+            Fault::NoHost => format!("`{shown}` has no host"),
+            Fault::BadPort(port) => format!("`{shown}`: `{port}` is not a port number"),
         })
     }
 
@@ -42,11 +44,13 @@ impl BrokerUrl {
     /// (`mqtt://hub#x` is host `hub#x`, which then fails to resolve at connection time); it is
     /// kept so because #11 changes no behaviour.
     pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+        // The URL as the errors show it: a user part may hold a password.
+        let shown = crate::redact_url(url);
         parse_parts(url, &['/', '?', '@']).map_err(|fault| match fault {
-            Fault::Scheme => format!("`{url}` must start with mqtt:// or mqtts://"),
-            Fault::NotBare => format!("`{url}` must be scheme://host[:port], without path, query or user"),
+            Fault::Scheme => format!("`{shown}` must start with mqtt:// or mqtts://"),
+            Fault::NotBare => format!("`{shown}` must be scheme://host[:port], without path, query or user"),
             Fault::UnclosedBracket | Fault::AfterBracket | Fault::NoHost | Fault::BadPort(_) => {
-                format!("`{url}` has no valid host[:port]")
+                format!("`{shown}` has no valid host[:port]")
             }
         })
     }
@@ -165,9 +169,9 @@ mod tests {
         check("tcp://x", scheme, scheme);
         check(
             "mqtt://u@h",
-            "`mqtt://u@h` must be mqtt(s)://host[:port] without a path, query or credentials \
+            "`mqtt://…@h` must be mqtt(s)://host[:port] without a path, query or credentials \
              (credentials have their own keys)",
-            "`mqtt://u@h` must be scheme://host[:port], without path, query or user",
+            "`mqtt://…@h` must be scheme://host[:port], without path, query or user",
         );
         check(
             "mqtt://[::1",
@@ -185,6 +189,15 @@ mod tests {
             "`mqtt://h:0`: `0` is not a port number",
             "`mqtt://h:0` has no valid host[:port]",
         );
+    }
+
+    #[test]
+    fn errors_never_show_a_password_written_in_the_url() {
+        for url in ["mqtt://bob:hunter2@h", "mqtts://bob:hunter2@h:1/x?hunter2", "hunter2"] {
+            for error in [BrokerUrl::parse_url(url).unwrap_err(), BrokerUrl::parse(url).unwrap_err()] {
+                assert!(!error.contains("hunter2"), "{error}");
+            }
+        }
     }
 
     #[test]

@@ -122,7 +122,11 @@ fn issue_14_a_token_holder_cannot_poison_a_session_past_the_skip_bound() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("tcp.token");
     std::fs::write(&token_file, "  t0ken-for-gw \n").unwrap();
-    let eddy = Eddy::start(&config(&[("token_file", token_file.display().to_string().into())])).unwrap();
+    let eddy = Eddy::start(&config(&[
+        ("token_file", token_file.display().to_string().into()),
+        ("allow_insecure", true.into()),
+    ]))
+    .unwrap();
     let address = eddy.tcp_address("in").unwrap();
     let auth = "#auth t0ken-for-gw\n";
     let mut real = plain("127.0.0.1", address);
@@ -222,7 +226,11 @@ fn issue_14_silent_sockets_cannot_outwait_the_auth_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("tcp.token");
     std::fs::write(&token_file, "sesame\n").unwrap();
-    let extra = [("token_file", token_file.display().to_string().into()), ("auth_timeout", "1s".into())];
+    let extra = [
+        ("token_file", token_file.display().to_string().into()),
+        ("auth_timeout", "1s".into()),
+        ("allow_insecure", true.into()),
+    ];
     let mut eddy = Eddy::start(&config(&extra)).expect("eddy starts");
     let address = eddy.tcp_address("in").unwrap();
     let idle = silent_sockets(address, 200);
@@ -383,7 +391,11 @@ fn issue_14_token_auth_accepts_the_token_and_refuses_anything_else() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("tcp.token");
     std::fs::write(&token_file, "c0rrect-h0rse\n").unwrap();
-    let mut eddy = Eddy::start(&config(&[("token_file", token_file.display().to_string().into())])).unwrap();
+    let mut eddy = Eddy::start(&config(&[
+        ("token_file", token_file.display().to_string().into()),
+        ("allow_insecure", true.into()),
+    ]))
+    .unwrap();
     let address = eddy.tcp_address("in").unwrap();
     let reply = |payload: String| {
         talk(&mut plain("127.0.0.1", address), &payload, |replies| acked(replies, 2) || refused(replies))

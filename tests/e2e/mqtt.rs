@@ -197,8 +197,11 @@ fn mqtt_wrong_credentials_give_a_clear_error_and_eddy_keeps_running() {
             .expect("mosquitto starts");
     let wrong = secrets.path().join("wrong");
     std::fs::write(&wrong, "wrong-password\n").unwrap();
-    let extra =
-        [("username", Value::from("eddy")), ("password_file", Value::from(wrong.display().to_string()))];
+    let extra = [
+        ("username", Value::from("eddy")),
+        ("password_file", Value::from(wrong.display().to_string())),
+        ("allow_insecure", Value::from(true)),
+    ];
     let mut eddy = Eddy::start(&config(&broker.url(), "eddy-auth", "5ms", &extra)).expect("eddy starts");
     assert!(
         wait_until(Duration::from_secs(20), || eddy.log().contains("Cannot connect to the MQTT broker")),
@@ -216,7 +219,11 @@ fn mqtt_wrong_credentials_give_a_clear_error_and_eddy_keeps_running() {
     assert!(eddy.stop().expect("eddy stops").success());
 
     // The right password from the environment works.
-    let extra = [("username", Value::from("eddy")), ("password_env", Value::from("EDDY_TEST_MQTT_PASSWORD"))];
+    let extra = [
+        ("username", Value::from("eddy")),
+        ("password_env", Value::from("EDDY_TEST_MQTT_PASSWORD")),
+        ("allow_insecure", Value::from(true)),
+    ];
     let tmp = tempfile::tempdir().unwrap();
     let eddy = Eddy::start_in_with_env(
         tmp.path(),

@@ -272,6 +272,7 @@ fn a_rotated_token_file_restarts_the_hub_sink_with_the_new_secret() {
     std::fs::write(&token, "Bearer old-token\n").unwrap();
     let with_token = http_sink(config(), "hub", &hub.url())
         .key("header_files", raw(format!("{{ authorization = \"{}\" }}", token.display())))
+        .key("allow_insecure", true)
         .to_toml();
     let mut eddy = Eddy::start(&with_token).expect("eddy starts");
     let base = base_ms();

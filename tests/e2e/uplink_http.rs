@@ -30,6 +30,7 @@ fn http_config(url: &str, token_file: &std::path::Path) -> String {
         .key("connect_timeout", "500ms")
         .key("headers", raw(r#"{ x-gateway = "gw-up" }"#))
         .key("header_files", raw(format!("{{ authorization = \"{}\" }}", token_file.display())))
+        .key("allow_insecure", true)
         .to_toml()
 }
 

@@ -65,9 +65,9 @@ pub(crate) fn join_key(path: String, message: String) -> (String, String) {
 }
 
 /// The message of a `toml` error, without the key context (`in `records``) it adds on a
-/// second line: the key is named in full by the caller.
+/// second line (the key is named in full by the caller) and without a quoted value.
 fn message_of(error: &toml::de::Error) -> String {
-    error.to_string().lines().next().unwrap_or_default().to_owned()
+    crate::config::shown::without_values(error.to_string().lines().next().unwrap_or_default())
 }
 
 fn mark(subkey: &str, message: &str) -> String {

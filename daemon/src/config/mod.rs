@@ -11,6 +11,7 @@ mod engine;
 mod entry;
 mod ingest;
 mod ops;
+mod shown;
 mod sinks;
 mod sources;
 mod storage;
@@ -187,7 +188,7 @@ impl Config {
             .build()
             .map_err(|error| {
                 let at = path.map_or_else(|| "built-in default".to_owned(), |p| p.display().to_string());
-                ConfigError::Load(format!("{at}: {error}"))
+                ConfigError::Load(shown::without_values(&format!("{at}: {error}")))
             })
             .and_then(deserialize)?;
         Config::from_raw(raw)
@@ -202,7 +203,7 @@ impl Config {
         let raw: RawConfig = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
-            .map_err(|error| ConfigError::Load(format!("TOML text: {error}")))
+            .map_err(|error| ConfigError::Load(shown::without_values(&format!("TOML text: {error}"))))
             .and_then(deserialize)?;
         Config::from_raw(raw)
     }
@@ -250,7 +251,7 @@ impl Config {
         let mut sinks = Vec::new();
         for (idx, sink) in raw.sinks.into_iter().enumerate() {
             let key = format!("sinks[{idx}]");
-            let sink = sinks::sink_from_raw(&key, idx, sink, &raw.device_id)?;
+            let sink = sinks::sink_from_raw(&key, idx, sink, &raw.device_id, &mut warnings)?;
             if !sink_names.insert(sink.name.clone()) {
                 return Err(invalid(format!("{key}.name"), format!("`{}` is used twice", sink.name)));
             }
@@ -300,7 +301,7 @@ impl Config {
 fn deserialize(built: config::Config) -> Result<RawConfig, ConfigError> {
     serde_path_to_error::deserialize(built).map_err(|error| {
         let path = error.path().to_string();
-        let (key, message) = entry::join_key(path, error.into_inner().to_string());
+        let (key, message) = entry::join_key(path, shown::without_values(&error.into_inner().to_string()));
         ConfigError::Invalid { key, message }
     })
 }

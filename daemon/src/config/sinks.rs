@@ -111,12 +111,14 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// Validates entry `idx` (at `key`, `sinks[idx]`) of gateway `device_id`.
+/// Validates entry `idx` (at `key`, `sinks[idx]`) of gateway `device_id`; what an operator
+/// should change but may keep (credentials in plain text allowed) goes to `warnings`.
 pub(crate) fn sink_from_raw(
     key: &str,
     idx: usize,
     raw: RawSinkEntry,
     device_id: &str,
+    warnings: &mut Vec<String>,
 ) -> Result<SinkConfig, ConfigError> {
     let shared = raw.shared;
     let name = shared.name.clone().unwrap_or_else(|| format!("{}-{idx}", raw.kind_name));
@@ -142,8 +144,8 @@ pub(crate) fn sink_from_raw(
     let kind = match raw.kind {
         RawSink::Console(RawConsoleSink {}) => SinkKind::Console,
         RawSink::File(file) => SinkKind::File(file.validate(key)?),
-        RawSink::Mqtt(mqtt) => SinkKind::Mqtt(Box::new(mqtt.validate(key, &name, device_id)?)),
-        RawSink::Http(http) => SinkKind::Http(Box::new(http.validate(key, &name)?)),
+        RawSink::Mqtt(mqtt) => SinkKind::Mqtt(Box::new(mqtt.validate(key, &name, device_id, warnings)?)),
+        RawSink::Http(http) => SinkKind::Http(Box::new(http.validate(key, &name, warnings)?)),
     };
     Ok(SinkConfig { name, kind, records, delivery })
 }

@@ -108,7 +108,7 @@ pub(crate) fn source_from_raw(
     };
     let kind = match raw.kind {
         RawSource::Tcp(tcp) => {
-            let (tcp, format) = tcp.validate(key)?;
+            let (tcp, format) = tcp.validate(key, warnings)?;
             SourceKind::Tcp { tcp, format }
         }
         RawSource::Serial(serial) => {

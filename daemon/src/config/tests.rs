@@ -196,7 +196,7 @@ fn mqtt_source_keys_are_typed_with_a_persistent_session_by_default() {
     std::fs::write(&password_file, "s3cret\n").unwrap();
     let config = load_source(&format!(
         "kind = \"mqtt\"\nurl = \"mqtt://broker:1884\"\nclient_id = \"gw-17\"\ntopics = [\"sensors/+/reading\"]\n\
-         username = \"eddy\"\npassword_file = \"{}\"\nsensor_from_topic = 1\nkeep_alive = \"10s\"\n",
+         username = \"eddy\"\npassword_file = \"{}\"\nsensor_from_topic = 1\nkeep_alive = \"10s\"\nallow_insecure = true\n",
         password_file.display()
     ))
     .unwrap();
@@ -328,8 +328,11 @@ fn tcp_security_keys_are_checked_and_named() {
         &format!("sources[1].token_file: {} holds no token", token.display()),
     );
     std::fs::write(&token, "  hunter2\n").unwrap();
-    let config = load_extra(&tcp(&format!("token_file = \"{}\"\nallow = [\"10.0.0.0/8\"]", token.display())))
-        .expect("valid");
+    let config = load_extra(&tcp(&format!(
+        "token_file = \"{}\"\nallow = [\"10.0.0.0/8\"]\nallow_insecure = true",
+        token.display()
+    )))
+    .expect("valid");
     let SourceKind::Tcp { tcp, .. } = &config.sources[1].kind else { panic!("not tcp") };
     assert_eq!(tcp.token.as_ref().map(|token| token.expose()), Some("hunter2"));
     assert_eq!(tcp.idle_timeout, Duration::from_secs(300));
@@ -353,7 +356,7 @@ fn a_key_of_another_kind_or_of_the_wrong_type_is_named_in_full() {
         "sources[1].rate: does not apply to kind = \"tcp\" (its keys: `name`, `max_sensors`, `listen`, `format`, \
          `precision`, `ack`, `max_connections`, `max_sessions`, `max_sessions_per_peer`, \
          `max_session_skip_lines`, `tls_cert_file`, `tls_key_file`, `tls_client_ca_file`, `allow`, \
-         `token_file`, `idle_timeout`, `auth_timeout`, `max_reply_bytes`, `reply_timeout`)",
+         `token_file`, `allow_insecure`, `idle_timeout`, `auth_timeout`, `max_reply_bytes`, `reply_timeout`)",
     );
     check_message(
         "[[sinks]]\nkind = \"console\"\nurl = \"http://x\"\n",
@@ -362,7 +365,8 @@ fn a_key_of_another_kind_or_of_the_wrong_type_is_named_in_full() {
     );
     check_message(
         "[[sources]]\nkind = \"tcp\"\nmax_connections = \"x\"\n",
-        "sources[1].max_connections: invalid type: string \"x\", expected u64",
+        // The value is not quoted: it might be a secret in the wrong place.
+        "sources[1].max_connections: invalid type: a string, expected u64",
     );
     check_message(
         "[[sinks]]\nkind = \"console\"\nrecords = [3]\n",
@@ -484,4 +488,84 @@ fn future_outlier_hold_defaults_to_a_minute_and_three_confirmations_and_can_be_t
     check_err("[engine]\noutlier_after = \"1500us\"\n", "engine.outlier_after: must be a whole number");
     check_err("[engine]\noutlier_confirm = 0\n", "engine.outlier_confirm: must be 1 to 16");
     check_err("[engine]\noutlier_confirm = 17\n", "engine.outlier_confirm: must be 1 to 16");
+}
+
+#[test]
+fn plain_text_credentials_are_refused_unless_allow_insecure_issue_15() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let secret = secret.display();
+    let instead = |scheme: &str| format!("would be sent in plain text over {scheme}");
+    for (entry, key, transport) in [
+        (
+            format!("[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://hub\"\nusername = \"u\"\npassword_file = \"{secret}\""),
+            "sinks[0].password_file",
+            "mqtt://",
+        ),
+        ("[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://hub\"\nusername = \"token-as-user\"".to_owned(), "sinks[0].username", "mqtt://"),
+        (
+            format!("[[sinks]]\nkind = \"http\"\nurl = \"http://hub/in\"\nheader_files = {{ x-key = \"{secret}\" }}"),
+            "sinks[0].header_files.x-key",
+            "http://",
+        ),
+        (
+            "[[sinks]]\nkind = \"http\"\nurl = \"http://hub/in\"\nheaders = { authorization = \"Bearer x\" }".to_owned(),
+            "sinks[0].headers.authorization",
+            "http://",
+        ),
+        ("[[sinks]]\nkind = \"http\"\nurl = \"http://u:p@hub/in\"".to_owned(), "sinks[0].url", "http://"),
+        (
+            format!(
+                "[[sources]]\nkind = \"mqtt\"\nurl = \"mqtt://b\"\nclient_id = \"gw\"\ntopics = [\"a\"]\n\
+                 username = \"u\"\npassword_file = \"{secret}\""
+            ),
+            "sources[1].password_file",
+            "mqtt://",
+        ),
+        (format!("[[sources]]\nkind = \"tcp\"\ntoken_file = \"{secret}\""), "sources[1].token_file", "plain TCP"),
+    ] {
+        let error = load_extra(&format!("{entry}\n")).expect_err("plain text refused").to_string();
+        assert!(error.starts_with(&format!("{key}: {}", instead(transport))), "{error}");
+        assert!(error.ends_with("or set allow_insecure = true"), "{error}");
+        let config = load_extra(&format!("{entry}\nallow_insecure = true\n")).expect("allowed");
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.warnings[0].starts_with(&format!("{key}: sent in plain text")), "{:?}", config.warnings);
+    }
+    // Without credentials, or with TLS, nothing to allow and nothing to warn about.
+    for entry in [
+        "[[sinks]]\nkind = \"http\"\nurl = \"http://hub/in\"\nheaders = { x-gateway = \"gw\" }",
+        "[[sinks]]\nkind = \"http\"\nurl = \"https://hub/in\"\nheaders = { authorization = \"Bearer x\" }",
+        "[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtts://hub\"\nusername = \"u\"",
+        "[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://hub\"",
+    ] {
+        let config = load_extra(&format!("{entry}\n")).expect("valid");
+        assert!(config.warnings.is_empty(), "{entry}: {:?}", config.warnings);
+    }
+}
+
+#[test]
+fn configuration_errors_never_show_a_value_issue_15() {
+    for (extra, key) in [
+        // A string where a number goes, next to the secret.
+        ("[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtts://hub\"\nrecords_per_message = \"hunter2\"\n", "sinks[0].records_per_message"),
+        ("[batch]\ninterval = [\"hunter2\"]\n", "batch.interval"),
+        ("[[sinks]]\nkind = \"http\"\nurl = \"hunter2\"\n", "sinks[0].url"),
+        ("[[sinks]]\nkind = \"http\"\nurl = \"https://hub/in?sig=hunter2\"\nheaders = 5\n", "sinks[0].headers"),
+        ("[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://u:hunter2@hub\"\n", "sinks[0].url"),
+        ("[[sources]]\nkind = \"mqtt\"\nurl = \"mqtt://u:hunter2@b\"\nclient_id = \"gw\"\ntopics = [\"a\"]\n", "sources[1].url"),
+        ("[[sinks]]\nkind = \"http\"\nurl = \"https://hub/in\"\nheaders = \"Bearer hunter2\"\n", "sinks[0].headers"),
+        ("[batch]\ninterval = \"hunter2\"\n", "batch.interval"),
+    ] {
+        let error = load_extra(extra).expect_err("invalid").to_string();
+        assert!(error.starts_with(key), "{error} should name {key}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+    // A broken file: the position, never the line.
+    let error =
+        load_str(&format!("{MINIMAL}[[sinks]]\nkind = \"http\"\nurl = \"https://hub/in?sig=hunter2\n"))
+            .expect_err("unclosed string")
+            .to_string();
+    assert!(error.contains("line 7, column"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
 }

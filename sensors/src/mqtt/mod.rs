@@ -178,7 +178,8 @@ impl MqttConnectionStats {
 /// On shutdown the source stops taking messages, waits for the durability of those handed
 /// over, writes their acknowledgements, and disconnects (a few seconds at most). Messages
 /// received but not acknowledged are redelivered by the broker at the next start.
-#[derive(Debug)]
+///
+/// Its `Debug` leaves out the rumqttc options: theirs prints the password.
 pub struct MqttSource {
     config: MqttSourceConfig,
     source_idx: usize,
@@ -187,6 +188,16 @@ pub struct MqttSource {
     rules: PayloadRules,
     connection_stats: Arc<MqttConnectionStats>,
     stored: Vec<(u16, u32)>,
+}
+
+impl std::fmt::Debug for MqttSource {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("MqttSource")
+            .field("config", &self.config)
+            .field("source_idx", &self.source_idx)
+            .finish_non_exhaustive()
+    }
 }
 
 /// rumqttc's request channel carries only the subscriptions and the disconnect: the

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eddy_common::{invalid, secret_from_env, secret_from_file, KeyError};
+use eddy_common::{invalid, secret_from_env, secret_from_file, KeyError, PlainCredential};
 use serde::Deserialize;
 
 use crate::mqtt::config::{MqttBroker, MqttQos, MqttSourceConfig, MqttTls, Secret};
@@ -29,6 +29,9 @@ pub struct RawMqttSource {
     pub password_file: Option<PathBuf>,
     /// Environment variable holding the password.
     pub password_env: Option<String>,
+    /// Accept a user name and password over plain `mqtt://` (default false: refused), with a
+    /// warning.
+    pub allow_insecure: Option<bool>,
     /// CA certificate(s), PEM; required with `mqtts://`.
     pub ca_file: Option<PathBuf>,
     /// Client certificate (chain), PEM, with `key_file`.
@@ -62,7 +65,8 @@ pub struct RawMqttSource {
 impl RawMqttSource {
     /// Validates the entry at `key` (`sources[N]`) into the subscription settings and payload
     /// format. Reads the password file or variable now, so that a missing secret is a
-    /// configuration error naming its key. A deprecated key spelling adds a line to `warnings`.
+    /// configuration error naming its key. A deprecated key spelling adds a line to `warnings`,
+    /// and so do credentials over plain `mqtt://`, refused unless `allow_insecure = true`.
     pub fn validate(
         self,
         key: &str,
@@ -117,6 +121,20 @@ impl RawMqttSource {
         };
         if mqtt.password.is_some() && mqtt.username.is_none() {
             return Err(invalid(format!("{key}.username"), "is required when a password is given"));
+        }
+        let credential = match (&self.password_file, &self.password_env, &self.username) {
+            (Some(_), _, _) => Some("password_file"),
+            (_, Some(_), _) => Some("password_env"),
+            (_, _, Some(_)) => Some("username"),
+            _ => None,
+        };
+        if let (false, Some(credential)) = (mqtt.broker.tls, credential) {
+            PlainCredential {
+                key: format!("{key}.{credential}"),
+                transport: "mqtt://",
+                instead: "an mqtts:// url",
+            }
+            .check(self.allow_insecure.unwrap_or(false), warnings)?;
         }
         let cert_file = renamed(key, "cert_file", self.cert_file, "client_cert", self.client_cert, warnings)?;
         let key_file = renamed(key, "key_file", self.key_file, "client_key", self.client_key, warnings)?;

@@ -5,7 +5,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eddy_common::{invalid, secret_from_file, tls_server_config, KeyError, PemFile, Secret, TlsError};
+use eddy_common::{
+    invalid, secret_from_file, tls_server_config, KeyError, PemFile, PlainCredential, Secret, TlsError,
+};
 use serde::Deserialize;
 
 use crate::parse::{format_from_keys, Format};
@@ -104,6 +106,9 @@ pub struct RawTcpSource {
     pub allow: Option<Vec<String>>,
     /// A file holding the token every connection must send first (`#auth TOKEN`).
     pub token_file: Option<PathBuf>,
+    /// Accept the token over plain TCP, without `tls_cert_file` (default false: refused),
+    /// with a warning.
+    pub allow_insecure: Option<bool>,
     /// Close a connection silent this long (default 5m).
     #[serde(with = "humantime_serde", default)]
     pub idle_timeout: Option<Duration>,
@@ -168,7 +173,12 @@ impl Default for TcpSourceConfig {
 
 impl RawTcpSource {
     /// Validates the entry at `key` (`sources[N]`) into the source's settings and line format.
-    pub fn validate(self, key: &str) -> Result<(TcpSourceConfig, Format), KeyError> {
+    /// A token without TLS is refused unless `allow_insecure = true`, which adds to `warnings`.
+    pub fn validate(
+        self,
+        key: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<(TcpSourceConfig, Format), KeyError> {
         let listen_text = self.listen.as_deref().unwrap_or("127.0.0.1:7878");
         let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
             invalid(format!("{key}.listen"), format!("`{listen_text}` is not an address like 127.0.0.1:7878"))
@@ -226,6 +236,11 @@ impl RawTcpSource {
             }
         };
         let tls = tls_from_keys(key, self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)?;
+        if token.is_some() && tls.is_none() {
+            let instead = "tls_cert_file and tls_key_file";
+            PlainCredential { key: format!("{key}.token_file"), transport: "plain TCP", instead }
+                .check(self.allow_insecure.unwrap_or(false), warnings)?;
+        }
         let duration = |name: &str, value: Option<Duration>, default: Duration, min: Duration| {
             let value = value.unwrap_or(default);
             if value < min {

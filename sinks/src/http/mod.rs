@@ -66,7 +66,7 @@ impl HttpSink {
     pub fn new(config: HttpConfig) -> Result<HttpSink, SinkError> {
         let uri: Uri = config.url.parse().map_err(|error| SinkError::Invalid {
             what: "url",
-            reason: format!("`{}`: {error}", config.url),
+            reason: format!("`{}`: {error}", eddy_common::redact_url(&config.url)),
         })?;
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -74,12 +74,18 @@ impl HttpSink {
             _ => {
                 return Err(SinkError::Invalid {
                     what: "url",
-                    reason: format!("`{}` must start with http:// or https://", config.url),
+                    reason: format!(
+                        "`{}` must start with http:// or https://",
+                        eddy_common::redact_url(&config.url)
+                    ),
                 })
             }
         };
         if uri.host().is_none() {
-            return Err(SinkError::Invalid { what: "url", reason: format!("`{}` has no host", config.url) });
+            return Err(SinkError::Invalid {
+                what: "url",
+                reason: format!("`{}` has no host", eddy_common::redact_url(&config.url)),
+            });
         }
         let mut headers = Vec::new();
         for (name, value) in &config.headers {
@@ -141,7 +147,8 @@ impl HttpSink {
             Err(_) => Delivery::Offline {
                 reason: format!(
                     "no complete answer from {} within {:?}",
-                    self.config.url, self.config.timeout
+                    eddy_common::redact_url(&self.config.url),
+                    self.config.timeout
                 ),
             },
         }
@@ -162,7 +169,11 @@ impl HttpSink {
         let request =
             request.body(Full::new(Bytes::from(body))).map_err(|error| format!("bad request: {error}"))?;
         let response = self.client.request(request).await.map_err(|error| {
-            format!("POST {} failed: {}", self.config.url, crate::error::reason_of(&error))
+            format!(
+                "POST {} failed: {}",
+                eddy_common::redact_url(&self.config.url),
+                crate::error::reason_of(&error)
+            )
         })?;
         let status = response.status();
         // Read the body whole (the connection is reused only then); keep a bit for the log.

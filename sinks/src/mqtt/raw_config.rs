@@ -1,10 +1,11 @@
 //! The `kind = "mqtt"` uplink keys as written, and their validation into the typed
 //! [`MqttConfig`]. (Apart from `config.rs`, which holds the typed settings.)
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eddy_common::{invalid, secret_from_env, secret_from_file, KeyError};
+use eddy_common::{invalid, redact_url, secret_from_env, secret_from_file, KeyError, PlainCredential};
 use serde::Deserialize;
 
 use crate::config_keys::{timeout, tls_files};
@@ -12,8 +13,8 @@ use crate::mqtt::config::{check_topic_template, MqttConfig, MqttUrl};
 use eddy_common::Secret;
 
 /// One `[[sinks]]` entry with `kind = "mqtt"`, as written (the daemon takes `kind`, `name`,
-/// `records` and the delivery keys every sink has).
-#[derive(Debug, Default, Deserialize)]
+/// `records` and the delivery keys every sink has). Its `Debug` shows the URL redacted.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMqttSink {
     /// The hub's `mqtt://` or `mqtts://` URL (required).
@@ -47,13 +48,36 @@ pub struct RawMqttSink {
     pub cert_file: Option<PathBuf>,
     /// Client key, PEM, with `cert_file`.
     pub key_file: Option<PathBuf>,
+    /// Accept a user name and password over plain `mqtt://` (default false: refused), with a
+    /// warning.
+    pub allow_insecure: Option<bool>,
+}
+
+impl fmt::Debug for RawMqttSink {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("RawMqttSink")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("client_id", &self.client_id)
+            .field("password_file", &self.password_file)
+            .field("password_env", &self.password_env)
+            .field("allow_insecure", &self.allow_insecure)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RawMqttSink {
     /// Validates the entry at `key` (`sinks[N]`) of the sink `name` on gateway `device_id`.
     /// Reads the password file or variable now, so that a missing secret is a configuration
-    /// error naming its key.
-    pub fn validate(self, key: &str, name: &str, device_id: &str) -> Result<MqttConfig, KeyError> {
+    /// error naming its key. A user name or password over plain `mqtt://` is refused unless
+    /// `allow_insecure = true`, which adds a line to `warnings`.
+    pub fn validate(
+        self,
+        key: &str,
+        name: &str,
+        device_id: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<MqttConfig, KeyError> {
         let url = self
             .url
             .as_deref()
@@ -85,6 +109,20 @@ impl RawMqttSink {
         };
         if password.is_some() && self.username.is_none() {
             return Err(invalid(format!("{key}.username"), "is required with a password"));
+        }
+        let credential = match (&self.password_file, &self.password_env, &self.username) {
+            (Some(_), _, _) => Some("password_file"),
+            (_, Some(_), _) => Some("password_env"),
+            (_, _, Some(_)) => Some("username"),
+            _ => None,
+        };
+        if let (false, Some(credential)) = (broker.tls, credential) {
+            PlainCredential {
+                key: format!("{key}.{credential}"),
+                transport: "mqtt://",
+                instead: "an mqtts:// url",
+            }
+            .check(self.allow_insecure.unwrap_or(false), warnings)?;
         }
         let records_per_message = usize::try_from(self.records_per_message.unwrap_or(1))
             .ok()
