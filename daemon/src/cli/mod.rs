@@ -3,6 +3,7 @@
 //! code (0 clean stop, 1 runtime failure, 2 invalid configuration, 3 store cannot be opened).
 
 pub mod dead_letters;
+mod log_line;
 mod simulate;
 mod status;
 
@@ -263,7 +264,7 @@ async fn wait_for_signal() {
 /// Logs go to stderr (the console sink owns stdout). `EDDY_LOG` (or `RUST_LOG`) sets the
 /// filter, else `[log] level`, default `info`; the returned handle changes it (SIGHUP).
 /// Under systemd (journald sets `JOURNAL_STREAM`) timestamps and colours are left out: the
-/// journal adds its own.
+/// journal adds its own. Control characters inside a line are escaped (`log_line.rs`).
 pub fn init_logging() -> LogHandle {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -275,11 +276,14 @@ pub fn init_logging() -> LogHandle {
     });
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer();
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        registry.with(fmt.without_time().with_ansi(false)).init();
+        let writer = log_line::EscapingStderr { ansi: false };
+        registry.with(fmt.without_time().with_ansi(false).with_writer(writer)).init();
     } else {
-        registry.with(fmt).init();
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+            && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+        registry.with(fmt.with_ansi(ansi).with_writer(log_line::EscapingStderr { ansi })).init();
     }
     handle
 }
