@@ -21,9 +21,9 @@ use crate::mqtt::payload::{decode_payload, PayloadRules};
 use crate::mqtt::{MqttConnectionStats, MqttSourceError, REQUEST_CHANNEL_CAPACITY};
 use crate::parse::LineDecoder;
 use crate::reject::RejectReason;
-use crate::tcp::warn_limit::WarnLimiter;
-use eddy_common::wall_clock_ms;
+use crate::tcp::warn_limit::{self, WarnLimiter};
 use eddy_common::Backoff;
+use eddy_common::{truncate_for_log, wall_clock_ms};
 
 /// How long a stopping source may take to write its last acknowledgements and disconnect.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -152,7 +152,7 @@ impl Subscription {
             orphans: HashMap::new(),
             backoff,
             last_failure: None,
-            rejection_warnings: WarnLimiter::per_second(),
+            rejection_warnings: WarnLimiter::shared(warn_limit::MQTT_REJECTED_READING),
             refusal_warnings: WarnLimiter::per_second(),
             redeliver_at: None,
             redelivery_backoff: Backoff::new(REDELIVERY_DELAY, MAX_REDELIVERY_DELAY),
@@ -430,7 +430,13 @@ impl Subscription {
             &mut readings,
             &mut |rejection| {
                 if let Some(suppressed) = rejection_warnings.allow(Instant::now()) {
-                    warn!(%topic, reason = %rejection.reason, detail = %rejection.detail, suppressed, "Rejected a reading.");
+                    warn!(
+                        topic = %truncate_for_log(topic),
+                        reason = %rejection.reason,
+                        detail = %truncate_for_log(&rejection.detail),
+                        suppressed,
+                        "Rejected a reading."
+                    );
                 }
             },
         );

@@ -26,9 +26,9 @@ use crate::registry::SensorRegistry;
 use crate::reject::RejectReason;
 use crate::serial::line_ends::LineEnds;
 use crate::stats::SourceStats;
-use crate::tcp::warn_limit::WarnLimiter;
-use eddy_common::wall_clock_ms;
+use crate::tcp::warn_limit::{self, WarnLimiter};
 use eddy_common::Backoff;
+use eddy_common::{truncate_for_log, wall_clock_ms};
 
 pub use crate::serial::config::{LineSeparator, RawSerialSource, SerialParity, SerialSourceConfig};
 
@@ -138,7 +138,7 @@ impl SerialSource {
             source_idx,
             decoder,
             pending: Vec::new(),
-            rejection_warnings: WarnLimiter::per_second(),
+            rejection_warnings: WarnLimiter::shared(warn_limit::SERIAL_REJECTED_LINE),
         })
     }
 
@@ -305,7 +305,7 @@ impl SerialSource {
 
     fn warn_rejected(&mut self, reason: RejectReason, detail: &str) {
         if let Some(suppressed) = self.rejection_warnings.allow(Instant::now()) {
-            warn!(%reason, detail, suppressed, "Rejected a line.");
+            warn!(%reason, detail = %truncate_for_log(detail), suppressed, "Rejected a line.");
         }
     }
 }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eddy_common::Secret;
+use eddy_common::{truncate_for_log, Secret};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -34,7 +34,7 @@ use crate::tcp::peer::{auth_line_matches, Owner};
 use crate::tcp::reader::{LineReader, ReadEnd};
 use crate::tcp::replies::{write_replies, WriteSummary};
 use crate::tcp::session::{SessionClaim, Sessions};
-use crate::tcp::warn_limit::WarnLimiter;
+use crate::tcp::warn_limit::{self, WarnLimiter};
 
 /// The per-connection part of the source config.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +68,7 @@ impl Guard {
         self.stats.add_auth_failure();
         let allowed = self.auth_warnings.lock().expect("never poisoned").allow(Instant::now());
         if let Some(suppressed) = allowed {
-            warn!(%peer, why, suppressed, "Refused a connection: authentication failed.");
+            warn!(%peer, why = %truncate_for_log(why), suppressed, "Refused a connection: authentication failed.");
         }
     }
 
@@ -77,7 +77,7 @@ impl Guard {
         self.stats.add_timed_out();
         let allowed = self.timeout_warnings.lock().expect("never poisoned").allow(Instant::now());
         if let Some(suppressed) = allowed {
-            warn!(%peer, why, suppressed, "Closed a connection: timed out.");
+            warn!(%peer, why = %truncate_for_log(why), suppressed, "Closed a connection: timed out.");
         }
     }
 
@@ -187,7 +187,7 @@ impl Connection {
             line_no: 0,
             n_accepted: 0,
             n_rejected: 0,
-            rejection_warnings: WarnLimiter::per_second(),
+            rejection_warnings: WarnLimiter::shared(warn_limit::TCP_REJECTED_LINE),
             sessions,
             owner,
             claim: None,

@@ -314,8 +314,8 @@ impl TcpSource {
             client_certificates: config.tls.as_ref().is_some_and(|tls| tls.client_ca_file.is_some()),
             token: config.token.clone(),
             stats: stats.clone(),
-            auth_warnings: Mutex::new(WarnLimiter::per_second()),
-            timeout_warnings: Mutex::new(WarnLimiter::per_second()),
+            auth_warnings: Mutex::new(WarnLimiter::shared(warn_limit::TCP_AUTH_FAILED)),
+            timeout_warnings: Mutex::new(WarnLimiter::shared(warn_limit::TCP_TIMED_OUT)),
         });
         // Cancelled by a connection that finds the durable log closed; stops accepting.
         let ingest_closed = CancellationToken::new();
@@ -410,6 +410,10 @@ impl TcpSource {
         let (auth_unlogged, timeouts_unlogged) = guard.take_suppressed();
         if auth_unlogged > 0 || timeouts_unlogged > 0 {
             warn!(auth_unlogged, timeouts_unlogged, "More connections failed authentication or timed out.");
+        }
+        let rejected_unlogged = WarnLimiter::shared(warn_limit::TCP_REJECTED_LINE).take_suppressed();
+        if rejected_unlogged > 0 {
+            warn!(rejected_unlogged, "Rejected more lines.");
         }
         if ingest_closed.is_cancelled() {
             return Err(TcpSourceError::IngestClosed { addr: local_addr });

@@ -20,7 +20,7 @@ use crate::tcp::conn::{AwaitDurability, Outcome, PendingBatch, ReplyEntry, Reply
 use crate::tcp::peer::Owner;
 use crate::tcp::session::{parse_session_line, SessionClaim, Sessions};
 use crate::tcp::warn_limit::WarnLimiter;
-use eddy_common::wall_clock_ms;
+use eddy_common::{truncate_for_log, wall_clock_ms};
 
 /// The prefix of a control line declaring a numbered session; never a reading in any format
 /// (`#` is not JSON, and a comment in line protocol).
@@ -98,10 +98,6 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     /// Reads until the end; gives the framer back (for the linger after a shutdown).
     pub(crate) async fn run(mut self) -> (ReadSummary, LineFramer<R>) {
         let end = self.read_until_end().await;
-        let suppressed = self.rejection_warnings.take_suppressed();
-        if suppressed > 0 {
-            warn!(suppressed, rejected = self.n_rejected, "Rejected more lines on this connection.");
-        }
         let summary =
             ReadSummary { end, lines: self.line_no, accepted: self.n_accepted, rejected: self.n_rejected };
         // Dropping the rest drops the reply queue, which lets the writer finish.
@@ -225,7 +221,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                         warn!(
                             line_no = self.line_no,
                             reason = %rejection.reason,
-                            detail = %rejection.detail,
+                            detail = %truncate_for_log(&rejection.detail),
                             suppressed,
                             "Rejected a line."
                         );
