@@ -93,9 +93,9 @@ fn outside_text_cannot_forge_a_log_line_issue_15() {
     // A line with a carriage return and a terminal escape.
     writeln!(stream, "bad\r{FORGED} by a line\u{1b}[2J").unwrap();
 
-    for marker in [format!("\\n{FORGED} by a topic"), format!("\\n{FORGED} by a hub")] {
+    for marker in ["Rejected a reading.", "reason=HTTP 500"] {
         assert!(
-            wait_until(Duration::from_secs(20), || eddy.log().contains(&marker)),
+            wait_until(Duration::from_secs(20), || eddy.log().contains(marker)),
             "{marker}: {}",
             eddy.log()
         );
@@ -104,6 +104,9 @@ fn outside_text_cannot_forge_a_log_line_issue_15() {
     let forged: Vec<&str> = written.lines().filter(|line| line.starts_with(FORGED)).collect();
     assert!(forged.is_empty(), "forged lines: {forged:?}\n{written}");
     assert!(!written.contains('\r') && !written.contains('\u{1b}'), "{written:?}");
+    // Both texts are there, escaped.
+    assert!(written.contains(&format!("\\n{FORGED} by a topic")), "{written}");
+    assert!(written.contains(&format!("\\n{FORGED} by a hub\\r\\n")), "{written}");
 }
 
 #[test]
