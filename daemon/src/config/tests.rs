@@ -514,7 +514,6 @@ fn plain_text_credentials_are_refused_unless_allow_insecure_issue_15() {
             "sinks[0].headers.authorization",
             "http://",
         ),
-        ("[[sinks]]\nkind = \"http\"\nurl = \"http://u:p@hub/in\"".to_owned(), "sinks[0].url", "http://"),
         (
             format!(
                 "[[sources]]\nkind = \"mqtt\"\nurl = \"mqtt://b\"\nclient_id = \"gw\"\ntopics = [\"a\"]\n\
@@ -553,6 +552,7 @@ fn configuration_errors_never_show_a_value_issue_15() {
         ("[[sinks]]\nkind = \"http\"\nurl = \"hunter2\"\n", "sinks[0].url"),
         ("[[sinks]]\nkind = \"http\"\nurl = \"https://hub/in?sig=hunter2\"\nheaders = 5\n", "sinks[0].headers"),
         ("[[sinks]]\nkind = \"mqtt\"\nurl = \"mqtt://u:hunter2@hub\"\n", "sinks[0].url"),
+        ("[[sinks]]\nkind = \"http\"\nurl = \"https://u:hunter2@hub/in\"\n", "sinks[0].url"),
         ("[[sources]]\nkind = \"mqtt\"\nurl = \"mqtt://u:hunter2@b\"\nclient_id = \"gw\"\ntopics = [\"a\"]\n", "sources[1].url"),
         ("[[sinks]]\nkind = \"http\"\nurl = \"https://hub/in\"\nheaders = \"Bearer hunter2\"\n", "sinks[0].headers"),
         ("[batch]\ninterval = \"hunter2\"\n", "batch.interval"),

@@ -104,13 +104,22 @@ impl RawHttpSink {
                 format!("`{}` is not an http:// or https:// URL", redact_url(&url)),
             ));
         }
+        // The client never sends a user part as credentials, but its trace logs print it.
+        let authority =
+            url.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+        if authority.contains('@') {
+            return Err(invalid(
+                format!("{key}.url"),
+                "a user part is never sent as credentials: remove it and give them as a header \
+                 (header_files = { authorization = \"…\" })",
+            ));
+        }
         let has_tls_files = self.ca_file.is_some() || self.cert_file.is_some();
         let tls = tls_files(key, self.ca_file, self.cert_file, self.key_file)?;
         if url.starts_with("http://") && has_tls_files {
             return Err(invalid(format!("{key}.ca_file"), "TLS files need an https:// url"));
         }
-        let credential =
-            plain_credential(key, &url, self.headers.as_ref(), &self.header_files, &self.header_env);
+        let credential = plain_credential(key, self.headers.as_ref(), &self.header_files, &self.header_env);
         if let (true, Some(credential)) = (url.starts_with("http://"), credential) {
             PlainCredential { key: credential, transport: "http://", instead: "an https:// url" }
                 .check(self.allow_insecure.unwrap_or(false), warnings)?;
@@ -138,20 +147,14 @@ impl RawHttpSink {
     }
 }
 
-/// The key of the first credential the sink would send: a user part in the URL, a header from
-/// a file or the environment, or an `Authorization` / `Proxy-Authorization` header.
+/// The key of the first credential the sink would send: a header from a file or the
+/// environment, or an `Authorization` / `Proxy-Authorization` header.
 fn plain_credential(
     key: &str,
-    url: &str,
     headers: Option<&BTreeMap<String, String>>,
     header_files: &Option<BTreeMap<String, PathBuf>>,
     header_env: &Option<BTreeMap<String, String>>,
 ) -> Option<String> {
-    let authority =
-        url.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
-    if authority.contains('@') {
-        return Some(format!("{key}.url"));
-    }
     if let Some(header) = header_files.iter().flatten().map(|(header, _)| header).next() {
         return Some(format!("{key}.header_files.{header}"));
     }
