@@ -41,6 +41,6 @@ pub use crate::simulator::{
 };
 pub use crate::stats::{SourceStats, SourceStatsSnapshot};
 pub use crate::tcp::{
-    auth_line_matches, parse_session_line, PeerNet, RawTcpSource, TcpConnectionStats, TcpSource,
-    TcpSourceConfig, TcpSourceError, TcpTls, MAX_SESSION_ID_BYTES,
+    auth_line_matches, parse_session_line, take_held_back_warnings, PeerNet, RawTcpSource,
+    TcpConnectionStats, TcpSource, TcpSourceConfig, TcpSourceError, TcpTls, MAX_SESSION_ID_BYTES,
 };

@@ -1,6 +1,6 @@
 //! The periodic counters log lines (every 30 s, and once at the end of a run): sources,
 //! engine, sinks, the store's budget and each uplink's outbox, all from one [`Status`]
-//! snapshot.
+//! snapshot; and how many rate-limited warnings were held back since, per kind.
 
 use crate::stats::Status;
 
@@ -9,6 +9,9 @@ use crate::stats::Status;
 pub(crate) fn log_counters(status: &Status) {
     log_status(status);
     log_uplinks(status);
+    for (kind, held_back) in eddy_sensors::take_held_back_warnings() {
+        tracing::warn!(kind = %kind, held_back, "Warnings about bad input held back by their rate limit.");
+    }
 }
 
 fn log_status(status: &Status) {

@@ -41,6 +41,7 @@ pub use crate::tcp::config::{RawTcpSource, TcpSourceConfig, TcpTls};
 pub use crate::tcp::peer::auth_line_matches;
 pub use crate::tcp::peer::PeerNet;
 pub use crate::tcp::session::{parse_session_line, MAX_SESSION_ID_BYTES};
+pub use crate::tcp::warn_limit::take_held_back_warnings;
 
 /// Why the TCP source could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -410,10 +411,6 @@ impl TcpSource {
         let (auth_unlogged, timeouts_unlogged) = guard.take_suppressed();
         if auth_unlogged > 0 || timeouts_unlogged > 0 {
             warn!(auth_unlogged, timeouts_unlogged, "More connections failed authentication or timed out.");
-        }
-        let rejected_unlogged = WarnLimiter::shared(warn_limit::TCP_REJECTED_LINE).take_suppressed();
-        if rejected_unlogged > 0 {
-            warn!(rejected_unlogged, "Rejected more lines.");
         }
         if ingest_closed.is_cancelled() {
             return Err(TcpSourceError::IngestClosed { addr: local_addr });

@@ -74,6 +74,19 @@ impl WarnLimiter {
     }
 }
 
+/// The warnings of each shared kind held back since they were last reported, resetting the
+/// counts: for the daemon's periodic summary, so a burst that ends is still told.
+pub fn take_held_back_warnings() -> Vec<(&'static str, u64)> {
+    let kinds = KINDS.lock().expect("never poisoned");
+    kinds
+        .iter()
+        .filter_map(|(kind, budget)| {
+            let held_back = std::mem::take(&mut budget.lock().expect("never poisoned").suppressed);
+            (held_back > 0).then_some((*kind, held_back))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +113,18 @@ mod tests {
         assert_eq!(allowed, 1);
         assert_eq!(WarnLimiter::shared(kind).allow(start + Duration::from_secs(1)), Some(99));
         assert_eq!(WarnLimiter::shared("test.other_kind").allow(start), Some(0));
+    }
+
+    #[test]
+    fn held_back_warnings_are_reported_once() {
+        let start = Instant::now();
+        let mut limiter = WarnLimiter::shared("test.held_back");
+        for _ in 0..4 {
+            limiter.allow(start);
+        }
+        let held_back =
+            |kinds: Vec<(&'static str, u64)>| kinds.into_iter().find(|(kind, _)| *kind == "test.held_back");
+        assert_eq!(held_back(take_held_back_warnings()), Some(("test.held_back", 3)));
+        assert_eq!(held_back(take_held_back_warnings()), None);
     }
 }
