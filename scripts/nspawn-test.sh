@@ -214,6 +214,14 @@ user_and_dirs() {
 }
 check "user eddy in dialout, /var/lib/eddy owned by it, conffile, watchdog 30s" user_and_dirs
 
+memory_limits() {
+  # As the running unit has them (bytes), and accounted: MemoryCurrent is a number.
+  local high max current; high=$(prop MemoryHigh); max=$(prop MemoryMax); current=$(prop MemoryCurrent)
+  echo "MemoryHigh=$high MemoryMax=$max MemoryCurrent=$current"
+  [ "$high" = $((64 * 1024 * 1024)) ] && [ "$max" = $((96 * 1024 * 1024)) ] && [[ $current =~ ^[0-9]+$ ]]
+}
+check "MemoryHigh=64M and MemoryMax=96M are in effect" memory_limits
+
 restart_limits() {
   # Restarts for crashes only, and a crash loop still ends in start-limit-hit: 10 starts in
   # 10 minutes, 5 s apart; an invalid configuration (exit 2) is not restarted.
