@@ -21,6 +21,7 @@ mod reload;
 mod schema;
 mod serial;
 mod session;
+mod settings;
 mod shutdown;
 mod tidy;
 mod uplink;

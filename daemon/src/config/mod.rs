@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_common::KeyError;
+use eddy_common::{duration_within, KeyError, DAY};
 use eddy_sensors::{Limits, Schema};
 use serde::Deserialize;
 
@@ -218,7 +218,7 @@ impl Config {
         if raw.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
-        positive("shutdown_timeout", raw.shutdown_timeout)?;
+        within("shutdown_timeout", raw.shutdown_timeout, Duration::from_millis(1), DAY)?;
         let api_listen = raw.api.listen()?;
         let log_level = raw.log.level()?;
         let ingest = raw.ingest.validate()?;
@@ -321,9 +321,19 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn positive(key: &str, duration: Duration) -> Result<(), ConfigError> {
-    if duration.is_zero() {
-        return Err(invalid(key, "must be greater than zero"));
-    }
-    Ok(())
+/// The longest window, slide, lateness and `engine.forget_after`: a year (366 days). Window
+/// arithmetic is in signed milliseconds next to timestamps; a year keeps it far from overflow.
+const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
+
+/// The longest `storage.ttl`: ten years.
+const MAX_TTL: Duration = Duration::from_secs(3650 * 86_400);
+
+/// `duration` of `key` when within `min..=max` (the shared bound check, `eddy_common`), as a
+/// configuration error naming the key otherwise. Every duration key goes through it: a
+/// timeout, interval or backoff is at most [`DAY`] unless its key says otherwise.
+fn within(key: &str, duration: Duration, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    Ok(duration_within(key, duration, min, max)?)
 }
+
+/// The shortest positive duration, the lower bound of keys that only have to be non-zero.
+const TICK: Duration = Duration::from_millis(1);

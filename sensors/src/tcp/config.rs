@@ -5,7 +5,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eddy_common::{invalid, secret_from_file, tls_server_config, KeyError, PemFile, Secret, TlsError};
+use eddy_common::{
+    duration_within, invalid, secret_from_file, tls_server_config, KeyError, PemFile, Secret, TlsError, DAY,
+};
 use serde::Deserialize;
 
 use crate::parse::{format_from_keys, Format};
@@ -215,10 +217,8 @@ impl RawTcpSource {
             Some(path) => {
                 let key = format!("{key}.token_file");
                 let text = secret_from_file(&key, path)?;
+                // Not empty: `secret_from_file` refuses a file of white space alone.
                 let token = Secret::new(text.trim());
-                if token.expose().is_empty() {
-                    return Err(invalid(key, format!("{} holds no token", path.display())));
-                }
                 if token.expose().bytes().any(|byte| byte.is_ascii_whitespace() || byte.is_ascii_control()) {
                     return Err(invalid(key, "the token must be one word of printable characters"));
                 }
@@ -227,11 +227,7 @@ impl RawTcpSource {
         };
         let tls = tls_from_keys(key, self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)?;
         let duration = |name: &str, value: Option<Duration>, default: Duration, min: Duration| {
-            let value = value.unwrap_or(default);
-            if value < min {
-                return Err(invalid(format!("{key}.{name}"), format!("must be at least {min:?}")));
-            }
-            Ok(value)
+            duration_within(&format!("{key}.{name}"), value.unwrap_or(default), min, DAY)
         };
         let idle_timeout = duration(
             "idle_timeout",
