@@ -16,6 +16,7 @@ mod hostile_state;
 mod hostile_tcp;
 mod ingest;
 mod mqtt;
+mod panic;
 mod power_cut;
 mod reload;
 mod schema;

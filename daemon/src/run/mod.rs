@@ -8,7 +8,7 @@
 
 mod store;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +61,37 @@ const STOPPING_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// While the store is failed, how often the main loop looks whether it can open it again (and
 /// beats the watchdog).
 const STORE_WAIT_TICK: Duration = Duration::from_secs(1);
+
+/// Test switches read from the environment, compiled only with the `test-switches` feature
+/// (tests/e2e/tidy.rs checks these names stay inside this module).
+#[cfg(feature = "test-switches")]
+mod test_switches {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use crate::delivery::sink_set::ComponentFuture;
+
+    /// With `1`, a component panics a second after the start (tests/e2e/panic.rs: the report
+    /// line and the abort).
+    const PANIC_VARIABLE: &str = "EDDY_TEST_PANIC";
+
+    /// The panicking component, when the switch is on; it ends quietly if eddy stops first.
+    pub(super) fn panicking_task(stop: CancellationToken) -> Option<ComponentFuture> {
+        if std::env::var_os(PANIC_VARIABLE).is_none_or(|value| value != "1") {
+            return None;
+        }
+        tracing::warn!("{PANIC_VARIABLE}=1: a task panics in a second.");
+        Some(Box::pin(async move {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    panic!("{PANIC_VARIABLE}=1: a panic on purpose,\nwith a second line")
+                }
+                () = stop.cancelled() => Ok(()),
+            }
+        }))
+    }
+}
 
 /// Runs the daemon until `stop` resolves (then drains) or a component fails.
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), RunError> {
@@ -116,22 +147,21 @@ enum Flow {
     Exit(RunError),
 }
 
-/// The running components, by name: for the stop report, and so that a task that panicked
-/// is still reported by its name.
+/// The running components, by name, for the stop report.
+///
+/// A panicking task is not among what they report: a panic prints its report line and aborts
+/// the process (`ops/panic.rs`, the chosen strategy), so a task ends here only with its result.
 #[derive(Default)]
 struct Components {
     tasks: JoinSet<(String, anyhow::Result<()>)>,
     running: BTreeSet<String>,
-    names: HashMap<tokio::task::Id, String>,
 }
 
 impl Components {
     /// Spawns a component and tracks it by name.
     fn spawn(&mut self, name: String, fut: ComponentFuture) {
         self.running.insert(name.clone());
-        let task_name = name.clone();
-        let handle = self.tasks.spawn(async move { (task_name, fut.await) });
-        self.names.insert(handle.id(), name);
+        self.tasks.spawn(async move { (name, fut.await) });
     }
 
     fn spawn_sinks(&mut self, started: impl IntoIterator<Item = SinkTask>) {
@@ -153,14 +183,13 @@ impl Components {
         self.running.iter().filter(|name| *name == "aggregator" || name.starts_with("sink ")).collect()
     }
 
-    /// The next component that ended (None: none is left).
+    /// The next component that ended (None: none is left). A join error can only be a
+    /// cancellation (a panic aborts the process first), and tasks are cancelled only at the
+    /// stop deadline, after which the main loop no longer asks.
     async fn next_exited(&mut self) -> Option<(String, anyhow::Result<()>)> {
-        match self.tasks.join_next_with_id().await? {
-            Ok((_, exited)) => Some(exited),
-            Err(join_error) => Some((
-                self.names.get(&join_error.id()).cloned().unwrap_or_else(|| "a task".into()),
-                Err(anyhow::anyhow!("task panicked or was cancelled: {join_error}")),
-            )),
+        match self.tasks.join_next().await? {
+            Ok(exited) => Some(exited),
+            Err(join_error) => Some(("a cancelled task".into(), Err(anyhow::anyhow!("{join_error}")))),
         }
     }
 }
@@ -354,6 +383,10 @@ impl Daemon {
             .await
             .with_context(|| format!("cannot start source `{}`", source_config.name))?;
             components.spawn(format!("source {}", source_config.name), started);
+        }
+        #[cfg(feature = "test-switches")]
+        if let Some(panicking) = test_switches::panicking_task(sources_stop.clone()) {
+            components.spawn("test panic".into(), panicking);
         }
         // Only sources hold senders now: when they all stop, the ingest task sees the end.
         drop(ingest_tx);
