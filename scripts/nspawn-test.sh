@@ -214,6 +214,15 @@ user_and_dirs() {
 }
 check "user eddy in dialout, /var/lib/eddy owned by it, conffile, watchdog 30s" user_and_dirs
 
+memory_limits() {
+  # As the running unit has them, in bytes. (MemoryCurrent is not asserted: in a container the
+  # memory controller may not be delegated, which the device's systemd has.)
+  local high max; high=$(prop MemoryHigh); max=$(prop MemoryMax)
+  echo "MemoryHigh=$high MemoryMax=$max"
+  [ "$high" = $((64 * 1024 * 1024)) ] && [ "$max" = $((96 * 1024 * 1024)) ]
+}
+check "MemoryHigh=64M and MemoryMax=96M are in effect" memory_limits
+
 restart_limits() {
   # Restarts for crashes only, and a crash loop still ends in start-limit-hit: 10 starts in
   # 10 minutes, 5 s apart; an invalid configuration (exit 2) is not restarted.

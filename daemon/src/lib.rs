@@ -8,7 +8,7 @@
 //! - [`storage`]: the only module that touches sled (log, outbox, state, cursors, marks);
 //! - `pipeline`: sources → ingest (durable log, acks) → aggregator (engine, commits);
 //! - `delivery`: one task per sink over the outbox, and the set of them (reload);
-//! - `ops`: the HTTP endpoint, telemetry, systemd, SIGHUP, the counters log;
+//! - `ops`: the HTTP endpoint, telemetry, systemd, SIGHUP, the counters log, the panic report;
 //! - `stats`: the counters the components publish (a leaf: it breaks the import cycles);
 //! - [`cli`]: the subcommands;
 //! - `run`: start-up order and the main loop.
@@ -24,4 +24,5 @@ mod pipeline;
 mod run;
 mod stats;
 
+pub use crate::ops::panic::install_hook as install_panic_hook;
 pub use crate::run::{run, run_with_reloads, RunError};

@@ -39,6 +39,8 @@ fn tune_malloc() {
 fn tune_malloc() {}
 
 fn main() -> ExitCode {
+    // Before anything can panic: a panic prints one report line and aborts, in every build.
+    eddy::install_panic_hook();
     tune_malloc();
     let cli = eddy::cli::Cli::parse();
     let log = eddy::cli::init_logging();

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eddy_common::{invalid, KeyError};
+use eddy_common::{duration_within, invalid, KeyError, DAY};
 
 use crate::tls::TlsFiles;
 
@@ -32,16 +32,24 @@ pub(crate) fn tls_files(
     Ok(TlsFiles { ca_file, cert_file, key_file })
 }
 
-/// The timeout `name` of the sink at `key`, `default` when not given; at least 100 ms.
+/// The timeout `name` of the sink at `key`, `default` when not given; from 100 ms to a day
+/// (each is a deadline `Instant::now() + timeout`).
 pub(crate) fn timeout(
     key: &str,
     name: &str,
     value: Option<Duration>,
     default: Duration,
 ) -> Result<Duration, KeyError> {
-    let value = value.unwrap_or(default);
-    if value < Duration::from_millis(100) {
-        return Err(invalid(format!("{key}.{name}"), "must be at least 100ms"));
-    }
-    Ok(value)
+    duration_within(&format!("{key}.{name}"), value.unwrap_or(default), Duration::from_millis(100), DAY)
+}
+
+/// `keep_alive` of the MQTT sink at `key`, `default` when not given: from 1 s (rumqttc
+/// asserts whole seconds) to 65535 s (a 16-bit count of seconds on the wire).
+pub(crate) fn keep_alive(
+    key: &str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, KeyError> {
+    let max = Duration::from_secs(u64::from(u16::MAX));
+    duration_within(&format!("{key}.keep_alive"), value.unwrap_or(default), Duration::from_secs(1), max)
 }

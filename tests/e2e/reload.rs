@@ -1,7 +1,9 @@
 //! SIGHUP on the real binary: a changed `[log] level` is applied at once; sinks are added,
 //! restarted with new settings and removed without a restart, losing nothing and repeating
-//! nothing already confirmed; other changed settings are named as needing a restart; an
-//! invalid file, or a sink whose new settings cannot be set up, changes nothing.
+//! nothing already confirmed; other changed settings are named as needing a restart; a file
+//! that does not parse changes nothing; a sink whose new settings are invalid or cannot be set
+//! up keeps running as it is while the others reload, also when a restart-only section is
+//! invalid; a stop while a reload sets its sinks up keeps its deadline.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -236,12 +238,13 @@ fn sink_settings_that_fail_keep_the_running_sinks() {
         read_jsonl(&results_path).len() == 2 * SENSORS
     });
 
-    // Invalid: nothing is applied.
+    // Invalid settings of this sink: it keeps running as it is, the key named at ERROR.
     reload(
         &eddy,
         &http_sink(config(), "results", "ftp://hub.invalid/").to_toml(),
-        "SIGHUP: invalid configuration; keeping the running one.",
+        "SIGHUP: cannot set up the new settings of this sink",
     );
+    assert!(eddy.log().contains("sinks[1].url"), "{}", eddy.log());
     // Valid, but the new path cannot be opened (its parent is a regular file): the sink keeps
     // its old settings, said at ERROR.
     reload(
@@ -294,4 +297,133 @@ fn a_rotated_token_file_restarts_the_hub_sink_with_the_new_secret() {
     let repeats = check_every_result_in_order(&oracle(&eddy), &hub.records(), BATCH);
     assert_eq!(repeats, 0, "the hub had confirmed everything before the reload");
     assert!(!eddy.log().contains("new-token") && !eddy.log().contains("old-token"), "a secret was logged");
+}
+
+/// A restart-only section that does not validate: a TLS source whose client CA file is missing.
+const SOURCE_WITHOUT_CA: &str = "\n[[sources]]\nkind = \"tcp\"\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\n\
+    tls_cert_file = \"/nonexistent/c.pem\"\ntls_key_file = \"/nonexistent/k.pem\"\n\
+    tls_client_ca_file = \"/nonexistent/ca.pem\"\n";
+
+/// An eddy whose hub sink `hub` sends the token in `{dir}/token` (written as `Bearer old`).
+fn with_token_file(hub: &HttpHub) -> (Eddy, String) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::write(dir.join("token"), "Bearer old-token\n").unwrap();
+    let config = http_sink(config(), "hub", &hub.url())
+        .key("header_files", raw("{ authorization = \"{dir}/token\" }"))
+        .to_toml();
+    let eddy = Eddy::start_in(&dir, &config).expect("eddy starts");
+    (eddy, config)
+}
+
+#[test]
+fn a_token_rotation_applies_although_a_source_ca_file_is_missing() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    let (mut eddy, config) = with_token_file(&hub);
+    let base = base_ms();
+    send(&eddy, &readings(base, SENSORS, 0, 3));
+    wait_for(&eddy, Duration::from_secs(10), "the first windows at the hub", || {
+        all_delivered(&eddy, 2 * SENSORS, &hub.records())
+    });
+    assert_eq!(hub.last_header("authorization").as_deref(), Some("Bearer old-token"));
+
+    // The new token, and a source that cannot validate: the sink is applied all the same.
+    std::fs::write(eddy.dir.join("token"), "Bearer new-token\n").unwrap();
+    reload(
+        &eddy,
+        &format!("{config}{SOURCE_WITHOUT_CA}"),
+        "SIGHUP: sinks reloaded: added [], changed [hub], removed [].",
+    );
+    send(&eddy, &readings(base, SENSORS, 3, 6));
+    wait_for(&eddy, Duration::from_secs(10), "the later windows at the hub", || {
+        all_delivered(&eddy, 5 * SENSORS, &hub.records())
+    });
+    assert_eq!(hub.last_header("authorization").as_deref(), Some("Bearer new-token"));
+
+    // The report matches what was applied: the invalid section by its key, as not applied;
+    // the changed restart-only section named; the sinks as they run.
+    let log = eddy.log();
+    let error =
+        log.lines().find(|line| line.contains("SIGHUP: invalid configuration: this setting")).expect(&log);
+    assert!(error.contains("ERROR") && error.contains("sources[1].tls_client_ca_file"), "{error}");
+    let restart = log.lines().find(|line| line.contains("take effect only after a restart")).expect(&log);
+    assert!(restart.contains("\"sources\"") && !restart.contains("\"sinks\""), "{restart}");
+    assert_eq!(uplink_names(&status(&eddy)), ["oracle", "hub"]);
+    assert!(eddy.stop().expect("eddy stops").success());
+    check_every_result_in_order(&oracle(&eddy), &hub.records(), BATCH);
+    assert!(!eddy.log().contains("new-token") && !eddy.log().contains("old-token"), "a secret was logged");
+}
+
+#[test]
+fn an_empty_token_file_on_sighup_keeps_the_old_token() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    let (mut eddy, config) = with_token_file(&hub);
+    let base = base_ms();
+    send(&eddy, &readings(base, SENSORS, 0, 3));
+    wait_for(&eddy, Duration::from_secs(10), "the first windows at the hub", || {
+        all_delivered(&eddy, 2 * SENSORS, &hub.records())
+    });
+
+    // Half written: the file is there, its content not yet.
+    std::fs::write(eddy.dir.join("token"), "").unwrap();
+    reload(&eddy, &config, "SIGHUP: cannot set up the new settings of this sink");
+    let log = eddy.log();
+    let line = log.lines().find(|line| line.contains("cannot set up the new settings")).unwrap();
+    assert!(
+        line.contains("ERROR")
+            && line.contains("sink=hub")
+            && line.contains("sinks[1].header_files.authorization"),
+        "{line}"
+    );
+    assert!(line.contains("holds no secret"), "{line}");
+    assert!(!log.contains("SIGHUP: sinks reloaded"), "{log}");
+
+    send(&eddy, &readings(base, SENSORS, 3, 6));
+    wait_for(&eddy, Duration::from_secs(10), "the later windows at the hub", || {
+        all_delivered(&eddy, 5 * SENSORS, &hub.records())
+    });
+    assert_eq!(hub.last_header("authorization").as_deref(), Some("Bearer old-token"));
+    assert!(eddy.stop().expect("eddy stops").success());
+    let repeats = check_every_result_in_order(&oracle(&eddy), &hub.records(), BATCH);
+    assert_eq!(repeats, 0, "the hub sink ran on untouched");
+    assert!(!eddy.log().contains("Sink restarted"), "{}", eddy.log());
+}
+
+#[test]
+fn a_stop_during_a_sink_reload_keeps_its_deadline_and_loses_nothing() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    let dir = tempfile::tempdir().unwrap();
+    let first = http_sink(config().root("shutdown_timeout", "3s"), "hub", &hub.url()).to_toml();
+    // The test switch makes setting up a reload's sinks take a minute, as a hung file or TLS
+    // read would.
+    let mut eddy = Eddy::start_in_with_env(dir.path(), &first, &[("EDDY_TEST_SLOW_SINK_SET_UP", "1")])
+        .expect("eddy starts");
+    let base = base_ms();
+    send(&eddy, &readings(base, SENSORS, 0, 3));
+    wait_for(&eddy, Duration::from_secs(10), "the first windows at the hub", || {
+        all_delivered(&eddy, 2 * SENSORS, &hub.records())
+    });
+    // The hub goes away mid-stream: what follows is acked and waits in the outbox.
+    hub.stop();
+    send(&eddy, &readings(base, SENSORS, 3, 6));
+
+    let changed = http_sink(config().root("shutdown_timeout", "3s"), "hub", &hub.url()).key("timeout", "2s");
+    reload(&eddy, &changed.to_toml(), "EDDY_TEST_SLOW_SINK_SET_UP=1: ");
+    let stop_at = std::time::Instant::now();
+    eddy.terminate();
+    eddy.wait(Duration::from_secs(30)).expect("eddy exits");
+    let took = stop_at.elapsed();
+    let log = eddy.log();
+    assert!(took < Duration::from_secs(3 + 3), "the stop took {took:?} (shutdown_timeout 3s):\n{log}");
+    assert!(log.contains("Stopping while a SIGHUP's sinks were being set up: not applied."), "{log}");
+    assert!(!log.contains("SIGHUP: sinks reloaded") && !log.contains("eddy: panic"), "{log}");
+
+    // Nothing acked is lost: with the hub back, a restart delivers the rest.
+    hub.restart().expect("the hub listens again");
+    let mut eddy = Eddy::start_in(dir.path(), &first).expect("eddy starts again");
+    send(&eddy, &readings(base, SENSORS, 6, 7));
+    wait_for(&eddy, Duration::from_secs(20), "every window at the hub", || {
+        all_delivered(&eddy, 6 * SENSORS, &hub.records())
+    });
+    assert!(eddy.stop().expect("eddy stops").success());
+    check_every_result_in_order(&oracle(&eddy), &hub.records(), BATCH);
 }

@@ -117,7 +117,11 @@ fn test_switches_are_read_only_in_a_build_with_the_test_switches_feature() {
         let text = std::fs::read_to_string(&path).unwrap();
         let modules = test_switch_modules(&text);
         for (line_idx, line) in text.lines().enumerate() {
-            if line.contains("EDDY_TEST_MQTT_HOLD") || line.contains("EDDY_TEST_MQTT_NO_ACK") {
+            if line.contains("EDDY_TEST_MQTT_HOLD")
+                || line.contains("EDDY_TEST_MQTT_NO_ACK")
+                || line.contains("EDDY_TEST_PANIC")
+                || line.contains("EDDY_TEST_SLOW_SINK_SET_UP")
+            {
                 let place = format!("{}:{}", path.display(), line_idx + 1);
                 let inside = modules.iter().any(|&(start, end)| (start..=end).contains(&line_idx));
                 if inside {
@@ -132,14 +136,17 @@ fn test_switches_are_read_only_in_a_build_with_the_test_switches_feature() {
         ungated.is_empty(),
         "test switches outside `#[cfg(feature = \"test-switches\")] mod test_switches`: {ungated:#?}"
     );
-    assert_eq!(gated.len(), 2, "expected the two switch names in the gated module: {gated:#?}");
+    assert_eq!(gated.len(), 4, "expected the four switch names in the gated modules: {gated:#?}");
 
     // No other crate reads them from the environment itself.
     for path in workspace_files().into_iter().filter(|path| !path.starts_with(root.join("tests"))) {
         let text = std::fs::read_to_string(&path).unwrap();
         for (line_idx, line) in text.lines().enumerate() {
             assert!(
-                !(line.contains("env::var") && line.contains("EDDY_TEST_MQTT_")),
+                !(line.contains("env::var")
+                    && (line.contains("EDDY_TEST_MQTT_")
+                        || line.contains("EDDY_TEST_PANIC")
+                        || line.contains("EDDY_TEST_SLOW_SINK_SET_UP"))),
                 "{}:{} reads a test switch outside the daemon's gated module",
                 path.display(),
                 line_idx + 1

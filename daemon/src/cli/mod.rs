@@ -10,6 +10,7 @@ mod status;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -125,7 +126,22 @@ pub fn main(cli: Cli, log: LogHandle) -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let loaded = match Config::load(config.as_deref()) {
+            // The file is read once: what runs is what a reload compares with.
+            let text = match &config {
+                None => None,
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(text) => Some(text),
+                    Err(error) => {
+                        eprintln!("eddy: invalid configuration: {}: {error}", path.display());
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let loaded = match (&config, &text) {
+                (Some(path), Some(text)) => Config::from_text(path, text),
+                _ => Config::load(None),
+            };
+            let loaded = match loaded {
                 Ok(loaded) => loaded,
                 Err(error) => {
                     eprintln!("eddy: invalid configuration: {error}");
@@ -146,10 +162,7 @@ pub fn main(cli: Cli, log: LogHandle) -> ExitCode {
                 Err(code) => return code,
             };
             let running = reload::Running {
-                text: config
-                    .as_deref()
-                    .and_then(|path| std::fs::read_to_string(path).ok())
-                    .unwrap_or_default(),
+                text: text.unwrap_or_default(),
                 path: config,
                 log_level: loaded.log_level.clone(),
             };
@@ -163,7 +176,12 @@ pub fn main(cli: Cli, log: LogHandle) -> ExitCode {
             if let Some(hangups) = hangups {
                 runtime.spawn(reload::reload_on_hangup(hangups, running, log, reload_tx));
             }
-            match runtime.block_on(crate::run_with_reloads(config, stop_signal(), reload_rx)) {
+            let result = runtime.block_on(crate::run_with_reloads(config, stop_signal(), reload_rx));
+            // Not the runtime's drop, which waits for every blocking task: one may be stuck in
+            // a system call (a reload setting up a file sink on a FIFO nobody reads, a hung
+            // network file system) and must not hold the exit past the stop deadline.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(RunError::StoreOpen(error)) => {
                     tracing::error!(%error, "Cannot open the store.");

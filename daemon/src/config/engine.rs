@@ -8,7 +8,9 @@ use std::time::Duration;
 use eddy_sensors::{FieldSpec, Schema, TagSpec, MAX_SENSOR_BYTES};
 use serde::Deserialize;
 
-use crate::config::{check_name, invalid, millis, positive, ConfigError};
+use eddy_common::DAY;
+
+use crate::config::{check_name, invalid, millis, within, ConfigError, MAX_WINDOW, TICK};
 use crate::engine::{Aggregate, EngineSpec, TimeDomain, WindowSpec};
 
 /// `[engine]`
@@ -153,8 +155,8 @@ pub(crate) fn engine_from_raw(
     schema: Option<RawSchema>,
     raw_windows: Vec<RawWindow>,
 ) -> Result<(Arc<Schema>, EngineSpec), ConfigError> {
-    positive("engine.checkpoint_interval", engine.checkpoint_interval)?;
-    positive("engine.idle_timeout", engine.idle_timeout)?;
+    within("engine.checkpoint_interval", engine.checkpoint_interval, TICK, DAY)?;
+    within("engine.idle_timeout", engine.idle_timeout, TICK, DAY)?;
     let outlier_after = outlier_after_from_raw(&engine.outlier_after)?;
     if !(1..=EngineSpec::MAX_OUTLIER_CONFIRM).contains(&engine.outlier_confirm) {
         return Err(invalid(
@@ -175,6 +177,7 @@ pub(crate) fn engine_from_raw(
     if batch_interval.as_millis() == 0 || Duration::from_millis(millis(batch_interval)) != batch_interval {
         return Err(invalid("batch.interval", "must be a positive whole number of milliseconds"));
     }
+    within("batch.interval", batch_interval, TICK, DAY)?;
 
     let schema = match schema {
         None => Schema::thermostat(),
@@ -233,6 +236,7 @@ fn forget_after_from_raw(
     if Duration::from_millis(millis(duration)) != duration {
         return Err(invalid(KEY, "must be a whole number of milliseconds"));
     }
+    within(KEY, duration, Duration::ZERO, MAX_WINDOW)?;
     let longest_processing_window = windows
         .iter()
         .filter(|window| window.time() == TimeDomain::Processing)
@@ -267,6 +271,7 @@ fn outlier_after_from_raw(raw: &str) -> Result<Option<Duration>, ConfigError> {
     if Duration::from_millis(millis(duration)) != duration {
         return Err(invalid(KEY, "must be a whole number of milliseconds"));
     }
+    within(KEY, duration, TICK, DAY)?;
     Ok(Some(duration))
 }
 
@@ -349,8 +354,14 @@ fn window_from_raw(key: &str, raw: RawWindow, schema: &Schema) -> Result<WindowS
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let slide = raw.slide.unwrap_or(raw.length);
-    let lateness = raw.lateness.unwrap_or(Duration::ZERO);
+    within(&format!("{key}.length"), raw.length, TICK, MAX_WINDOW)?;
+    let slide = within(&format!("{key}.slide"), raw.slide.unwrap_or(raw.length), TICK, MAX_WINDOW)?;
+    let lateness = within(
+        &format!("{key}.lateness"),
+        raw.lateness.unwrap_or(Duration::ZERO),
+        Duration::ZERO,
+        MAX_WINDOW,
+    )?;
     WindowSpec::new(&raw.name, raw.length, slide, time, lateness, fields, aggregates, count_by)
         .map_err(|error| invalid(key, error.to_string()))
 }

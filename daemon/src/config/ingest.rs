@@ -5,7 +5,9 @@ use std::time::Duration;
 use eddy_sensors::Limits;
 use serde::Deserialize;
 
-use crate::config::{invalid, positive, ConfigError};
+use eddy_common::DAY;
+
+use crate::config::{invalid, within, ConfigError, TICK};
 
 /// `[ingest]`
 #[derive(Debug, Deserialize)]
@@ -47,13 +49,14 @@ pub(crate) struct Ingest {
 impl RawIngest {
     /// Validates the section.
     pub(crate) fn validate(&self) -> Result<Ingest, ConfigError> {
-        positive("ingest.flush_interval", self.flush_interval)?;
+        within("ingest.flush_interval", self.flush_interval, TICK, DAY)?;
         if self.flush_interval > Duration::from_secs(1) {
             return Err(invalid(
                 "ingest.flush_interval",
                 "must be at most 1s (it delays every acknowledgement)",
             ));
         }
+        within("ingest.max_future", self.max_future, Duration::ZERO, DAY)?;
         let max_line_bytes = usize::try_from(self.max_line_bytes)
             .ok()
             .filter(|n| (64..=1 << 20).contains(n))

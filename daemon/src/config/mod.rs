@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_common::KeyError;
+use eddy_common::{duration_within, KeyError, DAY};
 use eddy_sensors::{Limits, Schema};
 use serde::Deserialize;
 
@@ -58,6 +58,16 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl ConfigError {
+    /// The key of an invalid value (None: the file could not be read or parsed).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Load(_) => None,
+            ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
 }
 
 impl From<KeyError> for ConfigError {
@@ -194,6 +204,29 @@ impl Config {
         Config::from_raw(raw)
     }
 
+    /// Parses `text`, the configuration file at `path` as the caller read it (once), with the
+    /// `EDDY__…` environment overrides, as [`load`](Self::load) does with the file: the raw
+    /// stage, not yet validated. A reload parses what it read, so what it applies and what it
+    /// reports are the same bytes.
+    pub fn raw_from_text(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("EDDY")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|error| ConfigError::Load(format!("{}: {error}", path.display())))
+            .and_then(deserialize)
+    }
+
+    /// [`raw_from_text`](Self::raw_from_text), validated.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::from_raw(Config::raw_from_text(path, text)?)
+    }
+
     /// Loads a configuration from TOML text and validates it, without the `EDDY__…`
     /// environment overrides: what [`load`](Self::load) does with a file, minus the
     /// environment. Validation still reads the secret files the text names (`token_file`,
@@ -210,16 +243,11 @@ impl Config {
 
     /// Validates a raw configuration.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
-        if raw.device_id.is_empty()
-            || raw.device_id.len() > 64
-            || !raw.device_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        {
-            return Err(invalid("device_id", "must be 1 to 64 characters of [A-Za-z0-9-_.:]"));
-        }
+        check_device_id(&raw.device_id)?;
         if raw.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
-        positive("shutdown_timeout", raw.shutdown_timeout)?;
+        within("shutdown_timeout", raw.shutdown_timeout, Duration::from_millis(1), DAY)?;
         let api_listen = raw.api.listen()?;
         let log_level = raw.log.level()?;
         let ingest = raw.ingest.validate()?;
@@ -247,30 +275,11 @@ impl Config {
         }
         sources::share_sensor_caps(&mut sources, &sensor_caps, ingest.max_sensors)?;
 
-        let mut sink_names = BTreeSet::new();
         let mut sinks = Vec::new();
-        for (idx, sink) in raw.sinks.into_iter().enumerate() {
-            let key = format!("sinks[{idx}]");
-            let sink = sinks::sink_from_raw(&key, idx, sink, &raw.device_id, &mut warnings)?;
-            if !sink_names.insert(sink.name.clone()) {
-                return Err(invalid(format!("{key}.name"), format!("`{}` is used twice", sink.name)));
-            }
-            sinks.push(sink);
+        for sink in sinks_from_raw(raw.sinks, &raw.device_id, &mut warnings)? {
+            sinks.push(sink.map_err(|(_, error)| error)?);
         }
-
-        let takes_raw = sinks.iter().position(|sink| sink.records.contains("raw"));
-        match (raw.engine.forward_raw, takes_raw) {
-            (false, Some(idx)) => {
-                return Err(invalid(format!("sinks[{idx}].records"), "`raw` needs engine.forward_raw = true"))
-            }
-            (true, None) => {
-                return Err(invalid(
-                    "engine.forward_raw",
-                    "no sink takes raw readings (records = [.., \"raw\"])",
-                ))
-            }
-            _ => {}
-        }
+        check_forward_raw(raw.engine.forward_raw, sinks.iter().map(|sink| Some(&sink.records)))?;
 
         Ok(Config {
             device_id: raw.device_id,
@@ -292,6 +301,102 @@ impl Config {
             log_level,
             warnings,
         })
+    }
+}
+
+/// The sinks of a reloaded file, validated on their own: what a reload applies although
+/// another section is invalid (that section takes a restart anyway and keeps running as it
+/// started).
+#[derive(Debug)]
+pub struct SinkReload {
+    /// The `device_id` the sinks were validated against (MQTT topics and client ids carry it).
+    pub device_id: String,
+    /// `engine.forward_raw` (a sink taking `raw` needs it).
+    pub forward_raw: bool,
+    /// Each `[[sinks]]` entry in order: its settings, or its name and why they are invalid (a
+    /// sink whose new secret file is empty or unreadable: it keeps running as it is).
+    pub sinks: Vec<SinkEntry>,
+}
+
+/// One `[[sinks]]` entry of a reload: its settings, or its name and why they are invalid.
+pub type SinkEntry = Result<SinkConfig, (String, ConfigError)>;
+
+impl From<&Config> for SinkReload {
+    fn from(config: &Config) -> SinkReload {
+        SinkReload {
+            device_id: config.device_id.clone(),
+            forward_raw: config.forward_raw,
+            sinks: config.sinks.iter().cloned().map(Ok).collect(),
+        }
+    }
+}
+
+impl RawConfig {
+    /// The sinks of this file, each validated on its own ([`SinkReload`]). An error when what
+    /// every sink is validated against is not valid: `device_id`, a name used twice,
+    /// `engine.forward_raw` and the sinks taking `raw`.
+    pub fn sinks_for_reload(self) -> Result<SinkReload, ConfigError> {
+        check_device_id(&self.device_id)?;
+        let mut warnings = Vec::new();
+        let sinks = sinks_from_raw(self.sinks, &self.device_id, &mut warnings)?;
+        for warning in &warnings {
+            tracing::warn!(%warning, "SIGHUP: configuration: a key to change.");
+        }
+        // A refused sink is left out of the check (it keeps running as it was).
+        let records = sinks.iter().map(|sink| sink.as_ref().ok().map(|sink| &sink.records));
+        check_forward_raw(self.engine.forward_raw, records)?;
+        Ok(SinkReload { device_id: self.device_id, forward_raw: self.engine.forward_raw, sinks })
+    }
+}
+
+fn check_device_id(device_id: &str) -> Result<(), ConfigError> {
+    if device_id.is_empty()
+        || device_id.len() > 64
+        || !device_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(invalid("device_id", "must be 1 to 64 characters of [A-Za-z0-9-_.:]"));
+    }
+    Ok(())
+}
+
+/// Validates each `[[sinks]]` entry on its own: its settings, or its name and its error. A
+/// name used twice fails the whole list.
+fn sinks_from_raw(
+    raw: Vec<RawSinkEntry>,
+    device_id: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<SinkEntry>, ConfigError> {
+    let mut names = BTreeSet::new();
+    let mut sinks = Vec::new();
+    for (idx, sink) in raw.into_iter().enumerate() {
+        let key = format!("sinks[{idx}]");
+        let name = sink.shared.name.clone().unwrap_or_else(|| format!("{}-{idx}", sink.kind_name));
+        if !names.insert(name.clone()) {
+            return Err(invalid(format!("{key}.name"), format!("`{name}` is used twice")));
+        }
+        sinks.push(sinks::sink_from_raw(&key, idx, sink, device_id, warnings).map_err(|error| (name, error)));
+    }
+    Ok(sinks)
+}
+
+/// `engine.forward_raw` is on exactly when some sink takes `raw` records (`records` of each
+/// sink in order; None: left out).
+fn check_forward_raw<'a>(
+    forward_raw: bool,
+    records: impl Iterator<Item = Option<&'a BTreeSet<String>>>,
+) -> Result<(), ConfigError> {
+    let takes_raw = records
+        .enumerate()
+        .find(|(_, records)| records.is_some_and(|r| r.contains("raw")))
+        .map(|(idx, _)| idx);
+    match (forward_raw, takes_raw) {
+        (false, Some(idx)) => {
+            Err(invalid(format!("sinks[{idx}].records"), "`raw` needs engine.forward_raw = true"))
+        }
+        (true, None) => {
+            Err(invalid("engine.forward_raw", "no sink takes raw readings (records = [.., \"raw\"])"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -322,9 +427,19 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn positive(key: &str, duration: Duration) -> Result<(), ConfigError> {
-    if duration.is_zero() {
-        return Err(invalid(key, "must be greater than zero"));
-    }
-    Ok(())
+/// The longest window, slide, lateness and `engine.forget_after`: a year (366 days). Window
+/// arithmetic is in signed milliseconds next to timestamps; a year keeps it far from overflow.
+const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
+
+/// The longest `storage.ttl`: ten years.
+const MAX_TTL: Duration = Duration::from_secs(3650 * 86_400);
+
+/// `duration` of `key` when within `min..=max` (the shared bound check, `eddy_common`), as a
+/// configuration error naming the key otherwise. Every duration key goes through it: a
+/// timeout, interval or backoff is at most [`DAY`] unless its key says otherwise.
+fn within(key: &str, duration: Duration, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    Ok(duration_within(key, duration, min, max)?)
 }
+
+/// The shortest positive duration, the lower bound of keys that only have to be non-zero.
+const TICK: Duration = Duration::from_millis(1);

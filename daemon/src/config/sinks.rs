@@ -12,7 +12,17 @@ use eddy_sinks::{FileConfig, HttpConfig, MqttConfig, RawConsoleSink, RawFileSink
 use serde::Deserialize;
 
 use crate::config::entry::{RawEntry, SharedKeys};
-use crate::config::{check_name, invalid, ConfigError};
+use eddy_common::DAY;
+
+use crate::config::{check_name, invalid, within, ConfigError};
+
+/// The slowest `rate_limit`, records/s: a batch of 10,000 is then paced over 11.6 days at
+/// most, and 1/rate stays a representable duration.
+const MIN_RATE: f64 = 0.01;
+/// The fastest `rate_limit`, records/s (faster is no limit at all).
+const MAX_RATE: f64 = 1_000_000.0;
+/// The longest `linger`: it delays a partial batch.
+const MAX_LINGER: Duration = Duration::from_secs(60);
 
 /// Kinds of outbox record a sink can take (`raw` needs `engine.forward_raw`).
 pub const RECORD_KINDS: [&str; 4] = ["window", "batch", "late", "raw"];
@@ -162,18 +172,23 @@ fn delivery_from_raw(key: &str, raw: &RawSinkShared) -> Result<DeliveryConfig, C
     };
     let rate_limit = match raw.rate_limit {
         None => None,
-        Some(rate) if rate.is_finite() && rate > 0.0 => Some(rate),
+        // At least MIN_RATE: a delivery is paced by n / rate seconds, a duration that must
+        // fit (1e-18 overflows it) and be waited out within a day or so.
+        Some(rate) if rate.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate) => Some(rate),
         Some(_) => {
-            return Err(invalid(format!("{key}.rate_limit"), "must be a positive number of records/s"))
+            return Err(invalid(
+                format!("{key}.rate_limit"),
+                format!("must be a number of records/s from {MIN_RATE} to {MAX_RATE}"),
+            ))
         }
     };
-    let max_backoff = raw.max_backoff.unwrap_or(defaults.max_backoff);
-    if max_backoff < Duration::from_millis(100) {
-        return Err(invalid(format!("{key}.max_backoff"), "must be at least 100ms"));
-    }
-    let linger = raw.linger.unwrap_or(defaults.linger);
-    if linger > Duration::from_secs(60) {
-        return Err(invalid(format!("{key}.linger"), "must be at most 60s"));
-    }
+    let max_backoff = within(
+        &format!("{key}.max_backoff"),
+        raw.max_backoff.unwrap_or(defaults.max_backoff),
+        Duration::from_millis(100),
+        DAY,
+    )?;
+    let linger =
+        within(&format!("{key}.linger"), raw.linger.unwrap_or(defaults.linger), Duration::ZERO, MAX_LINGER)?;
     Ok(DeliveryConfig { batch_max_records, linger, rate_limit, max_backoff })
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{invalid, ConfigError};
+use crate::config::{invalid, within, ConfigError, MAX_TTL, TICK};
 use crate::storage::{BudgetConfig, Policy};
 
 /// `[storage]`
@@ -40,8 +40,9 @@ impl Default for RawStorage {
 impl RawStorage {
     /// Validates the sled cache size.
     pub(crate) fn cache_capacity(&self) -> Result<u64, ConfigError> {
-        if self.cache_capacity < 256 * 1024 {
-            return Err(invalid("storage.cache_capacity", "must be at least 262144 bytes"));
+        // At most 1 GiB: sled keeps this much in memory, far past the unit's MemoryMax.
+        if !(256 * 1024..=1 << 30).contains(&self.cache_capacity) {
+            return Err(invalid("storage.cache_capacity", "must be between 262144 and 1073741824 bytes"));
         }
         Ok(self.cache_capacity)
     }
@@ -63,6 +64,9 @@ impl RawStorage {
         }
         if self.ttl.is_some_and(|ttl| ttl.is_zero()) {
             return Err(invalid("storage.ttl", "must be greater than zero (leave it out to keep records)"));
+        }
+        if let Some(ttl) = self.ttl {
+            within("storage.ttl", ttl, TICK, MAX_TTL)?;
         }
         Ok(BudgetConfig {
             max_bytes: (self.max_bytes != 0).then_some(self.max_bytes),

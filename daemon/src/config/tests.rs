@@ -315,7 +315,7 @@ fn tcp_security_keys_are_checked_and_named() {
         &tcp("tls_client_ca_file = \"/ca.crt\""),
         "sources[1].tls_client_ca_file: needs tls_cert_file and tls_key_file (client certificates are a TLS feature)",
     );
-    check_message(&tcp("idle_timeout = \"10ms\""), "sources[1].idle_timeout: must be at least 1s");
+    check_message(&tcp("idle_timeout = \"10ms\""), "sources[1].idle_timeout: must be between 1s and 1day");
     check_message(
         &tcp("max_sessions_per_peer = 0"),
         "sources[1].max_sessions_per_peer: must be between 1 and max_sessions",
@@ -325,7 +325,7 @@ fn tcp_security_keys_are_checked_and_named() {
     std::fs::write(&token, " \n").unwrap();
     check_message(
         &tcp(&format!("token_file = \"{}\"", token.display())),
-        &format!("sources[1].token_file: {} holds no token", token.display()),
+        &format!("sources[1].token_file: {} holds no secret (it is empty)", token.display()),
     );
     std::fs::write(&token, "  hunter2\n").unwrap();
     let config = load_extra(&tcp(&format!(
@@ -417,11 +417,11 @@ fn non_finite_numbers_reach_validation_and_are_refused() {
     // turn them into null, and so into the default).
     check_message(
         "[[sources]]\nkind = \"simulator\"\nrate = nan\n",
-        "sources[1].rate: must be a number of readings/s in (0, 1000000]",
+        "sources[1].rate: must be a number of readings/s from 0.01 to 1000000",
     );
     check_message(
         "[[sinks]]\nkind = \"console\"\nrate_limit = inf\n",
-        "sinks[0].rate_limit: must be a positive number of records/s",
+        "sinks[0].rate_limit: must be a number of records/s from 0.01 to 1000000",
     );
 }
 

@@ -44,6 +44,23 @@ use crate::stats::Committed;
 use crate::stats::DeliveryStats;
 use crate::storage::{Store, StoreMeters};
 
+/// Test switches read from the environment, compiled only with the `test-switches` feature
+/// (tests/e2e/tidy.rs checks these names stay inside this module).
+#[cfg(feature = "test-switches")]
+mod test_switches {
+    /// With `1`, setting up the sinks of a reload takes a minute longer, as if a file or TLS
+    /// read hung (tests/e2e/reload.rs: a stop meanwhile keeps its deadline).
+    const SLOW_SET_UP_VARIABLE: &str = "EDDY_TEST_SLOW_SINK_SET_UP";
+
+    /// Blocks the calling (blocking-pool) thread for a minute when the switch is on.
+    pub(super) fn slow_set_up() {
+        if std::env::var_os(SLOW_SET_UP_VARIABLE).is_some_and(|value| value == "1") {
+            tracing::warn!("{SLOW_SET_UP_VARIABLE}=1: the sinks of this reload take a minute to set up.");
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+    }
+}
+
 /// Cursor slots beyond the configured sinks, for sinks added by a reload. Each holds two
 /// atomics; past them an added sink is refused (logged) until a restart.
 pub(crate) const SPARE_SLOTS: usize = 16;
@@ -103,6 +120,16 @@ pub(crate) struct Applied {
     /// Sinks whose new settings could not be set up, with why: an added one is not started, a
     /// changed one keeps running with its old settings.
     pub(crate) failed: Vec<(String, anyhow::Error)>,
+}
+
+/// A sink reload set up and ready to apply ([`SinkSet::plan_reload`]).
+pub(crate) struct ReloadPlan {
+    /// The new list.
+    new: Vec<SinkConfig>,
+    sink_diff: SinkDiff,
+    /// The added and changed sinks, set up (or why not).
+    built: Vec<(String, anyhow::Result<Prepared>)>,
+    failed: Vec<(String, anyhow::Error)>,
 }
 
 /// What becomes of a sink when its task ends.
@@ -374,9 +401,21 @@ impl SinkSet {
         }
     }
 
-    /// Applies a new sink list: see the module docs. Returns what was done and the tasks to
-    /// spawn now (added sinks); restarts follow from [`SinkSet::exited`].
-    pub(crate) async fn reload(&mut self, new: Vec<SinkConfig>) -> (Applied, Vec<SinkTask>) {
+    /// The settings the sink `name` runs with, or will once a pending restart is done (None:
+    /// no such sink, or it is being removed). A reload keeps them for a sink whose new
+    /// settings are invalid.
+    pub(crate) fn running_settings(&self, name: &str) -> Option<SinkConfig> {
+        self.entries.get(name).and_then(Entry::desired).cloned()
+    }
+
+    /// The first half of applying a new sink list (see the module docs): what differs, and the
+    /// added and changed sinks set up, in a future that borrows nothing, so that the main loop
+    /// keeps serving stop and the deadline while it runs (setting a sink up blocks: files are
+    /// opened, TLS files read). [`SinkSet::apply_reload`] applies the plan.
+    pub(crate) fn plan_reload(
+        &self,
+        new: Vec<SinkConfig>,
+    ) -> impl Future<Output = ReloadPlan> + Send + 'static {
         let mut sink_diff = diff(self.entries.values().filter_map(Entry::desired), &new);
         // Same settings, but a TLS file the sink read has another content now: a change too.
         let same_settings: Vec<(SinkConfig, u64)> = new
@@ -387,43 +426,62 @@ impl SinkSet {
                 Some((sink.clone(), entry.desired_tls_digest())).filter(|(_, digest)| *digest != 0)
             })
             .collect();
-        if !same_settings.is_empty() {
-            let renewed = tokio::task::spawn_blocking(move || {
-                same_settings
+        async move {
+            let to_set_up = new.clone();
+            let changes = sink_diff.clone();
+            // Off the async workers: reading TLS files and opening files block.
+            let set_up = tokio::task::spawn_blocking(move || {
+                #[cfg(feature = "test-switches")]
+                test_switches::slow_set_up();
+                let mut changes = changes;
+                changes.changed.extend(
+                    same_settings
+                        .into_iter()
+                        .filter(|(config, digest)| tls_digest(config) != *digest)
+                        .map(|(config, _)| config.name),
+                );
+                let built = to_set_up
                     .into_iter()
-                    .filter(|(config, digest)| tls_digest(config) != *digest)
-                    .map(|(config, _)| config.name)
-                    .collect::<Vec<_>>()
+                    .filter(|sink| changes.added.contains(&sink.name) || changes.changed.contains(&sink.name))
+                    .map(prepare)
+                    .collect::<Vec<_>>();
+                (changes, built)
             })
-            .await
-            .unwrap_or_default();
-            sink_diff.changed.extend(renewed);
+            .await;
+            let mut failed = Vec::new();
+            let built = match set_up {
+                Ok((changes, built)) => {
+                    sink_diff = changes;
+                    built
+                }
+                Err(join_error) => {
+                    failed.push(("*".to_owned(), anyhow::anyhow!("sink set-up task failed: {join_error}")));
+                    Vec::new()
+                }
+            };
+            ReloadPlan { new, sink_diff, built, failed }
         }
-        let mut applied = Applied { removed: sink_diff.removed.clone(), ..Applied::default() };
+    }
+
+    /// Plans and applies a reload at once (the tests' shorthand; the main loop awaits the
+    /// plan as an event).
+    #[cfg(test)]
+    pub(crate) async fn reload(&mut self, new: Vec<SinkConfig>) -> (Applied, Vec<SinkTask>) {
+        let plan = self.plan_reload(new).await;
+        self.apply_reload(plan)
+    }
+
+    /// Applies a [`SinkSet::plan_reload`]. Returns what was done and the tasks to spawn now
+    /// (added sinks); restarts follow from [`SinkSet::exited`].
+    pub(crate) fn apply_reload(&mut self, plan: ReloadPlan) -> (Applied, Vec<SinkTask>) {
+        let ReloadPlan { new, sink_diff, built, failed } = plan;
+        let mut applied = Applied { removed: sink_diff.removed.clone(), failed, ..Applied::default() };
         for name in &sink_diff.removed {
             if let Some(entry) = self.entries.get_mut(name) {
                 entry.retire.cancel();
                 entry.next = Next::Remove;
             }
         }
-        // Opening files and reading TLS files blocks: off the async workers.
-        let to_build: Vec<SinkConfig> = new
-            .iter()
-            .filter(|sink| sink_diff.added.contains(&sink.name) || sink_diff.changed.contains(&sink.name))
-            .cloned()
-            .collect();
-        let built =
-            match tokio::task::spawn_blocking(move || to_build.into_iter().map(prepare).collect::<Vec<_>>())
-                .await
-            {
-                Ok(built) => built,
-                Err(join_error) => {
-                    applied
-                        .failed
-                        .push(("*".to_owned(), anyhow::anyhow!("sink set-up task failed: {join_error}")));
-                    Vec::new()
-                }
-            };
         let mut tasks = Vec::new();
         for (name, prepared) in built {
             let is_change = sink_diff.changed.contains(&name);

@@ -8,7 +8,7 @@
 
 mod store;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +23,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::Config;
-use crate::delivery::sink_set::{self, ComponentFuture, SinkSet, SinkTask};
+use crate::config::{Config, SinkReload};
+use crate::delivery::sink_set::{self, ComponentFuture, ReloadPlan, SinkSet, SinkTask};
 use crate::ops::report::log_counters;
 use crate::ops::{api, systemd, telemetry};
 use crate::pipeline::aggregate::Aggregator;
@@ -62,6 +62,37 @@ const STOPPING_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// beats the watchdog).
 const STORE_WAIT_TICK: Duration = Duration::from_secs(1);
 
+/// Test switches read from the environment, compiled only with the `test-switches` feature
+/// (tests/e2e/tidy.rs checks these names stay inside this module).
+#[cfg(feature = "test-switches")]
+mod test_switches {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use crate::delivery::sink_set::ComponentFuture;
+
+    /// With `1`, a component panics a second after the start (tests/e2e/panic.rs: the report
+    /// line and the abort).
+    const PANIC_VARIABLE: &str = "EDDY_TEST_PANIC";
+
+    /// The panicking component, when the switch is on; it ends quietly if eddy stops first.
+    pub(super) fn panicking_task(stop: CancellationToken) -> Option<ComponentFuture> {
+        if std::env::var_os(PANIC_VARIABLE).is_none_or(|value| value != "1") {
+            return None;
+        }
+        tracing::warn!("{PANIC_VARIABLE}=1: a task panics in a second.");
+        Some(Box::pin(async move {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    panic!("{PANIC_VARIABLE}=1: a panic on purpose,\nwith a second line")
+                }
+                () = stop.cancelled() => Ok(()),
+            }
+        }))
+    }
+}
+
 /// Runs the daemon until `stop` resolves (then drains) or a component fails.
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), RunError> {
     // Nobody sends: the daemon runs on its start-up configuration.
@@ -69,14 +100,15 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     run_with_reloads(config, stop, reloads).await
 }
 
-/// Like [`run`], and applies each configuration received on `reloads` (a validated re-read of
-/// the file, as `eddy run` sends on SIGHUP): the sinks are added, restarted with new settings or
-/// removed, drain-first, without a restart; every other section keeps its start-up value (the
-/// sender reports those as needing a restart). A closed channel just ends the reloads.
+/// Like [`run`], and applies the sinks of each reload received on `reloads` (a re-read of the
+/// file, as `eddy run` sends on SIGHUP): the sinks are added, restarted with new settings or
+/// removed, drain-first, without a restart; a sink whose new settings are invalid keeps
+/// running as it is; every other section keeps its start-up value (the sender reports those
+/// as needing a restart). A closed channel just ends the reloads.
 pub async fn run_with_reloads(
     config: Config,
     stop: impl Future<Output = ()>,
-    reloads: mpsc::Receiver<Config>,
+    reloads: mpsc::Receiver<SinkReload>,
 ) -> Result<(), RunError> {
     let mut stop = std::pin::pin!(stop);
     // A stop while eddy waits for its disk at start-up ends it cleanly.
@@ -94,8 +126,10 @@ enum Event {
     Report,
     /// The stop deadline passed.
     Deadline,
-    /// SIGHUP: the configuration file re-read and validated; its sinks are applied.
-    Reload(Box<Config>),
+    /// SIGHUP: the sinks of the configuration file re-read; they are set up, then applied.
+    Reload(Box<SinkReload>),
+    /// The sinks of a reload are set up: apply them.
+    ReloadPlanned(ReloadPlan),
     /// The aggregator committed, while no sink runs (free cursor slots follow it).
     Committed,
     /// The ingest task says something about the store.
@@ -116,22 +150,21 @@ enum Flow {
     Exit(RunError),
 }
 
-/// The running components, by name: for the stop report, and so that a task that panicked
-/// is still reported by its name.
+/// The running components, by name, for the stop report.
+///
+/// A panicking task is not among what they report: a panic prints its report line and aborts
+/// the process (`ops/panic.rs`, the chosen strategy), so a task ends here only with its result.
 #[derive(Default)]
 struct Components {
     tasks: JoinSet<(String, anyhow::Result<()>)>,
     running: BTreeSet<String>,
-    names: HashMap<tokio::task::Id, String>,
 }
 
 impl Components {
     /// Spawns a component and tracks it by name.
     fn spawn(&mut self, name: String, fut: ComponentFuture) {
         self.running.insert(name.clone());
-        let task_name = name.clone();
-        let handle = self.tasks.spawn(async move { (task_name, fut.await) });
-        self.names.insert(handle.id(), name);
+        self.tasks.spawn(async move { (name, fut.await) });
     }
 
     fn spawn_sinks(&mut self, started: impl IntoIterator<Item = SinkTask>) {
@@ -153,14 +186,13 @@ impl Components {
         self.running.iter().filter(|name| *name == "aggregator" || name.starts_with("sink ")).collect()
     }
 
-    /// The next component that ended (None: none is left).
+    /// The next component that ended (None: none is left). A join error can only be a
+    /// cancellation (a panic aborts the process first), and tasks are cancelled only at the
+    /// stop deadline, after which the main loop no longer asks.
     async fn next_exited(&mut self) -> Option<(String, anyhow::Result<()>)> {
-        match self.tasks.join_next_with_id().await? {
-            Ok((_, exited)) => Some(exited),
-            Err(join_error) => Some((
-                self.names.get(&join_error.id()).cloned().unwrap_or_else(|| "a task".into()),
-                Err(anyhow::anyhow!("task panicked or was cancelled: {join_error}")),
-            )),
+        match self.tasks.join_next().await? {
+            Ok(exited) => Some(exited),
+            Err(join_error) => Some(("a cancelled task".into(), Err(anyhow::anyhow!("{join_error}")))),
         }
     }
 }
@@ -203,6 +235,13 @@ struct Daemon {
     /// Beaten once per [`STORE_WAIT_TICK`] while the store is failed: the watchdog's sign
     /// that the main loop is alive and waiting on purpose.
     waiting_beats: Arc<AtomicU64>,
+    /// A sink reload being set up: the main loop waits for it as one more event, so that a
+    /// stop and the deadline are served meanwhile.
+    reloading: Option<Pin<Box<dyn Future<Output = ReloadPlan> + Send>>>,
+    /// What a reload being set up refused: applied with its plan.
+    refused: Vec<(String, anyhow::Error)>,
+    /// A SIGHUP that came while another reload was being set up: the latest, applied next.
+    queued_reload: Option<Box<SinkReload>>,
 }
 
 impl Daemon {
@@ -355,6 +394,10 @@ impl Daemon {
             .with_context(|| format!("cannot start source `{}`", source_config.name))?;
             components.spawn(format!("source {}", source_config.name), started);
         }
+        #[cfg(feature = "test-switches")]
+        if let Some(panicking) = test_switches::panicking_task(sources_stop.clone()) {
+            components.spawn("test panic".into(), panicking);
+        }
         // Only sources hold senders now: when they all stop, the ingest task sees the end.
         drop(ingest_tx);
 
@@ -423,6 +466,9 @@ impl Daemon {
             store_health,
             fault: None,
             waiting_beats,
+            reloading: None,
+            refused: Vec::new(),
+            queued_reload: None,
         }))
     }
 
@@ -431,7 +477,7 @@ impl Daemon {
     async fn serve(
         mut self,
         mut stop: Pin<&mut impl Future<Output = ()>>,
-        mut reloads: mpsc::Receiver<Config>,
+        mut reloads: mpsc::Receiver<SinkReload>,
     ) -> Result<(), RunError> {
         let mut stop_requested = false;
         let mut reloads_open = true;
@@ -445,6 +491,8 @@ impl Daemon {
         loop {
             let (store_failed, reopening_now) = (self.fault.is_some(), reopening_pending(&self.fault));
             let reopening = self.fault.as_mut().and_then(|fault| fault.attempt.as_mut());
+            let reloading_now = self.reloading.is_some();
+            let reloading = self.reloading.as_mut();
             let event = tokio::select! {
                 () = stop.as_mut(), if !stop_requested => { stop_requested = true; Event::Stop }
                 exited = self.components.next_exited() => match exited {
@@ -454,7 +502,7 @@ impl Daemon {
                 _ = report.tick() => Event::Report,
                 () = &mut deadline, if self.stopping => Event::Deadline,
                 reload = reloads.recv(), if reloads_open => match reload {
-                    Some(new_config) => Event::Reload(Box::new(new_config)),
+                    Some(sinks) => Event::Reload(Box::new(sinks)),
                     None => { reloads_open = false; continue; }
                 },
                 changed = self.commits.changed(), if self.commits_open && self.sinks.is_empty() => match changed {
@@ -466,6 +514,9 @@ impl Daemon {
                     None => { notices_open = false; continue; }
                 },
                 _ = store_wait.tick(), if store_failed => Event::StoreWait,
+                plan = async { reloading.expect("guarded by the condition").await }, if reloading_now => {
+                    Event::ReloadPlanned(plan)
+                }
                 opened = async { reopening.expect("guarded by the condition").await }, if reopening_now => {
                     Event::Reopened(Box::new(opened.unwrap_or_else(|_| Err(anyhow::anyhow!("the store opening task ended without an answer")))))
                 }
@@ -515,13 +566,30 @@ impl Daemon {
                 tracing::warn!("SIGHUP while the store is failed: the sinks are not reloaded; send SIGHUP again once it is open.");
                 Flow::Continue
             }
-            Event::Reload(new_config) => {
-                if let Some(key) = sinks_need_restart(&self.config, &new_config) {
-                    tracing::warn!(changed = key, "SIGHUP: sinks not reloaded: they are validated against this setting, which takes a restart.");
-                } else {
-                    let (applied, started) = self.sinks.reload(new_config.sinks).await;
-                    self.components.spawn_sinks(started);
-                    log_reload(applied);
+            Event::Reload(sinks) if self.reloading.is_some() => {
+                tracing::info!("SIGHUP while the last one is being applied: this one follows.");
+                self.queued_reload = Some(sinks);
+                Flow::Continue
+            }
+            Event::Reload(sinks) => {
+                self.plan_reload(*sinks);
+                Flow::Continue
+            }
+            Event::ReloadPlanned(_) if self.stopping || self.fault.is_some() => {
+                self.reloading = None;
+                self.refused.clear();
+                self.queued_reload = None;
+                tracing::warn!("The sinks of the SIGHUP were set up, but eddy is stopping or its store failed: not applied.");
+                Flow::Continue
+            }
+            Event::ReloadPlanned(plan) => {
+                self.reloading = None;
+                let (mut applied, started) = self.sinks.apply_reload(plan);
+                self.components.spawn_sinks(started);
+                applied.failed.append(&mut self.refused);
+                log_reload(applied);
+                if let Some(next) = self.queued_reload.take() {
+                    self.plan_reload(*next);
                 }
                 Flow::Continue
             }
@@ -574,6 +642,29 @@ impl Daemon {
                 Flow::Continue
             }
         }
+    }
+
+    /// Starts setting up the sinks of a reload (its end is [`Event::ReloadPlanned`]). A sink
+    /// whose new settings are invalid keeps its running ones.
+    fn plan_reload(&mut self, reload: SinkReload) {
+        if let Some(key) = sinks_need_restart(&self.config, &reload) {
+            tracing::warn!(
+                changed = key,
+                "SIGHUP: sinks not reloaded: they are validated against this setting, which takes a restart."
+            );
+            return;
+        }
+        let mut sinks = Vec::new();
+        for sink in reload.sinks {
+            match sink {
+                Ok(sink) => sinks.push(sink),
+                Err((name, error)) => {
+                    sinks.extend(self.sinks.running_settings(&name));
+                    self.refused.push((name, anyhow::Error::from(error)));
+                }
+            }
+        }
+        self.reloading = Some(Box::pin(self.sinks.plan_reload(sinks)));
     }
 
     /// A component ended: fine while stopping (or a sink a reload retired, or the aggregator
@@ -727,6 +818,10 @@ impl Daemon {
     /// input closes.
     fn begin_stop(&mut self) {
         self.stopping = true;
+        if self.reloading.take().is_some() || self.queued_reload.take().is_some() {
+            self.refused.clear();
+            tracing::warn!("Stopping while a SIGHUP's sinks were being set up: not applied.");
+        }
         self.telemetry.sources_up.store(false, Ordering::Relaxed);
         systemd::notify("STOPPING=1\nSTATUS=Draining.");
         self.sources_stop.cancel();
@@ -741,7 +836,7 @@ impl Daemon {
 /// A restart-only setting the sinks are validated against that `new` changes: sinks built
 /// from it would disagree with the running engine (MQTT topics and client ids carry the
 /// device id; a `raw` sink needs `forward_raw`), so none is reloaded.
-fn sinks_need_restart(running: &Config, new: &Config) -> Option<&'static str> {
+fn sinks_need_restart(running: &Config, new: &SinkReload) -> Option<&'static str> {
     if running.device_id != new.device_id {
         Some("device_id")
     } else if running.forward_raw != new.forward_raw {

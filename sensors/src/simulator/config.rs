@@ -59,8 +59,13 @@ impl RawSimulatorSource {
             .and_then(NonZeroU32::new)
             .ok_or_else(|| invalid(format!("{key}.sensors"), "must be between 1 and 100000"))?;
         let rate = self.rate.unwrap_or(1.0);
-        if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
-            return Err(invalid(format!("{key}.rate"), "must be a number of readings/s in (0, 1000000]"));
+        // At least one reading per 100 s: the period between rounds is 1 / rate, a timer that
+        // must fit (1e-18 readings/s is a period of 3e10 years).
+        if !(rate.is_finite() && (0.01..=1_000_000.0).contains(&rate)) {
+            return Err(invalid(
+                format!("{key}.rate"),
+                "must be a number of readings/s from 0.01 to 1000000",
+            ));
         }
         Ok(SimulatorConfig { sensors, rate, seed: self.seed.unwrap_or(42) })
     }

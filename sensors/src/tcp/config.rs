@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use eddy_common::{
-    invalid, secret_from_file, tls_server_config, KeyError, PemFile, PlainCredential, Secret, TlsError,
+    duration_within, invalid, secret_from_file, tls_server_config, KeyError, PemFile, PlainCredential,
+    Secret, TlsError, DAY,
 };
 use serde::Deserialize;
 
@@ -225,10 +226,8 @@ impl RawTcpSource {
             Some(path) => {
                 let key = format!("{key}.token_file");
                 let text = secret_from_file(&key, path)?;
+                // Not empty: `secret_from_file` refuses a file of white space alone.
                 let token = Secret::new(text.trim());
-                if token.expose().is_empty() {
-                    return Err(invalid(key, format!("{} holds no token", path.display())));
-                }
                 if token.expose().bytes().any(|byte| byte.is_ascii_whitespace() || byte.is_ascii_control()) {
                     return Err(invalid(key, "the token must be one word of printable characters"));
                 }
@@ -242,11 +241,7 @@ impl RawTcpSource {
                 .check(self.allow_insecure.unwrap_or(false), warnings)?;
         }
         let duration = |name: &str, value: Option<Duration>, default: Duration, min: Duration| {
-            let value = value.unwrap_or(default);
-            if value < min {
-                return Err(invalid(format!("{key}.{name}"), format!("must be at least {min:?}")));
-            }
-            Ok(value)
+            duration_within(&format!("{key}.{name}"), value.unwrap_or(default), min, DAY)
         };
         let idle_timeout = duration(
             "idle_timeout",

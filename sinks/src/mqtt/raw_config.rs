@@ -8,7 +8,7 @@ use std::time::Duration;
 use eddy_common::{invalid, redact_url, secret_from_env, secret_from_file, KeyError, PlainCredential};
 use serde::Deserialize;
 
-use crate::config_keys::{timeout, tls_files};
+use crate::config_keys::{keep_alive, timeout, tls_files};
 use crate::mqtt::config::{check_topic_template, MqttConfig, MqttUrl};
 use eddy_common::Secret;
 
@@ -145,7 +145,7 @@ impl RawMqttSink {
             password,
             records_per_message,
             max_message_bytes,
-            keep_alive: timeout(key, "keep_alive", self.keep_alive, Duration::from_secs(30))?,
+            keep_alive: keep_alive(key, self.keep_alive, Duration::from_secs(30))?,
             connect_timeout: timeout(key, "connect_timeout", self.connect_timeout, Duration::from_secs(10))?,
             ack_timeout: timeout(key, "ack_timeout", self.ack_timeout, Duration::from_secs(30))?,
         })
