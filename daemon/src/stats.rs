@@ -160,8 +160,21 @@ pub(crate) struct StoreCounters {
     pub(crate) dropped_ttl: u64,
     #[serde(skip)]
     pub(crate) dead_letters: u64,
-    #[serde(skip)]
+    /// Dead letters deleted because their tree was full, since eddy started.
+    #[serde(default)]
     pub(crate) dropped_dead_letters: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub(crate) dropped_dead_letter_bytes: u64,
+    /// Dead letters kept now (`eddy dead-letters`).
+    #[serde(default)]
+    pub(crate) dead_letters_kept: u64,
+    /// Their bytes, against `dead_letter_max_bytes`.
+    #[serde(default)]
+    pub(crate) dead_letter_bytes: u64,
+    /// `storage.dead_letter_max_bytes`.
+    #[serde(default)]
+    pub(crate) dead_letter_max_bytes: u64,
     #[serde(skip)]
     pub(crate) corrupt_log_chunks: u64,
     #[serde(skip)]
@@ -205,6 +218,10 @@ impl StoreCounters {
             dropped_ttl: drops.dropped_ttl_records.load(Ordering::Relaxed),
             dead_letters: drops.dead_letter_records.load(Ordering::Relaxed),
             dropped_dead_letters: drops.dropped_dead_letter_records.load(Ordering::Relaxed),
+            dropped_dead_letter_bytes: drops.dropped_dead_letter_bytes.load(Ordering::Relaxed),
+            dead_letters_kept: drops.dead_letters_kept.load(Ordering::Relaxed),
+            dead_letter_bytes: drops.dead_letter_bytes.load(Ordering::Relaxed),
+            dead_letter_max_bytes: meters.budget_config().dead_letter_max_bytes,
             corrupt_log_chunks: stats.corrupt_log_chunks.load(Ordering::Relaxed),
             corrupt_outbox_pages: stats.corrupt_outbox_entries.load(Ordering::Relaxed),
             corrupt_state_pages: stats.corrupt_state_pages.load(Ordering::Relaxed),
@@ -444,6 +461,11 @@ pub(crate) struct DeliveryStats {
     /// Wall-clock time of the first failed delivery of the current outage (ms since the
     /// epoch; 0: the sink is online). For `/metrics` and `/status`.
     pub(crate) offline_since_ms: AtomicU64,
+    /// Wall-clock time of the first refusal of our credentials (HTTP 401, 403, 407) in a row
+    /// (ms since the epoch; 0: not refused). For `/health`, `/status` and `/metrics`.
+    pub(crate) refused_since_ms: AtomicU64,
+    /// The HTTP status of the last refusal.
+    pub(crate) refused_status: AtomicU64,
     /// Bytes the sink keeps on disk: a file sink's live and rotated files (0 for other sinks).
     pub(crate) file_bytes: AtomicU64,
 }
@@ -472,6 +494,15 @@ pub(crate) struct SinkCounters {
     /// documents of older eddies, read as 0.
     #[serde(default)]
     pub(crate) file_bytes: u64,
+    /// Since when the hub refuses our credentials (ms since the epoch; absent: it does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) refused_since_ms: Option<u64>,
+    /// The HTTP status of that refusal (401, 403, 407).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) refused_status: Option<u16>,
+    /// How long the hub has refused our credentials, s (0: it does not).
+    #[serde(default)]
+    pub(crate) refused_secs: u64,
 }
 
 impl DeliveryStats {
@@ -479,6 +510,7 @@ impl DeliveryStats {
     /// wall clock.
     pub(crate) fn snapshot(&self, name: &str, committed: Committed, now_ms: u64) -> SinkCounters {
         let since = self.offline_since_ms.load(Ordering::Relaxed);
+        let refused = self.refused_since_ms.load(Ordering::Relaxed);
         let cursor = self.cursor.load(Ordering::Relaxed);
         let oldest = self.oldest_waiting_ms.load(Ordering::Relaxed);
         let depth = committed.results.saturating_sub(cursor);
@@ -500,6 +532,10 @@ impl DeliveryStats {
                 now_ms.saturating_sub(oldest)
             },
             file_bytes: self.file_bytes.load(Ordering::Relaxed),
+            refused_since_ms: (refused != 0).then_some(refused),
+            refused_status: (refused != 0)
+                .then(|| u16::try_from(self.refused_status.load(Ordering::Relaxed)).unwrap_or(0)),
+            refused_secs: if refused == 0 { 0 } else { now_ms.saturating_sub(refused) / 1000 },
         }
     }
 }
