@@ -744,4 +744,67 @@ mod tests {
         assert_eq!(stats.delivered_total.load(Ordering::Relaxed), 20);
         assert_eq!(store.cursor("console").unwrap(), 20, "the stored cursor is what was delivered");
     }
+
+    fn record(seq: u64) -> OutRecord {
+        OutRecord { seq, kind: "window".into(), group: String::new(), payload: b"{}".to_vec() }
+    }
+
+    fn seqs(part: &Part) -> Vec<u64> {
+        match part {
+            Part::Send(records) => records.iter().map(|record| record.seq).collect(),
+            Part::Dead(record, _) => vec![record.seq],
+        }
+    }
+
+    /// Records named too large are set apart, in place, with their reasons; the runs between
+    /// them go as they are, in order.
+    #[test]
+    fn oversize_records_are_set_apart_in_order() {
+        let records: Vec<OutRecord> = (1..=6).map(record).collect();
+        let named = vec![(2, "too big".to_owned()), (5, "huge".to_owned()), (9, "not given".to_owned())];
+        let parts = split_oversize(records, &named);
+        assert_eq!(
+            parts.iter().map(seqs).collect::<Vec<_>>(),
+            vec![vec![1], vec![2], vec![3, 4], vec![5], vec![6]]
+        );
+        assert_eq!(parts[1], Part::Dead(record(2), "too big".to_owned()));
+        assert_eq!(parts[3], Part::Dead(record(5), "huge".to_owned()));
+        assert!(matches!(parts[0], Part::Send(_)));
+        assert_eq!(split_first_seq(&parts), 1);
+        // Naming none of them leaves one part to send (the caller then does not loop).
+        let parts = split_oversize((1..=3).map(record).collect(), &[(7, "x".to_owned())]);
+        assert_eq!(parts.iter().map(seqs).collect::<Vec<_>>(), vec![vec![1, 2, 3]]);
+        assert!(split_oversize(Vec::new(), &named).is_empty());
+    }
+
+    /// An outage is logged when it starts and published; a refusal of our credentials is
+    /// published apart and cleared by a delivery, or by another kind of failure.
+    #[test]
+    fn a_refusal_is_published_until_a_delivery_or_another_failure() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let stats = DeliveryStats::default();
+            let mut outage = Outage::new(Backoff::new(MIN_BACKOFF, Duration::from_secs(2)));
+            let refused = || Failure::Unauthorized { status: 401, reason: "HTTP 401".into() };
+            // Backoff delays carry ±25 % jitter.
+            let about = |delay: Duration, expected: Duration| {
+                assert!(delay >= expected * 3 / 4 && delay <= expected * 5 / 4, "{delay:?} for {expected:?}");
+            };
+            about(outage.failed("hub", &stats, refused()), MIN_BACKOFF);
+            let since = stats.refused_since_ms.load(Ordering::Relaxed);
+            assert!(since > 0);
+            assert_eq!(stats.refused_status.load(Ordering::Relaxed), 401);
+            assert!(stats.offline_since_ms.load(Ordering::Relaxed) > 0);
+            // Retried with the capped backoff, the refusal keeps its start.
+            about(outage.failed("hub", &stats, refused()), MIN_BACKOFF * 2);
+            assert_eq!(stats.refused_since_ms.load(Ordering::Relaxed), since);
+            outage.back("hub", &stats);
+            assert_eq!(stats.refused_since_ms.load(Ordering::Relaxed), 0);
+            assert_eq!(stats.offline_since_ms.load(Ordering::Relaxed), 0);
+            about(outage.failed("hub", &stats, refused()), MIN_BACKOFF); // the backoff starts over
+            outage.failed("hub", &stats, Failure::Offline("HTTP 503".into()));
+            assert_eq!(stats.refused_since_ms.load(Ordering::Relaxed), 0);
+            assert!(stats.offline_since_ms.load(Ordering::Relaxed) > 0);
+        });
+    }
 }
