@@ -162,10 +162,23 @@ pub(crate) fn render(status: &Status) -> String {
             store.failures
         );
     }
+    if store.dead_letters_kept + store.dropped_dead_letters > 0 {
+        let _ = writeln!(
+            out,
+            "       dead letters: {} kept ({} of {}), {} dropped since eddy started",
+            store.dead_letters_kept,
+            bytes(store.dead_letter_bytes),
+            bytes(store.dead_letter_max_bytes),
+            store.dropped_dead_letters
+        );
+    }
     let _ = writeln!(out, "\nUplinks                 state            delivered  retries  outbox  oldest");
     for uplink in &status.uplinks {
-        let state =
-            if uplink.online { "online".to_owned() } else { format!("offline {}s", uplink.offline_secs) };
+        let state = match (uplink.online, uplink.refused_status) {
+            (true, _) => "online".to_owned(),
+            (false, Some(status)) => format!("refused {status} {}s", uplink.refused_secs),
+            (false, None) => format!("offline {}s", uplink.offline_secs),
+        };
         let _ = writeln!(
             out,
             "  {:<20} {:<16} {:>9} {:>8} {:>7} {:>6}s",
@@ -343,5 +356,26 @@ Uplinks                 state            delivered  retries  outbox  oldest
             printed.ends_with("  file                 online                  99        0       0      0s\n      files on disk: 3.0 MiB\n"),
             "{printed}"
         );
+    }
+
+    /// A hub refusing our credentials shows in the uplink's state; dead letters, under the
+    /// store.
+    #[test]
+    fn a_refusal_and_the_dead_letters_are_printed() {
+        let mut status: Status = serde_json::from_str(DOCUMENT).expect("a status document");
+        status.uplinks[0].refused_status = Some(401);
+        status.uplinks[0].refused_secs = 42;
+        status.store.dead_letters_kept = 12;
+        status.store.dead_letter_bytes = 3 << 10;
+        status.store.dead_letter_max_bytes = 16 << 20;
+        status.store.dropped_dead_letters = 5;
+        let printed = render(&status);
+        assert!(
+            printed.contains(
+                "(disk)\n       dead letters: 12 kept (3.0 KiB of 16.0 MiB), 5 dropped since eddy started\n"
+            ),
+            "{printed}"
+        );
+        assert!(printed.contains("  hub                  refused 401 42s         10"), "{printed}");
     }
 }
