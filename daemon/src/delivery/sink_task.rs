@@ -71,102 +71,98 @@ impl Delivering {
         let mut outage = Outage::new(Backoff::new(MIN_BACKOFF, self.delivery.max_backoff));
         // Dead letters an operator put back (`eddy dead-letters --resend`) go first.
         let resent = self.resend_marked(&name, &committed, &mut give_up, &retire, &mut outage).await?;
-        if resent {
-            loop {
+        loop {
+            if !resent || retire.is_cancelled() {
+                break;
+            }
+            let target = *committed.borrow_and_update();
+            // Priority: results first; raw readings only when no result is waiting.
+            let Some(lane) = self.next_lane(&cursors, &target) else {
+                tokio::select! {
+                    changed = committed.changed() => {
+                        if changed.is_err() && self.next_lane(&cursors, &committed.borrow()).is_none() {
+                            break; // the aggregator stopped and everything is delivered
+                        }
+                        continue;
+                    }
+                    _ = give_up.changed() => break,
+                    () = retire.cancelled() => break,
+                }
+            };
+            let cursor = cursors.get(lane);
+            let batch_max = self.delivery.batch_max_records;
+            let full_batch = u64::try_from(batch_max).unwrap_or(u64::MAX);
+            if !self.delivery.linger.is_zero() && target.get(lane) - cursor < full_batch {
+                // Fewer records than a full batch: wait up to `linger` for more.
+                let until = tokio::time::Instant::now() + self.delivery.linger;
+                loop {
+                    if committed.borrow().get(lane) - cursor >= full_batch {
+                        break;
+                    }
+                    tokio::select! {
+                        changed = committed.changed() => if changed.is_err() { break },
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = give_up.changed() => break,
+                        () = retire.cancelled() => break,
+                    }
+                }
                 if retire.is_cancelled() {
                     break;
                 }
-                let target = *committed.borrow_and_update();
-                // Priority: results first; raw readings only when no result is waiting.
-                let Some(lane) = self.next_lane(&cursors, &target) else {
-                    tokio::select! {
-                        changed = committed.changed() => {
-                            if changed.is_err() && self.next_lane(&cursors, &committed.borrow()).is_none() {
-                                break; // the aggregator stopped and everything is delivered
-                            }
-                            continue;
-                        }
-                        _ = give_up.changed() => break,
-                        () = retire.cancelled() => break,
-                    }
-                };
-                let cursor = cursors.get(lane);
-                let batch_max = self.delivery.batch_max_records;
-                let full_batch = u64::try_from(batch_max).unwrap_or(u64::MAX);
-                if !self.delivery.linger.is_zero() && target.get(lane) - cursor < full_batch {
-                    // Fewer records than a full batch: wait up to `linger` for more.
-                    let until = tokio::time::Instant::now() + self.delivery.linger;
-                    loop {
-                        if committed.borrow().get(lane) - cursor >= full_batch {
-                            break;
-                        }
-                        tokio::select! {
-                            changed = committed.changed() => if changed.is_err() { break },
-                            _ = tokio::time::sleep_until(until) => break,
-                            _ = give_up.changed() => break,
-                            () = retire.cancelled() => break,
-                        }
-                    }
-                    if retire.is_cancelled() {
-                        break;
-                    }
+            }
+            let target = committed.borrow_and_update().get(lane);
+            let started = tokio::time::Instant::now();
+            // Only what the aggregator has committed *and flushed* (`target`): a sink must never
+            // hand out a result that a power cut could still take back.
+            let mut entries = self.store.read_lane_after(lane, cursor, batch_max)?;
+            self.stats.oldest_waiting_ms.store(
+                self.store.commit_time_after(lane, cursor)?.map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
+                Ordering::Relaxed,
+            );
+            entries.retain(|(seq, _)| *seq <= target);
+            let Some(last_seq) = entries.last().map(|(seq, _)| *seq) else {
+                // Entries up to target were trimmed, dropped or undecodable: move past them.
+                cursors.set(lane, target);
+                self.persist(lane, &name, target).await?;
+                continue;
+            };
+            let records: Vec<OutRecord> = entries
+                .into_iter()
+                .filter(|(_, entry)| self.records.contains(&entry.kind))
+                .map(|(seq, entry)| OutRecord {
+                    seq,
+                    kind: entry.kind,
+                    group: entry.group,
+                    payload: entry.payload,
+                })
+                .collect();
+            let n_records = u64::try_from(records.len()).unwrap_or(u64::MAX);
+            let end = self.deliver_batch(records, &name, &committed, &retire).await?;
+            if end.delivered {
+                outage.back(&name, &self.stats);
+            }
+            if let Some((failure, first_unfinished)) = end.failure {
+                if end.finished > 0 {
+                    // The parts before the failing one are done: never send them again.
+                    let done = first_unfinished.saturating_sub(1);
+                    cursors.set(lane, done);
+                    self.persist(lane, &name, done).await?;
                 }
-                let target = committed.borrow_and_update().get(lane);
-                let started = tokio::time::Instant::now();
-                // Only what the aggregator has committed *and flushed* (`target`): a sink must never
-                // hand out a result that a power cut could still take back.
-                let mut entries = self.store.read_lane_after(lane, cursor, batch_max)?;
-                self.stats.oldest_waiting_ms.store(
-                    self.store
-                        .commit_time_after(lane, cursor)?
-                        .map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
-                    Ordering::Relaxed,
-                );
-                entries.retain(|(seq, _)| *seq <= target);
-                let Some(last_seq) = entries.last().map(|(seq, _)| *seq) else {
-                    // Entries up to target were trimmed, dropped or undecodable: move past them.
-                    cursors.set(lane, target);
-                    self.persist(lane, &name, target).await?;
-                    continue;
-                };
-                let records: Vec<OutRecord> = entries
-                    .into_iter()
-                    .filter(|(_, entry)| self.records.contains(&entry.kind))
-                    .map(|(seq, entry)| OutRecord {
-                        seq,
-                        kind: entry.kind,
-                        group: entry.group,
-                        payload: entry.payload,
-                    })
-                    .collect();
-                let n_records = u64::try_from(records.len()).unwrap_or(u64::MAX);
-                let end = self.deliver_batch(records, &name, &committed, &retire).await?;
-                if end.delivered {
-                    outage.back(&name, &self.stats);
+                if !self.wait_out(&name, failure, &mut outage, &committed, &mut give_up, &retire).await {
+                    break;
                 }
-                if let Some((failure, first_unfinished)) = end.failure {
-                    if end.finished > 0 {
-                        // The parts before the failing one are done: never send them again.
-                        let done = first_unfinished.saturating_sub(1);
-                        cursors.set(lane, done);
-                        self.persist(lane, &name, done).await?;
-                    }
-                    if !self.wait_out(&name, failure, &mut outage, &committed, &mut give_up, &retire).await {
-                        break;
-                    }
-                    continue;
-                }
-                cursors.set(lane, last_seq);
-                self.persist(lane, &name, last_seq).await?;
-                if let Some(rate) = self.delivery.rate_limit {
-                    // Pace the drain: n records take at least n / rate seconds.
-                    let n_delivered = f64::from(u32::try_from(n_records).unwrap_or(u32::MAX));
-                    let pace = Duration::from_secs_f64(n_delivered / rate);
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(started + pace) => {}
-                        _ = give_up.changed() => break,
-                        () = retire.cancelled() => break,
-                    }
+                continue;
+            }
+            cursors.set(lane, last_seq);
+            self.persist(lane, &name, last_seq).await?;
+            if let Some(rate) = self.delivery.rate_limit {
+                // Pace the drain: n records take at least n / rate seconds.
+                let n_delivered = f64::from(u32::try_from(n_records).unwrap_or(u32::MAX));
+                let pace = Duration::from_secs_f64(n_delivered / rate);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(started + pace) => {}
+                    _ = give_up.changed() => break,
+                    () = retire.cancelled() => break,
                 }
             }
         }
