@@ -444,7 +444,7 @@ mod tests {
             vec![(4, "record of 31 bytes exceeds max_message_bytes 30".to_owned())]
         );
         assert!(oversize_records(&config(1, 30), 1 << 20, &[edge.clone()]).is_empty());
-        // The packet limit counts the topic (16 bytes) and the PUBLISH header too.
+        // The packet limit counts the topic and the PUBLISH header too.
         let packet = 29 + "devices/gw/window".len() + PUBLISH_OVERHEAD;
         assert_eq!(
             oversize_records(&config(1, 30), packet - 1, &[edge.clone()]),
