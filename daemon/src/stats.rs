@@ -468,6 +468,49 @@ pub(crate) struct DeliveryStats {
     pub(crate) refused_status: AtomicU64,
     /// Bytes the sink keeps on disk: a file sink's live and rotated files (0 for other sinks).
     pub(crate) file_bytes: AtomicU64,
+    /// Requests of the local endpoint to resend the sink's dead letters.
+    pub(crate) resend: ResendRequests,
+}
+
+/// What a resend request is answered: how many dead letters were marked, or why none.
+pub(crate) type ResendAnswer = Result<u64, String>;
+
+/// Requests to mark a sink's dead letters for resend (`POST /dead-letters/resend`), answered
+/// by the sink's delivery task, which holds the store, between two deliveries.
+#[derive(Debug, Default)]
+pub(crate) struct ResendRequests {
+    pending: AtomicBool,
+    wake: tokio::sync::Notify,
+    replies: Mutex<Vec<tokio::sync::oneshot::Sender<ResendAnswer>>>,
+}
+
+impl ResendRequests {
+    /// Asks the sink's task; the answer comes when it gets to it.
+    pub(crate) fn request(&self) -> tokio::sync::oneshot::Receiver<ResendAnswer> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.replies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(reply);
+        self.pending.store(true, Ordering::Release);
+        self.wake.notify_one();
+        answer
+    }
+
+    /// Whether a request waits.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// The requests waiting, to answer (none: nothing was asked).
+    pub(crate) fn take(&self) -> Vec<tokio::sync::oneshot::Sender<ResendAnswer>> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.replies.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Resolves when a request may have come (check [`ResendRequests::is_pending`]).
+    pub(crate) async fn asked(&self) {
+        self.wake.notified().await;
+    }
 }
 
 /// A copy of one sink's counters at one moment (`/status` `uplinks`).

@@ -310,9 +310,9 @@ fn the_dead_letter_tree_stays_within_its_bytes_and_says_what_it_dropped() {
     assert_eq!(dead.last().map(|letter| letter["record"].clone()), oracle(&eddy).last().cloned());
 }
 
-/// Rejected records come back: `eddy dead-letters --resend` (refused, and saying why, while
-/// eddy runs) queues them, and at the next start the sink delivers every one with its original
-/// id before anything else; the tree is then empty.
+/// Rejected records come back: `eddy dead-letters --resend` with eddy stopped queues them, and
+/// at the next start the sink delivers every one with its original id before anything else;
+/// the tree is then empty.
 #[test]
 fn resent_dead_letters_reach_the_fixed_hub_with_their_ids() {
     let hub = HttpHub::start().expect("the HTTP hub starts");
@@ -323,9 +323,6 @@ fn resent_dead_letters_reach_the_fixed_hub_with_their_ids() {
     let sensors = 4;
     send(&eddy, &readings(base, sensors, 0, 4));
     wait_for(&eddy, Duration::from_secs(30), "every result rejected", || counters_now(&eddy) == 3 * sensors);
-    let (ok, _, stderr) = dead_letters_cli(&eddy.dir, &["--resend"]);
-    assert!(!ok, "a resend while eddy runs must fail");
-    assert!(stderr.contains("eddy is running"), "{stderr}");
     assert!(eddy.stop().expect("eddy stops").success());
     let dead = dead_letters(&eddy.dir);
     assert_eq!(dead.len(), 3 * sensors);
@@ -347,6 +344,42 @@ fn resent_dead_letters_reach_the_fixed_hub_with_their_ids() {
     let sent: Vec<serde_json::Value> = dead.iter().map(|letter| letter["record"].clone()).collect();
     check_every_result_in_order(&sent, &hub.records(), 0);
     assert!(dead_letters(&dir).is_empty(), "resent dead letters are deleted");
+}
+
+/// The same while eddy runs: `--resend` asks it through its endpoint, the sink marks its dead
+/// letters, says how many, and delivers them at once; an endpoint that does not answer is an
+/// error that marks nothing.
+#[test]
+fn dead_letters_resent_while_eddy_runs_reach_the_hub_at_once() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    hub.set_status(400);
+    let mut eddy = Eddy::start(&http_config(&hub.url(), 16).to_toml()).expect("eddy starts");
+    let api = api_address(&eddy);
+    let base = base_ms();
+    let sensors = 4;
+    send(&eddy, &readings(base, sensors, 0, 4));
+    wait_for(&eddy, Duration::from_secs(30), "every result rejected", || counters_now(&eddy) == 3 * sensors);
+    let (ok, _, stderr) = dead_letters_cli(&eddy.dir, &["--resend", "--addr", "127.0.0.1:1"]);
+    assert!(!ok, "no endpoint there");
+    assert!(stderr.contains("nothing was marked"), "{stderr}");
+    assert!(hub.records().is_empty());
+
+    hub.set_status(200);
+    let addr = api.to_string();
+    let (ok, stdout, stderr) = dead_letters_cli(&eddy.dir, &["--resend", "--sink", "hub", "--addr", &addr]);
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(stdout, format!("sink hub: {} dead letters queued for resend\n", 3 * sensors));
+    wait_for(&eddy, Duration::from_secs(30), "the dead letters at the hub", || {
+        hub.record_count() >= 3 * sensors && status(&eddy)["store"]["dead_letters_kept"] == 0
+    });
+    // Delivery goes on after them.
+    send(&eddy, &readings(base, sensors, 4, 6));
+    wait_for(&eddy, Duration::from_secs(30), "the later results at the hub", || {
+        all_delivered(&eddy, 5 * sensors, &hub.records())
+    });
+    assert!(eddy.stop().expect("eddy stops").success());
+    check_every_result_in_order(&oracle(&eddy), &hub.records(), 0);
+    assert!(dead_letters(&eddy.dir).is_empty(), "resent dead letters are deleted");
 }
 
 /// Records the running eddy's sink `hub` rejected so far.

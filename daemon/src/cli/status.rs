@@ -11,7 +11,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::header::{CONNECTION, HOST};
-use hyper::Request;
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
 use crate::config::Config;
@@ -19,12 +19,24 @@ use crate::stats::Status;
 
 /// GET `path` from `addr` with hyper's HTTP/1 client; the status code and the body.
 pub(crate) async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    exchange(addr, Method::GET, path, Duration::from_secs(10)).await
+}
+
+/// `method` `path` (no body) at `addr`, answered within `within`: the status code and the body.
+pub(crate) async fn exchange(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    within: Duration,
+) -> anyhow::Result<(u16, String)> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         // The connection future does the I/O; it ends when the answer is read (Connection: close).
         let connection = tokio::spawn(connection);
-        let request = Request::get(path)
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
             .header(HOST, addr.to_string())
             .header(CONNECTION, "close")
             .body(Empty::<Bytes>::new())?;
@@ -34,9 +46,9 @@ pub(crate) async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, St
         connection.abort();
         Ok::<_, anyhow::Error>((code, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
+    tokio::time::timeout(within, exchange)
         .await
-        .context("no answer within 10 s")?
+        .with_context(|| format!("no answer within {} s", within.as_secs()))?
         .with_context(|| {
             format!("cannot reach eddy's endpoint at {addr} (is eddy running with [api] listen set?)")
         })

@@ -75,6 +75,12 @@ impl Delivering {
             if !resent || retire.is_cancelled() {
                 break;
             }
+            // Dead letters put back while eddy runs (`POST /dead-letters/resend`).
+            if self.stats.resend.is_pending()
+                && !self.resend_marked(&name, &committed, &mut give_up, &retire, &mut outage).await?
+            {
+                break;
+            }
             let target = *committed.borrow_and_update();
             // Priority: results first; raw readings only when no result is waiting.
             let Some(lane) = self.next_lane(&cursors, &target) else {
@@ -87,6 +93,7 @@ impl Delivering {
                     }
                     _ = give_up.changed() => break,
                     () = retire.cancelled() => break,
+                    () = self.stats.resend.asked() => continue,
                 }
             };
             let cursor = cursors.get(lane);
@@ -334,11 +341,13 @@ impl Delivering {
             _ = tokio::time::sleep(delay) => true,
             _ = give_up.changed() => false,
             () = retire.cancelled() => false,
+            // A resend request is answered at once, not after the backoff.
+            () = self.stats.resend.asked() => true,
         }
     }
 
-    /// Delivers the dead letters of this sink that an operator marked for resend, oldest first,
-    /// in batches; each is deleted once delivered (a new rejection makes it a new dead letter
+    /// Delivers the dead letters of this sink that an operator marked for resend (marking them
+    /// first if the local endpoint asked), oldest first, in batches; each is deleted once delivered (a new rejection makes it a new dead letter
     /// with the new reason). False when eddy stops or the sink is retired first: the rest stay
     /// marked for the next start.
     async fn resend_marked(
@@ -353,6 +362,7 @@ impl Delivering {
             if retire.is_cancelled() {
                 return Ok(false);
             }
+            self.answer_resend_requests(name).await?;
             let marked = self.store.marked_dead_letters(name, self.delivery.batch_max_records)?;
             if marked.is_empty() {
                 return Ok(true);
@@ -382,6 +392,27 @@ impl Delivering {
                 }
             }
         }
+    }
+
+    /// Marks this sink's dead letters for resend if the local endpoint asked, and answers how
+    /// many (once the marks are flushed).
+    async fn answer_resend_requests(&self, name: &str) -> Result<(), StoreError> {
+        let replies = self.stats.resend.take();
+        if replies.is_empty() {
+            return Ok(());
+        }
+        let marked = self.store.mark_dead_letters_for_resend(|sink| sink == name).await;
+        let answer = match &marked {
+            Ok(counts) => Ok(counts.iter().map(|(_, count)| *count).sum()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Ok(count) = answer {
+            tracing::info!(sink = %name, dead_letters = count, "Dead letters queued for resend.");
+        }
+        for reply in replies {
+            let _ = reply.send(answer.clone());
+        }
+        marked.map(|_| ())
     }
 
     fn takes_raw(&self) -> bool {
