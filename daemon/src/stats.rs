@@ -683,3 +683,28 @@ impl ClockStats {
 pub(crate) fn rfc3339_ms(ms: i64) -> String {
     format!("{}Z", crate::engine::record::format_utc_ms(ms).replacen(' ', "T", 1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resend request wakes the sink's task (even one not waiting yet), is taken once, and
+    /// its answer reaches the asker.
+    #[tokio::test]
+    async fn a_resend_request_is_taken_once_and_answered() {
+        let requests = ResendRequests::default();
+        assert!(!requests.is_pending());
+        assert!(requests.take().is_empty());
+        let answer = requests.request();
+        assert!(requests.is_pending());
+        tokio::time::timeout(Duration::from_secs(1), requests.asked()).await.expect("woken");
+        let replies = requests.take();
+        assert_eq!(replies.len(), 1);
+        assert!(!requests.is_pending());
+        assert!(requests.take().is_empty());
+        for reply in replies {
+            reply.send(Ok(3)).unwrap();
+        }
+        assert_eq!(answer.await.unwrap(), Ok(3));
+    }
+}
