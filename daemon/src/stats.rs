@@ -160,8 +160,21 @@ pub(crate) struct StoreCounters {
     pub(crate) dropped_ttl: u64,
     #[serde(skip)]
     pub(crate) dead_letters: u64,
-    #[serde(skip)]
+    /// Dead letters deleted because their tree was full, since eddy started.
+    #[serde(default)]
     pub(crate) dropped_dead_letters: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub(crate) dropped_dead_letter_bytes: u64,
+    /// Dead letters kept now (`eddy dead-letters`).
+    #[serde(default)]
+    pub(crate) dead_letters_kept: u64,
+    /// Their bytes, against `dead_letter_max_bytes`.
+    #[serde(default)]
+    pub(crate) dead_letter_bytes: u64,
+    /// `storage.dead_letter_max_bytes`.
+    #[serde(default)]
+    pub(crate) dead_letter_max_bytes: u64,
     #[serde(skip)]
     pub(crate) corrupt_log_chunks: u64,
     #[serde(skip)]
@@ -205,6 +218,10 @@ impl StoreCounters {
             dropped_ttl: drops.dropped_ttl_records.load(Ordering::Relaxed),
             dead_letters: drops.dead_letter_records.load(Ordering::Relaxed),
             dropped_dead_letters: drops.dropped_dead_letter_records.load(Ordering::Relaxed),
+            dropped_dead_letter_bytes: drops.dropped_dead_letter_bytes.load(Ordering::Relaxed),
+            dead_letters_kept: drops.dead_letters_kept.load(Ordering::Relaxed),
+            dead_letter_bytes: drops.dead_letter_bytes.load(Ordering::Relaxed),
+            dead_letter_max_bytes: meters.budget_config().dead_letter_max_bytes,
             corrupt_log_chunks: stats.corrupt_log_chunks.load(Ordering::Relaxed),
             corrupt_outbox_pages: stats.corrupt_outbox_entries.load(Ordering::Relaxed),
             corrupt_state_pages: stats.corrupt_state_pages.load(Ordering::Relaxed),
@@ -444,8 +461,56 @@ pub(crate) struct DeliveryStats {
     /// Wall-clock time of the first failed delivery of the current outage (ms since the
     /// epoch; 0: the sink is online). For `/metrics` and `/status`.
     pub(crate) offline_since_ms: AtomicU64,
+    /// Wall-clock time of the first refusal of our credentials (HTTP 401, 403, 407) in a row
+    /// (ms since the epoch; 0: not refused). For `/health`, `/status` and `/metrics`.
+    pub(crate) refused_since_ms: AtomicU64,
+    /// The HTTP status of the last refusal.
+    pub(crate) refused_status: AtomicU64,
     /// Bytes the sink keeps on disk: a file sink's live and rotated files (0 for other sinks).
     pub(crate) file_bytes: AtomicU64,
+    /// Requests of the local endpoint to resend the sink's dead letters.
+    pub(crate) resend: ResendRequests,
+}
+
+/// What a resend request is answered: how many dead letters were marked, or why none.
+pub(crate) type ResendAnswer = Result<u64, String>;
+
+/// Requests to mark a sink's dead letters for resend (`POST /dead-letters/resend`), answered
+/// by the sink's delivery task, which holds the store, between two deliveries.
+#[derive(Debug, Default)]
+pub(crate) struct ResendRequests {
+    pending: AtomicBool,
+    wake: tokio::sync::Notify,
+    replies: Mutex<Vec<tokio::sync::oneshot::Sender<ResendAnswer>>>,
+}
+
+impl ResendRequests {
+    /// Asks the sink's task; the answer comes when it gets to it.
+    pub(crate) fn request(&self) -> tokio::sync::oneshot::Receiver<ResendAnswer> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.replies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(reply);
+        self.pending.store(true, Ordering::Release);
+        self.wake.notify_one();
+        answer
+    }
+
+    /// Whether a request waits.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// The requests waiting, to answer (none: nothing was asked).
+    pub(crate) fn take(&self) -> Vec<tokio::sync::oneshot::Sender<ResendAnswer>> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.replies.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Resolves when a request may have come (check [`ResendRequests::is_pending`]).
+    pub(crate) async fn asked(&self) {
+        self.wake.notified().await;
+    }
 }
 
 /// A copy of one sink's counters at one moment (`/status` `uplinks`).
@@ -472,6 +537,15 @@ pub(crate) struct SinkCounters {
     /// documents of older eddies, read as 0.
     #[serde(default)]
     pub(crate) file_bytes: u64,
+    /// Since when the hub refuses our credentials (ms since the epoch; absent: it does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) refused_since_ms: Option<u64>,
+    /// The HTTP status of that refusal (401, 403, 407).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) refused_status: Option<u16>,
+    /// How long the hub has refused our credentials, s (0: it does not).
+    #[serde(default)]
+    pub(crate) refused_secs: u64,
 }
 
 impl DeliveryStats {
@@ -479,6 +553,7 @@ impl DeliveryStats {
     /// wall clock.
     pub(crate) fn snapshot(&self, name: &str, committed: Committed, now_ms: u64) -> SinkCounters {
         let since = self.offline_since_ms.load(Ordering::Relaxed);
+        let refused = self.refused_since_ms.load(Ordering::Relaxed);
         let cursor = self.cursor.load(Ordering::Relaxed);
         let oldest = self.oldest_waiting_ms.load(Ordering::Relaxed);
         let depth = committed.results.saturating_sub(cursor);
@@ -500,6 +575,10 @@ impl DeliveryStats {
                 now_ms.saturating_sub(oldest)
             },
             file_bytes: self.file_bytes.load(Ordering::Relaxed),
+            refused_since_ms: (refused != 0).then_some(refused),
+            refused_status: (refused != 0)
+                .then(|| u16::try_from(self.refused_status.load(Ordering::Relaxed)).unwrap_or(0)),
+            refused_secs: if refused == 0 { 0 } else { now_ms.saturating_sub(refused) / 1000 },
         }
     }
 }
@@ -603,4 +682,29 @@ impl ClockStats {
 /// (`engine/record.rs`) with the `T` and `Z` of RFC 3339.
 pub(crate) fn rfc3339_ms(ms: i64) -> String {
     format!("{}Z", crate::engine::record::format_utc_ms(ms).replacen(' ', "T", 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resend request wakes the sink's task (even one not waiting yet), is taken once, and
+    /// its answer reaches the asker.
+    #[tokio::test]
+    async fn a_resend_request_is_taken_once_and_answered() {
+        let requests = ResendRequests::default();
+        assert!(!requests.is_pending());
+        assert!(requests.take().is_empty());
+        let answer = requests.request();
+        assert!(requests.is_pending());
+        tokio::time::timeout(Duration::from_secs(1), requests.asked()).await.expect("woken");
+        let replies = requests.take();
+        assert_eq!(replies.len(), 1);
+        assert!(!requests.is_pending());
+        assert!(requests.take().is_empty());
+        for reply in replies {
+            reply.send(Ok(3)).unwrap();
+        }
+        assert_eq!(answer.await.unwrap(), Ok(3));
+    }
 }

@@ -24,10 +24,33 @@ pub enum Delivery {
     /// message PUBACKed (MQTT), or answered 2xx (HTTP).
     Delivered,
     /// The sink refuses these records and retrying will not help. The local sinks never answer
-    /// this; the HTTP uplink does for a 4xx other than 408 and 429.
+    /// this; the HTTP uplink does for a 4xx other than 401, 403, 407, 408, 413 and 429.
     Rejected {
         /// Why, for the log.
         reason: String,
+    },
+    /// The hub refuses our credentials (HTTP 401, 403, 407): nothing is wrong with the records,
+    /// and an operator fixing the token (or the hub) ends it. Retried like `Offline`, for as
+    /// long as it lasts, and reported apart (`/health` warns).
+    Unauthorized {
+        /// The HTTP status.
+        status: u16,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// The batch as a whole is larger than the hub accepts (HTTP 413): the daemon splits it in
+    /// halves and delivers the parts; a single record answered this is dead-lettered.
+    TooLarge {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// These records can never go out on this sink (each alone is larger than its largest
+    /// message), so none of the batch was sent: the daemon dead-letters them with their
+    /// reasons and delivers the others, in order.
+    Oversize {
+        /// Seqs of the records too large, with why (e.g. `record of N bytes exceeds
+        /// max_message_bytes M`).
+        records: Vec<(u64, String)>,
     },
     /// The output is unavailable right now (closed stdout, full disk, file replaced by a
     /// directory); retry the same records later with backoff. Part of them may already be out,

@@ -30,4 +30,5 @@ mod tidy;
 mod uplink;
 mod uplink_http;
 mod uplink_mqtt;
+mod uplink_refusals;
 mod uplink_tls;

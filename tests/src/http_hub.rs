@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 server acting as the hub in tests: it answers POSTs with a chosen status,
+//! A small HTTP/1.1 server acting as the hub in tests: it answers POSTs with a chosen status
+//! (413 for bodies above a chosen size),
 //! keeps the JSON records of every batch it accepted (2xx), and can be stopped and restarted on
 //! the same port.
 
@@ -21,6 +22,10 @@ struct Received {
 
 struct Shared {
     status: AtomicU16,
+    /// Bodies larger than this are answered 413 (0: no limit).
+    max_body: AtomicU64,
+    /// Requests answered 413 so far.
+    too_large: AtomicU64,
     running: AtomicBool,
     requests: AtomicU64,
     received: Mutex<Received>,
@@ -43,6 +48,8 @@ impl HttpHub {
             port,
             shared: Arc::new(Shared {
                 status: AtomicU16::new(200),
+                max_body: AtomicU64::new(0),
+                too_large: AtomicU64::new(0),
                 running: AtomicBool::new(false),
                 requests: AtomicU64::new(0),
                 received: Mutex::new(Received::default()),
@@ -67,6 +74,17 @@ impl HttpHub {
     /// The status every following request gets.
     pub fn set_status(&self, status: u16) {
         self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers 413 (Payload Too Large) to every request whose body has more than `bytes`
+    /// bytes, whatever the status set (0: no limit).
+    pub fn set_max_body(&self, bytes: u64) {
+        self.shared.max_body.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Requests answered 413 so far.
+    pub fn too_large(&self) -> u64 {
+        self.shared.too_large.load(Ordering::SeqCst)
     }
 
     /// Stops listening and closes every connection (clients get refused connections).
@@ -186,7 +204,13 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         if !shared.running.load(Ordering::SeqCst) {
             return;
         }
-        let status = shared.status.load(Ordering::SeqCst);
+        let max_body = shared.max_body.load(Ordering::SeqCst);
+        let status = if max_body > 0 && u64::try_from(body.len()).unwrap_or(u64::MAX) > max_body {
+            shared.too_large.fetch_add(1, Ordering::SeqCst);
+            413
+        } else {
+            shared.status.load(Ordering::SeqCst)
+        };
         {
             let mut received = shared.received.lock().unwrap();
             received.last_headers = headers;

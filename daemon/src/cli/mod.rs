@@ -61,11 +61,23 @@ enum Command {
         json: bool,
     },
     /// Print the records sinks rejected permanently (the dead-letter tree), one JSON line
-    /// each. Run it while eddy is stopped.
+    /// each, while eddy is stopped; or, with --resend, put them back on their uplink (eddy
+    /// stopped, or running with its endpoint on).
     DeadLetters {
         /// The TOML configuration file (for data_dir).
         #[arg(long, short)]
         config: PathBuf,
+        /// Mark the dead letters for resend: each sink delivers them (same records, same ids,
+        /// oldest first) when eddy starts next, or at once when it runs, and deletes them
+        /// once delivered.
+        #[arg(long)]
+        resend: bool,
+        /// With --resend: only the dead letters of this sink.
+        #[arg(long, requires = "resend")]
+        sink: Option<String>,
+        /// With --resend while eddy runs: its endpoint's address instead of `api.listen`.
+        #[arg(long, requires = "resend")]
+        addr: Option<SocketAddr>,
     },
     /// Simulated thermostats as a client: send readings to a running eddy (a load generator)
     /// over TCP, to a serial port, or to an MQTT broker.
@@ -194,7 +206,7 @@ pub fn main(cli: Cli, log: LogHandle) -> ExitCode {
                 }
             }
         }
-        Command::DeadLetters { config } => {
+        Command::DeadLetters { config, resend, sink, addr } => {
             let config = match Config::load(Some(&config)) {
                 Ok(config) => config,
                 Err(error) => {
@@ -202,6 +214,24 @@ pub fn main(cli: Cli, log: LogHandle) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if resend {
+                let runtime = match runtime() {
+                    Ok(runtime) => runtime,
+                    Err(code) => return code,
+                };
+                return match runtime.block_on(dead_letters::resend_dead_letters(
+                    &config,
+                    sink.as_deref(),
+                    addr,
+                    &mut std::io::stdout().lock(),
+                )) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        eprintln!("eddy: {error:#}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             match dead_letters::print_dead_letters(&config, &mut std::io::stdout().lock()) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(error) => {

@@ -11,7 +11,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::header::{CONNECTION, HOST};
-use hyper::Request;
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
 use crate::config::Config;
@@ -19,12 +19,24 @@ use crate::stats::Status;
 
 /// GET `path` from `addr` with hyper's HTTP/1 client; the status code and the body.
 pub(crate) async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    exchange(addr, Method::GET, path, Duration::from_secs(10)).await
+}
+
+/// `method` `path` (no body) at `addr`, answered within `within`: the status code and the body.
+pub(crate) async fn exchange(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    within: Duration,
+) -> anyhow::Result<(u16, String)> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         // The connection future does the I/O; it ends when the answer is read (Connection: close).
         let connection = tokio::spawn(connection);
-        let request = Request::get(path)
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
             .header(HOST, addr.to_string())
             .header(CONNECTION, "close")
             .body(Empty::<Bytes>::new())?;
@@ -34,9 +46,9 @@ pub(crate) async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, St
         connection.abort();
         Ok::<_, anyhow::Error>((code, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
+    tokio::time::timeout(within, exchange)
         .await
-        .context("no answer within 10 s")?
+        .with_context(|| format!("no answer within {} s", within.as_secs()))?
         .with_context(|| {
             format!("cannot reach eddy's endpoint at {addr} (is eddy running with [api] listen set?)")
         })
@@ -162,10 +174,23 @@ pub(crate) fn render(status: &Status) -> String {
             store.failures
         );
     }
+    if store.dead_letters_kept + store.dropped_dead_letters > 0 {
+        let _ = writeln!(
+            out,
+            "       dead letters: {} kept ({} of {}), {} dropped since eddy started",
+            store.dead_letters_kept,
+            bytes(store.dead_letter_bytes),
+            bytes(store.dead_letter_max_bytes),
+            store.dropped_dead_letters
+        );
+    }
     let _ = writeln!(out, "\nUplinks                 state            delivered  retries  outbox  oldest");
     for uplink in &status.uplinks {
-        let state =
-            if uplink.online { "online".to_owned() } else { format!("offline {}s", uplink.offline_secs) };
+        let state = match (uplink.online, uplink.refused_status) {
+            (true, _) => "online".to_owned(),
+            (false, Some(status)) => format!("refused {status} {}s", uplink.refused_secs),
+            (false, None) => format!("offline {}s", uplink.offline_secs),
+        };
         let _ = writeln!(
             out,
             "  {:<20} {:<16} {:>9} {:>8} {:>7} {:>6}s",
@@ -343,5 +368,26 @@ Uplinks                 state            delivered  retries  outbox  oldest
             printed.ends_with("  file                 online                  99        0       0      0s\n      files on disk: 3.0 MiB\n"),
             "{printed}"
         );
+    }
+
+    /// A hub refusing our credentials shows in the uplink's state; dead letters, under the
+    /// store.
+    #[test]
+    fn a_refusal_and_the_dead_letters_are_printed() {
+        let mut status: Status = serde_json::from_str(DOCUMENT).expect("a status document");
+        status.uplinks[0].refused_status = Some(401);
+        status.uplinks[0].refused_secs = 42;
+        status.store.dead_letters_kept = 12;
+        status.store.dead_letter_bytes = 3 << 10;
+        status.store.dead_letter_max_bytes = 16 << 20;
+        status.store.dropped_dead_letters = 5;
+        let printed = render(&status);
+        assert!(
+            printed.contains(
+                "(disk)\n       dead letters: 12 kept (3.0 KiB of 16.0 MiB), 5 dropped since eddy started\n"
+            ),
+            "{printed}"
+        );
+        assert!(printed.contains("  hub                  refused 401 42s         10"), "{printed}");
     }
 }

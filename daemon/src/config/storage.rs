@@ -8,6 +8,11 @@ use serde::Deserialize;
 use crate::config::{invalid, within, ConfigError, MAX_TTL, TICK};
 use crate::storage::{BudgetConfig, Policy};
 
+/// Least `storage.dead_letter_max_bytes`: room for a few records.
+const DEAD_LETTER_MIN_BYTES: u64 = 4096;
+/// Most `storage.dead_letter_max_bytes`: 16 GiB.
+const DEAD_LETTER_MAX_MAX_BYTES: u64 = 1 << 34;
+
 /// `[storage]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +28,8 @@ pub struct RawStorage {
     pub ttl: Option<Duration>,
     /// Refuse readings when the file system has less free space, bytes (0: no check).
     pub min_free_bytes: u64,
+    /// Most bytes of dead letters kept; the oldest are deleted past it.
+    pub dead_letter_max_bytes: u64,
 }
 
 impl Default for RawStorage {
@@ -33,6 +40,7 @@ impl Default for RawStorage {
             policy: "drop_oldest".to_owned(),
             ttl: None,
             min_free_bytes: 64 * 1024 * 1024,
+            dead_letter_max_bytes: crate::storage::DEAD_LETTER_MAX_BYTES,
         }
     }
 }
@@ -68,11 +76,18 @@ impl RawStorage {
         if let Some(ttl) = self.ttl {
             within("storage.ttl", ttl, TICK, MAX_TTL)?;
         }
+        if !(DEAD_LETTER_MIN_BYTES..=DEAD_LETTER_MAX_MAX_BYTES).contains(&self.dead_letter_max_bytes) {
+            return Err(invalid(
+                "storage.dead_letter_max_bytes",
+                format!("must be between {DEAD_LETTER_MIN_BYTES} and {DEAD_LETTER_MAX_MAX_BYTES} bytes"),
+            ));
+        }
         Ok(BudgetConfig {
             max_bytes: (self.max_bytes != 0).then_some(self.max_bytes),
             policy,
             ttl: self.ttl,
             min_free_bytes: self.min_free_bytes,
+            dead_letter_max_bytes: self.dead_letter_max_bytes,
         })
     }
 }

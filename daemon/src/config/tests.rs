@@ -275,6 +275,10 @@ fn uplink_and_budget_mistakes_name_their_key() {
     check_key("[engine]\nforward_raw = true\n[[sinks]]\nkind = \"console\"\n", "engine.forward_raw");
     check_key("[storage]\npolicy = \"panic\"\n", "storage.policy");
     check_key("[storage]\nmax_bytes = 1000\n", "storage.max_bytes");
+    check_key("[storage]\ndead_letter_max_bytes = 100\n", "storage.dead_letter_max_bytes");
+    check_key("[storage]\ndead_letter_max_bytes = 99999999999999\n", "storage.dead_letter_max_bytes");
+    let config = load_extra("[storage]\ndead_letter_max_bytes = 65536\n").expect("valid");
+    assert_eq!(config.budget.dead_letter_max_bytes, 65536);
 }
 
 #[test]

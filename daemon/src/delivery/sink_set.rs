@@ -579,6 +579,7 @@ impl SinkSet {
         let Prepared { config, sink, tls_digest } = prepared;
         // A restarted sink has not failed yet with its new settings.
         stats.offline_since_ms.store(0, Ordering::Relaxed);
+        stats.refused_since_ms.store(0, Ordering::Relaxed);
         let retire = CancellationToken::new();
         let delivering = Delivering {
             sink,

@@ -1,7 +1,7 @@
 //! The delivery task of one sink: reads the outbox after the sink's durable cursor, hands the
 //! records it takes to the sink, and advances the cursor only after the sink confirmed them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,11 +68,17 @@ impl Delivering {
         self.publish(Lane::Results, cursors.results);
         self.publish(Lane::Raw, cursors.raw);
         self.publish_file_bytes();
-        let mut backoff = Backoff::new(MIN_BACKOFF, self.delivery.max_backoff);
-        let mut offline_since: Option<tokio::time::Instant> = None;
-        let mut last_warned = tokio::time::Instant::now();
+        let mut outage = Outage::new(Backoff::new(MIN_BACKOFF, self.delivery.max_backoff));
+        // Dead letters an operator put back (`eddy dead-letters --resend`) go first.
+        let resent = self.resend_marked(&name, &committed, &mut give_up, &retire, &mut outage).await?;
         loop {
-            if retire.is_cancelled() {
+            if !resent || retire.is_cancelled() {
+                break;
+            }
+            // Dead letters put back while eddy runs (`POST /dead-letters/resend`).
+            if self.stats.resend.is_pending()
+                && !self.resend_marked(&name, &committed, &mut give_up, &retire, &mut outage).await?
+            {
                 break;
             }
             let target = *committed.borrow_and_update();
@@ -87,6 +93,7 @@ impl Delivering {
                     }
                     _ = give_up.changed() => break,
                     () = retire.cancelled() => break,
+                    () = self.stats.resend.asked() => continue,
                 }
             };
             let cursor = cursors.get(lane);
@@ -136,92 +143,22 @@ impl Delivering {
                     payload: entry.payload,
                 })
                 .collect();
-            let outcome = if records.is_empty() {
-                Delivery::Delivered
-            } else {
-                // Once eddy stops (the aggregator is gone), a delivery gets STOP_GRACE more: a
-                // blackholed hub must not hold the stop until the shutdown deadline.
-                let stopping = async {
-                    while committed.changed().await.is_ok() {}
-                    tokio::time::sleep(STOP_GRACE).await;
-                };
-                let retiring = async {
-                    retire.cancelled().await;
-                    tokio::time::sleep(STOP_GRACE).await;
-                };
-                tokio::select! {
-                    outcome = self.sink.deliver(&records) => outcome,
-                    () = stopping => Delivery::Offline {
-                        reason: format!("no answer within {STOP_GRACE:?} of the stop"),
-                    },
-                    () = retiring => Delivery::Offline {
-                        reason: format!("no answer within {STOP_GRACE:?} of the sink's retirement"),
-                    },
-                }
-            };
             let n_records = u64::try_from(records.len()).unwrap_or(u64::MAX);
-            self.publish_file_bytes();
-            match outcome {
-                Delivery::Delivered => {
-                    self.stats.delivered_total.fetch_add(n_records, Ordering::Relaxed);
-                    self.stats.offline_since_ms.store(0, Ordering::Relaxed);
-                    if let Some(since) = offline_since.take() {
-                        tracing::info!(sink = %name, offline_secs = since.elapsed().as_secs(), "Sink is back.");
-                    }
-                    backoff.reset();
+            let end = self.deliver_batch(records, &name, &committed, &retire).await?;
+            if end.delivered {
+                outage.back(&name, &self.stats);
+            }
+            if let Some((failure, first_unfinished)) = end.failure {
+                if end.finished > 0 {
+                    // The parts before the failing one are done: never send them again.
+                    let done = first_unfinished.saturating_sub(1);
+                    cursors.set(lane, done);
+                    self.persist(lane, &name, done).await?;
                 }
-                Delivery::Rejected { reason } => {
-                    let rejected_ms = wall_clock_ms();
-                    let dead: Vec<DeadLetterEntry> = records
-                        .iter()
-                        .map(|record| DeadLetterEntry {
-                            sink: name.clone(),
-                            seq: record.seq,
-                            kind: record.kind.clone(),
-                            reason: reason.clone(),
-                            rejected_ms,
-                            payload: record.payload.clone(),
-                        })
-                        .collect();
-                    self.store.add_dead_letters(&dead)?;
-                    self.stats.rejected_total.fetch_add(n_records, Ordering::Relaxed);
-                    tracing::error!(sink = %name, records = n_records, %reason, "Sink rejected records permanently; they are moved to the dead-letter tree.");
+                if !self.wait_out(&name, failure, &mut outage, &committed, &mut give_up, &retire).await {
+                    break;
                 }
-                Delivery::Offline { reason } => {
-                    self.stats.retries_total.fetch_add(1, Ordering::Relaxed);
-                    if committed.has_changed().is_err() {
-                        // Stopping, and the sink is down: what is left stays in the outbox.
-                        tracing::warn!(sink = %name, %reason, "Sink unavailable at shutdown; undelivered records stay in the outbox.");
-                        break;
-                    }
-                    if retire.is_cancelled() {
-                        // Reloaded: the successor (if any) resumes from the cursor.
-                        tracing::warn!(sink = %name, %reason, "Sink unavailable as it is retired (a reload, or the store reopening); undelivered records stay in the outbox.");
-                        break;
-                    }
-                    let now = tokio::time::Instant::now();
-                    if offline_since.is_none() {
-                        tracing::warn!(sink = %name, %reason, "Sink is unavailable; records stay in the outbox and are retried.");
-                        offline_since = Some(now);
-                        let wall_ms = u64::try_from(wall_clock_ms()).unwrap_or(1).max(1);
-                        self.stats.offline_since_ms.store(wall_ms, Ordering::Relaxed);
-                        last_warned = now;
-                    } else if now - last_warned >= STILL_OFFLINE_WARN_EVERY {
-                        // The reason can change during an outage (refused, then 503, then a
-                        // timeout): say it again now and then, not at every retry.
-                        tracing::warn!(sink = %name, %reason, offline_secs = offline_since.map_or(0, |since| (now - since).as_secs()), "Sink is still unavailable.");
-                        last_warned = now;
-                    } else {
-                        tracing::debug!(sink = %name, %reason, "Delivery failed again; retrying.");
-                    }
-                    let delay = backoff.next_delay();
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = give_up.changed() => break,
-                        () = retire.cancelled() => break,
-                    }
-                    continue;
-                }
+                continue;
             }
             cursors.set(lane, last_seq);
             self.persist(lane, &name, last_seq).await?;
@@ -239,6 +176,243 @@ impl Delivering {
         self.sink.close().await;
         tracing::info!(sink = %name, cursor = cursors.results, "Sink stopped.");
         Ok(())
+    }
+
+    /// Hands `records` to the sink part by part: the whole batch first; a batch the hub finds
+    /// too large (HTTP 413) is split in halves, sent at once; records that can never go (a
+    /// single record answered 413, or named `Oversize`) and batches `Rejected` become dead
+    /// letters (not yet durable: the caller flushes). Stops at the first part that is
+    /// unavailable or refused, returning how many records at the front are done.
+    async fn deliver_batch(
+        &mut self,
+        records: Vec<OutRecord>,
+        name: &str,
+        committed: &watch::Receiver<Committed>,
+        retire: &CancellationToken,
+    ) -> Result<BatchEnd, StoreError> {
+        let mut end = BatchEnd { finished: 0, delivered: false, failure: None };
+        let mut parts: VecDeque<Part> = VecDeque::new();
+        if !records.is_empty() {
+            parts.push_back(Part::Send(records));
+        }
+        while let Some(part) = parts.pop_front() {
+            let records = match part {
+                Part::Dead(record, reason) => {
+                    tracing::error!(sink = %name, seq = record.seq, %reason, "Record can never go out on this sink; it is moved to the dead-letter tree.");
+                    self.dead_letter(name, &[record], &reason)?;
+                    end.finished += 1;
+                    continue;
+                }
+                Part::Send(records) => records,
+            };
+            let n_records = u64::try_from(records.len()).unwrap_or(u64::MAX);
+            match self.deliver_part(&records, committed, retire).await {
+                Delivery::Delivered => {
+                    self.stats.delivered_total.fetch_add(n_records, Ordering::Relaxed);
+                    end.delivered = true;
+                    end.finished += records.len();
+                }
+                Delivery::Rejected { reason } => {
+                    self.dead_letter(name, &records, &reason)?;
+                    tracing::error!(sink = %name, records = n_records, %reason, "Sink rejected records permanently; they are moved to the dead-letter tree.");
+                    end.finished += records.len();
+                }
+                Delivery::TooLarge { reason } => {
+                    let mut first = records;
+                    if first.len() > 1 {
+                        let second = first.split_off(first.len() / 2);
+                        tracing::debug!(sink = %name, first = first.len(), second = second.len(), %reason, "Batch too large for the hub; sending it in halves.");
+                        parts.push_front(Part::Send(second));
+                        parts.push_front(Part::Send(first));
+                    } else if let Some(record) = first.pop() {
+                        parts.push_front(Part::Dead(
+                            record,
+                            format!("{reason}: record larger than the hub accepts"),
+                        ));
+                    }
+                }
+                Delivery::Oversize { records: named } => {
+                    let split = split_oversize(records, &named);
+                    if split.iter().all(|part| matches!(part, Part::Send(_))) {
+                        // The sink named no record of this batch: never loop on that.
+                        end.failure = Some((
+                            Failure::Offline(format!(
+                                "the sink named records too large that it was not given: {named:?}"
+                            )),
+                            split_first_seq(&split),
+                        ));
+                        break;
+                    }
+                    for part in split.into_iter().rev() {
+                        parts.push_front(part);
+                    }
+                }
+                Delivery::Unauthorized { status, reason } => {
+                    end.failure = Some((Failure::Unauthorized { status, reason }, first_seq(&records)));
+                    break;
+                }
+                Delivery::Offline { reason } => {
+                    end.failure = Some((Failure::Offline(reason), first_seq(&records)));
+                    break;
+                }
+            }
+        }
+        Ok(end)
+    }
+
+    /// One call of the sink, cut short once eddy stops or the sink is retired.
+    async fn deliver_part(
+        &mut self,
+        records: &[OutRecord],
+        committed: &watch::Receiver<Committed>,
+        retire: &CancellationToken,
+    ) -> Delivery {
+        let mut committed = committed.clone();
+        // Once eddy stops (the aggregator is gone), a delivery gets STOP_GRACE more: a
+        // blackholed hub must not hold the stop until the shutdown deadline.
+        let stopping = async {
+            while committed.changed().await.is_ok() {}
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        let retiring = async {
+            retire.cancelled().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        let outcome = tokio::select! {
+            outcome = self.sink.deliver(records) => outcome,
+            () = stopping => Delivery::Offline {
+                reason: format!("no answer within {STOP_GRACE:?} of the stop"),
+            },
+            () = retiring => Delivery::Offline {
+                reason: format!("no answer within {STOP_GRACE:?} of the sink's retirement"),
+            },
+        };
+        self.publish_file_bytes();
+        outcome
+    }
+
+    /// Moves `records` to the dead-letter tree with `reason` (durable with the next flush).
+    fn dead_letter(&self, name: &str, records: &[OutRecord], reason: &str) -> Result<(), StoreError> {
+        let rejected_ms = wall_clock_ms();
+        let dead: Vec<DeadLetterEntry> = records
+            .iter()
+            .map(|record| DeadLetterEntry {
+                sink: name.to_owned(),
+                seq: record.seq,
+                kind: record.kind.clone(),
+                reason: reason.to_owned(),
+                rejected_ms,
+                payload: record.payload.clone(),
+            })
+            .collect();
+        self.store.add_dead_letters(&dead)?;
+        self.stats
+            .rejected_total
+            .fetch_add(u64::try_from(records.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After a failed delivery: logs it (see [`Outage`]) and waits out the backoff. False when
+    /// the task is to end instead (eddy stops, the sink is retired): what is left stays where
+    /// it is (the outbox, or the dead letters marked for resend).
+    async fn wait_out(
+        &self,
+        name: &str,
+        failure: Failure,
+        outage: &mut Outage,
+        committed: &watch::Receiver<Committed>,
+        give_up: &mut watch::Receiver<bool>,
+        retire: &CancellationToken,
+    ) -> bool {
+        self.stats.retries_total.fetch_add(1, Ordering::Relaxed);
+        let reason = failure.reason();
+        if committed.has_changed().is_err() {
+            // Stopping, and the sink is down: what is left stays in the outbox.
+            tracing::warn!(sink = %name, %reason, "Sink unavailable at shutdown; undelivered records stay in the outbox.");
+            return false;
+        }
+        if retire.is_cancelled() {
+            // Reloaded: the successor (if any) resumes from the cursor.
+            tracing::warn!(sink = %name, %reason, "Sink unavailable as it is retired (a reload, or the store reopening); undelivered records stay in the outbox.");
+            return false;
+        }
+        let delay = outage.failed(name, &self.stats, failure);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = give_up.changed() => false,
+            () = retire.cancelled() => false,
+            // A resend request is answered at once, not after the backoff.
+            () = self.stats.resend.asked() => true,
+        }
+    }
+
+    /// Delivers the dead letters of this sink that an operator marked for resend (marking them
+    /// first if the local endpoint asked), oldest first, in batches; each is deleted once delivered (a new rejection makes it a new dead letter
+    /// with the new reason). False when eddy stops or the sink is retired first: the rest stay
+    /// marked for the next start.
+    async fn resend_marked(
+        &mut self,
+        name: &str,
+        committed: &watch::Receiver<Committed>,
+        give_up: &mut watch::Receiver<bool>,
+        retire: &CancellationToken,
+        outage: &mut Outage,
+    ) -> Result<bool, StoreError> {
+        loop {
+            if retire.is_cancelled() {
+                return Ok(false);
+            }
+            self.answer_resend_requests(name).await?;
+            let marked = self.store.marked_dead_letters(name, self.delivery.batch_max_records)?;
+            if marked.is_empty() {
+                return Ok(true);
+            }
+            let keys: Vec<u64> = marked.iter().map(|(key, _)| *key).collect();
+            let records: Vec<OutRecord> = marked
+                .into_iter()
+                .map(|(_, letter)| OutRecord {
+                    seq: letter.seq,
+                    kind: letter.kind,
+                    group: String::new(),
+                    payload: letter.payload,
+                })
+                .collect();
+            let end = self.deliver_batch(records, name, committed, retire).await?;
+            if end.finished > 0 {
+                self.store.remove_dead_letters(&keys[..end.finished])?;
+                self.store.flush().await?;
+                tracing::info!(sink = %name, records = end.finished, "Dead letters resent (or dead-lettered again).");
+            }
+            if end.delivered {
+                outage.back(name, &self.stats);
+            }
+            if let Some((failure, _)) = end.failure {
+                if !self.wait_out(name, failure, outage, committed, give_up, retire).await {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// Marks this sink's dead letters for resend if the local endpoint asked, and answers how
+    /// many (once the marks are flushed).
+    async fn answer_resend_requests(&self, name: &str) -> Result<(), StoreError> {
+        let replies = self.stats.resend.take();
+        if replies.is_empty() {
+            return Ok(());
+        }
+        let marked = self.store.mark_dead_letters_for_resend(|sink| sink == name).await;
+        let answer = match &marked {
+            Ok(counts) => Ok(counts.iter().map(|(_, count)| *count).sum()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Ok(count) = answer {
+            tracing::info!(sink = %name, dead_letters = count, "Dead letters queued for resend.");
+        }
+        for reply in replies {
+            let _ = reply.send(answer.clone());
+        }
+        marked.map(|_| ())
     }
 
     fn takes_raw(&self) -> bool {
@@ -288,6 +462,150 @@ impl Delivering {
                 self.stats.raw_cursor.store(cursor, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Why the rest of a batch was not delivered: retry it later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The sink is unavailable.
+    Offline(String),
+    /// The hub refuses our credentials (HTTP 401, 403, 407).
+    Unauthorized { status: u16, reason: String },
+}
+
+impl Failure {
+    fn reason(&self) -> &str {
+        match self {
+            Failure::Offline(reason) | Failure::Unauthorized { reason, .. } => reason,
+        }
+    }
+}
+
+/// How a batch went.
+#[derive(Debug)]
+struct BatchEnd {
+    /// Records at the front of the batch that are done: delivered or dead-lettered.
+    finished: usize,
+    /// Whether any part was delivered (the sink is back).
+    delivered: bool,
+    /// What stopped the rest, and the seq of the first record not done.
+    failure: Option<(Failure, u64)>,
+}
+
+/// A part of a batch still to handle.
+#[derive(Debug, PartialEq, Eq)]
+enum Part {
+    /// To send.
+    Send(Vec<OutRecord>),
+    /// To dead-letter, with why.
+    Dead(OutRecord, String),
+}
+
+fn first_seq(records: &[OutRecord]) -> u64 {
+    records.first().map_or(0, |record| record.seq)
+}
+
+fn split_first_seq(parts: &[Part]) -> u64 {
+    match parts.first() {
+        Some(Part::Send(records)) => first_seq(records),
+        Some(Part::Dead(record, _)) => record.seq,
+        None => 0,
+    }
+}
+
+/// `records` in order, the ones `named` as too large set apart to be dead-lettered with their
+/// reasons, the runs between them to be sent.
+fn split_oversize(records: Vec<OutRecord>, named: &[(u64, String)]) -> Vec<Part> {
+    let mut parts = Vec::new();
+    let mut run = Vec::new();
+    for record in records {
+        match named.iter().find(|(seq, _)| *seq == record.seq) {
+            Some((_, reason)) => {
+                if !run.is_empty() {
+                    parts.push(Part::Send(std::mem::take(&mut run)));
+                }
+                parts.push(Part::Dead(record, reason.clone()));
+            }
+            None => run.push(record),
+        }
+    }
+    if !run.is_empty() {
+        parts.push(Part::Send(run));
+    }
+    parts
+}
+
+/// A sink's failing deliveries: the backoff, and what was logged and published of the outage.
+/// Logged when it starts, again at most every [`STILL_OFFLINE_WARN_EVERY`], and when the sink
+/// is back; a refusal of our credentials is logged and published (`/health`, `/status`) apart.
+struct Outage {
+    backoff: Backoff,
+    offline_since: Option<tokio::time::Instant>,
+    refused_since: Option<tokio::time::Instant>,
+    last_warned: tokio::time::Instant,
+}
+
+impl Outage {
+    fn new(backoff: Backoff) -> Outage {
+        Outage { backoff, offline_since: None, refused_since: None, last_warned: tokio::time::Instant::now() }
+    }
+
+    /// A delivery went through.
+    fn back(&mut self, name: &str, stats: &DeliveryStats) {
+        stats.offline_since_ms.store(0, Ordering::Relaxed);
+        stats.refused_since_ms.store(0, Ordering::Relaxed);
+        self.refused_since = None;
+        if let Some(since) = self.offline_since.take() {
+            tracing::info!(sink = %name, offline_secs = since.elapsed().as_secs(), "Sink is back.");
+        }
+        self.backoff.reset();
+    }
+
+    /// A delivery failed: logs it as due and returns the delay before the next try.
+    fn failed(&mut self, name: &str, stats: &DeliveryStats, failure: Failure) -> Duration {
+        let now = tokio::time::Instant::now();
+        let wall_ms = u64::try_from(wall_clock_ms()).unwrap_or(1).max(1);
+        let first = self.offline_since.is_none();
+        if first {
+            self.offline_since = Some(now);
+            stats.offline_since_ms.store(wall_ms, Ordering::Relaxed);
+        }
+        let offline_secs = self.offline_since.map_or(0, |since| (now - since).as_secs());
+        let due = now - self.last_warned >= STILL_OFFLINE_WARN_EVERY;
+        match failure {
+            Failure::Unauthorized { status, reason } => {
+                stats.refused_status.store(u64::from(status), Ordering::Relaxed);
+                if self.refused_since.is_none() {
+                    self.refused_since = Some(now);
+                    stats.refused_since_ms.store(wall_ms, Ordering::Relaxed);
+                    tracing::warn!(sink = %name, %reason, "The hub refuses our credentials; records stay in the outbox and are retried until it takes them (check the sink's token).");
+                    self.last_warned = now;
+                } else if due {
+                    tracing::warn!(sink = %name, %reason, refused_secs = self.refused_since.map_or(0, |since| (now - since).as_secs()), "The hub still refuses our credentials.");
+                    self.last_warned = now;
+                } else {
+                    tracing::debug!(sink = %name, %reason, "Credentials refused again; retrying.");
+                }
+            }
+            Failure::Offline(reason) => {
+                // Another failure: whether the credentials are good is not known any more.
+                self.refused_since = None;
+                stats.refused_since_ms.store(0, Ordering::Relaxed);
+                if first {
+                    tracing::warn!(sink = %name, %reason, "Sink is unavailable; records stay in the outbox and are retried.");
+                    self.last_warned = now;
+                } else if due {
+                    // The reason can change during an outage (refused, then 503, then a
+                    // timeout): say it again now and then, not at every retry.
+                    tracing::warn!(sink = %name, %reason, offline_secs, "Sink is still unavailable.");
+                    self.last_warned = now;
+                } else {
+                    tracing::debug!(sink = %name, %reason, "Delivery failed again; retrying.");
+                }
+            }
+        }
+        self.backoff.next_delay()
     }
 }
 
@@ -452,5 +770,68 @@ mod tests {
             .unwrap();
         assert_eq!(stats.delivered_total.load(Ordering::Relaxed), 20);
         assert_eq!(store.cursor("console").unwrap(), 20, "the stored cursor is what was delivered");
+    }
+
+    fn record(seq: u64) -> OutRecord {
+        OutRecord { seq, kind: "window".into(), group: String::new(), payload: b"{}".to_vec() }
+    }
+
+    fn seqs(part: &Part) -> Vec<u64> {
+        match part {
+            Part::Send(records) => records.iter().map(|record| record.seq).collect(),
+            Part::Dead(record, _) => vec![record.seq],
+        }
+    }
+
+    /// Records named too large are set apart, in place, with their reasons; the runs between
+    /// them go as they are, in order.
+    #[test]
+    fn oversize_records_are_set_apart_in_order() {
+        let records: Vec<OutRecord> = (1..=6).map(record).collect();
+        let named = vec![(2, "too big".to_owned()), (5, "huge".to_owned()), (9, "not given".to_owned())];
+        let parts = split_oversize(records, &named);
+        assert_eq!(
+            parts.iter().map(seqs).collect::<Vec<_>>(),
+            vec![vec![1], vec![2], vec![3, 4], vec![5], vec![6]]
+        );
+        assert_eq!(parts[1], Part::Dead(record(2), "too big".to_owned()));
+        assert_eq!(parts[3], Part::Dead(record(5), "huge".to_owned()));
+        assert!(matches!(parts[0], Part::Send(_)));
+        assert_eq!(split_first_seq(&parts), 1);
+        // Naming none of them leaves one part to send (the caller then does not loop).
+        let parts = split_oversize((1..=3).map(record).collect(), &[(7, "x".to_owned())]);
+        assert_eq!(parts.iter().map(seqs).collect::<Vec<_>>(), vec![vec![1, 2, 3]]);
+        assert!(split_oversize(Vec::new(), &named).is_empty());
+    }
+
+    /// An outage is logged when it starts and published; a refusal of our credentials is
+    /// published apart and cleared by a delivery, or by another kind of failure.
+    #[test]
+    fn a_refusal_is_published_until_a_delivery_or_another_failure() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let stats = DeliveryStats::default();
+            let mut outage = Outage::new(Backoff::new(MIN_BACKOFF, Duration::from_secs(2)));
+            let refused = || Failure::Unauthorized { status: 401, reason: "HTTP 401".into() };
+            // Backoff delays carry ±25 % jitter.
+            let about = |delay: Duration, expected: Duration| {
+                assert!(delay >= expected * 3 / 4 && delay <= expected * 5 / 4, "{delay:?} for {expected:?}");
+            };
+            about(outage.failed("hub", &stats, refused()), MIN_BACKOFF);
+            let since = stats.refused_since_ms.load(Ordering::Relaxed);
+            assert!(since > 0);
+            assert_eq!(stats.refused_status.load(Ordering::Relaxed), 401);
+            assert!(stats.offline_since_ms.load(Ordering::Relaxed) > 0);
+            // Retried with the capped backoff, the refusal keeps its start.
+            about(outage.failed("hub", &stats, refused()), MIN_BACKOFF * 2);
+            assert_eq!(stats.refused_since_ms.load(Ordering::Relaxed), since);
+            outage.back("hub", &stats);
+            assert_eq!(stats.refused_since_ms.load(Ordering::Relaxed), 0);
+            assert_eq!(stats.offline_since_ms.load(Ordering::Relaxed), 0);
+            about(outage.failed("hub", &stats, refused()), MIN_BACKOFF); // the backoff starts over
+            outage.failed("hub", &stats, Failure::Offline("HTTP 503".into()));
+            assert_eq!(stats.refused_since_ms.load(Ordering::Relaxed), 0);
+            assert!(stats.offline_since_ms.load(Ordering::Relaxed) > 0);
+        });
     }
 }

@@ -276,6 +276,24 @@ const FAMILIES: &[Family] = &[
         read: Daemon(|status| Count(status.store.failures)),
     },
     Family {
+        name: "eddy_store_dead_letters",
+        kind: Gauge,
+        help: "Dead letters kept (records no sink could deliver; eddy dead-letters).",
+        read: Daemon(|status| Count(status.store.dead_letters_kept)),
+    },
+    Family {
+        name: "eddy_store_dead_letter_bytes",
+        kind: Gauge,
+        help: "Bytes of the dead letters kept (bounded by storage.dead_letter_max_bytes).",
+        read: Daemon(|status| Count(status.store.dead_letter_bytes)),
+    },
+    Family {
+        name: "eddy_store_dead_letters_dropped_total",
+        kind: Counter,
+        help: "Dead letters deleted, oldest first, because their tree was full.",
+        read: Daemon(|status| Count(status.store.dropped_dead_letters)),
+    },
+    Family {
         name: "eddy_uplink_delivered_total",
         kind: Counter,
         help: "Records delivered per sink.",
@@ -317,6 +335,12 @@ const FAMILIES: &[Family] = &[
         kind: Gauge,
         help: "How long the sink has been failing (0: online).",
         read: Sink(|sink| Count(sink.offline_secs)),
+    },
+    Family {
+        name: "eddy_uplink_refused_seconds",
+        kind: Gauge,
+        help: "How long the hub has refused the sink's credentials, HTTP 401/403/407 (0: it does not).",
+        read: Sink(|sink| Count(sink.refused_secs)),
     },
     Family {
         name: "eddy_uplink_file_bytes",

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use crate::delivery::sink_set::SinkStatsList;
 use crate::ops::metrics;
 use crate::stats::{
-    AggregateStats, ClockStats, Committed, EngineCounters, IngestStats, SinkCounters, Status, StoreCounters,
-    StoreHealth,
+    rfc3339_ms, AggregateStats, ClockStats, Committed, EngineCounters, IngestStats, SinkCounters, Status,
+    StoreCounters, StoreHealth,
 };
 use crate::storage::StoreMeters;
 
@@ -166,7 +166,9 @@ impl Telemetry {
 
     /// What is worth an operator's attention without making eddy unhealthy (`/health` stays
     /// 200): a wall clock that is not synchronised, an MQTT broker that reported dropped
-    /// messages in the last [`BROKER_DROPS_WARN_FOR`].
+    /// messages in the last [`BROKER_DROPS_WARN_FOR`], a hub that refuses a sink's credentials
+    /// (records wait in the outbox, as for any unavailable uplink, and nothing is lost), dead
+    /// letters dropped because their tree was full.
     pub(crate) fn warnings(&self) -> Vec<String> {
         let now = Instant::now();
         let brokers = self.sources.iter().filter_map(|source| {
@@ -180,7 +182,33 @@ impl Telemetry {
                 ago.as_secs()
             ))
         });
-        self.clock_stats.warning(&self.clock).into_iter().chain(brokers).collect()
+        let refusals = self.uplinks().into_iter().filter_map(|sink| {
+            let since = sink.refused_since_ms?;
+            Some(format!(
+                "sink {}: the hub refuses our credentials since {} (HTTP {}); records wait in the \
+                 outbox and are retried until it takes them: check the sink's token",
+                sink.name,
+                rfc3339_ms(i64::try_from(since).unwrap_or(i64::MAX)),
+                sink.refused_status.unwrap_or(0)
+            ))
+        });
+        let drops = self.meters.drop_stats();
+        let dropped = drops.dropped_dead_letter_records.load(Ordering::Relaxed);
+        let dead_letters = (dropped > 0).then(|| {
+            format!(
+                "{dropped} dead letters dropped ({} bytes) since eddy started: the dead-letter tree \
+                 is full (storage.dead_letter_max_bytes = {}); look at them with `eddy dead-letters`",
+                drops.dropped_dead_letter_bytes.load(Ordering::Relaxed),
+                self.meters.budget_config().dead_letter_max_bytes
+            )
+        });
+        self.clock_stats
+            .warning(&self.clock)
+            .into_iter()
+            .chain(brokers)
+            .chain(refusals)
+            .chain(dead_letters)
+            .collect()
     }
 
     fn uplinks(&self) -> Vec<SinkCounters> {

@@ -62,11 +62,19 @@ pub struct BudgetConfig {
     pub ttl: Option<Duration>,
     /// Refuse new readings when the file system has less free space than this (0: no check).
     pub min_free_bytes: u64,
+    /// Most bytes the dead-letter tree keeps; past it the oldest dead letters are deleted.
+    pub dead_letter_max_bytes: u64,
 }
 
 impl Default for BudgetConfig {
     fn default() -> BudgetConfig {
-        BudgetConfig { max_bytes: None, policy: Policy::DropOldest, ttl: None, min_free_bytes: 0 }
+        BudgetConfig {
+            max_bytes: None,
+            policy: Policy::DropOldest,
+            ttl: None,
+            min_free_bytes: 0,
+            dead_letter_max_bytes: crate::storage::DEAD_LETTER_MAX_BYTES,
+        }
     }
 }
 
@@ -81,10 +89,16 @@ pub struct DropStats {
     pub refused_budget_readings: AtomicU64,
     /// Readings refused because the disk was (almost) full or a write failed.
     pub refused_disk_readings: AtomicU64,
-    /// Records a sink rejected permanently, now in the dead-letter tree.
+    /// Records a sink rejected permanently and moved to the dead-letter tree.
     pub dead_letter_records: AtomicU64,
     /// Dead letters deleted because the dead-letter tree was full.
     pub dropped_dead_letter_records: AtomicU64,
+    /// Their bytes.
+    pub dropped_dead_letter_bytes: AtomicU64,
+    /// Dead letters in the tree now.
+    pub dead_letters_kept: AtomicU64,
+    /// Their bytes (key and value).
+    pub dead_letter_bytes: AtomicU64,
 }
 
 /// Outbox records one sink lost to drops before delivering them, by reason. Counted for each
@@ -200,7 +214,7 @@ impl Store {
         let budget = Budget::new(config, free_space);
         budget.used.store(self.count_used()?, Ordering::Relaxed);
         self.budget = Arc::new(budget);
-        Ok(())
+        self.count_dead_letters()
     }
 
     /// The key + value bytes of every live log chunk and outbox page (a scan of both).
@@ -399,7 +413,7 @@ mod tests {
     }
 
     fn budget(max_bytes: u64, policy: Policy) -> BudgetConfig {
-        BudgetConfig { max_bytes: Some(max_bytes), policy, ttl: None, min_free_bytes: 0 }
+        BudgetConfig { max_bytes: Some(max_bytes), policy, ..BudgetConfig::default() }
     }
 
     /// Commits `n_pages` full outbox pages after `next_seq` (exclusive), at `clock_ms`.

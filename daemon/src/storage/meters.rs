@@ -109,6 +109,7 @@ impl Store {
         meters.budget.used.store(used, Ordering::Relaxed);
         self.budget = meters.budget.clone();
         self.stats = meters.stats.clone();
+        self.count_dead_letters()?;
         Ok(self)
     }
 }

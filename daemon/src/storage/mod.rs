@@ -32,8 +32,9 @@
 //!   outbox page is not delivered, a state page is rebuilt from what the engine has, a meta
 //!   value takes its default (a cursor 0: that sink gets the outbox again; the next seqs never
 //!   fall below what the outbox holds).
-//! - **Dead letters** (tree `dead`): records a sink rejected permanently, with the reason;
-//!   at most [`DEAD_LETTER_MAX`], the oldest deleted (and counted) first.
+//! - **Dead letters** (tree `dead`): records a sink can never deliver, with the reason; at
+//!   most `storage.dead_letter_max_bytes` of them, the oldest deleted (counted and logged)
+//!   first. Tree `dead_resend` marks those an operator put back on their uplink.
 //! - Size: bounded by sled's cache for memory (`storage.cache_capacity`); on disk, by the
 //!   budget (`storage.max_bytes`, see [`budget`](crate::storage::budget) for what is counted,
 //!   the full-store policies and the free-space guard).
@@ -58,7 +59,7 @@ pub use crate::storage::commit::{
     mark_changes_by_page, Commit, EngineSnapshot, MarkChange, MarkPageChange, RawCommit, SealedPage,
     StateChange,
 };
-pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX};
+pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX_BYTES};
 pub use crate::storage::log::LogChunk;
 pub use crate::storage::meters::{size_on_disk_of, StoreMeters};
 pub use crate::storage::outbox::OutboxEntry;

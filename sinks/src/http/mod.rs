@@ -5,9 +5,16 @@
 //!   records, in order, plus the configured headers.
 //! - 2xx: `Delivered`. 408, 429 and 5xx, a connection error or no complete answer within
 //!   `timeout`: `Offline` (retried later with backoff; the server may have processed the
-//!   request, so the batch may arrive twice). Any other status (4xx, also 1xx/3xx that a
-//!   server should not send to a POST here): `Rejected`, permanently: the daemon moves the
-//!   batch to its dead-letter tree, counts it and goes on.
+//!   request, so the batch may arrive twice).
+//! - 401, 403, 407: `Unauthorized`: the hub refuses our credentials, not the records. The
+//!   daemon retries with the same backoff for as long as it lasts (an expired token is fixed
+//!   by an operator, then the backlog flows) and `/health` warns meanwhile.
+//! - 413: `TooLarge`: the daemon splits the batch in halves and sends the parts at once; a
+//!   single record answered 413 is dead-lettered (`HTTP 413 …: record larger than the hub
+//!   accepts`) and delivery goes on.
+//! - Any other status (4xx, also 1xx/3xx that a server should not send to a POST here):
+//!   `Rejected`, permanently: the daemon moves the batch to its dead-letter tree, counts it
+//!   and goes on.
 //! - Connections are pooled (HTTP/1.1 keep-alive); a request that times out takes its
 //!   connection with it.
 
@@ -40,6 +47,10 @@ pub enum StatusClass {
     Delivered,
     /// 408, 429, 5xx: try again later.
     Retry,
+    /// 401, 403, 407: our credentials are refused; try again later, and tell the operator.
+    Unauthorized,
+    /// 413: the batch is too large; split it.
+    TooLarge,
     /// Anything else: the server will never take this batch.
     Reject,
 }
@@ -49,6 +60,8 @@ pub fn classify_status(status: u16) -> StatusClass {
     match status {
         200..=299 => StatusClass::Delivered,
         408 | 429 | 500..=599 => StatusClass::Retry,
+        401 | 403 | 407 => StatusClass::Unauthorized,
+        413 => StatusClass::TooLarge,
         _ => StatusClass::Reject,
     }
 }
@@ -141,6 +154,11 @@ impl HttpSink {
             Ok(Ok((status, text))) => match classify_status(status.as_u16()) {
                 StatusClass::Delivered => Delivery::Delivered,
                 StatusClass::Retry => Delivery::Offline { reason: format!("HTTP {status}: {text}") },
+                StatusClass::Unauthorized => Delivery::Unauthorized {
+                    status: status.as_u16(),
+                    reason: format!("HTTP {status}: {text}"),
+                },
+                StatusClass::TooLarge => Delivery::TooLarge { reason: format!("HTTP {status}: {text}") },
                 StatusClass::Reject => Delivery::Rejected { reason: format!("HTTP {status}: {text}") },
             },
             Ok(Err(reason)) => Delivery::Offline { reason },
@@ -215,14 +233,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_are_delivered_retried_or_rejected() {
+    fn statuses_are_delivered_retried_refused_split_or_rejected() {
         for (status, class) in [
             (200, StatusClass::Delivered),
             (204, StatusClass::Delivered),
             (400, StatusClass::Reject),
-            (401, StatusClass::Reject),
+            (401, StatusClass::Unauthorized),
+            (403, StatusClass::Unauthorized),
+            (407, StatusClass::Unauthorized),
             (404, StatusClass::Reject),
-            (413, StatusClass::Reject),
+            (422, StatusClass::Reject),
+            (413, StatusClass::TooLarge),
             (408, StatusClass::Retry),
             (429, StatusClass::Retry),
             (500, StatusClass::Retry),

@@ -12,6 +12,12 @@
 //!   drops the connection and answers `Offline`; the next delivery builds a new one with a
 //!   clean session. The daemon then sends the same records again, so the messages of that one
 //!   delivery may reach the hub twice (records carry deterministic ids for that).
+//! - A record that would exceed `max_message_bytes` as a message of its own (its payload, in
+//!   an array when records share messages), or whose PUBLISH packet would exceed the packet
+//!   limit rumqttc is given, is never sent: the delivery answers `Oversize` naming it, before
+//!   anything of the batch is published, and the daemon dead-letters it and delivers the
+//!   others. Should rumqttc still refuse a packet as too large (`OutgoingPacketTooLarge`), the
+//!   delivery answers `TooLarge` and the daemon splits the batch down to the record at fault.
 //! - Keep-alive probes an idle link; `ack_timeout` catches a link that swallows packets without
 //!   a reset (a blackhole) while a delivery waits.
 
@@ -46,7 +52,27 @@ enum LinkEvent {
     Published(u16),
     Acked(u16),
     Lost(String),
+    /// rumqttc refused to send a packet larger than its limit (the link is gone too).
+    TooLarge(String),
 }
+
+/// Why a delivery failed.
+enum Failure {
+    /// The link failed: `Offline`.
+    Link(String),
+    /// A packet was too large to send: `TooLarge`.
+    TooLarge(String),
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Failure {
+        Failure::Link(reason)
+    }
+}
+
+/// Fixed part of a QoS 1 PUBLISH packet besides topic and payload: the fixed header (1 byte
+/// and up to 4 of remaining length), the topic's length prefix (2) and the packet id (2).
+const PUBLISH_OVERHEAD: usize = 9;
 
 /// A live connection: the client, the events of its polling task, and that task.
 struct Link {
@@ -76,7 +102,7 @@ impl MqttSink {
         options.set_keep_alive(config.keep_alive.max(std::time::Duration::from_secs(1)));
         options.set_clean_session(true);
         options.set_request_channel_capacity(REQUEST_CHANNEL);
-        let max_packet = config.max_message_bytes.saturating_add(64 * 1024);
+        let max_packet = max_packet_of(&config);
         options.set_max_packet_size(max_packet, max_packet);
         if let Some(username) = &config.username {
             let password =
@@ -100,14 +126,27 @@ impl MqttSink {
         if records.is_empty() {
             return Delivery::Delivered;
         }
+        let oversize = oversize_records(&self.config, self.max_packet(), records);
+        if !oversize.is_empty() {
+            return Delivery::Oversize { records: oversize };
+        }
         let messages = encode_messages(&self.config, records);
         match self.try_deliver(messages).await {
             Ok(()) => Delivery::Delivered,
-            Err(reason) => {
+            Err(Failure::Link(reason)) => {
                 self.link = None;
                 Delivery::Offline { reason }
             }
+            Err(Failure::TooLarge(reason)) => {
+                self.link = None;
+                Delivery::TooLarge { reason }
+            }
         }
+    }
+
+    /// The largest packet rumqttc is allowed to send or receive.
+    fn max_packet(&self) -> usize {
+        max_packet_of(&self.config)
     }
 
     /// Disconnects politely; the next delivery reconnects.
@@ -123,7 +162,7 @@ impl MqttSink {
         }
     }
 
-    async fn try_deliver(&mut self, messages: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+    async fn try_deliver(&mut self, messages: Vec<(String, Vec<u8>)>) -> Result<(), Failure> {
         if self.link.is_none() {
             self.link = Some(self.connect().await?);
         }
@@ -163,8 +202,9 @@ impl MqttSink {
                     }
                 }
                 Some(LinkEvent::Connected) => {}
-                Some(LinkEvent::Lost(reason)) => return Err(reason),
-                None => return Err("MQTT connection task ended".to_owned()),
+                Some(LinkEvent::Lost(reason)) => return Err(Failure::Link(reason)),
+                Some(LinkEvent::TooLarge(reason)) => return Err(Failure::TooLarge(reason)),
+                None => return Err(Failure::Link("MQTT connection task ended".to_owned())),
             }
         }
         Ok(())
@@ -186,7 +226,7 @@ impl MqttSink {
                 tracing::info!(sink = %self.config.name, broker = %format!("{}:{}", self.config.broker.host, self.config.broker.port), "Hub connected.");
                 Ok(link)
             }
-            Ok(Some(LinkEvent::Lost(reason))) => Err(reason),
+            Ok(Some(LinkEvent::Lost(reason) | LinkEvent::TooLarge(reason))) => Err(reason),
             Ok(Some(other)) => Err(format!("unexpected MQTT event before CONNACK: {other:?}")),
             Ok(None) => Err("MQTT connection task ended".to_owned()),
             Err(_) => Err(format!(
@@ -220,6 +260,14 @@ async fn poll(mut eventloop: EventLoop, events: mpsc::UnboundedSender<LinkEvent>
             Ok(Event::Incoming(Packet::PubAck(puback))) => LinkEvent::Acked(puback.pkid),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Published(pkid),
             Ok(_) => continue,
+            Err(rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                rumqttc::mqttbytes::Error::OutgoingPacketTooLarge { pkt_size, max },
+            ))) => {
+                let _ = events.send(LinkEvent::TooLarge(format!(
+                    "MQTT packet of {pkt_size} bytes exceeds the limit of {max} bytes"
+                )));
+                return;
+            }
             Err(error) => {
                 let _ = events.send(LinkEvent::Lost(format!("MQTT connection failed: {error}")));
                 return;
@@ -231,14 +279,45 @@ async fn poll(mut eventloop: EventLoop, events: mpsc::UnboundedSender<LinkEvent>
     }
 }
 
+/// The packet limit rumqttc is given: room for a message of `max_message_bytes` and its topic.
+fn max_packet_of(config: &MqttConfig) -> usize {
+    config.max_message_bytes.saturating_add(64 * 1024)
+}
+
+/// The records of `records` that could never be sent: alone in a message (bare, or in an
+/// array of one when records share messages) they exceed `max_message_bytes`, or their
+/// PUBLISH packet exceeds `max_packet`. With why, for the dead-letter tree.
+fn oversize_records(config: &MqttConfig, max_packet: usize, records: &[OutRecord]) -> Vec<(u64, String)> {
+    let framing = if config.records_per_message <= 1 { 0 } else { 2 };
+    records
+        .iter()
+        .filter_map(|record| {
+            let message = record.payload.len() + framing;
+            if message > config.max_message_bytes {
+                return Some((
+                    record.seq,
+                    format!(
+                        "record of {message} bytes exceeds max_message_bytes {}",
+                        config.max_message_bytes
+                    ),
+                ));
+            }
+            let packet = message + topic_of(config, record).len() + PUBLISH_OVERHEAD;
+            (packet > max_packet).then(|| {
+                (record.seq, format!("MQTT packet of {packet} bytes exceeds the limit of {max_packet} bytes"))
+            })
+        })
+        .collect()
+}
+
 /// Topic of a record.
 fn topic_of(config: &MqttConfig, record: &OutRecord) -> String {
     config.topic.replace("{device_id}", &config.device_id).replace("{type}", &record.kind)
 }
 
 /// Groups records into messages in order: consecutive records with the same topic share a JSON
-/// array of at most `records_per_message` records and `max_message_bytes` bytes (a single
-/// larger record goes alone). With `records_per_message = 1` each payload is the bare record.
+/// array of at most `records_per_message` records and `max_message_bytes` bytes (the caller
+/// has set aside records too large for a message of their own). With `records_per_message = 1` each payload is the bare record.
 fn encode_messages(config: &MqttConfig, records: &[OutRecord]) -> Vec<(String, Vec<u8>)> {
     let mut messages: Vec<(String, Vec<u8>)> = Vec::new();
     if config.records_per_message <= 1 {
@@ -345,5 +424,32 @@ mod tests {
             &records[..2],
             &[("devices/gw/window", "[{\"n\":1}]"), ("devices/gw/window", "[{\"n\":2}]")],
         );
+    }
+
+    #[test]
+    fn a_record_too_large_for_a_message_of_its_own_is_named() {
+        let mut big = record(2, "window");
+        big.payload = vec![b'x'; 30];
+        let records = [record(1, "window"), big, record(3, "window")];
+        // Bare records: 30 bytes exceed 20.
+        assert_eq!(
+            oversize_records(&config(1, 20), 1 << 20, &records),
+            vec![(2, "record of 30 bytes exceeds max_message_bytes 20".to_owned())]
+        );
+        // In arrays: the brackets count, so 29 bytes of record make a message of 31.
+        let mut edge = record(4, "window");
+        edge.payload = vec![b'x'; 29];
+        assert_eq!(
+            oversize_records(&config(5, 30), 1 << 20, &[edge.clone()]),
+            vec![(4, "record of 31 bytes exceeds max_message_bytes 30".to_owned())]
+        );
+        assert!(oversize_records(&config(1, 30), 1 << 20, &[edge.clone()]).is_empty());
+        // The packet limit counts the topic and the PUBLISH header too.
+        let packet = 29 + "devices/gw/window".len() + PUBLISH_OVERHEAD;
+        assert_eq!(
+            oversize_records(&config(1, 30), packet - 1, &[edge.clone()]),
+            vec![(4, format!("MQTT packet of {packet} bytes exceeds the limit of {} bytes", packet - 1))]
+        );
+        assert!(oversize_records(&config(1, 30), packet, &[edge]).is_empty());
     }
 }

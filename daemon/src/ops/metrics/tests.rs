@@ -86,6 +86,9 @@ fn known_status() -> Status {
             raw_depth: 0,
             outbox_age_ms: 1500,
             file_bytes: 8192,
+            refused_since_ms: Some(1_700_000_000_000),
+            refused_status: Some(401),
+            refused_secs: 7,
         }],
     }
 }
@@ -233,6 +236,15 @@ eddy_store_free_bytes 1073741824
 # HELP eddy_store_failures_total Times the store failed (a write or flush error, e.g. ENOSPC or EIO) and was opened again in-process.
 # TYPE eddy_store_failures_total counter
 eddy_store_failures_total 1
+# HELP eddy_store_dead_letters Dead letters kept (records no sink could deliver; eddy dead-letters).
+# TYPE eddy_store_dead_letters gauge
+eddy_store_dead_letters 0
+# HELP eddy_store_dead_letter_bytes Bytes of the dead letters kept (bounded by storage.dead_letter_max_bytes).
+# TYPE eddy_store_dead_letter_bytes gauge
+eddy_store_dead_letter_bytes 0
+# HELP eddy_store_dead_letters_dropped_total Dead letters deleted, oldest first, because their tree was full.
+# TYPE eddy_store_dead_letters_dropped_total counter
+eddy_store_dead_letters_dropped_total 0
 # HELP eddy_uplink_delivered_total Records delivered per sink.
 # TYPE eddy_uplink_delivered_total counter
 eddy_uplink_delivered_total{sink="hub"} 0
@@ -254,6 +266,9 @@ eddy_uplink_outbox_age_seconds{sink="hub"} 1.5
 # HELP eddy_uplink_offline_seconds How long the sink has been failing (0: online).
 # TYPE eddy_uplink_offline_seconds gauge
 eddy_uplink_offline_seconds{sink="hub"} 12
+# HELP eddy_uplink_refused_seconds How long the hub has refused the sink's credentials, HTTP 401/403/407 (0: it does not).
+# TYPE eddy_uplink_refused_seconds gauge
+eddy_uplink_refused_seconds{sink="hub"} 7
 # HELP eddy_uplink_file_bytes Bytes a file sink keeps on disk, its live and rotated files (0 for other sinks).
 # TYPE eddy_uplink_file_bytes gauge
 eddy_uplink_file_bytes{sink="hub"} 8192
@@ -375,7 +390,12 @@ fn status_keeps_its_keys() {
         sorted(keys(&value["store"])),
         [
             "budget_bytes",
+            "dead_letter_bytes",
+            "dead_letter_max_bytes",
+            "dead_letters_kept",
             "disk_bytes",
+            "dropped_dead_letter_bytes",
+            "dropped_dead_letters",
             "failures",
             "flushes",
             "free_bytes",
@@ -399,6 +419,9 @@ fn status_keeps_its_keys() {
             "outbox_age_ms",
             "outbox_depth",
             "raw_depth",
+            "refused_secs",
+            "refused_since_ms",
+            "refused_status",
             "rejected",
             "retries"
         ]
