@@ -310,6 +310,7 @@ fn with_token_file(hub: &HttpHub) -> (Eddy, String) {
     std::fs::write(dir.join("token"), "Bearer old-token\n").unwrap();
     let config = http_sink(config(), "hub", &hub.url())
         .key("header_files", raw("{ authorization = \"{dir}/token\" }"))
+        .key("allow_insecure", true)
         .to_toml();
     let eddy = Eddy::start_in(&dir, &config).expect("eddy starts");
     (eddy, config)
