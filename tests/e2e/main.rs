@@ -26,6 +26,7 @@ mod serial;
 mod session;
 mod settings;
 mod shutdown;
+mod spark_schema;
 mod tidy;
 mod uplink;
 mod uplink_http;
