@@ -68,6 +68,17 @@ echo "== fuzz smoke run (scripts/fuzz-smoke.sh)"
 ./scripts/fuzz-smoke.sh 2>&1 | tee -a "$log"
 fuzz_status=${PIPESTATUS[0]}
 [ "$fuzz_status" -eq 0 ] || [ "$status" -ne 0 ] || status=$fuzz_status
+# The Spark chain (#16): two gateways, one SIGKILLed, their closed files read by the PySpark
+# fleet view, compared with eddy's records. About 2.5 min (Spark's start-up is ~30 s of it);
+# installs pyspark into ~/.cache/eddy-spark-venv when missing (about 450 MB, once). Uses the
+# debug binary built above: the chain feeds 16 readings/s per gateway, speed does not matter.
+echo "== Spark chain (scripts/spark-chain.sh)"
+EDDY_BIN="${CARGO_TARGET_DIR:-target}/debug/eddy" ./scripts/spark-chain.sh 2>&1 | tee -a "$log"
+spark_status=${PIPESTATUS[0]}
+if [ "$spark_status" -ne 0 ]; then
+  echo "test-all: the Spark chain check failed (scripts/spark-chain.sh; the message above says where it differs)." >&2
+  [ "$status" -ne 0 ] || status=$spark_status
+fi
 set -e
 # One closing line for the whole suite (cargo prints one per test binary, the last being the
 # doc-tests, which can be zero; the nspawn script prints `nspawn: N passed, N failed`).
