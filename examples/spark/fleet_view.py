@@ -73,6 +73,8 @@ def parse_args(argv=None):
         parser.error("--source kafka needs --bootstrap")
     if args.source == "kafka" and not (args.topic or args.topic_pattern):
         parser.error("--source kafka needs --topic or --topic-pattern")
+    if args.sasl_username and not args.sasl_password_file:
+        parser.error("--sasl-username needs --sasl-password-file")
     return args
 
 
@@ -107,7 +109,16 @@ def read_values(spark, args):
             "kafka.sasl.jaas.config",
             f'{args.login_module} required username="{username}" password="{password}";',
         )
-    return reader.load().select(F.col("value").cast("string").alias("value"))
+    try:
+        stream = reader.load()
+    except Exception as error:  # pyspark's AnalysisException; its module moved between versions
+        if "kafka" in str(error).lower() and "data source" in str(error).lower():
+            sys.exit(
+                "fleet_view: Spark has no Kafka connector: run it with spark-submit --packages "
+                "org.apache.spark:spark-sql-kafka-0-10_<scala>:<spark version> (built in on Databricks)"
+            )
+        raise
+    return stream.select(F.col("value").cast("string").alias("value"))
 
 
 # ---- shared from here on -----------------------------------------------------------------
