@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from records_schema import RECORD_FIELDS, WINDOW_AGGREGATES, fields_from_json_schema  # noqa: E402
 

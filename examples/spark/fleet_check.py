@@ -17,6 +17,7 @@ import math
 import os
 import sys
 
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from records_schema import RECORD_FIELDS, WINDOW_AGGREGATES  # noqa: E402
 
@@ -24,8 +25,11 @@ KNOWN_KEYS = {name for name, _ in RECORD_FIELDS}
 
 
 def read_records(records_dir):
-    """(records by id, lines read, duplicate lines, problems)."""
-    by_id, lines, duplicates, problems = {}, 0, 0, []
+    """(records by id, lines read, duplicate lines, lines that are not JSON, problems).
+
+    A line that is not JSON is skipped, as Spark's from_json skips it: the torn tail a crash
+    can leave in a file sink's file (the record is delivered again, whole, on a new line)."""
+    by_id, lines, duplicates, torn, problems = {}, 0, 0, 0, []
     for path in sorted(glob.glob(os.path.join(records_dir, "*"))):
         if os.path.basename(path).startswith((".", "_")) or not os.path.isfile(path):
             continue
@@ -36,8 +40,12 @@ def read_records(records_dir):
                 lines += 1
                 try:
                     record = json.loads(line)
-                except ValueError as error:
-                    problems.append(f"{path}:{line_no}: not JSON ({error})")
+                except ValueError:
+                    torn += 1
+                    print(f"fleet_check: {path}:{line_no}: not JSON, skipped: {line.strip()[:200]}", file=sys.stderr)
+                    continue
+                if not isinstance(record, dict) or not isinstance(record.get("id"), str) or "type" not in record:
+                    problems.append(f"{path}:{line_no}: not an eddy record (an object with type and id): {line.strip()[:200]}")
                     continue
                 unknown = set(record) - KNOWN_KEYS
                 if unknown:
@@ -47,7 +55,7 @@ def read_records(records_dir):
                     duplicates += 1
                     if seen != record:
                         problems.append(f"{path}:{line_no}: id {record['id']} again with other contents: {seen} vs {record}")
-    return by_id, lines, duplicates, problems
+    return by_id, lines, duplicates, torn, problems
 
 
 def expected_views(records, hour_ms):
@@ -131,7 +139,7 @@ def main():
     parser.add_argument("--summary-json", help="also write the figures here")
     args = parser.parse_args()
 
-    by_id, lines, duplicates, problems = read_records(args.records)
+    by_id, lines, duplicates, torn, problems = read_records(args.records)
     expected_windows, expected_late = expected_views(by_id.values(), args.hour_ms)
     compare_problems, spark_rows = compare(expected_windows, expected_late, args.spark_out)
     problems += compare_problems
@@ -150,6 +158,7 @@ def main():
         problems.append(f"{duplicates} duplicate records in the input, expected at least {args.min_duplicates}")
     summary = {
         "record_lines": lines,
+        "lines_not_json": torn,
         "unique_records": len(by_id),
         "duplicates_dropped": duplicates,
         "window_records": sum(1 for r in by_id.values() if r["type"] == "window"),

@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from records_schema import WINDOW_AGGREGATES, record_ddl  # noqa: E402
 
@@ -126,7 +127,9 @@ def read_values(spark, args):
 
 def parse_records(values):
     """One row per record. A message or line holds one record or a JSON array of them (an MQTT
-    or Kafka sink with records_per_message > 1): both are read as an array."""
+    or Kafka sink with records_per_message > 1): both are read as an array. A line that is not
+    JSON gives no row: the torn tail a crash can leave in a file sink's file (eddy starts a new
+    line after it and delivers that record again in full)."""
     text = F.trim(F.col("value"))
     as_array = F.when(text.startswith("["), text).otherwise(F.concat(F.lit("["), text, F.lit("]")))
     return (
@@ -189,8 +192,9 @@ def start_query(name, view, args):
         return writer.format("console").option("truncate", "false").option("numRows", 1000).start()
     target = os.path.join(args.output, name)
 
-    # Complete mode: every trigger has the whole view; it replaces the directory's contents,
-    # so the directory always holds one consistent view (no file sink supports complete mode).
+    # Complete mode: every trigger has the whole view and replaces the directory's contents
+    # (no file sink supports complete mode). The replacement is not atomic: a reader during it
+    # can find the directory empty; on Databricks, overwrite a Delta table instead.
     def write_view(batch, _batch_id):
         out = with_hour_text(batch).coalesce(1).write.mode("overwrite")
         if args.format == "csv":
