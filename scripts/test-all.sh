@@ -28,6 +28,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v strace >/dev/null 2>&1 || need+=(strace)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(faketime)
 perl -MTime::HiRes -e 1 >/dev/null 2>&1 || need+=(perl)
+# The Spark chain runs pyspark, which needs a Java 17+ runtime.
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 # The power-cut test mounts a FUSE file system: as root with mount(2), as another user through
 # fusermount3 (package fuse3).
 [ "$(id -u)" -eq 0 ] || command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
