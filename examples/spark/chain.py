@@ -117,7 +117,22 @@ max_files = 1000
         status = self.status()
         return status["engine"]["open_windows"] == 0 and all(u["outbox_depth"] == 0 for u in status["uplinks"])
 
-    def kill(self):
+    def kill_after_a_delivery(self):
+        """SIGKILL as soon as the live file grows: a delivery was just written, and its
+        cursor may not be committed yet, so eddy delivers it again after the restart (the
+        redelivery the Spark job must drop). Whether the kill lands before the commit varies."""
+        live = os.path.join(self.out, "results.jsonl")
+
+        def size():
+            try:
+                return os.stat(live).st_size
+            except FileNotFoundError:
+                return -1
+
+        before = size()
+        deadline = time.monotonic() + 15
+        while size() == before and time.monotonic() < deadline:
+            time.sleep(0.0002)
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
@@ -219,7 +234,7 @@ def main():
     gw_b.send_late(2, 15_000)
     time.sleep(args.feed_seconds / 4)
     print(f"spark-chain: SIGKILL {gw_b.name} mid-way")
-    gw_b.kill()
+    gw_b.kill_after_a_delivery()
     output_b1, _ = sim_b.communicate(timeout=30)
     gw_b.start()
     gw_b.send_late(2, 15_000)
