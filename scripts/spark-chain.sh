@@ -2,7 +2,7 @@
 # The Spark chain check (issue #16): two eddy gateways (one SIGKILLed and restarted) → file
 # sinks with rotation → a landing directory of closed files → the PySpark fleet view
 # (examples/spark/fleet_view.py) → compared with the same view computed from eddy's records
-# (examples/spark/fleet_check.py). About 2.5 min on two cores; see BENCHMARKS.md.
+# (examples/spark/fleet_check.py). About 2 min on two cores; see BENCHMARKS.md.
 #
 # Needs Java 17+ and python3 with venv; pyspark is installed into $EDDY_SPARK_VENV
 # (default ~/.cache/eddy-spark-venv) when missing, without asking. Uses the eddy binary

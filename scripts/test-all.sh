@@ -71,7 +71,7 @@ echo "== fuzz smoke run (scripts/fuzz-smoke.sh)"
 fuzz_status=${PIPESTATUS[0]}
 [ "$fuzz_status" -eq 0 ] || [ "$status" -ne 0 ] || status=$fuzz_status
 # The Spark chain (#16): two gateways, one SIGKILLed, their closed files read by the PySpark
-# fleet view, compared with eddy's records. About 2.5 min (Spark's start-up is ~30 s of it);
+# fleet view, compared with eddy's records. About 2 min (Spark's start-up is ~30 s of it);
 # installs pyspark into ~/.cache/eddy-spark-venv when missing (about 450 MB, once). Uses the
 # debug binary built above: the chain feeds 16 readings/s per gateway, speed does not matter.
 echo "== Spark chain (scripts/spark-chain.sh)"
