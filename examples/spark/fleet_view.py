@@ -180,10 +180,11 @@ def with_hour_text(view):
 
 
 def start_query(name, view, args):
-    checkpoint = args.checkpoint or os.path.join(args.output, "_checkpoints")
-    writer = view.writeStream.queryName(name).outputMode("complete").option(
-        "checkpointLocation", os.path.join(checkpoint, name)
-    )
+    writer = view.writeStream.queryName(name).outputMode("complete")
+    # The console needs no checkpoint of its own (Spark then uses a temporary one).
+    checkpoint = args.checkpoint or (None if args.output == "console" else os.path.join(args.output, "_checkpoints"))
+    if checkpoint:
+        writer = writer.option("checkpointLocation", os.path.join(checkpoint, name))
     if args.available_now:
         writer = writer.trigger(availableNow=True)
     else:
