@@ -5,12 +5,14 @@
 //!
 //! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench outage_drain`
 //! Environment: `EDDY_BENCH_HOURS` (default 6), `EDDY_BENCH_SENSORS` (default 200),
-//! `EDDY_BENCH_UPLINKS` (comma list of mqtt1, mqtt100, http; default all three).
+//! `EDDY_BENCH_UPLINKS` (comma list of mqtt1, mqtt100, http, kafka; default all four). The kafka
+//! uplink needs `tansu` and the confluent-kafka venv (see `eddy_tests::kafka_broker`).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use eddy_tests::config::ConfigToml;
 use eddy_tests::http_hub::HttpHub;
+use eddy_tests::kafka_broker::Tansu;
 use eddy_tests::mosquitto::Mosquitto;
 use eddy_tests::mqtt_hub::MqttCollector;
 use eddy_tests::{send_with_acks, wait_until, Eddy};
@@ -175,16 +177,47 @@ fn http(sensors: usize, hours: usize) {
     report("http", expected, started, &mut eddy, backlog);
 }
 
+/// Kafka (tansu, in-memory storage): the broker is down for the outage (it restarts empty, so
+/// the topic is created when it is back), one record per message, 6 partitions keyed by
+/// sensor, batches of 512.
+fn kafka(sensors: usize, hours: usize) {
+    let mut broker = Tansu::start().expect("tansu");
+    broker.stop();
+    let config = config()
+        .kafka_sink("hub", &broker.bootstrap())
+        .key("records", ["window"])
+        .key("max_backoff", "1s")
+        .to_toml();
+    let mut eddy = Eddy::start(&config).expect("eddy");
+    println!("kafka (tansu, memory storage), 1 record per message, 6 partitions, batches of 512:");
+    let expected = fill_backlog(&eddy, sensors, hours);
+    let backlog = backlog_sizes(&eddy);
+    broker.restart().expect("broker back");
+    broker.create_topic("eddy.window", 6).expect("topic");
+    let started = Instant::now();
+    let expected_u64 = u64::try_from(expected).unwrap();
+    let mut count = 0;
+    assert!(
+        wait_until(Duration::from_secs(600), || {
+            count = broker.message_count("eddy.window").unwrap_or(0);
+            count >= expected_u64
+        }),
+        "the broker got {count} of {expected}"
+    );
+    report("kafka", expected, started, &mut eddy, backlog);
+}
+
 fn main() {
     let hours = env_usize("EDDY_BENCH_HOURS", 6);
     let sensors = env_usize("EDDY_BENCH_SENSORS", 200);
-    let uplinks = std::env::var("EDDY_BENCH_UPLINKS").unwrap_or_else(|_| "mqtt1,mqtt100,http".into());
+    let uplinks = std::env::var("EDDY_BENCH_UPLINKS").unwrap_or_else(|_| "mqtt1,mqtt100,http,kafka".into());
     for uplink in uplinks.split(',') {
         match uplink {
             "mqtt1" => mqtt(1, sensors, hours),
             "mqtt100" => mqtt(100, sensors, hours),
             "http" => http(sensors, hours),
-            other => panic!("unknown uplink `{other}` (mqtt1, mqtt100, http)"),
+            "kafka" => kafka(sensors, hours),
+            other => panic!("unknown uplink `{other}` (mqtt1, mqtt100, http, kafka)"),
         }
     }
 }

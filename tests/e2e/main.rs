@@ -29,6 +29,7 @@ mod shutdown;
 mod tidy;
 mod uplink;
 mod uplink_http;
+mod uplink_kafka;
 mod uplink_mqtt;
 mod uplink_refusals;
 mod uplink_tls;

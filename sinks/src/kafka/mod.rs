@@ -216,8 +216,9 @@ impl KafkaSink {
             init_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
             base: 3.0,
-            // Give up within the timeouts: the daemon's own backoff paces the retries.
-            deadline: Some(config.connect_timeout.min(config.ack_timeout)),
+            // Give up within the timeouts, with the client's own error rather than ours: the
+            // daemon's backoff paces the retries.
+            deadline: Some(config.connect_timeout.min(config.ack_timeout) * 3 / 4),
         };
         let mut builder = ClientBuilder::new(config.brokers.clone())
             .client_id(config.client_id.as_str())
