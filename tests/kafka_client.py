@@ -8,8 +8,6 @@ Commands (the broker is `--brokers host:port`; TLS with `--ca FILE`; SASL with
   consume TOPIC                     print every message of every partition from the start, one
                                     JSON object a line: {"partition", "offset", "key", "value"},
                                     then exit at the end of every partition
-  count TOPIC                       print the number of messages in the topic (the sum of its
-                                    partitions' high watermarks)
   partition TOPIC KEY               produce one probe message with KEY using librdkafka's
                                     murmur2 partitioner (Kafka's Java default) and print the
                                     partition it went to
@@ -101,24 +99,6 @@ def consume(args):
     return 0
 
 
-def count(args):
-    config = common(args)
-    config.update({"group.id": "eddy-test-counter", "enable.auto.commit": False})
-    consumer = Consumer(config)
-    metadata = consumer.list_topics(args.topic, timeout=10)
-    topic = metadata.topics.get(args.topic)
-    if topic is None or topic.error is not None:
-        print(f"topic {args.topic} unknown: {topic.error if topic else 'absent'}", file=sys.stderr)
-        return 2
-    total = 0
-    for p in topic.partitions:
-        low, high = consumer.get_watermark_offsets(TopicPartition(args.topic, p), timeout=10, cached=False)
-        total += high
-    consumer.close()
-    print(total)
-    return 0
-
-
 def partition(args):
     config = common(args)
     config.update({"partitioner": "murmur2_random", "acks": "all"})
@@ -150,13 +130,11 @@ def main():
     read = commands.add_parser("consume")
     read.add_argument("topic")
     read.add_argument("--timeout", type=float, default=30.0)
-    counted = commands.add_parser("count")
-    counted.add_argument("topic")
     probe = commands.add_parser("partition")
     probe.add_argument("topic")
     probe.add_argument("key")
     args = parser.parse_args()
-    return {"create-topic": create_topic, "consume": consume, "count": count, "partition": partition}[args.command](args)
+    return {"create-topic": create_topic, "consume": consume, "partition": partition}[args.command](args)
 
 
 if __name__ == "__main__":

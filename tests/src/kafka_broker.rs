@@ -242,12 +242,6 @@ impl Tansu {
             .collect()
     }
 
-    /// The number of messages in `topic` (the sum of its partitions' high watermarks).
-    pub fn message_count(&self, topic: &str) -> anyhow::Result<u64> {
-        let out = self.client(&["count", topic])?;
-        out.trim().parse().with_context(|| format!("a count, not {out:?}"))
-    }
-
     /// The partition librdkafka's `murmur2_random` partitioner (Kafka's Java default) picks for
     /// `key` in `topic` (it produces a probe message there).
     pub fn murmur2_partition(&self, topic: &str, key: &str) -> anyhow::Result<i64> {
