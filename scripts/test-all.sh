@@ -30,6 +30,9 @@ ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(faketime)
 perl -MTime::HiRes -e 1 >/dev/null 2>&1 || need+=(perl)
 # The Spark chain runs pyspark, which needs a Java 17+ runtime.
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+# python3 with venv: the Kafka tests' independent client (confluent-kafka, below).
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The power-cut test mounts a FUSE file system: as root with mount(2), as another user through
 # fusermount3 (package fuse3).
 [ "$(id -u)" -eq 0 ] || command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
@@ -42,6 +45,23 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "test-all: could not install ${need[*]} with apt-get; install them and run this again." >&2
     exit 1
   fi
+fi
+
+# The Kafka uplink tests start tansu, a Kafka-protocol broker in Rust (Apache Kafka's jars cannot
+# be fetched here), and read what eddy wrote with an independent client: librdkafka through
+# PyPI's confluent-kafka, in a venv. Building tansu takes about 10 minutes on 2 cores, once.
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$cargo_bin/tansu" ]; then
+  echo "== installing tansu (cargo install; about 10 minutes, once)"
+  cargo install tansu --locked --features dynostore </dev/null
+fi
+venv="$HOME/.cache/eddy-test-venv"
+if ! "$venv/bin/python" -c 'import confluent_kafka' >/dev/null 2>&1; then
+  echo "== installing confluent-kafka in $venv (pip)"
+  python3 -m venv "$venv" </dev/null && "$venv/bin/pip" install -q confluent-kafka </dev/null || {
+    echo "test-all: could not install confluent-kafka into $venv; is python3-venv installed?" >&2
+    exit 1
+  }
 fi
 
 echo "== cargo fmt --check"

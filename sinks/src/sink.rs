@@ -3,6 +3,7 @@
 use crate::console::ConsoleSink;
 use crate::file::FileSink;
 use crate::http::HttpSink;
+use crate::kafka::KafkaSink;
 use crate::mqtt::MqttSink;
 use crate::record::{Delivery, OutRecord};
 
@@ -19,6 +20,8 @@ pub enum Sink {
     Mqtt(Box<MqttSink>),
     /// JSON-array POSTs to an HTTP endpoint, delivered on 2xx.
     Http(Box<HttpSink>),
+    /// Produces to Kafka brokers, delivered when every produce is acknowledged (`acks = all`).
+    Kafka(Box<KafkaSink>),
 }
 
 impl Sink {
@@ -29,6 +32,7 @@ impl Sink {
             Sink::File(file) => file.name(),
             Sink::Mqtt(mqtt) => mqtt.name(),
             Sink::Http(http) => http.name(),
+            Sink::Kafka(kafka) => kafka.name(),
         }
     }
 
@@ -37,7 +41,7 @@ impl Sink {
     pub fn disk_bytes(&self) -> Option<u64> {
         match self {
             Sink::File(file) => Some(file.disk_bytes()),
-            Sink::Console(_) | Sink::Mqtt(_) | Sink::Http(_) => None,
+            Sink::Console(_) | Sink::Mqtt(_) | Sink::Http(_) | Sink::Kafka(_) => None,
         }
     }
 
@@ -54,6 +58,7 @@ impl Sink {
             Sink::File(file) => file.deliver(records).await,
             Sink::Mqtt(mqtt) => mqtt.deliver(records).await,
             Sink::Http(http) => http.deliver(records).await,
+            Sink::Kafka(kafka) => kafka.deliver(records).await,
         }
     }
 
@@ -65,6 +70,7 @@ impl Sink {
             Sink::File(file) => file.close().await,
             Sink::Mqtt(mqtt) => mqtt.close().await,
             Sink::Http(http) => http.close().await,
+            Sink::Kafka(kafka) => kafka.close().await,
         }
     }
 }

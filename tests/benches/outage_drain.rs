@@ -5,12 +5,15 @@
 //!
 //! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench outage_drain`
 //! Environment: `EDDY_BENCH_HOURS` (default 6), `EDDY_BENCH_SENSORS` (default 200),
-//! `EDDY_BENCH_UPLINKS` (comma list of mqtt1, mqtt100, http; default all three).
+//! `EDDY_BENCH_UPLINKS` (comma list of mqtt1, mqtt100, http, kafka; default all four). The kafka
+//! uplink needs `tansu` and the confluent-kafka venv (see `eddy_tests::kafka_broker`);
+//! `EDDY_BENCH_KAFKA_BATCH` sets its `batch_max_records` (default 512).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use eddy_tests::config::ConfigToml;
 use eddy_tests::http_hub::HttpHub;
+use eddy_tests::kafka_broker::Tansu;
 use eddy_tests::mosquitto::Mosquitto;
 use eddy_tests::mqtt_hub::MqttCollector;
 use eddy_tests::{send_with_acks, wait_until, Eddy};
@@ -34,6 +37,9 @@ fn config() -> ConfigToml {
         .key("aggregates", ["count", "mean", "min", "max"])
         .file_sink("oracle", "{dir}/oracle.jsonl")
         .key("records", ["window"])
+        // One file: the bench counts its lines (the default rotation at 16 MiB would move
+        // most of the 48.6 MiB backlog into oracle.jsonl.1, .2, …).
+        .key("max_file_bytes", 0)
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -175,16 +181,86 @@ fn http(sensors: usize, hours: usize) {
     report("http", expected, started, &mut eddy, backlog);
 }
 
+/// Kafka (tansu, in-memory storage): the broker is down for the outage (it restarts empty, so
+/// the topic is created when it is back), one record per message, 6 partitions keyed by
+/// sensor, batches of 512. Timed until eddy counts every record delivered (each produce
+/// acknowledged with `acks = all`; `/status`), then the topic is read back whole with
+/// librdkafka and must hold every result (tansu's high watermarks lag, so they cannot be
+/// polled instead).
+fn kafka(sensors: usize, hours: usize, batch: usize) {
+    let mut broker = Tansu::start().expect("tansu");
+    broker.stop();
+    let config = config()
+        .table("api")
+        .key("listen", "127.0.0.1:0")
+        .kafka_sink("hub", &broker.bootstrap())
+        .key("records", ["window"])
+        .key("batch_max_records", batch)
+        .key("max_backoff", "1s")
+        .to_toml();
+    let mut eddy = Eddy::start(&config).expect("eddy");
+    println!("kafka (tansu, memory storage), 1 record per message, 6 partitions, batches of {batch}:");
+    let expected = fill_backlog(&eddy, sensors, hours);
+    let backlog = backlog_sizes(&eddy);
+    broker.restart().expect("broker back");
+    broker.create_topic("eddy.window", 6).expect("topic");
+    let started = Instant::now();
+    let api = api_address(&eddy);
+    let mut delivered = 0;
+    assert!(
+        wait_until(Duration::from_secs(600), || {
+            delivered = hub_delivered(api);
+            delivered >= expected
+        }),
+        "eddy delivered {delivered} of {expected}"
+    );
+    report("kafka", expected, started, &mut eddy, backlog);
+    let messages = broker.consume("eddy.window").expect("the topic read back");
+    let ids: std::collections::HashSet<&str> =
+        messages.iter().filter_map(|message| message.value["id"].as_str()).collect();
+    assert_eq!(ids.len(), expected, "every result in the topic, read back by librdkafka");
+    println!("  read back: {} messages, {} distinct ids", messages.len(), ids.len());
+}
+
+/// The address of eddy's local endpoint, from its log.
+fn api_address(eddy: &Eddy) -> std::net::SocketAddr {
+    assert!(wait_until(Duration::from_secs(10), || eddy.log().contains("HTTP endpoint up")));
+    let log = eddy.log();
+    let line = log.lines().find(|line| line.contains("HTTP endpoint up")).expect("the endpoint's log line");
+    let at = line.find("listen=").expect("listen=") + "listen=".len();
+    line[at..].split_whitespace().next().unwrap().parse().expect("an address")
+}
+
+/// `delivered` of the sink `hub` in `/status` (0 when the endpoint does not answer).
+fn hub_delivered(api: std::net::SocketAddr) -> usize {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(api) else { return 0 };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    if write!(stream, "GET /status HTTP/1.1\r\nHost: eddy\r\nConnection: close\r\n\r\n").is_err() {
+        return 0;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let Some((_, body)) = response.split_once("\r\n\r\n") else { return 0 };
+    let status: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    status["uplinks"]
+        .as_array()
+        .and_then(|uplinks| uplinks.iter().find(|uplink| uplink["name"] == "hub"))
+        .and_then(|hub| hub["delivered"].as_u64())
+        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
 fn main() {
     let hours = env_usize("EDDY_BENCH_HOURS", 6);
     let sensors = env_usize("EDDY_BENCH_SENSORS", 200);
-    let uplinks = std::env::var("EDDY_BENCH_UPLINKS").unwrap_or_else(|_| "mqtt1,mqtt100,http".into());
+    let uplinks = std::env::var("EDDY_BENCH_UPLINKS").unwrap_or_else(|_| "mqtt1,mqtt100,http,kafka".into());
     for uplink in uplinks.split(',') {
         match uplink {
             "mqtt1" => mqtt(1, sensors, hours),
             "mqtt100" => mqtt(100, sensors, hours),
             "http" => http(sensors, hours),
-            other => panic!("unknown uplink `{other}` (mqtt1, mqtt100, http)"),
+            "kafka" => kafka(sensors, hours, env_usize("EDDY_BENCH_KAFKA_BATCH", 512)),
+            other => panic!("unknown uplink `{other}` (mqtt1, mqtt100, http, kafka)"),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The documentation cannot drift: every hub example in the README (MQTT brokers, AWS IoT Core,
-//! Azure IoT Hub, HTTP) is a valid `[[sinks]]` entry for `eddy check-config`.
+//! Azure IoT Hub, Azure Event Hubs / Kafka, HTTP) is a valid `[[sinks]]` entry for `eddy check-config`.
 
 use std::process::Command;
 
@@ -15,7 +15,9 @@ fn the_readme_hub_examples_are_valid_sinks() {
         // Hub examples are `[[sinks]]` blocks; source examples (serial, MQTT sources) are
         // checked whole by the sources' own README test.
         .filter(|block| block.contains("[[sinks]]") && !block.contains("[[sources]]"))
-        .filter(|block| block.contains("kind = \"mqtt\"") || block.contains("kind = \"http\""))
+        .filter(|block| {
+            ["mqtt", "http", "kafka"].iter().any(|kind| block.contains(&format!("kind = \"{kind}\"")))
+        })
         .collect();
     assert!(blocks.len() >= 4, "README should show Mosquitto, AWS, Azure and HTTP examples");
     let dir = tempfile::tempdir().unwrap();

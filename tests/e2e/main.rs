@@ -30,6 +30,7 @@ mod spark_schema;
 mod tidy;
 mod uplink;
 mod uplink_http;
+mod uplink_kafka;
 mod uplink_mqtt;
 mod uplink_refusals;
 mod uplink_tls;

@@ -275,6 +275,11 @@ impl ConfigToml {
         self.sink("mqtt").key("name", name).key("url", url)
     }
 
+    /// A Kafka sink named `name` producing to the brokers `brokers` (`host:port`).
+    pub fn kafka_sink(self, name: &str, brokers: &str) -> ConfigToml {
+        self.sink("kafka").key("name", name).key("brokers", [brokers])
+    }
+
     /// The TOML text.
     pub fn to_toml(&self) -> String {
         let mut out = String::new();

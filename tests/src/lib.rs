@@ -5,6 +5,7 @@ pub mod config;
 pub mod fake_broker;
 pub mod faketime;
 pub mod http_hub;
+pub mod kafka_broker;
 pub mod mosquitto;
 pub mod mqtt_hub;
 pub mod paced;

@@ -8,7 +8,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use eddy_sinks::{FileConfig, HttpConfig, MqttConfig, RawConsoleSink, RawFileSink, RawHttpSink, RawMqttSink};
+use eddy_sinks::{
+    FileConfig, HttpConfig, KafkaConfig, MqttConfig, RawConsoleSink, RawFileSink, RawHttpSink, RawKafkaSink,
+    RawMqttSink,
+};
 use serde::Deserialize;
 
 use crate::config::entry::{RawEntry, SharedKeys};
@@ -43,6 +46,8 @@ pub enum RawSink {
     Mqtt(RawMqttSink),
     /// `kind = "http"`: a hub over HTTP.
     Http(RawHttpSink),
+    /// `kind = "kafka"`: Kafka brokers (or Azure Event Hubs' Kafka endpoint).
+    Kafka(RawKafkaSink),
 }
 
 /// The keys every `[[sinks]]` entry has, whatever its kind: its name, the records it takes and
@@ -95,6 +100,8 @@ pub enum SinkKind {
     Mqtt(Box<MqttConfig>),
     /// A hub over HTTP.
     Http(Box<HttpConfig>),
+    /// Kafka brokers.
+    Kafka(Box<KafkaConfig>),
 }
 
 /// How a sink's delivery task batches, paces and retries.
@@ -156,6 +163,7 @@ pub(crate) fn sink_from_raw(
         RawSink::File(file) => SinkKind::File(file.validate(key)?),
         RawSink::Mqtt(mqtt) => SinkKind::Mqtt(Box::new(mqtt.validate(key, &name, device_id, warnings)?)),
         RawSink::Http(http) => SinkKind::Http(Box::new(http.validate(key, &name, warnings)?)),
+        RawSink::Kafka(kafka) => SinkKind::Kafka(Box::new(kafka.validate(key, &name, device_id, warnings)?)),
     };
     Ok(SinkConfig { name, kind, records, delivery })
 }

@@ -301,6 +301,39 @@ fn an_mqtt_sink_gets_its_defaults_and_secret() {
 }
 
 #[test]
+fn a_kafka_sink_gets_its_defaults_and_secret_and_its_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("connection-string");
+    std::fs::write(&password, "Endpoint=sb://ns/;SharedAccessKey=s3cret\n").unwrap();
+    let config = load_extra(&format!(
+        "[[sinks]]\nkind = \"kafka\"\nbrokers = [\"ns.servicebus.windows.net:9093\"]\ntls = true\n\
+         sasl_mechanism = \"PLAIN\"\nusername = \"$ConnectionString\"\npassword_file = \"{}\"\n",
+        password.display()
+    ))
+    .expect("valid");
+    let SinkKind::Kafka(kafka) = &config.sinks[0].kind else { panic!("not kafka") };
+    assert_eq!(config.sinks[0].name, "kafka-0");
+    assert_eq!(kafka.topic, "eddy.{type}");
+    assert_eq!(kafka.key, "{device_id}/{sensor}");
+    assert_eq!(kafka.device_id, "gw");
+    assert!(kafka.sasl.as_ref().unwrap().password.expose().ends_with("s3cret"));
+    assert!(!format!("{config:?}").contains("s3cret"), "the password must not show in Debug");
+    check_key("[[sinks]]\nkind = \"kafka\"\n", "sinks[0].brokers");
+    check_key(
+        "[[sinks]]\nkind = \"kafka\"\nbrokers = [\"k:9092\"]\ncompression = \"zstd\"\n",
+        "sinks[0].compression",
+    );
+    check_key("[[sinks]]\nkind = \"kafka\"\nbrokers = [\"k:9092\"]\nurl = \"x\"\n", "sinks[0].url");
+    check_key(
+        &format!(
+            "[[sinks]]\nkind = \"kafka\"\nbrokers = [\"k:9092\"]\nsasl_mechanism = \"PLAIN\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+            password.display()
+        ),
+        "sinks[0].sasl_mechanism",
+    );
+}
+
+#[test]
 fn tcp_security_keys_are_checked_and_named() {
     let tcp = |keys: &str| format!("[[sources]]\nkind = \"tcp\"\n{keys}\n");
     check_message(

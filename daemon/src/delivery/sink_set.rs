@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use eddy_sinks::{ConsoleSink, FileSink, HttpSink, MqttSink, Sink};
+use eddy_sinks::{ConsoleSink, FileSink, HttpSink, KafkaSink, MqttSink, Sink};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -244,6 +244,10 @@ fn build(config: &SinkConfig) -> anyhow::Result<Sink> {
             HttpSink::new((**http).clone())
                 .with_context(|| format!("cannot set up sink `{}`", config.name))?,
         )),
+        SinkKind::Kafka(kafka) => Sink::Kafka(Box::new(
+            KafkaSink::new((**kafka).clone())
+                .with_context(|| format!("cannot set up sink `{}`", config.name))?,
+        )),
     })
 }
 
@@ -255,6 +259,10 @@ fn tls_digest(config: &SinkConfig) -> u64 {
     let tls = match &config.kind {
         SinkKind::Mqtt(mqtt) => &mqtt.tls,
         SinkKind::Http(http) => &http.tls,
+        SinkKind::Kafka(kafka) => match &kafka.tls {
+            Some(tls) => tls,
+            None => return 0,
+        },
         SinkKind::Console | SinkKind::File(_) => return 0,
     };
     let files = [&tls.ca_file, &tls.cert_file, &tls.key_file];
