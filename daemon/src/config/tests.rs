@@ -414,8 +414,8 @@ fn a_key_of_another_kind_or_of_the_wrong_type_is_named_in_full() {
         "sources[1].kind: `modbus` is not one of: tcp, serial, mqtt, simulator",
     );
     check_message(
-        "[[sinks]]\nkind = \"kafka\"\n",
-        "sinks[0].kind: `kafka` is not one of: console, file, mqtt, http",
+        "[[sinks]]\nkind = \"amqp\"\n",
+        "sinks[0].kind: `amqp` is not one of: console, file, mqtt, http, kafka",
     );
     check_key("[[sources]]\nname = \"x\"\n", "sources[1].kind");
 }
