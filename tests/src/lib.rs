@@ -304,13 +304,17 @@ fn parse_reply(line: &str, replies: &mut Replies) {
     }
 }
 
-/// Reads a JSON-lines file into values (a missing file reads as empty).
+/// Reads a JSON-lines file into values (a missing file reads as empty). A last line without
+/// its newline is one the sink is still appending (the file is read while eddy runs): it is
+/// left for the next read, never parsed half-written.
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     let mut text = String::new();
     if let Ok(mut file) = std::fs::File::open(path) {
         let _ = file.read_to_string(&mut text);
     }
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete
+        .lines()
         .filter(|line| !line.trim().is_empty())
         .map(|line| {
             serde_json::from_str(line).unwrap_or_else(|error| panic!("bad JSON line `{line}`: {error}"))
