@@ -188,7 +188,12 @@ pub fn main(cli: Cli, log: LogHandle) -> ExitCode {
             if let Some(hangups) = hangups {
                 runtime.spawn(reload::reload_on_hangup(hangups, running, log, reload_tx));
             }
-            let result = runtime.block_on(crate::run_with_reloads(config, stop_signal(), reload_rx));
+            // SIGTERM and SIGINT are caught from here on, before anything starts.
+            let stop = {
+                let _entered = runtime.enter();
+                stop_signal()
+            };
+            let result = runtime.block_on(crate::run_with_reloads(config, stop, reload_rx));
             // Not the runtime's drop, which waits for every blocking task: one may be stuck in
             // a system call (a reload setting up a file sink on a FIFO nobody reads, a hung
             // network file system) and must not hold the exit past the stop deadline.
@@ -262,8 +267,9 @@ pub fn main(cli: Cli, log: LogHandle) -> ExitCode {
 pub(crate) fn cancel_on_signal() -> CancellationToken {
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
+    let stop = stop_signal();
     std::mem::drop(tokio::spawn(async move {
-        stop_signal().await;
+        stop.await;
         on_signal.cancel();
     }));
     cancel
@@ -283,28 +289,58 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
-pub(crate) async fn stop_signal() {
-    wait_for_signal().await;
-    tokio::spawn(async {
-        wait_for_signal().await;
-        eprintln!("eddy: second signal, exiting at once");
-        std::process::exit(130);
-    });
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once. Call it inside the
+/// runtime: SIGINT and SIGTERM are caught from this call on, not from the first poll of the
+/// future, so a signal sent right after eddy said it is ready (systemd's stop, a test's) is
+/// kept for the future instead of ending the process by its default action, undrained.
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut signals = StopSignals::install();
+    async move {
+        signals.recv().await;
+        tokio::spawn(async move {
+            signals.recv().await;
+            eprintln!("eddy: second signal, exiting at once");
+            std::process::exit(130);
+        });
+    }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// The SIGTERM and SIGINT listeners (`None`: the kernel refused one; the other still works).
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, signal = name, "Cannot listen for this signal; it will not stop eddy gracefully.");
+                None
+            }
+        };
+        StopSignals {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            int: listen(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        async fn next(listener: &mut Option<tokio::signal::unix::Signal>) {
+            match listener {
+                Some(listener) => {
+                    listener.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-        Err(error) => {
-            tracing::warn!(%error, "Cannot listen for SIGTERM; only SIGINT stops eddy.");
-            let _ = tokio::signal::ctrl_c().await;
+        let StopSignals { term, int } = self;
+        tokio::select! {
+            () = next(term) => {}
+            () = next(int) => {}
         }
     }
 }

@@ -161,8 +161,9 @@ pub(crate) async fn tcp(address: SocketAddr, load: Load, ack: bool, session: Opt
     let Load { sensors, rate, count, seed } = load;
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
+    let stop = crate::cli::stop_signal();
     tokio::spawn(async move {
-        crate::cli::stop_signal().await;
+        stop.await;
         on_signal.cancel();
     });
     let Some(sensors) = std::num::NonZeroU32::new(sensors) else {
