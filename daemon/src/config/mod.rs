@@ -188,19 +188,8 @@ impl Config {
             }
             None => builder.add_source(config::File::from_str(DEFAULT_CONFIG_TOML, config::FileFormat::Toml)),
         };
-        let raw: RawConfig = builder
-            .add_source(
-                config::Environment::with_prefix("EDDY")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()
-            .map_err(|error| {
-                let at = path.map_or_else(|| "built-in default".to_owned(), |p| p.display().to_string());
-                ConfigError::Load(shown::without_values(&format!("{at}: {error}")))
-            })
-            .and_then(deserialize)?;
+        let at = path.map_or_else(|| "built-in default".to_owned(), |p| p.display().to_string());
+        let raw = with_env_overrides(builder, &at)?;
         Config::from_raw(raw)
     }
 
@@ -209,17 +198,9 @@ impl Config {
     /// stage, not yet validated. A reload parses what it read, so what it applies and what it
     /// reports are the same bytes.
     pub fn raw_from_text(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
-        config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("EDDY")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()
-            .map_err(|error| ConfigError::Load(format!("{}: {error}", path.display())))
-            .and_then(deserialize)
+        let builder =
+            config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Toml));
+        with_env_overrides(builder, &path.display().to_string())
     }
 
     /// [`raw_from_text`](Self::raw_from_text), validated.
@@ -347,6 +328,22 @@ impl RawConfig {
         check_forward_raw(self.engine.forward_raw, records)?;
         Ok(SinkReload { device_id: self.device_id, forward_raw: self.engine.forward_raw, sinks })
     }
+}
+
+/// The file source `builder` holds, with the `EDDY__…` environment overrides on top, built
+/// and deserialized; a load error names `at` and shows no value (a TOML snippet could hold a
+/// secret), at start-up and on SIGHUP alike.
+fn with_env_overrides(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+    at: &str,
+) -> Result<RawConfig, ConfigError> {
+    builder
+        .add_source(
+            config::Environment::with_prefix("EDDY").prefix_separator("__").separator("__").try_parsing(true),
+        )
+        .build()
+        .map_err(|error| ConfigError::Load(shown::without_values(&format!("{at}: {error}"))))
+        .and_then(deserialize)
 }
 
 fn check_device_id(device_id: &str) -> Result<(), ConfigError> {

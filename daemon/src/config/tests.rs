@@ -605,4 +605,11 @@ fn configuration_errors_never_show_a_value_issue_15() {
             .to_string();
     assert!(error.contains("line 7, column"), "{error}");
     assert!(!error.contains("hunter2"), "{error}");
+    // The same file as a reload (or `eddy run`) reads it: the text, parsed once.
+    let text = format!("{MINIMAL}[[sinks]]\nkind = \"http\"\nurl = \"https://hub/in?sig=hunter2\n");
+    let error = Config::raw_from_text(std::path::Path::new("eddy.toml"), &text)
+        .expect_err("unclosed string")
+        .to_string();
+    assert!(error.contains("line 7, column"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
 }
