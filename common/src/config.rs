@@ -91,9 +91,41 @@ pub fn secret_from_env(key: &str, variable: &str) -> Result<String, KeyError> {
         .map_err(|_| invalid(key, format!("the environment variable `{variable}` is not set")))
 }
 
+/// The password of a source or sink at `key` (`sinks[0]`): read from `password_file` or from
+/// the variable `password_env` — one of them, not both (an error naming `key.password_file`)
+/// — or `None` when neither is given.
+///
+/// The value is returned as a plain string: wrap it in the caller's secret type at once.
+pub fn password_from(
+    key: &str,
+    password_file: Option<&Path>,
+    password_env: Option<&str>,
+) -> Result<Option<String>, KeyError> {
+    match (password_file, password_env) {
+        (Some(_), Some(_)) => {
+            Err(invalid(format!("{key}.password_file"), "give password_file or password_env, not both"))
+        }
+        (Some(path), None) => secret_from_file(&format!("{key}.password_file"), path).map(Some),
+        (None, Some(variable)) => secret_from_env(&format!("{key}.password_env"), variable).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_comes_from_one_place_named_by_its_key() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"s3cret\n").unwrap();
+        assert_eq!(password_from("sinks[0]", Some(file.path()), None).unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(password_from("sinks[0]", None, None).unwrap(), None);
+        let both = password_from("sinks[0]", Some(file.path()), Some("HOME")).unwrap_err().to_string();
+        assert!(both.starts_with("sinks[0].password_file: "), "{both}");
+        let unset = password_from("sources[1]", None, Some("EDDY_TEST_SURELY_UNSET_VARIABLE")).unwrap_err();
+        assert!(unset.to_string().starts_with("sources[1].password_env: "), "{unset}");
+    }
 
     #[test]
     fn a_key_error_names_its_key_first() {

@@ -18,7 +18,9 @@ pub use crate::broker_url::BrokerUrl;
 pub use crate::clock::{
     boottime_ms, build_floor_ms, kernel_synchronized, wall_clock_ms, ClockTrust, GatewayClock,
 };
-pub use crate::config::{duration_within, invalid, secret_from_env, secret_from_file, KeyError, DAY};
+pub use crate::config::{
+    duration_within, invalid, password_from, secret_from_env, secret_from_file, KeyError, DAY,
+};
 pub use crate::insecure::PlainCredential;
 pub use crate::redact::{redact_url, truncate_for_log, LOG_VALUE_CHARS};
 pub use crate::secret::Secret;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eddy_common::{invalid, secret_from_env, secret_from_file, KeyError, PlainCredential};
+use eddy_common::{invalid, password_from, KeyError, PlainCredential};
 use serde::Deserialize;
 
 use crate::mqtt::config::{MqttBroker, MqttQos, MqttSourceConfig, MqttTls, Secret};
@@ -104,21 +104,8 @@ impl RawMqttSource {
             Some(_) => return Err(invalid(format!("{key}.qos"), "must be 0, 1 or 2")),
         };
         mqtt.username = self.username.clone();
-        mqtt.password = match (&self.password_file, &self.password_env) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    format!("{key}.password_env"),
-                    "give password_file or password_env, not both",
-                ))
-            }
-            (Some(path), None) => {
-                Some(Secret::verbatim(secret_from_file(&format!("{key}.password_file"), path)?))
-            }
-            (None, Some(variable)) => {
-                Some(Secret::verbatim(secret_from_env(&format!("{key}.password_env"), variable)?))
-            }
-            (None, None) => None,
-        };
+        mqtt.password = password_from(key, self.password_file.as_deref(), self.password_env.as_deref())?
+            .map(Secret::verbatim);
         if mqtt.password.is_some() && mqtt.username.is_none() {
             return Err(invalid(format!("{key}.username"), "is required when a password is given"));
         }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eddy_common::{invalid, secret_from_env, secret_from_file, KeyError, PlainCredential, Secret};
+use eddy_common::{invalid, password_from, KeyError, PlainCredential, Secret};
 use serde::Deserialize;
 
 use crate::config_keys::{timeout, tls_files};
@@ -236,19 +236,7 @@ fn sasl(
     password_file: Option<PathBuf>,
     password_env: Option<String>,
 ) -> Result<Option<SaslCredentials>, KeyError> {
-    let password = match (&password_file, &password_env) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                format!("{key}.password_file"),
-                "give password_file or password_env, not both",
-            ))
-        }
-        (Some(path), None) => Some(Secret::new(secret_from_file(&format!("{key}.password_file"), path)?)),
-        (None, Some(variable)) => {
-            Some(Secret::new(secret_from_env(&format!("{key}.password_env"), variable)?))
-        }
-        (None, None) => None,
-    };
+    let password = password_from(key, password_file.as_deref(), password_env.as_deref())?.map(Secret::new);
     let Some(mechanism) = mechanism else {
         if username.is_some() || password.is_some() {
             return Err(invalid(

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eddy_common::{invalid, redact_url, secret_from_env, secret_from_file, KeyError, PlainCredential};
+use eddy_common::{invalid, password_from, redact_url, KeyError, PlainCredential};
 use serde::Deserialize;
 
 use crate::config_keys::{keep_alive, timeout, tls_files};
@@ -94,19 +94,8 @@ impl RawMqttSink {
         if client_id.is_empty() || client_id.len() > 128 {
             return Err(invalid(format!("{key}.client_id"), "must be 1 to 128 characters"));
         }
-        let password = match (&self.password_file, &self.password_env) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    format!("{key}.password_file"),
-                    "give password_file or password_env, not both",
-                ))
-            }
-            (Some(path), None) => Some(Secret::new(secret_from_file(&format!("{key}.password_file"), path)?)),
-            (None, Some(variable)) => {
-                Some(Secret::new(secret_from_env(&format!("{key}.password_env"), variable)?))
-            }
-            (None, None) => None,
-        };
+        let password =
+            password_from(key, self.password_file.as_deref(), self.password_env.as_deref())?.map(Secret::new);
         if password.is_some() && self.username.is_none() {
             return Err(invalid(format!("{key}.username"), "is required with a password"));
         }
