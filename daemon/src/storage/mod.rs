@@ -43,6 +43,7 @@ mod budget;
 mod columns;
 mod commit;
 mod dead_letter;
+mod delivered;
 mod log;
 mod meters;
 mod outbox;
@@ -60,6 +61,7 @@ pub use crate::storage::commit::{
     StateChange,
 };
 pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX_BYTES};
+pub use crate::storage::delivered::Delivered;
 pub use crate::storage::log::LogChunk;
 pub use crate::storage::meters::{size_on_disk_of, StoreMeters};
 pub use crate::storage::outbox::OutboxEntry;
