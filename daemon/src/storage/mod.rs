@@ -44,6 +44,7 @@ mod columns;
 mod commit;
 mod dead_letter;
 mod delivered;
+mod downsample;
 mod log;
 mod meters;
 mod outbox;
@@ -55,7 +56,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::storage::budget::{free_space_of, Budget};
-pub use crate::storage::budget::{Appended, BudgetConfig, DropStats, Policy, SinkDrops};
+pub use crate::storage::budget::{
+    Appended, BudgetConfig, DropStats, Policy, SinkDrops, DEFAULT_DOWNSAMPLE_LEVELS,
+};
 pub use crate::storage::commit::{
     mark_changes_by_page, Commit, EngineSnapshot, MarkChange, MarkPageChange, RawCommit, SealedPage,
     StateChange,
