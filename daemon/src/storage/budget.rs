@@ -196,7 +196,7 @@ impl Budget {
             free_space,
             injected_failures: AtomicU64::new(0),
             sinks: Mutex::new(Vec::new()),
-            downsample_memo: Mutex::new(DownsampleMemo::new()),
+            downsample_memo: Mutex::new(DownsampleMemo::default()),
         }
     }
 

@@ -37,10 +37,20 @@ use crate::storage::{
 /// Most pages one merge decodes (64 × 256 = 16,384 records: a few MB of JSON at most).
 pub(crate) const MAX_GROUP_PAGES: usize = 64;
 
-/// The memo of pages a merge at a level found nothing to reduce in: (lane prefix, resolution,
-/// page seq) → the page's value length. They are not decoded again at that level until they
-/// change.
-pub(crate) type DownsampleMemo = HashMap<(u8, i64, u64), usize>;
+/// What earlier merges learnt, so that a full budget does not decode the same pages again on
+/// every append and commit.
+#[derive(Debug, Default)]
+pub(crate) struct DownsampleMemo {
+    /// Pages a merge at a level found nothing to reduce in: (lane prefix, resolution, page
+    /// seq) → the page's value length. They are not decoded again at that level until they
+    /// change.
+    done: HashMap<(u8, i64, u64), usize>,
+    /// (lane prefix, resolution) → the seq below which every page is done at that level: the
+    /// walk starts there. Merges at a level only change pages at or past its frontier (and a
+    /// coarser level's records are never merged at a finer one), trims and drops only remove
+    /// pages, new pages come last: what is below stays done.
+    frontier: HashMap<(u8, i64), u64>,
+}
 
 /// Past this many entries the memo is cleared (it only saves work).
 const MAX_MEMO_ENTRIES: usize = 100_000;
@@ -97,13 +107,29 @@ impl Store {
         let newest = decode_key(&newest[1..]);
         let mut group: Vec<PageInfo> = Vec::new();
         let mut group_status: Vec<bool> = Vec::new();
+        let start = self
+            .budget
+            .downsample_memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .frontier
+            .get(&(prefix, resolution_ms))
+            .copied()
+            .unwrap_or(0);
+        // Every page so far was done: the frontier may move past it.
+        let mut all_done = true;
         let pages =
-            self.main.range(prefixed(prefix, &0u64.to_be_bytes())..prefixed(prefix, &newest.to_be_bytes()));
+            self.main.range(prefixed(prefix, &start.to_be_bytes())..prefixed(prefix, &newest.to_be_bytes()));
         for item in pages {
             let (key, value) = item.map_err(io("outbox read"))?;
             let seq = decode_key(&key[1..]);
+            let done = self.memo_says_done(prefix, resolution_ms, seq, value.len());
+            if all_done && !done {
+                all_done = false;
+                self.set_frontier(prefix, resolution_ms, seq);
+            }
             // A page that may join a group, with each sink's status; `None` ends a group.
-            let candidate = if self.memo_says_done(prefix, resolution_ms, seq, value.len()) {
+            let candidate = if done {
                 None
             } else {
                 let n_entries =
@@ -138,12 +164,20 @@ impl Store {
                 }
             }
         }
+        if all_done {
+            self.set_frontier(prefix, resolution_ms, newest);
+        }
         Ok(!group.is_empty() && self.merge_group(lane, &group, resolution_ms)?)
+    }
+
+    fn set_frontier(&self, prefix: u8, resolution_ms: i64, seq: u64) {
+        let mut memo = self.budget.downsample_memo.lock().unwrap_or_else(PoisonError::into_inner);
+        memo.frontier.insert((prefix, resolution_ms), seq);
     }
 
     fn memo_says_done(&self, prefix: u8, resolution_ms: i64, seq: u64, value_len: usize) -> bool {
         let memo = self.budget.downsample_memo.lock().unwrap_or_else(PoisonError::into_inner);
-        memo.get(&(prefix, resolution_ms, seq)) == Some(&value_len)
+        memo.done.get(&(prefix, resolution_ms, seq)) == Some(&value_len)
     }
 
     /// Merges `group`'s pages; whether it reduced them (and replaced them).
@@ -177,11 +211,12 @@ impl Store {
         let outcome = merge(&parts, &self.budget.config.shapes, resolution_ms);
         if outcome.entries.len() >= entries.len() {
             let mut memo = self.budget.downsample_memo.lock().unwrap_or_else(PoisonError::into_inner);
-            if memo.len() > MAX_MEMO_ENTRIES {
-                memo.clear();
+            if memo.done.len() > MAX_MEMO_ENTRIES {
+                // The frontiers stay: below them everything is done.
+                memo.done.clear();
             }
             for page in group {
-                memo.insert((prefix, resolution_ms, page.seq), page.value_len);
+                memo.done.insert((prefix, resolution_ms, page.seq), page.value_len);
             }
             return Ok(false);
         }
