@@ -1004,6 +1004,74 @@ mod tests {
         assert_eq!(outcome.entries[5..], [Merged::Kept(7), Merged::Kept(8)], "alone, or unparsable: kept");
     }
 
+    /// Every key a merged record has is documented in `docs/records.schema.json` for its kind
+    /// (`raw_downsampled` for raw readings), and it has every key the schema requires.
+    #[test]
+    fn merged_records_have_only_the_keys_the_schema_documents() {
+        let schema: Value = serde_json::from_str(include_str!("../../../docs/records.schema.json")).unwrap();
+        let batch = |start_ms: i64| {
+            ResultRecord::Batch(crate::engine::record::BatchRecord {
+                batch: u64::try_from(start_ms / 2000).unwrap(),
+                device: Arc::from("gw-01"),
+                sensor: Arc::from("t-1"),
+                field: Arc::from("temp_c"),
+                start_ms,
+                end_ms: start_ms + 2000,
+                stats: stats_of(&[1.0, 2.0]),
+            })
+            .to_json()
+        };
+        let counts = |start_ms: i64| {
+            ResultRecord::WindowCounts(WindowCountsRecord {
+                window: Arc::from("mode_1m"),
+                device: Arc::from("gw-01"),
+                sensor: Arc::from("t-1"),
+                tag: Arc::from("mode"),
+                start_ms,
+                end_ms: start_ms + MINUTE,
+                counts: vec![(Arc::from("heat"), 2)],
+                other: 1,
+            })
+            .to_json()
+        };
+        let raw = |ts: i64| {
+            format!(r#"{{"type":"raw","device":"gw-01","sensor":"t-1","ts":{ts},"values":{{"temp_c":1.5}},"tags":{{}},"id":"gw-01/raw/t-1/{ts}/1-0"}}"#)
+                .into_bytes()
+        };
+        let payloads = vec![
+            window("temp_1m", "t-1", T0, MINUTE, &[1.0, 2.0]),
+            window("temp_1m", "t-1", T0 + MINUTE, MINUTE, &[3.0]),
+            batch(T0),
+            batch(T0 + 2000),
+            counts(T0),
+            counts(T0 + MINUTE),
+            raw(T0),
+            raw(T0 + 1),
+        ];
+        let kinds = ["window", "window", "batch", "batch", "window", "window", "raw", "raw"];
+        let input: Vec<Part<'_>> =
+            payloads.iter().zip(kinds).map(|(payload, kind)| Part { kind, payload }).collect();
+        let outcome = merge(&input, &shapes(&[]), HOUR);
+        assert_eq!(outcome.n_written, 4);
+        for record in records(&outcome, &payloads) {
+            let def = match record["type"].as_str().unwrap() {
+                "raw" => "raw_downsampled",
+                other => other,
+            };
+            let documented = schema["$defs"][def]["properties"].as_object().unwrap();
+            for key in record.keys() {
+                assert!(
+                    documented.contains_key(key),
+                    "`{key}` of a merged {def} record is not in the schema"
+                );
+            }
+            for required in schema["$defs"][def]["required"].as_array().unwrap() {
+                assert!(record.contains_key(required.as_str().unwrap()), "{def}: {required} missing");
+            }
+            assert_eq!(record["downsampled"], true);
+        }
+    }
+
     proptest! {
         /// However the records are cut into merge rounds, each sensor-hour ends with the
         /// count of its readings and their sum (within f64 rounding), and no record is lost.
