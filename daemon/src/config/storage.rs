@@ -22,7 +22,7 @@ pub struct RawStorage {
     pub cache_capacity: u64,
     /// Disk budget of log + outbox, bytes (0: none).
     pub max_bytes: u64,
-    /// `drop_oldest` or `reject_new`.
+    /// `downsample`, `drop_oldest` or `reject_new`.
     pub policy: String,
     /// Drop outbox records older than this (none: keep until delivered).
     #[serde(with = "humantime_serde")]
