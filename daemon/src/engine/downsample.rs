@@ -108,6 +108,8 @@ pub enum Merged {
         group: String,
         /// The JSON record.
         payload: Vec<u8>,
+        /// Its bucket's start (its `start`), ms since the epoch.
+        bucket_start: i64,
     },
 }
 
@@ -148,7 +150,7 @@ pub fn merge(parts: &[Part<'_>], shapes: &Shapes, resolution_ms: i64) -> MergeOu
                         }
                         None => {
                             groups.insert(piece.key.clone(), slots.len());
-                            slots.push((part_idx, Slot::Group(Group::new(piece, part_idx))));
+                            slots.push((part_idx, Slot::Group(Box::new(Group::new(piece, part_idx)))));
                         }
                     }
                 }
@@ -176,7 +178,7 @@ pub fn merge(parts: &[Part<'_>], shapes: &Shapes, resolution_ms: i64) -> MergeOu
                     outcome.entries.push(Merged::Kept(first_idx));
                 } else {
                     outcome.n_written += 1;
-                    outcome.entries.push(group.into_entry(resolution_ms));
+                    outcome.entries.push((*group).into_entry(resolution_ms));
                 }
             }
         }
@@ -196,7 +198,7 @@ enum Class {
 
 enum Slot {
     Kept(usize),
-    Group(Group),
+    Group(Box<Group>),
 }
 
 /// What groups records: equal keys merge.
@@ -431,7 +433,7 @@ impl Group {
             RecordType::Window | RecordType::WindowCounts => self.key.window.clone(),
         };
         let group = format!("Downsampled {what} [{}, {})", format_utc_ms(start), format_utc_ms(end));
-        Merged::New { kind: self.kind, group, payload }
+        Merged::New { kind: self.kind, group, payload, bucket_start: start }
     }
 }
 
@@ -751,10 +753,13 @@ mod tests {
             .collect()
     }
 
+    /// Values by (sensor, hour).
+    type ValuesByHour = Vec<(String, i64, Vec<f64>)>;
+
     /// Two sensors, two hours of 1-minute windows with three values each.
-    fn two_hours() -> (Vec<Vec<u8>>, Vec<(String, i64, Vec<f64>)>) {
+    fn two_hours() -> (Vec<Vec<u8>>, ValuesByHour) {
         let mut payloads = Vec::new();
-        let mut values_by_hour: Vec<(String, i64, Vec<f64>)> = Vec::new();
+        let mut values_by_hour: ValuesByHour = Vec::new();
         for minute in 0..120 {
             for sensor in ["t-1", "t-2"] {
                 let start = T0 + minute * MINUTE;

@@ -13,7 +13,8 @@
 //! are inside its delivered set), and a sink that had not gets them instead of the originals:
 //! never both, never neither. Groups are at most [`MAX_GROUP_PAGES`] pages, so that one merge
 //! decodes a bounded amount; partial hours left at a group's edge merge again later (their ids
-//! differ by the span they cover).
+//! differ by the span they cover). Once the budget is full, merging goes on until a sixteenth
+//! of it is free again, so that merges are rare and large rather than one per commit.
 //!
 //! # The replacement
 //! In one sled batch the group's pages are removed and the merged entries written as new pages
@@ -52,6 +53,9 @@ pub(crate) struct DownsampleMemo {
     frontier: HashMap<(u8, i64), u64>,
 }
 
+/// Once the budget is full, merging goes on until this fraction of it is free again.
+const HEADROOM_DIVISOR: u64 = 16;
+
 /// Past this many entries the memo is cleared (it only saves work).
 const MAX_MEMO_ENTRIES: usize = 100_000;
 
@@ -70,21 +74,38 @@ struct PageInfo {
 
 impl Store {
     /// Under `downsample`: merges the oldest pages, raw readings first, level by level, until
-    /// `used <= target` or nothing more merges. Counts what it merged.
+    /// `used` is [`HEADROOM_DIVISOR`]th of the budget below `target`, or nothing more merges.
+    /// Counts what it merged. The headroom makes merges rare and large: merging just enough
+    /// for each commit would merge a minute's records at a time, each time merging again the
+    /// partial hours before them (a page written again at every commit).
     pub(crate) fn downsample_until(&self, target: u64) -> Result<(), StoreError> {
+        let headroom = self.budget.config.max_bytes.unwrap_or(0) / HEADROOM_DIVISOR;
+        let goal = target.saturating_sub(headroom);
+        let merged_before = self.budget.stats.downsample_merged_records.load(Ordering::Relaxed);
+        let used_before = self.used_bytes();
         let levels = self.budget.config.downsample_levels.clone();
-        for level in levels {
+        'levels: for level in levels {
             let resolution_ms = i64::try_from(level.as_millis()).unwrap_or(i64::MAX);
             for lane in [Lane::Raw, Lane::Results] {
-                while self.used_bytes() > target {
+                while self.used_bytes() > goal {
                     if !self.downsample_step(lane, resolution_ms)? {
                         break;
                     }
                 }
-                if self.used_bytes() <= target {
-                    return Ok(());
+                if self.used_bytes() <= goal {
+                    break 'levels;
                 }
             }
+        }
+        let merged = self.budget.stats.downsample_merged_records.load(Ordering::Relaxed) - merged_before;
+        if merged > 0 {
+            // At every commit while the hub is away: the counters tell the story (/metrics).
+            tracing::debug!(
+                records = merged,
+                freed_bytes = used_before.saturating_sub(self.used_bytes()),
+                used_bytes = self.used_bytes(),
+                "Disk budget full: merged the oldest undelivered records into coarser ones."
+            );
         }
         Ok(())
     }
@@ -225,11 +246,33 @@ impl Store {
             .iter()
             .map(|entry| match entry {
                 Merged::Kept(idx) => entries[*idx].clone(),
-                Merged::New { kind, group, payload } => {
+                Merged::New { kind, group, payload, .. } => {
                     OutboxEntry { kind: kind.clone(), group: group.clone(), payload: payload.clone() }
                 }
             })
             .collect();
+        // Whether each merged entry belongs to a bucket before the latest one: such records
+        // take nothing more in (their bucket's later records were in this group already), so a
+        // page of them only is done at this level and not merged again at every commit.
+        let latest_bucket = outcome
+            .entries
+            .iter()
+            .filter_map(|entry| match entry {
+                Merged::New { bucket_start, .. } => Some(*bucket_start),
+                Merged::Kept(_) => None,
+            })
+            .max();
+        let settled: Vec<bool> = outcome
+            .entries
+            .iter()
+            .map(|entry| match entry {
+                Merged::New { bucket_start, .. } => {
+                    latest_bucket.is_some_and(|latest| *bucket_start < latest)
+                }
+                Merged::Kept(_) => false,
+            })
+            .collect();
+        let mut settled_pages = Vec::new();
         let first_seq = group[0].seq;
         let committed_ms = committed_ms.unwrap_or(0);
         let mut batch = sled::Batch::default();
@@ -253,6 +296,10 @@ impl Store {
             let offset = u64::try_from(chunk_idx * OUTBOX_PAGE_ENTRIES).unwrap_or(u64::MAX);
             let key = prefixed(prefix, &(first_seq + offset).to_be_bytes());
             new_bytes += entry_bytes(&key, &value);
+            let chunk_start = chunk_idx * OUTBOX_PAGE_ENTRIES;
+            if settled[chunk_start..chunk_start + chunk.len()].iter().all(|&settled| settled) {
+                settled_pages.push((first_seq + offset, value.len()));
+            }
             batch.insert(key, value);
         }
         self.main.apply_batch(batch).map_err(io("outbox downsample"))?;
@@ -260,11 +307,17 @@ impl Store {
         self.budget.add(new_bytes);
         // Durable before any sink may read it (they read under the lock this holds).
         self.flush_blocking()?;
+        {
+            let mut memo = self.budget.downsample_memo.lock().unwrap_or_else(PoisonError::into_inner);
+            for (seq, value_len) in settled_pages {
+                memo.done.insert((prefix, resolution_ms, seq), value_len);
+            }
+        }
         let stats = &self.budget.stats;
         stats.downsample_merged_records.fetch_add(outcome.n_merged, Ordering::Relaxed);
         stats.downsample_written_records.fetch_add(outcome.n_written, Ordering::Relaxed);
         stats.downsample_redundant_records.fetch_add(outcome.n_redundant, Ordering::Relaxed);
-        tracing::info!(
+        tracing::debug!(
             lane = ?lane,
             resolution_ms,
             first_seq,
@@ -529,6 +582,74 @@ mod tests {
         store.trim_outbox_through(next_seq - 1).unwrap();
         assert_eq!(store.used_bytes(), 0);
         assert!(all(&store).is_empty());
+    }
+
+    #[test]
+    fn raw_readings_are_aggregated_before_any_result_and_only_sinks_taking_them_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), None);
+        let (next_seq, _) = fill(&store, 1, 0, 4);
+        let results_before = all(&store);
+        let results_bytes = store.used_bytes();
+        // 4 pages of raw readings (a reading a second per sensor, two fields), one commit each.
+        let mut raw_seq = 1;
+        for page in 0..4u64 {
+            let entries: Vec<OutboxEntry> = (0..PAGE)
+                .map(|idx| {
+                    let n = page * PAGE + idx;
+                    let ts = T0 + i64::try_from(n).unwrap() * 1000;
+                    let payload = format!(
+                        r#"{{"type":"raw","device":"gw","sensor":"s{}","ts":{ts},"values":{{"temp_c":{},"rh":40}},"tags":{{}},"id":"gw/raw/s{}/{ts}/{n}-0"}}"#,
+                        n % 2,
+                        20.0 + (n % 5) as f64,
+                        n % 2
+                    );
+                    OutboxEntry { kind: "raw".into(), group: "raw".into(), payload: payload.into_bytes() }
+                })
+                .collect();
+            raw_seq += PAGE;
+            let raw = crate::storage::RawCommit { entries, next_raw_seq: raw_seq };
+            let commit = Commit { log_pos: 0, next_seq, clock_ms: 1, ..Commit::default() };
+            store.commit_with_raw(&commit, Some(&raw)).unwrap();
+        }
+        let raw_before = store.read_lane_after(Lane::Raw, 0, usize::MAX).unwrap();
+        let full = store.used_bytes();
+        // A sink that does not take raw readings has a stale raw cursor in the middle of a
+        // page: it does not count for the raw lane.
+        store.set_raw_cursor("hub", 300).unwrap();
+        drop(store);
+        let store = open(dir.path(), Some(full - (full - results_bytes) / 2));
+        store.register_sink("hub", false, 512);
+        store.enforce_budget(0).unwrap();
+        assert!(all(&store) == results_before, "the results are untouched while raw readings can merge");
+        let raw_after = store.read_lane_after(Lane::Raw, 0, usize::MAX).unwrap();
+        assert!(raw_after.len() < raw_before.len());
+        let newest = |entries: &[(u64, OutboxEntry)]| entries[entries.len() - OUTBOX_PAGE_ENTRIES..].to_vec();
+        assert!(newest(&raw_after) == newest(&raw_before), "the newest raw page is untouched");
+        // Per sensor and field, readings and sums are kept.
+        let totals = |entries: &[(u64, OutboxEntry)]| {
+            let mut totals: BTreeMap<(String, String), (u64, f64)> = BTreeMap::new();
+            for (_, entry) in entries {
+                let record: serde_json::Map<String, Value> = serde_json::from_slice(&entry.payload).unwrap();
+                let sensor = record["sensor"].as_str().unwrap().to_owned();
+                if let Some(values) = record.get("values") {
+                    for (field, value) in values.as_object().unwrap() {
+                        let slot = totals.entry((sensor.clone(), field.clone())).or_default();
+                        slot.0 += 1;
+                        slot.1 += value.as_f64().unwrap();
+                    }
+                } else {
+                    assert_eq!(record["downsampled"], true);
+                    let slot =
+                        totals.entry((sensor, record["field"].as_str().unwrap().to_owned())).or_default();
+                    slot.0 += record["count"].as_u64().unwrap();
+                    slot.1 += record["sum"].as_f64().unwrap();
+                }
+            }
+            totals
+        };
+        assert_eq!(totals(&raw_before), totals(&raw_after));
+        assert!(counter(&store.drop_stats().downsample_merged_records) > 0);
     }
 
     #[test]
