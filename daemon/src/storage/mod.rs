@@ -37,7 +37,9 @@
 //!   first. Tree `dead_resend` marks those an operator put back on their uplink.
 //! - Size: bounded by sled's cache for memory (`storage.cache_capacity`); on disk, by the
 //!   budget (`storage.max_bytes`, see [`budget`](crate::storage::budget) for what is counted,
-//!   the full-store policies and the free-space guard).
+//!   the full-store policies and the free-space guard). Under `downsample`, undelivered outbox
+//!   pages are replaced by pages of merged records keyed at their first seq (the seqs after
+//!   them stay empty; see `storage/downsample.rs` for which pages and why no sink gets both).
 
 mod budget;
 mod columns;
