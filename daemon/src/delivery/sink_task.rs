@@ -144,11 +144,18 @@ impl Delivering {
             let started = tokio::time::Instant::now();
             // Only what the aggregator has committed *and flushed* (`through` is at most the
             // target): a sink must never hand out a result that a power cut could take back.
+            // And no seq past `batch_max_records` above where the batch starts, even where seqs
+            // are missing (pages dropped or downsampled): that is the zone the downsampler
+            // leaves alone above each delivered segment, so nothing read is merged meanwhile.
+            let limit = pick.through().min(pick.after().saturating_add(full_batch));
             let mut entries = self.store.read_lane_after(lane, pick.after(), batch_max)?;
-            entries.retain(|(seq, _)| *seq <= pick.through());
+            let next_seq = entries.first().map(|(seq, _)| *seq);
+            entries.retain(|(seq, _)| *seq <= limit);
             let Some(last_seq) = entries.last().map(|(seq, _)| *seq) else {
-                // Entries up to `through` were trimmed, dropped or undecodable: move past them.
-                state.done(pick, pick.through());
+                // Nothing up to the next entry (or to `through`): those seqs were trimmed,
+                // dropped, merged or undecodable. Move past them, durably, before reading on.
+                let skip_to = next_seq.map_or(pick.through(), |seq| (seq - 1).min(pick.through()));
+                state.done(pick, skip_to);
                 self.persist(lane, &name, state.delivered()).await?;
                 continue;
             };
@@ -766,7 +773,7 @@ mod tests {
     use eddy_sinks::{ConsoleSink, FakeHub, FakeSink};
 
     use super::*;
-    use crate::storage::{Commit, OutboxEntry};
+    use crate::storage::{Commit, OutboxEntry, RawCommit};
 
     /// A writer the test can read back.
     #[derive(Clone, Default)]
@@ -1147,6 +1154,67 @@ mod tests {
         drain(delivering_to(&store, &hub, &stats), target).await;
         assert_eq!(hub.seqs(), range(513, 1000));
         assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(1010));
+    }
+
+    /// Records the hub can never take (413 even alone) become dead letters from live and
+    /// backlog batches alike, and move the delivered set like deliveries.
+    #[tokio::test]
+    async fn dead_letters_move_the_delivered_set_on_both_kinds_of_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, target) = store_after_outage(dir.path(), 300, 10);
+        let hub = FakeHub::default();
+        hub.set_max_batch(Some(0));
+        let stats = Arc::new(DeliveryStats::default());
+        drain(delivering_to(&store, &hub, &stats), target).await;
+        assert!(hub.seqs().is_empty());
+        let dead: Vec<u64> = store.dead_letters().unwrap().iter().map(|letter| letter.seq).collect();
+        assert_eq!(dead[..10], range(301, 310)[..], "the current results first");
+        assert_eq!(dead[10..], range(1, 300)[..]);
+        assert_eq!(stats.rejected_total.load(Ordering::Relaxed), 310);
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(310));
+    }
+
+    /// Both lanes go live first, results before raw readings (current or backlog).
+    #[tokio::test]
+    async fn the_raw_lane_goes_live_first_after_the_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24, vec![], vec![]).unwrap();
+        let commit = |first: u64, n: u64, clock_ms: i64| {
+            let entries = |kind: &str| -> Vec<OutboxEntry> {
+                (first..first + n)
+                    .map(|seq| OutboxEntry {
+                        kind: kind.into(),
+                        group: String::new(),
+                        payload: format!("{{\"seq\":{seq}}}").into_bytes(),
+                    })
+                    .collect()
+            };
+            let results = Commit {
+                outbox: entries("window"),
+                log_pos: first,
+                next_seq: first + n,
+                clock_ms,
+                ..Commit::default()
+            };
+            let raw = RawCommit { entries: entries("raw"), next_raw_seq: first + n };
+            store.commit_with_raw(&results, Some(&raw)).unwrap();
+        };
+        commit(1, 100, wall_clock_ms() - 3_600_000);
+        commit(101, 10, wall_clock_ms());
+        let hub = FakeHub::default();
+        let stats = Arc::new(DeliveryStats::default());
+        let mut delivering = delivering_to(&store, &hub, &stats);
+        delivering.records = ["window".to_owned(), "raw".to_owned()].into();
+        delivering.raw_cursor = Arc::new(vec![AtomicU64::new(0)]);
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: 110, raw: 110 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let task = tokio::spawn(delivering.run(committed_rx, give_up_rx, CancellationToken::new()));
+        drop(committed_tx);
+        tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+        assert_eq!(hub.batches(), vec![range(101, 110), range(1, 100), range(101, 110), range(1, 100)]);
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(110));
+        assert_eq!(store.delivered(Lane::Raw, "hub").unwrap(), Delivered::prefix(110));
+        assert_eq!(store.raw_cursor("hub").unwrap(), 110);
     }
 
     /// The drain estimate: unknown until a sample, then what waits over the pace it shrinks.
