@@ -445,7 +445,8 @@ impl Delivering {
     }
 
     /// When `lane` is behind (its oldest record after the delivered head was committed more
-    /// than `backlog_after` before its newest), splits it at the lane's newest commit (see [`live`]).
+    /// than `backlog_after` before its newest), or a split's current part has delivered
+    /// nothing yet, splits it at the lane's newest commit (see [`live`]).
     /// `backlog_share = 1.0` never splits: the backlog goes first, in order.
     ///
     /// [`live`]: crate::delivery::live
@@ -460,23 +461,27 @@ impl Delivering {
         if self.delivery.backlog_share >= 1.0 || head >= target {
             return Ok(());
         }
-        // Both times are of the processing clock that stamped the commits: a wall clock set
-        // late (a gateway without a battery-backed clock) does not make every record old.
-        // With no new commit there is nothing current to send first either.
-        let (Some(oldest_ms), Some(newest_ms)) =
-            (self.store.commit_time_after(lane, head)?, self.store.commit_time_after(lane, target - 1)?)
-        else {
-            return Ok(());
-        };
-        let behind_ms = i64::try_from(self.delivery.backlog_after.as_millis()).unwrap_or(i64::MAX);
-        if newest_ms.saturating_sub(oldest_ms) <= behind_ms {
-            return Ok(());
+        // A split whose current part has delivered nothing yet (the hub still away) follows
+        // the newest commit at every try: what the hub gets first when it is back is current.
+        let moves = state.delivered().above.last().is_some_and(|&(lo, hi)| hi + 1 == lo);
+        if !moves {
+            // Both times are of the processing clock that stamped the commits: a wall clock
+            // set late (a gateway without a battery-backed clock) does not make every record
+            // old. With no new commit there is nothing current to send first either.
+            let (Some(oldest_ms), Some(newest_ms)) =
+                (self.store.commit_time_after(lane, head)?, self.store.commit_time_after(lane, target - 1)?)
+            else {
+                return Ok(());
+            };
+            let behind_ms = i64::try_from(self.delivery.backlog_after.as_millis()).unwrap_or(i64::MAX);
+            if newest_ms.saturating_sub(oldest_ms) <= behind_ms {
+                return Ok(());
+            }
         }
         let Some(live_from) = self.store.commit_start(lane, target)? else { return Ok(()) };
-        let moved = state.delivered().above.last().is_some_and(|&(lo, hi)| hi + 1 == lo);
         if state.split(live_from) {
             let backlog = state.delivered().undelivered_through(live_from - 1);
-            if moved {
+            if moves {
                 tracing::debug!(sink = %name, ?lane, live_from, backlog, "Still behind: current results now start at the newest commit.");
             } else {
                 tracing::info!(sink = %name, ?lane, live_from, backlog, share = self.delivery.backlog_share, "Sink is behind: current results go first, the backlog drains beside them, oldest first.");
@@ -1098,17 +1103,28 @@ mod tests {
             Delivered { cursor: 100, above: vec![(301, 310), (401, 400)] },
             "the second split's marker is stored before its first delivery"
         );
+        // Still away: the split follows the newest commit.
+        let target = commit_results(&store, 411, 10, wall_clock_ms());
+        committed_tx.send(Committed { results: target, raw: 0 }).unwrap();
+        let retries = stats.retries_total.load(Ordering::Relaxed);
+        until("a retry saw the newest commit", || stats.retries_total.load(Ordering::Relaxed) > retries + 1)
+            .await;
+        assert_eq!(
+            store.delivered(Lane::Results, "hub").unwrap(),
+            Delivered { cursor: 100, above: vec![(301, 310), (411, 410)] },
+            "the marker moved up instead of adding one"
+        );
         hub.set_away(false);
         drop(committed_tx);
         tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
         let batches = hub.batches();
-        assert_eq!(batches[2], range(401, 410), "the current results go first again");
+        assert_eq!(batches[2], range(411, 420), "the current results go first again");
         assert_eq!(batches[3], range(101, 200), "then the older gap");
-        assert_eq!(hub.seqs()[hub.seqs().len() - 90..], range(311, 400)[..], "the newer gap last");
+        assert_eq!(hub.seqs()[hub.seqs().len() - 100..], range(311, 410)[..], "the newer gap last");
         let mut seqs = hub.seqs();
         seqs.sort_unstable();
-        assert_eq!(seqs, range(1, 410));
-        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(410));
+        assert_eq!(seqs, range(1, 420));
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(420));
     }
 
     /// Batches of either kind the hub finds too large (HTTP 413) go in halves; parts done move
