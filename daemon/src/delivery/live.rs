@@ -9,7 +9,9 @@
 //! *backlog*. The split is kept in the sink's [`Delivered`] set as an empty range at the
 //! split point (a start marker) and persisted before the first delivery after it, so that
 //! what may be in flight is known after a crash too (the downsampler keeps off it); live
-//! deliveries then extend that range, backlog deliveries fill the gap below it.
+//! deliveries then extend that range, backlog deliveries fill the gap below it. While the hub
+//! stays away, a split whose live part has delivered nothing follows the newest commit at each
+//! try (the marker is replaced), so what the hub gets first when it is back is current.
 //!
 //! The backlog drains oldest first, the one order: it frees disk (trimming follows the prefix
 //! of every sink) while it drains, keeps the per-key order inside the backlog, and ends the
