@@ -147,7 +147,84 @@ impl LaneDelivery {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// One step of a sink's life: records committed, a split at a point of the current part,
+    /// or a delivery of up to `n` records of what is picked, of which `done` are done.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Commit(u64),
+        Split(u64),
+        Deliver { n: u64, done: u64 },
+        Reopen,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1..60u64).prop_map(Step::Commit),
+            (0..100u64).prop_map(Step::Split),
+            (1..40u64, 0..40u64).prop_map(|(n, done)| Step::Deliver { n, done }),
+            Just(Step::Reopen),
+        ]
+    }
+
+    /// Picks what `lane` sends next and marks up to `done` of at most `n` records done in
+    /// `lane` and in `delivered`; false when nothing waits.
+    fn deliver(
+        lane: &mut LaneDelivery,
+        delivered: &mut BTreeSet<u64>,
+        target: u64,
+        share: f64,
+        n: u64,
+        done: u64,
+    ) -> bool {
+        let Some(pick) = lane.pick(target, share) else { return false };
+        let through = pick.through().min(pick.after() + n);
+        let last = pick.after() + done.min(through - pick.after());
+        for seq in pick.after() + 1..=last {
+            assert!(delivered.insert(seq), "{seq} picked twice ({pick:?})");
+        }
+        lane.done(pick, last);
+        true
+    }
+
+    proptest! {
+        /// Whatever the commits, splits, partial deliveries and restarts (a new lane from the
+        /// set as stored), no record is picked twice, each pick is undelivered records only,
+        /// the ranges stay few, and once nothing waits everything is delivered: a prefix.
+        #[test]
+        fn every_record_is_picked_once(steps in prop::collection::vec(step(), 1..80), share in 0.0..=1.0f64) {
+            let mut lane = LaneDelivery::new(Delivered::prefix(0));
+            let mut target = 0;
+            let mut delivered = BTreeSet::new();
+            for step in steps {
+                match step {
+                    Step::Commit(n) => target += n,
+                    Step::Split(at) => {
+                        let head = lane.delivered().head();
+                        if head < target {
+                            lane.split(head + 1 + at % (target - head));
+                        }
+                    }
+                    Step::Deliver { n, done } => {
+                        deliver(&mut lane, &mut delivered, target, share, n, done);
+                    }
+                    Step::Reopen => lane = LaneDelivery::new(lane.delivered().clone()),
+                }
+                prop_assert!(lane.delivered().above.len() <= MAX_RANGES);
+                for seq in 1..=target {
+                    prop_assert_eq!(lane.delivered().contains(seq), delivered.contains(&seq), "seq {}", seq);
+                }
+            }
+            while deliver(&mut lane, &mut delivered, target, share, 50, 50) {}
+            prop_assert_eq!(delivered.len(), usize::try_from(target).unwrap());
+            prop_assert_eq!(lane.delivered(), &Delivered::prefix(target));
+        }
+    }
 
     /// A sink 100 records behind, the newest commit from 91: it splits at 91 and sends the
     /// current records first, then halves what it sends between both kinds.
