@@ -180,6 +180,8 @@ impl Delivering {
                     state.done(pick, first_unfinished.saturating_sub(1));
                     self.persist(lane, &name, state.delivered()).await?;
                 }
+                // The pace of the drain is measured afresh once the sink is back.
+                drain = DrainMeter::new();
                 if !self.wait_out(&name, failure, &mut outage, &committed, &mut give_up, &retire).await {
                     break;
                 }
