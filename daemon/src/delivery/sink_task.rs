@@ -155,7 +155,7 @@ impl Delivering {
                 // Nothing up to the next entry (or to `through`): those seqs were trimmed,
                 // dropped, merged or undecodable. Move past them, durably, before reading on.
                 let skip_to = next_seq.map_or(pick.through(), |seq| (seq - 1).min(pick.through()));
-                state.done(pick, skip_to);
+                state.done(pick, skip_to, 0);
                 self.persist(lane, &name, state.delivered()).await?;
                 continue;
             };
@@ -177,7 +177,11 @@ impl Delivering {
             if let Some((failure, first_unfinished)) = end.failure {
                 if end.finished > 0 {
                     // The parts before the failing one are done: never send them again.
-                    state.done(pick, first_unfinished.saturating_sub(1));
+                    state.done(
+                        pick,
+                        first_unfinished.saturating_sub(1),
+                        u64::try_from(end.finished).unwrap_or(u64::MAX),
+                    );
                     self.persist(lane, &name, state.delivered()).await?;
                 }
                 // The pace of the drain is measured afresh once the sink is back.
@@ -187,7 +191,7 @@ impl Delivering {
                 }
                 continue;
             }
-            state.done(pick, last_seq);
+            state.done(pick, last_seq, n_records);
             self.persist(lane, &name, state.delivered()).await?;
             if let Some(rate) = self.delivery.rate_limit {
                 // Pace the drain: n records take at least n / rate seconds.
@@ -465,7 +469,7 @@ impl Delivering {
         }
         // A split whose current part has delivered nothing yet (the hub still away) follows
         // the newest commit at every try: what the hub gets first when it is back is current.
-        let moves = state.delivered().above.last().is_some_and(|&(lo, hi)| hi + 1 == lo);
+        let moves = state.split_unsent();
         if !moves {
             // Both times are of the processing clock that stamped the commits: a wall clock
             // set late (a gateway without a battery-backed clock) does not make every record
@@ -938,9 +942,14 @@ mod tests {
     /// Commits results `first ..= first + n - 1` at processing time `clock_ms` (the commit
     /// time live first reads); returns the last seq.
     fn commit_results(store: &Store, first: u64, n: u64, clock_ms: i64) -> u64 {
+        commit_kind(store, first, n, clock_ms, "window")
+    }
+
+    /// [`commit_results`] of records of `kind`.
+    fn commit_kind(store: &Store, first: u64, n: u64, clock_ms: i64, kind: &str) -> u64 {
         let outbox = (first..first + n)
             .map(|seq| OutboxEntry {
-                kind: "window".into(),
+                kind: kind.into(),
                 group: "g".into(),
                 payload: format!("{{\"seq\":{seq}}}").into_bytes(),
             })
@@ -1127,6 +1136,49 @@ mod tests {
         seqs.sort_unstable();
         assert_eq!(seqs, range(1, 420));
         assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(420));
+    }
+
+    /// A split whose current part held only records the sink does not take (micro-batch
+    /// results for a sink of windows) sent nothing: when the hub is back, the current windows
+    /// still go first, and the split moved up instead of adding a range.
+    #[tokio::test]
+    async fn records_the_sink_does_not_take_do_not_count_as_current_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24, vec![], vec![]).unwrap();
+        commit_results(&store, 1, 300, wall_clock_ms() - 3_600_000);
+        let target = commit_kind(&store, 301, 6, wall_clock_ms() - 1000, "batch");
+        let hub = FakeHub::default();
+        hub.set_away(true);
+        let stats = Arc::new(DeliveryStats::default());
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: target, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let task = tokio::spawn(delivering_to(&store, &hub, &stats).run(
+            committed_rx,
+            give_up_rx,
+            CancellationToken::new(),
+        ));
+        until("the hub was tried", || stats.retries_total.load(Ordering::Relaxed) > 0).await;
+        assert_eq!(
+            store.delivered(Lane::Results, "hub").unwrap(),
+            Delivered { cursor: 0, above: vec![(301, 306)] },
+            "the micro-batches passed over"
+        );
+        let target = commit_results(&store, 307, 10, wall_clock_ms());
+        committed_tx.send(Committed { results: target, raw: 0 }).unwrap();
+        let retries = stats.retries_total.load(Ordering::Relaxed);
+        until("a retry saw the new commit", || stats.retries_total.load(Ordering::Relaxed) > retries + 1)
+            .await;
+        assert_eq!(
+            store.delivered(Lane::Results, "hub").unwrap(),
+            Delivered { cursor: 0, above: vec![(307, 306)] }
+        );
+        hub.set_away(false);
+        drop(committed_tx);
+        tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+        assert_eq!(hub.batches()[0], range(307, 316), "the current windows first");
+        assert_eq!(hub.batches()[1], range(1, 100));
+        assert_eq!(hub.seqs().len(), 310, "no micro-batch result sent");
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(316));
     }
 
     /// Batches of either kind the hub finds too large (HTTP 413) go in halves; parts done move
