@@ -347,7 +347,7 @@ fn downsample_keeps_every_hour_exact(kind: &str) {
             pipeline("gw-lo", &FIELDS)
                 .table("storage")
                 .key("max_bytes", max_bytes)
-                .key("policy", std::env::var("C_POLICY").unwrap_or("downsample".into())),
+                .key("policy", "downsample"),
         )
         .to_toml()
     };
