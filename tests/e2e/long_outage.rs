@@ -176,8 +176,8 @@ impl Hub {
     /// Every record received, in arrival order, with its arrival time (duplicates included).
     fn records(&self) -> Vec<(Instant, serde_json::Value)> {
         match self {
-            Hub::Http(hub) => hub.records_with_arrival(),
-            Hub::Mqtt(_, collector) => collector.records_with_arrival(),
+            Hub::Http(hub) => hub.records_with_arrival(0),
+            Hub::Mqtt(_, collector) => collector.records_with_arrival(0),
         }
     }
 }

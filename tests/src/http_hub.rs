@@ -121,10 +121,11 @@ impl HttpHub {
         self.shared.received.lock().unwrap().records.clone()
     }
 
-    /// Like [`HttpHub::records`], each with the moment its batch arrived.
-    pub fn records_with_arrival(&self) -> Vec<(Instant, serde_json::Value)> {
+    /// Like [`HttpHub::records`] from the `from`-th record on, each with the moment its batch
+    /// arrived.
+    pub fn records_with_arrival(&self, from: usize) -> Vec<(Instant, serde_json::Value)> {
         let received = self.shared.received.lock().unwrap();
-        received.arrivals.iter().copied().zip(received.records.iter().cloned()).collect()
+        received.arrivals.iter().copied().zip(received.records.iter().cloned()).skip(from).collect()
     }
 
     /// How many records accepted batches held so far (duplicates included); cheap, for polling.

@@ -85,10 +85,11 @@ impl MqttCollector {
         records.iter().map(|(topic, record, _)| (topic.clone(), record.clone())).collect()
     }
 
-    /// Every record received so far with the moment its message arrived, in arrival order.
-    pub fn records_with_arrival(&self) -> Vec<(Instant, serde_json::Value)> {
+    /// The records received so far from the `from`-th on, each with the moment its message
+    /// arrived, in arrival order.
+    pub fn records_with_arrival(&self, from: usize) -> Vec<(Instant, serde_json::Value)> {
         let records = self.records.lock().unwrap();
-        records.iter().map(|(_, record, arrived)| (*arrived, record.clone())).collect()
+        records.iter().skip(from).map(|(_, record, arrived)| (*arrived, record.clone())).collect()
     }
 }
 
