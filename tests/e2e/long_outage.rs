@@ -582,8 +582,8 @@ fn live_first_sends_current_results_first(kind: &str) {
     }
     assert_eq!(received.len(), oracle.len(), "nothing but the outbox's results at the hub");
     println!(
-        "{kind}: first current result {to_first:?} after the reconnection; backlog of {} drained in {drain:?}; \
-         worst live lag during the drain {worst:?} over {} windows",
+        "{kind}: the first record {to_first:?} after the reconnection; backlog of {} drained in {drain:?}; \
+         worst lag of a current result during the drain {worst:?} over {} results",
         oracle_backlog.len(),
         lags.len()
     );
