@@ -148,12 +148,12 @@ fn api_address(eddy: &Eddy) -> SocketAddr {
     line[at..].split_whitespace().next().unwrap().parse().expect("an address")
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The `per_mille`/1000 quantile of `sorted` (nearest rank; zero when empty).
+fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    let at = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[at]
+    sorted[(sorted.len() - 1) * per_mille / 1000]
 }
 
 /// One run: fill a backlog of `hours` with the hub away, then reconnect beside current readings.
@@ -308,8 +308,8 @@ fn run(uplink: &str, share: f64, sensors: usize, hours: usize) {
         (drained - reconnected).as_secs_f64(),
         backlog_total as f64 / (drained - reconnected).as_secs_f64(),
         lags.len(),
-        percentile(&lags, 0.5).as_secs_f64(),
-        percentile(&lags, 0.99).as_secs_f64(),
+        percentile(&lags, 500).as_secs_f64(),
+        percentile(&lags, 990).as_secs_f64(),
         lags.last().copied().unwrap_or_default().as_secs_f64(),
         eddy.proc_status_kib("VmHWM:").unwrap_or(0) / 1024
     );
