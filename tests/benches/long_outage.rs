@@ -16,7 +16,8 @@
 //! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench long_outage`
 //! Environment: `EDDY_BENCH_SENSORS` (default 200), `EDDY_BENCH_HOURS` (outage, default 24),
 //! `EDDY_BENCH_UPLINKS` (comma list of http, mqtt, mqtt100; default http,mqtt100),
-//! `EDDY_BENCH_SHARES` (default 0.5,1.0).
+//! `EDDY_BENCH_SHARES` (default 0.5,1.0; `none` writes neither `backlog_share` nor
+//! `backlog_after`, for an eddy from before #17).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -157,29 +158,30 @@ fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
 }
 
 /// One run: fill a backlog of `hours` with the hub away, then reconnect beside current readings.
-fn run(uplink: &str, share: f64, sensors: usize, hours: usize) {
+fn run(uplink: &str, share: Option<f64>, sensors: usize, hours: usize) {
     let mut hub = Hub::start(uplink);
     hub.stop();
-    let config = hub
-        .sink(
-            ConfigToml::new("gw-bench")
-                .table("ingest")
-                .key("flush_interval", "10ms")
-                .key("max_sensors", 100_000)
-                .table("engine")
-                .key("checkpoint_interval", "1s")
-                .table("api")
-                .key("listen", "127.0.0.1:0")
-                .tcp_source("in")
-                .key("ack", true)
-                .window("w1m", "1m")
-                .key("lateness", "0s")
-                .key("fields", ["temp_c"])
-                .key("aggregates", ["count", "mean", "min", "max"]),
-        )
-        .key("backlog_share", share)
-        .key("backlog_after", "1s")
-        .to_toml();
+    let mut config = hub.sink(
+        ConfigToml::new("gw-bench")
+            .table("ingest")
+            .key("flush_interval", "10ms")
+            .key("max_sensors", 100_000)
+            .table("engine")
+            .key("checkpoint_interval", "1s")
+            .table("api")
+            .key("listen", "127.0.0.1:0")
+            .tcp_source("in")
+            .key("ack", true)
+            .window("w1m", "1m")
+            .key("lateness", "0s")
+            .key("fields", ["temp_c"])
+            .key("aggregates", ["count", "mean", "min", "max"]),
+    );
+    if let Some(share) = share {
+        config = config.key("backlog_share", share).key("backlog_after", "1s");
+    }
+    let config = config.to_toml();
+    let share = share.map_or("none".to_owned(), |share| share.to_string());
     let mut eddy = Eddy::start(&config).expect("eddy");
     let address = eddy.tcp_address("in").unwrap();
     let api = api_address(&eddy);
@@ -323,7 +325,8 @@ fn main() {
     let shares = std::env::var("EDDY_BENCH_SHARES").unwrap_or_else(|_| "0.5,1.0".into());
     for uplink in uplinks.split(',') {
         for share in shares.split(',') {
-            run(uplink, share.parse().expect("a share"), sensors, hours);
+            let share = (share != "none").then(|| share.parse().expect("a share, or none"));
+            run(uplink, share, sensors, hours);
         }
     }
 }
