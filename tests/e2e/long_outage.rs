@@ -99,6 +99,15 @@ fn pipeline(device_id: &str, fields: &[&str]) -> ConfigToml {
         .key("aggregates", ["count", "sum", "min", "max", "mean"])
 }
 
+/// eddy's log lines about its sinks (not the periodic counters).
+fn sink_log(eddy: &Eddy) -> String {
+    eddy.log()
+        .lines()
+        .filter(|line| line.contains("sink=") && !line.contains("counters."))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `/status` as JSON.
 fn status(eddy: &Eddy) -> serde_json::Value {
     let (code, body) = get(api_address(eddy), "/status");
@@ -408,12 +417,18 @@ fn downsample_keeps_every_hour_exact(kind: &str) {
         status["uplinks"].as_array().unwrap().iter().find(|uplink| uplink["name"] == "hub").unwrap().clone();
     assert_eq!(uplink["dropped_budget"], 0, "the hub lost nothing to the budget: {uplink}");
     assert!(eddy.stop().expect("eddy stops").success());
+    println!(
+        "{kind}: budget {used} bytes (one day of results); the hub got {} records for {} hours, {downsampled} \
+         of them downsampled; {merged} records merged",
+        first_of_each_id(&hub.records()).len(),
+        oracle.hours.len()
+    );
 }
 
 /// Records merged by `downsample` (all levels).
-const MERGED_METRIC: &str = "eddy_store_downsampled_records_total";
+const MERGED_METRIC: &str = "eddy_store_downsample_merged_total";
 /// Records finally dropped for the budget.
-const DROPPED_METRIC: &str = "eddy_store_dropped_records_total";
+const DROPPED_METRIC: &str = "eddy_store_budget_dropped_total";
 
 #[test]
 fn downsample_keeps_every_hour_exact_http() {
@@ -542,7 +557,10 @@ fn live_first_sends_current_results_first(kind: &str) {
     let (first_at, first) = received.first().expect("a record at the hub").clone();
     assert!(
         int_of(&first, "start") >= last_fed - 5 * MINUTE_MS,
-        "the first record the hub got is from the backlog, not current (event time fed up to {last_fed}): {first}"
+        "the first record the hub got is from the backlog, not current (event time fed up to {last_fed}): {first}\n\
+         the first ten: {:?}\nthe sink's log:\n{}",
+        received.iter().take(10).map(|(_, record)| str_of(record, "id")).collect::<Vec<_>>(),
+        sink_log(&eddy)
     );
     let to_first = first_at.duration_since(reconnected);
 
