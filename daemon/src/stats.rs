@@ -152,8 +152,9 @@ pub(crate) struct StoreCounters {
     /// Times the store failed (a write or flush error) and was opened again, or is being.
     #[serde(default)]
     pub(crate) failures: u64,
-    /// Outbox records dropped for the budget.
-    #[serde(skip)]
+    /// Outbox records dropped for the budget (`drop_oldest`, or `downsample` past its last
+    /// level), since eddy started.
+    #[serde(default)]
     pub(crate) dropped_budget: u64,
     /// Outbox records dropped for their age.
     #[serde(skip)]
@@ -192,6 +193,16 @@ pub(crate) struct StoreCounters {
     /// flash. 0 where the kernel does not count it; absent from an older eddy's document.
     #[serde(default)]
     pub(crate) written_bytes: u64,
+    /// Undelivered records `downsample` merged into coarser ones, since eddy started.
+    #[serde(default)]
+    pub(crate) downsample_merged: u64,
+    /// Downsampled records it wrote.
+    #[serde(default)]
+    pub(crate) downsample_written: u64,
+    /// Sliding-window records it deleted as redundant (their readings are in the tiling
+    /// windows it merged).
+    #[serde(default)]
+    pub(crate) downsample_redundant: u64,
 }
 
 impl StoreCounters {
@@ -228,6 +239,9 @@ impl StoreCounters {
             corrupt_meta: stats.corrupt_meta.load(Ordering::Relaxed),
             flushes: stats.flushes.load(Ordering::Relaxed),
             written_bytes: process_written_bytes().unwrap_or(0),
+            downsample_merged: drops.downsample_merged_records.load(Ordering::Relaxed),
+            downsample_written: drops.downsample_written_records.load(Ordering::Relaxed),
+            downsample_redundant: drops.downsample_redundant_records.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,7 +1,8 @@
 """eddy's forwarded record (docs/records.schema.json) as one Spark schema, without Spark.
 
-Every kind of record (window, window_counts, batch, late, raw) arrives on the same topic or
-in the same file, so the Spark side reads them with one struct: the union of every kind's
+Every kind of record (window, window_counts, batch, late, raw, and the downsampled ones)
+arrives on the same topic or in the same file, so the Spark side reads them with one struct:
+the union of every kind's
 keys, each key with one type (check_schema.py checks that the union is exactly what
 docs/records.schema.json says, and that no key has two types). A key a record does not have
 is null. `type` tells the kinds apart.
@@ -27,6 +28,11 @@ RECORD_FIELDS = [
     ("stddev", "DOUBLE"),
     ("first", "DOUBLE"),
     ("last", "DOUBLE"),
+    ("downsampled", "BOOLEAN"),
+    ("resolution", "BIGINT"),
+    ("merged", "BIGINT"),
+    ("covered_start", "BIGINT"),
+    ("covered_end", "BIGINT"),
     ("id", "STRING"),
     ("tag", "STRING"),
     ("counts", "MAP<STRING, BIGINT>"),
@@ -52,6 +58,8 @@ def _json_type_to_sql(prop, defs, key):
     while "$ref" in prop:
         prop = defs[prop["$ref"].rsplit("/", 1)[1]]
     if "const" in prop:
+        if isinstance(prop["const"], bool):
+            return "BOOLEAN"
         return "STRING" if isinstance(prop["const"], str) else _fail(key, prop)
     types = prop.get("type")
     if isinstance(types, list):

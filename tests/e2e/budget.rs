@@ -1,6 +1,7 @@
-//! A full store, both policies, end to end: with the hub down, `drop_oldest` drops the oldest
-//! results and counts each one; `reject_new` refuses (nacks) new readings, drops nothing, and
-//! takes readings again once the hub has drained the outbox.
+//! A full store, every policy, end to end: with the hub down, `drop_oldest` drops the oldest
+//! results and counts each one; `downsample` merges them per hour, drops nothing, and the hub
+//! ends with every hour's counts and sums; `reject_new` refuses (nacks) new readings, drops
+//! nothing, and takes readings again once the hub has drained the outbox.
 
 use std::time::Duration;
 
@@ -73,6 +74,67 @@ fn drop_oldest_drops_the_oldest_undelivered_results_and_counts_each() {
     assert_eq!(store["refused_budget"], 0, "drop_oldest never refuses while results can go");
     check_every_result_in_order(&oracle[dropped..], &hub.records(), 0);
     assert!(log.contains("Disk budget full: dropped the oldest undelivered results."));
+}
+
+/// Per (type, window, sensor, field, hour): the readings counted and their sum (count × mean
+/// where a record shows no sum), over records with distinct ids (merged or not).
+fn per_hour(records: &[serde_json::Value]) -> std::collections::BTreeMap<String, (u64, f64)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut hours = std::collections::BTreeMap::new();
+    for record in records.iter().filter(|record| seen.insert(record["id"].to_string())) {
+        let hour = record["start"].as_i64().unwrap().div_euclid(3_600_000);
+        let key = format!(
+            "{}/{}/{}/{}/{hour}",
+            record["type"], record["window"], record["sensor"], record["field"]
+        );
+        let count = record["count"].as_u64().unwrap_or_else(|| panic!("no count: {record}"));
+        // Windows show count and mean, micro-batches also their sum.
+        let sum = record["sum"].as_f64().unwrap_or_else(|| record["mean"].as_f64().unwrap() * count as f64);
+        let slot = hours.entry(key).or_insert((0, 0.0));
+        slot.0 += count;
+        slot.1 += sum;
+    }
+    hours
+}
+
+#[test]
+fn downsample_merges_the_oldest_results_and_the_hub_gets_every_hours_counts_and_sums() {
+    let hub = HttpHub::start().expect("the HTTP hub starts");
+    hub.stop();
+    let mut eddy = Eddy::start(&budget_config(&hub, "downsample")).expect("eddy starts");
+    let base = base_ms();
+    // As for drop_oldest: several times the budget of results.
+    const SECONDS: i64 = 150;
+    for second in 0..SECONDS {
+        send(&eddy, &readings(base, 40, second, second + 1));
+    }
+    wait_for(&eddy, Duration::from_secs(30), "the last results in the outbox", || {
+        oracle(&eddy).len() >= usize::try_from(40 * (SECONDS - 1)).unwrap()
+    });
+    hub.restart().expect("the hub comes back");
+    // The oracle (a file sink, always up) has every original record; the hub gets the merged
+    // ones instead of those merged before it could deliver them: the same counts per hour.
+    wait_for(&eddy, Duration::from_secs(60), "every hour's counts at the hub", || {
+        let (expected, received) = (per_hour(&oracle(&eddy)), per_hour(&hub.records()));
+        expected.keys().eq(received.keys())
+            && expected.iter().all(|(key, (count, _))| received[key].0 == *count)
+    });
+    assert!(eddy.stop().expect("eddy stops").success());
+    let log = eddy.log();
+    let store = counters(&log, "Store budget counters.", "");
+    let uplink = counters(&log, "Uplink counters.", "hub");
+    assert!(store["downsample_merged"] > 0, "the budget was exceeded: {store:?}");
+    assert!(store["downsample_written"] > 0, "{store:?}");
+    assert_eq!(store["dropped_budget"], 0, "merging was enough: {store:?}");
+    assert_eq!(uplink["dropped_budget"], 0);
+    let (expected, received) = (per_hour(&oracle(&eddy)), per_hour(&hub.records()));
+    for (key, (count, sum)) in &expected {
+        let (got_count, got_sum) = received[key];
+        assert_eq!(got_count, *count, "{key}");
+        assert!((got_sum - sum).abs() <= 1e-9 * sum.abs().max(1.0), "{key}: {got_sum} vs {sum}");
+    }
+    let merged = hub.records().iter().filter(|record| record["downsampled"] == true).count();
+    assert!(merged > 0, "the hub got downsampled records");
 }
 
 #[test]

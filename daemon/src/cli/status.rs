@@ -184,6 +184,13 @@ pub(crate) fn render(status: &Status) -> String {
             store.dropped_dead_letters
         );
     }
+    if store.downsample_merged + store.downsample_redundant + store.dropped_budget > 0 {
+        let _ = writeln!(
+            out,
+            "       disk budget: {} records merged into {} downsampled, {} redundant deleted, {} dropped since eddy started",
+            store.downsample_merged, store.downsample_written, store.downsample_redundant, store.dropped_budget
+        );
+    }
     let _ = writeln!(out, "\nUplinks                 state            delivered  retries  outbox  oldest");
     for uplink in &status.uplinks {
         let state = match (uplink.online, uplink.refused_status) {
@@ -389,5 +396,16 @@ Uplinks                 state            delivered  retries  outbox  oldest
             "{printed}"
         );
         assert!(printed.contains("  hub                  refused 401 42s         10"), "{printed}");
+        assert!(!printed.contains("disk budget:"), "nothing merged or dropped: no line");
+        status.store.downsample_merged = 1440;
+        status.store.downsample_written = 24;
+        status.store.dropped_budget = 3;
+        let printed = render(&status);
+        assert!(
+            printed.contains(
+                "       disk budget: 1440 records merged into 24 downsampled, 0 redundant deleted, 3 dropped since eddy started\n"
+            ),
+            "{printed}"
+        );
     }
 }

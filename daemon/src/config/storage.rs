@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{invalid, within, ConfigError, MAX_TTL, TICK};
-use crate::storage::{BudgetConfig, Policy};
+use crate::engine::downsample::Shapes;
+use crate::storage::{BudgetConfig, Policy, DEFAULT_DOWNSAMPLE_LEVELS};
 
 /// Least `storage.dead_letter_max_bytes`: room for a few records.
 const DEAD_LETTER_MIN_BYTES: u64 = 4096;
@@ -21,7 +22,7 @@ pub struct RawStorage {
     pub cache_capacity: u64,
     /// Disk budget of log + outbox, bytes (0: none).
     pub max_bytes: u64,
-    /// `drop_oldest` or `reject_new`.
+    /// `downsample`, `drop_oldest` or `reject_new`.
     pub policy: String,
     /// Drop outbox records older than this (none: keep until delivered).
     #[serde(with = "humantime_serde")]
@@ -30,6 +31,8 @@ pub struct RawStorage {
     pub min_free_bytes: u64,
     /// Most bytes of dead letters kept; the oldest are deleted past it.
     pub dead_letter_max_bytes: u64,
+    /// The resolutions `downsample` merges into, finest first (`"1h"`, `"1d"`).
+    pub downsample_levels: Vec<String>,
 }
 
 impl Default for RawStorage {
@@ -37,10 +40,14 @@ impl Default for RawStorage {
         RawStorage {
             cache_capacity: 4 * 1024 * 1024,
             max_bytes: 0,
-            policy: "drop_oldest".to_owned(),
+            policy: "downsample".to_owned(),
             ttl: None,
             min_free_bytes: 64 * 1024 * 1024,
             dead_letter_max_bytes: crate::storage::DEAD_LETTER_MAX_BYTES,
+            downsample_levels: DEFAULT_DOWNSAMPLE_LEVELS
+                .iter()
+                .map(|level| humantime::format_duration(*level).to_string())
+                .collect(),
         }
     }
 }
@@ -58,15 +65,17 @@ impl RawStorage {
     /// Validates the budget keys.
     pub(crate) fn budget(&self) -> Result<BudgetConfig, ConfigError> {
         let policy = match self.policy.as_str() {
+            "downsample" => Policy::Downsample,
             "drop_oldest" => Policy::DropOldest,
             "reject_new" => Policy::RejectNew,
             other => {
                 return Err(invalid(
                     "storage.policy",
-                    format!("`{other}` is not one of: drop_oldest, reject_new"),
+                    format!("`{other}` is not one of: downsample, drop_oldest, reject_new"),
                 ))
             }
         };
+        let downsample_levels = self.downsample_levels()?;
         if self.max_bytes != 0 && self.max_bytes < 64 * 1024 {
             return Err(invalid("storage.max_bytes", "must be 0 (no budget) or at least 65536 bytes"));
         }
@@ -88,6 +97,54 @@ impl RawStorage {
             ttl: self.ttl,
             min_free_bytes: self.min_free_bytes,
             dead_letter_max_bytes: self.dead_letter_max_bytes,
+            downsample_levels,
+            shapes: Shapes::default(),
         })
     }
+
+    /// `storage.downsample_levels`: 1 to 4 whole minutes from 1 minute to 366 days, each a
+    /// multiple of the one before (so that a merged record fits inside the next level's
+    /// bucket).
+    fn downsample_levels(&self) -> Result<Vec<Duration>, ConfigError> {
+        const KEY: &str = "storage.downsample_levels";
+        let levels = self
+            .downsample_levels
+            .iter()
+            .map(|level| {
+                humantime::parse_duration(level)
+                    .map_err(|error| invalid(KEY, format!("`{level}` is not a duration: {error}")))
+            })
+            .collect::<Result<Vec<Duration>, ConfigError>>()?;
+        if levels.is_empty() || levels.len() > MAX_DOWNSAMPLE_LEVELS {
+            return Err(invalid(
+                KEY,
+                format!("must list 1 to {MAX_DOWNSAMPLE_LEVELS} durations, finest first"),
+            ));
+        }
+        for (idx, level) in levels.iter().enumerate() {
+            within(KEY, *level, Duration::from_secs(60), Duration::from_secs(366 * 86_400))?;
+            if level.as_millis() % 60_000 != 0 {
+                return Err(invalid(
+                    KEY,
+                    format!("{} is not a whole number of minutes", humantime::format_duration(*level)),
+                ));
+            }
+            if let Some(previous) = idx.checked_sub(1).map(|previous| levels[previous]) {
+                if *level <= previous || level.as_millis() % previous.as_millis() != 0 {
+                    return Err(invalid(
+                        KEY,
+                        format!(
+                            "{} must be a multiple of the level before it ({})",
+                            humantime::format_duration(*level),
+                            humantime::format_duration(previous)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(levels)
+    }
 }
+
+/// Most `storage.downsample_levels`.
+const MAX_DOWNSAMPLE_LEVELS: usize = 4;

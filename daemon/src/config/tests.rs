@@ -279,6 +279,17 @@ fn uplink_and_budget_mistakes_name_their_key() {
     check_key("[storage]\ndead_letter_max_bytes = 99999999999999\n", "storage.dead_letter_max_bytes");
     let config = load_extra("[storage]\ndead_letter_max_bytes = 65536\n").expect("valid");
     assert_eq!(config.budget.dead_letter_max_bytes, 65536);
+    // Downsampling levels (issue #17): durations, finest first, each a multiple of the one before.
+    check_key("[storage]\ndownsample_levels = []\n", "storage.downsample_levels");
+    check_key("[storage]\ndownsample_levels = [\"soon\"]\n", "storage.downsample_levels");
+    check_key("[storage]\ndownsample_levels = [\"30s\"]\n", "storage.downsample_levels");
+    check_key("[storage]\ndownsample_levels = [\"1h\", \"90m\"]\n", "storage.downsample_levels");
+    check_key("[storage]\ndownsample_levels = [\"1d\", \"1h\"]\n", "storage.downsample_levels");
+    let config = load_extra("[storage]\ndownsample_levels = [\"15m\", \"1h\", \"1d\"]\n").expect("valid");
+    assert_eq!(config.budget.downsample_levels, [900, 3600, 86_400].map(std::time::Duration::from_secs));
+    let config = load_extra("").expect("valid");
+    assert_eq!(config.budget.policy, crate::storage::Policy::Downsample, "the default policy");
+    assert_eq!(config.budget.downsample_levels, crate::storage::DEFAULT_DOWNSAMPLE_LEVELS);
 }
 
 #[test]

@@ -229,6 +229,11 @@ pub(crate) fn cursor_slots(sinks: &[SinkConfig]) -> (Arc<Vec<AtomicU64>>, Arc<Ve
 }
 
 /// Sets up the sink `config` describes. Blocking (files are opened, TLS files read).
+/// How many records the sink reads at once, for the downsampler's in-flight zone.
+fn batch_max_records(config: &SinkConfig) -> u64 {
+    u64::try_from(config.delivery.batch_max_records).unwrap_or(u64::MAX)
+}
+
 fn build(config: &SinkConfig) -> anyhow::Result<Sink> {
     Ok(match &config.kind {
         SinkKind::Console => Sink::Console(ConsoleSink::stdout(&config.name)),
@@ -561,7 +566,12 @@ impl SinkSet {
             self.raw_cursors[entry.slot].store(0, Ordering::Release);
         }
         // Raw-lane drops count for it from now on, or no longer.
-        self.meters.register_sink_drops(&next.config.name, takes_raw, &entry.stats.drops);
+        self.meters.register_sink_drops(
+            &next.config.name,
+            takes_raw,
+            batch_max_records(&next.config),
+            &entry.stats.drops,
+        );
         Some(self.launch(entry.slot, entry.stats, next, started))
     }
 
@@ -644,11 +654,16 @@ impl SinkSet {
         match self.retired.remove(&config.name) {
             Some(stats) => {
                 // Added back: its drops count for it again, from where they were.
-                self.meters.register_sink_drops(&config.name, takes_raw, &stats.drops);
+                self.meters.register_sink_drops(
+                    &config.name,
+                    takes_raw,
+                    batch_max_records(config),
+                    &stats.drops,
+                );
                 stats
             }
             None => Arc::new(DeliveryStats {
-                drops: self.meters.register_sink(&config.name, takes_raw),
+                drops: self.meters.register_sink(&config.name, takes_raw, batch_max_records(config)),
                 ..DeliveryStats::default()
             }),
         }

@@ -86,6 +86,7 @@ pub const MAX_TOMBSTONES: usize = 4096;
 
 mod acc;
 mod batch;
+pub mod downsample;
 mod forget;
 pub mod record;
 mod sensor_clock;

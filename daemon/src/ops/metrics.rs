@@ -294,6 +294,30 @@ const FAMILIES: &[Family] = &[
         read: Daemon(|status| Count(status.store.dropped_dead_letters)),
     },
     Family {
+        name: "eddy_store_downsample_merged_total",
+        kind: Counter,
+        help: "Undelivered records merged into coarser (downsampled) ones because the disk budget was full.",
+        read: Daemon(|status| Count(status.store.downsample_merged)),
+    },
+    Family {
+        name: "eddy_store_downsample_written_total",
+        kind: Counter,
+        help: "Downsampled records written in place of the records merged.",
+        read: Daemon(|status| Count(status.store.downsample_written)),
+    },
+    Family {
+        name: "eddy_store_downsample_redundant_total",
+        kind: Counter,
+        help: "Overlapping sliding-window records deleted while downsampling (their readings are in the tiling windows merged).",
+        read: Daemon(|status| Count(status.store.downsample_redundant)),
+    },
+    Family {
+        name: "eddy_store_budget_dropped_total",
+        kind: Counter,
+        help: "Undelivered records deleted for the disk budget (drop_oldest, or downsample past its last level).",
+        read: Daemon(|status| Count(status.store.dropped_budget)),
+    },
+    Family {
         name: "eddy_uplink_delivered_total",
         kind: Counter,
         help: "Records delivered per sink.",

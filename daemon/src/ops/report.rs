@@ -76,6 +76,9 @@ fn log_uplinks(status: &Status) {
         store_failures = store.failures,
         dead_letters = store.dead_letters,
         dropped_dead_letters = store.dropped_dead_letters,
+        downsample_merged = store.downsample_merged,
+        downsample_written = store.downsample_written,
+        downsample_redundant = store.downsample_redundant,
         "Store budget counters."
     );
     for sink in &status.uplinks {

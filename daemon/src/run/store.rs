@@ -115,7 +115,11 @@ pub(super) async fn open_store(args: OpenArgs) -> Result<Opened, OpenError> {
         .map_err(OpenError::Store)?;
         // The disk budget counts the live log and outbox bytes (one scan).
         let store = match &meters {
-            None => store.with_budget(config.budget.clone()),
+            None => store.with_budget(crate::storage::BudgetConfig {
+                // The downsampler merges by the configured windows' shapes.
+                shapes: crate::engine::downsample::Shapes::from_spec(&config.engine),
+                ..config.budget.clone()
+            }),
             Some(meters) => store.with_meters_of(meters),
         }
         .map_err(OpenError::Store)?;

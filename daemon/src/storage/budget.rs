@@ -39,12 +39,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::engine::downsample::Shapes;
+use crate::storage::downsample::DownsampleMemo;
 use crate::storage::stored;
 use crate::storage::{decode_key, io, Lane, Store, StoreError};
 
 /// What happens when the budget is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
+    /// Merge the oldest undelivered records into coarser ones (raw readings first, then
+    /// results, level by level), then delete the oldest pages if that is not enough.
+    Downsample,
     /// Delete the oldest undelivered outbox pages.
     DropOldest,
     /// Refuse new readings (backpressure to the sources).
@@ -64,16 +69,26 @@ pub struct BudgetConfig {
     pub min_free_bytes: u64,
     /// Most bytes the dead-letter tree keeps; past it the oldest dead letters are deleted.
     pub dead_letter_max_bytes: u64,
+    /// The resolutions `downsample` merges into, finest first, each a multiple of the one
+    /// before.
+    pub downsample_levels: Vec<Duration>,
+    /// The configured windows' shapes, for the merger (set from the engine's configuration).
+    pub shapes: Shapes,
 }
+
+/// The default of [`BudgetConfig::downsample_levels`]: hours, then days.
+pub const DEFAULT_DOWNSAMPLE_LEVELS: [Duration; 2] = [Duration::from_secs(3600), Duration::from_secs(86_400)];
 
 impl Default for BudgetConfig {
     fn default() -> BudgetConfig {
         BudgetConfig {
             max_bytes: None,
-            policy: Policy::DropOldest,
+            policy: Policy::Downsample,
             ttl: None,
             min_free_bytes: 0,
             dead_letter_max_bytes: crate::storage::DEAD_LETTER_MAX_BYTES,
+            downsample_levels: DEFAULT_DOWNSAMPLE_LEVELS.to_vec(),
+            shapes: Shapes::default(),
         }
     }
 }
@@ -99,6 +114,14 @@ pub struct DropStats {
     pub dead_letters_kept: AtomicU64,
     /// Their bytes (key and value).
     pub dead_letter_bytes: AtomicU64,
+    /// Undelivered records `downsample` merged into coarser ones (each counted once, at the
+    /// first merge that takes it in; a merged record merged again counts again).
+    pub downsample_merged_records: AtomicU64,
+    /// Downsampled records `downsample` wrote.
+    pub downsample_written_records: AtomicU64,
+    /// Sliding-window records `downsample` deleted as redundant (their readings are all in
+    /// the tiling windows it merged).
+    pub downsample_redundant_records: AtomicU64,
 }
 
 /// Outbox records one sink lost to drops before delivering them, by reason. Counted for each
@@ -127,6 +150,10 @@ pub enum Appended {
     Refused(String),
 }
 
+/// A registered sink: name, whether it takes raw readings, its drop counters, its
+/// `batch_max_records`.
+pub(crate) type RegisteredSink = (String, bool, Arc<SinkDrops>, u64);
+
 /// Measures the free space of the store's file system; replaceable in tests.
 pub(crate) type FreeSpace = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
@@ -139,8 +166,11 @@ pub(crate) struct Budget {
     /// Serialises outbox removals (trims by the aggregator, drops by ingest and aggregator).
     pub(crate) outbox_removal: Mutex<()>,
     pub(crate) free_space: FreeSpace,
-    /// Registered sinks, for per-sink drop counters.
-    pub(crate) sinks: Mutex<Vec<(String, bool, Arc<SinkDrops>)>>,
+    /// Registered sinks, for per-sink drop counters and downsampling: name, whether it takes
+    /// raw readings, its drop counters, its `batch_max_records`.
+    pub(crate) sinks: Mutex<Vec<RegisteredSink>>,
+    /// Pages a downsampling level found nothing to merge in.
+    pub(crate) downsample_memo: Mutex<DownsampleMemo>,
     /// Appends that fail with an injected ENOSPC before touching sled (tests of the error path).
     injected_failures: AtomicU64,
 }
@@ -166,6 +196,7 @@ impl Budget {
             free_space,
             injected_failures: AtomicU64::new(0),
             sinks: Mutex::new(Vec::new()),
+            downsample_memo: Mutex::new(DownsampleMemo::default()),
         }
     }
 
@@ -243,15 +274,22 @@ impl Store {
         &self.budget.stats
     }
 
-    /// Registers sink `name` for per-sink drop counters; raw-lane drops count for it only when
-    /// it `takes_raw`.
-    pub fn register_sink(&self, name: &str, takes_raw: bool) -> Arc<SinkDrops> {
-        self.meters().register_sink(name, takes_raw)
+    /// Registers sink `name` for per-sink drop counters (raw-lane drops count for it only when
+    /// it `takes_raw`) and for downsampling (which leaves the `batch_max_records` records after
+    /// each of its delivered segments alone).
+    pub fn register_sink(&self, name: &str, takes_raw: bool, batch_max_records: u64) -> Arc<SinkDrops> {
+        self.meters().register_sink(name, takes_raw, batch_max_records)
     }
 
     /// See [`StoreMeters::register_sink_drops`](crate::storage::StoreMeters::register_sink_drops).
-    pub fn register_sink_drops(&self, name: &str, takes_raw: bool, drops: &Arc<SinkDrops>) {
-        self.meters().register_sink_drops(name, takes_raw, drops);
+    pub fn register_sink_drops(
+        &self,
+        name: &str,
+        takes_raw: bool,
+        batch_max_records: u64,
+        drops: &Arc<SinkDrops>,
+    ) {
+        self.meters().register_sink_drops(name, takes_raw, batch_max_records, drops);
     }
 
     /// Stops counting drops for sink `name` (a reload removed it).
@@ -283,7 +321,13 @@ impl Store {
         if self.used_bytes().saturating_add(incoming) <= max_bytes {
             return Ok(Appended::Stored);
         }
-        if config.policy == Policy::DropOldest {
+        if config.policy == Policy::Downsample {
+            self.downsample_until(max_bytes.saturating_sub(incoming))?;
+            if self.used_bytes().saturating_add(incoming) <= max_bytes {
+                return Ok(Appended::Stored);
+            }
+        }
+        if matches!(config.policy, Policy::DropOldest | Policy::Downsample) {
             self.drop_oldest_until(max_bytes.saturating_sub(incoming))?;
             if self.used_bytes().saturating_add(incoming) <= max_bytes {
                 return Ok(Appended::Stored);
@@ -310,10 +354,11 @@ impl Store {
                 tracing::error!(records = dropped, ttl = ?ttl, "Dropped undelivered results older than storage.ttl.");
             }
         }
-        if let (Some(max_bytes), Policy::DropOldest) =
-            (self.budget.config.max_bytes, self.budget.config.policy)
-        {
-            if self.used_bytes() > max_bytes {
+        if let Some(max_bytes) = self.budget.config.max_bytes {
+            if self.budget.config.policy == Policy::Downsample && self.used_bytes() > max_bytes {
+                self.downsample_until(max_bytes)?;
+            }
+            if self.budget.config.policy != Policy::RejectNew && self.used_bytes() > max_bytes {
                 self.drop_oldest_until(max_bytes)?;
             }
         }
@@ -351,7 +396,7 @@ impl Store {
         mut drop: impl FnMut(Option<i64>, u64) -> bool,
     ) -> Result<u64, StoreError> {
         let _serialised = self.budget.outbox_removal.lock().unwrap_or_else(PoisonError::into_inner);
-        let sinks: Vec<(String, bool, Arc<SinkDrops>)> =
+        let sinks: Vec<RegisteredSink> =
             self.budget.sinks.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut dropped = 0;
         for item in self.main.scan_prefix([lane.prefix()]) {
@@ -366,7 +411,7 @@ impl Store {
             let n_entries_u64 = u64::try_from(n_entries).unwrap_or(u64::MAX);
             dropped += n_entries_u64;
             let page_seq = decode_key(&key[1..]);
-            for (name, takes_raw, drops) in &sinks {
+            for (name, takes_raw, drops, _) in &sinks {
                 if lane == Lane::Raw && !takes_raw {
                     continue;
                 }
@@ -485,8 +530,8 @@ mod tests {
         store.set_cursor("hub", 100).unwrap();
         drop(store);
         let store = open(dir.path(), budget(2 * page_bytes + 1, Policy::DropOldest));
-        let hub = store.register_sink("hub", false);
-        let file = store.register_sink("file", false);
+        let hub = store.register_sink("hub", false, 512);
+        let file = store.register_sink("file", false, 512);
         store.set_cursor("file", 300).unwrap();
         store.enforce_budget(1000).unwrap();
         let page = u64::try_from(OUTBOX_PAGE_ENTRIES).unwrap();
@@ -512,11 +557,11 @@ mod tests {
         let page_bytes = store.used_bytes() / 4;
         drop(store);
         let store = open(dir.path(), budget(3 * page_bytes + 1, Policy::DropOldest));
-        let hub = store.register_sink("hub", false);
-        let gone = store.register_sink("gone", false);
+        let hub = store.register_sink("hub", false, 512);
+        let gone = store.register_sink("gone", false, 512);
         store.unregister_sink("gone");
         // Registered again with the counters it had: one entry, not two.
-        store.register_sink_drops("hub", true, &hub);
+        store.register_sink_drops("hub", true, 512, &hub);
         store.enforce_budget(1000).unwrap();
         let page = u64::try_from(OUTBOX_PAGE_ENTRIES).unwrap();
         assert_eq!(counter(&hub.budget), page, "counted once for the one dropped page");
@@ -570,7 +615,7 @@ mod tests {
         let mut store = Store::open(dir.path(), 1 << 20, vec![], vec![]).unwrap();
         let config = BudgetConfig { ttl: Some(Duration::from_secs(60)), ..BudgetConfig::default() };
         store.with_budget_and_free_space(config, Arc::new(|| None)).unwrap();
-        let hub = store.register_sink("hub", false);
+        let hub = store.register_sink("hub", false, 512);
         let seq = commit_pages(&store, 1, 1, 1_000_000);
         let seq = commit_pages(&store, seq, 1, 1_030_000);
         commit_pages(&store, seq, 1, 1_060_000);

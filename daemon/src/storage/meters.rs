@@ -68,21 +68,28 @@ impl StoreMeters {
         })
     }
 
-    /// Registers sink `name` for per-sink drop counters; raw-lane drops count for it only when
-    /// it `takes_raw`.
-    pub fn register_sink(&self, name: &str, takes_raw: bool) -> Arc<SinkDrops> {
+    /// Registers sink `name` for per-sink drop counters (raw-lane drops count for it only when
+    /// it `takes_raw`) and for downsampling (see `storage/downsample.rs`: it leaves the
+    /// `batch_max_records` records after each of the sink's delivered segments alone).
+    pub fn register_sink(&self, name: &str, takes_raw: bool, batch_max_records: u64) -> Arc<SinkDrops> {
         let drops = Arc::new(SinkDrops::default());
-        self.register_sink_drops(name, takes_raw, &drops);
+        self.register_sink_drops(name, takes_raw, batch_max_records, &drops);
         drops
     }
 
     /// Registers (or, for a name already registered, replaces) sink `name` with counters it
     /// already has: a sink that a reload changed, or added back, keeps counting where it was,
     /// and a change of `takes_raw` takes effect.
-    pub fn register_sink_drops(&self, name: &str, takes_raw: bool, drops: &Arc<SinkDrops>) {
+    pub fn register_sink_drops(
+        &self,
+        name: &str,
+        takes_raw: bool,
+        batch_max_records: u64,
+        drops: &Arc<SinkDrops>,
+    ) {
         let mut sinks = self.budget.sinks.lock().unwrap_or_else(PoisonError::into_inner);
-        sinks.retain(|(registered, _, _)| registered != name);
-        sinks.push((name.to_owned(), takes_raw, drops.clone()));
+        sinks.retain(|(registered, _, _, _)| registered != name);
+        sinks.push((name.to_owned(), takes_raw, drops.clone(), batch_max_records));
     }
 
     /// Stops counting drops for sink `name` (a reload removed it).
@@ -91,7 +98,7 @@ impl StoreMeters {
             .sinks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(registered, _, _)| registered != name);
+            .retain(|(registered, _, _, _)| registered != name);
     }
 }
 
@@ -172,7 +179,7 @@ mod tests {
         let outbox = vec![OutboxEntry { kind: "window".into(), group: "g".into(), payload: b"{}".to_vec() }];
         store.commit(&Commit { outbox, log_pos: 0, next_seq: 2, ..Commit::default() }).unwrap();
         let meters = store.meters();
-        let hub = meters.register_sink("hub", false);
+        let hub = meters.register_sink("hub", false, 512);
         meters.drop_stats().refused_disk_readings.fetch_add(7, Ordering::Relaxed);
         let used = meters.used_bytes();
         assert!(used > 0);

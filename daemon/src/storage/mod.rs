@@ -37,13 +37,16 @@
 //!   first. Tree `dead_resend` marks those an operator put back on their uplink.
 //! - Size: bounded by sled's cache for memory (`storage.cache_capacity`); on disk, by the
 //!   budget (`storage.max_bytes`, see [`budget`](crate::storage::budget) for what is counted,
-//!   the full-store policies and the free-space guard).
+//!   the full-store policies and the free-space guard). Under `downsample`, undelivered outbox
+//!   pages are replaced by pages of merged records keyed at their first seq (the seqs after
+//!   them stay empty; see `storage/downsample.rs` for which pages and why no sink gets both).
 
 mod budget;
 mod columns;
 mod commit;
 mod dead_letter;
 mod delivered;
+mod downsample;
 mod log;
 mod meters;
 mod outbox;
@@ -55,7 +58,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::storage::budget::{free_space_of, Budget};
-pub use crate::storage::budget::{Appended, BudgetConfig, DropStats, Policy, SinkDrops};
+pub use crate::storage::budget::{
+    Appended, BudgetConfig, DropStats, Policy, SinkDrops, DEFAULT_DOWNSAMPLE_LEVELS,
+};
 pub use crate::storage::commit::{
     mark_changes_by_page, Commit, EngineSnapshot, MarkChange, MarkPageChange, RawCommit, SealedPage,
     StateChange,

@@ -40,6 +40,9 @@ impl Store {
     ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
         let prefix = lane.prefix();
         let wanted = after.saturating_add(1);
+        // Not while `downsample` replaces pages: a sink reads merged pages only once durable.
+        let _serialised =
+            self.budget.outbox_removal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // The page holding `wanted` starts at or before it: begin with the last such page.
         let first_page = self
             .main
@@ -100,14 +103,13 @@ impl Store {
             .map(|key| key.map(|key| decode_key(&key[1..])))
             .collect::<Result<_, _>>()
             .map_err(io("outbox read"))?;
-        // A page ends where the next one starts; for the last page in range, its length decides.
+        // A page ends where the next one starts, or earlier: `downsample` leaves empty seqs
+        // after a merged page. So its length decides, or the next page's start.
         for (idx, page_seq) in pages.iter().enumerate() {
-            let fully_delivered = match pages.get(idx + 1) {
-                Some(next_page_seq) => *next_page_seq <= seq.saturating_add(1),
-                None => self
+            let fully_delivered = pages.get(idx + 1).is_some_and(|next| *next <= seq.saturating_add(1))
+                || self
                     .outbox_page_len(prefix, *page_seq)?
-                    .is_some_and(|len| page_seq + len <= seq.saturating_add(1)),
-            };
+                    .is_some_and(|len| page_seq + len <= seq.saturating_add(1));
             if fully_delivered && *page_seq <= seq {
                 let key = prefixed(prefix, &page_seq.to_be_bytes());
                 if let Some(value) = self.main.get(&key).map_err(io("outbox read"))? {

@@ -71,6 +71,8 @@ fn known_status() -> Status {
             written_bytes: 81920,
             free_bytes: 1 << 30,
             failures: 1,
+            downsample_merged: 120,
+            downsample_written: 2,
             ..StoreCounters::default()
         },
         uplinks: vec![SinkCounters {
@@ -245,6 +247,18 @@ eddy_store_dead_letter_bytes 0
 # HELP eddy_store_dead_letters_dropped_total Dead letters deleted, oldest first, because their tree was full.
 # TYPE eddy_store_dead_letters_dropped_total counter
 eddy_store_dead_letters_dropped_total 0
+# HELP eddy_store_downsample_merged_total Undelivered records merged into coarser (downsampled) ones because the disk budget was full.
+# TYPE eddy_store_downsample_merged_total counter
+eddy_store_downsample_merged_total 120
+# HELP eddy_store_downsample_written_total Downsampled records written in place of the records merged.
+# TYPE eddy_store_downsample_written_total counter
+eddy_store_downsample_written_total 2
+# HELP eddy_store_downsample_redundant_total Overlapping sliding-window records deleted while downsampling (their readings are in the tiling windows merged).
+# TYPE eddy_store_downsample_redundant_total counter
+eddy_store_downsample_redundant_total 0
+# HELP eddy_store_budget_dropped_total Undelivered records deleted for the disk budget (drop_oldest, or downsample past its last level).
+# TYPE eddy_store_budget_dropped_total counter
+eddy_store_budget_dropped_total 0
 # HELP eddy_uplink_delivered_total Records delivered per sink.
 # TYPE eddy_uplink_delivered_total counter
 eddy_uplink_delivered_total{sink="hub"} 0
@@ -394,6 +408,10 @@ fn status_keeps_its_keys() {
             "dead_letter_max_bytes",
             "dead_letters_kept",
             "disk_bytes",
+            "downsample_merged",
+            "downsample_redundant",
+            "downsample_written",
+            "dropped_budget",
             "dropped_dead_letter_bytes",
             "dropped_dead_letters",
             "failures",
