@@ -342,14 +342,6 @@ impl Committed {
             Lane::Raw => self.raw,
         }
     }
-
-    /// Sets the seq of `lane`.
-    pub(crate) fn set(&mut self, lane: Lane, seq: u64) {
-        match lane {
-            Lane::Results => self.results = seq,
-            Lane::Raw => self.raw = seq,
-        }
-    }
 }
 
 /// Upper bounds of the latency histograms, seconds (Prometheus `le`).
@@ -484,6 +476,37 @@ pub(crate) struct DeliveryStats {
     pub(crate) file_bytes: AtomicU64,
     /// Requests of the local endpoint to resend the sink's dead letters.
     pub(crate) resend: ResendRequests,
+    // Live first (#17).
+    /// Records delivered above the cursor (a live-first drain's ranges), per lane: results,
+    /// raw.
+    pub(crate) delivered_above: [AtomicU64; 2],
+    /// The estimated time to drain what waits.
+    pub(crate) backlog_drain: DrainEstimate,
+}
+
+/// A sink's estimated time to drain what waits, ms (`u64::MAX`: unknown).
+#[derive(Debug)]
+pub(crate) struct DrainEstimate(AtomicU64);
+
+impl Default for DrainEstimate {
+    fn default() -> DrainEstimate {
+        DrainEstimate(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl DrainEstimate {
+    /// Publishes the estimate (`None`: unknown).
+    pub(crate) fn set(&self, estimate: Option<Duration>) {
+        let ms =
+            estimate.map_or(u64::MAX, |estimate| u64::try_from(estimate.as_millis()).unwrap_or(u64::MAX - 1));
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    /// The estimate, whole seconds rounded up (`None`: unknown).
+    pub(crate) fn secs(&self) -> Option<u64> {
+        let ms = self.0.load(Ordering::Relaxed);
+        (ms != u64::MAX).then(|| ms.div_ceil(1000))
+    }
 }
 
 /// What a resend request is answered: how many dead letters were marked, or why none.
@@ -560,6 +583,18 @@ pub(crate) struct SinkCounters {
     /// How long the hub has refused our credentials, s (0: it does not).
     #[serde(default)]
     pub(crate) refused_secs: u64,
+    // Live first (#17).
+    /// Records committed and not yet delivered, both lanes (delivered ranges above the
+    /// cursors excluded).
+    #[serde(default)]
+    pub(crate) backlog_records: u64,
+    /// Commit time of the oldest of them (ms since the epoch; null: none waits).
+    #[serde(default)]
+    pub(crate) backlog_oldest_ms: Option<u64>,
+    /// Estimated time to drain them at the recent pace, s (null: unknown — the sink is
+    /// offline, or what waits does not shrink).
+    #[serde(default)]
+    pub(crate) backlog_drain_secs: Option<u64>,
 }
 
 impl DeliveryStats {
@@ -570,8 +605,15 @@ impl DeliveryStats {
         let refused = self.refused_since_ms.load(Ordering::Relaxed);
         let cursor = self.cursor.load(Ordering::Relaxed);
         let oldest = self.oldest_waiting_ms.load(Ordering::Relaxed);
-        let depth = committed.results.saturating_sub(cursor);
-        let raw_depth = committed.raw.saturating_sub(self.raw_cursor.load(Ordering::Relaxed));
+        // Live first: records delivered above a cursor are not waiting.
+        let depth = committed
+            .results
+            .saturating_sub(cursor)
+            .saturating_sub(self.delivered_above[0].load(Ordering::Relaxed));
+        let raw_depth = committed
+            .raw
+            .saturating_sub(self.raw_cursor.load(Ordering::Relaxed))
+            .saturating_sub(self.delivered_above[1].load(Ordering::Relaxed));
         SinkCounters {
             name: name.to_owned(),
             online: since == 0,
@@ -593,6 +635,15 @@ impl DeliveryStats {
             refused_status: (refused != 0)
                 .then(|| u16::try_from(self.refused_status.load(Ordering::Relaxed)).unwrap_or(0)),
             refused_secs: if refused == 0 { 0 } else { now_ms.saturating_sub(refused) / 1000 },
+            backlog_records: depth + raw_depth,
+            backlog_oldest_ms: (depth + raw_depth > 0 && oldest != 0).then_some(oldest),
+            backlog_drain_secs: if since != 0 {
+                None
+            } else if depth + raw_depth == 0 {
+                Some(0)
+            } else {
+                self.backlog_drain.secs()
+            },
         }
     }
 }

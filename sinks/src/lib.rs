@@ -9,6 +9,8 @@
 mod config_keys;
 mod console;
 mod error;
+#[cfg(feature = "fake")]
+mod fake;
 mod file;
 mod http;
 mod kafka;
@@ -19,6 +21,8 @@ mod tls;
 
 pub use crate::console::{ConsoleSink, RawConsoleSink};
 pub use crate::error::SinkError;
+#[cfg(feature = "fake")]
+pub use crate::fake::{FakeHub, FakeSink};
 pub use crate::file::{FileConfig, FileSink, RawFileSink, DEFAULT_MAX_FILES, DEFAULT_MAX_FILE_BYTES};
 pub use crate::http::{classify_status, HttpConfig, HttpSink, RawHttpSink, StatusClass};
 pub use crate::kafka::{

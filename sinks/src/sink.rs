@@ -1,6 +1,8 @@
 //! The closed set of sinks the daemon drives, with one dispatching interface.
 
 use crate::console::ConsoleSink;
+#[cfg(feature = "fake")]
+use crate::fake::FakeSink;
 use crate::file::FileSink;
 use crate::http::HttpSink;
 use crate::kafka::KafkaSink;
@@ -22,6 +24,9 @@ pub enum Sink {
     Http(Box<HttpSink>),
     /// Produces to Kafka brokers, delivered when every produce is acknowledged (`acks = all`).
     Kafka(Box<KafkaSink>),
+    /// A hub for tests, scripted by them (feature `fake`).
+    #[cfg(feature = "fake")]
+    Fake(FakeSink),
 }
 
 impl Sink {
@@ -33,6 +38,8 @@ impl Sink {
             Sink::Mqtt(mqtt) => mqtt.name(),
             Sink::Http(http) => http.name(),
             Sink::Kafka(kafka) => kafka.name(),
+            #[cfg(feature = "fake")]
+            Sink::Fake(fake) => fake.name(),
         }
     }
 
@@ -42,6 +49,8 @@ impl Sink {
         match self {
             Sink::File(file) => Some(file.disk_bytes()),
             Sink::Console(_) | Sink::Mqtt(_) | Sink::Http(_) | Sink::Kafka(_) => None,
+            #[cfg(feature = "fake")]
+            Sink::Fake(_) => None,
         }
     }
 
@@ -59,6 +68,8 @@ impl Sink {
             Sink::Mqtt(mqtt) => mqtt.deliver(records).await,
             Sink::Http(http) => http.deliver(records).await,
             Sink::Kafka(kafka) => kafka.deliver(records).await,
+            #[cfg(feature = "fake")]
+            Sink::Fake(fake) => fake.deliver(records),
         }
     }
 
@@ -71,6 +82,8 @@ impl Sink {
             Sink::Mqtt(mqtt) => mqtt.close().await,
             Sink::Http(http) => http.close().await,
             Sink::Kafka(kafka) => kafka.close().await,
+            #[cfg(feature = "fake")]
+            Sink::Fake(_) => {}
         }
     }
 }

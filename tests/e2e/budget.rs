@@ -25,6 +25,8 @@ fn budget_config(hub: &HttpHub, policy: &str) -> String {
         .key("records", ["window", "batch"])
         .key("max_backoff", "200ms")
         .key("timeout", "1s")
+        // The drain in the outbox's order (no live first): these tests check it whole.
+        .key("backlog_share", 1.0)
         .to_toml()
 }
 

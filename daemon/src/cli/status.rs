@@ -218,6 +218,21 @@ pub(crate) fn render(status: &Status) -> String {
                 uplink.dropped_budget, uplink.dropped_ttl, uplink.rejected
             );
         }
+        // Live first (#17): what waits, and when it should be delivered.
+        if uplink.backlog_records > 0 {
+            let drain = match uplink.backlog_drain_secs {
+                Some(secs) => {
+                    format!("drained in about {}", humantime::format_duration(Duration::from_secs(secs)))
+                }
+                None => "drain time unknown".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "      backlog: {} records, oldest {}s, {drain}",
+                uplink.backlog_records,
+                uplink.outbox_age_ms / 1000
+            );
+        }
     }
     out
 }
@@ -407,5 +422,26 @@ Uplinks                 state            delivered  retries  outbox  oldest
             ),
             "{printed}"
         );
+    }
+
+    /// An uplink with records waiting gets a backlog line: how many, how old, and the
+    /// estimated drain time when known.
+    #[test]
+    fn a_backlog_is_printed_under_its_uplink() {
+        let document = DOCUMENT.replace(
+            r#""outbox_age_ms": 81000}"#,
+            r#""outbox_age_ms": 81000, "backlog_records": 7, "backlog_oldest_ms": 1700000000000, "backlog_drain_secs": 3725}"#,
+        );
+        let mut status: Status = serde_json::from_str(&document).expect("a status document");
+        assert_eq!(status.uplinks[0].backlog_drain_secs, Some(3725));
+        let printed = render(&status);
+        assert!(
+            printed.contains(
+                "rejected 1\n      backlog: 7 records, oldest 81s, drained in about 1h 2m 5s\n  file"
+            ),
+            "{printed}"
+        );
+        status.uplinks[0].backlog_drain_secs = None;
+        assert!(render(&status).contains("oldest 81s, drain time unknown\n"));
     }
 }

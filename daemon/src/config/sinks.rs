@@ -26,6 +26,8 @@ const MIN_RATE: f64 = 0.01;
 const MAX_RATE: f64 = 1_000_000.0;
 /// The longest `linger`: it delays a partial batch.
 const MAX_LINGER: Duration = Duration::from_secs(60);
+/// The shortest `backlog_after`: below it a sink would count a busy moment as an outage.
+const MIN_BACKLOG_AFTER: Duration = Duration::from_secs(1);
 
 /// Kinds of outbox record a sink can take (`raw` needs `engine.forward_raw`).
 pub const RECORD_KINDS: [&str; 4] = ["window", "batch", "late", "raw"];
@@ -69,11 +71,26 @@ pub struct RawSinkShared {
     /// Longest pause between retries (default 60s).
     #[serde(with = "humantime_serde", default)]
     pub max_backoff: Option<Duration>,
+    /// Least share of the records sent that are backlog while current results wait too
+    /// (default 0.5; 1.0: oldest first, no live first).
+    pub backlog_share: Option<f64>,
+    /// A sink is behind when its oldest undelivered record was committed longer than this
+    /// before the newest (default 10s).
+    #[serde(with = "humantime_serde", default)]
+    pub backlog_after: Option<Duration>,
 }
 
 impl SharedKeys for RawSinkShared {
-    const KEYS: &'static [&'static str] =
-        &["name", "records", "batch_max_records", "linger", "rate_limit", "max_backoff"];
+    const KEYS: &'static [&'static str] = &[
+        "name",
+        "records",
+        "batch_max_records",
+        "linger",
+        "rate_limit",
+        "max_backoff",
+        "backlog_share",
+        "backlog_after",
+    ];
 }
 
 /// A validated sink. Compared on a reload: any difference (secrets included) restarts it.
@@ -115,6 +132,13 @@ pub struct DeliveryConfig {
     pub rate_limit: Option<f64>,
     /// Longest pause between retries of a failing delivery.
     pub max_backoff: Duration,
+    /// Live first: while current results and a backlog both wait, at least this share of the
+    /// records sent are backlog (1.0: the backlog first, the order of an eddy without live
+    /// first; 0.0: the backlog only when no current result waits).
+    pub backlog_share: f64,
+    /// A sink is behind, and splits what waits into current results and a backlog, when its
+    /// oldest undelivered record was committed longer than this before the newest.
+    pub backlog_after: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -124,6 +148,8 @@ impl Default for DeliveryConfig {
             linger: Duration::ZERO,
             rate_limit: None,
             max_backoff: Duration::from_secs(60),
+            backlog_share: 0.5,
+            backlog_after: Duration::from_secs(10),
         }
     }
 }
@@ -198,5 +224,16 @@ fn delivery_from_raw(key: &str, raw: &RawSinkShared) -> Result<DeliveryConfig, C
     )?;
     let linger =
         within(&format!("{key}.linger"), raw.linger.unwrap_or(defaults.linger), Duration::ZERO, MAX_LINGER)?;
-    Ok(DeliveryConfig { batch_max_records, linger, rate_limit, max_backoff })
+    let backlog_share = match raw.backlog_share {
+        None => defaults.backlog_share,
+        Some(share) if (0.0..=1.0).contains(&share) => share,
+        Some(_) => return Err(invalid(format!("{key}.backlog_share"), "must be a number from 0.0 to 1.0")),
+    };
+    let backlog_after = within(
+        &format!("{key}.backlog_after"),
+        raw.backlog_after.unwrap_or(defaults.backlog_after),
+        MIN_BACKLOG_AFTER,
+        DAY,
+    )?;
+    Ok(DeliveryConfig { batch_max_records, linger, rate_limit, max_backoff, backlog_share, backlog_after })
 }

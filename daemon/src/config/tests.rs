@@ -409,7 +409,7 @@ fn a_key_of_another_kind_or_of_the_wrong_type_is_named_in_full() {
     check_message(
         "[[sinks]]\nkind = \"console\"\nurl = \"http://x\"\n",
         "sinks[0].url: does not apply to kind = \"console\" (its keys: `name`, `records`, \
-         `batch_max_records`, `linger`, `rate_limit`, `max_backoff`)",
+         `batch_max_records`, `linger`, `rate_limit`, `max_backoff`, `backlog_share`, `backlog_after`)",
     );
     check_message(
         "[[sources]]\nkind = \"tcp\"\nmax_connections = \"x\"\n",
@@ -471,11 +471,18 @@ fn non_finite_numbers_reach_validation_and_are_refused() {
         "[[sinks]]\nkind = \"console\"\nrate_limit = inf\n",
         "sinks[0].rate_limit: must be a number of records/s from 0.01 to 1000000",
     );
+    for share in ["1.5", "-0.1", "nan"] {
+        check_message(
+            &format!("[[sinks]]\nkind = \"console\"\nbacklog_share = {share}\n"),
+            "sinks[0].backlog_share: must be a number from 0.0 to 1.0",
+        );
+    }
+    check_key("[[sinks]]\nkind = \"console\"\nbacklog_after = \"100ms\"\n", "sinks[0].backlog_after");
 }
 
 #[test]
 fn every_shared_key_is_taken_by_every_kind() {
-    let shared = "records = [\"batch\"]\nbatch_max_records = 10\nlinger = \"1s\"\nrate_limit = 5.0\nmax_backoff = \"1s\"\n";
+    let shared = "records = [\"batch\"]\nbatch_max_records = 10\nlinger = \"1s\"\nrate_limit = 5.0\nmax_backoff = \"1s\"\nbacklog_share = 0.25\nbacklog_after = \"30s\"\n";
     for (idx, kind) in [
         "kind = \"console\"",
         "kind = \"file\"\npath = \"/tmp/x.jsonl\"",
@@ -490,6 +497,8 @@ fn every_shared_key_is_taken_by_every_kind() {
         assert_eq!(sink.name, format!("s{idx}"));
         assert_eq!(sink.delivery.batch_max_records, 10);
         assert_eq!(sink.delivery.rate_limit, Some(5.0));
+        assert_eq!(sink.delivery.backlog_share, 0.25);
+        assert_eq!(sink.delivery.backlog_after, Duration::from_secs(30));
     }
     for kind in ["kind = \"tcp\"", "kind = \"serial\"\npath = \"/dev/x\"", "kind = \"simulator\""] {
         let config = load_extra(&format!("[[sources]]\nname = \"named\"\n{kind}\n")).expect(kind);

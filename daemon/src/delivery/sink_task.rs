@@ -12,8 +12,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
+use crate::delivery::live::{LaneDelivery, Pick};
 use crate::stats::{Committed, DeliveryStats};
-use crate::storage::{DeadLetterEntry, Lane, Store, StoreError};
+use crate::storage::{DeadLetterEntry, Delivered, Lane, Store, StoreError};
 
 /// First retry delay after a failed delivery; doubles up to the sink's `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
@@ -60,14 +61,22 @@ impl Delivering {
         retire: CancellationToken,
     ) -> Result<(), StoreError> {
         let name = self.sink.name().to_owned();
-        let mut cursors = Committed {
-            results: self.store.cursor(&name)?,
+        let mut lanes = Lanes {
+            results: LaneDelivery::new(self.store.delivered(Lane::Results, &name)?),
             // A sink that takes no raw readings never holds the raw lane back.
-            raw: if self.takes_raw() { self.store.raw_cursor(&name)? } else { u64::MAX },
+            raw: if self.takes_raw() {
+                Some(LaneDelivery::new(self.store.delivered(Lane::Raw, &name)?))
+            } else {
+                None
+            },
         };
-        self.publish(Lane::Results, cursors.results);
-        self.publish(Lane::Raw, cursors.raw);
+        self.publish(Lane::Results, lanes.results.delivered());
+        match &lanes.raw {
+            Some(raw) => self.publish(Lane::Raw, raw.delivered()),
+            None => self.publish(Lane::Raw, &Delivered::prefix(u64::MAX)),
+        }
         self.publish_file_bytes();
+        let mut drain = DrainMeter::new();
         let mut outage = Outage::new(Backoff::new(MIN_BACKOFF, self.delivery.max_backoff));
         // Dead letters an operator put back (`eddy dead-letters --resend`) go first.
         let resent = self.resend_marked(&name, &committed, &mut give_up, &retire, &mut outage).await?;
@@ -82,11 +91,12 @@ impl Delivering {
                 break;
             }
             let target = *committed.borrow_and_update();
+            self.publish_backlog(&lanes, &target, &mut drain)?;
             // Priority: results first; raw readings only when no result is waiting.
-            let Some(lane) = self.next_lane(&cursors, &target) else {
+            let Some(lane) = lanes.next_lane(&target) else {
                 tokio::select! {
                     changed = committed.changed() => {
-                        if changed.is_err() && self.next_lane(&cursors, &committed.borrow()).is_none() {
+                        if changed.is_err() && lanes.next_lane(&committed.borrow()).is_none() {
                             break; // the aggregator stopped and everything is delivered
                         }
                         continue;
@@ -96,41 +106,57 @@ impl Delivering {
                     () = self.stats.resend.asked() => continue,
                 }
             };
-            let cursor = cursors.get(lane);
+            let state = lanes.get_mut(lane).expect("next_lane names a lane this sink takes");
+            // Checked before each delivery, retries included: a hub away for longer than
+            // `backlog_after` leaves a backlog that current results then pass.
+            self.split_if_behind(&name, lane, state, target.get(lane))?;
+            let Some(mut pick) = state.pick(target.get(lane), self.delivery.backlog_share) else { continue };
             let batch_max = self.delivery.batch_max_records;
             let full_batch = u64::try_from(batch_max).unwrap_or(u64::MAX);
-            if !self.delivery.linger.is_zero() && target.get(lane) - cursor < full_batch {
-                // Fewer records than a full batch: wait up to `linger` for more.
-                let until = tokio::time::Instant::now() + self.delivery.linger;
-                loop {
-                    if committed.borrow().get(lane) - cursor >= full_batch {
+            if let Pick::Live { after, .. } = pick {
+                if !self.delivery.linger.is_zero()
+                    && state.delivered().first_gap().is_none()
+                    && target.get(lane) - after < full_batch
+                {
+                    // Fewer records than a full batch (and no backlog): wait up to `linger`.
+                    let until = tokio::time::Instant::now() + self.delivery.linger;
+                    loop {
+                        if committed.borrow().get(lane) - after >= full_batch {
+                            break;
+                        }
+                        tokio::select! {
+                            changed = committed.changed() => if changed.is_err() { break },
+                            _ = tokio::time::sleep_until(until) => break,
+                            _ = give_up.changed() => break,
+                            () = retire.cancelled() => break,
+                        }
+                    }
+                    if retire.is_cancelled() {
                         break;
                     }
-                    tokio::select! {
-                        changed = committed.changed() => if changed.is_err() { break },
-                        _ = tokio::time::sleep_until(until) => break,
-                        _ = give_up.changed() => break,
-                        () = retire.cancelled() => break,
-                    }
-                }
-                if retire.is_cancelled() {
-                    break;
+                    pick = Pick::Live { after, through: committed.borrow_and_update().get(lane) };
                 }
             }
-            let target = committed.borrow_and_update().get(lane);
+            if state.take_unsaved() {
+                // A new split: its start marker is durable before anything above it goes out.
+                self.persist(lane, &name, state.delivered()).await?;
+            }
             let started = tokio::time::Instant::now();
-            // Only what the aggregator has committed *and flushed* (`target`): a sink must never
-            // hand out a result that a power cut could still take back.
-            let mut entries = self.store.read_lane_after(lane, cursor, batch_max)?;
-            self.stats.oldest_waiting_ms.store(
-                self.store.commit_time_after(lane, cursor)?.map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
-                Ordering::Relaxed,
-            );
-            entries.retain(|(seq, _)| *seq <= target);
+            // Only what the aggregator has committed *and flushed* (`through` is at most the
+            // target): a sink must never hand out a result that a power cut could take back.
+            // And no seq past `batch_max_records` above where the batch starts, even where seqs
+            // are missing (pages dropped or downsampled): that is the zone the downsampler
+            // leaves alone above each delivered segment, so nothing read is merged meanwhile.
+            let limit = pick.through().min(pick.after().saturating_add(full_batch));
+            let mut entries = self.store.read_lane_after(lane, pick.after(), batch_max)?;
+            let next_seq = entries.first().map(|(seq, _)| *seq);
+            entries.retain(|(seq, _)| *seq <= limit);
             let Some(last_seq) = entries.last().map(|(seq, _)| *seq) else {
-                // Entries up to target were trimmed, dropped or undecodable: move past them.
-                cursors.set(lane, target);
-                self.persist(lane, &name, target).await?;
+                // Nothing up to the next entry (or to `through`): those seqs were trimmed,
+                // dropped, merged or undecodable. Move past them, durably, before reading on.
+                let skip_to = next_seq.map_or(pick.through(), |seq| (seq - 1).min(pick.through()));
+                state.done(pick, skip_to, 0);
+                self.persist(lane, &name, state.delivered()).await?;
                 continue;
             };
             let records: Vec<OutRecord> = entries
@@ -151,17 +177,22 @@ impl Delivering {
             if let Some((failure, first_unfinished)) = end.failure {
                 if end.finished > 0 {
                     // The parts before the failing one are done: never send them again.
-                    let done = first_unfinished.saturating_sub(1);
-                    cursors.set(lane, done);
-                    self.persist(lane, &name, done).await?;
+                    state.done(
+                        pick,
+                        first_unfinished.saturating_sub(1),
+                        u64::try_from(end.finished).unwrap_or(u64::MAX),
+                    );
+                    self.persist(lane, &name, state.delivered()).await?;
                 }
+                // The pace of the drain is measured afresh once the sink is back.
+                drain = DrainMeter::new();
                 if !self.wait_out(&name, failure, &mut outage, &committed, &mut give_up, &retire).await {
                     break;
                 }
                 continue;
             }
-            cursors.set(lane, last_seq);
-            self.persist(lane, &name, last_seq).await?;
+            state.done(pick, last_seq, n_records);
+            self.persist(lane, &name, state.delivered()).await?;
             if let Some(rate) = self.delivery.rate_limit {
                 // Pace the drain: n records take at least n / rate seconds.
                 let n_delivered = f64::from(u32::try_from(n_records).unwrap_or(u32::MAX));
@@ -174,7 +205,7 @@ impl Delivering {
             }
         }
         self.sink.close().await;
-        tracing::info!(sink = %name, cursor = cursors.results, "Sink stopped.");
+        tracing::info!(sink = %name, cursor = lanes.results.delivered().cursor, "Sink stopped.");
         Ok(())
     }
 
@@ -419,28 +450,89 @@ impl Delivering {
         self.records.contains("raw")
     }
 
-    /// The lane to deliver next: results while any is waiting, then raw readings.
-    fn next_lane(&self, cursors: &Committed, target: &Committed) -> Option<Lane> {
-        if cursors.results < target.results {
-            Some(Lane::Results)
-        } else if self.takes_raw() && cursors.raw < target.raw {
-            Some(Lane::Raw)
-        } else {
-            None
+    /// When `lane` is behind (its oldest record after the delivered head was committed more
+    /// than `backlog_after` before its newest), or a split's current part has delivered
+    /// nothing yet, splits it at the lane's newest commit (see [`live`]).
+    /// `backlog_share = 1.0` never splits: the backlog goes first, in order.
+    ///
+    /// [`live`]: crate::delivery::live
+    fn split_if_behind(
+        &self,
+        name: &str,
+        lane: Lane,
+        state: &mut LaneDelivery,
+        target: u64,
+    ) -> Result<(), StoreError> {
+        let head = state.delivered().head();
+        if self.delivery.backlog_share >= 1.0 || head >= target {
+            return Ok(());
         }
+        // A split whose current part has delivered nothing yet (the hub still away) follows
+        // the newest commit at every try: what the hub gets first when it is back is current.
+        let moves = state.split_unsent();
+        if !moves {
+            // Both times are of the processing clock that stamped the commits: a wall clock
+            // set late (a gateway without a battery-backed clock) does not make every record
+            // old. With no new commit there is nothing current to send first either.
+            let (Some(oldest_ms), Some(newest_ms)) =
+                (self.store.commit_time_after(lane, head)?, self.store.commit_time_after(lane, target - 1)?)
+            else {
+                return Ok(());
+            };
+            let behind_ms = i64::try_from(self.delivery.backlog_after.as_millis()).unwrap_or(i64::MAX);
+            if newest_ms.saturating_sub(oldest_ms) <= behind_ms {
+                return Ok(());
+            }
+        }
+        let Some(live_from) = self.store.commit_start(lane, target)? else { return Ok(()) };
+        if state.split(live_from) {
+            let backlog = state.delivered().undelivered_through(live_from - 1);
+            if moves {
+                tracing::debug!(sink = %name, ?lane, live_from, backlog, "Still behind: current results now start at the newest commit.");
+            } else {
+                tracing::info!(sink = %name, ?lane, live_from, backlog, share = self.delivery.backlog_share, "Sink is behind: current results go first, the backlog drains beside them, oldest first.");
+            }
+        }
+        Ok(())
     }
 
-    async fn persist(&self, lane: Lane, name: &str, cursor: u64) -> Result<(), StoreError> {
+    /// Stores what `lane` has delivered (cursor and ranges, one batch) and publishes the
+    /// cursor (the prefix, which trimming follows).
+    async fn persist(&self, lane: Lane, name: &str, delivered: &Delivered) -> Result<(), StoreError> {
         // Flushed at once, one fsync per delivery batch: otherwise a sink draining a backlog
         // while no readings flow (nothing else flushing) could leave thousands of delivered
         // records unrecorded, all re-delivered after a crash. Now a crash re-delivers at most
         // the one batch between the sink's confirmation and this flush.
-        match lane {
-            Lane::Results => self.store.set_cursor(name, cursor)?,
-            Lane::Raw => self.store.set_raw_cursor(name, cursor)?,
-        }
+        self.store.set_delivered(lane, name, delivered)?;
         self.store.flush().await?;
-        self.publish(lane, cursor);
+        self.publish(lane, delivered);
+        Ok(())
+    }
+
+    /// What waits, for `/status` and `/metrics`: per lane, the records delivered above the
+    /// cursor; the commit time of the oldest undelivered record; the estimated time to drain.
+    fn publish_backlog(
+        &self,
+        lanes: &Lanes,
+        target: &Committed,
+        drain: &mut DrainMeter,
+    ) -> Result<(), StoreError> {
+        let mut undelivered = 0;
+        let mut oldest_ms: Option<i64> = None;
+        for (lane, state) in [(Lane::Results, Some(&lanes.results)), (Lane::Raw, lanes.raw.as_ref())] {
+            let Some(state) = state else { continue };
+            let waiting = state.delivered().undelivered_through(target.get(lane));
+            if waiting > 0 {
+                undelivered += waiting;
+                if let Some(ms) = self.store.commit_time_after(lane, state.delivered().cursor)? {
+                    oldest_ms = Some(oldest_ms.map_or(ms, |oldest| oldest.min(ms)));
+                }
+            }
+        }
+        self.stats
+            .oldest_waiting_ms
+            .store(oldest_ms.map_or(0, |ms| u64::try_from(ms).unwrap_or(0)), Ordering::Relaxed);
+        self.stats.backlog_drain.set(drain.observe(tokio::time::Instant::now(), undelivered));
         Ok(())
     }
 
@@ -451,7 +543,11 @@ impl Delivering {
         }
     }
 
-    fn publish(&self, lane: Lane, cursor: u64) {
+    fn publish(&self, lane: Lane, delivered: &Delivered) {
+        let cursor = delivered.cursor;
+        // Above the raw lane's `u64::MAX` (a sink that takes none) nothing is counted.
+        let above: u64 = delivered.above.iter().map(|&(lo, hi)| (hi + 1).saturating_sub(lo)).sum();
+        self.stats.delivered_above[usize::from(lane == Lane::Raw)].store(above, Ordering::Relaxed);
         match lane {
             Lane::Results => {
                 self.cursor[self.cursor_idx].store(cursor, Ordering::Release);
@@ -462,6 +558,77 @@ impl Delivering {
                 self.stats.raw_cursor.store(cursor, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// What the sink delivered of each lane it takes.
+struct Lanes {
+    results: LaneDelivery,
+    /// `None`: the sink takes no raw readings.
+    raw: Option<LaneDelivery>,
+}
+
+impl Lanes {
+    fn get_mut(&mut self, lane: Lane) -> Option<&mut LaneDelivery> {
+        match lane {
+            Lane::Results => Some(&mut self.results),
+            Lane::Raw => self.raw.as_mut(),
+        }
+    }
+
+    /// The lane to deliver next: results while any is waiting (current or backlog), then raw
+    /// readings.
+    fn next_lane(&self, target: &Committed) -> Option<Lane> {
+        if self.results.waiting(target.results) {
+            Some(Lane::Results)
+        } else if self.raw.as_ref().is_some_and(|raw| raw.waiting(target.raw)) {
+            Some(Lane::Raw)
+        } else {
+            None
+        }
+    }
+}
+
+/// Shortest span between two samples of the drain rate.
+const DRAIN_SAMPLE: Duration = Duration::from_secs(1);
+/// Weight of a new sample in the drain rate's moving average.
+const DRAIN_WEIGHT: f64 = 0.3;
+
+/// The estimated time to drain what waits: the undelivered records over the rate at which
+/// they shrink (deliveries minus new commits), an exponentially weighted moving average of
+/// samples at least [`DRAIN_SAMPLE`] apart.
+#[derive(Debug)]
+struct DrainMeter {
+    /// The last sample: when, and how many records waited (`None`: none yet).
+    sampled: Option<(tokio::time::Instant, u64)>,
+    /// Records/s by which what waits shrinks (`None`: no rate yet).
+    rate: Option<f64>,
+}
+
+impl DrainMeter {
+    fn new() -> DrainMeter {
+        DrainMeter { sampled: None, rate: None }
+    }
+
+    /// Takes `undelivered` at `now` into account; the estimate (`None`: unknown — no sample
+    /// yet, or what waits does not shrink).
+    #[allow(clippy::cast_precision_loss)]
+    fn observe(&mut self, now: tokio::time::Instant, undelivered: u64) -> Option<Duration> {
+        match self.sampled {
+            None => self.sampled = Some((now, undelivered)),
+            Some((at, before)) if now.saturating_duration_since(at) >= DRAIN_SAMPLE => {
+                let span = now.saturating_duration_since(at).as_secs_f64();
+                let sample = (before as f64 - undelivered as f64) / span;
+                self.rate = Some(self.rate.map_or(sample, |rate| rate + DRAIN_WEIGHT * (sample - rate)));
+                self.sampled = Some((now, undelivered));
+            }
+            Some(_) => {}
+        }
+        if undelivered == 0 {
+            return Some(Duration::ZERO);
+        }
+        let secs = undelivered as f64 / self.rate.filter(|rate| *rate > 0.0)?;
+        Duration::try_from_secs_f64(secs).ok()
     }
 }
 
@@ -614,10 +781,10 @@ mod tests {
     use std::io::Write;
     use std::sync::Mutex;
 
-    use eddy_sinks::ConsoleSink;
+    use eddy_sinks::{ConsoleSink, FakeHub, FakeSink};
 
     use super::*;
-    use crate::storage::{Commit, OutboxEntry};
+    use crate::storage::{Commit, OutboxEntry, RawCommit};
 
     /// A writer the test can read back.
     #[derive(Clone, Default)]
@@ -770,6 +937,369 @@ mod tests {
             .unwrap();
         assert_eq!(stats.delivered_total.load(Ordering::Relaxed), 20);
         assert_eq!(store.cursor("console").unwrap(), 20, "the stored cursor is what was delivered");
+    }
+
+    /// Commits results `first ..= first + n - 1` at processing time `clock_ms` (the commit
+    /// time live first reads); returns the last seq.
+    fn commit_results(store: &Store, first: u64, n: u64, clock_ms: i64) -> u64 {
+        commit_kind(store, first, n, clock_ms, "window")
+    }
+
+    /// [`commit_results`] of records of `kind`.
+    fn commit_kind(store: &Store, first: u64, n: u64, clock_ms: i64, kind: &str) -> u64 {
+        let outbox = (first..first + n)
+            .map(|seq| OutboxEntry {
+                kind: kind.into(),
+                group: "g".into(),
+                payload: format!("{{\"seq\":{seq}}}").into_bytes(),
+            })
+            .collect();
+        store
+            .commit(&Commit { outbox, log_pos: first, next_seq: first + n, clock_ms, ..Commit::default() })
+            .unwrap();
+        first + n - 1
+    }
+
+    /// A backlog from an outage (`1..=backlog`, committed an hour ago) and the newest commit
+    /// (`n_live` results, now).
+    fn store_after_outage(dir: &std::path::Path, backlog: u64, n_live: u64) -> (Store, u64) {
+        let store = Store::open(dir, 1 << 24, vec![], vec![]).unwrap();
+        commit_results(&store, 1, backlog, wall_clock_ms() - 3_600_000);
+        let target = commit_results(&store, backlog + 1, n_live, wall_clock_ms());
+        (store, target)
+    }
+
+    /// Live first with a fake hub; `batch_max_records` 100, the default share (0.5).
+    fn delivering_to(store: &Store, hub: &FakeHub, stats: &Arc<DeliveryStats>) -> Delivering {
+        Delivering {
+            sink: Sink::Fake(FakeSink::new("hub", hub.clone())),
+            records: ["window".to_owned()].into(),
+            store: store.clone(),
+            cursor: Arc::new(vec![AtomicU64::new(0)]),
+            raw_cursor: Arc::new(vec![AtomicU64::new(u64::MAX)]),
+            cursor_idx: 0,
+            stats: stats.clone(),
+            delivery: DeliveryConfig {
+                batch_max_records: 100,
+                max_backoff: Duration::from_millis(200),
+                ..DeliveryConfig::default()
+            },
+        }
+    }
+
+    /// Waits (10 s at most) until `condition` holds.
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Runs `delivering` with `target` committed and the aggregator stopped: it ends once
+    /// everything is delivered.
+    async fn drain(delivering: Delivering, target: u64) {
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: target, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let task = tokio::spawn(delivering.run(committed_rx, give_up_rx, CancellationToken::new()));
+        drop(committed_tx);
+        tokio::time::timeout(Duration::from_secs(20), task).await.expect("the drain ends").unwrap().unwrap();
+    }
+
+    fn range(lo: u64, hi: u64) -> Vec<u64> {
+        (lo..=hi).collect()
+    }
+
+    /// After an outage the newest commit goes first; with nothing current waiting any more,
+    /// the backlog gets every delivery, oldest first; each record arrives once and the gap
+    /// closes into a plain cursor.
+    #[tokio::test]
+    async fn after_an_outage_the_newest_commit_goes_first_then_the_backlog_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, target) = store_after_outage(dir.path(), 1000, 10);
+        let hub = FakeHub::default();
+        let stats = Arc::new(DeliveryStats::default());
+        drain(delivering_to(&store, &hub, &stats), target).await;
+        let batches = hub.batches();
+        assert_eq!(batches[0], range(1001, 1010), "the current results go first");
+        assert_eq!(batches[1], range(1, 100), "then the backlog, oldest first");
+        assert_eq!(hub.seqs().len(), 1010);
+        let mut seqs = hub.seqs();
+        seqs.sort_unstable();
+        assert_eq!(seqs, range(1, 1010), "every record once");
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(1010));
+        assert_eq!(store.cursor("hub").unwrap(), 1010);
+        assert_eq!(stats.delivered_above[0].load(Ordering::Relaxed), 0);
+    }
+
+    /// With current results and the backlog both waiting, `backlog_share = 0.5` alternates
+    /// full batches of each; 1.0 sends the backlog first, in order.
+    #[tokio::test]
+    async fn the_backlog_share_is_kept_while_both_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, target) = store_after_outage(dir.path(), 300, 300);
+        let hub = FakeHub::default();
+        let stats = Arc::new(DeliveryStats::default());
+        drain(delivering_to(&store, &hub, &stats), target).await;
+        let firsts: Vec<u64> = hub.batches().iter().map(|batch| batch[0]).collect();
+        assert_eq!(firsts, vec![301, 1, 401, 101, 501, 201]);
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(600));
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, target) = store_after_outage(dir.path(), 300, 300);
+        let hub = FakeHub::default();
+        let mut delivering = delivering_to(&store, &hub, &stats);
+        delivering.delivery.backlog_share = 1.0;
+        drain(delivering, target).await;
+        assert_eq!(hub.seqs(), range(1, 600), "the old order");
+    }
+
+    /// A crash (the task aborted) mid-drain: the stored set is exactly what the hub took, and
+    /// a new task from it delivers the rest, each record once.
+    #[tokio::test]
+    async fn a_new_task_resumes_a_drain_from_the_stored_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, target) = store_after_outage(dir.path(), 1000, 10);
+        let hub = FakeHub::default();
+        hub.away_after(3);
+        let stats = Arc::new(DeliveryStats::default());
+        let (_committed_tx, committed_rx) = watch::channel(Committed { results: target, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let task = tokio::spawn(delivering_to(&store, &hub, &stats).run(
+            committed_rx,
+            give_up_rx,
+            CancellationToken::new(),
+        ));
+        until("the hub went away", || stats.retries_total.load(Ordering::Relaxed) > 0).await;
+        task.abort();
+        let _ = task.await;
+        let stored = store.delivered(Lane::Results, "hub").unwrap();
+        assert_eq!(hub.batches(), vec![range(1001, 1010), range(1, 100), range(101, 200)]);
+        assert_eq!(stored, Delivered { cursor: 200, above: vec![(1001, 1010)] });
+        assert_eq!(store.cursor("hub").unwrap(), 200, "the published prefix");
+
+        let second = FakeHub::default();
+        drain(delivering_to(&store, &second, &stats), target).await;
+        assert_eq!(second.seqs(), range(201, 1000));
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(1010));
+    }
+
+    /// A second outage during a drain: the newest commit after it goes first again, then both
+    /// gaps drain, the older first; nothing is sent twice.
+    #[tokio::test]
+    async fn a_second_outage_during_a_drain_opens_a_second_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, target) = store_after_outage(dir.path(), 300, 10);
+        let hub = FakeHub::default();
+        hub.away_after(2);
+        let stats = Arc::new(DeliveryStats::default());
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: target, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let task = tokio::spawn(delivering_to(&store, &hub, &stats).run(
+            committed_rx,
+            give_up_rx,
+            CancellationToken::new(),
+        ));
+        until("the hub went away", || stats.retries_total.load(Ordering::Relaxed) > 0).await;
+        assert_eq!(hub.batches(), vec![range(301, 310), range(1, 100)]);
+        // The outage lasts: what came in it is old by now, then a current commit.
+        commit_results(&store, 311, 90, wall_clock_ms() - 60_000);
+        let target = commit_results(&store, 401, 10, wall_clock_ms());
+        committed_tx.send(Committed { results: target, raw: 0 }).unwrap();
+        let retries = stats.retries_total.load(Ordering::Relaxed);
+        until("a retry saw the new commits", || stats.retries_total.load(Ordering::Relaxed) > retries + 1)
+            .await;
+        assert_eq!(
+            store.delivered(Lane::Results, "hub").unwrap(),
+            Delivered { cursor: 100, above: vec![(301, 310), (401, 400)] },
+            "the second split's marker is stored before its first delivery"
+        );
+        // Still away: the split follows the newest commit.
+        let target = commit_results(&store, 411, 10, wall_clock_ms());
+        committed_tx.send(Committed { results: target, raw: 0 }).unwrap();
+        let retries = stats.retries_total.load(Ordering::Relaxed);
+        until("a retry saw the newest commit", || stats.retries_total.load(Ordering::Relaxed) > retries + 1)
+            .await;
+        assert_eq!(
+            store.delivered(Lane::Results, "hub").unwrap(),
+            Delivered { cursor: 100, above: vec![(301, 310), (411, 410)] },
+            "the marker moved up instead of adding one"
+        );
+        hub.set_away(false);
+        drop(committed_tx);
+        tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+        let batches = hub.batches();
+        assert_eq!(batches[2], range(411, 420), "the current results go first again");
+        assert_eq!(batches[3], range(101, 200), "then the older gap");
+        assert_eq!(hub.seqs()[hub.seqs().len() - 100..], range(311, 410)[..], "the newer gap last");
+        let mut seqs = hub.seqs();
+        seqs.sort_unstable();
+        assert_eq!(seqs, range(1, 420));
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(420));
+    }
+
+    /// A split whose current part held only records the sink does not take (micro-batch
+    /// results for a sink of windows) sent nothing: when the hub is back, the current windows
+    /// still go first, and the split moved up instead of adding a range.
+    #[tokio::test]
+    async fn records_the_sink_does_not_take_do_not_count_as_current_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24, vec![], vec![]).unwrap();
+        commit_results(&store, 1, 300, wall_clock_ms() - 3_600_000);
+        let target = commit_kind(&store, 301, 6, wall_clock_ms() - 1000, "batch");
+        let hub = FakeHub::default();
+        hub.set_away(true);
+        let stats = Arc::new(DeliveryStats::default());
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: target, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let task = tokio::spawn(delivering_to(&store, &hub, &stats).run(
+            committed_rx,
+            give_up_rx,
+            CancellationToken::new(),
+        ));
+        until("the hub was tried", || stats.retries_total.load(Ordering::Relaxed) > 0).await;
+        assert_eq!(
+            store.delivered(Lane::Results, "hub").unwrap(),
+            Delivered { cursor: 0, above: vec![(301, 306)] },
+            "the micro-batches passed over"
+        );
+        let target = commit_results(&store, 307, 10, wall_clock_ms());
+        committed_tx.send(Committed { results: target, raw: 0 }).unwrap();
+        let retries = stats.retries_total.load(Ordering::Relaxed);
+        until("a retry saw the new commit", || stats.retries_total.load(Ordering::Relaxed) > retries + 1)
+            .await;
+        assert_eq!(
+            store.delivered(Lane::Results, "hub").unwrap(),
+            Delivered { cursor: 0, above: vec![(307, 306)] }
+        );
+        hub.set_away(false);
+        drop(committed_tx);
+        tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+        assert_eq!(hub.batches()[0], range(307, 316), "the current windows first");
+        assert_eq!(hub.batches()[1], range(1, 100));
+        assert_eq!(hub.seqs().len(), 310, "no micro-batch result sent");
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(316));
+    }
+
+    /// Batches of either kind the hub finds too large (HTTP 413) go in halves; parts done move
+    /// the delivered set even when the hub goes away in the middle of a batch.
+    #[tokio::test]
+    async fn parts_of_a_split_backlog_batch_move_the_delivered_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, target) = store_after_outage(dir.path(), 1000, 10);
+        let hub = FakeHub::default();
+        hub.set_max_batch(Some(30));
+        hub.away_after(2);
+        let stats = Arc::new(DeliveryStats::default());
+        let (_committed_tx, committed_rx) = watch::channel(Committed { results: target, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let task = tokio::spawn(delivering_to(&store, &hub, &stats).run(
+            committed_rx,
+            give_up_rx,
+            CancellationToken::new(),
+        ));
+        until("the hub went away", || stats.retries_total.load(Ordering::Relaxed) > 0).await;
+        task.abort();
+        let _ = task.await;
+        assert_eq!(hub.batches(), vec![range(1001, 1010), range(1, 25)]);
+        assert_eq!(
+            store.delivered(Lane::Results, "hub").unwrap(),
+            Delivered { cursor: 25, above: vec![(1001, 1010)] }
+        );
+    }
+
+    /// Pages dropped inside the gap (the budget) are passed over: the rest of the backlog
+    /// still arrives, and the gap closes.
+    #[tokio::test]
+    async fn pages_dropped_inside_the_gap_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, target) = store_after_outage(dir.path(), 1000, 10);
+        // An earlier run delivered the current results, then the first two pages were dropped.
+        store
+            .set_delivered(Lane::Results, "hub", &Delivered { cursor: 0, above: vec![(1001, 1010)] })
+            .unwrap();
+        store.trim_lane_through(Lane::Results, 2 * 256).unwrap();
+        let hub = FakeHub::default();
+        let stats = Arc::new(DeliveryStats::default());
+        drain(delivering_to(&store, &hub, &stats), target).await;
+        assert_eq!(hub.seqs(), range(513, 1000));
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(1010));
+    }
+
+    /// Records the hub can never take (413 even alone) become dead letters from live and
+    /// backlog batches alike, and move the delivered set like deliveries.
+    #[tokio::test]
+    async fn dead_letters_move_the_delivered_set_on_both_kinds_of_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, target) = store_after_outage(dir.path(), 300, 10);
+        let hub = FakeHub::default();
+        hub.set_max_batch(Some(0));
+        let stats = Arc::new(DeliveryStats::default());
+        drain(delivering_to(&store, &hub, &stats), target).await;
+        assert!(hub.seqs().is_empty());
+        let dead: Vec<u64> = store.dead_letters().unwrap().iter().map(|letter| letter.seq).collect();
+        assert_eq!(dead[..10], range(301, 310)[..], "the current results first");
+        assert_eq!(dead[10..], range(1, 300)[..]);
+        assert_eq!(stats.rejected_total.load(Ordering::Relaxed), 310);
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(310));
+    }
+
+    /// Both lanes go live first, results before raw readings (current or backlog).
+    #[tokio::test]
+    async fn the_raw_lane_goes_live_first_after_the_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24, vec![], vec![]).unwrap();
+        let commit = |first: u64, n: u64, clock_ms: i64| {
+            let entries = |kind: &str| -> Vec<OutboxEntry> {
+                (first..first + n)
+                    .map(|seq| OutboxEntry {
+                        kind: kind.into(),
+                        group: String::new(),
+                        payload: format!("{{\"seq\":{seq}}}").into_bytes(),
+                    })
+                    .collect()
+            };
+            let results = Commit {
+                outbox: entries("window"),
+                log_pos: first,
+                next_seq: first + n,
+                clock_ms,
+                ..Commit::default()
+            };
+            let raw = RawCommit { entries: entries("raw"), next_raw_seq: first + n };
+            store.commit_with_raw(&results, Some(&raw)).unwrap();
+        };
+        commit(1, 100, wall_clock_ms() - 3_600_000);
+        commit(101, 10, wall_clock_ms());
+        let hub = FakeHub::default();
+        let stats = Arc::new(DeliveryStats::default());
+        let mut delivering = delivering_to(&store, &hub, &stats);
+        delivering.records = ["window".to_owned(), "raw".to_owned()].into();
+        delivering.raw_cursor = Arc::new(vec![AtomicU64::new(0)]);
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: 110, raw: 110 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let task = tokio::spawn(delivering.run(committed_rx, give_up_rx, CancellationToken::new()));
+        drop(committed_tx);
+        tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+        assert_eq!(hub.batches(), vec![range(101, 110), range(1, 100), range(101, 110), range(1, 100)]);
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(110));
+        assert_eq!(store.delivered(Lane::Raw, "hub").unwrap(), Delivered::prefix(110));
+        assert_eq!(store.raw_cursor("hub").unwrap(), 110);
+    }
+
+    /// The drain estimate: unknown until a sample, then what waits over the pace it shrinks.
+    #[test]
+    fn the_drain_estimate_follows_the_pace() {
+        let start = tokio::time::Instant::now();
+        let mut meter = DrainMeter::new();
+        assert_eq!(meter.observe(start, 1000), None);
+        assert_eq!(meter.observe(start + Duration::from_millis(500), 900), None, "no sample within a second");
+        let estimate = meter.observe(start + Duration::from_secs(2), 800).unwrap();
+        assert_eq!(estimate, Duration::from_secs(8), "100 records/s");
+        // Growing: unknown.
+        meter.observe(start + Duration::from_secs(3), 1200);
+        assert_eq!(meter.observe(start + Duration::from_secs(3), 1200), None);
+        assert_eq!(meter.observe(start + Duration::from_secs(4), 0), Some(Duration::ZERO));
     }
 
     fn record(seq: u64) -> OutRecord {

@@ -380,6 +380,20 @@ const FAMILIES: &[Family] = &[
             vec![("budget", sink.dropped_budget), ("ttl", sink.dropped_ttl), ("rejected", sink.rejected)]
         }),
     },
+    // Live first (#17); the backlog's age is `eddy_uplink_outbox_age_seconds`.
+    Family {
+        name: "eddy_uplink_backlog_records",
+        kind: Gauge,
+        help: "Records committed and not yet delivered, results and raw readings (delivered ranges of a live-first drain excluded).",
+        read: Sink(|sink| Count(sink.backlog_records)),
+    },
+    Family {
+        name: "eddy_uplink_backlog_drain_seconds",
+        kind: Gauge,
+        help: "Estimated time to deliver what waits at the recent pace (NaN: unknown, the sink is offline or falls behind).",
+        #[allow(clippy::cast_precision_loss)]
+        read: Sink(|sink| Value::Real(sink.backlog_drain_secs.map_or(f64::NAN, |secs| secs as f64))),
+    },
 ];
 
 /// The exposition text of `status`.

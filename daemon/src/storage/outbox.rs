@@ -148,6 +148,38 @@ impl Store {
         Ok(stored::outbox_page_header(&value).ok().and_then(|(committed_ms, _)| committed_ms))
     }
 
+    /// The first seq of the commit that wrote `through` (the pages up to it that carry the
+    /// same commit time: each commit starts new pages); `None` when no page holds `through`, or
+    /// its page has no time (V1). Live first splits a backlog there: the newest commit's
+    /// records are current, everything before them is backlog.
+    pub fn commit_start(&self, lane: Lane, through: u64) -> Result<Option<u64>, StoreError> {
+        let prefix = lane.prefix();
+        let mut pages = self
+            .main
+            .range(prefixed(prefix, &0u64.to_be_bytes())..=prefixed(prefix, &through.to_be_bytes()))
+            .rev();
+        let Some(page) = pages.next().transpose().map_err(io("outbox read"))? else { return Ok(None) };
+        let (key, value) = page;
+        let mut start = decode_key(&key[1..]);
+        let Ok((Some(committed_ms), len)) = stored::outbox_page_header(&value) else { return Ok(None) };
+        if start.saturating_add(u64::try_from(len).unwrap_or(u64::MAX)) <= through {
+            return Ok(None);
+        }
+        for page in pages {
+            let (key, value) = page.map_err(io("outbox read"))?;
+            let page_seq = decode_key(&key[1..]);
+            match stored::outbox_page_header(&value) {
+                Ok((Some(ms), len))
+                    if ms == committed_ms && page_seq + u64::try_from(len).unwrap_or(0) == start =>
+                {
+                    start = page_seq;
+                }
+                _ => break,
+            }
+        }
+        Ok(Some(start))
+    }
+
     pub(super) fn outbox_page_len(&self, prefix: u8, page_seq: u64) -> Result<Option<u64>, StoreError> {
         let Some(bytes) =
             self.main.get(prefixed(prefix, &page_seq.to_be_bytes())).map_err(io("outbox read"))?

@@ -91,6 +91,9 @@ fn known_status() -> Status {
             refused_since_ms: Some(1_700_000_000_000),
             refused_status: Some(401),
             refused_secs: 7,
+            backlog_records: 5,
+            backlog_oldest_ms: Some(1_699_999_998_500),
+            backlog_drain_secs: None,
         }],
     }
 }
@@ -291,6 +294,12 @@ eddy_uplink_file_bytes{sink="hub"} 8192
 eddy_uplink_dropped_total{sink="hub",reason="budget"} 4
 eddy_uplink_dropped_total{sink="hub",reason="ttl"} 0
 eddy_uplink_dropped_total{sink="hub",reason="rejected"} 1
+# HELP eddy_uplink_backlog_records Records committed and not yet delivered, results and raw readings (delivered ranges of a live-first drain excluded).
+# TYPE eddy_uplink_backlog_records gauge
+eddy_uplink_backlog_records{sink="hub"} 5
+# HELP eddy_uplink_backlog_drain_seconds Estimated time to deliver what waits at the recent pace (NaN: unknown, the sink is offline or falls behind).
+# TYPE eddy_uplink_backlog_drain_seconds gauge
+eddy_uplink_backlog_drain_seconds{sink="hub"} NaN
 "#;
 
 #[test]
@@ -427,6 +436,9 @@ fn status_keeps_its_keys() {
     assert_eq!(
         sorted(keys(&value["uplinks"][0])),
         [
+            "backlog_drain_secs",
+            "backlog_oldest_ms",
+            "backlog_records",
             "delivered",
             "dropped_budget",
             "dropped_ttl",
