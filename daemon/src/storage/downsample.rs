@@ -584,6 +584,36 @@ mod tests {
         assert!(all(&store).is_empty());
     }
 
+    /// A sink's in-flight zone counts records, not seqs: after a merge, its next batch of
+    /// `batch_max_records` may reach across the emptied seqs into later pages.
+    #[test]
+    fn the_in_flight_zone_counts_records_across_the_seqs_a_merge_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), None);
+        let (next_seq, _) = fill(&store, 1, 0, 12);
+        let full = store.used_bytes();
+        drop(store);
+        let store = open(dir.path(), Some(full / 3));
+        store.enforce_budget(0).unwrap();
+        let left = all(&store);
+        let n_merged_page = left.iter().take_while(|(seq, _)| *seq < 11 * PAGE).count();
+        assert!(
+            n_merged_page > 0 && left[n_merged_page].0 == 11 * PAGE + 1,
+            "one merged page, then the newest"
+        );
+        let prefix = Lane::Results.prefix();
+        let n = u64::try_from(n_merged_page).unwrap();
+        assert_eq!(store.seq_after_entries(prefix, 0, n).unwrap(), n);
+        assert_eq!(store.seq_after_entries(prefix, 0, n + 1).unwrap(), 11 * PAGE + 1);
+        assert_eq!(store.seq_after_entries(prefix, n - 1, 2).unwrap(), 11 * PAGE + 1);
+        assert_eq!(store.seq_after_entries(prefix, 0, 10 * PAGE).unwrap(), u64::MAX, "fewer records");
+        // Trimmed through the merged records, the page goes although the next starts later.
+        store.trim_outbox_through(n).unwrap();
+        assert_eq!(all(&store).first().map(|(seq, _)| *seq), Some(11 * PAGE + 1));
+        store.trim_outbox_through(next_seq - 1).unwrap();
+        assert_eq!(store.used_bytes(), 0);
+    }
+
     #[test]
     fn raw_readings_are_aggregated_before_any_result_and_only_sinks_taking_them_count() {
         let dir = tempfile::tempdir().unwrap();
