@@ -16,6 +16,7 @@ mod hostile_state;
 mod hostile_tcp;
 mod ingest;
 mod log_safety;
+mod long_outage;
 mod mqtt;
 mod panic;
 mod power_cut;

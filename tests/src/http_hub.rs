@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -16,6 +16,8 @@ use anyhow::Context;
 struct Received {
     /// Records of accepted batches, in arrival order.
     records: Vec<serde_json::Value>,
+    /// When each of `records` arrived (its batch was read whole).
+    arrivals: Vec<Instant>,
     /// Headers of the last request (lower-case names).
     last_headers: Vec<(String, String)>,
 }
@@ -119,6 +121,13 @@ impl HttpHub {
         self.shared.received.lock().unwrap().records.clone()
     }
 
+    /// Like [`HttpHub::records`] from the `from`-th record on, each with the moment its batch
+    /// arrived.
+    pub fn records_with_arrival(&self, from: usize) -> Vec<(Instant, serde_json::Value)> {
+        let received = self.shared.received.lock().unwrap();
+        received.arrivals.iter().copied().zip(received.records.iter().cloned()).skip(from).collect()
+    }
+
     /// How many records accepted batches held so far (duplicates included); cheap, for polling.
     pub fn record_count(&self) -> usize {
         self.shared.received.lock().unwrap().records.len()
@@ -212,6 +221,7 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             shared.status.load(Ordering::SeqCst)
         };
         {
+            let arrived = Instant::now();
             let mut received = shared.received.lock().unwrap();
             received.last_headers = headers;
             if (200..300).contains(&status) {
@@ -220,6 +230,8 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                     Ok(other) => received.records.push(other),
                     Err(error) => panic!("the hub got a body that is not JSON: {error}"),
                 }
+                let n_records = received.records.len();
+                received.arrivals.resize(n_records, arrived);
             }
         }
         shared.requests.fetch_add(1, Ordering::SeqCst);

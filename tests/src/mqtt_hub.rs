@@ -8,13 +8,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 /// The collector; dropping it stops its thread.
 pub struct MqttCollector {
-    records: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    /// (topic, record, when its message arrived), in arrival order.
+    records: Arc<Mutex<Vec<(String, serde_json::Value, Instant)>>>,
     subscribed: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
@@ -45,14 +46,14 @@ impl MqttCollector {
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => thread_subscribed.store(true, Ordering::SeqCst),
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let arrived = Instant::now();
                         let value: serde_json::Value = serde_json::from_slice(&publish.payload)
                             .unwrap_or_else(|error| panic!("hub message is not JSON: {error}"));
                         let mut records = thread_records.lock().unwrap();
                         match value {
-                            serde_json::Value::Array(items) => {
-                                records.extend(items.into_iter().map(|item| (publish.topic.clone(), item)))
-                            }
-                            other => records.push((publish.topic.clone(), other)),
+                            serde_json::Value::Array(items) => records
+                                .extend(items.into_iter().map(|item| (publish.topic.clone(), item, arrived))),
+                            other => records.push((publish.topic.clone(), other, arrived)),
                         }
                     }
                     Ok(_) => {}
@@ -80,7 +81,15 @@ impl MqttCollector {
 
     /// (topic, record) of everything received so far, in arrival order (duplicates included).
     pub fn records(&self) -> Vec<(String, serde_json::Value)> {
-        self.records.lock().unwrap().clone()
+        let records = self.records.lock().unwrap();
+        records.iter().map(|(topic, record, _)| (topic.clone(), record.clone())).collect()
+    }
+
+    /// The records received so far from the `from`-th on, each with the moment its message
+    /// arrived, in arrival order.
+    pub fn records_with_arrival(&self, from: usize) -> Vec<(Instant, serde_json::Value)> {
+        let records = self.records.lock().unwrap();
+        records.iter().skip(from).map(|(_, record, arrived)| (*arrived, record.clone())).collect()
     }
 }
 
