@@ -11,8 +11,9 @@
 //! ([`Delivered::segment_ends`]), where its next batch (or the one a crash left delivered but
 //! unrecorded) starts. So a sink that delivered the group skips the merged records (their seqs
 //! are inside its delivered set), and a sink that had not gets them instead of the originals:
-//! never both, never neither. Groups are at most [`MAX_GROUP_PAGES`] pages, so that one merge
-//! decodes a bounded amount; partial hours left at a group's edge merge again later (their ids
+//! never both, never neither. A group takes what the budget needs (a quarter more, at least
+//! [`MIN_GROUP_PAGES`]), at most [`MAX_GROUP_PAGES`] pages, so that one merge decodes a bounded
+//! amount and the newest records keep their resolution as long as the budget allows; partial hours left at a group's edge merge again later (their ids
 //! differ by the span they cover). Once the budget is full, merging goes on until a sixteenth
 //! of it is free again, so that merges are rare and large rather than one per commit.
 //!
@@ -53,6 +54,10 @@ pub(crate) struct DownsampleMemo {
     frontier: HashMap<(u8, i64), u64>,
 }
 
+/// Fewest pages a merge takes (when there are so many), so that a merge is worth its decoding
+/// and partial hours at its edges stay few.
+pub(crate) const MIN_GROUP_PAGES: usize = 4;
+
 /// Once the budget is full, merging goes on until this fraction of it is free again.
 const HEADROOM_DIVISOR: u64 = 16;
 
@@ -88,7 +93,8 @@ impl Store {
             let resolution_ms = i64::try_from(level.as_millis()).unwrap_or(i64::MAX);
             for lane in [Lane::Raw, Lane::Results] {
                 while self.used_bytes() > goal {
-                    if !self.downsample_step(lane, resolution_ms)? {
+                    let need = self.used_bytes() - goal;
+                    if !self.downsample_step(lane, resolution_ms, need)? {
                         break;
                     }
                 }
@@ -110,8 +116,13 @@ impl Store {
         Ok(())
     }
 
-    /// Merges the oldest group of `lane` that reduces at `resolution_ms`; whether one did.
-    fn downsample_step(&self, lane: Lane, resolution_ms: i64) -> Result<bool, StoreError> {
+    /// Merges the oldest group of `lane` that reduces at `resolution_ms`; whether one did. A
+    /// group takes pages until it holds a quarter more than the `need`ed bytes (merging frees
+    /// most of what it takes), at least [`MIN_GROUP_PAGES`] and at most [`MAX_GROUP_PAGES`]:
+    /// so a budget just full merges the oldest hours only, and the newest keep their
+    /// resolution.
+    fn downsample_step(&self, lane: Lane, resolution_ms: i64, need: u64) -> Result<bool, StoreError> {
+        let want = need.saturating_add(need / 4);
         let _serialised = self.budget.outbox_removal.lock().unwrap_or_else(PoisonError::into_inner);
         let prefix = lane.prefix();
         let sinks = self.sink_views(lane)?;
@@ -128,6 +139,7 @@ impl Store {
         let newest = decode_key(&newest[1..]);
         let mut group: Vec<PageInfo> = Vec::new();
         let mut group_status: Vec<bool> = Vec::new();
+        let mut group_bytes: u64 = 0;
         let start = self
             .budget
             .downsample_memo
@@ -164,9 +176,13 @@ impl Store {
             };
             match candidate {
                 Some((page, status))
-                    if group.is_empty() || (status == group_status && group.len() < MAX_GROUP_PAGES) =>
+                    if group.is_empty()
+                        || (status == group_status
+                            && group.len() < MAX_GROUP_PAGES
+                            && (group.len() < MIN_GROUP_PAGES || group_bytes < want)) =>
                 {
                     group_status = status;
+                    group_bytes += u64::try_from(page.value_len).unwrap_or(u64::MAX);
                     group.push(page);
                 }
                 Some((page, status)) => {
@@ -175,6 +191,7 @@ impl Store {
                     }
                     group.clear();
                     group_status = status;
+                    group_bytes = u64::try_from(page.value_len).unwrap_or(u64::MAX);
                     group.push(page);
                 }
                 None => {
@@ -182,6 +199,7 @@ impl Store {
                         return Ok(true);
                     }
                     group.clear();
+                    group_bytes = 0;
                 }
             }
         }
@@ -582,6 +600,34 @@ mod tests {
         store.trim_outbox_through(next_seq - 1).unwrap();
         assert_eq!(store.used_bytes(), 0);
         assert!(all(&store).is_empty());
+    }
+
+    /// A budget passed by a little merges the oldest pages only (a merge takes what the
+    /// budget needs, not [`MAX_GROUP_PAGES`]): the newer hours keep their minute records.
+    #[test]
+    fn a_budget_passed_by_a_little_merges_only_the_oldest_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), None);
+        // 40 pages: 2,560 minute records of 4 sensors, about 10.7 hours.
+        fill(&store, 1, 0, 40);
+        let before = all(&store);
+        let full = store.used_bytes();
+        drop(store);
+        // A budget two pages short, the headroom (a sixteenth) on top.
+        let page_bytes = full / 40;
+        let store = open(dir.path(), Some(full - 2 * page_bytes));
+        store.register_sink("hub", false, 1);
+        store.enforce_budget(0).unwrap();
+        assert!(store.used_bytes() <= full - 2 * page_bytes);
+        let merged = counter(&store.drop_stats().downsample_merged_records);
+        assert!(merged > 0);
+        // What was needed is under 5 pages (2 + a sixteenth of 38): a group of at most
+        // 1.25 times that, rounded up to whole pages, and partial hours at its edge.
+        assert!(merged <= 9 * PAGE, "merged {merged} records for a budget {} bytes short", 2 * page_bytes);
+        let after = all(&store);
+        let minute_records = after.iter().filter(|(_, entry)| !is_downsampled(entry)).count();
+        assert!(minute_records >= before.len() - 9 * 256, "{minute_records} minute records left");
+        assert_same_hours(&per_hour(&before, |_| true), &per_hour(&after, |_| true));
     }
 
     /// A sink's in-flight zone counts records, not seqs: after a merge, its next batch of
