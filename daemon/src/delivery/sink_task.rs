@@ -21,6 +21,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a delivery in flight may still take once eddy is stopping, or once a reload (or a
 /// failed store) stops or restarts the sink.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Most commits a split looks back for the newest one holding a record the sink takes.
+const LIVE_COMMITS_BACK: usize = 16;
+/// Largest commit (in records) whose kinds a split reads; a larger one counts as current.
+const LIVE_SCAN_MAX: u64 = 4096;
 /// While a sink stays unavailable, its latest failure reason is logged this often.
 const STILL_OFFLINE_WARN_EVERY: Duration = Duration::from_secs(30);
 
@@ -484,7 +488,7 @@ impl Delivering {
                 return Ok(());
             }
         }
-        let Some(live_from) = self.store.commit_start(lane, target)? else { return Ok(()) };
+        let Some(live_from) = self.live_start(lane, target, head)? else { return Ok(()) };
         if state.split(live_from) {
             let backlog = state.delivered().undelivered_through(live_from - 1);
             if moves {
@@ -494,6 +498,47 @@ impl Delivering {
             }
         }
         Ok(())
+    }
+
+    /// Where the current part of a split starts: the newest commit holding a record this sink
+    /// takes, looking back at most [`LIVE_COMMITS_BACK`] commits above `head`, committed at
+    /// most twice `backlog_after` before the newest (the newest commit may hold only
+    /// micro-batch results, for a sink of windows: starting there, the hub's first records
+    /// after an outage would be the backlog's); the newest commit when none of them does. A
+    /// commit of more than [`LIVE_SCAN_MAX`] records is taken as it is.
+    fn live_start(&self, lane: Lane, target: u64, head: u64) -> Result<Option<u64>, StoreError> {
+        let Some(newest) = self.store.commit_start(lane, target)? else { return Ok(None) };
+        let Some(newest_ms) = self.store.commit_time_after(lane, newest - 1)? else {
+            return Ok(Some(newest));
+        };
+        let current_ms =
+            i64::try_from(self.delivery.backlog_after.as_millis().saturating_mul(2)).unwrap_or(i64::MAX);
+        let (mut start, mut through) = (newest, target);
+        for _ in 0..LIVE_COMMITS_BACK {
+            if start <= head
+                || self
+                    .store
+                    .commit_time_after(lane, start - 1)?
+                    .is_none_or(|ms| newest_ms.saturating_sub(ms) > current_ms)
+            {
+                break;
+            }
+            let len = through - start + 1;
+            if len > LIVE_SCAN_MAX {
+                return Ok(Some(start));
+            }
+            let entries =
+                self.store.read_lane_after(lane, start - 1, usize::try_from(len).unwrap_or(usize::MAX))?;
+            if entries.iter().any(|(seq, entry)| *seq <= through && self.records.contains(&entry.kind)) {
+                return Ok(Some(start));
+            }
+            through = start - 1;
+            match self.store.commit_start(lane, through)? {
+                Some(earlier) => start = earlier,
+                None => break,
+            }
+        }
+        Ok(Some(newest))
     }
 
     /// Stores what `lane` has delivered (cursor and ranges, one batch) and publishes the
@@ -1176,6 +1221,36 @@ mod tests {
         drop(committed_tx);
         tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
         assert_eq!(hub.batches()[0], range(307, 316), "the current windows first");
+        assert_eq!(hub.batches()[1], range(1, 100));
+        assert_eq!(hub.seqs().len(), 310, "no micro-batch result sent");
+        assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(316));
+    }
+
+    /// The newest commit holds only records the sink does not take (micro-batch results for a
+    /// sink of windows): the split starts at the newest commit that holds some, so the hub's
+    /// first records after the outage are current windows, not the backlog.
+    #[tokio::test]
+    async fn a_split_starts_at_the_newest_commit_the_sink_takes_records_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24, vec![], vec![]).unwrap();
+        commit_results(&store, 1, 300, wall_clock_ms() - 3_600_000);
+        commit_results(&store, 301, 10, wall_clock_ms() - 2000);
+        let target = commit_kind(&store, 311, 6, wall_clock_ms() - 1000, "batch");
+        let hub = FakeHub::default();
+        hub.set_away(true);
+        let stats = Arc::new(DeliveryStats::default());
+        let (committed_tx, committed_rx) = watch::channel(Committed { results: target, raw: 0 });
+        let (_give_up_tx, give_up_rx) = watch::channel(false);
+        let task = tokio::spawn(delivering_to(&store, &hub, &stats).run(
+            committed_rx,
+            give_up_rx,
+            CancellationToken::new(),
+        ));
+        until("the hub was tried twice", || stats.retries_total.load(Ordering::Relaxed) > 1).await;
+        hub.set_away(false);
+        drop(committed_tx);
+        tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+        assert_eq!(hub.batches()[0], range(301, 310), "the current windows first");
         assert_eq!(hub.batches()[1], range(1, 100));
         assert_eq!(hub.seqs().len(), 310, "no micro-batch result sent");
         assert_eq!(store.delivered(Lane::Results, "hub").unwrap(), Delivered::prefix(316));
