@@ -88,6 +88,13 @@ impl LaneDelivery {
         self.unsent_from.is_some()
     }
 
+    /// Whether [`LaneDelivery::split`] could split at all: a split waiting for the hub can move,
+    /// else one more range must fit. Checked first, so that a sink at the cap does not look for
+    /// a split point before every delivery.
+    pub(crate) fn may_split(&self) -> bool {
+        self.unsent_from.is_some() || self.delivered.above.len() < MAX_RANGES
+    }
+
     /// Whether any record up to `target` waits (current or backlog).
     pub(crate) fn waiting(&self, target: u64) -> bool {
         self.delivered.head() < target || self.delivered.first_gap().is_some()

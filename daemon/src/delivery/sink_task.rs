@@ -468,7 +468,7 @@ impl Delivering {
         target: u64,
     ) -> Result<(), StoreError> {
         let head = state.delivered().head();
-        if self.delivery.backlog_share >= 1.0 || head >= target {
+        if self.delivery.backlog_share >= 1.0 || head >= target || !state.may_split() {
             return Ok(());
         }
         // A split whose current part has delivered nothing yet (the hub still away) follows
