@@ -398,13 +398,7 @@ impl Store {
     /// The seq of the `n`-th entry after seq `after` (`u64::MAX` if the lane has fewer).
     fn seq_after_entries(&self, prefix: u8, after: u64, n: u64) -> Result<u64, StoreError> {
         let wanted = after.saturating_add(1);
-        let first_page = self
-            .main
-            .range(prefixed(prefix, &0u64.to_be_bytes())..=prefixed(prefix, &wanted.to_be_bytes()))
-            .next_back()
-            .transpose()
-            .map_err(io("outbox read"))?
-            .map_or(wanted, |(key, _)| decode_key(&key[1..]));
+        let first_page = self.page_holding(prefix, wanted)?;
         let mut left = n;
         for item in self.main.range(prefixed(prefix, &first_page.to_be_bytes())..vec![prefix + 1]) {
             let (key, value) = item.map_err(io("outbox read"))?;

@@ -44,13 +44,7 @@ impl Store {
         let _serialised =
             self.budget.outbox_removal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // The page holding `wanted` starts at or before it: begin with the last such page.
-        let first_page = self
-            .main
-            .range(prefixed(prefix, &0u64.to_be_bytes())..=prefixed(prefix, &wanted.to_be_bytes()))
-            .next_back()
-            .transpose()
-            .map_err(io("outbox read"))?
-            .map_or(wanted, |(key, _)| decode_key(&key[1..]));
+        let first_page = self.page_holding(prefix, wanted)?;
         let mut entries = Vec::new();
         for item in self.main.range(prefixed(prefix, &first_page.to_be_bytes())..vec![prefix + 1]) {
             if entries.len() >= max {
@@ -178,6 +172,18 @@ impl Store {
             }
         }
         Ok(Some(start))
+    }
+
+    /// The key seq of the page that may hold seq `wanted` (the last page starting at or before
+    /// it), or `wanted` itself when no page starts that early: where a read from `wanted` begins.
+    pub(super) fn page_holding(&self, prefix: u8, wanted: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .main
+            .range(prefixed(prefix, &0u64.to_be_bytes())..=prefixed(prefix, &wanted.to_be_bytes()))
+            .next_back()
+            .transpose()
+            .map_err(io("outbox read"))?
+            .map_or(wanted, |(key, _)| decode_key(&key[1..])))
     }
 
     pub(super) fn outbox_page_len(&self, prefix: u8, page_seq: u64) -> Result<Option<u64>, StoreError> {
