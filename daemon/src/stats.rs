@@ -51,6 +51,18 @@ pub(crate) struct EngineCounters {
     pub(crate) ingest_p99_ms: Option<f64>,
     /// Upper bucket bound of the 99th percentile of `flush_latency`, ms (None: no data).
     pub(crate) flush_p99_ms: Option<f64>,
+    /// Window results committed since start, with latency measured (see `result_latency`).
+    /// The three figures below are absent from an older eddy's document.
+    #[serde(default)]
+    pub(crate) result_latency_count: u64,
+    /// From the reading that closed a window to its result committed in the outbox: the fine
+    /// bucket bound of the median and of the 99th percentile, and the maximum, ms.
+    #[serde(default)]
+    pub(crate) result_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub(crate) result_p99_ms: Option<f64>,
+    #[serde(default)]
+    pub(crate) result_max_ms: Option<f64>,
     /// Log chunks and ticks through the engine (the heartbeat).
     #[serde(skip)]
     pub(crate) inputs: u64,
@@ -58,6 +70,8 @@ pub(crate) struct EngineCounters {
     pub(crate) ingest_latency: HistogramSnapshot,
     #[serde(skip)]
     pub(crate) flush_latency: HistogramSnapshot,
+    #[serde(skip)]
+    pub(crate) result_latency: HistogramSnapshot,
     /// Readings held because their event time was far ahead of their sensor's clock (the
     /// engine's count, kept across restarts). Absent from an older eddy's document.
     #[serde(default)]
@@ -110,6 +124,7 @@ impl EngineCounters {
     pub(crate) fn read(aggregate: &AggregateStats, ingest: &IngestStats) -> EngineCounters {
         let ingest_latency = ingest.ingest_latency.snapshot();
         let flush_latency = ingest.flush_latency.snapshot();
+        let result_latency = aggregate.result_latency.snapshot();
         let ms = |q: Option<f64>| q.map(|secs| secs * 1000.0);
         EngineCounters {
             results: aggregate.results_total.load(Ordering::Relaxed),
@@ -120,6 +135,11 @@ impl EngineCounters {
             inputs: aggregate.inputs_total.load(Ordering::Relaxed),
             ingest_latency,
             flush_latency,
+            result_latency_count: result_latency.count(),
+            result_p50_ms: aggregate.result_latency.quantile_ms(0.5),
+            result_p99_ms: aggregate.result_latency.quantile_ms(0.99),
+            result_max_ms: aggregate.result_latency.max_ms(),
+            result_latency,
             future_outliers: aggregate.future_outliers_total.load(Ordering::Relaxed),
             future_outliers_dropped: aggregate.future_outliers_dropped_total.load(Ordering::Relaxed),
             future_outliers_held: aggregate.future_outliers_held.load(Ordering::Relaxed),
@@ -323,6 +343,9 @@ pub(crate) struct AggregateStats {
     pub(crate) sensors_forgotten_total: AtomicU64,
     /// The sensors whose clocks are furthest off, as of the last commit.
     pub(crate) sensor_clocks: Mutex<Vec<SensorClockStatus>>,
+    /// From the ingest task's receipt of the reading that closed a window to its result being
+    /// committed (durable, visible to the sinks); one observation per window result.
+    pub(crate) result_latency: FineHistogram,
 }
 
 /// The last committed (and flushed) seq of each outbox lane, announced to the sinks.
@@ -346,6 +369,79 @@ impl Committed {
 
 /// Upper bounds of the latency histograms, seconds (Prometheus `le`).
 const LATENCY_BOUNDS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+
+/// Upper bounds of [`FineHistogram`], seconds: 1, 1.5, 2, 3, 5 and 7 per decade, from 0.1 ms to
+/// 5 s. Every bound of [`LATENCY_BOUNDS`] is one of them, so the fine counts fold exactly into
+/// the Prometheus buckets all latency histograms share.
+const FINE_BOUNDS: [f64; 29] = [
+    0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.0007, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.007, 0.01, 0.015,
+    0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0,
+];
+
+/// A latency histogram with finer buckets (quantiles within 50 % between 0.1 ms and 5 s), its
+/// exact maximum, and weighted observations: for latencies measured per event where one
+/// measurement stands for many (a commit holding many results).
+#[derive(Debug, Default)]
+pub(crate) struct FineHistogram {
+    buckets: [AtomicU64; FINE_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+    max_micros: AtomicU64,
+}
+
+impl FineHistogram {
+    /// Records `n` observations of `elapsed`.
+    pub(crate) fn observe_n(&self, elapsed: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let secs = elapsed.as_secs_f64();
+        let idx = FINE_BOUNDS.iter().position(|bound| secs <= *bound).unwrap_or(FINE_BOUNDS.len());
+        self.buckets[idx].fetch_add(n, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros.saturating_mul(n), Ordering::Relaxed);
+        self.max_micros.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// The counts now, folded into the shared Prometheus buckets.
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
+        let mut buckets = [0; LATENCY_BOUNDS.len() + 1];
+        for (idx, bucket) in self.buckets.iter().enumerate() {
+            let coarse = FINE_BOUNDS.get(idx).map_or(LATENCY_BOUNDS.len(), |fine| {
+                LATENCY_BOUNDS.iter().position(|bound| fine <= bound).unwrap_or(LATENCY_BOUNDS.len())
+            });
+            buckets[coarse] += bucket.load(Ordering::Relaxed);
+        }
+        HistogramSnapshot { buckets, sum_micros: self.sum_micros.load(Ordering::Relaxed) }
+    }
+
+    /// The fine bucket bound under which `q` (0..1) of the observations fall, ms (None: no
+    /// observation; past the largest bound: the maximum).
+    pub(crate) fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut seen = 0;
+        for (idx, count) in counts.iter().enumerate() {
+            seen += count;
+            #[allow(clippy::cast_precision_loss)]
+            if seen as f64 >= q * total as f64 {
+                return Some(
+                    FINE_BOUNDS.get(idx).map_or_else(|| self.max_ms().unwrap_or(0.0), |bound| bound * 1000.0),
+                );
+            }
+        }
+        self.max_ms()
+    }
+
+    /// The largest observation, ms (None: none yet).
+    pub(crate) fn max_ms(&self) -> Option<f64> {
+        let total: u64 = self.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).sum();
+        #[allow(clippy::cast_precision_loss)]
+        (total > 0).then(|| self.max_micros.load(Ordering::Relaxed) as f64 / 1000.0)
+    }
+}
 
 /// A fixed-bucket latency histogram, lock-free to observe.
 #[derive(Debug, Default)]
@@ -752,6 +848,32 @@ pub(crate) fn rfc3339_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Weighted observations give the fine quantiles, the exact maximum, and fold into the
+    /// shared Prometheus buckets without losing or moving any.
+    #[test]
+    fn the_fine_histogram_gives_quantiles_the_maximum_and_the_shared_buckets() {
+        let histogram = FineHistogram::default();
+        assert_eq!((histogram.quantile_ms(0.5), histogram.max_ms()), (None, None));
+        histogram.observe_n(Duration::from_micros(1_800), 98);
+        histogram.observe_n(Duration::from_micros(6_500), 1);
+        histogram.observe_n(Duration::from_millis(40), 1);
+        histogram.observe_n(Duration::from_secs(1), 0);
+        assert_eq!(histogram.quantile_ms(0.5), Some(2.0));
+        assert_eq!(histogram.quantile_ms(0.99), Some(7.0));
+        assert_eq!(histogram.quantile_ms(1.0), Some(50.0));
+        assert_eq!(histogram.max_ms(), Some(40.0));
+        let coarse = histogram.snapshot();
+        assert_eq!(coarse.count(), 100);
+        assert_eq!(coarse.quantile_bound(0.5), Some(0.002));
+        assert_eq!(coarse.quantile_bound(0.99), Some(0.01));
+        assert_eq!(coarse.quantile_bound(1.0), Some(0.05));
+        assert_eq!(coarse.sum_micros, 98 * 1_800 + 6_500 + 40_000);
+        // Past the largest bound: the maximum stands for the quantile.
+        histogram.observe_n(Duration::from_secs(9), 1000);
+        assert_eq!(histogram.quantile_ms(0.99), Some(9000.0));
+        assert_eq!(histogram.snapshot().quantile_bound(0.99), None);
+    }
 
     /// A resend request wakes the sink's task (even one not waiting yet), is taken once, and
     /// its answer reaches the asker.

@@ -268,3 +268,102 @@ fn health_names_an_mqtt_source_whose_broker_is_gone() {
         get(api, "/health").1
     );
 }
+
+/// The window-result latency (`/status` `engine.result_*`, `/metrics`
+/// `eddy_window_result_latency_seconds`) counts one observation per window result — not
+/// micro-batch results — from the receipt of the reading that closed the window to the commit,
+/// and no more than the time the test took around it.
+#[test]
+fn window_result_latency_is_measured_per_window_result() {
+    let config = ConfigToml::new("gw-latency")
+        .table("api")
+        .key("listen", "127.0.0.1:0")
+        .table("engine")
+        .key("checkpoint_interval", "20ms")
+        .table("batch")
+        .key("interval", "1s")
+        .tcp_source("in")
+        .key("ack", true)
+        .window("w1s", "1s")
+        .key("lateness", "0s")
+        .key("fields", ["temp_c", "humidity"])
+        .key("aggregates", ["count", "mean"])
+        .file_sink("results", "{dir}/results.jsonl")
+        .to_toml();
+    let eddy = Eddy::start(&config).expect("eddy starts");
+    let api = api_address(&eddy);
+    let address = eddy.tcp_address("in").expect("the TCP source's address");
+    let status = |eddy: &Eddy| eddy.status_json().expect("/status");
+    assert_eq!(status(&eddy)["engine"]["result_latency_count"], 0);
+    assert!(status(&eddy)["engine"]["result_p99_ms"].is_null());
+    let open: Vec<&[u8]> = vec![
+        br#"{"sensor":"a","ts":1700000000100,"temp_c":20.0,"humidity":40.0}"#,
+        br#"{"sensor":"b","ts":1700000000200,"temp_c":21.0,"humidity":41.0}"#,
+    ];
+    send_with_acks(address, &open, Duration::from_secs(10)).expect("acked");
+    // Closes […000, …001) for both sensors: 2 sensors × 2 fields = 4 window results.
+    let sent = Instant::now();
+    let close: Vec<&[u8]> = vec![
+        br#"{"sensor":"a","ts":1700000001100,"temp_c":22.0,"humidity":42.0}"#,
+        br#"{"sensor":"b","ts":1700000001200,"temp_c":23.0,"humidity":43.0}"#,
+    ];
+    send_with_acks(address, &close, Duration::from_secs(10)).expect("acked");
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&eddy)["engine"]["result_latency_count"] == 4),
+        "{}",
+        status(&eddy)
+    );
+    let waited_ms = sent.elapsed().as_secs_f64() * 1000.0;
+    let engine = status(&eddy)["engine"].clone();
+    let (p50, p99, max) = (
+        engine["result_p50_ms"].as_f64().expect("p50"),
+        engine["result_p99_ms"].as_f64().expect("p99"),
+        engine["result_max_ms"].as_f64().expect("max"),
+    );
+    assert!(0.0 < max && max <= waited_ms, "max {max} ms, the test waited {waited_ms} ms: {engine}");
+    assert!(p50 <= p99 && p99 <= max.max(0.1) * 2.0, "{engine}");
+    // Micro-batch results came too (1 s batches), but only window results are observed.
+    let metrics = get(api, "/metrics").1;
+    assert_eq!(sample(&metrics, "eddy_window_result_latency_seconds_count"), Some(4.0), "{metrics}");
+    assert_eq!(sample(&metrics, "eddy_window_result_latency_seconds_bucket{le=\"+Inf\"}"), Some(4.0));
+}
+
+/// `engine.result_commit_delay = "0s"` commits a window result right after the chunk whose
+/// reading closed its window, not at the next checkpoint (30 s here, so without it the result
+/// would wait up to 30 s).
+#[test]
+fn result_commit_delay_commits_window_results_before_the_checkpoint() {
+    let config = ConfigToml::new("gw-latency")
+        .table("api")
+        .key("listen", "127.0.0.1:0")
+        .table("engine")
+        .key("checkpoint_interval", "30s")
+        .key("result_commit_delay", "0s")
+        .tcp_source("in")
+        .key("ack", true)
+        .window("w1s", "1s")
+        .key("lateness", "0s")
+        .key("fields", ["temp_c"])
+        .key("aggregates", ["count", "mean"])
+        .file_sink("results", "{dir}/results.jsonl")
+        .to_toml();
+    let eddy = Eddy::start(&config).expect("eddy starts");
+    let address = eddy.tcp_address("in").expect("the TCP source's address");
+    // The first checkpoint tick comes at once; the next in 30 s.
+    std::thread::sleep(Duration::from_millis(300));
+    let lines: Vec<&[u8]> = vec![
+        br#"{"sensor":"a","ts":1700000000100,"temp_c":20.0}"#,
+        br#"{"sensor":"a","ts":1700000001100,"temp_c":22.0}"#,
+    ];
+    let sent = Instant::now();
+    send_with_acks(address, &lines, Duration::from_secs(10)).expect("acked");
+    let status = || eddy.status_json().expect("/status");
+    assert!(
+        wait_until(Duration::from_secs(5), || status()["engine"]["result_latency_count"] == 1),
+        "the window result was not committed before the checkpoint: {}",
+        status()
+    );
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    let max = status()["engine"]["result_max_ms"].as_f64().expect("max");
+    assert!(max < 2000.0, "{}", status());
+}

@@ -35,8 +35,20 @@ pub fn conformance_dir() -> PathBuf {
     dir
 }
 
-/// The `eddy` binary of this build (target/<profile>/eddy).
+/// The `eddy` binary of this build (target/<profile>/eddy), or the one named by `EDDY_BIN`
+/// (benches run a previous build side by side with it: scripts/bench-side-by-side.sh).
 pub fn eddy_binary() -> PathBuf {
+    if let Some(binary) = std::env::var_os("EDDY_BIN").filter(|value| !value.is_empty()) {
+        let binary = PathBuf::from(binary);
+        assert!(binary.is_file(), "EDDY_BIN names no file: {}", binary.display());
+        return binary;
+    }
+    simulate_binary()
+}
+
+/// The `eddy` binary of this build, whatever `EDDY_BIN` says: the benches' load generator
+/// (`eddy simulate`), the same for every eddy measured side by side.
+pub fn simulate_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/e2e-HASH → target/<profile>/eddy
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
@@ -176,6 +188,41 @@ impl Eddy {
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// GET `path` from eddy's local HTTP endpoint (configured with `[api] listen =
+    /// "127.0.0.1:0"`): the status code and the body.
+    pub fn api_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|line| line.contains("HTTP endpoint up"))
+            .context("no `HTTP endpoint up` line: is [api] listen configured?")?;
+        let address: SocketAddr = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("listen="))
+            .context("no listen= in the endpoint's line")?
+            .parse()?;
+        let mut stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: eddy\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response.split_once("\r\n\r\n").context("no end of the response head")?;
+        let code = head.split_whitespace().nth(1).context("no status code")?.parse()?;
+        Ok((code, body.to_owned()))
+    }
+
+    /// `/status` as JSON (see [`Eddy::api_get`]).
+    pub fn status_json(&self) -> anyhow::Result<serde_json::Value> {
+        let (code, body) = self.api_get("/status")?;
+        anyhow::ensure!(code == 200, "/status answered {code}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// CPU time eddy has used so far (user + system), seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.pid()?)
     }
 
     /// A `VmHWM`/`VmRSS`-style field of /proc/PID/status, in KiB.
@@ -385,4 +432,32 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// CPU time process `pid` has used so far (user + system, fields 14 and 15 of
+/// `/proc/PID/stat`), seconds; None once it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    #[allow(clippy::cast_precision_loss)]
+    Some((utime + stime) as f64 / clock_ticks_per_second())
+}
+
+/// `getconf CLK_TCK`: the unit of `/proc/PID/stat` times (100 on every Linux eddy runs on).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8(output.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .filter(|ticks: &f64| *ticks > 0.0)
+            .unwrap_or(100.0)
+    })
 }

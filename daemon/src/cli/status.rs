@@ -129,6 +129,15 @@ pub(crate) fn render(status: &Status) -> String {
         ms(engine.ingest_p99_ms),
         ms(engine.flush_p99_ms)
     );
+    if let (Some(p50), Some(p99), Some(max)) =
+        (engine.result_p50_ms, engine.result_p99_ms, engine.result_max_ms)
+    {
+        let _ = writeln!(
+            out,
+            "        window result latency (closing reading to outbox): p50 ≤ {p50} ms, p99 ≤ {p99} ms, max {max} ms over {} results",
+            engine.result_latency_count
+        );
+    }
     if engine.future_outliers > 0 || engine.future_outliers_held > 0 {
         let _ = writeln!(
             out,

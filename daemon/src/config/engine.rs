@@ -20,6 +20,10 @@ pub struct RawEngine {
     /// Commit interval of results + state + log position.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// The longest a window result waits for its commit (0 s: committed right after the
+    /// chunk whose reading closed its window); unset: the next checkpoint.
+    #[serde(with = "humantime_serde")]
+    pub result_commit_delay: Option<Duration>,
     /// Idle time after which a sensor's windows are closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -43,6 +47,7 @@ impl Default for RawEngine {
     fn default() -> RawEngine {
         RawEngine {
             checkpoint_interval: Duration::from_secs(1),
+            result_commit_delay: None,
             idle_timeout: Duration::from_secs(300),
             forward_raw: false,
             outlier_after: "60s".to_owned(),
@@ -156,6 +161,12 @@ pub(crate) fn engine_from_raw(
     raw_windows: Vec<RawWindow>,
 ) -> Result<(Arc<Schema>, EngineSpec), ConfigError> {
     within("engine.checkpoint_interval", engine.checkpoint_interval, TICK, DAY)?;
+    if engine.result_commit_delay.is_some_and(|delay| delay >= engine.checkpoint_interval) {
+        return Err(invalid(
+            "engine.result_commit_delay",
+            "must be shorter than engine.checkpoint_interval (every result is committed by the next checkpoint anyway)",
+        ));
+    }
     within("engine.idle_timeout", engine.idle_timeout, TICK, DAY)?;
     let outlier_after = outlier_after_from_raw(&engine.outlier_after)?;
     if !(1..=EngineSpec::MAX_OUTLIER_CONFIRM).contains(&engine.outlier_confirm) {

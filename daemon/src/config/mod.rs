@@ -157,6 +157,8 @@ pub struct Config {
     pub budget: crate::storage::BudgetConfig,
     /// Engine commit interval.
     pub checkpoint_interval: Duration,
+    /// The longest a window result waits for its commit (None: the next checkpoint).
+    pub result_commit_delay: Option<Duration>,
     /// Raw readings go to the outbox's raw lane too.
     pub forward_raw: bool,
     /// The schema.
@@ -273,6 +275,7 @@ impl Config {
             cache_capacity,
             budget,
             checkpoint_interval: raw.engine.checkpoint_interval,
+            result_commit_delay: raw.engine.result_commit_delay,
             forward_raw: raw.engine.forward_raw,
             schema,
             engine: Arc::new(engine),

@@ -42,6 +42,10 @@ fn toml_text_loads_like_a_file_and_bad_text_is_a_load_error() {
 fn invalid_values_are_reported_with_their_key() {
     check_err("[batch]\ninterval = \"0s\"\n", "batch.interval");
     check_err("[ingest]\nflush_interval = \"5s\"\n", "ingest.flush_interval");
+    check_err(
+        "[engine]\ncheckpoint_interval = \"1s\"\nresult_commit_delay = \"1s\"\n",
+        "engine.result_commit_delay",
+    );
     check_err("[[windows]]\nname = \"w\"\nlength = \"5s\"\nslide = \"10s\"\n", "windows[0]: slide");
     check_err("[[windows]]\nname = \"w\"\nlength = \"5s\"\nfields = [\"nope\"]\n", "windows[0].fields");
     check_err(
@@ -632,4 +636,14 @@ fn configuration_errors_never_show_a_value_issue_15() {
         .to_string();
     assert!(error.contains("line 7, column"), "{error}");
     assert!(!error.contains("hunter2"), "{error}");
+}
+
+#[test]
+fn result_commit_delay_is_unset_by_default_and_may_be_zero() {
+    let config = load_str(MINIMAL).expect("loads");
+    assert_eq!(config.result_commit_delay, None);
+    let config = load_str(&format!("{MINIMAL}[engine]\nresult_commit_delay = \"0s\"\n")).expect("loads");
+    assert_eq!(config.result_commit_delay, Some(Duration::ZERO));
+    let config = load_str(&format!("{MINIMAL}[engine]\nresult_commit_delay = \"5ms\"\n")).expect("loads");
+    assert_eq!(config.result_commit_delay, Some(Duration::from_millis(5)));
 }

@@ -160,6 +160,12 @@ const FAMILIES: &[Family] = &[
         read: Daemon(|status| Value::Histogram(&status.engine.flush_latency)),
     },
     Family {
+        name: "eddy_window_result_latency_seconds",
+        kind: Histogram,
+        help: "From the reading that closed a window (its receipt by the ingest task) to the result committed in the outbox, per window result.",
+        read: Daemon(|status| Value::Histogram(&status.engine.result_latency)),
+    },
+    Family {
         name: "eddy_window_results_total",
         kind: Counter,
         help: "Results (window, batch) committed to the outbox.",

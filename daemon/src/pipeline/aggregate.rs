@@ -76,6 +76,14 @@ pub(crate) struct Aggregator {
     /// Where the ids of sensors the engine forgot are released, once their deletion is
     /// committed (None: nowhere, as in tests without sources).
     sensor_registry: Option<Arc<SensorRegistry>>,
+    /// Window results produced since the last commit, by the moment the ingest task received
+    /// the group whose reading closed their window: observed in `result_latency` once
+    /// committed. Groups in order; one entry per group (its chunks are merged).
+    closed_since_commit: Vec<(Instant, u64)>,
+    /// The longest a window result waits for its commit (None: the next checkpoint).
+    result_commit_delay: Option<Duration>,
+    /// When the oldest uncommitted window result is due to be committed.
+    results_due: Option<tokio::time::Instant>,
 }
 
 impl Aggregator {
@@ -135,6 +143,9 @@ impl Aggregator {
                 clock_ms: snapshot.clock_ms,
                 pending_marks: BTreeMap::new(),
                 sensor_registry: None,
+                closed_since_commit: Vec::new(),
+                result_commit_delay: None,
+                results_due: None,
             },
             committed_rx,
         ))
@@ -149,6 +160,13 @@ impl Aggregator {
     ) -> Aggregator {
         self.forward_raw = forward_raw;
         self.raw_cursors = raw_cursors;
+        self
+    }
+
+    /// Commits window results at most `delay` after the chunk that closed their window, not
+    /// only at checkpoints (None: at checkpoints): `engine.result_commit_delay`.
+    pub(crate) fn committing_results_within(mut self, delay: Option<Duration>) -> Aggregator {
+        self.result_commit_delay = delay;
         self
     }
 
@@ -235,11 +253,18 @@ impl Aggregator {
         loop {
             tokio::select! {
                 input = rx.recv() => match input {
-                    Some(EngineInput::Chunk(chunk)) => {
+                    Some(EngineInput::Chunk(chunk, received)) => {
                         self.stats.inputs_total.fetch_add(1, Ordering::Relaxed);
-                        self.apply_chunk(&chunk);
+                        let closed = self.apply_chunk(&chunk);
+                        self.note_closed(received.into_std(), closed);
                         self.seal_full_pages()?;
-                        if self.commit_due() {
+                        if closed > 0 && self.results_due.is_none() {
+                            self.results_due =
+                                self.result_commit_delay.map(|delay| tokio::time::Instant::now() + delay);
+                        }
+                        let results_due =
+                            self.results_due.is_some_and(|due| due <= tokio::time::Instant::now());
+                        if self.commit_due() || results_due {
                             self.commit().await?;
                         }
                     }
@@ -254,6 +279,8 @@ impl Aggregator {
                     None => break,
                 },
                 _ = ticker.tick() => self.commit().await?,
+                () = tokio::time::sleep_until(self.results_due.unwrap_or_else(tokio::time::Instant::now)),
+                    if self.results_due.is_some() => self.commit().await?,
             }
         }
         self.commit().await?;
@@ -287,7 +314,19 @@ impl Aggregator {
         Ok(())
     }
 
-    fn apply_chunk(&mut self, chunk: &LogChunk) {
+    /// Remembers `closed` window results caused by readings received at `received`.
+    fn note_closed(&mut self, received: Instant, closed: u64) {
+        if closed == 0 {
+            return;
+        }
+        match self.closed_since_commit.last_mut() {
+            Some((at, n)) if *at == received => *n += closed,
+            _ => self.closed_since_commit.push((received, closed)),
+        }
+    }
+
+    /// Applies one durable chunk; returns the number of window results it closed.
+    fn apply_chunk(&mut self, chunk: &LogChunk) -> u64 {
         self.uncommitted_readings += chunk.readings.len();
         for (key, value) in &chunk.marks {
             let Some((slot, page)) = key.split_last() else { continue };
@@ -317,17 +356,23 @@ impl Aggregator {
             }
         }
         self.log_pos = chunk.key;
-        self.take_outputs();
+        self.take_outputs()
     }
 
-    fn take_outputs(&mut self) {
+    /// Moves the engine's outputs to the pending results; returns how many were window results.
+    fn take_outputs(&mut self) -> u64 {
+        let mut windows = 0;
         for output in self.outputs.drain(..) {
             match output {
-                Output::Result(record) => self.pending.push(OutboxEntry {
-                    kind: record.kind().to_owned(),
-                    group: record.group_title(),
-                    payload: record.to_json(),
-                }),
+                Output::Result(record) => {
+                    let kind = record.kind();
+                    windows += u64::from(kind == "window");
+                    self.pending.push(OutboxEntry {
+                        kind: kind.to_owned(),
+                        group: record.group_title(),
+                        payload: record.to_json(),
+                    });
+                }
                 Output::Late(late) => {
                     *self.late_by_window.entry(late.window().to_owned()).or_default() += 1;
                     self.stats.late_total.fetch_add(1, Ordering::Relaxed);
@@ -340,6 +385,7 @@ impl Aggregator {
             }
         }
         self.log_late_readings();
+        windows
     }
 
     /// Late readings are logged as a summary at most every ten seconds.
@@ -365,6 +411,7 @@ impl Aggregator {
     /// needed.
     async fn commit(&mut self) -> Result<(), StoreError> {
         self.uncommitted_readings = 0;
+        self.results_due = None;
         let position_moved = self.store_position_changed();
         // Nothing but the processing clock moved (an idle gateway): no write, no fsync.
         if self.n_pending() == 0
@@ -408,6 +455,9 @@ impl Aggregator {
         self.committed_log_pos = self.log_pos;
         self.stats.results_total.fetch_add(n_results, Ordering::Relaxed);
         self.stats.commits_total.fetch_add(1, Ordering::Relaxed);
+        for (received, n) in self.closed_since_commit.drain(..) {
+            self.stats.result_latency.observe_n(received.elapsed(), n);
+        }
         publish_sensor_clocks(&self.engine, &self.stats);
         publish_state_size(&self.engine, &self.stats);
         // Their state is deleted durably: a restart cannot bring them back, so their ids may

@@ -20,8 +20,9 @@ use crate::storage::{Appended, LogChunk, MarkChange, Store, StoreError, StoreMet
 /// What the engine task receives, in log order.
 #[derive(Debug)]
 pub(crate) enum EngineInput {
-    /// A durable chunk of readings.
-    Chunk(LogChunk),
+    /// A durable chunk of readings, with the moment the ingest task received the first
+    /// readings of its group (the start of the window-result latency).
+    Chunk(LogChunk, Instant),
     /// Processing time moved on with no new readings.
     Tick {
         /// Processing time (see `pipeline/clock.rs`), ms; never less than any chunk's
@@ -349,7 +350,7 @@ impl Ingest {
         self.stats.ingest_latency.observe(received.elapsed());
         for chunk in chunks {
             let Some(sender) = engine.as_ref() else { break };
-            if sender.send(EngineInput::Chunk(chunk)).await.is_err() {
+            if sender.send(EngineInput::Chunk(chunk, received)).await.is_err() {
                 // The engine stopped (the store failed under it); the chunk is durable and
                 // will be replayed by the engine recovered on the reopened store.
                 *engine = None;
@@ -536,7 +537,7 @@ mod tests {
         task.await.unwrap().expect("ingest ends cleanly");
         let mut chunks = Vec::new();
         while let Ok(input) = engine_rx.try_recv() {
-            if let EngineInput::Chunk(chunk) = input {
+            if let EngineInput::Chunk(chunk, _) = input {
                 chunks.push(chunk.readings.iter().map(|r| r.ts_ms).collect::<Vec<_>>());
             }
         }

@@ -137,8 +137,10 @@ pub(super) async fn open_store(args: OpenArgs) -> Result<Opened, OpenError> {
             .last_log_key()
             .map_err(|error| OpenError::Engine(anyhow::Error::from(error).context("cannot read the log")))?
             .unwrap_or(0);
-        let aggregator =
-            aggregator.forwarding_raw(config.forward_raw, raw_cursors).releasing_sensors_to(sensor_registry);
+        let aggregator = aggregator
+            .forwarding_raw(config.forward_raw, raw_cursors)
+            .releasing_sensors_to(sensor_registry)
+            .committing_results_within(config.result_commit_delay);
         Ok((store, aggregator, committed, last_log_key))
     })
     .await

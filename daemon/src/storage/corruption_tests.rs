@@ -85,7 +85,7 @@ async fn run(store: &Store, keys: std::ops::RangeInclusive<u64>) {
         let chunk = chunk(key);
         store.append_log(std::slice::from_ref(&chunk)).unwrap();
         store.flush().await.unwrap();
-        tx.send(EngineInput::Chunk(chunk)).await.unwrap();
+        tx.send(EngineInput::Chunk(chunk, tokio::time::Instant::now())).await.unwrap();
     }
     drop(tx);
     running.await.unwrap().expect("the aggregator commits");

@@ -194,7 +194,7 @@ async fn power_loss_after_or_between_flushes_loses_only_unacknowledged_readings(
             }
             // As the ingest task does: chunks go to the engine once durable.
             for chunk in unflushed.drain(..) {
-                tx.send(EngineInput::Chunk(chunk)).await.unwrap();
+                tx.send(EngineInput::Chunk(chunk, tokio::time::Instant::now())).await.unwrap();
             }
         } else if key % 7 == 1 {
             let dir = tmp.path().join(format!("between-flushes-{key}"));

@@ -50,6 +50,11 @@ fn known_status() -> Status {
             inputs: 42,
             ingest_latency: ingest_latency.snapshot(),
             flush_latency: Histogram::default().snapshot(),
+            result_latency_count: 0,
+            result_p50_ms: None,
+            result_p99_ms: None,
+            result_max_ms: None,
+            result_latency: Histogram::default().snapshot(),
             future_outliers: 6,
             future_outliers_dropped: 1,
             future_outliers_held: 2,
@@ -183,6 +188,23 @@ eddy_flush_latency_seconds_bucket{le="5"} 0
 eddy_flush_latency_seconds_bucket{le="+Inf"} 0
 eddy_flush_latency_seconds_sum 0
 eddy_flush_latency_seconds_count 0
+# HELP eddy_window_result_latency_seconds From the reading that closed a window (its receipt by the ingest task) to the result committed in the outbox, per window result.
+# TYPE eddy_window_result_latency_seconds histogram
+eddy_window_result_latency_seconds_bucket{le="0.001"} 0
+eddy_window_result_latency_seconds_bucket{le="0.002"} 0
+eddy_window_result_latency_seconds_bucket{le="0.005"} 0
+eddy_window_result_latency_seconds_bucket{le="0.01"} 0
+eddy_window_result_latency_seconds_bucket{le="0.02"} 0
+eddy_window_result_latency_seconds_bucket{le="0.05"} 0
+eddy_window_result_latency_seconds_bucket{le="0.1"} 0
+eddy_window_result_latency_seconds_bucket{le="0.2"} 0
+eddy_window_result_latency_seconds_bucket{le="0.5"} 0
+eddy_window_result_latency_seconds_bucket{le="1"} 0
+eddy_window_result_latency_seconds_bucket{le="2"} 0
+eddy_window_result_latency_seconds_bucket{le="5"} 0
+eddy_window_result_latency_seconds_bucket{le="+Inf"} 0
+eddy_window_result_latency_seconds_sum 0
+eddy_window_result_latency_seconds_count 0
 # HELP eddy_window_results_total Results (window, batch) committed to the outbox.
 # TYPE eddy_window_results_total counter
 eddy_window_results_total 3
@@ -399,6 +421,10 @@ fn status_keeps_its_keys() {
             "ingest_p99_ms",
             "late_readings",
             "open_windows",
+            "result_latency_count",
+            "result_max_ms",
+            "result_p50_ms",
+            "result_p99_ms",
             "results",
             "sensor_clocks",
             "sensors",
