@@ -72,20 +72,42 @@ pub fn raw(text: impl Into<String>) -> Value {
 /// checkpoints, a sliding 10 s and a tumbling 5 s window, 2 s micro-batches, and the results
 /// in a file sink `results`.
 pub fn throughput_bench() -> ConfigToml {
-    ConfigToml::new("gw-bench")
+    throughput_bench_windows(2)
+}
+
+/// The windows of [`throughput_bench_windows`], in order: (name, length, slide).
+const BENCH_WINDOWS: [(&str, &str, Option<&str>); 8] = [
+    ("temp_10s", "10s", Some("5s")),
+    ("temp_5s", "5s", None),
+    ("temp_30s", "30s", Some("10s")),
+    ("temp_1m", "1m", None),
+    ("temp_1m_20s", "1m", Some("20s")),
+    ("temp_15s", "15s", None),
+    ("temp_2m", "2m", Some("1m")),
+    ("temp_20s", "20s", None),
+];
+
+/// [`throughput_bench`] with the first `n` (1 to 8) of a fixed list of windows, sliding and
+/// tumbling in turn, 5 s to 2 min, each over every field with lateness 5 s: how the cost grows
+/// with the number of windows (`n = 2` is the two-window configuration).
+pub fn throughput_bench_windows(n: usize) -> ConfigToml {
+    assert!((1..=BENCH_WINDOWS.len()).contains(&n), "1 to {} windows, not {n}", BENCH_WINDOWS.len());
+    let mut config = ConfigToml::new("gw-bench")
         .table("ingest")
         .key("flush_interval", "10ms")
         .key("max_sensors", 100_000)
         .table("engine")
         .key("checkpoint_interval", "1s")
         .table("batch")
-        .key("interval", "2s")
-        .window("temp_10s", "10s")
-        .key("slide", "5s")
-        .key("lateness", "5s")
-        .window("temp_5s", "5s")
-        .key("lateness", "5s")
-        .file_sink("results", "{dir}/results.jsonl")
+        .key("interval", "2s");
+    for (name, length, slide) in &BENCH_WINDOWS[..n] {
+        config = config.window(name, length);
+        if let Some(slide) = slide {
+            config = config.key("slide", *slide);
+        }
+        config = config.key("lateness", "5s");
+    }
+    config.file_sink("results", "{dir}/results.jsonl")
 }
 
 impl From<&str> for Value {

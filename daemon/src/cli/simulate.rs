@@ -19,6 +19,10 @@ pub(crate) struct TransportArgs {
     /// MQTT topic of each reading; `{sensor}` is replaced by the thermostat's id.
     #[arg(long, default_value = "sensors/{sensor}/reading")]
     topic: String,
+    /// MQTT readings per message: more than 1 publishes a JSON array of one thermostat's
+    /// successive readings.
+    #[arg(long, default_value_t = NonZeroU32::MIN)]
+    per_message: NonZeroU32,
     /// MQTT QoS: 0, 1 or 2.
     #[arg(long, default_value_t = 1)]
     qos: u8,
@@ -132,6 +136,7 @@ pub(crate) async fn mqtt(
         sensors,
         rate: load.rate,
         count: load.count,
+        per_message: args.per_message,
         seed: load.seed,
         ack_timeout: Duration::from_secs(60),
         shutdown,
@@ -139,14 +144,21 @@ pub(crate) async fn mqtt(
     match eddy_sensors::simulate_mqtt(options).await {
         Ok(report) => {
             let secs = report.elapsed.as_secs_f64().max(1e-9);
-            let published = report.published;
+            let (published, readings) = (report.published, report.readings);
             // Display only: an f64 shows any plausible count exactly enough.
             #[allow(clippy::cast_precision_loss)]
-            let per_second = published as f64 / secs;
-            println!(
-                "published {published} readings in {secs:.3} s ({per_second:.0}/s); acked by the broker {}",
-                report.acked
-            );
+            let per_second = readings as f64 / secs;
+            if readings == published {
+                println!(
+                    "published {published} readings in {secs:.3} s ({per_second:.0}/s); acked by the broker {}",
+                    report.acked
+                );
+            } else {
+                println!(
+                    "published {readings} readings in {published} messages in {secs:.3} s ({per_second:.0} readings/s); acked by the broker {}",
+                    report.acked
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -1,5 +1,6 @@
 //! `eddy simulate --mqtt URL --topic TEMPLATE`: publishes simulated thermostat readings to an
-//! MQTT broker, one JSON reading per message, and waits until the broker acknowledged them.
+//! MQTT broker, one JSON reading per message (or a JSON array of one thermostat's successive
+//! readings, `--per-message N`), and waits until the broker acknowledged them.
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
@@ -37,6 +38,10 @@ pub struct SimulateMqttOptions {
     pub rate: Option<f64>,
     /// Total readings; `None` publishes until `shutdown` is cancelled.
     pub count: Option<u64>,
+    /// Readings per message: 1 publishes each reading as one JSON object; more publishes a
+    /// JSON array of that many successive readings of one thermostat (a device that buffers),
+    /// event times 1 ms apart.
+    pub per_message: NonZeroU32,
     /// Seed of the thermostats.
     pub seed: u64,
     /// How long to wait for the broker's acknowledgements once everything is published.
@@ -84,8 +89,10 @@ pub enum SimulateMqttError {
 /// What [`simulate_mqtt`] published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimulateMqttReport {
-    /// Messages published (one reading each).
+    /// Messages published.
     pub published: u64,
+    /// Readings in them.
+    pub readings: u64,
     /// Messages the broker acknowledged (all of them with QoS 1 or 2; 0 with QoS 0).
     pub acked: u64,
     /// From connecting to the last acknowledgement.
@@ -101,9 +108,13 @@ struct Progress {
 
 /// Publishes simulated readings; returns once the broker acknowledged all of them.
 pub async fn simulate_mqtt(options: SimulateMqttOptions) -> Result<SimulateMqttReport, SimulateMqttError> {
+    let per_message = options.per_message.get();
+    // A round gives each thermostat one message: `per_message` readings at `rate` each.
     let period = match options.rate {
         None => None,
-        Some(rate) => Some(period_for_rate(rate).ok_or(SimulateMqttError::InvalidRate { rate })?),
+        Some(rate) => Some(
+            period_for_rate(rate / f64::from(per_message)).ok_or(SimulateMqttError::InvalidRate { rate })?,
+        ),
     };
     let started = Instant::now();
     let broker = options.broker.to_string();
@@ -148,6 +159,7 @@ pub async fn simulate_mqtt(options: SimulateMqttOptions) -> Result<SimulateMqttR
     });
     let per_round = if ticks.is_some() { thermostats.count() } else { 1 };
     let mut published: u64 = 0;
+    let mut readings: u64 = 0;
     let mut payload = Vec::with_capacity(256);
     let failed = |published: u64, progress: &Progress| {
         progress.failure.clone().map(|reason| SimulateMqttError::Connection {
@@ -156,7 +168,7 @@ pub async fn simulate_mqtt(options: SimulateMqttOptions) -> Result<SimulateMqttR
             reason,
         })
     };
-    'publishing: while options.count.is_none_or(|count| published < count) {
+    'publishing: while options.count.is_none_or(|count| readings < count) {
         if let Some(ticks) = &mut ticks {
             tokio::select! {
                 biased;
@@ -168,14 +180,27 @@ pub async fn simulate_mqtt(options: SimulateMqttOptions) -> Result<SimulateMqttR
         }
         let ts_ms = wall_clock_ms();
         for _ in 0..per_round {
-            if options.count.is_some_and(|count| published >= count) {
+            let left = options.count.map_or(u64::from(per_message), |count| count.saturating_sub(readings));
+            if left == 0 {
                 break 'publishing;
             }
-            let sample = thermostats.next_sample();
+            let in_message = u32::try_from(left.min(u64::from(per_message))).unwrap_or(per_message);
+            let samples = thermostats.next_samples_of_one(in_message);
             payload.clear();
-            sample.write_json_line(ts_ms, &mut payload);
-            payload.pop();
-            let topic = options.topic.replace("{sensor}", &sample.sensor);
+            if per_message > 1 {
+                payload.push(b'[');
+            }
+            for (offset, sample) in (0_i64..).zip(&samples) {
+                if offset > 0 {
+                    payload.push(b',');
+                }
+                sample.write_json_line(ts_ms + offset, &mut payload);
+                payload.pop();
+            }
+            if per_message > 1 {
+                payload.push(b']');
+            }
+            let topic = options.topic.replace("{sensor}", &samples[0].sensor);
             // Waits while rumqttc's request channel is full (the broker's in-flight window).
             let sent = tokio::select! {
                 sent = client.publish(topic, qos, false, payload.clone()) => sent.is_ok(),
@@ -185,6 +210,7 @@ pub async fn simulate_mqtt(options: SimulateMqttOptions) -> Result<SimulateMqttR
                 break 'publishing;
             }
             published += 1;
+            readings += u64::from(in_message);
         }
     }
     if let Some(error) = failed(published, &progress.borrow()) {
@@ -209,5 +235,5 @@ pub async fn simulate_mqtt(options: SimulateMqttOptions) -> Result<SimulateMqttR
     }
     let acked = progress.borrow().acked;
     let _ = client.try_disconnect();
-    Ok(SimulateMqttReport { published, acked, elapsed: started.elapsed() })
+    Ok(SimulateMqttReport { published, readings, acked, elapsed: started.elapsed() })
 }

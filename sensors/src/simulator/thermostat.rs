@@ -128,6 +128,20 @@ impl Thermostats {
         unit.sample()
     }
 
+    /// Steps the next thermostat `n` times (its `n` successive samples, as a device that
+    /// buffers readings sends them), then moves on to the one after it.
+    pub fn next_samples_of_one(&mut self, n: u32) -> Vec<ThermostatSample> {
+        let n_units = self.units.len();
+        let unit = &mut self.units[self.next_unit_idx];
+        self.next_unit_idx = (self.next_unit_idx + 1) % n_units;
+        (0..n)
+            .map(|_| {
+                unit.step(&mut self.rng);
+                unit.sample()
+            })
+            .collect()
+    }
+
     /// [`next_sample`](Self::next_sample) as a reading at event time `now_ms`.
     pub fn next_reading(&mut self, now_ms: i64) -> Reading {
         self.next_sample().to_reading(now_ms)
