@@ -252,8 +252,11 @@ impl Ingest {
         let batch = u64::try_from(ingest_ms).unwrap_or(0) / self.batch_interval_ms;
         let mut acks: Vec<oneshot::Sender<Durability>> = Vec::new();
         let mut chunks: Vec<LogChunk> = Vec::new();
-        let mut current: Vec<Reading> = Vec::new();
+        let group_len: usize = group.iter().map(|ingest_batch| ingest_batch.readings.len()).sum();
+        let mut current: Vec<Reading> = Vec::with_capacity(group_len.min(MAX_CHUNK_READINGS));
         let mut current_marks: Vec<MarkChange> = Vec::new();
+        // Readings of the group already in full chunks.
+        let mut n_chunked = 0;
         // The marks of the group's batches, to hold their sessions back if the group is refused.
         let mut group_marks: Vec<(usize, Vec<eddy_sensors::Mark>)> = Vec::new();
         // Readings per source in the group, counted as refused if the group is.
@@ -274,7 +277,11 @@ impl Ingest {
                 current.push(reading);
                 if current.len() == MAX_CHUNK_READINGS {
                     let marks = std::mem::take(&mut current_marks);
-                    chunks.push(self.chunk(ingest_ms, batch, std::mem::take(&mut current), marks));
+                    let rest = group_len.saturating_sub(n_chunked + MAX_CHUNK_READINGS);
+                    n_chunked += MAX_CHUNK_READINGS;
+                    let full =
+                        std::mem::replace(&mut current, Vec::with_capacity(rest.min(MAX_CHUNK_READINGS)));
+                    chunks.push(self.chunk(ingest_ms, batch, full, marks));
                 }
             }
             if ingest_batch.marks.is_empty() {

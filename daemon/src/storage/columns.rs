@@ -6,6 +6,7 @@
 //! included): a value is stored as a decimal only if it reads back bit for bit.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use eddy_sensors::Reading;
@@ -35,6 +36,20 @@ pub(crate) struct ReadingColumnsV1 {
     /// Distinct tag values of all tag columns, in order of first appearance.
     tag_values: Vec<String>,
     /// Per tag, per reading: 0 when absent, else 1 + its index in `tag_values`.
+    tags: Vec<Vec<u32>>,
+}
+
+/// The borrowed twin of [`ReadingColumnsV1`], for encoding: its dictionaries borrow the
+/// readings' ids and tags instead of copying each into a `String`. Same serialized layout
+/// (postcard writes a `&str` as it writes a `String`; the round-trip tests decode one into
+/// the other).
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct ReadingColumnsV1Ref<'a> {
+    sensors: Vec<&'a str>,
+    sensor_idx: Vec<u32>,
+    ts_delta_ms: Vec<i64>,
+    fields: Vec<Vec<StoredValue>>,
+    tag_values: Vec<&'a str>,
     tags: Vec<Vec<u32>>,
 }
 
@@ -103,25 +118,34 @@ impl StoredValue {
     }
 }
 
-impl ReadingColumnsV1 {
+impl<'a> ReadingColumnsV1Ref<'a> {
     /// The columns of `readings`, each with `n_fields` values and `n_tags` tags.
-    pub(crate) fn encode(readings: &[Reading], n_fields: usize, n_tags: usize) -> ReadingColumnsV1 {
-        let mut columns = ReadingColumnsV1 {
+    pub(crate) fn encode(readings: &'a [Reading], n_fields: usize, n_tags: usize) -> ReadingColumnsV1Ref<'a> {
+        let mut columns = ReadingColumnsV1Ref {
             sensor_idx: Vec::with_capacity(readings.len()),
             ts_delta_ms: Vec::with_capacity(readings.len()),
             fields: (0..n_fields).map(|_| Vec::with_capacity(readings.len())).collect(),
             tags: (0..n_tags).map(|_| Vec::with_capacity(readings.len())).collect(),
-            ..ReadingColumnsV1::default()
+            ..ReadingColumnsV1Ref::default()
         };
-        let mut sensor_ids: HashMap<&str, u32> = HashMap::new();
+        let mut sensor_ids: HashMap<&str, u32> = HashMap::with_capacity(readings.len());
+        // Sources hand over the registry's shared id, so most readings find their sensor by
+        // the address of its text, hashed in a multiplication; the map by text (SipHash: ids
+        // come from outside) only sees each distinct allocation once.
+        let mut sensor_by_address: HashMap<usize, u32, BuildHasherDefault<AddressHasher>> =
+            HashMap::with_capacity_and_hasher(readings.len(), BuildHasherDefault::default());
         let mut tag_ids: HashMap<&str, u32> = HashMap::new();
         let mut previous_ts = 0i64;
         for reading in readings {
-            let next_sensor = index(columns.sensors.len());
-            let sensor = *sensor_ids.entry(&reading.sensor).or_insert_with(|| {
-                columns.sensors.push(reading.sensor.to_string());
-                next_sensor
-            });
+            let sensor = *sensor_by_address
+                .entry(Arc::as_ptr(&reading.sensor).cast::<u8>().addr())
+                .or_insert_with(|| {
+                    let next_sensor = index(columns.sensors.len());
+                    *sensor_ids.entry(&reading.sensor).or_insert_with(|| {
+                        columns.sensors.push(&reading.sensor);
+                        next_sensor
+                    })
+                });
             columns.sensor_idx.push(sensor);
             columns.ts_delta_ms.push(reading.ts_ms.wrapping_sub(previous_ts));
             previous_ts = reading.ts_ms;
@@ -134,7 +158,7 @@ impl ReadingColumnsV1 {
                     Some(tag) => {
                         let next_tag = index(columns.tag_values.len()) + 1;
                         *tag_ids.entry(tag).or_insert_with(|| {
-                            columns.tag_values.push(tag.to_owned());
+                            columns.tag_values.push(tag);
                             next_tag
                         })
                     }
@@ -144,7 +168,9 @@ impl ReadingColumnsV1 {
         }
         columns
     }
+}
 
+impl ReadingColumnsV1 {
     /// The readings back, in the stored (positional) form; an index out of its dictionary
     /// or a column of the wrong length is an error (a damaged value).
     pub(crate) fn decode(self) -> Result<Vec<ReadingV1>, String> {
@@ -183,6 +209,33 @@ impl ReadingColumnsV1 {
     }
 }
 
+/// Hashes an address (of a sensor id every reading of the chunk holds alive, so no two
+/// distinct ids share one): a multiplication, its high bits folded down, since addresses are
+/// aligned and hashbrown picks buckets by the low bits.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(self.0 ^ u64::from(*byte));
+        }
+    }
+
+    fn write_usize(&mut self, address: usize) {
+        self.write_u64(u64::try_from(address).unwrap_or(u64::MAX));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        let product = value.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = product ^ (product >> 29);
+    }
+}
+
 /// A dictionary index: a chunk holds at most a few thousand readings.
 fn index(len: usize) -> u32 {
     u32::try_from(len).expect("a log chunk holds fewer than 2^32 distinct ids")
@@ -195,7 +248,7 @@ mod tests {
     use eddy_sensors::Reading;
     use proptest::prelude::*;
 
-    use crate::storage::columns::{ReadingColumnsV1, StoredValue};
+    use crate::storage::columns::{ReadingColumnsV1, ReadingColumnsV1Ref, StoredValue};
     use crate::storage::stored::{
         encode_log_chunk, encode_log_chunk_v2, LogChunkV2Ref, LogChunkV3Ref, ReadingsRef,
     };
@@ -232,9 +285,12 @@ mod tests {
     proptest! {
         #[test]
         fn readings_round_trip_bit_for_bit(readings in prop::collection::vec(reading_strategy(), 0..40)) {
-            let columns = ReadingColumnsV1::encode(&readings, 3, 2);
+            let columns = ReadingColumnsV1Ref::encode(&readings, 3, 2);
             let bytes = postcard::to_allocvec(&columns).unwrap();
-            let decoded = postcard::from_bytes::<ReadingColumnsV1>(&bytes).unwrap().decode().unwrap();
+            let owned = postcard::from_bytes::<ReadingColumnsV1>(&bytes).unwrap();
+            // The borrowed encoding is byte for byte what the owned form writes.
+            prop_assert_eq!(&postcard::to_allocvec(&owned).unwrap(), &bytes);
+            let decoded = owned.decode().unwrap();
             prop_assert_eq!(decoded.len(), readings.len());
             for (got, want) in decoded.iter().zip(&readings) {
                 prop_assert_eq!(&got.sensor, &*want.sensor);
@@ -273,7 +329,7 @@ mod tests {
             .collect();
         let (fields, tags) =
             (vec!["temp_c".to_owned(), "humidity".to_owned(), "co2".to_owned()], vec!["mode".to_owned()]);
-        let columns = ReadingColumnsV1::encode(&readings, 3, 1);
+        let columns = ReadingColumnsV1Ref::encode(&readings, 3, 1);
         let v3 = encode_log_chunk(&LogChunkV3Ref {
             ingest_ms: 1,
             batch: 1,
@@ -301,17 +357,22 @@ mod tests {
         );
     }
 
+    /// The owned form of encoded columns, as decoding reads them back.
+    fn owned(columns: &ReadingColumnsV1Ref<'_>) -> ReadingColumnsV1 {
+        postcard::from_bytes(&postcard::to_allocvec(columns).unwrap()).unwrap()
+    }
+
     #[test]
     fn a_damaged_index_is_an_error() {
         let readings =
             [Reading { sensor: Arc::from("a"), ts_ms: 1, values: vec![Some(1.0)], tags: vec![None] }];
-        let mut columns = ReadingColumnsV1::encode(&readings, 1, 1);
+        let mut columns = owned(&ReadingColumnsV1Ref::encode(&readings, 1, 1));
         columns.sensor_idx[0] = 7;
         assert!(columns.decode().is_err());
-        let mut columns = ReadingColumnsV1::encode(&readings, 1, 1);
+        let mut columns = owned(&ReadingColumnsV1Ref::encode(&readings, 1, 1));
         columns.tags[0][0] = 9;
         assert!(columns.decode().is_err());
-        let mut columns = ReadingColumnsV1::encode(&readings, 1, 1);
+        let mut columns = owned(&ReadingColumnsV1Ref::encode(&readings, 1, 1));
         columns.fields[0].clear();
         assert!(columns.decode().is_err());
     }

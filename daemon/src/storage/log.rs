@@ -7,7 +7,7 @@ use std::sync::Arc;
 use eddy_sensors::Reading;
 
 use crate::storage::budget::entry_bytes;
-use crate::storage::columns::ReadingColumnsV1;
+use crate::storage::columns::ReadingColumnsV1Ref;
 use crate::storage::stored::{self, LogChunkV3Ref};
 use crate::storage::{decode_key, io, Appended, MarkChange, Store, StoreError};
 
@@ -43,7 +43,7 @@ impl Store {
         let mut n_readings = 0;
         for chunk in chunks {
             let readings =
-                ReadingColumnsV1::encode(&chunk.readings, self.field_names.len(), self.tag_names.len());
+                ReadingColumnsV1Ref::encode(&chunk.readings, self.field_names.len(), self.tag_names.len());
             let value = stored::encode_log_chunk(&LogChunkV3Ref {
                 ingest_ms: chunk.ingest_ms,
                 batch: chunk.batch,

@@ -14,11 +14,17 @@
 //! - a header line (`sensor,ts,temp_c`) is not special: it is rejected as `bad_ts`, so a
 //!   source should drop it before parsing.
 
-use crate::parse::{LineParser, ParsedLine};
+use std::borrow::Cow;
+
+use crate::parse::{LineParser, Parsed};
 use crate::reject::{RejectReason, Rejection};
 
 /// Parses one CSV line (already checked for length, UTF-8 and blankness).
-pub(crate) fn parse_csv(parser: &LineParser, line: &str, now_ms: i64) -> Result<ParsedLine, Rejection> {
+pub(crate) fn parse_csv<'a>(
+    parser: &LineParser,
+    line: &'a str,
+    now_ms: i64,
+) -> Result<Parsed<'a>, Rejection> {
     let schema = &parser.schema;
     if line.contains('"') {
         return Err(Rejection::new(RejectReason::BadSyntax, "quoted CSV values are not supported"));
@@ -67,5 +73,5 @@ pub(crate) fn parse_csv(parser: &LineParser, line: &str, now_ms: i64) -> Result<
         tags.push(parser.check_tag(tag_idx, None)?);
     }
 
-    Ok(ParsedLine { sensor: sensor.to_owned(), ts_ms, values, tags })
+    Ok(Parsed { sensor: Cow::Borrowed(sensor), ts_ms, values, tags })
 }

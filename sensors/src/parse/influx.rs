@@ -20,16 +20,16 @@
 
 use std::borrow::Cow;
 
-use crate::parse::{i64_to_f64, u64_to_f64, LineParser, ParsedLine, TsPrecision};
+use crate::parse::{i64_to_f64, u64_to_f64, LineParser, Parsed, TsPrecision};
 use crate::reject::{RejectReason, Rejection};
 
 /// Parses one line-protocol line (already checked for length, UTF-8 and blankness).
-pub(crate) fn parse_influx(
+pub(crate) fn parse_influx<'a>(
     parser: &LineParser,
-    line: &str,
+    line: &'a str,
     precision: TsPrecision,
     now_ms: i64,
-) -> Result<ParsedLine, Rejection> {
+) -> Result<Parsed<'a>, Rejection> {
     let schema = &parser.schema;
     let line = line.trim();
     if line.starts_with('#') {
@@ -120,7 +120,7 @@ pub(crate) fn parse_influx(
         None => return Err(Rejection::new(RejectReason::MissingSensor, "sensor: no 'sensor' tag")),
         Some(sensor) => {
             LineParser::check_sensor(&sensor)?;
-            sensor.into_owned()
+            sensor
         }
     };
 
@@ -145,7 +145,7 @@ pub(crate) fn parse_influx(
         tags.push(parser.check_tag(tag_idx, text.as_deref())?);
     }
 
-    Ok(ParsedLine { sensor, ts_ms, values, tags })
+    Ok(Parsed { sensor, ts_ms, values, tags })
 }
 
 /// A field value, reduced to what the checks need.

@@ -87,6 +87,27 @@ pub struct ParsedLine {
     pub tags: Vec<Option<Arc<str>>>,
 }
 
+/// A parsed line whose sensor id may still borrow from the line: what the format parsers
+/// return, so that [`LineDecoder`] admits the id without allocating a `String` per line.
+#[derive(Debug)]
+pub(crate) struct Parsed<'a> {
+    pub(crate) sensor: std::borrow::Cow<'a, str>,
+    pub(crate) ts_ms: i64,
+    pub(crate) values: Vec<Option<f64>>,
+    pub(crate) tags: Vec<Option<Arc<str>>>,
+}
+
+impl Parsed<'_> {
+    fn into_line(self) -> ParsedLine {
+        ParsedLine {
+            sensor: self.sensor.into_owned(),
+            ts_ms: self.ts_ms,
+            values: self.values,
+            tags: self.tags,
+        }
+    }
+}
+
 impl LineParser {
     /// A parser for `format` checking against `schema`.
     pub fn new(format: Format, schema: Arc<Schema>, limits: Limits) -> LineParser {
@@ -138,12 +159,7 @@ impl LineParser {
     /// When a key (JSON), tag or field (line protocol) appears twice, the last one wins, as
     /// with Python's `json` module and Spark, whose results the conformance tests compare with.
     pub fn parse(&self, line: &[u8], now_ms: i64) -> Result<ParsedLine, Rejection> {
-        let line = self.check_line(line)?;
-        match self.format {
-            Format::Json => json::parse_json(self, line, None, now_ms),
-            Format::Csv => csv::parse_csv(self, line, now_ms),
-            Format::Influx(precision) => influx::parse_influx(self, line, precision, now_ms),
-        }
+        self.parse_borrowed(line, None, now_ms).map(Parsed::into_line)
     }
 
     /// Like [`parse`](Self::parse), with the sensor id given by the transport (an MQTT topic
@@ -151,9 +167,20 @@ impl LineParser {
     /// id is checked like one from a line. Only JSON carries readings without their sensor,
     /// so for the other formats the line's own sensor id is used.
     pub fn parse_for_sensor(&self, line: &[u8], sensor: &str, now_ms: i64) -> Result<ParsedLine, Rejection> {
+        self.parse_borrowed(line, Some(sensor), now_ms).map(Parsed::into_line)
+    }
+
+    /// [`parse`](Self::parse) or [`parse_for_sensor`](Self::parse_for_sensor), the sensor id
+    /// borrowed from the line (or `sensor`) when it needed no unescaping.
+    fn parse_borrowed<'a>(
+        &self,
+        line: &'a [u8],
+        sensor: Option<&'a str>,
+        now_ms: i64,
+    ) -> Result<Parsed<'a>, Rejection> {
         let line = self.check_line(line)?;
         match self.format {
-            Format::Json => json::parse_json(self, line, Some(sensor), now_ms),
+            Format::Json => json::parse_json(self, line, sensor, now_ms),
             Format::Csv => csv::parse_csv(self, line, now_ms),
             Format::Influx(precision) => influx::parse_influx(self, line, precision, now_ms),
         }
@@ -307,10 +334,7 @@ impl LineDecoder {
         now_ms: i64,
     ) -> Result<Reading, Rejection> {
         self.stats.add_received(1);
-        let parsed = match sensor {
-            None => self.parser.parse(line, now_ms),
-            Some(sensor) => self.parser.parse_for_sensor(line, sensor, now_ms),
-        };
+        let parsed = self.parser.parse_borrowed(line, sensor, now_ms);
         let result = parsed.and_then(|parsed| {
             let sensor = self.admitted.admit(&parsed.sensor).ok_or_else(|| {
                 Rejection::new(RejectReason::TooManySensors, "new sensor id past the cap on distinct sensors")

@@ -950,3 +950,39 @@ proptest! {
 fn limits_default_to_4_kib_lines_and_five_minutes_ahead() {
     assert_eq!(Limits::default(), Limits { max_line_bytes: 4096, max_future: Duration::from_secs(300) });
 }
+
+/// A schema with more fields and tags than the JSON parser keeps inline (8) is read the same
+/// way: every slot in schema order, the last duplicate winning, a wrong type named by field.
+#[test]
+fn json_schemas_larger_than_the_inline_slots_parse_alike() {
+    let schema = Schema {
+        fields: (0..11)
+            .map(|idx| FieldSpec { name: format!("f{idx}"), required: idx == 0, min: -1e9, max: 1e9 })
+            .collect(),
+        tags: (0..10)
+            .map(|idx| TagSpec { name: format!("t{idx}"), required: false, values: vec![] })
+            .collect(),
+    };
+    let parser = LineParser::new(JSON, Arc::new(schema), Limits::default());
+    let line = br#"{"sensor":"s\u0031","ts":1700000000000,"f10":10,"f0":"x","f0":0.5,"f9":9,"t9":"nine","t0":"zero"}"#;
+    let parsed = parser.parse(line, NOW_MS).unwrap();
+    assert_eq!(parsed.sensor, "s1");
+    let mut values = vec![None; 11];
+    values[0] = Some(0.5);
+    values[9] = Some(9.0);
+    values[10] = Some(10.0);
+    assert_eq!(parsed.values, values);
+    assert_eq!(parsed.tags[0].as_deref(), Some("zero"));
+    assert_eq!(parsed.tags[9].as_deref(), Some("nine"));
+    assert!(parsed.tags[1..9].iter().all(Option::is_none));
+    let wrong = parser.parse(br#"{"sensor":"s","ts":1700000000000,"f0":1,"f10":true}"#, NOW_MS).unwrap_err();
+    assert_eq!(
+        (wrong.reason, wrong.detail.as_str()),
+        (RejectReason::WrongType, "f10: expected a number, got a boolean")
+    );
+    // Through the decoder too, whose ids borrow from the line.
+    let registry = Arc::new(SensorRegistry::new(10));
+    let mut decoder = LineDecoder::new(Arc::new(parser), registry, Arc::new(SourceStats::new("in")));
+    let reading = decoder.decode(line, NOW_MS).unwrap();
+    assert_eq!((&*reading.sensor, reading.values[9]), ("s1", Some(9.0)));
+}

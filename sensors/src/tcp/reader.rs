@@ -26,6 +26,10 @@ use eddy_common::{truncate_for_log, wall_clock_ms};
 /// (`#` is not JSON, and a comment in line protocol).
 const SESSION_PREFIX: &[u8] = b"#session";
 
+/// A batch's readings are reserved for the buffered bytes divided by this: a thermostat's
+/// JSON line is ~100 bytes, so the guess errs on the large side and rarely grows.
+const MIN_EXPECTED_LINE_BYTES: usize = 48;
+
 /// Longest rejection detail kept for an `err` reply; bounds the memory a connection's queued
 /// replies can take when a sender floods short garbage lines and never reads its replies.
 const MAX_DETAIL_BYTES: usize = 120;
@@ -207,6 +211,12 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             match decoded {
                 Ok(reading) => {
                     self.n_accepted += 1;
+                    if batch.readings.capacity() == 0 {
+                        // Sized once for the lines already buffered, instead of growing (and
+                        // copying) a reading at a time.
+                        let expected = self.framer.buffered_len() / MIN_EXPECTED_LINE_BYTES + 1;
+                        batch.readings.reserve_exact(expected.min(self.max_batch_lines));
+                    }
                     batch.readings.push(reading);
                     if keep_outcomes {
                         match batch.outcomes.last_mut() {
