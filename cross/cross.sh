@@ -148,8 +148,11 @@ binfmt() {
   done
 }
 
+no_musl() {
+  case $1 in *-musl*) die "deb and deb-test take the gnu targets: $1 is a static binary, copy it as is" ;; esac
+}
+
 deb_arch() {
-  case $1 in *-musl*) die "deb takes the gnu targets: $1 is a static binary, copy it as is" ;; esac
   case $1 in aarch64-*) echo arm64 ;; armv7-*) echo armhf ;; *) die "no Debian architecture for $1" ;; esac
 }
 
@@ -205,7 +208,7 @@ case $cmd in
     ;;
   deb)
     [ $# -ge 1 ] || die "usage: $0 deb TARGET (after build TARGET)"
-    t=$1
+    t=$1; no_musl "$t"
     [ -x "$CARGO_TARGET_DIR/$t/release/eddy" ] || die "build it first: $0 build $t"
     # --no-build: the binary above; --no-strip: the release profile strips already (and the
     # host's strip does not know ARM). cargo-deb maps the triple to the Debian architecture.
@@ -216,7 +219,7 @@ case $cmd in
     ;;
   deb-test)
     [ $# -ge 1 ] || die "usage: $0 deb-test TARGET (after build TARGET)"
-    t=$1
+    t=$1; no_musl "$t"
     [ -x "$CARGO_TARGET_DIR/$t/release/eddy" ] || die "build it first: $0 build $t"
     a=$(deb_arch "$t")
     binfmt
