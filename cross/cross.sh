@@ -2,7 +2,8 @@
 # cross.sh - eddy for ARM gateways, built on a Debian 12 x86_64 machine without rustup targets.
 #
 #   cross/cross.sh setup                 # once, as root: apt (Debian's rustc-web 1.96, its arm64
-#                                        # std and source, cross gcc, qemu-user-static); ~2 min
+#                                        # std and source, cross gcc, qemu-user-static), and for
+#                                        # musl zig (PyPI ziglang, a venv) + cargo-zigbuild; ~5 min
 #   cross/cross.sh build TARGET          # release build: target/cross/TARGET/release/eddy
 #   cross/cross.sh test  [TARGET]        # the core suite under qemu: cargo test -p eddy --lib
 #                                        # (engine, storage, ingest, config) and -p eddy-sensors
@@ -13,17 +14,23 @@
 #                                        # (scripts/nspawn-test.sh, ARM binary through qemu-user):
 #                                        # install, READY, SIGKILL + restart, data, upgrade, purge
 #   cross/cross.sh size  TARGET          # stripped size of the built binary, bytes
+#   cross/cross.sh smoke TARGET          # the built binary under qemu: --version, check-config,
+#                                        # a short `eddy run` of the default configuration
 #   cross/cross.sh env   TARGET          # the exports, for your own cargo commands
 #
 # TARGET: aarch64-unknown-linux-gnu (Raspberry Pi 3/4/5, 64-bit OS) or
-#         armv7-unknown-linux-gnueabihf (Raspberry Pi 2/3/4, 32-bit Raspberry Pi OS).
+#         armv7-unknown-linux-gnueabihf (Raspberry Pi 2/3/4, 32-bit Raspberry Pi OS), or
+#         static (musl, no libc needed on the device): aarch64-unknown-linux-musl,
+#         armv7-unknown-linux-musleabihf. deb and deb-test take the gnu targets only.
 #
 # How: rustup cannot download targets here, so the compiler is Debian's rustc-web/cargo-web
 # (/usr/bin/rustc, /usr/bin/cargo; rustup's toolchain stays first on PATH and is not used).
 # aarch64's std is Debian's prebuilt libstd-rust-web-dev:arm64; armv7's std is built from
 # rust-web-src with -Zbuild-std (RUSTC_BOOTSTRAP=1), because the armhf std package could not be
 # installed from the mirror (see ../../shared/cross/NOTES.md, where this recipe was verified).
-# Linkers: the Debian cross gcc. qemu-user-static runs the test binaries (cargo's runner).
+# Linkers: the Debian cross gcc. musl: std built with -Zbuild-std too, zig (PyPI `ziglang`)
+# links and compiles ring's C through cargo-zigbuild, rustc's self-contained crt objects off.
+# qemu-user-static runs the test binaries (cargo's runner).
 # Artifacts go to target/cross (CARGO_TARGET_DIR), apart from rustup's 1.95 builds.
 # The release profile is the workspace's ([profile.release]: opt-level "s", cold crates "z", fat LTO,
 # one codegen unit, strip, panic=abort).
@@ -32,6 +39,8 @@ cd "$(dirname "$0")/.."
 
 die() { printf 'cross: %s\n' "$*" >&2; exit 1; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/cross}
+XC_HOME=${XC_HOME:-/opt/xc-cross}            # zig's venv and cargo-zigbuild (musl)
+ZIGLANG_VERSION=0.17.1 ZIGBUILD_VERSION=0.24.1
 
 setup() {
   [ "$(id -u)" = 0 ] || die "setup needs root (apt-get, dpkg --add-architecture)"
@@ -48,26 +57,53 @@ setup() {
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
     qemu-user-static "rustc-web=$v" "cargo-web=$v" "rust-web-src=$v" "libstd-rust-web-dev:arm64=$v" </dev/null
   /usr/bin/rustc --version
+  # musl: zig as C compiler and linker (PyPI wheel, no apt package in bookworm) through
+  # cargo-zigbuild, both pinned to the versions the recipe was verified with.
+  mkdir -p "$XC_HOME"
+  [ -x "$XC_HOME/venv/bin/python3" ] || python3 -m venv "$XC_HOME/venv"
+  "$XC_HOME/venv/bin/pip" install -q "ziglang==$ZIGLANG_VERSION"
+  echo "zig $("$XC_HOME/venv/bin/python3" -m ziglang version)"
+  if [ "$("$XC_HOME/bin/cargo-zigbuild" --version 2>/dev/null || true)" != "cargo-zigbuild $ZIGBUILD_VERSION" ]; then
+    # rustup's cargo builds the tool, outside the project (its rust-toolchain.toml).
+    (cd / && CARGO_TARGET_DIR=$XC_HOME/build CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} \
+      nice -n 10 cargo install --locked "cargo-zigbuild@$ZIGBUILD_VERSION" --root "$XC_HOME")
+    rm -rf "$XC_HOME/build"
+  fi
+  "$XC_HOME/bin/cargo-zigbuild" --version
 }
 
 # Exports the compiler, linker, runner and std settings for $1.
 xc_env() {
-  local t=$1 T cc q sys ld
+  local t=$1 T cc="" q sys="" ld="" rv
   T=$(printf '%s' "$t" | tr 'a-z-' 'A-Z_')
+  XC_ZIG=0
   case $t in
     aarch64-unknown-linux-gnu) cc=aarch64-linux-gnu-gcc; q=qemu-aarch64-static; sys=/usr/aarch64-linux-gnu; ld=/lib/ld-linux-aarch64.so.1 ;;
     armv7-unknown-linux-gnueabihf) cc=arm-linux-gnueabihf-gcc; q=qemu-arm-static; sys=/usr/arm-linux-gnueabihf; ld=/lib/ld-linux-armhf.so.3 ;;
-    *) die "unsupported target $t (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" ;;
+    aarch64-unknown-linux-musl) q=qemu-aarch64-static; XC_ZIG=1 ;;
+    armv7-unknown-linux-musleabihf) q=qemu-arm-static; XC_ZIG=1 ;;
+    *) die "unsupported target $t (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, aarch64-unknown-linux-musl, armv7-unknown-linux-musleabihf)" ;;
   esac
   [ -x /usr/bin/rustc ] || die "Debian's rustc-web is missing: run cross/cross.sh setup"
-  command -v "$cc" >/dev/null || die "$cc is missing: run cross/cross.sh setup"
   command -v "$q" >/dev/null || die "$q is missing: run cross/cross.sh setup"
   export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc CARGO=/usr/bin/cargo
-  export "CARGO_TARGET_${T}_LINKER=$cc" "CC_${t//-/_}=$cc" "AR_${t//-/_}=${cc%gcc}ar"
-  # qemu must see one consistent glibc: the multiarch one when installed (libc6:arm64 comes
-  # with the arm64 std; with -L the cross ld.so mixes two glibc builds and hangs in the
-  # first pthread_create), else the cross sysroot.
-  if [ -e "$ld" ]; then export "CARGO_TARGET_${T}_RUNNER=$q"; else export "CARGO_TARGET_${T}_RUNNER=$q -L $sys"; fi
+  if [ "$XC_ZIG" = 1 ]; then
+    # Static binaries, so no sysroot for qemu. zig (through cargo-zigbuild) compiles ring's C
+    # and links against its own musl; rustc must not add its self-contained crt objects
+    # (crt1.o, ...), which only rustup's rust-std ships.
+    [ -x "$XC_HOME/bin/cargo-zigbuild" ] || die "cargo-zigbuild is missing: run cross/cross.sh setup"
+    export CARGO_ZIGBUILD_PYTHON_PATH=$XC_HOME/venv/bin/python3
+    export "CARGO_TARGET_${T}_RUNNER=$q" "CARGO_TARGET_${T}_RUSTFLAGS=-C link-self-contained=no"
+  else
+    command -v "$cc" >/dev/null || die "$cc is missing: run cross/cross.sh setup"
+    export "CARGO_TARGET_${T}_LINKER=$cc" "CC_${t//-/_}=$cc" "AR_${t//-/_}=${cc%gcc}ar"
+    # qemu must see one consistent glibc: the multiarch one when installed (libc6:arm64 comes
+    # with the arm64 std; with -L the cross ld.so mixes two glibc builds and hangs in the
+    # first pthread_create), else the cross sysroot.
+    if [ -e "$ld" ]; then export "CARGO_TARGET_${T}_RUNNER=$q"; else export "CARGO_TARGET_${T}_RUNNER=$q -L $sys"; fi
+  fi
+  rv=CARGO_TARGET_${T}_RUNNER
+  XC_RUNNER_CMD=${!rv}
   BUILD_STD=()
   if [ ! -d "/usr/lib/rustlib/$t/lib" ]; then
     export RUSTC_BOOTSTRAP=1
@@ -79,7 +115,14 @@ xc_env() {
 xc_cargo() { # xc_cargo SUBCOMMAND TARGET [args]
   local sub=$1 t=$2; shift 2
   xc_env "$t"
-  /usr/bin/cargo "$sub" --target "$t" ${BUILD_STD[@]+"${BUILD_STD[@]}"} "$@"
+  if [ "$XC_ZIG" = 1 ]; then
+    # `cargo zigbuild test` is not accepted: the binary takes the subcommand itself, and runs
+    # $CARGO (Debian's, set above), not rustup's first cargo on PATH.
+    [ "$sub" = build ] && sub=zigbuild
+    "$XC_HOME/bin/cargo-zigbuild" "$sub" --target "$t" ${BUILD_STD[@]+"${BUILD_STD[@]}"} "$@"
+  else
+    /usr/bin/cargo "$sub" --target "$t" ${BUILD_STD[@]+"${BUILD_STD[@]}"} "$@"
+  fi
 }
 
 # binfmt_misc: lets the kernel run ARM binaries through qemu-user-static, so that dpkg's
@@ -105,8 +148,37 @@ binfmt() {
   done
 }
 
+no_musl() {
+  case $1 in *-musl*) die "deb and deb-test take the gnu targets: $1 is a static binary, copy it as is" ;; esac
+}
+
 deb_arch() {
   case $1 in aarch64-*) echo arm64 ;; armv7-*) echo armhf ;; *) die "no Debian architecture for $1" ;; esac
+}
+
+# smoke TARGET: the release binary of TARGET under qemu-user: --version, check-config of the
+# default configuration, then `eddy run` on it (ten simulated thermostats, results on the
+# console) for a few seconds in a throwaway directory, stopped by SIGTERM; it must drain and
+# exit 0 after printing at least one window result.
+smoke() {
+  local t=$1 bin d pid rc=0 secs=${EDDY_SMOKE_SECS:-25}
+  xc_env "$t"
+  bin=$CARGO_TARGET_DIR/$t/release/eddy
+  [ -x "$bin" ] || die "build it first: $0 build $t"
+  $XC_RUNNER_CMD "$bin" --version
+  d=$(mktemp -d /tmp/eddy-smoke.XXXXXX)
+  $XC_RUNNER_CMD "$bin" print-default-config > "$d/eddy.toml"
+  $XC_RUNNER_CMD "$bin" check-config --config "$d/eddy.toml"
+  ( cd "$d" && exec $XC_RUNNER_CMD "$bin" run --config "$d/eddy.toml" ) > "$d/out" 2> "$d/err" &
+  pid=$!
+  sleep "$secs"
+  kill -TERM "$pid"; wait "$pid" || rc=$?
+  echo "--- stdout (last lines)"; tail -n 15 "$d/out"; echo "--- stderr (last lines)"; tail -n 5 "$d/err"
+  [ "$rc" = 0 ] || die "eddy run exited $rc after SIGTERM ($d)"
+  grep -q '^type=' "$d/out" || die "eddy run printed no result in ${secs}s ($d)"
+  grep -q 'eddy stopped cleanly' "$d/err" || die "eddy run did not drain and stop cleanly ($d)"
+  echo "smoke $t: ok (results: $(grep -c '^type=batch' "$d/out") batches, $(grep -c '^type=window' "$d/out") windows; exit 0 after SIGTERM)"
+  rm -rf "$d"
 }
 
 cmd=${1:-}; shift || true
@@ -117,7 +189,7 @@ case $cmd in
     t=$1; shift
     xc_cargo build "$t" --release --locked -p eddy --bin eddy "$@"
     bin=$CARGO_TARGET_DIR/$t/release/eddy
-    file "$bin"
+    file -L "$bin"
     echo "size: $(stat -c %s "$bin") bytes ($bin)"
     ;;
   test)
@@ -136,7 +208,7 @@ case $cmd in
     ;;
   deb)
     [ $# -ge 1 ] || die "usage: $0 deb TARGET (after build TARGET)"
-    t=$1
+    t=$1; no_musl "$t"
     [ -x "$CARGO_TARGET_DIR/$t/release/eddy" ] || die "build it first: $0 build $t"
     # --no-build: the binary above; --no-strip: the release profile strips already (and the
     # host's strip does not know ARM). cargo-deb maps the triple to the Debian architecture.
@@ -147,7 +219,7 @@ case $cmd in
     ;;
   deb-test)
     [ $# -ge 1 ] || die "usage: $0 deb-test TARGET (after build TARGET)"
-    t=$1
+    t=$1; no_musl "$t"
     [ -x "$CARGO_TARGET_DIR/$t/release/eddy" ] || die "build it first: $0 build $t"
     a=$(deb_arch "$t")
     binfmt
@@ -163,6 +235,10 @@ case $cmd in
     EDDY_NSPAWN_ARCH=$a EDDY_NSPAWN_DEBS="$d/eddy_1.deb $d/eddy_2.deb" scripts/nspawn-test.sh
     ;;
   binfmt) binfmt ;;
+  smoke)
+    [ $# -ge 1 ] || die "usage: $0 smoke TARGET (after build TARGET)"
+    smoke "$1"
+    ;;
   size)
     [ $# -ge 1 ] || die "usage: $0 size TARGET"
     stat -c %s "$CARGO_TARGET_DIR/$1/release/eddy"
@@ -170,9 +246,10 @@ case $cmd in
   env)
     [ $# -ge 1 ] || die "usage: $0 env TARGET"
     xc_env "$1"
-    env | grep -E '^(RUSTC|RUSTDOC|CARGO|RUSTC_BOOTSTRAP|CARGO_TARGET_[A-Z0-9_]+|CC_[a-z0-9_]+|AR_[a-z0-9_]+)=' \
+    env | grep -E '^(RUSTC|RUSTDOC|CARGO|RUSTC_BOOTSTRAP|CARGO_ZIGBUILD_PYTHON_PATH|CARGO_TARGET_[A-Z0-9_]+|CC_[a-z0-9_]+|AR_[a-z0-9_]+)=' \
       | sed "s/^\([^=]*\)=\(.*\)$/export \1='\2'/"
     echo "# extra cargo flags: ${BUILD_STD[*]:-none}"
+    if [ "$XC_ZIG" = 1 ]; then echo "# cargo: $XC_HOME/bin/cargo-zigbuild zigbuild|test --target $1"; fi
     ;;
-  *) sed -n '2,29p' "$0"; exit 2 ;;
+  *) sed -n '2,36p' "$0"; exit 2 ;;
 esac
