@@ -56,7 +56,8 @@ pub(crate) struct EngineCounters {
     #[serde(default)]
     pub(crate) result_latency_count: u64,
     /// From the reading that closed a window to its result committed in the outbox: the fine
-    /// bucket bound of the median and of the 99th percentile, and the maximum, ms.
+    /// bucket bound of the median and of the 99th percentile (at most the maximum), and the
+    /// maximum, ms.
     #[serde(default)]
     pub(crate) result_p50_ms: Option<f64>,
     #[serde(default)]
@@ -414,8 +415,8 @@ impl FineHistogram {
         HistogramSnapshot { buckets, sum_micros: self.sum_micros.load(Ordering::Relaxed) }
     }
 
-    /// The fine bucket bound under which `q` (0..1) of the observations fall, ms (None: no
-    /// observation; past the largest bound: the maximum).
+    /// The fine bucket bound under which `q` (0..1) of the observations fall, never more than
+    /// the maximum, ms (None: no observation; past the largest bound: the maximum).
     pub(crate) fn quantile_ms(&self, q: f64) -> Option<f64> {
         let counts: Vec<u64> = self.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).collect();
         let total: u64 = counts.iter().sum();
@@ -427,9 +428,8 @@ impl FineHistogram {
             seen += count;
             #[allow(clippy::cast_precision_loss)]
             if seen as f64 >= q * total as f64 {
-                return Some(
-                    FINE_BOUNDS.get(idx).map_or_else(|| self.max_ms().unwrap_or(0.0), |bound| bound * 1000.0),
-                );
+                let max = self.max_ms().unwrap_or(0.0);
+                return Some(FINE_BOUNDS.get(idx).map_or(max, |bound| (bound * 1000.0).min(max)));
             }
         }
         self.max_ms()
@@ -861,7 +861,7 @@ mod tests {
         histogram.observe_n(Duration::from_secs(1), 0);
         assert_eq!(histogram.quantile_ms(0.5), Some(2.0));
         assert_eq!(histogram.quantile_ms(0.99), Some(7.0));
-        assert_eq!(histogram.quantile_ms(1.0), Some(50.0));
+        assert_eq!(histogram.quantile_ms(1.0), Some(40.0), "the bound, capped by the maximum");
         assert_eq!(histogram.max_ms(), Some(40.0));
         let coarse = histogram.snapshot();
         assert_eq!(coarse.count(), 100);
