@@ -640,7 +640,9 @@ impl Engine {
                     clock.last_seen_ms().map_or(i64::MIN, |seen_ms| seen_ms.saturating_add(self.idle_ms));
                 due_ms = due_ms.min(idle_at);
             }
-            if let Some(forget_ms) = self.forget_ms {
+            // While entries are still to be restored, a sensor's entries may be in part only,
+            // and no forget deadline comes before the unloaded ones' (see `advance`).
+            if let Some(forget_ms) = self.forget_ms.filter(|_| self.unloaded_due_ms.is_none()) {
                 let seen_ms = self
                     .windows
                     .iter()
@@ -840,8 +842,13 @@ impl Engine {
         if out.len() > first_output {
             self.meta_dirty = true;
         }
+        // Not while entries are still to be restored: forgetting judges all of a sensor's
+        // entries at once, and a sensor may have some restored and not others. Nothing is due
+        // then anyway: every stored sensor was last seen before the restart and every sensor
+        // seen since after it, so no forget deadline comes before `unloaded_due_ms`, which
+        // `needs_all_state` keeps ahead of the clock.
         if let Some(forget_ms) = self.forget_ms {
-            if now_ms >= self.forget_due_ms {
+            if now_ms >= self.forget_due_ms && self.unloaded_due_ms.is_none() {
                 self.forget_idle(now_ms, forget_ms);
             }
         }

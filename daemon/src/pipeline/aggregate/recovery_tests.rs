@@ -168,6 +168,41 @@ fn stored(store: &Store) -> (Vec<(u64, String, String, Vec<u8>)>, Vec<(Vec<u8>, 
     (outbox, state)
 }
 
+/// The first difference between the lazy store's contents and the eager one's, readable.
+fn difference(lazy: &Store, eager: &Store) -> Option<String> {
+    let ((lazy_outbox, lazy_state), (eager_outbox, eager_state)) = (stored(lazy), stored(eager));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    for idx in 0..lazy_outbox.len().max(eager_outbox.len()) {
+        let (lazy_entry, eager_entry) = (lazy_outbox.get(idx), eager_outbox.get(idx));
+        if lazy_entry != eager_entry {
+            let show = |entry: Option<&(u64, String, String, Vec<u8>)>| {
+                entry.map(|(seq, _, _, payload)| format!("{seq} {}", text(payload)))
+            };
+            return Some(format!(
+                "outbox entry {idx} of {}/{}: lazy {:?}, eager {:?}",
+                lazy_outbox.len(),
+                eager_outbox.len(),
+                show(lazy_entry),
+                show(eager_entry)
+            ));
+        }
+    }
+    for idx in 0..lazy_state.len().max(eager_state.len()) {
+        let (lazy_entry, eager_entry) = (lazy_state.get(idx), eager_state.get(idx));
+        if lazy_entry != eager_entry {
+            let show = |entry: Option<&(Vec<u8>, Vec<u8>)>| entry.map(|(key, value)| (text(key), value.clone()));
+            return Some(format!(
+                "state entry {idx} of {}/{}: lazy {:?}, eager {:?}",
+                lazy_state.len(),
+                eager_state.len(),
+                show(lazy_entry),
+                show(eager_entry)
+            ));
+        }
+    }
+    None
+}
+
 fn lazy_and_eager_restarts_agree(
     before: &[(Input, usize)],
     after: &[(Input, usize)],
@@ -195,14 +230,14 @@ fn lazy_and_eager_restarts_agree(
         feed(&mut lazy, after, &mut lazy_clock_ms, &mut lazy_key).await;
         let (mut eager_clock_ms, mut eager_key) = (clock_ms, key);
         feed(&mut eager, after, &mut eager_clock_ms, &mut eager_key).await;
-        prop_assert_eq!(stored(&lazy_store), stored(&eager_store), "lazily: {}", lazily);
+        prop_assert_eq!(difference(&lazy_store, &eager_store), None, "lazily: {}", lazily);
         // And once the lazy one has the rest, a further commit changes nothing of that.
         lazy.load_pages(usize::MAX).unwrap();
         prop_assert!(!lazy.is_loading());
         prop_assert_eq!(lazy.engine.stats(), eager.engine.stats());
         lazy.commit().await.unwrap();
         eager.commit().await.unwrap();
-        prop_assert_eq!(stored(&lazy_store), stored(&eager_store));
+        prop_assert_eq!(difference(&lazy_store, &eager_store), None);
         Ok(())
     })
 }
@@ -239,10 +274,6 @@ fn a_restart_with_a_state_index_loads_pages_lazily() {
         drop(first);
         let restarted = recover(&store, true);
         assert!(restarted.is_loading());
-        assert!(
-            restarted.n_unloaded_pages + 1 >= usize::from(STATE_PAGES) - 1,
-            "{}",
-            restarted.n_unloaded_pages
-        );
+        assert_eq!(restarted.n_unloaded_pages, usize::from(STATE_PAGES) - 1, "only the meta page loads");
     });
 }
