@@ -415,6 +415,11 @@ impl Engine {
         if let Some(forget_ms) = self.forget_ms {
             if !readings.is_empty() {
                 self.forget_due_ms = self.forget_due_ms.min(ingest_ms.saturating_add(forget_ms));
+                // Forgetting waits for the full load (see `advance`): a sensor seen now must
+                // not be due before the rest is loaded.
+                if let Some(due_ms) = &mut self.unloaded_due_ms {
+                    *due_ms = (*due_ms).min(ingest_ms.saturating_add(forget_ms));
+                }
             }
         }
         for reading in readings {
@@ -844,9 +849,9 @@ impl Engine {
         }
         // Not while entries are still to be restored: forgetting judges all of a sensor's
         // entries at once, and a sensor may have some restored and not others. Nothing is due
-        // then anyway: every stored sensor was last seen before the restart and every sensor
-        // seen since after it, so no forget deadline comes before `unloaded_due_ms`, which
-        // `needs_all_state` keeps ahead of the clock.
+        // then anyway: `unloaded_due_ms`, which `needs_all_state` keeps ahead of the clock, is
+        // at most every stored sensor's forget deadline (`state_due_ms`) and every sensor's
+        // seen since the restart (`apply_chunk` lowers it).
         if let Some(forget_ms) = self.forget_ms {
             if now_ms >= self.forget_due_ms && self.unloaded_due_ms.is_none() {
                 self.forget_idle(now_ms, forget_ms);

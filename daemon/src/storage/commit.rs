@@ -369,8 +369,13 @@ impl Store {
 
     /// The batch pages of the current state index, if the last commit wrote one.
     fn prior_batch_pages(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        // Read without counting: an undecodable value was counted at load already.
+        let meta = |key: &[u8]| -> Result<Option<u64>, StoreError> {
+            let value = self.main.get(key).map_err(io("meta read"))?;
+            Ok(value.and_then(|bytes| <[u8; 8]>::try_from(&*bytes).ok()).map(u64::from_be_bytes))
+        };
         let (Some(log_pos), Some(next_seq), Some(clock_ms)) =
-            (self.meta_u64(META_LOG_POS)?, self.meta_u64(META_NEXT_SEQ)?, self.meta_u64(META_CLOCK)?)
+            (meta(META_LOG_POS)?, meta(META_NEXT_SEQ)?, meta(META_CLOCK)?)
         else {
             return Ok(None);
         };
