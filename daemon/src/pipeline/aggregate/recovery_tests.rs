@@ -190,7 +190,8 @@ fn difference(lazy: &Store, eager: &Store) -> Option<String> {
     for idx in 0..lazy_state.len().max(eager_state.len()) {
         let (lazy_entry, eager_entry) = (lazy_state.get(idx), eager_state.get(idx));
         if lazy_entry != eager_entry {
-            let show = |entry: Option<&(Vec<u8>, Vec<u8>)>| entry.map(|(key, value)| (text(key), value.clone()));
+            let show =
+                |entry: Option<&(Vec<u8>, Vec<u8>)>| entry.map(|(key, value)| (text(key), value.clone()));
             return Some(format!(
                 "state entry {idx} of {}/{}: lazy {:?}, eager {:?}",
                 lazy_state.len(),
