@@ -41,6 +41,9 @@ pub struct StateIndex {
     pub due_ms: i64,
 }
 
+/// One stored engine state entry: its key and value.
+pub type StateEntry = (Vec<u8>, Vec<u8>);
+
 /// A change to one engine state entry: its key and the new value, or `None` to delete it.
 pub type StateChange = (Vec<u8>, Option<Vec<u8>>);
 
@@ -200,7 +203,7 @@ impl Store {
     /// The engine state entries of `pages`, page by page. An undecodable page is skipped,
     /// counted and reported (the engine then starts without its entries; the next commit that
     /// touches the page rebuilds it from what the engine has).
-    pub fn load_state_pages(&self, pages: &[u16]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn load_state_pages(&self, pages: &[u16]) -> Result<Vec<StateEntry>, StoreError> {
         let mut entries = Vec::new();
         for page in pages {
             let key = prefixed(STATE, &page.to_be_bytes());

@@ -63,7 +63,7 @@ pub use crate::storage::budget::{
 };
 pub use crate::storage::commit::{
     mark_changes_by_page, state_page_of, Commit, EngineSnapshot, MarkChange, MarkPageChange, RawCommit,
-    SealedPage, StateChange, StateIndex,
+    SealedPage, StateChange, StateEntry, StateIndex,
 };
 pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX_BYTES};
 pub use crate::storage::delivered::Delivered;

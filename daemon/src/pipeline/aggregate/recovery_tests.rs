@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use crate::engine::{Aggregate, EngineSpec, TimeDomain, WindowSpec};
 use crate::pipeline::aggregate::Aggregator;
 use crate::stats::AggregateStats;
-use crate::storage::{Lane, LogChunk, Store, STATE_PAGES};
+use crate::storage::{Lane, LogChunk, StateEntry, Store, STATE_PAGES};
 
 const BATCH_INTERVAL_MS: i64 = 1_000;
 const FIRST_INGEST_MS: i64 = 1_700_000_000_000;
@@ -156,7 +156,10 @@ fn recover(store: &Store, lazy: bool) -> Aggregator {
 }
 
 /// The outbox and the stored state of `store`.
-fn stored(store: &Store) -> (Vec<(u64, String, String, Vec<u8>)>, Vec<(Vec<u8>, Vec<u8>)>) {
+/// Outbox entries as compared: seq, kind, group, payload.
+type OutboxEntries = Vec<(u64, String, String, Vec<u8>)>;
+
+fn stored(store: &Store) -> (OutboxEntries, Vec<StateEntry>) {
     let outbox = store
         .read_lane_after(Lane::Results, 0, usize::MAX)
         .unwrap()
