@@ -238,6 +238,9 @@ pub struct Engine {
     tombstone_order: BTreeSet<(i64, Arc<str>)>,
     /// Tombstones written since the last `take_dirty` (a removed one has its delete pending).
     tombstones_dirty: Vec<Arc<str>>,
+    /// Some while stored entries are still to be restored ([`Engine::restore_more`]): a lower
+    /// bound of the processing time at which any of them may be closed, released or forgotten.
+    unloaded_due_ms: Option<i64>,
 }
 
 /// How [`SensorTable::intern`] found a name.
@@ -286,6 +289,55 @@ impl SensorTable {
         let pos = self.sorted.partition_point(|&other| names[other] < *name);
         self.sorted.insert(pos, sensor);
         (sensor, is_new)
+    }
+
+    /// Like [`SensorTable::intern`], but appends to `sorted` without keeping it in order: a
+    /// restore interns every stored sensor in page (hash) order, where an ordered insert
+    /// each time moved half the table (quadratic: ~1 s for 100,000 sensors). The restore
+    /// calls [`SensorTable::sort`] once at the end of each part.
+    fn intern_unsorted(&mut self, name: &str) -> (usize, Interned) {
+        if let Some(&sensor) = self.index.get(name) {
+            return (sensor, Interned::Known);
+        }
+        let name: Arc<str> = Arc::from(name);
+        let (sensor, is_new) = match self.free.pop() {
+            Some(sensor) => {
+                self.names[sensor] = name.clone();
+                (sensor, Interned::Reused)
+            }
+            None => {
+                self.names.push(name.clone());
+                (self.names.len() - 1, Interned::New)
+            }
+        };
+        self.index.insert(name, sensor);
+        self.sorted.push(sensor);
+        (sensor, is_new)
+    }
+
+    /// Puts `sorted` back in sensor id order after [`SensorTable::intern_unsorted`], whose
+    /// appends start at `sorted_len`: sorts those and merges them in, so that a restore in
+    /// many parts costs a merge per part, not a sort of every sensor.
+    fn sort(&mut self, sorted_len: usize) {
+        let names = &self.names;
+        let mut appended = self.sorted.split_off(sorted_len.min(self.sorted.len()));
+        if appended.is_empty() {
+            return;
+        }
+        appended.sort_unstable_by(|a, b| names[*a].cmp(&names[*b]));
+        let before = std::mem::take(&mut self.sorted);
+        let mut merged = Vec::with_capacity(before.len() + appended.len());
+        let (mut before, mut appended) = (before.into_iter().peekable(), appended.into_iter().peekable());
+        while let (Some(old), Some(new)) = (before.peek(), appended.peek()) {
+            if names[*old] <= names[*new] {
+                merged.extend(before.next());
+            } else {
+                merged.extend(appended.next());
+            }
+        }
+        merged.extend(before);
+        merged.extend(appended);
+        self.sorted = merged;
     }
 
     /// Frees the indexes of `forgotten` (their names stay until the index is reused).
@@ -347,6 +399,7 @@ impl Engine {
             tombstones: HashMap::new(),
             tombstone_order: BTreeSet::new(),
             tombstones_dirty: Vec::new(),
+            unloaded_due_ms: None,
         }
     }
 
@@ -362,6 +415,11 @@ impl Engine {
         if let Some(forget_ms) = self.forget_ms {
             if !readings.is_empty() {
                 self.forget_due_ms = self.forget_due_ms.min(ingest_ms.saturating_add(forget_ms));
+                // Forgetting waits for the full load (see `advance`): a sensor seen now must
+                // not be due before the rest is loaded.
+                if let Some(due_ms) = &mut self.unloaded_due_ms {
+                    *due_ms = (*due_ms).min(ingest_ms.saturating_add(forget_ms));
+                }
             }
         }
         for reading in readings {
@@ -492,11 +550,23 @@ impl Engine {
         entries: I,
     ) -> (Engine, RestoreReport) {
         let mut engine = Engine::new(spec);
+        let report = engine.restore_more(entries);
+        (engine, report)
+    }
+
+    /// Restores more stored entries into an engine restored in parts (a lazy restart; see
+    /// ARCHITECTURE.md, "Recovery"). Each stored entry must come exactly once, the meta entry
+    /// ([`Engine::meta_state_key`]) and every micro-batch entry with the first part, and a
+    /// sensor's entries ([`Engine::state_keys_of`]) before any reading of that sensor is
+    /// applied; then the engine emits exactly what one restored from every entry at once
+    /// would, as long as no advance reaches [`Engine::needs_all_state`] before the rest is in.
+    pub fn restore_more<I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>>(&mut self, entries: I) -> RestoreReport {
         let mut report = RestoreReport::default();
+        let sorted_len = self.sensors.sorted.len();
         // Batch entries wait until all are read: only the latest batch can be open.
         let mut batches = Vec::new();
         for (key, value) in entries {
-            match engine.restore_entry(&key, &value, &mut batches) {
+            match self.restore_entry(&key, &value, &mut batches) {
                 Ok(true) => report.loaded += 1,
                 Ok(false) => {}
                 Err(reason) => report.skipped.push((key, reason)),
@@ -506,7 +576,7 @@ impl Engine {
             batches.iter().map(|(_, _, stored): &(_, _, state::BatchSensorV2)| stored.batch).max();
         for (key, sensor, stored) in batches {
             if Some(stored.batch) == open_batch {
-                match engine.batch.restore_sensor(sensor, stored) {
+                match self.batch.restore_sensor(sensor, stored) {
                     Ok(()) => report.loaded += 1,
                     Err(reason) => report.skipped.push((key, reason)),
                 }
@@ -516,12 +586,82 @@ impl Engine {
                     .push((key, format!("micro-batch {} is older than the open one", stored.batch)));
             }
         }
-        engine.pending_deletes = report.skipped.iter().map(|(key, _)| key.clone()).collect();
+        self.sensors.sort(sorted_len);
+        self.pending_deletes.extend(report.skipped.iter().map(|(key, _)| key.clone()));
         // The next advance scans once and finds the true forget deadline.
-        if engine.forget_ms.is_some() && (engine.sensors.len() > 0 || !engine.tombstones.is_empty()) {
-            engine.forget_due_ms = i64::MIN;
+        if self.forget_ms.is_some() && (self.sensors.len() > 0 || !self.tombstones.is_empty()) {
+            self.forget_due_ms = i64::MIN;
         }
-        (engine, report)
+        report
+    }
+
+    /// Declares that stored entries are still to be restored, none of which may be closed,
+    /// released or forgotten before `due_ms` (what [`Engine::state_due_ms`] gave at the commit
+    /// that stored them); `None`: every entry is restored.
+    pub fn set_unloaded(&mut self, due_ms: Option<i64>) {
+        self.unloaded_due_ms = due_ms;
+    }
+
+    /// Whether stored entries are still to be restored.
+    pub fn is_partial(&self) -> bool {
+        self.unloaded_due_ms.is_some()
+    }
+
+    /// Whether advancing the processing clock to `now_ms` may need entries not restored yet:
+    /// then restore them all first.
+    pub fn needs_all_state(&self, now_ms: i64) -> bool {
+        self.unloaded_due_ms.is_some_and(|due_ms| now_ms >= due_ms)
+            && self.clock_ms.is_none_or(|clock_ms| now_ms > clock_ms)
+    }
+
+    /// The key of the engine-wide entry, to be restored first.
+    pub fn meta_state_key() -> &'static [u8] {
+        state::META_KEY
+    }
+
+    /// Every key under which sensor `sensor`'s state may be stored, for the configured windows.
+    pub fn state_keys_of(&self, sensor: &str) -> Vec<Vec<u8>> {
+        let mut keys =
+            vec![state::batch_key(sensor), state::sensor_clock_key(sensor), state::tombstone_key(sensor)];
+        keys.extend(self.windows.iter().map(|window_set| state::window_key(window_set.name(), sensor)));
+        keys
+    }
+
+    /// A lower bound of the processing time at which an advance may close, release or forget
+    /// anything beyond the micro-batch (`i64::MAX`: nothing pending), over every sensor (a
+    /// pass over all of them: per commit) and the entries not restored yet. Stored with each
+    /// commit, it tells a restart how long the state it has not loaded may wait.
+    pub fn state_due_ms(&self) -> i64 {
+        let mut due_ms = self.unloaded_due_ms.unwrap_or(i64::MAX);
+        for &sensor in &self.sensors.sorted {
+            for window_set in &self.windows {
+                if let Some(window_due_ms) = window_set.sensor_due_ms(sensor) {
+                    due_ms = due_ms.min(window_due_ms);
+                }
+            }
+            let clock = &self.sensor_clocks[sensor];
+            if clock.n_held() > 0 {
+                let idle_at =
+                    clock.last_seen_ms().map_or(i64::MIN, |seen_ms| seen_ms.saturating_add(self.idle_ms));
+                due_ms = due_ms.min(idle_at);
+            }
+            // While entries are still to be restored, a sensor's entries may be in part only,
+            // and no forget deadline comes before the unloaded ones' (see `advance`).
+            if let Some(forget_ms) = self.forget_ms.filter(|_| self.unloaded_due_ms.is_none()) {
+                let seen_ms = self
+                    .windows
+                    .iter()
+                    .filter_map(|window_set| window_set.last_activity_ms(sensor))
+                    .chain(clock.last_seen_ms())
+                    .max()
+                    .unwrap_or(i64::MIN);
+                due_ms = due_ms.min(seen_ms.saturating_add(forget_ms));
+            }
+        }
+        if let (Some(forget_ms), Some((forgotten_ms, _))) = (self.forget_ms, self.tombstone_order.first()) {
+            due_ms = due_ms.min(forgotten_ms.saturating_add(forget_ms));
+        }
+        due_ms
     }
 
     /// Counters and gauges.
@@ -707,8 +847,13 @@ impl Engine {
         if out.len() > first_output {
             self.meta_dirty = true;
         }
+        // Not while entries are still to be restored: forgetting judges all of a sensor's
+        // entries at once, and a sensor may have some restored and not others. Nothing is due
+        // then anyway: `unloaded_due_ms`, which `needs_all_state` keeps ahead of the clock, is
+        // at most every stored sensor's forget deadline (`state_due_ms`) and every sensor's
+        // seen since the restart (`apply_chunk` lowers it).
         if let Some(forget_ms) = self.forget_ms {
-            if now_ms >= self.forget_due_ms {
+            if now_ms >= self.forget_due_ms && self.unloaded_due_ms.is_none() {
                 self.forget_idle(now_ms, forget_ms);
             }
         }
@@ -720,8 +865,10 @@ impl Engine {
     }
 
     /// The sensor index of `name`, creating it.
+    /// Only for a restore, which sorts the table once at the end (see
+    /// [`SensorTable::intern_unsorted`]).
     fn intern_sensor(&mut self, name: &str) -> usize {
-        let (sensor, interned) = self.sensors.intern(&Arc::from(name));
+        let (sensor, interned) = self.sensors.intern_unsorted(name);
         if interned == Interned::New {
             self.push_sensor();
         }

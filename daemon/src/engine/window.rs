@@ -333,6 +333,18 @@ impl WindowSet {
         self.sensors[sensor].last_activity_ms
     }
 
+    /// A lower bound of the processing time at which [`Self::advance`] may close a window of
+    /// sensor `sensor` (None: it has none open). The same rules as `advance`, for one sensor.
+    pub(crate) fn sensor_due_ms(&self, sensor: usize) -> Option<i64> {
+        let state = &self.sensors[sensor];
+        let oldest = state.open.first()?;
+        Some(if self.shape.processing_time {
+            oldest.start_ms.saturating_add(self.shape.length_ms)
+        } else {
+            state.last_activity_ms.map_or(i64::MIN, |last| last.saturating_add(self.shape.idle_ms))
+        })
+    }
+
     /// Whether sensor `sensor` has an open window.
     pub(crate) fn has_open(&self, sensor: usize) -> bool {
         !self.sensors[sensor].open.is_empty()

@@ -2,6 +2,9 @@
 //! then runs the engine on durable chunks and commits results, state and log position
 //! atomically every `checkpoint_interval`.
 
+#[cfg(test)]
+mod recovery_tests;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,14 +13,14 @@ use std::time::{Duration, Instant};
 use eddy_sensors::SensorRegistry;
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::{Engine, EngineSpec, Output};
+use crate::engine::{Engine, EngineSpec, Output, RestoreReport};
 use crate::pipeline::ingest::EngineInput;
 use crate::stats::{
     AggregateStats, Committed, SensorClockStatus, SENSOR_CLOCKS_LISTED, SENSOR_CLOCK_THRESHOLD,
 };
 use crate::storage::{
-    Commit, Lane, LogChunk, MarkChange, OutboxEntry, RawCommit, SealedPage, Store, StoreError,
-    OUTBOX_PAGE_ENTRIES,
+    state_page_of, Commit, Lane, LogChunk, MarkChange, OutboxEntry, RawCommit, SealedPage, Store, StoreError,
+    OUTBOX_PAGE_ENTRIES, STATE_PAGES,
 };
 
 /// How many log chunks the replay reads per step.
@@ -32,6 +35,10 @@ const MAX_PENDING_RESULTS: usize = 10_000;
 /// bounds it to about 2 MB (~40 bytes a reading) whatever the rate, and bounds the replay
 /// after a crash too. At realistic gateway rates the interval comes first.
 const MAX_UNCOMMITTED_READINGS: usize = 50_000;
+
+/// State pages loaded per step in the background after a lazy restart, between inputs: each
+/// step holds up the next input by about 1/64 of a full restore.
+const BACKGROUND_PAGES: usize = 2;
 
 /// A page's mark changes since the last commit: per slot, nothing, a new value, or a forget.
 type MarkPageDelta = [Option<Option<u64>>; 256];
@@ -84,11 +91,22 @@ pub(crate) struct Aggregator {
     result_commit_delay: Option<Duration>,
     /// When the oldest uncommitted window result is due to be committed.
     results_due: Option<tokio::time::Instant>,
+    /// State pages not loaded yet after a lazy restart (see [`Aggregator::recover`]).
+    unloaded_pages: Vec<bool>,
+    n_unloaded_pages: usize,
+    /// When the recovery started, for the log line once every page is in.
+    recovery_started: Instant,
 }
 
 impl Aggregator {
     /// Restores the engine from the store's last commit. Returns the aggregator and the
     /// receiver on which sinks learn the last committed outbox seq.
+    ///
+    /// Lazily when the last commit wrote a state index: only the page of the engine-wide entry
+    /// and the pages holding micro-batch entries are loaded here; before a chunk is applied the
+    /// pages of its sensors are ([`Aggregator::load_state_for`]), and the rest a few at a time
+    /// between inputs, or all at once when the processing clock reaches the index's deadline.
+    /// Without an index (a store written by an older build) every page is loaded here.
     pub(crate) fn recover(
         store: Store,
         spec: Arc<EngineSpec>,
@@ -96,26 +114,65 @@ impl Aggregator {
         cursors: Arc<Vec<AtomicU64>>,
         stats: Arc<AggregateStats>,
     ) -> Result<(Aggregator, watch::Receiver<Committed>), StoreError> {
-        let snapshot = store.load_engine()?;
-        let n_entries = snapshot.entries.len();
-        let (engine, report) = Engine::restore(spec.clone(), snapshot.entries);
-        for (key, reason) in &report.skipped {
-            tracing::error!(key = %String::from_utf8_lossy(key), %reason, "Skipped an engine state entry.");
+        Aggregator::recover_with(store, spec, checkpoint_interval, cursors, stats, true)
+    }
+
+    /// [`Aggregator::recover`], loading every state page at once unless `lazy`.
+    pub(crate) fn recover_with(
+        store: Store,
+        spec: Arc<EngineSpec>,
+        checkpoint_interval: Duration,
+        cursors: Arc<Vec<AtomicU64>>,
+        stats: Arc<AggregateStats>,
+        lazy: bool,
+    ) -> Result<(Aggregator, watch::Receiver<Committed>), StoreError> {
+        let started = Instant::now();
+        let (snapshot, index) = store.load_engine_meta()?;
+        let mut unloaded_pages = vec![true; usize::from(STATE_PAGES)];
+        let first_pages: Vec<u16> = match index.as_ref().filter(|_| lazy) {
+            Some(index) => {
+                let mut pages = index.batch_pages.clone();
+                pages.push(state_page_of(Engine::meta_state_key()));
+                pages.sort_unstable();
+                pages.dedup();
+                pages
+            }
+            None => (0..STATE_PAGES).collect(),
+        };
+        for page in &first_pages {
+            unloaded_pages[usize::from(*page)] = false;
         }
+        let n_unloaded_pages = unloaded_pages.iter().filter(|unloaded| **unloaded).count();
+        let entries = store.load_state_pages(&first_pages)?;
+        let load_ms = started.elapsed().as_millis();
+        let n_entries = entries.len();
+        let mut engine = Engine::new(spec.clone());
+        let report = engine.restore_more(entries);
+        if n_unloaded_pages > 0 {
+            engine.set_unloaded(index.as_ref().map(|index| index.due_ms));
+        }
+        let restore_ms = started.elapsed().as_millis() - load_ms;
+        log_skipped(&report);
         tracing::info!(
             entries = n_entries,
+            pages = first_pages.len(),
+            pages_later = n_unloaded_pages,
             open_keys = engine.stats().open_keys,
             loaded = report.loaded,
             skipped = report.skipped.len(),
             log_pos = snapshot.log_pos,
             next_seq = snapshot.next_seq,
+            load_ms,
+            restore_ms,
             "Engine state restored."
         );
         let (committed, committed_rx) =
             watch::channel(Committed { results: snapshot.next_seq - 1, raw: snapshot.next_raw_seq - 1 });
         publish_outliers(&engine, &stats);
-        publish_sensor_clocks(&engine, &stats);
-        publish_state_size(&engine, &stats);
+        if !engine.is_partial() {
+            publish_sensor_clocks(&engine, &stats);
+            publish_state_size(&engine, &stats);
+        }
         Ok((
             Aggregator {
                 store,
@@ -146,9 +203,82 @@ impl Aggregator {
                 closed_since_commit: Vec::new(),
                 result_commit_delay: None,
                 results_due: None,
+                unloaded_pages,
+                n_unloaded_pages,
+                recovery_started: started,
             },
             committed_rx,
         ))
+    }
+
+    /// Whether state pages are still to be loaded.
+    pub(crate) fn is_loading(&self) -> bool {
+        self.n_unloaded_pages > 0
+    }
+
+    /// The hook before a chunk is applied (live or replayed): loads the state pages its
+    /// readings' sensors may be stored in, or every page left when the chunk's advance may
+    /// close, release or forget state not loaded yet.
+    fn load_state_for(&mut self, chunk: &LogChunk) -> Result<(), StoreError> {
+        if self.n_unloaded_pages == 0 || chunk.ingest_ms == i64::MIN {
+            return Ok(());
+        }
+        if self.engine.needs_all_state(chunk.ingest_ms) {
+            return self.load_pages(usize::MAX);
+        }
+        let mut pages = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for reading in &chunk.readings {
+            if !seen.insert(&reading.sensor) {
+                continue;
+            }
+            for key in self.engine.state_keys_of(&reading.sensor) {
+                let page = state_page_of(&key);
+                if self.unloaded_pages[usize::from(page)] {
+                    self.unloaded_pages[usize::from(page)] = false;
+                    pages.push(page);
+                }
+            }
+        }
+        self.restore_pages(&pages)
+    }
+
+    /// Loads up to `n_pages` of the pages left, in page order.
+    fn load_pages(&mut self, n_pages: usize) -> Result<(), StoreError> {
+        let mut pages = Vec::new();
+        for (page, unloaded) in (0..STATE_PAGES).zip(self.unloaded_pages.iter_mut()) {
+            if pages.len() == n_pages {
+                break;
+            }
+            if *unloaded {
+                *unloaded = false;
+                pages.push(page);
+            }
+        }
+        self.restore_pages(&pages)
+    }
+
+    /// Restores the entries of `pages` (already marked loaded) into the engine.
+    fn restore_pages(&mut self, pages: &[u16]) -> Result<(), StoreError> {
+        if pages.is_empty() {
+            return Ok(());
+        }
+        let entries = self.store.load_state_pages(pages)?;
+        let report = self.engine.restore_more(entries);
+        log_skipped(&report);
+        self.n_unloaded_pages -= pages.len();
+        if self.n_unloaded_pages == 0 {
+            self.engine.set_unloaded(None);
+            publish_sensor_clocks(&self.engine, &self.stats);
+            publish_state_size(&self.engine, &self.stats);
+            tracing::info!(
+                open_keys = self.engine.stats().open_keys,
+                sensors = self.engine.stats().sensors,
+                elapsed_ms = self.recovery_started.elapsed().as_millis(),
+                "Engine state loaded in full."
+            );
+        }
+        Ok(())
     }
 
     /// Also writes every reading to the raw lane of the outbox (`forward_raw`), trimmed below
@@ -213,6 +343,7 @@ impl Aggregator {
             }
             for chunk in chunks.into_iter().take_while(|chunk| chunk.key <= through) {
                 n_chunks += 1;
+                self.load_state_for(&chunk)?;
                 self.apply_chunk(&chunk);
                 self.seal_full_pages()?;
             }
@@ -255,6 +386,7 @@ impl Aggregator {
                 input = rx.recv() => match input {
                     Some(EngineInput::Chunk(chunk, received)) => {
                         self.stats.inputs_total.fetch_add(1, Ordering::Relaxed);
+                        self.load_state_for(&chunk)?;
                         let closed = self.apply_chunk(&chunk);
                         self.note_closed(received.into_std(), closed);
                         self.seal_full_pages()?;
@@ -270,6 +402,9 @@ impl Aggregator {
                     }
                     Some(EngineInput::Tick { now_ms }) => {
                         self.stats.inputs_total.fetch_add(1, Ordering::Relaxed);
+                        if self.engine.needs_all_state(now_ms) {
+                            self.load_pages(usize::MAX)?;
+                        }
                         self.clock_ms = self.clock_ms.max(now_ms);
                         self.engine.tick(now_ms, &mut self.outputs);
                         publish_outliers(&self.engine, &self.stats);
@@ -281,6 +416,11 @@ impl Aggregator {
                 _ = ticker.tick() => self.commit().await?,
                 () = tokio::time::sleep_until(self.results_due.unwrap_or_else(tokio::time::Instant::now)),
                     if self.results_due.is_some() => self.commit().await?,
+                // No input waiting: load a few more state pages, then let others run.
+                () = std::future::ready(()), if self.is_loading() && rx.is_empty() => {
+                    self.load_pages(BACKGROUND_PAGES)?;
+                    tokio::task::yield_now().await;
+                }
             }
         }
         self.commit().await?;
@@ -432,6 +572,7 @@ impl Aggregator {
             log_pos: self.log_pos,
             next_seq: self.next_seq + n_results,
             clock_ms: self.clock_ms,
+            state_due_ms: Some(self.engine.state_due_ms()),
             marks: std::mem::take(&mut self.pending_marks)
                 .into_iter()
                 .map(|(page, delta)| {
@@ -458,8 +599,10 @@ impl Aggregator {
         for (received, n) in self.closed_since_commit.drain(..) {
             self.stats.result_latency.observe_n(received.elapsed(), n);
         }
-        publish_sensor_clocks(&self.engine, &self.stats);
-        publish_state_size(&self.engine, &self.stats);
+        if !self.engine.is_partial() {
+            publish_sensor_clocks(&self.engine, &self.stats);
+            publish_state_size(&self.engine, &self.stats);
+        }
         // Their state is deleted durably: a restart cannot bring them back, so their ids may
         // count no more.
         if let Some(registry) = &self.sensor_registry {
@@ -502,7 +645,14 @@ impl Aggregator {
     }
 }
 
-/// Publishes how much state the engine holds (per commit and at recovery).
+/// Reports the stored entries a restore skipped (they are deleted by the next commit).
+fn log_skipped(report: &RestoreReport) {
+    for (key, reason) in &report.skipped {
+        tracing::error!(key = %String::from_utf8_lossy(key), %reason, "Skipped an engine state entry.");
+    }
+}
+
+/// Publishes how much state the engine holds (per commit and once every page is loaded).
 fn publish_state_size(engine: &Engine, stats: &AggregateStats) {
     let engine_stats = engine.stats();
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);

@@ -7,8 +7,12 @@ use crate::storage::budget::entry_bytes;
 use crate::storage::stored::{self, OutboxEntryV1Ref};
 use crate::storage::{
     io, prefixed, Lane, OutboxEntry, Store, StoreError, MARKS, META_CLOCK, META_LOG_POS, META_NEXT_RAW_SEQ,
-    META_NEXT_SEQ, OUTBOX, OUTBOX_PAGE_ENTRIES, RAW, STATE, STATE_PAGES,
+    META_NEXT_SEQ, META_STATE_INDEX, OUTBOX, OUTBOX_PAGE_ENTRIES, RAW, STATE, STATE_PAGES,
 };
+
+/// The first byte of the engine's micro-batch keys (`engine/state.rs`): the state index
+/// records which pages hold them. The store knows nothing else of the engine's keys.
+const BATCH_KEY_PREFIX: u8 = b'b';
 
 /// The engine's committed state.
 #[derive(Debug, Default)]
@@ -25,6 +29,20 @@ pub struct EngineSnapshot {
     /// clock, so an NTP step backwards across a restart cannot reopen closed batches.
     pub clock_ms: i64,
 }
+
+/// What the store knows of the state's pages as of the last commit ([`Store::load_engine_meta`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateIndex {
+    /// Pages that may hold micro-batch entries (keys starting with `b`), ascending.
+    pub batch_pages: Vec<u16>,
+    /// A lower bound of the processing time at which the engine may close, release or forget
+    /// anything of its state beyond the micro-batch (`i64::MAX`: nothing pending), as the
+    /// committing aggregator gave it in [`Commit::state_due_ms`].
+    pub due_ms: i64,
+}
+
+/// One stored engine state entry: its key and value.
+pub type StateEntry = (Vec<u8>, Vec<u8>);
 
 /// A change to one engine state entry: its key and the new value, or `None` to delete it.
 pub type StateChange = (Vec<u8>, Option<Vec<u8>>);
@@ -68,6 +86,11 @@ pub struct Commit {
     /// The marks of the log chunks this commit covers, by page, so that they outlive the log's
     /// trim.
     pub marks: Vec<MarkPageChange>,
+    /// A lower bound of the processing time at which the engine state after this commit may
+    /// close, release or forget anything beyond the micro-batch (`i64::MAX`: nothing pending).
+    /// With it the commit writes the state index that lets a restart load state lazily; `None`
+    /// removes the index (the next start loads every page).
+    pub state_due_ms: Option<i64>,
 }
 
 /// Raw readings committed with an engine commit (the raw lane of [`Commit`]).
@@ -127,7 +150,7 @@ fn encode_pages(
 
 /// The state page of an engine key: FNV-1a, which is stable across builds and platforms
 /// (std's hasher is not guaranteed to be).
-fn state_page_of(key: &[u8]) -> u16 {
+pub fn state_page_of(key: &[u8]) -> u16 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key {
         hash ^= u64::from(*byte);
@@ -137,30 +160,106 @@ fn state_page_of(key: &[u8]) -> u16 {
 }
 
 impl Store {
-    /// Loads the engine's last commit.
+    /// Loads the engine's last commit: every state page ([`Store::load_engine_meta`] and
+    /// [`Store::load_state_pages`] of all pages).
     pub fn load_engine(&self) -> Result<EngineSnapshot, StoreError> {
+        let (mut snapshot, _) = self.load_engine_meta()?;
+        snapshot.entries = self.load_state_pages(&(0..STATE_PAGES).collect::<Vec<_>>())?;
+        Ok(snapshot)
+    }
+
+    /// Loads the engine's last commit without its state entries, and the state index if the
+    /// last commit wrote one: which pages to load first (micro-batch entries) and until when
+    /// the others may wait.
+    pub fn load_engine_meta(&self) -> Result<(EngineSnapshot, Option<StateIndex>), StoreError> {
         // The next seqs never fall below what the outbox holds, even if their meta value was
         // unreadable: a new page must never overwrite one a sink has not delivered. An
         // unreadable log position replays the whole log still held (at most the chunks of the
         // last commit, whose trim may not have been flushed, are then counted twice).
-        let mut snapshot = EngineSnapshot {
-            log_pos: self.meta_u64(META_LOG_POS)?.unwrap_or(0),
-            next_seq: self.meta_u64(META_NEXT_SEQ)?.unwrap_or(1).max(self.lane_end(Lane::Results)?),
+        let log_pos = self.meta_u64(META_LOG_POS)?;
+        let next_seq = self.meta_u64(META_NEXT_SEQ)?;
+        let clock_ms = self.meta_u64(META_CLOCK)?;
+        let snapshot = EngineSnapshot {
+            log_pos: log_pos.unwrap_or(0),
+            next_seq: next_seq.unwrap_or(1).max(self.lane_end(Lane::Results)?),
             next_raw_seq: self.meta_u64(META_NEXT_RAW_SEQ)?.unwrap_or(1).max(self.lane_end(Lane::Raw)?),
-            clock_ms: self.meta_u64(META_CLOCK)?.map_or(0, |ms| i64::try_from(ms).unwrap_or(0)),
+            clock_ms: clock_ms.map_or(0, |ms| i64::try_from(ms).unwrap_or(0)),
             entries: Vec::new(),
         };
-        for item in self.main.scan_prefix([STATE]) {
-            let (key, value) = item.map_err(io("state read"))?;
+        let index = match (log_pos, next_seq, clock_ms) {
+            (Some(log_pos), Some(next_seq), Some(clock_ms)) => {
+                self.current_state_index(log_pos, next_seq, clock_ms)?.map(|index| StateIndex {
+                    batch_pages: (0..STATE_PAGES)
+                        .filter(|page| has_page(&index.batch_pages, *page))
+                        .collect(),
+                    due_ms: index.due_ms,
+                })
+            }
+            _ => None,
+        };
+        Ok((snapshot, index))
+    }
+
+    /// The engine state entries of `pages`, page by page. An undecodable page is skipped,
+    /// counted and reported (the engine then starts without its entries; the next commit that
+    /// touches the page rebuilds it from what the engine has).
+    pub fn load_state_pages(&self, pages: &[u16]) -> Result<Vec<StateEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for page in pages {
+            let key = prefixed(STATE, &page.to_be_bytes());
+            let Some(value) = self.main.get(&key).map_err(io("state read"))? else { continue };
             match stored::decode_state_page(&value) {
-                Ok(entries) => snapshot.entries.extend(entries),
+                Ok(page_entries) => entries.extend(page_entries),
                 Err(error) => {
                     self.stats.corrupt_state_pages.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(page = ?&key[1..], %error, "Skipped an undecodable engine state page.");
+                    tracing::error!(page, %error, "Skipped an undecodable engine state page.");
                 }
             }
         }
-        Ok(snapshot)
+        Ok(entries)
+    }
+
+    /// The stored state index, if it was written by the commit whose position, next seq and
+    /// clock are given (the last one): an index left by an earlier commit is stale.
+    fn current_state_index(
+        &self,
+        log_pos: u64,
+        next_seq: u64,
+        clock_ms: u64,
+    ) -> Result<Option<stored::StateIndexV1>, StoreError> {
+        let Some(bytes) = self.main.get(META_STATE_INDEX).map_err(io("state index read"))? else {
+            return Ok(None);
+        };
+        match stored::decode_state_index(&bytes) {
+            Ok(index)
+                if (index.log_pos, index.next_seq, index.clock_ms) == (log_pos, next_seq, clock_ms)
+                    && index.batch_pages.len() == BATCH_PAGE_BYTES =>
+            {
+                Ok(Some(index))
+            }
+            Ok(_) => Ok(None),
+            Err(error) => {
+                self.stats.corrupt_meta.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "Skipped an undecodable engine state index; every page loads at start.");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The pages holding micro-batch entries, read from every page: for a commit when the last
+    /// one left no current index (the first commit after an upgrade or a restore of every
+    /// page). An undecodable page counts as holding some.
+    fn scan_batch_pages(&self) -> Result<Vec<u8>, StoreError> {
+        let mut batch_pages = vec![0; BATCH_PAGE_BYTES];
+        for item in self.main.scan_prefix([STATE]) {
+            let (key, value) = item.map_err(io("state read"))?;
+            let Some(page) = <[u8; 2]>::try_from(&key[1..]).ok().map(u16::from_be_bytes) else { continue };
+            let holds_batch = stored::decode_state_page(&value).map_or(true, |entries| {
+                entries.first().is_some_and(|(key, _)| key.first() == Some(&BATCH_KEY_PREFIX))
+            });
+            set_page(&mut batch_pages, page, holds_batch);
+        }
+        Ok(batch_pages)
     }
 
     /// Encodes a page of at most [`OUTBOX_PAGE_ENTRIES`] outbox entries for a later commit.
@@ -196,7 +295,34 @@ impl Store {
                 encode_pages(&mut batch, RAW, &[], &raw.entries, raw.next_raw_seq, commit.clock_ms)?;
             batch.insert(META_NEXT_RAW_SEQ, &raw.next_raw_seq.to_be_bytes());
         }
-        self.write_state_pages(&commit.state, &mut batch)?;
+        // Before the state pages are written: the index is checked against the last commit.
+        let prior_index = match commit.state_due_ms {
+            Some(_) => self.prior_batch_pages()?,
+            None => None,
+        };
+        let touched = self.write_state_pages(&commit.state, &mut batch)?;
+        match commit.state_due_ms {
+            Some(due_ms) => {
+                let mut batch_pages = match prior_index {
+                    Some(batch_pages) => batch_pages,
+                    None => self.scan_batch_pages()?,
+                };
+                for (page, holds_batch) in touched {
+                    set_page(&mut batch_pages, page, holds_batch);
+                }
+                let index = stored::StateIndexV1 {
+                    log_pos: commit.log_pos,
+                    next_seq: commit.next_seq,
+                    clock_ms: u64::try_from(commit.clock_ms).unwrap_or(0),
+                    batch_pages,
+                    due_ms,
+                };
+                let bytes = stored::encode_state_index(&index)
+                    .map_err(|source| StoreError::Encode { what: "state index", source })?;
+                batch.insert(META_STATE_INDEX, bytes);
+            }
+            None => batch.remove(META_STATE_INDEX),
+        }
         self.write_mark_pages(&commit.marks, &mut batch)?;
         batch.insert(META_LOG_POS, &commit.log_pos.to_be_bytes());
         batch.insert(META_NEXT_SEQ, &commit.next_seq.to_be_bytes());
@@ -244,9 +370,31 @@ impl Store {
         Ok(())
     }
 
+    /// The batch pages of the current state index, if the last commit wrote one.
+    fn prior_batch_pages(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        // Read without counting: an undecodable value was counted at load already.
+        let meta = |key: &[u8]| -> Result<Option<u64>, StoreError> {
+            let value = self.main.get(key).map_err(io("meta read"))?;
+            Ok(value.and_then(|bytes| <[u8; 8]>::try_from(&*bytes).ok()).map(u64::from_be_bytes))
+        };
+        let (Some(log_pos), Some(next_seq), Some(clock_ms)) =
+            (meta(META_LOG_POS)?, meta(META_NEXT_SEQ)?, meta(META_CLOCK)?)
+        else {
+            return Ok(None);
+        };
+        Ok(self.current_state_index(log_pos, next_seq, clock_ms)?.map(|index| index.batch_pages))
+    }
+
     /// Merges state changes into their pages: each touched page is read, changed and written
-    /// back whole (or removed when it becomes empty).
-    fn write_state_pages(&self, changes: &[StateChange], batch: &mut sled::Batch) -> Result<(), StoreError> {
+    /// back whole (or removed when it becomes empty). Entries of a page that no change names
+    /// are kept as stored, so a commit of an engine that has not loaded every page loses
+    /// none. Returns each touched page and whether it now holds micro-batch entries.
+    fn write_state_pages(
+        &self,
+        changes: &[StateChange],
+        batch: &mut sled::Batch,
+    ) -> Result<Vec<(u16, bool)>, StoreError> {
+        let mut touched = Vec::new();
         let mut by_page: std::collections::BTreeMap<u16, Vec<&StateChange>> =
             std::collections::BTreeMap::new();
         for change in changes {
@@ -275,6 +423,9 @@ impl Store {
                     (Err(_), None) => {}
                 }
             }
+            // Entries are sorted by key and `b` sorts before every other engine key.
+            touched
+                .push((page, entries.first().is_some_and(|(key, _)| key.first() == Some(&BATCH_KEY_PREFIX))));
             if entries.is_empty() {
                 batch.remove(key);
             } else {
@@ -283,7 +434,7 @@ impl Store {
                 batch.insert(key, bytes);
             }
         }
-        Ok(())
+        Ok(touched)
     }
 
     /// Every source mark as of the last commit: (key, value), in key order. An undecodable page
@@ -313,5 +464,22 @@ impl Store {
             }
         }
         Ok(marks)
+    }
+}
+
+/// Bytes of the state index's page bitmap.
+const BATCH_PAGE_BYTES: usize = STATE_PAGES.div_ceil(8) as usize;
+
+fn has_page(bitmap: &[u8], page: u16) -> bool {
+    bitmap.get(usize::from(page / 8)).is_some_and(|byte| byte & (1 << (page % 8)) != 0)
+}
+
+fn set_page(bitmap: &mut [u8], page: u16, on: bool) {
+    if let Some(byte) = bitmap.get_mut(usize::from(page / 8)) {
+        if on {
+            *byte |= 1 << (page % 8);
+        } else {
+            *byte &= !(1 << (page % 8));
+        }
     }
 }

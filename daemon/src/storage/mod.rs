@@ -62,8 +62,8 @@ pub use crate::storage::budget::{
     Appended, BudgetConfig, DropStats, Policy, SinkDrops, DEFAULT_DOWNSAMPLE_LEVELS,
 };
 pub use crate::storage::commit::{
-    mark_changes_by_page, Commit, EngineSnapshot, MarkChange, MarkPageChange, RawCommit, SealedPage,
-    StateChange,
+    mark_changes_by_page, state_page_of, Commit, EngineSnapshot, MarkChange, MarkPageChange, RawCommit,
+    SealedPage, StateChange, StateEntry, StateIndex,
 };
 pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX_BYTES};
 pub use crate::storage::delivered::Delivered;
@@ -86,6 +86,8 @@ const META_CLOCK: &[u8] = b"mclock_ms";
 const META_CURSOR: &[u8] = b"mcursor/";
 const META_NEXT_RAW_SEQ: &[u8] = b"mnext_raw_seq";
 const META_RAW_CURSOR: &[u8] = b"mrcursor/";
+/// The engine state index (`stored::StateIndexV1`), written with each commit.
+const META_STATE_INDEX: &[u8] = b"mstate_index";
 
 /// The two lanes of the outbox. Results (windows, batches, late readings) and raw readings
 /// have separate sequence numbers and cursors, so a sink can drain results first (`priority`)

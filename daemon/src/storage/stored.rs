@@ -382,3 +382,41 @@ pub(crate) fn decode_mark_page(bytes: &[u8]) -> Result<Vec<(u8, u64)>, String> {
 pub(crate) enum DeadLetter {
     V1 { sink: String, seq: u64, kind: String, reason: String, rejected_ms: i64, payload: Vec<u8> },
 }
+
+/// Where the engine state's pages stand, written with each commit (see
+/// `Store::load_engine_meta`): which pages hold micro-batch entries, and until when nothing
+/// but the micro-batch can close, release or forget anything. It lets a restart load the pages
+/// of the sensors that readings name first and the others in the background.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum StateIndexEnvelope {
+    V1(StateIndexV1),
+}
+
+/// [`StateIndexEnvelope::V1`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StateIndexV1 {
+    /// The log position, next seq and processing clock of the commit that wrote it: an index
+    /// whose commit is not the last one (a build without the index committed after it) is
+    /// ignored.
+    pub(crate) log_pos: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) clock_ms: u64,
+    /// Pages that may hold micro-batch entries: one bit per state page, page `p` in byte
+    /// `p / 8`, bit `p % 8`.
+    pub(crate) batch_pages: Vec<u8>,
+    /// A lower bound of the processing time at which the engine may close, release or forget
+    /// anything of the state beyond the micro-batch (`i64::MAX`: nothing pending).
+    pub(crate) due_ms: i64,
+}
+
+/// Encodes a state index.
+pub(crate) fn encode_state_index(index: &StateIndexV1) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(&StateIndexEnvelope::V1(index.clone()))
+}
+
+/// Decodes a state index of any version.
+pub(crate) fn decode_state_index(bytes: &[u8]) -> Result<StateIndexV1, String> {
+    match postcard::from_bytes::<StateIndexEnvelope>(bytes).map_err(|error| error.to_string())? {
+        StateIndexEnvelope::V1(index) => Ok(index),
+    }
+}
