@@ -13,8 +13,9 @@
 //! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench latency`
 //! Environment: `EDDY_BENCH_RATES` (readings/s, default `10000,100000`), `EDDY_BENCH_SECONDS`
 //! (per run, default 25), `EDDY_BENCH_SENSORS` (default 1000), `EDDY_BENCH_SETTINGS`
-//! (`checkpoint/flush` pairs, default `1s/10ms,100ms/10ms,10ms/10ms,5ms/2ms,2ms/1ms`),
-//! `EDDY_BIN` (another eddy binary).
+//! (`checkpoint/flush[/result_commit_delay]`, comma-separated, default
+//! `1s/10ms,100ms/10ms,10ms/10ms,5ms/2ms,1s/10ms/0s,1s/2ms/0s`), `EDDY_BIN` (another eddy
+//! binary).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,10 +38,12 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-fn run(rate: u64, sensors: u64, seconds: u64, checkpoint: &str, flush: &str) -> Run {
-    let config = throughput_bench_windows(2)
-        .table("engine")
-        .key("checkpoint_interval", checkpoint)
+fn run(rate: u64, sensors: u64, seconds: u64, checkpoint: &str, flush: &str, delay: Option<&str>) -> Run {
+    let mut config = throughput_bench_windows(2).table("engine").key("checkpoint_interval", checkpoint);
+    if let Some(delay) = delay {
+        config = config.key("result_commit_delay", delay);
+    }
+    let config = config
         .table("ingest")
         .key("flush_interval", flush)
         .tcp_source("in")
@@ -107,7 +110,7 @@ fn main() {
     let sensors: u64 = env_or("EDDY_BENCH_SENSORS", "1000").parse().expect("EDDY_BENCH_SENSORS: a count");
     let settings = env_or(
         "EDDY_BENCH_SETTINGS",
-        if quick { "10ms/2ms" } else { "1s/10ms,100ms/10ms,10ms/10ms,5ms/2ms,2ms/1ms" },
+        if quick { "1s/2ms/0s" } else { "1s/10ms,100ms/10ms,10ms/10ms,5ms/2ms,1s/10ms/0s,1s/2ms/0s" },
     );
     let show = |ms: Option<f64>| ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms}"));
     println!(
@@ -115,16 +118,20 @@ fn main() {
         eddy_binary().display()
     );
     println!(
-        "latency: readings/s | checkpoint/flush | results | p50 ms | p99 ms | max ms | fsyncs/s | commits/s | eddy CPU | peak RSS KiB"
+        "latency: readings/s | checkpoint/flush/result_commit_delay | results | p50 ms | p99 ms | max ms | fsyncs/s | commits/s | eddy CPU | peak RSS KiB"
     );
     for rate in &rates {
         for setting in settings.split(',') {
-            let (checkpoint, flush) =
-                setting.trim().split_once('/').expect("EDDY_BENCH_SETTINGS: checkpoint/flush pairs");
-            let run = run(*rate, sensors, seconds, checkpoint, flush);
+            let mut parts = setting.trim().split('/');
+            let (Some(checkpoint), Some(flush)) = (parts.next(), parts.next()) else {
+                panic!("EDDY_BENCH_SETTINGS: checkpoint/flush[/result_commit_delay], not `{setting}`")
+            };
+            let delay = parts.next();
+            let run = run(*rate, sensors, seconds, checkpoint, flush, delay);
             assert!(run.results > 0, "no window result measured at {rate}/s with {setting}");
             println!(
-                "latency: {rate} | {checkpoint}/{flush} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} % | {}",
+                "latency: {rate} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} % | {}",
+                setting.trim(),
                 run.results,
                 show(run.p50),
                 show(run.p99),
