@@ -25,6 +25,7 @@ for _ in $(seq "$rounds"); do
   for sensors in 100 1000 10000 100000; do point "$sensors" 2; done
   for windows in 1 4 8; do point 1000 "$windows"; done
 done
+mkdir -p docs/bench
 python3 scripts/plot-scaling.py "$csv" docs/bench/scaling.svg
 echo "== $csv"
 cat "$csv"
