@@ -11,7 +11,8 @@
 //! Environment: `EDDY_BENCH_SENSORS` (default 12500; 125000 gives 1,000,000 open keys),
 //! `EDDY_BENCH_RESTARTS` (default 5), `EDDY_BENCH_SETTLE_MS` (default 3000: how long eddy runs
 //! after its first result before the next kill), `EDDY_BENCH_KEEP_DIR` (copies the killed store
-//! there before the restarts). Each restart also reports eddy's CPU time (user + sys)
+//! there before the restarts), `EDDY_BENCH_RESULT_COMMIT_DELAY` (e.g. `0s`: the first result is
+//! committed right after its closing reading, not at the next checkpoint). Each restart also reports eddy's CPU time (user + sys)
 //! and peak RSS (`VmHWM`) when the first result is in; the summary gives median, min and max.
 
 use std::io::{BufRead, BufReader, Write};
@@ -24,8 +25,15 @@ use eddy_tests::config::ConfigToml;
 use eddy_tests::{eddy_binary, send_with_acks, Eddy};
 
 fn config(sensors: usize) -> String {
-    ConfigToml::new("gw-recovery")
-        .table("ingest")
+    // `EDDY_BENCH_RESULT_COMMIT_DELAY` (e.g. `0s`): commit the first window result right after
+    // its closing reading instead of at the next 100 ms checkpoint.
+    let delay = std::env::var("EDDY_BENCH_RESULT_COMMIT_DELAY").ok();
+    let base = ConfigToml::new("gw-recovery");
+    let base = match &delay {
+        Some(delay) => base.table("engine").key("result_commit_delay", delay.as_str()),
+        None => base,
+    };
+    base.table("ingest")
         .key("flush_interval", "10ms")
         .key("max_sensors", sensors.max(100_000))
         .table("engine")
