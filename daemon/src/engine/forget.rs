@@ -8,6 +8,17 @@ use crate::engine::state::{self, TombstoneV1};
 use crate::engine::{Engine, MAX_TOMBSTONES};
 
 impl Engine {
+    /// The latest activity of `sensor`, processing time: its last reading into a window or its
+    /// clock's last sighting (`i64::MIN`: none), from which its forget deadline counts.
+    pub(super) fn last_seen_ms(&self, sensor: usize) -> i64 {
+        self.windows
+            .iter()
+            .filter_map(|window_set| window_set.last_activity_ms(sensor))
+            .chain(self.sensor_clocks[sensor].last_seen_ms())
+            .max()
+            .unwrap_or(i64::MIN)
+    }
+
     /// Forgets every sensor with no reading since `now_ms - forget_ms` and nothing open (see
     /// the module documentation), in id order, and finds the next forget deadline.
     pub(super) fn forget_idle(&mut self, now_ms: i64, forget_ms: i64) {
@@ -17,14 +28,7 @@ impl Engine {
         let mut forgotten_due_ms = Vec::new();
         for &sensor in &self.sensors.sorted {
             let clock = &self.sensor_clocks[sensor];
-            let seen_ms = self
-                .windows
-                .iter()
-                .filter_map(|window_set| window_set.last_activity_ms(sensor))
-                .chain(clock.last_seen_ms())
-                .max()
-                .unwrap_or(i64::MIN);
-            let due_ms = seen_ms.saturating_add(forget_ms);
+            let due_ms = self.last_seen_ms(sensor).saturating_add(forget_ms);
             if due_ms > now_ms {
                 next_due_ms = next_due_ms.min(due_ms);
                 continue;

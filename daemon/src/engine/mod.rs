@@ -274,17 +274,7 @@ impl SensorTable {
         if let Some(&sensor) = self.index.get(&**name) {
             return (sensor, Interned::Known);
         }
-        let (sensor, is_new) = match self.free.pop() {
-            Some(sensor) => {
-                self.names[sensor] = name.clone();
-                (sensor, Interned::Reused)
-            }
-            None => {
-                self.names.push(name.clone());
-                (self.names.len() - 1, Interned::New)
-            }
-        };
-        self.index.insert(name.clone(), sensor);
+        let (sensor, is_new) = self.add(name.clone());
         let names = &self.names;
         let pos = self.sorted.partition_point(|&other| names[other] < *name);
         self.sorted.insert(pos, sensor);
@@ -299,7 +289,15 @@ impl SensorTable {
         if let Some(&sensor) = self.index.get(name) {
             return (sensor, Interned::Known);
         }
-        let name: Arc<str> = Arc::from(name);
+        let (sensor, is_new) = self.add(Arc::from(name));
+        self.sorted.push(sensor);
+        (sensor, is_new)
+    }
+
+    /// Gives `name` (not known yet) a free index, or a new one, and indexes it; the caller
+    /// places it in `sorted`.
+    #[inline]
+    fn add(&mut self, name: Arc<str>) -> (usize, Interned) {
         let (sensor, is_new) = match self.free.pop() {
             Some(sensor) => {
                 self.names[sensor] = name.clone();
@@ -311,7 +309,6 @@ impl SensorTable {
             }
         };
         self.index.insert(name, sensor);
-        self.sorted.push(sensor);
         (sensor, is_new)
     }
 
@@ -648,14 +645,7 @@ impl Engine {
             // While entries are still to be restored, a sensor's entries may be in part only,
             // and no forget deadline comes before the unloaded ones' (see `advance`).
             if let Some(forget_ms) = self.forget_ms.filter(|_| self.unloaded_due_ms.is_none()) {
-                let seen_ms = self
-                    .windows
-                    .iter()
-                    .filter_map(|window_set| window_set.last_activity_ms(sensor))
-                    .chain(clock.last_seen_ms())
-                    .max()
-                    .unwrap_or(i64::MIN);
-                due_ms = due_ms.min(seen_ms.saturating_add(forget_ms));
+                due_ms = due_ms.min(self.last_seen_ms(sensor).saturating_add(forget_ms));
             }
         }
         if let (Some(forget_ms), Some((forgotten_ms, _))) = (self.forget_ms, self.tombstone_order.first()) {
