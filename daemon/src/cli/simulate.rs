@@ -19,10 +19,10 @@ pub(crate) struct TransportArgs {
     /// MQTT topic of each reading; `{sensor}` is replaced by the thermostat's id.
     #[arg(long, default_value = "sensors/{sensor}/reading")]
     topic: String,
-    /// MQTT readings per message: more than 1 publishes a JSON array of one thermostat's
-    /// successive readings.
-    #[arg(long, default_value_t = NonZeroU32::MIN)]
-    per_message: NonZeroU32,
+    /// MQTT readings per message, 1 to 500: more than 1 publishes a JSON array of one
+    /// thermostat's successive readings (500 of them stay under the 64 KiB packet limit).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=500))]
+    per_message: u32,
     /// MQTT QoS: 0, 1 or 2.
     #[arg(long, default_value_t = 1)]
     qos: u8,
@@ -136,7 +136,7 @@ pub(crate) async fn mqtt(
         sensors,
         rate: load.rate,
         count: load.count,
-        per_message: args.per_message,
+        per_message: NonZeroU32::new(args.per_message).unwrap_or(NonZeroU32::MIN),
         seed: load.seed,
         ack_timeout: Duration::from_secs(60),
         shutdown,
