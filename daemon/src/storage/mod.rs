@@ -313,6 +313,6 @@ const _: () = assert!(META == b'm');
 #[cfg(test)]
 mod corruption_tests;
 #[cfg(test)]
-mod power_loss_tests;
+pub(crate) mod power_loss_tests;
 #[cfg(test)]
 mod tests;

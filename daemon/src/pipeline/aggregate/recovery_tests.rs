@@ -15,6 +15,7 @@ use proptest::prelude::*;
 use crate::engine::{Aggregate, EngineSpec, TimeDomain, WindowSpec};
 use crate::pipeline::aggregate::Aggregator;
 use crate::stats::AggregateStats;
+use crate::storage::power_loss_tests::copy_dir;
 use crate::storage::{Lane, LogChunk, StateEntry, Store, STATE_PAGES};
 
 const BATCH_INTERVAL_MS: i64 = 1_000;
@@ -55,19 +56,6 @@ fn spec() -> Arc<EngineSpec> {
 
 fn open(dir: &Path) -> Store {
     Store::open(dir, 8 << 20, vec!["v".into(), "w".into()], vec!["mode".into()]).expect("the store opens")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// One input: a chunk of readings (sensor, event-time offset from the ingest time in ms,
