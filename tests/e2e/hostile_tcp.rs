@@ -182,6 +182,9 @@ fn issue_14_session_churn_by_one_connection_does_not_evict_another_peers_session
     assert_eq!(replies, ["session gw7 3", "dup 3"], "gw7 was forgotten");
 }
 
+/// Longer than the 1 s idle/auth deadline of the lock-out tests, with room for a busy machine.
+const DEADLINE_SETTLE: Duration = Duration::from_secs(2);
+
 /// `n` connections that send nothing.
 fn silent_sockets(address: SocketAddr, n: usize) -> Vec<TcpStream> {
     (0..n).filter_map(|_| TcpStream::connect(address).ok()).collect()
@@ -214,6 +217,9 @@ fn issue_14_idle_silent_sockets_do_not_lock_out_a_real_sender() {
         let idle = silent_sockets(address, n_idle);
         let served = real_sender_gets_in(address, "", Duration::from_secs(8));
         assert!(served.is_some(), "{n_idle} idle sockets locked the real sender out");
+        // Every socket holding a slot connected before the sender began, so its deadline has
+        // passed a moment after; closing them sooner would count them as ordinary hang-ups.
+        thread::sleep(DEADLINE_SETTLE);
         drop(idle);
         assert!(eddy.stop().unwrap().success());
         let timed_out = source_counter(&eddy.log(), "in", "timed_out").unwrap_or(0);
@@ -236,6 +242,9 @@ fn issue_14_silent_sockets_cannot_outwait_the_auth_deadline() {
     let idle = silent_sockets(address, 200);
     let served = real_sender_gets_in(address, "#auth sesame\n", Duration::from_secs(8));
     assert!(served.is_some(), "200 silent sockets locked the real sender out");
+    // The sender got in at the first freed slot; the other slot holders' deadlines (all set
+    // before it began) pass within a second: wait for them before closing the sockets.
+    thread::sleep(DEADLINE_SETTLE);
     drop(idle);
     assert!(eddy.stop().unwrap().success());
     let auth_failures = source_counter(&eddy.log(), "in", "auth_failures").unwrap_or(0);
