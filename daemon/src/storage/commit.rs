@@ -208,8 +208,11 @@ impl Store {
         for page in pages {
             let key = prefixed(STATE, &page.to_be_bytes());
             let Some(value) = self.main.get(&key).map_err(io("state read"))? else { continue };
-            match stored::decode_state_page(&value) {
-                Ok(page_entries) => entries.extend(page_entries),
+            let read = stored::read_state_page(&value, |page_entries| {
+                entries.extend(page_entries.iter().map(|(key, value)| (key.0.to_vec(), value.0.to_vec())));
+            });
+            match read {
+                Ok(()) => {}
                 Err(error) => {
                     self.stats.corrupt_state_pages.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(page, %error, "Skipped an undecodable engine state page.");
@@ -254,9 +257,10 @@ impl Store {
         for item in self.main.scan_prefix([STATE]) {
             let (key, value) = item.map_err(io("state read"))?;
             let Some(page) = <[u8; 2]>::try_from(&key[1..]).ok().map(u16::from_be_bytes) else { continue };
-            let holds_batch = stored::decode_state_page(&value).map_or(true, |entries| {
-                entries.first().is_some_and(|(key, _)| key.first() == Some(&BATCH_KEY_PREFIX))
-            });
+            let holds_batch = stored::read_state_page(&value, |entries| {
+                entries.first().is_some_and(|(key, _)| key.0.first() == Some(&BATCH_KEY_PREFIX))
+            })
+            .unwrap_or(true);
             set_page(&mut batch_pages, page, holds_batch);
         }
         Ok(batch_pages)
@@ -400,38 +404,31 @@ impl Store {
         for change in changes {
             by_page.entry(state_page_of(&change.0)).or_default().push(change);
         }
-        for (page, page_changes) in by_page {
+        for (page, mut page_changes) in by_page {
+            // Stable: of two changes to one key, the later stays last.
+            page_changes.sort_by(|a, b| a.0.cmp(&b.0));
             let key = prefixed(STATE, &page.to_be_bytes());
-            let mut entries = match self.main.get(&key).map_err(io("state read"))? {
-                Some(bytes) => match stored::decode_state_page(&bytes) {
-                    Ok(entries) => entries,
-                    Err(error) => {
-                        // Already reported at load; the page is rebuilt from what the engine has.
-                        tracing::error!(page, %error, "Replacing an undecodable engine state page.");
-                        Vec::new()
-                    }
-                },
-                None => Vec::new(),
-            };
-            for (entry_key, value) in page_changes {
-                match (entries.binary_search_by(|(existing, _)| existing.as_slice().cmp(entry_key)), value) {
-                    (Ok(idx), Some(value)) => entries[idx].1.clone_from(value),
-                    (Ok(idx), None) => {
-                        entries.remove(idx);
-                    }
-                    (Err(idx), Some(value)) => entries.insert(idx, (entry_key.clone(), value.clone())),
-                    (Err(_), None) => {}
+            let merged = match self.main.get(&key).map_err(io("state read"))? {
+                Some(bytes) => {
+                    stored::read_state_page(&bytes, |entries| merge_state_page(entries, &page_changes))
+                        .unwrap_or_else(|error| {
+                            // Already reported at load; the page is rebuilt from what the engine has.
+                            tracing::error!(page, %error, "Replacing an undecodable engine state page.");
+                            merge_state_page(&[], &page_changes)
+                        })
                 }
+                None => merge_state_page(&[], &page_changes),
             }
-            // Entries are sorted by key and `b` sorts before every other engine key.
-            touched
-                .push((page, entries.first().is_some_and(|(key, _)| key.first() == Some(&BATCH_KEY_PREFIX))));
-            if entries.is_empty() {
-                batch.remove(key);
-            } else {
-                let bytes = stored::encode_state_page(&entries)
-                    .map_err(|source| StoreError::Encode { what: "state page", source })?;
-                batch.insert(key, bytes);
+            .map_err(|source| StoreError::Encode { what: "state page", source })?;
+            match merged {
+                Some((bytes, holds_batch)) => {
+                    touched.push((page, holds_batch));
+                    batch.insert(key, bytes);
+                }
+                None => {
+                    touched.push((page, false));
+                    batch.remove(key);
+                }
             }
         }
         Ok(touched)
@@ -465,6 +462,47 @@ impl Store {
         }
         Ok(marks)
     }
+}
+
+/// A page's stored entries (sorted by key) with `changes` (sorted by key; of equal keys the
+/// last wins) merged in, encoded, and whether it holds micro-batch entries; `None` when no
+/// entry is left. The entries are borrowed throughout: one copy of each into the new page.
+fn merge_state_page(
+    stored_entries: &[stored::StateEntryRef<'_>],
+    changes: &[&StateChange],
+) -> Result<Option<(Vec<u8>, bool)>, postcard::Error> {
+    let mut merged: Vec<stored::StateEntryRef<'_>> = Vec::with_capacity(stored_entries.len() + changes.len());
+    let mut old = stored_entries.iter().peekable();
+    let mut new = changes.iter().peekable();
+    loop {
+        // The last of the changes to the next changed key.
+        let change = match new.next() {
+            Some(mut change) => {
+                while let Some(next) = new.next_if(|next| next.0 == change.0) {
+                    change = next;
+                }
+                Some(change)
+            }
+            None => None,
+        };
+        let Some((change_key, value)) = change.map(|change| (&change.0, &change.1)) else {
+            merged.extend(old);
+            break;
+        };
+        while let Some(entry) = old.next_if(|(key, _)| key.0 < change_key.as_slice()) {
+            merged.push(*entry);
+        }
+        old.next_if(|(key, _)| key.0 == change_key.as_slice());
+        if let Some(value) = value {
+            merged.push((stored::Bytes(change_key), stored::Bytes(value)));
+        }
+    }
+    if merged.is_empty() {
+        return Ok(None);
+    }
+    // Entries are sorted by key and `b` sorts before every other engine key.
+    let holds_batch = merged[0].0 .0.first() == Some(&BATCH_KEY_PREFIX);
+    Ok(Some((stored::encode_state_page(&merged)?, holds_batch)))
 }
 
 /// Bytes of the state index's page bitmap.

@@ -242,13 +242,19 @@ async fn many_state_entries_survive_in_pages_with_updates_and_deletes() {
         store
             .commit(&Commit { outbox: vec![], state: puts, log_pos: 1, next_seq: 1, ..Commit::default() })
             .unwrap();
-        let changes: Vec<_> = (0..1000u32)
+        let mut changes: Vec<_> = (0..1000u32)
             .filter(|idx| idx % 10 == 0)
             .map(|idx| {
                 let value = (idx % 20 == 0).then(|| b"new".to_vec());
                 (format!("w/{idx}").into_bytes(), value)
             })
             .collect();
+        // Two changes of one key in a commit: the later one holds.
+        changes.push((b"w/3".to_vec(), Some(b"first".to_vec())));
+        changes.push((b"w/3".to_vec(), None));
+        changes.push((b"w/5".to_vec(), None));
+        changes.push((b"w/5".to_vec(), Some(b"second".to_vec())));
+        changes.push((b"w/new".to_vec(), Some(b"added".to_vec())));
         store
             .commit(&Commit { outbox: vec![], state: changes, log_pos: 2, next_seq: 1, ..Commit::default() })
             .unwrap();
@@ -258,11 +264,15 @@ async fn many_state_entries_survive_in_pages_with_updates_and_deletes() {
     let mut entries = store.load_engine().unwrap().entries;
     entries.sort();
     assert_eq!(entries.len(), 950);
+    assert!(entries.windows(2).all(|pair| pair[0].0 != pair[1].0), "no key twice");
     let value_of =
         |name: &str| entries.iter().find(|(key, _)| key == name.as_bytes()).map(|(_, v)| v.clone());
     assert_eq!(value_of("w/20"), Some(b"new".to_vec()));
     assert_eq!(value_of("w/10"), None);
     assert_eq!(value_of("w/7"), Some(7u32.to_be_bytes().to_vec()));
+    assert_eq!(value_of("w/3"), None);
+    assert_eq!(value_of("w/5"), Some(b"second".to_vec()));
+    assert_eq!(value_of("w/new"), Some(b"added".to_vec()));
 }
 
 #[test]
@@ -307,10 +317,15 @@ fn outbox_pages_are_compressed_and_older_pages_still_decode() {
 #[test]
 fn state_pages_round_trip_and_version_1_pages_still_decode() {
     use crate::storage::stored::{self, StatePage};
+    // Values up to 500 bytes: lengths of one and two varint bytes.
     let entries: Vec<(Vec<u8>, Vec<u8>)> =
-        (0..50u8).map(|i| (vec![b'w', i], vec![i; usize::from(i) + 1])).collect();
-    let page = stored::encode_state_page(&entries).unwrap();
+        (0..50u8).map(|i| (vec![b'w', i], vec![i; usize::from(i) * 10])).collect();
+    let borrowed: Vec<_> = entries.iter().map(|(k, v)| (stored::Bytes(k), stored::Bytes(v))).collect();
+    let page = stored::encode_state_page(&borrowed).unwrap();
     assert_eq!(stored::decode_state_page(&page).unwrap(), entries);
+    // The borrowed encoding writes exactly the bytes the owned `Lz4V1` always had.
+    let owned = StatePage::Lz4V1 { compressed: stored::compress(&postcard::to_allocvec(&entries).unwrap()) };
+    assert_eq!(page, postcard::to_allocvec(&owned).unwrap());
     let v1 = postcard::to_allocvec(&StatePage::V1 { entries: entries.clone() }).unwrap();
     assert_eq!(stored::decode_state_page(&v1).unwrap(), entries);
     assert_eq!(
