@@ -677,6 +677,11 @@ impl Engine {
         }
     }
 
+    /// Sensors with state in memory (cheap: per chunk).
+    pub fn n_sensors(&self) -> usize {
+        self.sensors.len()
+    }
+
     /// Readings counted in `other` buckets, over all window sets (cheap: per chunk and tick).
     pub fn count_by_overflow_total(&self) -> u64 {
         self.windows.iter().map(|window_set| window_set.count_by_overflow_total).sum()

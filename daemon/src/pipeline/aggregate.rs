@@ -36,6 +36,13 @@ const MAX_PENDING_RESULTS: usize = 10_000;
 /// after a crash too. At realistic gateway rates the interval comes first.
 const MAX_UNCOMMITTED_READINGS: usize = 50_000;
 
+/// Readings per known sensor allowed between commits when that is more than
+/// [`MAX_UNCOMMITTED_READINGS`]. A commit rewrites the state of every sensor that changed, a
+/// few hundred bytes to kilobytes each, so with many sensors a commit every 50,000 readings
+/// wrote far more state than the log it let go (10,000 sensors: most of eddy's CPU went to
+/// commits). The log allowed to wait then grows with the state it saves rewriting.
+const UNCOMMITTED_READINGS_PER_SENSOR: usize = 10;
+
 /// State pages loaded per step in the background after a lazy restart, between inputs: each
 /// step holds up the next input by about 1/64 of a full restore.
 const BACKGROUND_PAGES: usize = 2;
@@ -439,8 +446,10 @@ impl Aggregator {
 
     /// Whether enough piled up since the last commit to commit before the interval ends.
     fn commit_due(&self) -> bool {
+        let max_readings = MAX_UNCOMMITTED_READINGS
+            .max(UNCOMMITTED_READINGS_PER_SENSOR.saturating_mul(self.engine.n_sensors()));
         self.n_pending() + self.pending_raw.len() >= MAX_PENDING_RESULTS
-            || self.uncommitted_readings >= MAX_UNCOMMITTED_READINGS
+            || self.uncommitted_readings >= max_readings
     }
 
     /// Encodes full pages of pending results right away: a window-close burst (every sensor's
