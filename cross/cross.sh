@@ -190,8 +190,9 @@ case $cmd in
     [ $# -ge 1 ] || die "usage: $0 build TARGET"
     t=$1; shift
     # musl: no unwind tables (.eh_frame, ~565 KB of aarch64-musl). The release profile aborts
-    # on panic, so nothing unwinds; a panic still prints its message, only a backtraces'
-    # frames are lost. Build only: the tests' profile unwinds (rustc refuses the flag there).
+    # on panic, so nothing unwinds; a panic still prints its message, only a backtrace's
+    # frames are lost. Build only: the test harness unwinds (a failing test is reported and the
+    # run goes on) and a test binary's size does not matter.
     case $t in *-musl*) XC_EXTRA_RUSTFLAGS=${XC_EXTRA_RUSTFLAGS-"-C force-unwind-tables=no"} ;; esac
     xc_cargo build "$t" --release --locked -p eddy --bin eddy "$@"
     bin=$CARGO_TARGET_DIR/$t/release/eddy
