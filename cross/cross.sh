@@ -93,7 +93,9 @@ xc_env() {
     # (crt1.o, ...), which only rustup's rust-std ships.
     [ -x "$XC_HOME/bin/cargo-zigbuild" ] || die "cargo-zigbuild is missing: run cross/cross.sh setup"
     export CARGO_ZIGBUILD_PYTHON_PATH=$XC_HOME/venv/bin/python3
-    export "CARGO_TARGET_${T}_RUNNER=$q" "CARGO_TARGET_${T}_RUSTFLAGS=-C link-self-contained=no"
+    # XC_EXTRA_RUSTFLAGS: the release build's own flags (see `build`); std gets them too.
+    export "CARGO_TARGET_${T}_RUNNER=$q" \
+      "CARGO_TARGET_${T}_RUSTFLAGS=-C link-self-contained=no${XC_EXTRA_RUSTFLAGS:+ $XC_EXTRA_RUSTFLAGS}"
   else
     command -v "$cc" >/dev/null || die "$cc is missing: run cross/cross.sh setup"
     export "CARGO_TARGET_${T}_LINKER=$cc" "CC_${t//-/_}=$cc" "AR_${t//-/_}=${cc%gcc}ar"
@@ -187,6 +189,11 @@ case $cmd in
   build)
     [ $# -ge 1 ] || die "usage: $0 build TARGET"
     t=$1; shift
+    # musl: no unwind tables (.eh_frame, ~565 KB of aarch64-musl). The release profile aborts
+    # on panic, so nothing unwinds; a panic still prints its message, only a backtrace's
+    # frames are lost. Build only: the test harness unwinds (a failing test is reported and the
+    # run goes on) and a test binary's size does not matter.
+    case $t in *-musl*) XC_EXTRA_RUSTFLAGS=${XC_EXTRA_RUSTFLAGS-"-C force-unwind-tables=no"} ;; esac
     xc_cargo build "$t" --release --locked -p eddy --bin eddy "$@"
     bin=$CARGO_TARGET_DIR/$t/release/eddy
     file -L "$bin"
