@@ -688,6 +688,11 @@ impl Daemon {
             Err(error) if !self.stopping && holds_store && store_failure(&error).is_some() => {
                 self.store_failed(&name, &format!("{error:#}"));
             }
+            // A stop that came while this holder was still letting go of the failed store: its
+            // last write failed as every write there does. What was acknowledged is in the log.
+            Err(error) if self.fault.is_some() && holds_store && store_failure(&error).is_some() => {
+                tracing::warn!(component = %name, error = %format!("{error:#}"), "Component stopped on the failed store; its last commit is replayed from the log at the next start.")
+            }
             Err(error) => {
                 tracing::error!(component = %name, error = %format!("{error:#}"), "Component failed; stopping eddy.");
                 self.failed.get_or_insert(error.context(format!("{name} failed")));
