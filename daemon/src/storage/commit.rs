@@ -474,21 +474,12 @@ fn merge_state_page(
     let mut merged: Vec<stored::StateEntryRef<'_>> = Vec::with_capacity(stored_entries.len() + changes.len());
     let mut old = stored_entries.iter().peekable();
     let mut new = changes.iter().peekable();
-    loop {
-        // The last of the changes to the next changed key.
-        let change = match new.next() {
-            Some(mut change) => {
-                while let Some(next) = new.next_if(|next| next.0 == change.0) {
-                    change = next;
-                }
-                Some(change)
-            }
-            None => None,
-        };
-        let Some((change_key, value)) = change.map(|change| (&change.0, &change.1)) else {
-            merged.extend(old);
-            break;
-        };
+    while let Some(mut change) = new.next() {
+        // The last of the changes to this key.
+        while let Some(next) = new.next_if(|next| next.0 == change.0) {
+            change = next;
+        }
+        let (change_key, value) = (&change.0, &change.1);
         while let Some(entry) = old.next_if(|(key, _)| key.0 < change_key.as_slice()) {
             merged.push(*entry);
         }
@@ -497,6 +488,7 @@ fn merge_state_page(
             merged.push((stored::Bytes(change_key), stored::Bytes(value)));
         }
     }
+    merged.extend(old);
     if merged.is_empty() {
         return Ok(None);
     }
