@@ -87,6 +87,18 @@ xc_env() {
   [ -x /usr/bin/rustc ] || die "Debian's rustc-web is missing: run cross/cross.sh setup"
   command -v "$q" >/dev/null || die "$q is missing: run cross/cross.sh setup"
   export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc CARGO=/usr/bin/cargo
+  # armv7 is built in Thumb-2 (T32), std too, for build and test alike (the tests must run
+  # the code that ships): musl 4.2 MB instead of 5.6 MB in A32 (BENCHMARKS.md, session 5). It is the
+  # instruction set Debian's own armhf packages are compiled in: the port requires Thumb-2
+  # (wiki.debian.org/ArmHardFloatPort) and its gcc is configured --with-mode=thumb
+  # (`arm-linux-gnueabihf-gcc -Q --help=target` shows -mthumb enabled). Every ARMv7-A core
+  # runs it. rustc calls the flag unstable and warns once per crate; the compiler is pinned
+  # (rustc-web 1.96). armv7-gnu likewise (its std is built here too; a prebuilt A32 std, if
+  # one appears, interworks). XC_ARMV7_THUMB=0 builds A32, to compare.
+  XC_MODE_RUSTFLAGS=""
+  case $t in
+    armv7-*) [ "${XC_ARMV7_THUMB:-1}" = 0 ] || XC_MODE_RUSTFLAGS="-C target-feature=+thumb-mode" ;;
+  esac
   if [ "$XC_ZIG" = 1 ]; then
     # Static binaries, so no sysroot for qemu. zig (through cargo-zigbuild) compiles ring's C
     # and links against its own musl; rustc must not add its self-contained crt objects
@@ -95,10 +107,11 @@ xc_env() {
     export CARGO_ZIGBUILD_PYTHON_PATH=$XC_HOME/venv/bin/python3
     # XC_EXTRA_RUSTFLAGS: the release build's own flags (see `build`); std gets them too.
     export "CARGO_TARGET_${T}_RUNNER=$q" \
-      "CARGO_TARGET_${T}_RUSTFLAGS=-C link-self-contained=no${XC_EXTRA_RUSTFLAGS:+ $XC_EXTRA_RUSTFLAGS}"
+      "CARGO_TARGET_${T}_RUSTFLAGS=-C link-self-contained=no${XC_MODE_RUSTFLAGS:+ $XC_MODE_RUSTFLAGS}${XC_EXTRA_RUSTFLAGS:+ $XC_EXTRA_RUSTFLAGS}"
   else
     command -v "$cc" >/dev/null || die "$cc is missing: run cross/cross.sh setup"
     export "CARGO_TARGET_${T}_LINKER=$cc" "CC_${t//-/_}=$cc" "AR_${t//-/_}=${cc%gcc}ar"
+    if [ -n "$XC_MODE_RUSTFLAGS" ]; then export "CARGO_TARGET_${T}_RUSTFLAGS=$XC_MODE_RUSTFLAGS"; fi
     # qemu must see one consistent glibc: the multiarch one when installed (libc6:arm64 comes
     # with the arm64 std; with -L the cross ld.so mixes two glibc builds and hangs in the
     # first pthread_create), else the cross sysroot.
@@ -111,6 +124,9 @@ xc_env() {
     export RUSTC_BOOTSTRAP=1
     # test too, so that build and test share one std and all dependencies.
     BUILD_STD=(-Zbuild-std=std,panic_abort,test)
+    # XC_STD_FEATURES (set by `build` for musl): std's cargo features; unset, cargo's default
+    # (panic-unwind, backtrace).
+    if [ -n "${XC_STD_FEATURES+x}" ]; then BUILD_STD+=("-Zbuild-std-features=$XC_STD_FEATURES"); fi
   fi
 }
 
@@ -193,7 +209,18 @@ case $cmd in
     # on panic, so nothing unwinds; a panic still prints its message, only a backtrace's
     # frames are lost. Build only: the test harness unwinds (a failing test is reported and the
     # run goes on) and a test binary's size does not matter.
-    case $t in *-musl*) XC_EXTRA_RUSTFLAGS=${XC_EXTRA_RUSTFLAGS-"-C force-unwind-tables=no"} ;; esac
+    # musl: std without its `backtrace` feature (-Zbuild-std-features= with none; panic-unwind
+    # is not needed with panic=abort either): no symbolizer (addr2line, gimli, object,
+    # miniz_oxide; aarch64: -113,480 bytes, 2.2 %). Without unwind tables a backtrace had no
+    # frames anyway; a panic still prints its message and location (std's hook and eddy's,
+    # daemon/src/ops/panic.rs), only RUST_BACKTRACE prints nothing more. Nothing else in std
+    # depends on the feature (but for the two one-call wrappers around a thread's start, which
+    # may now be inlined). XC_STD_FEATURES=panic-unwind,backtrace,default: cargo's default.
+    case $t in
+      *-musl*)
+        XC_EXTRA_RUSTFLAGS=${XC_EXTRA_RUSTFLAGS-"-C force-unwind-tables=no"}
+        XC_STD_FEATURES=${XC_STD_FEATURES-} ;;
+    esac
     xc_cargo build "$t" --release --locked -p eddy --bin eddy "$@"
     bin=$CARGO_TARGET_DIR/$t/release/eddy
     file -L "$bin"
