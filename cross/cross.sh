@@ -87,17 +87,17 @@ xc_env() {
   [ -x /usr/bin/rustc ] || die "Debian's rustc-web is missing: run cross/cross.sh setup"
   command -v "$q" >/dev/null || die "$q is missing: run cross/cross.sh setup"
   export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc CARGO=/usr/bin/cargo
-  # armv7 is built in Thumb-2 (T32), std too, for build and test alike (the tests must run
-  # the code that ships): musl 4.2 MB instead of 5.6 MB in A32 (BENCHMARKS.md, session 5). It is the
+  # armv7-musl is built in Thumb-2 (T32), std too, for build and test alike (the tests must run
+  # the code that ships): 4.3 MB instead of 5.6 MB in A32 (BENCHMARKS.md, session 5). It is the
   # instruction set Debian's own armhf packages are compiled in: the port requires Thumb-2
   # (wiki.debian.org/ArmHardFloatPort) and its gcc is configured --with-mode=thumb
   # (`arm-linux-gnueabihf-gcc -Q --help=target` shows -mthumb enabled). Every ARMv7-A core
   # runs it. rustc calls the flag unstable and warns once per crate; the compiler is pinned
-  # (rustc-web 1.96). armv7-gnu likewise (its std is built here too; a prebuilt A32 std, if
-  # one appears, interworks). XC_ARMV7_THUMB=0 builds A32, to compare.
+  # (rustc-web 1.96). The gnu armv7 build stays A32 (not rebuilt and smoked in Thumb-2 yet).
+  # XC_ARMV7_THUMB=0 builds A32, to compare.
   XC_MODE_RUSTFLAGS=""
   case $t in
-    armv7-*) [ "${XC_ARMV7_THUMB:-1}" = 0 ] || XC_MODE_RUSTFLAGS="-C target-feature=+thumb-mode" ;;
+    armv7-unknown-linux-musleabihf) [ "${XC_ARMV7_THUMB:-1}" = 0 ] || XC_MODE_RUSTFLAGS="-C target-feature=+thumb-mode" ;;
   esac
   if [ "$XC_ZIG" = 1 ]; then
     # Static binaries, so no sysroot for qemu. zig (through cargo-zigbuild) compiles ring's C
@@ -111,7 +111,6 @@ xc_env() {
   else
     command -v "$cc" >/dev/null || die "$cc is missing: run cross/cross.sh setup"
     export "CARGO_TARGET_${T}_LINKER=$cc" "CC_${t//-/_}=$cc" "AR_${t//-/_}=${cc%gcc}ar"
-    if [ -n "$XC_MODE_RUSTFLAGS" ]; then export "CARGO_TARGET_${T}_RUSTFLAGS=$XC_MODE_RUSTFLAGS"; fi
     # qemu must see one consistent glibc: the multiarch one when installed (libc6:arm64 comes
     # with the arm64 std; with -L the cross ld.so mixes two glibc builds and hangs in the
     # first pthread_create), else the cross sysroot.
