@@ -536,3 +536,39 @@ fn a_torn_mark_page_is_skipped_counted_and_rebuilt_by_the_next_commit() {
         .unwrap();
     assert_eq!(store.load_marks().unwrap(), vec![(b"in\0lsession".to_vec(), 12)]);
 }
+
+/// The vendored sled starts unbounded reverse scans from 4 KiB of 0xFF, not 1 MiB
+/// (vendor/README.md): the log's `last`, the outbox's and the dead letters' ends rely on such
+/// scans reaching the greatest key. Keys up to 4,095 0xFF bytes, enough of them to split leaves.
+#[test]
+fn reverse_scans_reach_the_last_key_of_the_patched_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(dir.path()).open().expect("sled open");
+    let tree = db.open_tree("t").expect("tree");
+    let mut keys: Vec<Vec<u8>> = (0u64..2_000).map(|n| n.to_be_bytes().to_vec()).collect();
+    keys.push(u64::MAX.to_be_bytes().to_vec());
+    // Enough keys past 64 0xFF bytes to fill leaves of their own (a shorter start key lands
+    // left of them and the scan panics: checked with 16 bytes).
+    keys.extend((0u32..600).map(|n| [&[0xFF; 64][..], &n.to_be_bytes()].concat()));
+    for len in [1, 8, 64, 1_000, 4_095] {
+        keys.push(vec![0xFF; len]);
+        let mut below = vec![0xFF; len];
+        below.push(0x00);
+        keys.push(below);
+    }
+    for key in &keys {
+        tree.insert(key, vec![0xA5; 512]).expect("insert");
+    }
+    keys.sort();
+    keys.dedup();
+    let greatest = keys.last().unwrap().clone();
+    assert_eq!(greatest.len(), 4_096, "the greatest key: 4,095 0xFF bytes then 0x00");
+    assert_eq!(tree.last().unwrap().map(|(key, _)| key.to_vec()), Some(greatest.clone()));
+    let reversed: Vec<Vec<u8>> = tree.iter().rev().map(|item| item.unwrap().0.to_vec()).collect();
+    let mut expected = keys.clone();
+    expected.reverse();
+    assert_eq!(reversed, expected, "a reverse scan sees every key, greatest first");
+    let tail: Vec<Vec<u8>> =
+        tree.scan_prefix([0xFF]).rev().take(3).map(|item| item.unwrap().0.to_vec()).collect();
+    assert_eq!(tail, expected[..3].to_vec());
+}
