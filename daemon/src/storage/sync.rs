@@ -48,22 +48,17 @@ impl Durability {
         Ok(durability)
     }
 
-    /// Makes everything sled wrote before this call durable. Blocking: a few `fsync` calls,
-    /// one `fdatasync` and two directory reads.
+    /// Makes everything sled wrote before this call durable. Blocking: an `fsync` of each blob
+    /// file new since the last call (several at a time, [`SYNC_THREADS`]), one `fdatasync`,
+    /// two directory reads and an `fsync` of each directory whose entries changed.
     pub(crate) fn sync(&self) -> io::Result<()> {
         // One sync at a time: two would each see the other's new names as synced.
         let mut synced = self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let blobs_dir = self.dir.join(BLOBS_DIR);
         match names_in(&blobs_dir) {
             Ok(blobs) => {
-                for name in blobs.difference(&synced.blobs) {
-                    match File::open(blobs_dir.join(name)) {
-                        Ok(file) => file.sync_all()?,
-                        // Removed by sled's blob GC since the listing: nothing to keep.
-                        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                        Err(error) => return Err(error),
-                    }
-                }
+                let new: Vec<&String> = blobs.difference(&synced.blobs).collect();
+                sync_files(&blobs_dir, &new)?;
                 if blobs != synced.blobs {
                     sync_dir(&blobs_dir)?;
                     synced.blobs = blobs;
@@ -82,16 +77,59 @@ impl Durability {
                 if name == DATA_FILE || !path.is_file() {
                     continue;
                 }
-                match File::open(&path) {
-                    Ok(file) => file.sync_all()?,
-                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                    Err(error) => return Err(error),
-                }
+                sync_if_present(&path)?;
             }
             sync_dir(&self.dir)?;
             synced.dir_entries = entries;
         }
         Ok(())
+    }
+}
+
+/// Blob files synced at a time, each on a thread of its own.
+///
+/// One `fsync` after another each waits for a device cache flush of its own, even for a file
+/// with nothing left to write (ext4 then only flushes the cache): ~0.7 ms a blob here, several
+/// ms on an SD card, and a restart synced every blob of the store (69 for 1,000,000 open keys:
+/// ~70 ms of the ~170 ms to ready) as a commit syncs every state page it rewrote. In flight
+/// together, the block layer merges their flushes.
+const SYNC_THREADS: usize = 8;
+
+/// `fsync` of each of `names` in `dir` that still exists (sled's blob GC may have removed one
+/// since the listing: nothing to keep), several at a time; the first error if any failed.
+fn sync_files(dir: &Path, names: &[&String]) -> io::Result<()> {
+    let sync_some = |names: &[&String]| names.iter().try_for_each(|name| sync_if_present(&dir.join(name)));
+    if names.len() <= 1 {
+        return sync_some(names);
+    }
+    let per_thread = names.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let mut outcomes = Vec::new();
+        let mut threads = Vec::new();
+        for part in names.chunks(per_thread) {
+            let spawned = std::thread::Builder::new()
+                .name("eddy-fsync".to_owned())
+                .stack_size(64 * 1024)
+                .spawn_scoped(scope, move || sync_some(part));
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                // No thread to be had (a process or memory limit): sync these here.
+                Err(_) => outcomes.push(sync_some(part)),
+            }
+        }
+        for thread in threads {
+            // panic = "abort" in release; in tests a panic is the test's failure.
+            outcomes.push(thread.join().unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked"))));
+        }
+        outcomes.into_iter().collect()
+    })
+}
+
+fn sync_if_present(path: &Path) -> io::Result<()> {
+    match File::open(path) {
+        Ok(file) => file.sync_all(),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
     }
 }
 
@@ -110,7 +148,27 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::storage::sync::Durability;
+    use crate::storage::sync::{sync_files, Durability};
+
+    #[test]
+    fn sync_files_syncs_many_at_once_skips_the_gone_and_reports_a_failure() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut names: Vec<String> = (0..37).map(|n| n.to_string()).collect();
+        for name in &names {
+            std::fs::write(dir.path().join(name), name.as_bytes()).expect("write");
+        }
+        // Removed by sled's blob GC after the listing: nothing to sync.
+        names.push("gone".to_owned());
+        let refs: Vec<&String> = names.iter().collect();
+        sync_files(dir.path(), &refs).expect("every file synced");
+        sync_files(dir.path(), &refs[..1]).expect("one file, inline");
+        sync_files(dir.path(), &[]).expect("nothing to do");
+        // A name that cannot be opened (its parent is a file): the error, whichever thread.
+        names.push("0/not-a-dir".to_owned());
+        let refs: Vec<&String> = names.iter().collect();
+        let error = sync_files(dir.path(), &refs).expect_err("the failure is reported");
+        assert_eq!(error.kind(), std::io::ErrorKind::NotADirectory, "{error}");
+    }
 
     #[test]
     fn sync_needs_the_data_file_and_tolerates_a_store_without_blobs() {
