@@ -936,3 +936,31 @@ fn a_sensor_forgotten_and_back_before_the_commit_keeps_its_new_state_in_the_stor
     assert!(report.skipped.is_empty(), "{report:?}");
     assert_eq!((restored.stats().sensors, restored.stats().open_windows), (1, engine.stats().open_windows));
 }
+
+/// Restoring in parts keeps the sensor table in id order whatever the sizes of the parts: a few
+/// names into many, many into few and into none.
+#[test]
+fn the_sensor_table_stays_in_order_across_restore_parts_of_any_size() {
+    let mut table = crate::engine::SensorTable::default();
+    let mut all: Vec<String> = Vec::new();
+    // Pseudo-random ids (a fixed LCG), so that each part interleaves with the table.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next_name = || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        format!("t-{:016x}", state >> 7)
+    };
+    for part in [5_000, 3, 1, 40, 700, 2, 9_000, 64, 1] {
+        let sorted_len = table.sorted.len();
+        for _ in 0..part {
+            let name = next_name();
+            table.intern_unsorted(&name);
+            all.push(name);
+        }
+        // A known name again changes nothing.
+        table.intern_unsorted(&all[0]);
+        table.sort(sorted_len);
+        all.sort();
+        let names: Vec<&str> = table.sorted.iter().map(|&sensor| &*table.names[sensor]).collect();
+        assert_eq!(names, all, "after a part of {part}");
+    }
+}
