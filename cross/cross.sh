@@ -112,6 +112,11 @@ xc_env() {
   else
     command -v "$cc" >/dev/null || die "$cc is missing: run cross/cross.sh setup"
     export "CARGO_TARGET_${T}_LINKER=$cc" "CC_${t//-/_}=$cc" "AR_${t//-/_}=${cc%gcc}ar"
+    # XC_EXTRA_RUSTFLAGS: the release build's own flags (see `build`); Debian's prebuilt std
+    # keeps its own.
+    if [ -n "${XC_MODE_RUSTFLAGS}${XC_EXTRA_RUSTFLAGS:-}" ]; then
+      export "CARGO_TARGET_${T}_RUSTFLAGS=${XC_MODE_RUSTFLAGS}${XC_MODE_RUSTFLAGS:+${XC_EXTRA_RUSTFLAGS:+ }}${XC_EXTRA_RUSTFLAGS:-}"
+    fi
     # qemu must see one consistent glibc: the multiarch one when installed (libc6:arm64 comes
     # with the arm64 std; with -L the cross ld.so mixes two glibc builds and hangs in the
     # first pthread_create), else the cross sysroot.
@@ -205,10 +210,11 @@ case $cmd in
   build)
     [ $# -ge 1 ] || die "usage: $0 build TARGET"
     t=$1; shift
-    # musl: no unwind tables (.eh_frame, ~565 KB of aarch64-musl). The release profile aborts
-    # on panic, so nothing unwinds; a panic still prints its message, only a backtrace's
-    # frames are lost. Build only: the test harness unwinds (a failing test is reported and the
-    # run goes on) and a test binary's size does not matter.
+    # No unwind tables (.eh_frame, ~565 KB of aarch64-musl; gnu: eddy's code only, Debian's
+    # prebuilt std keeps its own). The release profile aborts on panic, so nothing unwinds; a
+    # panic still prints its message and location, only a backtrace's frames are lost. Build
+    # only: the test harness unwinds (a failing test is reported and the run goes on) and a
+    # test binary's size does not matter. XC_EXTRA_RUSTFLAGS= (empty) keeps them.
     # musl: std without its `backtrace` feature (-Zbuild-std-features= with none; panic-unwind
     # is not needed with panic=abort either): no symbolizer (addr2line, gimli, object,
     # miniz_oxide; aarch64: -113,480 bytes, 2.2 %). Without unwind tables a backtrace had no
@@ -216,10 +222,9 @@ case $cmd in
     # daemon/src/ops/panic.rs), only RUST_BACKTRACE prints nothing more. Nothing else in std
     # depends on the feature (but for the two one-call wrappers around a thread's start, which
     # may now be inlined). XC_STD_FEATURES=panic-unwind,backtrace,default: cargo's default.
+    XC_EXTRA_RUSTFLAGS=${XC_EXTRA_RUSTFLAGS-"-C force-unwind-tables=no"}
     case $t in
-      *-musl*)
-        XC_EXTRA_RUSTFLAGS=${XC_EXTRA_RUSTFLAGS-"-C force-unwind-tables=no"}
-        XC_STD_FEATURES=${XC_STD_FEATURES-} ;;
+      *-musl*) XC_STD_FEATURES=${XC_STD_FEATURES-} ;;
     esac
     xc_cargo build "$t" --release --locked -p eddy --bin eddy "$@"
     bin=$CARGO_TARGET_DIR/$t/release/eddy
