@@ -21,7 +21,8 @@
 # TARGET: aarch64-unknown-linux-gnu (Raspberry Pi 3/4/5, 64-bit OS) or
 #         armv7-unknown-linux-gnueabihf (Raspberry Pi 2/3/4, 32-bit Raspberry Pi OS), or
 #         static (musl, no libc needed on the device): aarch64-unknown-linux-musl,
-#         armv7-unknown-linux-musleabihf. deb and deb-test take the gnu targets only.
+#         armv7-unknown-linux-musleabihf, x86_64-unknown-linux-musl (x86 gateways; runs here
+#         without qemu). deb and deb-test take the gnu targets only.
 #
 # How: rustup cannot download targets here, so the compiler is Debian's rustc-web/cargo-web
 # (/usr/bin/rustc, /usr/bin/cargo; rustup's toolchain stays first on PATH and is not used).
@@ -82,10 +83,12 @@ xc_env() {
     armv7-unknown-linux-gnueabihf) cc=arm-linux-gnueabihf-gcc; q=qemu-arm-static; sys=/usr/arm-linux-gnueabihf; ld=/lib/ld-linux-armhf.so.3 ;;
     aarch64-unknown-linux-musl) q=qemu-aarch64-static; XC_ZIG=1 ;;
     armv7-unknown-linux-musleabihf) q=qemu-arm-static; XC_ZIG=1 ;;
-    *) die "unsupported target $t (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, aarch64-unknown-linux-musl, armv7-unknown-linux-musleabihf)" ;;
+    # x86 gateways: runs here natively, no emulator.
+    x86_64-unknown-linux-musl) q=""; XC_ZIG=1 ;;
+    *) die "unsupported target $t (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, aarch64-unknown-linux-musl, armv7-unknown-linux-musleabihf, x86_64-unknown-linux-musl)" ;;
   esac
   [ -x /usr/bin/rustc ] || die "Debian's rustc-web is missing: run cross/cross.sh setup"
-  command -v "$q" >/dev/null || die "$q is missing: run cross/cross.sh setup"
+  [ -z "$q" ] || command -v "$q" >/dev/null || die "$q is missing: run cross/cross.sh setup"
   export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc CARGO=/usr/bin/cargo
   # armv7-musl is built in Thumb-2 (T32), std too, for build and test alike (the tests must run
   # the code that ships): 4.3 MB instead of 5.6 MB in A32 (BENCHMARKS.md, session 5). It is the
@@ -107,8 +110,8 @@ xc_env() {
     [ -x "$XC_HOME/bin/cargo-zigbuild" ] || die "cargo-zigbuild is missing: run cross/cross.sh setup"
     export CARGO_ZIGBUILD_PYTHON_PATH=$XC_HOME/venv/bin/python3
     # XC_EXTRA_RUSTFLAGS: the release build's own flags (see `build`); std gets them too.
-    export "CARGO_TARGET_${T}_RUNNER=$q" \
-      "CARGO_TARGET_${T}_RUSTFLAGS=-C link-self-contained=no${XC_MODE_RUSTFLAGS:+ $XC_MODE_RUSTFLAGS}${XC_EXTRA_RUSTFLAGS:+ $XC_EXTRA_RUSTFLAGS}"
+    [ -z "$q" ] || export "CARGO_TARGET_${T}_RUNNER=$q"
+    export "CARGO_TARGET_${T}_RUSTFLAGS=-C link-self-contained=no${XC_MODE_RUSTFLAGS:+ $XC_MODE_RUSTFLAGS}${XC_EXTRA_RUSTFLAGS:+ $XC_EXTRA_RUSTFLAGS}"
   else
     command -v "$cc" >/dev/null || die "$cc is missing: run cross/cross.sh setup"
     export "CARGO_TARGET_${T}_LINKER=$cc" "CC_${t//-/_}=$cc" "AR_${t//-/_}=${cc%gcc}ar"
@@ -123,7 +126,7 @@ xc_env() {
     if [ -e "$ld" ]; then export "CARGO_TARGET_${T}_RUNNER=$q"; else export "CARGO_TARGET_${T}_RUNNER=$q -L $sys"; fi
   fi
   rv=CARGO_TARGET_${T}_RUNNER
-  XC_RUNNER_CMD=${!rv}
+  XC_RUNNER_CMD=${!rv:-}
   BUILD_STD=()
   if [ ! -d "/usr/lib/rustlib/$t/lib" ]; then
     export RUSTC_BOOTSTRAP=1
