@@ -214,13 +214,16 @@ fn main() {
         let _ = child.wait();
         println!(
             "  restart {run}: ready {:.0} ms, first result {:.0} ms, cpu {:.0} ms, peak RSS {:.1} MiB \
-             (open_keys={} state entries={} replayed chunks={} replay {} ms)",
+             (open_keys={} state entries={} pages={} pages_later={} replayed chunks={} replay {} ms)",
             timing.ready.as_secs_f64() * 1000.0,
             timing.first_result.as_secs_f64() * 1000.0,
             timing.cpu.as_secs_f64() * 1000.0,
             mib(timing.peak_rss_kib),
             log_field(&timing.log, "Engine state restored.", "open_keys").unwrap_or_default(),
             log_field(&timing.log, "Engine state restored.", "entries").unwrap_or_default(),
+            // State pages loaded at open, and left to load as readings and idle steps come.
+            log_field(&timing.log, "Engine state restored.", "pages").unwrap_or_default(),
+            log_field(&timing.log, "Engine state restored.", "pages_later").unwrap_or_default(),
             log_field(&timing.log, "Log replayed.", "chunks").unwrap_or_default(),
             log_field(&timing.log, "Log replayed.", "elapsed_ms").unwrap_or_default(),
         );
