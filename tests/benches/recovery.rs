@@ -9,7 +9,8 @@
 //!
 //! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench recovery`
 //! Environment: `EDDY_BENCH_SENSORS` (default 12500; 125000 gives 1,000,000 open keys),
-//! `EDDY_BENCH_RESTARTS` (default 5), `EDDY_BENCH_SETTLE_MS` (default 3000: how long eddy runs
+//! `EDDY_BENCH_RESTARTS` (default 5), `EDDY_BENCH_KILL_AFTER_MS` (default 0: how long after the
+//! fill's last ack the kill comes), `EDDY_BENCH_SETTLE_MS` (default 3000: how long eddy runs
 //! after its first result before the next kill), `EDDY_BENCH_KEEP_DIR` (copies the killed store
 //! there before the restarts), `EDDY_BENCH_RESULT_COMMIT_DELAY` (e.g. `0s`: the first result is
 //! committed right after its closing reading, not at the next checkpoint). Each restart also reports eddy's CPU time (user + sys)
@@ -179,7 +180,12 @@ fn main() {
         let replies = send_with_acks(address, &refs, Duration::from_secs(120)).expect("acked");
         assert_eq!(replies.acked, u64::try_from(batch.len()).unwrap());
     }
-    // Killed right after the last ack: the newest readings are only in the log.
+    // Killed right after the last ack: the newest readings are only in the log, and every
+    // sensor's micro-batch is open. `EDDY_BENCH_KILL_AFTER_MS` waits first (a micro-batch
+    // interval and a checkpoint: the batch emitted and committed, the log trimmed).
+    std::thread::sleep(Duration::from_millis(
+        u64::try_from(env_usize("EDDY_BENCH_KILL_AFTER_MS", 0)).unwrap_or(0),
+    ));
     eddy.kill();
     eddy.wait(Duration::from_secs(10)).unwrap();
     println!(
