@@ -1,7 +1,8 @@
 //! The architecture invariants ARCHITECTURE.md states as absences, checked on the source: the
 //! engine does no I/O and reads no clock, the daemon's modules import only the layers below
-//! them (so there is no import cycle), and the library crates depend on none of ours but the
-//! leaf `eddy-common`.
+//! them (so there is no import cycle), the library crates depend on none of ours but the
+//! leaf `eddy-common`, and the store uses no sled transaction (upstream left one of its paths
+//! unimplemented).
 
 use std::path::{Path, PathBuf};
 
@@ -162,4 +163,23 @@ fn library_crates_depend_on_no_crate_of_ours_but_common() {
             "{manifest} depends on {ours:?}: sensors and sinks may use only eddy-common"
         );
     }
+}
+
+/// The vendored sled (vendor/README.md) is upstream's code, which leaves one path
+/// `unimplemented!()`: `TransactionalTree::unstage`, reached only by a sled transaction that
+/// must retry. eddy commits with batches (`apply_batch`), never with transactions.
+#[test]
+fn the_store_uses_no_sled_transaction() {
+    let storage = root().join("daemon/src/storage");
+    let files = rust_files(&storage);
+    assert!(files.len() >= 6, "found only {} storage files", files.len());
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|path| {
+            let code = shipped_code(path);
+            code.contains("transaction(") || code.contains("Transactional")
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(offenders.is_empty(), "sled transactions reach upstream's unimplemented!(): {offenders:#?}");
 }
