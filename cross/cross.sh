@@ -213,8 +213,8 @@ case $cmd in
   build)
     [ $# -ge 1 ] || die "usage: $0 build TARGET"
     t=$1; shift
-    # No unwind tables (.eh_frame, ~565 KB of aarch64-musl; gnu: eddy's code only, Debian's
-    # prebuilt std keeps its own). The release profile aborts on panic, so nothing unwinds; a
+    # No unwind tables (.eh_frame, ~565 KB of aarch64-musl; aarch64-gnu: eddy's code only,
+    # Debian's prebuilt std keeps its own; every target that builds std loses std's too). The release profile aborts on panic, so nothing unwinds; a
     # panic still prints its message and location, only a backtrace's frames are lost. Build
     # only: the test harness unwinds (a failing test is reported and the run goes on) and a
     # test binary's size does not matter. XC_EXTRA_RUSTFLAGS= (empty) keeps them.
