@@ -11,8 +11,11 @@
 //! - `ops`: the HTTP endpoint, telemetry, systemd, SIGHUP, the counters log, the panic report;
 //! - `stats`: the counters the components publish (a leaf: it breaks the import cycles);
 //! - [`cli`]: the subcommands;
+//! - [`alloc`]: the global allocator of the static (musl) builds;
 //! - `run`: start-up order and the main loop.
 
+#[cfg(target_os = "linux")]
+pub mod alloc;
 pub mod cli;
 pub mod config;
 pub mod engine;
