@@ -27,5 +27,10 @@ mod pipeline;
 mod run;
 mod stats;
 
+/// The unit tests of the musl builds run on the binary's allocator too (`main.rs`).
+#[cfg(all(test, target_os = "linux", target_env = "musl"))]
+#[global_allocator]
+static TEST_ALLOCATOR: alloc::LargeBlocksMapped = alloc::LargeBlocksMapped;
+
 pub use crate::ops::panic::install_hook as install_panic_hook;
 pub use crate::run::{run, run_with_reloads, RunError};
