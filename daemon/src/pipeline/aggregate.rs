@@ -3,6 +3,8 @@
 //! atomically every `checkpoint_interval`.
 
 #[cfg(test)]
+mod burst_tests;
+#[cfg(test)]
 mod recovery_tests;
 
 use std::collections::BTreeMap;
@@ -392,32 +394,29 @@ impl Aggregator {
             tokio::select! {
                 input = rx.recv() => match input {
                     Some(EngineInput::Chunk(chunk, received)) => {
-                        self.stats.inputs_total.fetch_add(1, Ordering::Relaxed);
-                        self.load_state_for(&chunk)?;
-                        let closed = self.apply_chunk(&chunk);
-                        self.note_closed(received.into_std(), closed);
-                        self.seal_full_pages()?;
-                        if closed > 0 && self.results_due.is_none() {
-                            self.results_due =
-                                self.result_commit_delay.map(|delay| tokio::time::Instant::now() + delay);
+                        self.on_chunk(&chunk, received)?;
+                        // The inputs already waiting when results fall due join their commit
+                        // (at most those: a steady stream cannot hold it back). A window-close
+                        // burst arrives as several chunks at once (at most 512 readings
+                        // each); committed one by one, each waited for the commits of those
+                        // before it.
+                        if self.results_are_due() && !self.commit_due() {
+                            for _ in 0..rx.len() {
+                                match rx.try_recv() {
+                                    Ok(EngineInput::Chunk(chunk, received)) => self.on_chunk(&chunk, received)?,
+                                    Ok(EngineInput::Tick { now_ms }) => self.on_tick(now_ms)?,
+                                    Err(_) => break,
+                                }
+                                if self.commit_due() {
+                                    break;
+                                }
+                            }
                         }
-                        let results_due =
-                            self.results_due.is_some_and(|due| due <= tokio::time::Instant::now());
-                        if self.commit_due() || results_due {
+                        if self.commit_due() || self.results_are_due() {
                             self.commit().await?;
                         }
                     }
-                    Some(EngineInput::Tick { now_ms }) => {
-                        self.stats.inputs_total.fetch_add(1, Ordering::Relaxed);
-                        if self.engine.needs_all_state(now_ms) {
-                            self.load_pages(usize::MAX)?;
-                        }
-                        self.clock_ms = self.clock_ms.max(now_ms);
-                        self.engine.tick(now_ms, &mut self.outputs);
-                        publish_outliers(&self.engine, &self.stats);
-                        self.take_outputs();
-                        self.seal_full_pages()?;
-                    }
+                    Some(EngineInput::Tick { now_ms }) => self.on_tick(now_ms)?,
                     None => break,
                 },
                 _ = ticker.tick() => self.commit().await?,
@@ -437,6 +436,37 @@ impl Aggregator {
             "Aggregator stopped; state committed."
         );
         Ok(())
+    }
+
+    /// Applies one durable chunk from the ingest task, received there at `received`.
+    fn on_chunk(&mut self, chunk: &LogChunk, received: tokio::time::Instant) -> Result<(), StoreError> {
+        self.stats.inputs_total.fetch_add(1, Ordering::Relaxed);
+        self.load_state_for(chunk)?;
+        let closed = self.apply_chunk(chunk);
+        self.note_closed(received.into_std(), closed);
+        self.seal_full_pages()?;
+        if closed > 0 && self.results_due.is_none() {
+            self.results_due = self.result_commit_delay.map(|delay| tokio::time::Instant::now() + delay);
+        }
+        Ok(())
+    }
+
+    /// Moves processing time on to `now_ms` with no new readings.
+    fn on_tick(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        self.stats.inputs_total.fetch_add(1, Ordering::Relaxed);
+        if self.engine.needs_all_state(now_ms) {
+            self.load_pages(usize::MAX)?;
+        }
+        self.clock_ms = self.clock_ms.max(now_ms);
+        self.engine.tick(now_ms, &mut self.outputs);
+        publish_outliers(&self.engine, &self.stats);
+        self.take_outputs();
+        self.seal_full_pages()
+    }
+
+    /// Whether window results wait past `result_commit_delay`.
+    fn results_are_due(&self) -> bool {
+        self.results_due.is_some_and(|due| due <= tokio::time::Instant::now())
     }
 
     /// Results produced since the last commit.
