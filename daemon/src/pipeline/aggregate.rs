@@ -393,30 +393,12 @@ impl Aggregator {
         loop {
             tokio::select! {
                 input = rx.recv() => match input {
-                    Some(EngineInput::Chunk(chunk, received)) => {
-                        self.on_chunk(&chunk, received)?;
-                        // The inputs already waiting when results fall due join their commit
-                        // (at most those: a steady stream cannot hold it back). A window-close
-                        // burst arrives as several chunks at once (at most 512 readings
-                        // each); committed one by one, each waited for the commits of those
-                        // before it.
-                        if self.results_are_due() && !self.commit_due() {
-                            for _ in 0..rx.len() {
-                                match rx.try_recv() {
-                                    Ok(EngineInput::Chunk(chunk, received)) => self.on_chunk(&chunk, received)?,
-                                    Ok(EngineInput::Tick { now_ms }) => self.on_tick(now_ms)?,
-                                    Err(_) => break,
-                                }
-                                if self.commit_due() {
-                                    break;
-                                }
-                            }
-                        }
-                        if self.commit_due() || self.results_are_due() {
-                            self.commit().await?;
+                    Some(input) => {
+                        let mut input = Some(input);
+                        while let Some(current) = input.take() {
+                            input = self.on_input_then_commit(current, &mut rx).await?;
                         }
                     }
-                    Some(EngineInput::Tick { now_ms }) => self.on_tick(now_ms)?,
                     None => break,
                 },
                 _ = ticker.tick() => self.commit().await?,
@@ -436,6 +418,44 @@ impl Aggregator {
             "Aggregator stopped; state committed."
         );
         Ok(())
+    }
+
+    /// Applies `input`; a chunk whose window results are then due is committed at once, with
+    /// the rest of its ingest group. The ingest task cuts a group into chunks of at most 512
+    /// readings, all with the group's receipt time: a window-close burst of 1,000 sensors came
+    /// as two chunks, and committed one by one the second waited for the first one's whole
+    /// commit. Chunks of later groups wait for the commit: joining it would delay the results
+    /// already due (measured: with 2 ms groups at 100k/s the close burst's max grew 25 %).
+    /// Returns an input taken from `rx` while looking for the group's chunks, to be handled
+    /// next.
+    async fn on_input_then_commit(
+        &mut self,
+        input: EngineInput,
+        rx: &mut mpsc::Receiver<EngineInput>,
+    ) -> Result<Option<EngineInput>, StoreError> {
+        let (chunk, received) = match input {
+            EngineInput::Chunk(chunk, received) => (chunk, received),
+            EngineInput::Tick { now_ms } => {
+                self.on_tick(now_ms)?;
+                return Ok(None);
+            }
+        };
+        self.on_chunk(&chunk, received)?;
+        let mut next = None;
+        while self.results_are_due() && !self.commit_due() {
+            match rx.try_recv() {
+                Ok(EngineInput::Chunk(more, at)) if at == received => self.on_chunk(&more, at)?,
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if self.commit_due() || self.results_are_due() {
+            self.commit().await?;
+        }
+        Ok(next)
     }
 
     /// Applies one durable chunk from the ingest task, received there at `received`.

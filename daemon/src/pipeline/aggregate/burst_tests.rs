@@ -1,6 +1,7 @@
-//! A window-close burst that reaches the engine as several chunks at once is committed once,
-//! with `result_commit_delay = "0s"`: the chunks already waiting join the commit the first one
-//! asked for, instead of each waiting for the commits of those before it.
+//! A window-close burst that reaches the engine as several chunks of one ingest group is
+//! committed once, with `result_commit_delay = "0s"`: the group's chunks already waiting join
+//! the commit the first one asked for, instead of each waiting for the commits of those before
+//! it; chunks of later groups do not.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,8 +45,14 @@ fn spec() -> Arc<EngineSpec> {
     })
 }
 
-/// A chunk (log key `key`) with one reading at event time `ts_ms` from each of `sensors`.
-fn chunk(key: u64, sensors: std::ops::Range<usize>, ts_ms: i64) -> EngineInput {
+/// A chunk (log key `key`) with one reading at event time `ts_ms` from each of `sensors`, of
+/// the ingest group received at `received`.
+fn chunk(
+    key: u64,
+    sensors: std::ops::Range<usize>,
+    ts_ms: i64,
+    received: tokio::time::Instant,
+) -> EngineInput {
     let readings = sensors
         .map(|sensor| Reading {
             sensor: Arc::from(format!("t-{sensor:03}")),
@@ -61,7 +68,7 @@ fn chunk(key: u64, sensors: std::ops::Range<usize>, ts_ms: i64) -> EngineInput {
         readings,
         marks: Vec::new(),
     };
-    EngineInput::Chunk(chunk, tokio::time::Instant::now())
+    EngineInput::Chunk(chunk, received)
 }
 
 /// Runs an aggregator (`result_commit_delay` 0 s, an hour's checkpoint) over `inputs`, all
@@ -90,24 +97,42 @@ async fn run(inputs: Vec<EngineInput>) -> (u64, usize) {
 }
 
 #[tokio::test]
-async fn a_burst_in_several_waiting_chunks_is_committed_once() {
-    // 40 sensors open a window; then two chunks, each moving half of them past its end.
+async fn a_burst_in_several_chunks_of_one_group_is_committed_once() {
+    // 40 sensors open a window; then one ingest group of two chunks, each moving half of them
+    // past its end.
+    let (opened, closed) =
+        (tokio::time::Instant::now(), tokio::time::Instant::now() + Duration::from_millis(5));
     let inputs = vec![
-        chunk(1, 0..40, INGEST_MS),
-        chunk(2, 0..20, INGEST_MS + 5_000),
-        chunk(3, 20..40, INGEST_MS + 5_000),
+        chunk(1, 0..40, INGEST_MS, opened),
+        chunk(2, 0..20, INGEST_MS + 5_000, closed),
+        chunk(3, 20..40, INGEST_MS + 5_000, closed),
     ];
     let (commits, results) = run(inputs).await;
     // One result (count and max of the field) for each of the 40 sensors' closed windows.
     assert_eq!(results, 40, "every closed window's result is committed");
-    assert_eq!(commits, 1, "the two closing chunks were waiting together: one commit");
+    assert_eq!(commits, 1, "the two closing chunks of one group were waiting together: one commit");
+}
+
+#[tokio::test]
+async fn chunks_of_a_later_group_wait_for_the_commit() {
+    // The same closes in two groups: the second group's chunk is waiting already, but joining
+    // would hold the first group's results back; each group gets its commit.
+    let now = tokio::time::Instant::now();
+    let inputs = vec![
+        chunk(1, 0..40, INGEST_MS, now),
+        chunk(2, 0..20, INGEST_MS + 5_000, now + Duration::from_millis(5)),
+        chunk(3, 20..40, INGEST_MS + 5_000, now + Duration::from_millis(7)),
+    ];
+    let (commits, results) = run(inputs).await;
+    assert_eq!((commits, results), (2, 40));
 }
 
 #[tokio::test]
 async fn a_closing_chunk_alone_is_committed_at_once() {
     // One closing chunk, the last input: nothing joins its commit, which comes at once (not at
     // the end of the run: the run's final commit finds nothing left and writes nothing).
-    let first = vec![chunk(1, 0..40, INGEST_MS), chunk(2, 0..20, INGEST_MS + 5_000)];
-    let (commits, results) = run(first).await;
+    let now = tokio::time::Instant::now();
+    let inputs = vec![chunk(1, 0..40, INGEST_MS, now), chunk(2, 0..20, INGEST_MS + 5_000, now)];
+    let (commits, results) = run(inputs).await;
     assert_eq!((commits, results), (1, 20));
 }
