@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use eddy_sensors::SensorRegistry;
 use tokio::sync::{mpsc, watch};
 
+use crate::engine::record::TitleKey;
 use crate::engine::{Engine, EngineSpec, Output, RestoreReport};
 use crate::pipeline::ingest::EngineInput;
 use crate::stats::{
@@ -561,14 +562,25 @@ impl Aggregator {
     /// Moves the engine's outputs to the pending results; returns how many were window results.
     fn take_outputs(&mut self) -> u64 {
         let mut windows = 0;
+        // A close emits thousands of records of one window slot: their title is made once.
+        let mut title: Option<(TitleKey, String)> = None;
         for output in self.outputs.drain(..) {
             match output {
                 Output::Result(record) => {
                     let kind = record.kind();
                     windows += u64::from(kind == "window");
+                    let key = record.title_key();
+                    let group = match &title {
+                        Some((made_for, made)) if *made_for == key => made.clone(),
+                        _ => {
+                            let made = record.group_title();
+                            title = Some((key, made.clone()));
+                            made
+                        }
+                    };
                     self.pending.push(OutboxEntry {
                         kind: kind.to_owned(),
-                        group: record.group_title(),
+                        group,
                         payload: record.to_json(),
                     });
                 }
