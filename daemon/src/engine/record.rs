@@ -432,24 +432,16 @@ struct Id<'a>(&'a ResultRecord);
 impl std::fmt::Display for Id<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            ResultRecord::Window(record) => write!(
-                f,
-                "{}/{}/{}/{}/{}",
-                record.device,
-                record.window,
-                id_part(&record.sensor),
-                record.field,
-                record.start_ms
-            ),
-            ResultRecord::WindowCounts(record) => write!(
-                f,
-                "{}/{}/{}/{}/{}",
-                record.device,
-                record.window,
-                id_part(&record.sensor),
-                record.tag,
-                record.start_ms
-            ),
+            // A window record is keyed by its field, a window-counts record by its tag.
+            ResultRecord::Window(WindowRecord { device, window, sensor, field: part, start_ms, .. })
+            | ResultRecord::WindowCounts(WindowCountsRecord {
+                device,
+                window,
+                sensor,
+                tag: part,
+                start_ms,
+                ..
+            }) => write!(f, "{device}/{window}/{}/{part}/{start_ms}", id_part(sensor)),
             ResultRecord::Batch(record) => write!(
                 f,
                 "{}/batch/{}/{}/{}",
