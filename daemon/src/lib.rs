@@ -3,6 +3,7 @@
 //! [`cli::main`]; the daemon itself is [`run`].
 //!
 //! Modules by role (ARCHITECTURE.md has the code map):
+//! - [`alloc`]: the global allocator of the static (musl) builds (a leaf: it imports nothing);
 //! - [`config`]: the TOML file to a validated [`config::Config`];
 //! - [`engine`]: windows and micro-batches as a pure state machine, and its output records;
 //! - [`storage`]: the only module that touches sled (log, outbox, state, cursors, marks);
@@ -11,7 +12,6 @@
 //! - `ops`: the HTTP endpoint, telemetry, systemd, SIGHUP, the counters log, the panic report;
 //! - `stats`: the counters the components publish (a leaf: it breaks the import cycles);
 //! - [`cli`]: the subcommands;
-//! - [`alloc`]: the global allocator of the static (musl) builds;
 //! - `run`: start-up order and the main loop.
 
 #[cfg(target_os = "linux")]
