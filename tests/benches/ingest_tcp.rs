@@ -7,7 +7,7 @@
 //!
 //! `cargo build --release -p eddy && cargo bench -p eddy-tests --bench ingest_tcp`
 //! Environment: `EDDY_BENCH_COUNT` (readings per run, default 2,000,000), `EDDY_BENCH_SENSORS`
-//! (default 1000), `EDDY_BENCH_RATE` (readings/s per sensor; unset: as fast as possible),
+//! (default 1000), `EDDY_BENCH_RATE` (readings/s per sensor, a decimal; unset: as fast as possible),
 //! `EDDY_BENCH_WINDOWS` (1 to 8 windows, default 2: `eddy_tests::config::throughput_bench_windows`),
 //! `EDDY_BENCH_SESSION=1` (number the lines in a session: what exactly-once ingest costs),
 //! `EDDY_BENCH_CSV` (a file to append one row of figures to: scripts/bench-scaling.sh),
@@ -31,7 +31,11 @@ fn main() {
     let sensors = env_u64("EDDY_BENCH_SENSORS").unwrap_or(1000);
     // Readings per second per sensor (unset: as fast as possible): 100 with 1000 sensors is
     // 100,000 readings/s.
-    let rate = env_u64("EDDY_BENCH_RATE");
+    // A decimal for many slow sensors: 0.1 with 100,000 sensors is 10,000 readings/s, each
+    // sensor reporting every 10 s.
+    let rate: Option<f64> = std::env::var("EDDY_BENCH_RATE")
+        .ok()
+        .map(|value| value.parse().unwrap_or_else(|_| panic!("EDDY_BENCH_RATE is a number")));
     let windows = usize::try_from(env_u64("EDDY_BENCH_WINDOWS").unwrap_or(2)).expect("a few windows");
     let session = std::env::var("EDDY_BENCH_SESSION").is_ok_and(|v| v == "1");
     let config = throughput_bench_windows(windows).tcp_source("in").key("ack", true);
@@ -84,8 +88,10 @@ fn main() {
     let wall_rate = acked as f64 / elapsed.as_secs_f64();
     let per_cpu = acked as f64 / cpu.max(1e-9);
     let numbered = if session { ", numbered session" } else { "" };
-    let paced = rate
-        .map_or_else(|| "as fast as possible".to_owned(), |rate| format!("{} readings/s", rate * sensors));
+    let paced = rate.map_or_else(
+        || "as fast as possible".to_owned(),
+        |rate| format!("{} readings/s", rate * sensors as f64),
+    );
     println!(
         "ingest_tcp: {acked} readings, {sensors} sensors, {windows} windows + 2 s batches, ack after fsync, {paced}{numbered}"
     );
@@ -133,7 +139,7 @@ fn main() {
             "{},{sensors},{windows},{},{acked},{:.3},{wall_rate:.0},{cpu:.3},{per_cpu:.0},{},{idle_rss},{peak_rss},\
              {written_per_reading:.1},{open_windows}",
             eddy_binary().display(),
-            rate.map_or_else(|| "max".to_owned(), |rate| (rate * sensors).to_string()),
+            rate.map_or_else(|| "max".to_owned(), |rate| (rate * sensors as f64).to_string()),
             elapsed.as_secs_f64(),
             sim_cpu.map_or_else(String::new, |secs| format!("{secs:.3}")),
         )

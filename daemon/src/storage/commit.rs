@@ -7,12 +7,8 @@ use crate::storage::budget::entry_bytes;
 use crate::storage::stored::{self, OutboxEntryV1Ref};
 use crate::storage::{
     io, prefixed, Lane, OutboxEntry, Store, StoreError, MARKS, META_CLOCK, META_LOG_POS, META_NEXT_RAW_SEQ,
-    META_NEXT_SEQ, META_STATE_INDEX, OUTBOX, OUTBOX_PAGE_ENTRIES, RAW, STATE, STATE_PAGES,
+    META_NEXT_SEQ, META_STATE_INDEX, OUTBOX, OUTBOX_PAGE_ENTRIES, RAW, STATE_PAGES,
 };
-
-/// The first byte of the engine's micro-batch keys (`engine/state.rs`): the state index
-/// records which pages hold them. The store knows nothing else of the engine's keys.
-const BATCH_KEY_PREFIX: u8 = b'b';
 
 /// The engine's committed state.
 #[derive(Debug, Default)]
@@ -200,28 +196,6 @@ impl Store {
         Ok((snapshot, index))
     }
 
-    /// The engine state entries of `pages`, page by page. An undecodable page is skipped,
-    /// counted and reported (the engine then starts without its entries; the next commit that
-    /// touches the page rebuilds it from what the engine has).
-    pub fn load_state_pages(&self, pages: &[u16]) -> Result<Vec<StateEntry>, StoreError> {
-        let mut entries = Vec::new();
-        for page in pages {
-            let key = prefixed(STATE, &page.to_be_bytes());
-            let Some(value) = self.main.get(&key).map_err(io("state read"))? else { continue };
-            let read = stored::read_state_page(&value, |page_entries| {
-                entries.extend(page_entries.iter().map(|(key, value)| (key.0.to_vec(), value.0.to_vec())));
-            });
-            match read {
-                Ok(()) => {}
-                Err(error) => {
-                    self.stats.corrupt_state_pages.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(page, %error, "Skipped an undecodable engine state page.");
-                }
-            }
-        }
-        Ok(entries)
-    }
-
     /// The stored state index, if it was written by the commit whose position, next seq and
     /// clock are given (the last one): an index left by an earlier commit is stale.
     fn current_state_index(
@@ -251,17 +225,12 @@ impl Store {
 
     /// The pages holding micro-batch entries, read from every page: for a commit when the last
     /// one left no current index (the first commit after an upgrade or a restore of every
-    /// page). An undecodable page counts as holding some.
+    /// page). An undecodable page or delta counts as holding none: it was reported at load, and
+    /// the engine started without its entries.
     fn scan_batch_pages(&self) -> Result<Vec<u8>, StoreError> {
         let mut batch_pages = vec![0; BATCH_PAGE_BYTES];
-        for item in self.main.scan_prefix([STATE]) {
-            let (key, value) = item.map_err(io("state read"))?;
-            let Some(page) = <[u8; 2]>::try_from(&key[1..]).ok().map(u16::from_be_bytes) else { continue };
-            let holds_batch = stored::read_state_page(&value, |entries| {
-                entries.first().is_some_and(|(key, _)| key.0.first() == Some(&BATCH_KEY_PREFIX))
-            })
-            .unwrap_or(true);
-            set_page(&mut batch_pages, page, holds_batch);
+        for page in 0..STATE_PAGES {
+            set_page(&mut batch_pages, page, self.page_holds_batch(page)?);
         }
         Ok(batch_pages)
     }
@@ -304,14 +273,14 @@ impl Store {
             Some(_) => self.prior_batch_pages()?,
             None => None,
         };
-        let touched = self.write_state_pages(&commit.state, &mut batch)?;
+        let written = self.write_state_pages(&commit.state, &mut batch)?;
         match commit.state_due_ms {
             Some(due_ms) => {
                 let mut batch_pages = match prior_index {
                     Some(batch_pages) => batch_pages,
                     None => self.scan_batch_pages()?,
                 };
-                for (page, holds_batch) in touched {
+                for &(page, holds_batch) in &written.touched {
                     set_page(&mut batch_pages, page, holds_batch);
                 }
                 let index = stored::StateIndexV1 {
@@ -332,6 +301,7 @@ impl Store {
         batch.insert(META_NEXT_SEQ, &commit.next_seq.to_be_bytes());
         batch.insert(META_CLOCK, &u64::try_from(commit.clock_ms).unwrap_or(0).to_be_bytes());
         self.main.apply_batch(batch).map_err(io("commit"))?;
+        self.pages_committed(written);
         self.budget.add(outbox_bytes);
         Ok(())
     }
@@ -389,51 +359,6 @@ impl Store {
         Ok(self.current_state_index(log_pos, next_seq, clock_ms)?.map(|index| index.batch_pages))
     }
 
-    /// Merges state changes into their pages: each touched page is read, changed and written
-    /// back whole (or removed when it becomes empty). Entries of a page that no change names
-    /// are kept as stored, so a commit of an engine that has not loaded every page loses
-    /// none. Returns each touched page and whether it now holds micro-batch entries.
-    fn write_state_pages(
-        &self,
-        changes: &[StateChange],
-        batch: &mut sled::Batch,
-    ) -> Result<Vec<(u16, bool)>, StoreError> {
-        let mut touched = Vec::new();
-        let mut by_page: std::collections::BTreeMap<u16, Vec<&StateChange>> =
-            std::collections::BTreeMap::new();
-        for change in changes {
-            by_page.entry(state_page_of(&change.0)).or_default().push(change);
-        }
-        for (page, mut page_changes) in by_page {
-            // Stable: of two changes to one key, the later stays last.
-            page_changes.sort_by(|a, b| a.0.cmp(&b.0));
-            let key = prefixed(STATE, &page.to_be_bytes());
-            let merged = match self.main.get(&key).map_err(io("state read"))? {
-                Some(bytes) => {
-                    stored::read_state_page(&bytes, |entries| merge_state_page(entries, &page_changes))
-                        .unwrap_or_else(|error| {
-                            // Already reported at load; the page is rebuilt from what the engine has.
-                            tracing::error!(page, %error, "Replacing an undecodable engine state page.");
-                            merge_state_page(&[], &page_changes)
-                        })
-                }
-                None => merge_state_page(&[], &page_changes),
-            }
-            .map_err(|source| StoreError::Encode { what: "state page", source })?;
-            match merged {
-                Some((bytes, holds_batch)) => {
-                    touched.push((page, holds_batch));
-                    batch.insert(key, bytes);
-                }
-                None => {
-                    touched.push((page, false));
-                    batch.remove(key);
-                }
-            }
-        }
-        Ok(touched)
-    }
-
     /// Every source mark as of the last commit: (key, value), in key order. An undecodable page
     /// is skipped, counted (`corrupt_meta`) and reported: the source then treats those marks as
     /// unknown, so a resend they covered is stored again, never lost. The marks of log chunks
@@ -462,39 +387,6 @@ impl Store {
         }
         Ok(marks)
     }
-}
-
-/// A page's stored entries (sorted by key) with `changes` (sorted by key; of equal keys the
-/// last wins) merged in, encoded, and whether it holds micro-batch entries; `None` when no
-/// entry is left. The entries are borrowed throughout: one copy of each into the new page.
-fn merge_state_page(
-    stored_entries: &[stored::StateEntryRef<'_>],
-    changes: &[&StateChange],
-) -> Result<Option<(Vec<u8>, bool)>, postcard::Error> {
-    let mut merged: Vec<stored::StateEntryRef<'_>> = Vec::with_capacity(stored_entries.len() + changes.len());
-    let mut old = stored_entries.iter().peekable();
-    let mut new = changes.iter().peekable();
-    while let Some(mut change) = new.next() {
-        // The last of the changes to this key.
-        while let Some(next) = new.next_if(|next| next.0 == change.0) {
-            change = next;
-        }
-        let (change_key, value) = (&change.0, &change.1);
-        while let Some(entry) = old.next_if(|(key, _)| key.0 < change_key.as_slice()) {
-            merged.push(*entry);
-        }
-        old.next_if(|(key, _)| key.0 == change_key.as_slice());
-        if let Some(value) = value {
-            merged.push((stored::Bytes(change_key), stored::Bytes(value)));
-        }
-    }
-    merged.extend(old);
-    if merged.is_empty() {
-        return Ok(None);
-    }
-    // Entries are sorted by key and `b` sorts before every other engine key.
-    let holds_batch = merged[0].0 .0.first() == Some(&BATCH_KEY_PREFIX);
-    Ok(Some((stored::encode_state_page(&merged)?, holds_batch)))
 }
 
 /// Bytes of the state index's page bitmap.

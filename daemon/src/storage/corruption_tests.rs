@@ -1,5 +1,5 @@
 //! A store holding one undecodable record of every stored kind — log chunk, outbox page, engine
-//! state page, meta value — still opens, recovers and runs: each is skipped, counted and
+//! state page or delta, meta value — still opens, recovers and runs: each is skipped, counted and
 //! reported, never a crash (a crash at start-up would be a restart loop under systemd).
 
 use std::path::Path;
@@ -14,7 +14,7 @@ use crate::engine::{Aggregate, EngineSpec, TimeDomain, WindowSpec};
 use crate::pipeline::aggregate::Aggregator;
 use crate::pipeline::ingest::EngineInput;
 use crate::stats::AggregateStats;
-use crate::storage::{Lane, LogChunk, Store, META_LOG_POS, META_NEXT_SEQ, OUTBOX, STATE};
+use crate::storage::{Lane, LogChunk, Store, META_LOG_POS, META_NEXT_SEQ, OUTBOX, STATE, STATE_DELTA};
 
 /// Bytes no stored format decodes: an unknown envelope variant.
 const GARBAGE: &[u8] = &[0xff, 0x13, 0x00, 0x07];
@@ -98,6 +98,7 @@ fn counter(value: &AtomicU64) -> u64 {
 #[tokio::test]
 async fn an_undecodable_record_of_every_kind_is_skipped_counted_and_eddy_goes_on() {
     let dir = tempfile::tempdir().unwrap();
+    let mut torn_state = 1;
     {
         let store = open(dir.path());
         run(&store, 1..=5).await;
@@ -106,12 +107,17 @@ async fn an_undecodable_record_of_every_kind_is_skipped_counted_and_eddy_goes_on
         store.flush().await.unwrap();
     }
     {
-        // Tear the first outbox page, one state page and two meta values.
+        // Tear the first outbox page, one state delta, one state page (if a page was written
+        // yet: small state lives in deltas) and two meta values.
         let store = open(dir.path());
         let first_page = store.main.scan_prefix([OUTBOX]).keys().next().unwrap().unwrap();
         store.main.insert(first_page, GARBAGE).unwrap();
-        let state_page = store.main.scan_prefix([STATE]).keys().next().unwrap().unwrap();
-        store.main.insert(state_page, GARBAGE).unwrap();
+        let state_delta = store.main.scan_prefix([STATE_DELTA]).keys().next().unwrap().unwrap();
+        store.main.insert(state_delta, GARBAGE).unwrap();
+        if let Some(state_page) = store.main.scan_prefix([STATE]).keys().next() {
+            store.main.insert(state_page.unwrap(), GARBAGE).unwrap();
+            torn_state += 1;
+        }
         store.main.insert(META_NEXT_SEQ, &[0x01, 0x02, 0x03][..]).unwrap();
         store.main.insert(META_LOG_POS, &[0x09; 5][..]).unwrap();
         store.flush().await.unwrap();
@@ -125,7 +131,7 @@ async fn an_undecodable_record_of_every_kind_is_skipped_counted_and_eddy_goes_on
     run(&store, 7..=9).await;
     let stats = store.stats();
     assert_eq!(counter(&stats.corrupt_log_chunks), 1, "the torn log chunk");
-    assert_eq!(counter(&stats.corrupt_state_pages), 1, "the torn state page");
+    assert_eq!(counter(&stats.corrupt_state_pages), torn_state, "the torn state delta and page");
     assert_eq!(counter(&stats.corrupt_meta), 2, "the log position and the next seq");
     // The new results continue after the outbox: nothing a sink has not seen is overwritten.
     let results_after = store.read_lane_after(Lane::Results, last_seq_before, usize::MAX).unwrap();

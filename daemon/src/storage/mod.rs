@@ -10,9 +10,11 @@
 //!   (`s` + page number) and the engine's position (`m` keys), always written together by
 //!   [`Store::commit`] in one sled batch, which sled applies all-or-nothing, also after a crash.
 //!   Results are stored in pages of up to [`OUTBOX_PAGE_ENTRIES`] and state entries in
-//!   [`STATE_PAGES`] hash pages, so that a commit writes a few hundred keys, not one per result
-//!   and per (window, sensor): sled keeps every node version a batch creates until the batch
-//!   ends, so thousands of keys per batch cost tens of megabytes of transient memory. So results, the window state
+//!   [`STATE_PAGES`] hash pages (`s` + page), each with the deltas of the commits that changed
+//!   it since it was last written beside it (`d` + page + number; see `state_pages.rs`), so
+//!   that a commit writes a few hundred keys, not one per result and per (window, sensor): sled
+//!   keeps every node version a batch creates until the batch ends, so thousands of keys per
+//!   batch cost tens of megabytes of transient memory. So results, the window state
 //!   that produced them and the log position they cover never disagree: after a crash the
 //!   engine restarts from the last commit and replays the log after its position, producing
 //!   the same results again under the same sequence numbers and ids.
@@ -50,6 +52,7 @@ mod downsample;
 mod log;
 mod meters;
 mod outbox;
+mod state_pages;
 mod stored;
 mod sync;
 
@@ -70,12 +73,15 @@ pub use crate::storage::delivered::Delivered;
 pub use crate::storage::log::LogChunk;
 pub use crate::storage::meters::{size_on_disk_of, StoreMeters};
 pub use crate::storage::outbox::OutboxEntry;
+use crate::storage::state_pages::PageBook;
 use crate::storage::sync::Durability;
 
 const OUTBOX: u8 = b'o';
 /// The raw-readings lane of the outbox (`forward_raw`): same page format, own seq space.
 const RAW: u8 = b'r';
 const STATE: u8 = b's';
+/// Deltas of the state pages (`storage/state_pages.rs`): `d` + page + delta number.
+const STATE_DELTA: u8 = b'd';
 /// Source marks, as of the last commit (see [`Store::load_marks`]): pages under `k` + a mark
 /// key without its last byte.
 const MARKS: u8 = b'k';
@@ -192,6 +198,8 @@ pub struct Store {
     tag_names: Arc<Vec<String>>,
     budget: Arc<Budget>,
     durability: Arc<Durability>,
+    /// What is known of each state page (its size, its deltas, its micro-batch keys).
+    pages: Arc<PageBook>,
 }
 
 impl Store {
@@ -242,6 +250,7 @@ impl Store {
             tag_names: Arc::new(tag_names),
             budget: Arc::new(Budget::new(BudgetConfig::default(), free_space_of(dir.to_path_buf()))),
             durability: Arc::new(durability),
+            pages: Arc::new(PageBook::default()),
         })
     }
 
@@ -314,5 +323,7 @@ const _: () = assert!(META == b'm');
 mod corruption_tests;
 #[cfg(test)]
 pub(crate) mod power_loss_tests;
+#[cfg(test)]
+mod state_pages_tests;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
-//! Stored formats: the postcard envelopes of log chunks, outbox pages and dead letters. They only ever
-//! gain variants (`V2`, …); an existing variant's layout never changes.
+//! Stored formats: the postcard envelopes of log chunks, outbox pages, engine state pages and
+//! their deltas, source marks and dead letters. They only ever gain variants (`V2`, …); an
+//! existing variant's layout never changes.
 
 #[cfg(test)]
 use std::sync::Arc;
@@ -384,6 +385,43 @@ pub(crate) fn decode_state_page(bytes: &[u8]) -> Result<StateEntries, String> {
     read_state_page(bytes, |entries| {
         entries.iter().map(|(key, value)| (key.0.to_vec(), value.0.to_vec())).collect()
     })
+}
+
+/// One change of a state delta: an entry's key and its new value, or `None` for a delete.
+pub(crate) type StateChangeRef<'a> = (Bytes<'a>, Option<Bytes<'a>>);
+
+/// The changes one commit made to one state page (main tree `d` + page + delta number), kept
+/// beside the page until a later commit folds them into it: a commit that changes a few
+/// sensors of a page writes those, not the page. Sorted by key, one change per key.
+#[derive(Debug, Serialize, Deserialize)]
+enum StateDeltaRef<'a> {
+    /// The postcard bytes of the changes (`Vec<StateChangeRef>`), LZ4-compressed ([`compress`]).
+    Lz4V1 {
+        #[serde(borrow)]
+        compressed: Bytes<'a>,
+    },
+}
+
+/// Encodes a state delta: changes sorted by key, one per key (as `Lz4V1`).
+pub(crate) fn encode_state_delta(changes: &[StateChangeRef<'_>]) -> Result<Vec<u8>, postcard::Error> {
+    let plain = postcard::to_allocvec(changes)?;
+    let compressed = compress(&plain);
+    postcard::to_allocvec(&StateDeltaRef::Lz4V1 { compressed: Bytes(&compressed) })
+}
+
+/// Decodes a state delta of any version and hands its changes, borrowed, to `read`.
+pub(crate) fn read_state_delta<R>(
+    bytes: &[u8],
+    read: impl FnOnce(&[StateChangeRef<'_>]) -> R,
+) -> Result<R, String> {
+    match postcard::from_bytes::<StateDeltaRef<'_>>(bytes).map_err(|error| error.to_string())? {
+        StateDeltaRef::Lz4V1 { compressed } => {
+            let plain = decompress(compressed.0)?;
+            let changes: Vec<StateChangeRef<'_>> =
+                postcard::from_bytes(&plain).map_err(|error| error.to_string())?;
+            Ok(read(&changes))
+        }
+    }
 }
 
 /// The largest page a stored size may announce: a torn or foreign size must not make a

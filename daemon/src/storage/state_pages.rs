@@ -1,0 +1,292 @@
+//! The engine's state in the store: entries hashed into [`STATE_PAGES`] pages (`s` + page), and
+//! beside each page the deltas of the commits since it was last written (`d` + page + number).
+//!
+//! A commit writes, for each page it changes, only its changes as a new delta, so its cost
+//! follows the sensors that changed, not the state held. It folds a page's deltas into the page
+//! (a compaction: the page rewritten, its deltas deleted, in the same batch) once they hold
+//! more bytes than the page itself or number [`MAX_STATE_DELTAS`]: what is written stays under
+//! about twice what changed, and a page loads from at most that many values. Reading a page
+//! applies its deltas in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use crate::storage::stored::{self, Bytes, StateChangeRef, StateEntryRef};
+use crate::storage::{
+    io, prefixed, StateChange, StateEntry, Store, StoreError, STATE, STATE_DELTA, STATE_PAGES,
+};
+
+/// The first byte of the engine's micro-batch keys (`engine/state.rs`): the state index
+/// records which pages hold them. The store knows nothing else of the engine's keys.
+const BATCH_KEY_PREFIX: u8 = b'b';
+
+/// Most deltas kept beside one page before they are folded into it.
+pub(crate) const MAX_STATE_DELTAS: usize = 32;
+
+/// Delta bytes a page may gather before a compaction even when the page itself is smaller (so
+/// that a small page is not rewritten by every commit, as it was before deltas).
+pub(crate) const STATE_DELTA_MIN_BYTES: usize = 16 * 1024;
+
+/// What the store knows of one state page as of the last commit, kept in memory from the
+/// page's first read on, so that a commit needs no read of the pages it changes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PageInfo {
+    /// Stored bytes of the page itself (0: none).
+    base_bytes: usize,
+    /// The page's deltas, in order: number and stored bytes.
+    deltas: Vec<(u32, usize)>,
+    /// The micro-batch keys the page holds, its deltas applied.
+    batch_keys: BTreeSet<Vec<u8>>,
+}
+
+impl PageInfo {
+    fn delta_bytes(&self) -> usize {
+        self.deltas.iter().map(|(_, bytes)| bytes).sum()
+    }
+
+    fn holds_batch(&self) -> bool {
+        !self.batch_keys.is_empty()
+    }
+
+    fn apply_batch_keys(&mut self, changes: &[StateChangeRef<'_>]) {
+        for (key, value) in changes {
+            if key.0.first() == Some(&BATCH_KEY_PREFIX) {
+                match value {
+                    Some(_) => self.batch_keys.insert(key.0.to_vec()),
+                    None => self.batch_keys.remove(key.0),
+                };
+            }
+        }
+    }
+}
+
+/// Every page's [`PageInfo`], once read.
+#[derive(Debug)]
+pub(crate) struct PageBook(Mutex<Vec<Option<PageInfo>>>);
+
+impl Default for PageBook {
+    fn default() -> PageBook {
+        PageBook(Mutex::new(vec![None; usize::from(STATE_PAGES)]))
+    }
+}
+
+impl PageBook {
+    fn get(&self, page: u16) -> Option<PageInfo> {
+        self.0.lock().ok().and_then(|pages| pages.get(usize::from(page)).cloned().flatten())
+    }
+
+    fn set(&self, page: u16, info: PageInfo) {
+        if let Ok(mut pages) = self.0.lock() {
+            if let Some(slot) = pages.get_mut(usize::from(page)) {
+                *slot = Some(info);
+            }
+        }
+    }
+}
+
+/// The new stored form of the pages one commit changes, to be applied to the book once the
+/// commit's batch is applied.
+pub(crate) struct PagesWritten {
+    /// Each changed page and whether it now holds micro-batch entries.
+    pub(crate) touched: Vec<(u16, bool)>,
+    infos: Vec<(u16, PageInfo)>,
+}
+
+fn delta_prefix(page: u16) -> Vec<u8> {
+    prefixed(STATE_DELTA, &page.to_be_bytes())
+}
+
+fn delta_key(page: u16, number: u32) -> Vec<u8> {
+    let mut key = delta_prefix(page);
+    key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// `entries` (sorted by key) with `changes` (sorted by key, one per key) applied.
+fn apply_changes(entries: Vec<StateEntry>, changes: &[StateChangeRef<'_>]) -> Vec<StateEntry> {
+    let mut merged = Vec::with_capacity(entries.len() + changes.len());
+    let mut old = entries.into_iter().peekable();
+    for (key, value) in changes {
+        while let Some(entry) = old.next_if(|(old_key, _)| old_key.as_slice() < key.0) {
+            merged.push(entry);
+        }
+        old.next_if(|(old_key, _)| old_key.as_slice() == key.0);
+        if let Some(value) = value {
+            merged.push((key.0.to_vec(), value.0.to_vec()));
+        }
+    }
+    merged.extend(old);
+    merged
+}
+
+impl Store {
+    /// The engine state entries of `pages`, page by page, each with its deltas applied. An
+    /// undecodable page or delta is skipped, counted and reported (the engine then starts
+    /// without what it held; the next commit that touches the page rebuilds it from what the
+    /// engine has).
+    pub fn load_state_pages(&self, pages: &[u16]) -> Result<Vec<StateEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for page in pages {
+            let (page_entries, info) = self.read_page(*page, true)?;
+            self.pages.set(*page, info);
+            entries.extend(page_entries);
+        }
+        Ok(entries)
+    }
+
+    /// One page's entries, its deltas applied, and what the book keeps of it; undecodable
+    /// values are counted and reported if `report`.
+    pub(crate) fn read_page(
+        &self,
+        page: u16,
+        report: bool,
+    ) -> Result<(Vec<StateEntry>, PageInfo), StoreError> {
+        let mut info = PageInfo::default();
+        let key = prefixed(STATE, &page.to_be_bytes());
+        let mut entries = match self.main.get(&key).map_err(io("state read"))? {
+            Some(value) => {
+                info.base_bytes = value.len();
+                let read = stored::read_state_page(&value, |page_entries| {
+                    page_entries.iter().map(|(key, value)| (key.0.to_vec(), value.0.to_vec())).collect()
+                });
+                read.unwrap_or_else(|error| {
+                    if report {
+                        self.stats.corrupt_state_pages.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(page, %error, "Skipped an undecodable engine state page.");
+                    }
+                    Vec::new()
+                })
+            }
+            None => Vec::new(),
+        };
+        for item in self.main.scan_prefix(delta_prefix(page)) {
+            let (key, value) = item.map_err(io("state read"))?;
+            let Some(number) = key.get(3..).and_then(|number| <[u8; 4]>::try_from(number).ok()) else {
+                continue;
+            };
+            info.deltas.push((u32::from_be_bytes(number), value.len()));
+            let read = stored::read_state_delta(&value, |changes| {
+                entries = apply_changes(std::mem::take(&mut entries), changes);
+            });
+            if let Err(error) = read {
+                if report {
+                    self.stats.corrupt_state_pages.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(page, %error, "Skipped an undecodable engine state delta.");
+                }
+            }
+        }
+        info.batch_keys = entries
+            .iter()
+            .map(|(key, _)| key)
+            .take_while(|key| key.first() == Some(&BATCH_KEY_PREFIX))
+            .cloned()
+            .collect();
+        Ok((entries, info))
+    }
+
+    /// What the book knows of `page`, read first if it does not know it yet.
+    fn page_info(&self, page: u16) -> Result<PageInfo, StoreError> {
+        match self.pages.get(page) {
+            Some(info) => Ok(info),
+            None => {
+                let (_, info) = self.read_page(page, false)?;
+                self.pages.set(page, info.clone());
+                Ok(info)
+            }
+        }
+    }
+
+    /// Whether `page` holds micro-batch entries as of the last commit.
+    pub(crate) fn page_holds_batch(&self, page: u16) -> Result<bool, StoreError> {
+        Ok(self.page_info(page)?.holds_batch())
+    }
+
+    /// Adds state changes to `batch`: per changed page, a delta with its changes, or the page
+    /// rewritten with its deltas folded in (see the module's doc). Entries of a page that no
+    /// change names are kept as stored, so a commit of an engine that has not loaded every page
+    /// loses none. Apply the result with [`Store::pages_committed`] once the batch is applied.
+    pub(crate) fn write_state_pages(
+        &self,
+        changes: &[StateChange],
+        batch: &mut sled::Batch,
+    ) -> Result<PagesWritten, StoreError> {
+        let mut written = PagesWritten { touched: Vec::new(), infos: Vec::new() };
+        let mut by_page: BTreeMap<u16, Vec<&StateChange>> = BTreeMap::new();
+        for change in changes {
+            by_page.entry(crate::storage::state_page_of(&change.0)).or_default().push(change);
+        }
+        for (page, mut page_changes) in by_page {
+            // Stable: of two changes to one key, the later stays last, and is the one kept.
+            page_changes.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut changes: Vec<StateChangeRef<'_>> = Vec::with_capacity(page_changes.len());
+            for (key, value) in page_changes {
+                let change = (Bytes(key.as_slice()), value.as_deref().map(Bytes));
+                match changes.last_mut() {
+                    Some(last) if last.0 == change.0 => *last = change,
+                    _ => changes.push(change),
+                }
+            }
+            let info = self.page_info(page)?;
+            let delta = stored::encode_state_delta(&changes)
+                .map_err(|source| StoreError::Encode { what: "state delta", source })?;
+            let fold = info.deltas.len() >= MAX_STATE_DELTAS
+                || info.delta_bytes() + delta.len() > info.base_bytes.max(STATE_DELTA_MIN_BYTES);
+            let info = if fold {
+                self.fold_page(page, &changes, batch)?
+            } else {
+                let mut info = info;
+                let number = info.deltas.last().map_or(0, |(number, _)| number.saturating_add(1));
+                info.deltas.push((number, delta.len()));
+                info.apply_batch_keys(&changes);
+                batch.insert(delta_key(page, number), delta);
+                info
+            };
+            written.touched.push((page, info.holds_batch()));
+            written.infos.push((page, info));
+        }
+        Ok(written)
+    }
+
+    /// Rewrites `page` with its deltas and `changes` applied, and deletes its deltas.
+    fn fold_page(
+        &self,
+        page: u16,
+        changes: &[StateChangeRef<'_>],
+        batch: &mut sled::Batch,
+    ) -> Result<PageInfo, StoreError> {
+        // Undecodable values were reported at load; the page is rebuilt from what is readable
+        // and what the engine changed.
+        let (entries, stored_info) = self.read_page(page, false)?;
+        for (number, _) in &stored_info.deltas {
+            batch.remove(delta_key(page, *number));
+        }
+        let merged = apply_changes(entries, changes);
+        let key = prefixed(STATE, &page.to_be_bytes());
+        let mut info = PageInfo::default();
+        if merged.is_empty() {
+            batch.remove(key);
+        } else {
+            let refs: Vec<StateEntryRef<'_>> =
+                merged.iter().map(|(key, value)| (Bytes(key), Bytes(value))).collect();
+            let bytes = stored::encode_state_page(&refs)
+                .map_err(|source| StoreError::Encode { what: "state page", source })?;
+            info.base_bytes = bytes.len();
+            batch.insert(key, bytes);
+        }
+        info.batch_keys = merged
+            .iter()
+            .map(|(key, _)| key)
+            .take_while(|key| key.first() == Some(&BATCH_KEY_PREFIX))
+            .cloned()
+            .collect();
+        Ok(info)
+    }
+
+    /// Records what a commit's applied batch made of the pages it changed.
+    pub(crate) fn pages_committed(&self, written: PagesWritten) {
+        for (page, info) in written.infos {
+            self.pages.set(page, info);
+        }
+    }
+}

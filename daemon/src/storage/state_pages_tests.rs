@@ -1,0 +1,203 @@
+//! Tests of the state pages and their deltas: what a commit writes, when deltas are folded,
+//! and that any sequence of commits and reopens loads back exactly the entries committed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use crate::storage::state_pages::{MAX_STATE_DELTAS, STATE_DELTA_MIN_BYTES};
+use crate::storage::{state_page_of, Commit, StateChange, Store, STATE, STATE_DELTA, STATE_PAGES};
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, 1 << 20, vec!["temp_c".to_owned()], vec![]).expect("open")
+}
+
+/// Commits `state` with a state index (as the aggregator does).
+fn commit(store: &Store, log_pos: u64, state: Vec<StateChange>) {
+    let commit = Commit { state, log_pos, next_seq: 1, state_due_ms: Some(i64::MAX), ..Commit::default() };
+    store.commit(&commit).expect("commit");
+}
+
+/// The stored values under `prefix` + `page`.
+fn values_of(store: &Store, prefix: u8, page: u16) -> Vec<Vec<u8>> {
+    let mut key = vec![prefix];
+    key.extend_from_slice(&page.to_be_bytes());
+    store.main.scan_prefix(key).values().map(|value| value.unwrap().to_vec()).collect()
+}
+
+/// `n` keys that hash to `page`, from `prefix` + a number.
+fn keys_on_page(page: u16, prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (0u32..)
+        .map(|idx| format!("{prefix}{idx}").into_bytes())
+        .filter(|key| state_page_of(key) == page)
+        .take(n)
+        .collect()
+}
+
+/// A value LZ4 cannot shrink much: `len` bytes from `seed`.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_commit_that_changes_one_entry_of_a_large_page_writes_that_entry_not_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys_on_page(5, "w/", 200);
+    let store = open(dir.path());
+    // 200 × 300 bytes: a page of ~60 KB, over the delta threshold, so it is written as a page.
+    commit(
+        &store,
+        1,
+        keys.iter().enumerate().map(|(idx, key)| (key.clone(), Some(noise(idx as u64, 300)))).collect(),
+    );
+    let page_before = values_of(&store, STATE, 5);
+    assert_eq!(page_before.len(), 1, "the first commit's changes exceed the threshold: a page");
+    assert!(page_before[0].len() > STATE_DELTA_MIN_BYTES);
+    assert!(values_of(&store, STATE_DELTA, 5).is_empty());
+
+    commit(&store, 2, vec![(keys[17].clone(), Some(b"changed".to_vec()))]);
+    assert_eq!(values_of(&store, STATE, 5), page_before, "the page is not rewritten");
+    let deltas = values_of(&store, STATE_DELTA, 5);
+    assert_eq!(deltas.len(), 1);
+    assert!(deltas[0].len() < 100, "the delta holds one change: {} bytes", deltas[0].len());
+    store.flush().await.unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    let entries: BTreeMap<_, _> = store.load_engine().unwrap().entries.into_iter().collect();
+    assert_eq!(entries.len(), 200);
+    assert_eq!(entries[&keys[17]], b"changed");
+    assert_eq!(entries[&keys[18]], noise(18, 300));
+}
+
+#[test]
+fn deltas_are_folded_into_their_page_at_the_count_bound_and_the_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let keys = keys_on_page(9, "w/", 50);
+    // Small changes: the count bound folds them.
+    for round in 0..MAX_STATE_DELTAS {
+        commit(&store, 1 + round as u64, vec![(keys[round % 50].clone(), Some(vec![1; 8]))]);
+        assert_eq!(values_of(&store, STATE_DELTA, 9).len(), round + 1);
+    }
+    commit(&store, 100, vec![(keys[0].clone(), Some(vec![2; 8]))]);
+    assert!(values_of(&store, STATE_DELTA, 9).is_empty(), "the deltas were folded");
+    assert_eq!(values_of(&store, STATE, 9).len(), 1);
+    // Large changes: the byte bound folds them before the count bound.
+    let mut rounds = 0;
+    while values_of(&store, STATE_DELTA, 9).len() == rounds {
+        rounds += 1;
+        assert!(rounds <= MAX_STATE_DELTAS, "never folded by bytes");
+        commit(&store, 200 + rounds as u64, vec![(keys[rounds].clone(), Some(noise(rounds as u64, 6_000)))]);
+    }
+    assert!(values_of(&store, STATE_DELTA, 9).is_empty());
+    assert!(rounds <= STATE_DELTA_MIN_BYTES / 6_000 + 2, "folded after {rounds} deltas of 6 KB");
+    let entries: BTreeMap<_, _> = store.load_engine().unwrap().entries.into_iter().collect();
+    assert_eq!(entries[&keys[0]], vec![2; 8]);
+    assert_eq!(entries[&keys[1]], noise(1, 6_000));
+}
+
+#[test]
+fn the_state_index_follows_micro_batch_keys_through_deltas() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let batch_key = keys_on_page(3, "b", 1).remove(0);
+    let window_key = keys_on_page(3, "w", 1).remove(0);
+    let batch_pages = |store: &Store| store.load_engine_meta().unwrap().1.expect("an index").batch_pages;
+    commit(&store, 1, vec![(window_key.clone(), Some(b"w".to_vec()))]);
+    assert!(batch_pages(&store).is_empty());
+    commit(&store, 2, vec![(batch_key.clone(), Some(b"b".to_vec()))]);
+    assert_eq!(batch_pages(&store), vec![3]);
+    commit(&store, 3, vec![(batch_key.clone(), Some(b"b2".to_vec()))]);
+    assert_eq!(batch_pages(&store), vec![3]);
+    // The delete is a delta too: the page no longer holds micro-batch entries.
+    commit(&store, 4, vec![(batch_key, None)]);
+    assert!(batch_pages(&store).is_empty());
+    assert!(!values_of(&store, STATE_DELTA, 3).is_empty(), "deltas, no fold yet");
+    // A reopened store knows it from the stored page and deltas alone.
+    drop(store);
+    let store = open(dir.path());
+    commit(&store, 5, vec![(keys_on_page(3, "w", 2).remove(1), Some(b"w".to_vec()))]);
+    assert!(batch_pages(&store).is_empty());
+}
+
+/// One step of the property below.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A commit: (key index, value length and seed, or a delete).
+    Commit(Vec<(u8, Option<(u16, u8)>)>),
+    /// Close the store and open it again (the page book starts empty).
+    Reopen,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => prop::collection::vec((any::<u8>(), prop::option::weighted(0.8, (0u16..4_000, any::<u8>()))), 1..40)
+            .prop_map(Step::Commit),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+/// Key `idx`: micro-batch keys, window keys; spread over a few pages so that they gather deltas.
+fn key_of(idx: u8) -> Vec<u8> {
+    let prefix = if idx % 4 == 0 { "b" } else { "w" };
+    format!("{prefix}/{}", idx % 64).into_bytes()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_commits_and_reopens_load_back_exactly_what_was_committed(steps in prop::collection::vec(step(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for (log_pos, step) in (1u64..).zip(steps) {
+            match step {
+                Step::Commit(changes) => {
+                    let changes: Vec<StateChange> = changes
+                        .into_iter()
+                        .map(|(idx, value)| (key_of(idx), value.map(|(len, seed)| noise(u64::from(seed), usize::from(len)))))
+                        .collect();
+                    for (key, value) in &changes {
+                        match value {
+                            Some(value) => model.insert(key.clone(), value.clone()),
+                            None => model.remove(key),
+                        };
+                    }
+                    commit(&store, log_pos, changes);
+                }
+                Step::Reopen => {
+                    drop(store);
+                    store = open(dir.path());
+                    let loaded: BTreeMap<_, _> = store.load_engine().unwrap().entries.into_iter().collect();
+                    prop_assert_eq!(&loaded, &model);
+                }
+            }
+            // Read past the page book, which loading would refresh: what is stored is checked.
+            let stored: BTreeMap<_, _> = (0..STATE_PAGES)
+                .flat_map(|page| store.read_page(page, false).unwrap().0)
+                .collect();
+            prop_assert_eq!(&stored, &model);
+            let mut expected_batch_pages: Vec<u16> =
+                model.keys().filter(|key| key[0] == b'b').map(|key| state_page_of(key)).collect();
+            expected_batch_pages.sort_unstable();
+            expected_batch_pages.dedup();
+            let index = store.load_engine_meta().unwrap().1;
+            prop_assert_eq!(index.map(|index| index.batch_pages).unwrap_or_default(), expected_batch_pages);
+            for page in 0..STATE_PAGES {
+                prop_assert!(values_of(&store, STATE_DELTA, page).len() <= MAX_STATE_DELTAS);
+            }
+            prop_assert_eq!(store.stats().corrupt_state_pages.load(std::sync::atomic::Ordering::Relaxed), 0);
+        }
+    }
+}
