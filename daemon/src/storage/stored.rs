@@ -22,13 +22,55 @@ pub(crate) enum LogEnvelope {
     /// The postcard bytes of a [`LogChunkV1`], LZ4-compressed ([`compress`]): sensor ids, tags
     /// and timestamps repeat within a chunk; the log takes ~2x less disk, and less of sled's
     /// memory until it is trimmed.
-    Lz4V1(Vec<u8>),
+    Lz4V1(#[serde(with = "byte_vec")] Vec<u8>),
     /// The postcard bytes of a [`LogChunkV2`] (V1 plus the sources' marks), LZ4-compressed.
-    Lz4V2(Vec<u8>),
+    Lz4V2(#[serde(with = "byte_vec")] Vec<u8>),
     /// The postcard bytes of a [`LogChunkV3`] (V2 with the readings by column),
     /// LZ4-compressed: about a quarter of V2's bytes for thermostat readings, and the log is
     /// most of what eddy writes to flash.
-    Lz4V3(Vec<u8>),
+    Lz4V3(#[serde(with = "byte_vec")] Vec<u8>),
+}
+
+/// Serde for the byte strings of stored values (`#[serde(with = "byte_vec")]`): the layout
+/// postcard gives a `Vec<u8>` or `&[u8]` (its length, then the bytes), written and read in one
+/// copy instead of one byte at a time through serde's sequence path (the outbox's payloads and
+/// compressed pages, the log's compressed chunks). The bytes are the same, so no new variant.
+pub(crate) mod byte_vec {
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(ByteVecVisitor)
+    }
+
+    struct ByteVecVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for ByteVecVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(bytes.to_vec())
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(bytes)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(byte) = seq.next_element()? {
+                bytes.push(byte);
+            }
+            Ok(bytes)
+        }
+    }
 }
 
 /// A source mark as stored: its key (source name, 0, kind, id) and value; `None` forgets it.
@@ -219,6 +261,7 @@ pub(crate) enum OutboxPage {
     Lz4V2 {
         committed_ms: i64,
         n_entries: u32,
+        #[serde(with = "byte_vec")]
         compressed: Vec<u8>,
     },
 }
@@ -227,17 +270,13 @@ pub(crate) enum OutboxPage {
 #[derive(Serialize)]
 enum OutboxPageRef<'a> {
     #[allow(dead_code)] // kept so that later variants keep their index; new pages are Lz4V2
-    V1 {
-        entries: Vec<OutboxEntryV1Ref<'a>>,
-    },
+    V1 { entries: Vec<OutboxEntryV1Ref<'a>> },
     #[allow(dead_code)]
-    V2 {
-        committed_ms: i64,
-        entries: Vec<OutboxEntryV1Ref<'a>>,
-    },
+    V2 { committed_ms: i64, entries: Vec<OutboxEntryV1Ref<'a>> },
     Lz4V2 {
         committed_ms: i64,
         n_entries: u32,
+        #[serde(serialize_with = "byte_vec::serialize")]
         compressed: &'a [u8],
     },
 }
@@ -288,6 +327,7 @@ pub(crate) fn outbox_page_header(bytes: &[u8]) -> Result<(Option<i64>, usize), S
 pub(crate) struct OutboxEntryV1Ref<'a> {
     pub(crate) kind: &'a str,
     pub(crate) group: &'a str,
+    #[serde(serialize_with = "byte_vec::serialize")]
     pub(crate) payload: &'a [u8],
 }
 
@@ -296,6 +336,7 @@ pub(crate) struct OutboxEntryV1Ref<'a> {
 pub(crate) struct OutboxEntryV1 {
     pub(crate) kind: String,
     pub(crate) group: String,
+    #[serde(with = "byte_vec")]
     pub(crate) payload: Vec<u8>,
 }
 

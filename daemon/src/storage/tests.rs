@@ -572,3 +572,70 @@ fn reverse_scans_reach_the_last_key_of_the_patched_sled() {
         tree.scan_prefix([0xFF]).rev().take(3).map(|item| item.unwrap().0.to_vec()).collect();
     assert_eq!(tail, expected[..3].to_vec());
 }
+
+#[test]
+fn byte_strings_read_and_written_in_one_copy_keep_the_layout_of_a_plain_vec() {
+    use crate::storage::stored::{
+        decode_outbox_page, encode_outbox_page, LogEnvelope, OutboxEntryV1, OutboxEntryV1Ref,
+    };
+    // What eddy wrote before `byte_vec`: the plain derives, one byte at a time.
+    #[derive(serde::Serialize)]
+    struct PlainEntry {
+        kind: String,
+        group: String,
+        payload: Vec<u8>,
+    }
+    #[derive(serde::Serialize)]
+    enum PlainPage {
+        #[allow(dead_code)]
+        V1 {
+            entries: Vec<PlainEntry>,
+        },
+        #[allow(dead_code)]
+        V2 {
+            committed_ms: i64,
+            entries: Vec<PlainEntry>,
+        },
+        Lz4V2 {
+            committed_ms: i64,
+            n_entries: u32,
+            compressed: Vec<u8>,
+        },
+    }
+    #[derive(serde::Serialize)]
+    enum PlainLog {
+        #[allow(dead_code)]
+        V1(()),
+        #[allow(dead_code)]
+        Lz4V1(Vec<u8>),
+        #[allow(dead_code)]
+        Lz4V2(Vec<u8>),
+        Lz4V3(Vec<u8>),
+    }
+    // Lengths across postcard's varint boundaries (127/128, 16383/16384).
+    for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+        let payload: Vec<u8> = (0..len).map(|idx| u8::try_from(idx % 251).unwrap()).collect();
+        let plain = PlainEntry { kind: "window".into(), group: "g".into(), payload: payload.clone() };
+        let owned = OutboxEntryV1 { kind: "window".into(), group: "g".into(), payload: payload.clone() };
+        let borrowed = OutboxEntryV1Ref { kind: "window", group: "g", payload: &payload };
+        let plain_bytes = postcard::to_allocvec(&plain).unwrap();
+        assert_eq!(postcard::to_allocvec(&owned).unwrap(), plain_bytes, "owned, {len} bytes");
+        assert_eq!(postcard::to_allocvec(&borrowed).unwrap(), plain_bytes, "borrowed, {len} bytes");
+        let decoded: OutboxEntryV1 = postcard::from_bytes(&plain_bytes).unwrap();
+        assert_eq!(decoded.payload, payload);
+
+        let page = PlainPage::Lz4V2 { committed_ms: 7, n_entries: 1, compressed: payload.clone() };
+        let page_bytes = postcard::to_allocvec(&page).unwrap();
+        assert_eq!(encode_outbox_page(7, 1, &payload).unwrap(), page_bytes);
+        if len == 0 {
+            assert!(decode_outbox_page(&page_bytes).is_err(), "an empty compressed page is torn");
+        }
+
+        let log_bytes = postcard::to_allocvec(&PlainLog::Lz4V3(payload.clone())).unwrap();
+        assert_eq!(postcard::to_allocvec(&LogEnvelope::Lz4V3(payload.clone())).unwrap(), log_bytes);
+        match postcard::from_bytes::<LogEnvelope>(&log_bytes).unwrap() {
+            LogEnvelope::Lz4V3(bytes) => assert_eq!(bytes, payload),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+}
