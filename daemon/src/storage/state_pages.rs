@@ -120,6 +120,41 @@ fn apply_changes(entries: Vec<StateEntry>, changes: &[StateChangeRef<'_>]) -> Ve
     merged
 }
 
+/// A page merged by [`merge_and_encode`].
+struct Folded {
+    /// The encoded page (`None`: no entry left).
+    bytes: Option<Vec<u8>>,
+    /// Its micro-batch keys.
+    batch_keys: BTreeSet<Vec<u8>>,
+}
+
+/// A page's entries (sorted by key) with `changes` (sorted by key, one per key) applied, encoded.
+fn merge_and_encode(
+    entries: &[StateEntryRef<'_>],
+    changes: &[StateChangeRef<'_>],
+) -> Result<Folded, postcard::Error> {
+    let mut merged: Vec<StateEntryRef<'_>> = Vec::with_capacity(entries.len() + changes.len());
+    let mut old = entries.iter().peekable();
+    for (key, value) in changes {
+        while let Some(entry) = old.next_if(|(old_key, _)| old_key.0 < key.0) {
+            merged.push(*entry);
+        }
+        old.next_if(|(old_key, _)| old_key.0 == key.0);
+        if let Some(value) = value {
+            merged.push((*key, *value));
+        }
+    }
+    merged.extend(old);
+    let batch_keys = merged
+        .iter()
+        .map(|(key, _)| key.0)
+        .take_while(|key| key.first() == Some(&BATCH_KEY_PREFIX))
+        .map(<[u8]>::to_vec)
+        .collect();
+    let bytes = if merged.is_empty() { None } else { Some(stored::encode_state_page(&merged)?) };
+    Ok(Folded { bytes, batch_keys })
+}
+
 impl Store {
     /// The engine state entries of `pages`, page by page, each with its deltas applied. An
     /// undecodable page or delta is skipped, counted and reported (the engine then starts
@@ -230,7 +265,10 @@ impl Store {
             let info = self.page_info(page)?;
             let delta = stored::encode_state_delta(&changes)
                 .map_err(|source| StoreError::Encode { what: "state delta", source })?;
-            let fold = info.deltas.len() >= MAX_STATE_DELTAS
+            // Rewriting costs about what the delta does when it holds half the page or more
+            // (steady traffic from every sensor): then the page is rewritten at once.
+            let fold = delta.len() * 2 >= info.base_bytes
+                || info.deltas.len() >= MAX_STATE_DELTAS
                 || info.delta_bytes() + delta.len() > info.base_bytes.max(STATE_DELTA_MIN_BYTES);
             let info = if fold {
                 self.fold_page(page, &changes, batch)?
@@ -257,29 +295,34 @@ impl Store {
     ) -> Result<PageInfo, StoreError> {
         // Undecodable values were reported at load; the page is rebuilt from what is readable
         // and what the engine changed.
-        let (entries, stored_info) = self.read_page(page, false)?;
-        for (number, _) in &stored_info.deltas {
-            batch.remove(delta_key(page, *number));
-        }
-        let merged = apply_changes(entries, changes);
         let key = prefixed(STATE, &page.to_be_bytes());
-        let mut info = PageInfo::default();
-        if merged.is_empty() {
-            batch.remove(key);
+        let has_deltas = self.main.scan_prefix(delta_prefix(page)).next().is_some();
+        let folded = if has_deltas {
+            let (entries, stored_info) = self.read_page(page, false)?;
+            for (number, _) in &stored_info.deltas {
+                batch.remove(delta_key(page, *number));
+            }
+            let entries: Vec<StateEntryRef<'_>> =
+                entries.iter().map(|(key, value)| (Bytes(key), Bytes(value))).collect();
+            merge_and_encode(&entries, changes)
         } else {
-            let refs: Vec<StateEntryRef<'_>> =
-                merged.iter().map(|(key, value)| (Bytes(key), Bytes(value))).collect();
-            let bytes = stored::encode_state_page(&refs)
-                .map_err(|source| StoreError::Encode { what: "state page", source })?;
-            info.base_bytes = bytes.len();
-            batch.insert(key, bytes);
+            // A page without deltas (most of it changed at once, as under steady traffic from
+            // every sensor): merged as it is read, borrowed.
+            match self.main.get(&key).map_err(io("state read"))? {
+                Some(value) => stored::read_state_page(&value, |entries| merge_and_encode(entries, changes))
+                    .unwrap_or_else(|_| merge_and_encode(&[], changes)),
+                None => merge_and_encode(&[], changes),
+            }
         }
-        info.batch_keys = merged
-            .iter()
-            .map(|(key, _)| key)
-            .take_while(|key| key.first() == Some(&BATCH_KEY_PREFIX))
-            .cloned()
-            .collect();
+        .map_err(|source| StoreError::Encode { what: "state page", source })?;
+        let mut info = PageInfo { batch_keys: folded.batch_keys, ..PageInfo::default() };
+        match folded.bytes {
+            Some(bytes) => {
+                info.base_bytes = bytes.len();
+                batch.insert(key, bytes);
+            }
+            None => batch.remove(key),
+        }
         Ok(info)
     }
 

@@ -84,26 +84,53 @@ fn deltas_are_folded_into_their_page_at_the_count_bound_and_the_byte_bound() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let keys = keys_on_page(9, "w/", 50);
+    // A page of ~50 KB, so that small changes are deltas.
+    commit(
+        &store,
+        1,
+        keys.iter().enumerate().map(|(idx, key)| (key.clone(), Some(noise(idx as u64, 1_000)))).collect(),
+    );
+    assert_eq!(values_of(&store, STATE, 9).len(), 1);
     // Small changes: the count bound folds them.
     for round in 0..MAX_STATE_DELTAS {
-        commit(&store, 1 + round as u64, vec![(keys[round % 50].clone(), Some(vec![1; 8]))]);
+        commit(&store, 2 + round as u64, vec![(keys[round % 50].clone(), Some(vec![1; 8]))]);
         assert_eq!(values_of(&store, STATE_DELTA, 9).len(), round + 1);
     }
     commit(&store, 100, vec![(keys[0].clone(), Some(vec![2; 8]))]);
     assert!(values_of(&store, STATE_DELTA, 9).is_empty(), "the deltas were folded");
     assert_eq!(values_of(&store, STATE, 9).len(), 1);
-    // Large changes: the byte bound folds them before the count bound.
+    // Larger changes: the byte bound folds them before the count bound.
     let mut rounds = 0;
     while values_of(&store, STATE_DELTA, 9).len() == rounds {
         rounds += 1;
         assert!(rounds <= MAX_STATE_DELTAS, "never folded by bytes");
-        commit(&store, 200 + rounds as u64, vec![(keys[rounds].clone(), Some(noise(rounds as u64, 6_000)))]);
+        commit(&store, 200 + rounds as u64, vec![(keys[rounds].clone(), Some(noise(rounds as u64, 5_000)))]);
     }
     assert!(values_of(&store, STATE_DELTA, 9).is_empty());
-    assert!(rounds <= STATE_DELTA_MIN_BYTES / 6_000 + 2, "folded after {rounds} deltas of 6 KB");
+    assert!(rounds >= 2, "deltas of 5 KB beside a page of ~18 KB, folded after {rounds}");
+    assert!(rounds <= STATE_DELTA_MIN_BYTES / 5_000 + 2, "folded after {rounds} deltas of 5 KB");
     let entries: BTreeMap<_, _> = store.load_engine().unwrap().entries.into_iter().collect();
     assert_eq!(entries[&keys[0]], vec![2; 8]);
-    assert_eq!(entries[&keys[1]], noise(1, 6_000));
+    assert_eq!(entries[&keys[1]], noise(1, 5_000));
+    assert_eq!(entries[&keys[49]], noise(49, 1_000));
+}
+
+#[test]
+fn a_change_of_half_a_page_or_more_rewrites_the_page_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let keys = keys_on_page(11, "w/", 20);
+    let all = |seed: u64| {
+        keys.iter().enumerate().map(|(idx, key)| (key.clone(), Some(noise(seed + idx as u64, 500)))).collect()
+    };
+    commit(&store, 1, all(0));
+    let page = values_of(&store, STATE, 11);
+    // Every entry changed, as under steady traffic from every sensor: no delta.
+    commit(&store, 2, all(100));
+    assert!(values_of(&store, STATE_DELTA, 11).is_empty());
+    assert_ne!(values_of(&store, STATE, 11), page);
+    let entries: BTreeMap<_, _> = store.load_engine().unwrap().entries.into_iter().collect();
+    assert_eq!(entries[&keys[3]], noise(103, 500));
 }
 
 #[test]
@@ -113,7 +140,8 @@ fn the_state_index_follows_micro_batch_keys_through_deltas() {
     let batch_key = keys_on_page(3, "b", 1).remove(0);
     let window_key = keys_on_page(3, "w", 1).remove(0);
     let batch_pages = |store: &Store| store.load_engine_meta().unwrap().1.expect("an index").batch_pages;
-    commit(&store, 1, vec![(window_key.clone(), Some(b"w".to_vec()))]);
+    // A window entry large enough that the small changes below are deltas.
+    commit(&store, 1, vec![(window_key.clone(), Some(noise(1, 2_000)))]);
     assert!(batch_pages(&store).is_empty());
     commit(&store, 2, vec![(batch_key.clone(), Some(b"b".to_vec()))]);
     assert_eq!(batch_pages(&store), vec![3]);
@@ -141,16 +169,17 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        8 => prop::collection::vec((any::<u8>(), prop::option::weighted(0.8, (0u16..4_000, any::<u8>()))), 1..40)
+        8 => prop::collection::vec((any::<u8>(), prop::option::weighted(0.8, (0u16..2_000, any::<u8>()))), 1..12)
             .prop_map(Step::Commit),
         1 => Just(Step::Reopen),
     ]
 }
 
-/// Key `idx`: micro-batch keys, window keys; spread over a few pages so that they gather deltas.
+/// Key `idx`: micro-batch and window keys on three pages, so that pages gather deltas.
 fn key_of(idx: u8) -> Vec<u8> {
-    let prefix = if idx % 4 == 0 { "b" } else { "w" };
-    format!("{prefix}/{}", idx % 64).into_bytes()
+    let page = u16::from(idx % 3);
+    let prefix = if idx % 4 == 0 { "b/" } else { "w/" };
+    keys_on_page(page, prefix, usize::from(idx / 3 % 22) + 1).pop().unwrap()
 }
 
 proptest! {
