@@ -94,6 +94,13 @@ const META_NEXT_RAW_SEQ: &[u8] = b"mnext_raw_seq";
 const META_RAW_CURSOR: &[u8] = b"mrcursor/";
 /// The engine state index (`stored::StateIndexV1`), written with each commit.
 const META_STATE_INDEX: &[u8] = b"mstate_index";
+/// The store's format ([`STORE_FORMAT`]), written when the store is opened.
+const META_FORMAT: &[u8] = b"mformat";
+
+/// The store format this build writes. 2: engine state deltas (`d` keys), which a build of
+/// format 1 (before the marker existed) would not read, starting from stale state. A store of
+/// a higher format than this is refused at open, never read wrong.
+pub const STORE_FORMAT: u64 = 2;
 
 /// The two lanes of the outbox. Results (windows, batches, late readings) and raw readings
 /// have separate sequence numbers and cursors, so a sink can drain results first (`priority`)
@@ -139,6 +146,20 @@ pub enum StoreError {
         path: PathBuf,
         /// sled's error.
         source: sled::Error,
+    },
+    /// The store was written by a newer eddy, in a format this build cannot read right.
+    #[error(
+        "the store at {path} is in format {found}, written by a newer eddy; this build reads up \
+         to format {known}. Run the newer eddy again, or stop eddy, move the directory aside \
+         (mv {path} {path}.newer) and start again with an empty store"
+    )]
+    Newer {
+        /// The data directory.
+        path: PathBuf,
+        /// The store's format.
+        found: u64,
+        /// The highest format this build reads.
+        known: u64,
     },
     /// Another process (another eddy) holds the store's lock.
     #[error(
@@ -239,6 +260,21 @@ impl Store {
         };
         let log = db.open_tree("log").map_err(open_err)?;
         let main = db.open_tree("main").map_err(open_err)?;
+        let format = main.get(META_FORMAT).map_err(open_err)?;
+        match format.as_deref().map(<[u8; 8]>::try_from) {
+            Some(Ok(found)) if u64::from_be_bytes(found) > STORE_FORMAT => {
+                return Err(StoreError::Newer {
+                    path: dir.to_path_buf(),
+                    found: u64::from_be_bytes(found),
+                    known: STORE_FORMAT,
+                });
+            }
+            Some(Ok(found)) if u64::from_be_bytes(found) == STORE_FORMAT => {}
+            // None (a new store, or one from before the marker), older, or torn: this build's.
+            _ => {
+                main.insert(META_FORMAT, &STORE_FORMAT.to_be_bytes()).map_err(open_err)?;
+            }
+        }
         db.flush().map_err(open_err)?;
         let durability = Durability::open(dir).map_err(|error| open_err(sled::Error::Io(error)))?;
         Ok(Store {

@@ -639,3 +639,29 @@ fn byte_strings_read_and_written_in_one_copy_keep_the_layout_of_a_plain_vec() {
         }
     }
 }
+
+#[test]
+fn a_store_of_a_newer_format_is_refused_at_open_and_an_older_one_is_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        assert_eq!(store.main.get(META_FORMAT).unwrap().as_deref(), Some(&STORE_FORMAT.to_be_bytes()[..]));
+        // A store from before the marker: none.
+        store.main.remove(META_FORMAT).unwrap();
+        store.db.flush().unwrap();
+    }
+    {
+        let store = open(dir.path());
+        assert_eq!(store.main.get(META_FORMAT).unwrap().as_deref(), Some(&STORE_FORMAT.to_be_bytes()[..]));
+        // As a newer eddy would leave it.
+        store.main.insert(META_FORMAT, &(STORE_FORMAT + 1).to_be_bytes()).unwrap();
+        store.db.flush().unwrap();
+    }
+    let error = Store::open(dir.path(), 1 << 20, names(&["temp_c"]), names(&[])).unwrap_err();
+    assert!(
+        matches!(error, StoreError::Newer { found, known, .. } if found == STORE_FORMAT + 1 && known == STORE_FORMAT),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("newer eddy") && message.contains(".newer"), "{message}");
+}
