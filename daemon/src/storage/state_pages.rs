@@ -4,9 +4,10 @@
 //! A commit writes, for each page it changes, only its changes as a new delta, so its cost
 //! follows the sensors that changed, not the state held. It folds a page's deltas into the page
 //! (a compaction: the page rewritten, its deltas deleted, in the same batch) once they hold
-//! more bytes than the page itself or number [`MAX_STATE_DELTAS`]: what is written stays under
-//! about twice what changed, and a page loads from at most that many values. Reading a page
-//! applies its deltas in order.
+//! more bytes than the page itself or number [`MAX_STATE_DELTAS`], and rewrites a page at once
+//! when a commit changes half of it or more (steady traffic from every sensor): what is
+//! written stays under about twice what changed, and a page loads from at most that many
+//! values. Reading a page applies its deltas in order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -24,17 +25,18 @@ const BATCH_KEY_PREFIX: u8 = b'b';
 /// Most deltas kept beside one page before they are folded into it.
 pub(crate) const MAX_STATE_DELTAS: usize = 32;
 
-/// Delta bytes a page may gather before a compaction even when the page itself is smaller (so
-/// that a small page is not rewritten by every commit, as it was before deltas).
+/// Bytes of changes (uncompressed) a page's deltas may gather before they are folded even when
+/// the page itself is smaller (so that a small page changed a little is not rewritten by every
+/// commit, as it was before deltas).
 pub(crate) const STATE_DELTA_MIN_BYTES: usize = 16 * 1024;
 
 /// What the store knows of one state page as of the last commit, kept in memory from the
 /// page's first read on, so that a commit needs no read of the pages it changes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PageInfo {
-    /// Stored bytes of the page itself (0: none).
+    /// Bytes of the page's entries, uncompressed ([`entry_bytes`]; 0: no page).
     base_bytes: usize,
-    /// The page's deltas, in order: number and stored bytes.
+    /// The page's deltas, in order: number and bytes of its changes, uncompressed.
     deltas: Vec<(u32, usize)>,
     /// The micro-batch keys the page holds, its deltas applied.
     batch_keys: BTreeSet<Vec<u8>>,
@@ -126,6 +128,22 @@ struct Folded {
     bytes: Option<Vec<u8>>,
     /// Its micro-batch keys.
     batch_keys: BTreeSet<Vec<u8>>,
+    /// Bytes of its entries, uncompressed ([`entry_bytes`]).
+    entries_bytes: usize,
+}
+
+/// What an entry or change weighs in a page or delta before compression, about: its key, its
+/// value and their lengths.
+fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
+    key.len() + value.map_or(0, <[u8]>::len) + 4
+}
+
+fn entries_bytes(entries: &[StateEntry]) -> usize {
+    entries.iter().map(|(key, value)| entry_bytes(key, Some(value))).sum()
+}
+
+fn changes_bytes(changes: &[StateChangeRef<'_>]) -> usize {
+    changes.iter().map(|(key, value)| entry_bytes(key.0, value.map(|value| value.0))).sum()
 }
 
 /// A page's entries (sorted by key) with `changes` (sorted by key, one per key) applied, encoded.
@@ -151,8 +169,9 @@ fn merge_and_encode(
         .take_while(|key| key.first() == Some(&BATCH_KEY_PREFIX))
         .map(<[u8]>::to_vec)
         .collect();
+    let entries_bytes = merged.iter().map(|(key, value)| entry_bytes(key.0, Some(value.0))).sum();
     let bytes = if merged.is_empty() { None } else { Some(stored::encode_state_page(&merged)?) };
-    Ok(Folded { bytes, batch_keys })
+    Ok(Folded { bytes, batch_keys, entries_bytes })
 }
 
 impl Store {
@@ -181,10 +200,15 @@ impl Store {
         let key = prefixed(STATE, &page.to_be_bytes());
         let mut entries = match self.main.get(&key).map_err(io("state read"))? {
             Some(value) => {
-                info.base_bytes = value.len();
                 let read = stored::read_state_page(&value, |page_entries| {
-                    page_entries.iter().map(|(key, value)| (key.0.to_vec(), value.0.to_vec())).collect()
+                    page_entries
+                        .iter()
+                        .map(|(key, value)| (key.0.to_vec(), value.0.to_vec()))
+                        .collect::<Vec<_>>()
                 });
+                if let Ok(entries) = &read {
+                    info.base_bytes = entries_bytes(entries);
+                }
                 read.unwrap_or_else(|error| {
                     if report {
                         self.stats.corrupt_state_pages.fetch_add(1, Ordering::Relaxed);
@@ -200,10 +224,11 @@ impl Store {
             let Some(number) = key.get(3..).and_then(|number| <[u8; 4]>::try_from(number).ok()) else {
                 continue;
             };
-            info.deltas.push((u32::from_be_bytes(number), value.len()));
             let read = stored::read_state_delta(&value, |changes| {
                 entries = apply_changes(std::mem::take(&mut entries), changes);
+                changes_bytes(changes)
             });
+            info.deltas.push((u32::from_be_bytes(number), *read.as_ref().unwrap_or(&0)));
             if let Err(error) = read {
                 if report {
                     self.stats.corrupt_state_pages.fetch_add(1, Ordering::Relaxed);
@@ -263,19 +288,21 @@ impl Store {
                 }
             }
             let info = self.page_info(page)?;
-            let delta = stored::encode_state_delta(&changes)
-                .map_err(|source| StoreError::Encode { what: "state delta", source })?;
+            let bytes = changes_bytes(&changes);
             // Rewriting costs about what the delta does when it holds half the page or more
-            // (steady traffic from every sensor): then the page is rewritten at once.
-            let fold = delta.len() * 2 >= info.base_bytes
+            // (steady traffic from every sensor): then the page is rewritten at once, and no
+            // delta is encoded.
+            let fold = bytes * 2 >= info.base_bytes
                 || info.deltas.len() >= MAX_STATE_DELTAS
-                || info.delta_bytes() + delta.len() > info.base_bytes.max(STATE_DELTA_MIN_BYTES);
+                || info.delta_bytes() + bytes > info.base_bytes.max(STATE_DELTA_MIN_BYTES);
             let info = if fold {
                 self.fold_page(page, &changes, batch)?
             } else {
+                let delta = stored::encode_state_delta(&changes)
+                    .map_err(|source| StoreError::Encode { what: "state delta", source })?;
                 let mut info = info;
                 let number = info.deltas.last().map_or(0, |(number, _)| number.saturating_add(1));
-                info.deltas.push((number, delta.len()));
+                info.deltas.push((number, bytes));
                 info.apply_batch_keys(&changes);
                 batch.insert(delta_key(page, number), delta);
                 info
@@ -315,12 +342,10 @@ impl Store {
             }
         }
         .map_err(|source| StoreError::Encode { what: "state page", source })?;
-        let mut info = PageInfo { batch_keys: folded.batch_keys, ..PageInfo::default() };
+        let info =
+            PageInfo { base_bytes: folded.entries_bytes, batch_keys: folded.batch_keys, deltas: Vec::new() };
         match folded.bytes {
-            Some(bytes) => {
-                info.base_bytes = bytes.len();
-                batch.insert(key, bytes);
-            }
+            Some(bytes) => batch.insert(key, bytes),
             None => batch.remove(key),
         }
         Ok(info)
