@@ -84,11 +84,11 @@ fn deltas_are_folded_into_their_page_at_the_count_bound_and_the_byte_bound() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let keys = keys_on_page(9, "w/", 50);
-    // A page of ~50 KB, so that small changes are deltas.
+    // A page of ~150 KB, so that small changes are deltas.
     commit(
         &store,
         1,
-        keys.iter().enumerate().map(|(idx, key)| (key.clone(), Some(noise(idx as u64, 1_000)))).collect(),
+        keys.iter().enumerate().map(|(idx, key)| (key.clone(), Some(noise(idx as u64, 3_000)))).collect(),
     );
     assert_eq!(values_of(&store, STATE, 9).len(), 1);
     // Small changes: the count bound folds them.
@@ -107,12 +107,12 @@ fn deltas_are_folded_into_their_page_at_the_count_bound_and_the_byte_bound() {
         commit(&store, 200 + rounds as u64, vec![(keys[rounds].clone(), Some(noise(rounds as u64, 5_000)))]);
     }
     assert!(values_of(&store, STATE_DELTA, 9).is_empty());
-    assert!(rounds >= 2, "deltas of 5 KB beside a page of ~18 KB, folded after {rounds}");
-    assert!(rounds <= STATE_DELTA_MIN_BYTES / 5_000 + 2, "folded after {rounds} deltas of 5 KB");
+    // Beside the ~54 KB left of the page, deltas may gather half of it: about five of 5 KB.
+    assert!((4..=7).contains(&rounds), "folded after {rounds} deltas of 5 KB");
     let entries: BTreeMap<_, _> = store.load_engine().unwrap().entries.into_iter().collect();
     assert_eq!(entries[&keys[0]], vec![2; 8]);
     assert_eq!(entries[&keys[1]], noise(1, 5_000));
-    assert_eq!(entries[&keys[49]], noise(49, 1_000));
+    assert_eq!(entries[&keys[49]], noise(49, 3_000));
 }
 
 #[test]
