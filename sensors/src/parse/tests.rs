@@ -986,3 +986,241 @@ fn json_schemas_larger_than_the_inline_slots_parse_alike() {
     let reading = decoder.decode(line, NOW_MS).unwrap();
     assert_eq!((&*reading.sensor, reading.values[9]), ("s1", Some(9.0)));
 }
+
+/// Pieces of JSON-ish lines: valid and invalid numbers, strings with and without escapes,
+/// nested values, literals and junk, for the fast path's differential test.
+fn json_value_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<i64>().prop_map(|number| number.to_string()),
+        any::<u64>().prop_map(|number| number.to_string()),
+        (any::<i32>(), 0u32..18).prop_map(|(int, frac_digits)| {
+            let frac: String = (0..frac_digits)
+                .map(|idx| char::from(b'0' + u8::try_from((idx * 7 + 3) % 10).unwrap()))
+                .collect();
+            if frac.is_empty() {
+                format!("{int}.")
+            } else {
+                format!("{int}.{frac}")
+            }
+        }),
+        any::<f64>().prop_map(|number| format!("{number}")),
+        any::<f64>().prop_map(|number| format!("{number:e}")),
+        (0.0f64..100.0).prop_map(|number| format!("{number:.2}")),
+        prop::sample::select(vec![
+            "0",
+            "-0",
+            "-0.0",
+            "0.0",
+            "01",
+            "-01",
+            "1.",
+            ".5",
+            "+1",
+            "-",
+            "1e5",
+            "1E-3",
+            "2.5e+2",
+            "123456789012345",
+            "1234567890123456",
+            "12345678901234.5",
+            "0.123456789012345",
+            "9007199254740993",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "1.7e12",
+            "1700000000123",
+            "1700000000000.0",
+            "21.37",
+            "-5",
+            "NaN",
+            "Infinity",
+            "1e999",
+            "null",
+            "true",
+            "false",
+            "nul",
+            "tru",
+            "[]",
+            "[1,2]",
+            "{}",
+            "{\"a\":[1,{\"b\":2}]}",
+            "\"heat\"",
+            "\"\"",
+            "\"a\\\"b\"",
+            "\"t-\\u0030\"",
+            "\"\u{7}\"",
+            "\"é\"",
+            "\"t-001\"",
+            "\"2023-11-14T22:13:20.123Z\"",
+            "\"unterminated",
+            "x",
+        ])
+        .prop_map(str::to_owned),
+    ]
+}
+
+fn json_key_piece() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "\"sensor\"",
+        "\"ts\"",
+        "\"temp_c\"",
+        "\"humidity\"",
+        "\"setpoint_c\"",
+        "\"mode\"",
+        "\"other\"",
+        "\"temp\\u005fc\"",
+        "\"\"",
+        "sensor",
+        "\"mo\u{1}de\"",
+    ])
+    .prop_map(str::to_owned)
+}
+
+fn json_ws_piece() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["", "", "", " ", "\t", "  ", "\r", "\n"])
+}
+
+/// A line: an object of pieces with random whitespace and separators, sometimes broken.
+fn json_line() -> impl Strategy<Value = String> {
+    let member = (
+        json_ws_piece(),
+        json_key_piece(),
+        json_ws_piece(),
+        json_ws_piece(),
+        json_value_piece(),
+        json_ws_piece(),
+    )
+        .prop_map(|(ws1, key, ws2, ws3, value, ws4)| format!("{ws1}{key}{ws2}:{ws3}{value}{ws4}"));
+    (
+        json_ws_piece(),
+        prop::collection::vec(member, 0..8),
+        prop::sample::select(vec![",", ",", ",", ";", ", ,", ""]),
+        json_ws_piece(),
+        prop::sample::select(vec!["}", "}", "}", ",}", "} x", "}}", ""]),
+        any::<prop::sample::Index>(),
+        any::<bool>(),
+    )
+        .prop_map(|(ws, members, separator, ws_end, close, cut, truncate)| {
+            let line = format!("{ws}{{{}{ws_end}{close}", members.join(separator));
+            if truncate && !line.is_empty() {
+                let at = cut.index(line.len());
+                let at = (0..=at).rev().find(|at| line.is_char_boundary(*at)).unwrap_or(0);
+                line[..at].to_owned()
+            } else {
+                line
+            }
+        })
+}
+
+fn parse_json_both_ways(parser: &LineParser, line: &str) -> (String, String) {
+    let schema = parser.schema();
+    let fast = super::json::parse_json_with(parser, line, None, NOW_MS, true).map(super::Parsed::into_line);
+    let slow = super::json::parse_json_with(parser, line, None, NOW_MS, false).map(super::Parsed::into_line);
+    (render(schema, &fast), render(schema, &slow))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    /// The hand-written fast path reads every line it accepts exactly as serde_json does
+    /// (values to the bit, through `render`'s shortest round-trip formatting), and leaves
+    /// every other line, and so every rejection, to serde_json.
+    #[test]
+    fn json_fast_path_reads_what_serde_json_reads(line in json_line()) {
+        let parser = thermostat(Format::Json);
+        let (fast, slow) = parse_json_both_ways(&parser, &line);
+        prop_assert_eq!(fast, slow, "line {:?}", line);
+    }
+}
+
+#[test]
+fn json_fast_path_takes_the_common_lines() {
+    let schema = Schema::thermostat();
+    for line in [
+        r#"{"sensor":"t-017","ts":1700000000123,"temp_c":21.37,"humidity":44.1,"mode":"heat"}"#,
+        r#"{ "sensor": "t-1", "ts": 1700000000000, "temp_c": -3, "humidity": null, "extra": true }"#,
+        r#"{"ts":1700000000000,"sensor":"t-1","setpoint_c":20.5,"sensor":"t-2"}"#,
+    ] {
+        assert!(super::json::scans_flat(line, &schema), "{line}");
+    }
+    for line in [
+        r#"{"sensor":"t\u0031","ts":1}"#,
+        r#"{"sensor":"t-1","ts":1.7e12}"#,
+        r#"{"sensor":"t-1","ts":1,"extra":[1]}"#,
+        r#"{"sensor":"t-1","ts":1,}"#,
+        r#"{"sensor":"t-1","ts":-0}"#,
+        r#"{"sensor":"t-1","temp_c":0.1234567890123456}"#,
+    ] {
+        assert!(!super::json::scans_flat(line, &schema), "{line}");
+    }
+    // And the fast path's readings are the ones expected.
+    check(
+        Format::Json,
+        r#"{"sensor":"t-017","ts":1700000000123,"temp_c":21.37,"humidity":44.1,"mode":"heat"}"#,
+        "t-017 1700000000123 temp_c=21.37 humidity=44.1 setpoint_c=- mode=heat",
+    );
+}
+
+/// A number as a thermostat might write it: any magnitude, 0 to 14 decimals.
+fn json_number_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        // In the thermostat's ranges, so that most lines are accepted and their values compared.
+        8 => (0.0f64..100.0, 0usize..15).prop_map(|(number, decimals)| format!("{number:.decimals$}")),
+        1 => (-1.0e6f64..1.0e6, 0usize..15).prop_map(|(number, decimals)| format!("{number:.decimals$}")),
+        1 => (-1.0e12f64..1.0e12, 0usize..4).prop_map(|(number, decimals)| format!("{number:.decimals$}")),
+        1 => any::<i32>().prop_map(|number| number.to_string()),
+        1 => (0u64..1_000_000_000_000_000).prop_map(|number| number.to_string()),
+    ]
+}
+
+/// A well-formed thermostat line in random key order and spacing: mostly the fast path.
+fn json_thermostat_line() -> impl Strategy<Value = (String, bool)> {
+    (
+        1_699_999_000_000i64..1_700_000_100_000,
+        json_number_text(),
+        json_number_text(),
+        prop::option::of(json_number_text()),
+        prop::sample::select(vec!["heat", "cool", "off", "auto"]),
+        any::<prop::sample::Index>(),
+        json_ws_piece(),
+        any::<bool>(),
+    )
+        .prop_map(|(ts, temp, humidity, setpoint, mode, order, ws, extra)| {
+            let mut members = vec![
+                "\"sensor\":\"t-042\"".to_owned(),
+                format!("\"ts\":{ws}{ts}"),
+                format!("\"temp_c\":{temp}"),
+                format!("\"humidity\"{ws}:{humidity}"),
+                format!("\"mode\":\"{mode}\""),
+            ];
+            if let Some(setpoint) = setpoint {
+                members.push(format!("\"setpoint_c\":{setpoint}"));
+            }
+            if extra {
+                members.push("\"fw\":\"1.2.3\",\"ok\":true,\"n\":null".to_owned());
+            }
+            let len = members.len();
+            members.rotate_left(order.index(len));
+            let line = format!("{{{ws}{}{ws}}}", members.join(&format!(",{ws}")));
+            let fast = super::json::scans_flat(&line, &Schema::thermostat());
+            (line, fast)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    /// [`json_fast_path_reads_what_serde_json_reads`] on well-formed lines, where the fast path
+    /// reads most of them: every number to the bit.
+    #[test]
+    fn json_fast_path_reads_numbers_to_the_bit_as_serde_json((line, fast) in json_thermostat_line()) {
+        let parser = thermostat(Format::Json);
+        let (fast_result, slow_result) = parse_json_both_ways(&parser, &line);
+        prop_assert_eq!(&fast_result, &slow_result, "line {:?}", line);
+        // Numbers of 15 digits or fewer without exponent: the fast path's own lines.
+        let long_number = line
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .any(|number| number.chars().filter(char::is_ascii_digit).count() > 15);
+        prop_assert!(fast || long_number, "left to serde_json: {:?}", line);
+    }
+}
