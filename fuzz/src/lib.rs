@@ -103,6 +103,22 @@ pub fn check_line(parser: &Arc<LineParser>, line: &[u8]) {
         Err(_) => {}
     }
 
+    // JSON: the hand-written fast path reads exactly what serde_json reads (values to the bit).
+    if parser.format() == Format::Json {
+        let by_serde = parser.parse_json_by_serde(line, NOW_MS);
+        let bits = |parsed: &ParsedLine| -> Vec<Option<u64>> {
+            parsed.values.iter().map(|value| value.map(f64::to_bits)).collect()
+        };
+        match (&result, &by_serde) {
+            (Ok(fast), Ok(serde)) => {
+                assert_eq!((&fast.sensor, fast.ts_ms, &fast.tags), (&serde.sensor, serde.ts_ms, &serde.tags));
+                assert_eq!(bits(fast), bits(serde), "values differ from serde_json's");
+            }
+            (Err(fast), Err(serde)) => assert_eq!(fast, serde),
+            _ => panic!("the fast path and serde_json disagree: {result:?} vs {by_serde:?}"),
+        }
+    }
+
     // The transport's sensor id: JSON takes it instead of the line's, other formats ignore it.
     let for_sensor = parser.parse_for_sensor(line, "fz-1", NOW_MS);
     match (parser.format(), &for_sensor) {

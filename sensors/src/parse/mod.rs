@@ -170,6 +170,20 @@ impl LineParser {
         self.parse_borrowed(line, Some(sensor), now_ms).map(Parsed::into_line)
     }
 
+    /// [`parse`](Self::parse), with serde_json reading every JSON line (no hand-written fast
+    /// path); other formats as `parse`. For the fuzz target's differential check of the fast
+    /// path, not for use.
+    #[doc(hidden)]
+    pub fn parse_json_by_serde(&self, line: &[u8], now_ms: i64) -> Result<ParsedLine, Rejection> {
+        match self.format {
+            Format::Json => {
+                let line = self.check_line(line)?;
+                json::parse_json_with(self, line, None, now_ms, false).map(Parsed::into_line)
+            }
+            _ => self.parse(line, now_ms),
+        }
+    }
+
     /// [`parse`](Self::parse) or [`parse_for_sensor`](Self::parse_for_sensor), the sensor id
     /// borrowed from the line (or `sensor`) when it needed no unescaping.
     fn parse_borrowed<'a>(
