@@ -29,6 +29,7 @@ else
     git archive "$rev" | tar -x -C "$tree"
     echo "== building eddy at $rev (release) in $tree"
     (cd "$tree" && CARGO_TARGET_DIR="$target/side-by-side/target" cargo build --release --locked -p eddy)
+    mkdir -p "$(dirname "$base_bin")"
     cp "$target/side-by-side/target/release/eddy" "$base_bin"
   fi
 fi
