@@ -72,8 +72,8 @@ fn readings(n_readings: usize, n_sensors: usize) -> Vec<Reading> {
             Reading {
                 sensor: sensors[sensor].clone(),
                 ts_ms,
-                values: vec![Some(temp), humidity],
-                tags: vec![],
+                values: smallvec::smallvec![Some(temp), humidity],
+                tags: smallvec::smallvec![],
             }
         })
         .collect()

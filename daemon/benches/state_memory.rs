@@ -76,8 +76,8 @@ fn main() {
                 names.iter().map(move |sensor| Reading {
                     sensor: sensor.clone(),
                     ts_ms: start + step * 1000,
-                    values: vec![Some(21.5), Some(45.0), Some(21.0)],
-                    tags: vec![],
+                    values: smallvec::smallvec![Some(21.5), Some(45.0), Some(21.0)],
+                    tags: smallvec::smallvec![],
                 })
             })
             .collect();

@@ -26,7 +26,7 @@ pub use crate::mqtt::{
     MqttSourceError, MqttTls, PayloadRules, RawMqttSource, Secret,
 };
 pub use crate::parse::{Format, Limits, LineDecoder, LineParser, ParsedLine, TsPrecision};
-pub use crate::reading::{Reading, MAX_SENSOR_BYTES};
+pub use crate::reading::{Reading, Tags, Values, MAX_SENSOR_BYTES};
 pub use crate::registry::{AdmittedSensors, SensorRegistry};
 pub use crate::reject::{RejectReason, Rejection};
 pub use crate::schema::{FieldSpec, InternedTags, Schema, TagSpec};

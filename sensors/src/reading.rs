@@ -2,6 +2,15 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
+/// A reading's field values, by schema position: up to 4 held inline, so the common reading
+/// (a thermostat has 3 fields) costs no allocation of its own.
+pub type Values = SmallVec<[Option<f64>; 4]>;
+
+/// A reading's tags, by schema position: up to 2 held inline.
+pub type Tags = SmallVec<[Option<Arc<str>>; 2]>;
+
 /// One validated reading.
 ///
 /// `values` and `tags` are indexed by the position of the field or tag in the [`Schema`]
@@ -15,9 +24,9 @@ pub struct Reading {
     /// Event time, milliseconds since the Unix epoch.
     pub ts_ms: i64,
     /// One slot per schema field; `None` when the (optional) field was absent or null.
-    pub values: Vec<Option<f64>>,
+    pub values: Values,
     /// One slot per schema tag; `None` when the (optional) tag was absent or null.
-    pub tags: Vec<Option<Arc<str>>>,
+    pub tags: Tags,
 }
 
 /// The longest sensor id accepted, in bytes.

@@ -35,7 +35,12 @@ fn parse_valid(line: &str) -> Option<Reading> {
         None | Some(Value::Null) => None,
         Some(value) => Some(value.as_f64().filter(|humidity| (0.0..=100.0).contains(humidity))?),
     };
-    Some(Reading { sensor: Arc::from(sensor), ts_ms, values: vec![Some(temp_c), humidity], tags: vec![] })
+    Some(Reading {
+        sensor: Arc::from(sensor),
+        ts_ms,
+        values: smallvec::smallvec![Some(temp_c), humidity],
+        tags: smallvec::smallvec![],
+    })
 }
 
 fn window_spec(name: &str, length_ms: u64, slide_ms: u64, lateness: Duration) -> WindowSpec {

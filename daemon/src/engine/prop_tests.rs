@@ -225,8 +225,8 @@ fn reading_strategy() -> impl Strategy<Value = Reading> {
             |(sensor, ts_ms, on_grid, value)| Reading {
                 sensor: Arc::from(SENSORS[sensor]),
                 ts_ms: if on_grid { ts_ms - ts_ms.rem_euclid(500) } else { ts_ms },
-                values: vec![value.map(f64::from), None],
-                tags: vec![None],
+                values: smallvec::smallvec![value.map(f64::from), None],
+                tags: smallvec::smallvec![None],
             },
         )
 }
@@ -285,8 +285,8 @@ fn clocked_steps_strategy() -> impl Strategy<Value = Vec<Step>> {
                         .map(|(sensor, offset_ms, value)| Reading {
                             sensor: Arc::from(SENSORS[sensor]),
                             ts_ms: clock_ms + offset_ms,
-                            values: vec![value.map(f64::from), None],
-                            tags: vec![None],
+                            values: smallvec::smallvec![value.map(f64::from), None],
+                            tags: smallvec::smallvec![None],
                         })
                         .collect();
                     Step::Chunk(clock_ms, readings)

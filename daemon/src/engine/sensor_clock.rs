@@ -287,13 +287,13 @@ impl SensorClock {
             .held
             .into_iter()
             .map(|held| {
-                let mut values = vec![None; field_names.len()];
+                let mut values: eddy_sensors::Values = smallvec::smallvec![None; field_names.len()];
                 for (name, value) in held.values {
                     if let Some(pos) = field_names.iter().position(|field| **field == *name) {
                         values[pos] = Some(value);
                     }
                 }
-                let mut tags = vec![None; tag_names.len()];
+                let mut tags: eddy_sensors::Tags = smallvec::smallvec![None; tag_names.len()];
                 for (name, value) in held.tags {
                     if let Some(pos) = tag_names.iter().position(|tag| **tag == *name) {
                         tags[pos] = Some(Arc::from(value));

@@ -23,15 +23,20 @@ pub(crate) enum Step {
 }
 
 pub(crate) fn reading(sensor: &str, ts_ms: i64, temp_c: Option<f64>) -> Reading {
-    Reading { sensor: Arc::from(sensor), ts_ms, values: vec![temp_c, None], tags: vec![None] }
+    Reading {
+        sensor: Arc::from(sensor),
+        ts_ms,
+        values: smallvec::smallvec![temp_c, None],
+        tags: smallvec::smallvec![None],
+    }
 }
 
 fn tagged(sensor: &str, ts_ms: i64, temp_c: f64, mode: Option<&str>) -> Reading {
     Reading {
         sensor: Arc::from(sensor),
         ts_ms,
-        values: vec![Some(temp_c), None],
-        tags: vec![mode.map(Arc::from)],
+        values: smallvec::smallvec![Some(temp_c), None],
+        tags: smallvec::smallvec![mode.map(Arc::from)],
     }
 }
 
@@ -407,8 +412,12 @@ fn micro_batch_closes_when_a_later_batch_arrives() {
 
 #[test]
 fn micro_batch_emits_only_present_fields() {
-    let with_humidity =
-        Reading { sensor: Arc::from("a"), ts_ms: 1, values: vec![None, Some(50.0)], tags: vec![None] };
+    let with_humidity = Reading {
+        sensor: Arc::from("a"),
+        ts_ms: 1,
+        values: smallvec::smallvec![None, Some(50.0)],
+        tags: smallvec::smallvec![None],
+    };
     check_batches(
         &[
             Step::Chunk(0, vec![with_humidity, reading("b", 1, None), reading("a", 2, Some(1.0))]),

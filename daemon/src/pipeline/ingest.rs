@@ -404,7 +404,12 @@ mod tests {
     use super::*;
 
     fn reading(ts_ms: i64) -> Reading {
-        Reading { sensor: Arc::from("s"), ts_ms, values: vec![Some(20.0)], tags: vec![] }
+        Reading {
+            sensor: Arc::from("s"),
+            ts_ms,
+            values: smallvec::smallvec![Some(20.0)],
+            tags: smallvec::smallvec![],
+        }
     }
 
     /// An ingest task on `store` with one source, `in`, flushing every millisecond.

@@ -485,8 +485,10 @@ mod tests {
                 // (the log's column format stores repeats in next to nothing).
                 sensor: Arc::from(format!("sensor-{idx}")),
                 ts_ms: i64::try_from(idx * 7919).unwrap(),
-                values: vec![Some(20.0 + f64::from(u32::try_from(idx).unwrap()) * std::f64::consts::E)],
-                tags: vec![],
+                values: smallvec::smallvec![Some(
+                    20.0 + f64::from(u32::try_from(idx).unwrap()) * std::f64::consts::E
+                )],
+                tags: smallvec::smallvec![],
             })
             .collect();
         LogChunk { key, ingest_ms: 1, batch: 0, readings, marks: Vec::new() }

@@ -277,7 +277,7 @@ mod tests {
             .prop_map(|(sensor, ts_ms, values, tags)| Reading {
                 sensor: Arc::from(sensor),
                 ts_ms,
-                values,
+                values: values.into(),
                 tags: tags.into_iter().map(|tag| tag.map(Arc::from)).collect(),
             })
     }
@@ -323,8 +323,12 @@ mod tests {
             .map(|idx| Reading {
                 sensor: Arc::from(format!("thermostat-{:04}", idx % 100)),
                 ts_ms: 1_764_000_000_000 + idx * 10,
-                values: vec![Some(20.0 + (idx % 37) as f64 / 10.0), Some(40.0 + (idx % 11) as f64), None],
-                tags: vec![Some(Arc::from(if idx % 3 == 0 { "heat" } else { "idle" }))],
+                values: smallvec::smallvec![
+                    Some(20.0 + (idx % 37) as f64 / 10.0),
+                    Some(40.0 + (idx % 11) as f64),
+                    None
+                ],
+                tags: smallvec::smallvec![Some(Arc::from(if idx % 3 == 0 { "heat" } else { "idle" }))],
             })
             .collect();
         let (fields, tags) =
@@ -364,8 +368,12 @@ mod tests {
 
     #[test]
     fn a_damaged_index_is_an_error() {
-        let readings =
-            [Reading { sensor: Arc::from("a"), ts_ms: 1, values: vec![Some(1.0)], tags: vec![None] }];
+        let readings = [Reading {
+            sensor: Arc::from("a"),
+            ts_ms: 1,
+            values: smallvec::smallvec![Some(1.0)],
+            tags: smallvec::smallvec![None],
+        }];
         let mut columns = owned(&ReadingColumnsV1Ref::encode(&readings, 1, 1));
         columns.sensor_idx[0] = 7;
         assert!(columns.decode().is_err());

@@ -58,8 +58,8 @@ fn chunk(key: u64) -> LogChunk {
         .map(|sensor| Reading {
             sensor: Arc::from(format!("s{sensor:02}")),
             ts_ms,
-            values: vec![Some(1.0)],
-            tags: vec![],
+            values: smallvec::smallvec![Some(1.0)],
+            tags: smallvec::smallvec![],
         })
         .collect();
     let ingest_ms = 1_700_000_000_000 + i64::try_from(key).unwrap() * 150;

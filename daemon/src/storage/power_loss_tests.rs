@@ -87,8 +87,8 @@ fn chunk(key: u64) -> LogChunk {
         .map(|idx| Reading {
             sensor: Arc::from(format!("s{}", idx % 8)),
             ts_ms: 1_600_000_000_000 + i64::try_from(idx).unwrap() * 10,
-            values: vec![Some(f64::from(u32::try_from(idx).unwrap()))],
-            tags: vec![],
+            values: smallvec::smallvec![Some(f64::from(u32::try_from(idx).unwrap()))],
+            tags: smallvec::smallvec![],
         })
         .collect();
     let ingest_ms = FIRST_INGEST_MS + i64::try_from(key).unwrap() * 7;

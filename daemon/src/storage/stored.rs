@@ -226,7 +226,7 @@ impl Serialize for ReadingRef<'_> {
         let mut fields = serializer.serialize_struct("ReadingV1", 4)?;
         fields.serialize_field("sensor", &*self.0.sensor)?;
         fields.serialize_field("ts_ms", &self.0.ts_ms)?;
-        fields.serialize_field("values", &self.0.values)?;
+        fields.serialize_field("values", &self.0.values[..])?;
         fields.serialize_field("tags", &TagsRef(&self.0.tags))?;
         fields.end()
     }

@@ -18,8 +18,8 @@ fn reading(sensor: &str, ts_ms: i64, temp: f64) -> Reading {
     Reading {
         sensor: Arc::from(sensor),
         ts_ms,
-        values: vec![Some(temp), None],
-        tags: vec![Some(Arc::from("heat"))],
+        values: smallvec::smallvec![Some(temp), None],
+        tags: smallvec::smallvec![Some(Arc::from("heat"))],
     }
 }
 
@@ -78,7 +78,7 @@ async fn readings_are_remapped_by_name_when_the_schema_changes() {
     }
     let store = Store::open(dir.path(), 1 << 20, names(&["pressure", "temp_c"]), vec![]).unwrap();
     let (read, _) = store.read_log_after(0, 10).unwrap();
-    assert_eq!(read[0].readings[0].values, vec![None, Some(20.0)]);
+    assert_eq!(read[0].readings[0].values[..], [None, Some(20.0)]);
     assert!(read[0].readings[0].tags.is_empty());
 }
 
@@ -367,7 +367,7 @@ async fn version_1_log_chunks_still_decode_and_borrowed_chunks_encode_like_owned
         readings: vec![ReadingV1 {
             sensor: "t-1".into(),
             ts_ms: 10,
-            values: readings[0].values.clone(),
+            values: readings[0].values.to_vec(),
             tags: vec![Some("heat".into())],
         }],
     };
@@ -475,7 +475,7 @@ async fn marks_are_stored_with_their_chunk_and_outlive_the_trim_through_the_comm
         readings: vec![ReadingV1 {
             sensor: "t-1".into(),
             ts_ms: 10,
-            values: readings[0].values.clone(),
+            values: readings[0].values.to_vec(),
             tags: vec![Some("heat".into())],
         }],
         marks: marks.clone(),

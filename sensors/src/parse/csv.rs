@@ -17,6 +17,7 @@
 use std::borrow::Cow;
 
 use crate::parse::{LineParser, Parsed};
+use crate::reading::{Tags, Values};
 use crate::reject::{RejectReason, Rejection};
 
 /// Parses one CSV line (already checked for length, UTF-8 and blankness).
@@ -54,7 +55,7 @@ pub(crate) fn parse_csv<'a>(
         .map_err(|_| Rejection::new(RejectReason::BadTs, "ts: expected integer milliseconds"))?;
     let ts_ms = parser.check_ts(ts_ms, now_ms)?;
 
-    let mut values = Vec::with_capacity(schema.fields.len());
+    let mut values = Values::with_capacity(schema.fields.len());
     for (field_idx, field) in schema.fields.iter().enumerate() {
         let text = columns.next().unwrap_or_default();
         let number = if text.is_empty() {
@@ -68,7 +69,7 @@ pub(crate) fn parse_csv<'a>(
         values.push(parser.check_field(field_idx, number)?);
     }
 
-    let mut tags = Vec::with_capacity(schema.tags.len());
+    let mut tags = Tags::with_capacity(schema.tags.len());
     for tag_idx in 0..schema.tags.len() {
         tags.push(parser.check_tag(tag_idx, None)?);
     }

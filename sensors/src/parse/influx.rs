@@ -21,6 +21,7 @@
 use std::borrow::Cow;
 
 use crate::parse::{i64_to_f64, u64_to_f64, LineParser, Parsed, TsPrecision};
+use crate::reading::{Tags, Values};
 use crate::reject::{RejectReason, Rejection};
 
 /// Parses one line-protocol line (already checked for length, UTF-8 and blankness).
@@ -129,7 +130,7 @@ pub(crate) fn parse_influx<'a>(
     };
     let ts_ms = parser.check_ts(to_ms(raw_ts, precision)?, now_ms)?;
 
-    let mut values = Vec::with_capacity(schema.fields.len());
+    let mut values = Values::with_capacity(schema.fields.len());
     for (field_idx, value) in field_values.into_iter().enumerate() {
         let number = match value {
             None => None,
@@ -140,7 +141,7 @@ pub(crate) fn parse_influx<'a>(
         values.push(parser.check_field(field_idx, number)?);
     }
 
-    let mut tags = Vec::with_capacity(schema.tags.len());
+    let mut tags = Tags::with_capacity(schema.tags.len());
     for (tag_idx, text) in tag_texts.iter().enumerate() {
         tags.push(parser.check_tag(tag_idx, text.as_deref())?);
     }

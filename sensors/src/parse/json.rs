@@ -26,6 +26,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::parse::{i64_to_f64, u64_to_f64, LineParser, Parsed};
+use crate::reading::{Tags, Values};
 use crate::reject::{RejectReason, Rejection};
 use crate::schema::Schema;
 
@@ -86,7 +87,7 @@ pub(crate) fn parse_json_with<'a>(
     };
     let ts_ms = parser.check_ts(ts_ms, now_ms)?;
 
-    let mut values = Vec::with_capacity(collected.fields.len());
+    let mut values = Values::with_capacity(collected.fields.len());
     for (field_idx, slot) in collected.fields.iter().copied().enumerate() {
         let number = match slot {
             FieldSlot::Absent => None,
@@ -101,7 +102,7 @@ pub(crate) fn parse_json_with<'a>(
         values.push(parser.check_field(field_idx, number)?);
     }
 
-    let mut tags = Vec::with_capacity(collected.tags.len());
+    let mut tags = Tags::with_capacity(collected.tags.len());
     for (tag_idx, slot) in collected.tags.iter().enumerate() {
         let text = match slot {
             None | Some(Value::Null) => None,

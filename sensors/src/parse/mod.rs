@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use eddy_common::GatewayClock;
 
-use crate::reading::{Reading, MAX_SENSOR_BYTES};
+use crate::reading::{Reading, Tags, Values, MAX_SENSOR_BYTES};
 use crate::registry::{AdmittedSensors, SensorRegistry};
 use crate::reject::{RejectReason, Rejection};
 use crate::schema::{InternedTags, Schema};
@@ -82,9 +82,9 @@ pub struct ParsedLine {
     /// Event time, ms since the epoch.
     pub ts_ms: i64,
     /// One slot per schema field.
-    pub values: Vec<Option<f64>>,
+    pub values: Values,
     /// One slot per schema tag.
-    pub tags: Vec<Option<Arc<str>>>,
+    pub tags: Tags,
 }
 
 /// A parsed line whose sensor id may still borrow from the line: what the format parsers
@@ -93,8 +93,8 @@ pub struct ParsedLine {
 pub(crate) struct Parsed<'a> {
     pub(crate) sensor: std::borrow::Cow<'a, str>,
     pub(crate) ts_ms: i64,
-    pub(crate) values: Vec<Option<f64>>,
-    pub(crate) tags: Vec<Option<Arc<str>>>,
+    pub(crate) values: Values,
+    pub(crate) tags: Tags,
 }
 
 impl Parsed<'_> {

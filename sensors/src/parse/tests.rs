@@ -839,8 +839,8 @@ fn valid_reading(sensor: impl Strategy<Value = String>) -> impl Strategy<Value =
         .prop_map(|(sensor, ts_ms, temp_c, humidity, setpoint_c, mode)| ParsedLine {
             sensor,
             ts_ms,
-            values: vec![Some(temp_c), humidity, setpoint_c],
-            tags: vec![mode.map(Arc::from)],
+            values: smallvec::smallvec![Some(temp_c), humidity, setpoint_c],
+            tags: smallvec::smallvec![mode.map(Arc::from)],
         })
 }
 
@@ -931,7 +931,7 @@ proptest! {
     #[test]
     fn csv_round_trips_a_valid_reading(reading in valid_reading("[A-Za-z0-9_.:/-]{1,64}")) {
         let mut reading = reading;
-        reading.tags = vec![None];
+        reading.tags = smallvec::smallvec![None];
         let line = to_csv(&reading);
         prop_assert_eq!(thermostat(CSV).parse(line.as_bytes(), NOW_MS), Ok(reading), "line {}", line);
     }
@@ -967,11 +967,11 @@ fn json_schemas_larger_than_the_inline_slots_parse_alike() {
     let line = br#"{"sensor":"s\u0031","ts":1700000000000,"f10":10,"f0":"x","f0":0.5,"f9":9,"t9":"nine","t0":"zero"}"#;
     let parsed = parser.parse(line, NOW_MS).unwrap();
     assert_eq!(parsed.sensor, "s1");
-    let mut values = vec![None; 11];
+    let mut values = [None; 11];
     values[0] = Some(0.5);
     values[9] = Some(9.0);
     values[10] = Some(10.0);
-    assert_eq!(parsed.values, values);
+    assert_eq!(parsed.values[..], values[..]);
     assert_eq!(parsed.tags[0].as_deref(), Some("zero"));
     assert_eq!(parsed.tags[9].as_deref(), Some("nine"));
     assert!(parsed.tags[1..9].iter().all(Option::is_none));
@@ -985,6 +985,43 @@ fn json_schemas_larger_than_the_inline_slots_parse_alike() {
     let mut decoder = LineDecoder::new(Arc::new(parser), registry, Arc::new(SourceStats::new("in")));
     let reading = decoder.decode(line, NOW_MS).unwrap();
     assert_eq!((&*reading.sensor, reading.values[9]), ("s1", Some(9.0)));
+}
+
+/// The common reading costs no allocation of its own: a thermostat's 3 fields and its tag
+/// are held inside the reading (`Values`, `Tags`), in every format; a schema wider than the
+/// inline room still gets every value, from the heap.
+#[test]
+fn a_thermostat_reading_holds_its_values_and_tags_inline() {
+    let registry = Arc::new(SensorRegistry::new(10));
+    let lines: [(Format, &[u8]); 3] = [
+        (JSON, br#"{"sensor":"t-1","ts":1700000000000,"temp_c":21.5,"humidity":45.1,"setpoint_c":21,"mode":"heat"}"#),
+        (Format::Csv, b"t-1,1700000000000,21.5,45.1,21"),
+        (
+            Format::Influx(TsPrecision::Milliseconds),
+            b"thermostat,sensor=t-1,mode=heat temp_c=21.5,humidity=45.1,setpoint_c=21 1700000000000",
+        ),
+    ];
+    for (format, line) in lines {
+        let parser = Arc::new(LineParser::new(format, Arc::new(Schema::thermostat()), Limits::default()));
+        let mut decoder = LineDecoder::new(parser, registry.clone(), Arc::new(SourceStats::new("in")));
+        let reading = decoder.decode(line, NOW_MS).unwrap();
+        assert_eq!(reading.values[..], [Some(21.5), Some(45.1), Some(21.0)], "{format:?}");
+        assert!(
+            !reading.values.spilled() && !reading.tags.spilled(),
+            "{format:?}: values or tags on the heap"
+        );
+    }
+    let wide = Schema {
+        fields: (0..6)
+            .map(|idx| FieldSpec { name: format!("f{idx}"), required: false, min: -1e9, max: 1e9 })
+            .collect(),
+        ..Schema::thermostat()
+    };
+    let parser = Arc::new(LineParser::new(JSON, Arc::new(wide), Limits::default()));
+    let mut decoder = LineDecoder::new(parser, registry, Arc::new(SourceStats::new("in")));
+    let reading = decoder.decode(br#"{"sensor":"w","ts":1700000000000,"f0":0,"f5":5}"#, NOW_MS).unwrap();
+    assert!(reading.values.spilled());
+    assert_eq!(reading.values[..], [Some(0.0), None, None, None, None, Some(5.0)]);
 }
 
 /// Pieces of JSON-ish lines: valid and invalid numbers, strings with and without escapes,

@@ -75,8 +75,8 @@ impl ThermostatSample {
         Reading {
             sensor: self.sensor.clone(),
             ts_ms,
-            values: vec![Some(self.temp_c), Some(self.humidity), Some(self.setpoint_c)],
-            tags: vec![Some(self.mode.tag())],
+            values: smallvec::smallvec![Some(self.temp_c), Some(self.humidity), Some(self.setpoint_c)],
+            tags: smallvec::smallvec![Some(self.mode.tag())],
         }
     }
 

@@ -57,8 +57,8 @@ fn chunk(
         .map(|sensor| Reading {
             sensor: Arc::from(format!("t-{sensor:03}")),
             ts_ms,
-            values: vec![Some(20.0)],
-            tags: vec![],
+            values: smallvec::smallvec![Some(20.0)],
+            tags: smallvec::smallvec![],
         })
         .collect();
     let chunk = LogChunk {

@@ -99,8 +99,11 @@ async fn feed(aggregator: &mut Aggregator, inputs: &[(Input, usize)], clock_ms: 
                         .map(|(sensor, offset_ms, value)| Reading {
                             sensor: Arc::from(format!("sensor-{sensor:03}")),
                             ts_ms: *clock_ms + offset_ms,
-                            values: vec![Some(f64::from(*value)), (*value % 3 == 0).then_some(0.5)],
-                            tags: vec![Some(Arc::from(
+                            values: smallvec::smallvec![
+                                Some(f64::from(*value)),
+                                (*value % 3 == 0).then_some(0.5)
+                            ],
+                            tags: smallvec::smallvec![Some(Arc::from(
                                 ["heat", "cool", "off"][usize::try_from(value.rem_euclid(3)).unwrap()],
                             ))],
                         })
