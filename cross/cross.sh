@@ -22,7 +22,10 @@
 #         armv7-unknown-linux-gnueabihf (Raspberry Pi 2/3/4, 32-bit Raspberry Pi OS), or
 #         static (musl, no libc needed on the device): aarch64-unknown-linux-musl,
 #         armv7-unknown-linux-musleabihf, x86_64-unknown-linux-musl (x86 gateways; runs here
-#         without qemu). deb and deb-test take the gnu targets only.
+#         without qemu), or x86_64-unknown-linux-gnu: the x86 gateway build against glibc, made
+#         like the ARM ones (std built without its symbolizer, no unwind tables), where a plain
+#         `cargo build --release` links rustup's prebuilt std. deb and deb-test take the gnu
+#         targets only.
 #
 # How: rustup cannot download targets here, so the compiler is Debian's rustc-web/cargo-web
 # (/usr/bin/rustc, /usr/bin/cargo; rustup's toolchain stays first on PATH and is not used).
@@ -85,7 +88,8 @@ xc_env() {
     armv7-unknown-linux-musleabihf) q=qemu-arm-static; XC_ZIG=1 ;;
     # x86 gateways: runs here natively, no emulator.
     x86_64-unknown-linux-musl) q=""; XC_ZIG=1 ;;
-    *) die "unsupported target $t (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, aarch64-unknown-linux-musl, armv7-unknown-linux-musleabihf, x86_64-unknown-linux-musl)" ;;
+    x86_64-unknown-linux-gnu) cc=gcc; q="" ;;
+    *) die "unsupported target $t (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, aarch64-unknown-linux-musl, armv7-unknown-linux-musleabihf, x86_64-unknown-linux-musl, x86_64-unknown-linux-gnu)" ;;
   esac
   [ -x /usr/bin/rustc ] || die "Debian's rustc-web is missing: run cross/cross.sh setup"
   [ -z "$q" ] || command -v "$q" >/dev/null || die "$q is missing: run cross/cross.sh setup"
@@ -122,13 +126,16 @@ xc_env() {
     fi
     # qemu must see one consistent glibc: the multiarch one when installed (libc6:arm64 comes
     # with the arm64 std; with -L the cross ld.so mixes two glibc builds and hangs in the
-    # first pthread_create), else the cross sysroot.
-    if [ -e "$ld" ]; then export "CARGO_TARGET_${T}_RUNNER=$q"; else export "CARGO_TARGET_${T}_RUNNER=$q -L $sys"; fi
+    # first pthread_create), else the cross sysroot. x86_64 runs natively.
+    if [ -z "$q" ]; then :
+    elif [ -e "$ld" ]; then export "CARGO_TARGET_${T}_RUNNER=$q"; else export "CARGO_TARGET_${T}_RUNNER=$q -L $sys"; fi
   fi
   rv=CARGO_TARGET_${T}_RUNNER
   XC_RUNNER_CMD=${!rv:-}
   BUILD_STD=()
-  if [ ! -d "/usr/lib/rustlib/$t/lib" ]; then
+  # x86_64-gnu: Debian ships its std prebuilt (the host's), built with unwind tables and the
+  # symbolizer; the device build builds its own, as for the other targets without one.
+  if [ ! -d "/usr/lib/rustlib/$t/lib" ] || [ "$t" = x86_64-unknown-linux-gnu ]; then
     export RUSTC_BOOTSTRAP=1
     # test too, so that build and test share one std and all dependencies.
     BUILD_STD=(-Zbuild-std=std,panic_abort,test)
@@ -179,7 +186,7 @@ no_musl() {
 }
 
 deb_arch() {
-  case $1 in aarch64-*) echo arm64 ;; armv7-*) echo armhf ;; *) die "no Debian architecture for $1" ;; esac
+  case $1 in aarch64-*) echo arm64 ;; armv7-*) echo armhf ;; x86_64-*) echo amd64 ;; *) die "no Debian architecture for $1" ;; esac
 }
 
 # smoke TARGET: the release binary of TARGET under qemu-user: --version, check-config of the
@@ -225,9 +232,15 @@ case $cmd in
     # daemon/src/ops/panic.rs), only RUST_BACKTRACE prints nothing more. Nothing else in std
     # depends on the feature (but for the two one-call wrappers around a thread's start, which
     # may now be inlined). XC_STD_FEATURES=panic-unwind,backtrace,default: cargo's default.
-    XC_EXTRA_RUSTFLAGS=${XC_EXTRA_RUSTFLAGS-"-C force-unwind-tables=no"}
+    # x86_64-gnu also packs its relative relocations (DT_RELR, `-z pack-relative-relocs`:
+    # .rela.dyn 252,120 -> ~6,000 bytes of a PIE binary, ASLR kept). glibc 2.36 (Debian 12,
+    # Ubuntu 24.04) loads it; an older one refuses it at start (GLIBC_ABI_DT_RELR not found):
+    # there, the static x86_64-unknown-linux-musl build.
+    xc_default_flags="-C force-unwind-tables=no"
+    [ "$t" = x86_64-unknown-linux-gnu ] && xc_default_flags="$xc_default_flags -C link-arg=-Wl,-z,pack-relative-relocs"
+    XC_EXTRA_RUSTFLAGS=${XC_EXTRA_RUSTFLAGS-$xc_default_flags}
     case $t in
-      *-musl*) XC_STD_FEATURES=${XC_STD_FEATURES-} ;;
+      *-musl*|x86_64-unknown-linux-gnu) XC_STD_FEATURES=${XC_STD_FEATURES-} ;;
     esac
     xc_cargo build "$t" --release --locked -p eddy --bin eddy "$@"
     bin=$CARGO_TARGET_DIR/$t/release/eddy
@@ -256,6 +269,7 @@ case $cmd in
     # host's strip does not know ARM). cargo-deb maps the triple to the Debian architecture.
     variant=()
     [ "$(deb_arch "$t")" = armhf ] && variant=(--variant armhf)   # see daemon/Cargo.toml
+    [ "$t" = x86_64-unknown-linux-gnu ] && variant=(--variant amd64-relr)
     cargo deb -p eddy --target "$t" --no-build --no-strip --locked ${variant[@]+"${variant[@]}"} -o "$CARGO_TARGET_DIR/debian/"
     dpkg-deb -f "$(ls -t "$CARGO_TARGET_DIR"/debian/eddy_*_"$(deb_arch "$t")".deb | head -1)" Package Version Architecture Depends
     ;;
@@ -269,6 +283,7 @@ case $cmd in
     rm -rf "$d"; mkdir -p "$d"
     variant=()
     [ "$a" = armhf ] && variant=(--variant armhf)
+    [ "$t" = x86_64-unknown-linux-gnu ] && variant=(--variant amd64-relr)
     # Two revisions of the same build: -1 is installed, -2 is the upgrade.
     for rev in 1 2; do
       cargo deb -p eddy --target "$t" --no-build --no-strip --locked ${variant[@]+"${variant[@]}"} \
