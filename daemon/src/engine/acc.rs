@@ -2,10 +2,12 @@
 //! Welford's mean and variance, and first and last value by event time.
 
 use crate::engine::record::FieldStats;
+use crate::engine::state::AccParts;
 
-/// The running state behind every [`crate::engine::Aggregate`]. All of them are kept whatever
-/// the configuration asks for, so a restart with other aggregates configured still reports
-/// correct values for the windows it restored.
+/// The running state behind every [`crate::engine::Aggregate`]. The count, sum, minimum and
+/// maximum are always kept (an add or a compare each); Welford's mean and variance and the
+/// first and last value only when the configured aggregates read them ([`FieldAcc::add_for`]),
+/// as only those parts are stored ([`crate::engine::state::AccV2`]) and reported.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct FieldAcc {
     /// Number of values added.
@@ -42,11 +44,19 @@ impl FieldAcc {
         last: 0.0,
     };
 
-    /// Adds the value of a reading with event time `ts_ms`. Readings arrive in arrival order,
-    /// so a strict `<` keeps the earliest arrival as `first` on ties and `>=` the latest as
-    /// `last`.
-    #[inline]
+    /// Adds the value of a reading with event time `ts_ms`, keeping every part.
+    #[cfg(test)]
     pub(crate) fn add(&mut self, ts_ms: i64, value: f64) {
+        self.add_for(ts_ms, value, AccParts::ALL);
+    }
+
+    /// Adds the value of a reading with event time `ts_ms`, keeping the parts `parts` names
+    /// besides the count, sum, minimum and maximum: Welford's update (a division per value,
+    /// window and field) only for a standard deviation, the first and last value only when
+    /// one of them is reported. Readings arrive in arrival order, so a strict `<` keeps the
+    /// earliest arrival as `first` on ties and `>=` the latest as `last`.
+    #[inline]
+    pub(crate) fn add_for(&mut self, ts_ms: i64, value: f64, parts: AccParts) {
         self.count += 1;
         self.n += 1.0;
         self.sum += value;
@@ -56,16 +66,20 @@ impl FieldAcc {
         if value > self.max {
             self.max = value;
         }
-        let delta = value - self.mean;
-        self.mean += delta / self.n;
-        self.m2 += delta * (value - self.mean);
-        if ts_ms < self.first_ts {
-            self.first_ts = ts_ms;
-            self.first = value;
+        if parts.welford() {
+            let delta = value - self.mean;
+            self.mean += delta / self.n;
+            self.m2 += delta * (value - self.mean);
         }
-        if ts_ms >= self.last_ts {
-            self.last_ts = ts_ms;
-            self.last = value;
+        if parts.first_or_last() {
+            if ts_ms < self.first_ts {
+                self.first_ts = ts_ms;
+                self.first = value;
+            }
+            if ts_ms >= self.last_ts {
+                self.last_ts = ts_ms;
+                self.last = value;
+            }
         }
     }
 
@@ -91,6 +105,8 @@ impl FieldAcc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::state::AccV2;
+    use crate::engine::Aggregate;
 
     fn check(values: &[(i64, f64)], expected: Option<FieldStats>) {
         let mut acc = FieldAcc::EMPTY;
@@ -154,6 +170,40 @@ mod tests {
             last: 9.0,
         };
         check(&values, Some(stats));
+    }
+
+    #[test]
+    fn an_add_keeps_the_parts_its_aggregates_read_and_reports_them_alike() {
+        let values = [(20, 1.5), (10, -2.0), (30, 7.25), (25, 3.0)];
+        let mut full = FieldAcc::EMPTY;
+        let mut mean_only = FieldAcc::EMPTY;
+        let parts =
+            AccParts::for_aggregates(&[Aggregate::Count, Aggregate::Mean, Aggregate::Min, Aggregate::Max]);
+        for (ts_ms, value) in values {
+            full.add(ts_ms, value);
+            mean_only.add_for(ts_ms, value, parts);
+        }
+        let (full_stats, mean_stats) = (full.stats().unwrap(), mean_only.stats().unwrap());
+        assert_eq!(
+            (mean_stats.count, mean_stats.sum, mean_stats.min, mean_stats.max, mean_stats.mean),
+            (full_stats.count, full_stats.sum, full_stats.min, full_stats.max, full_stats.mean)
+        );
+        // What no configured aggregate reads was not computed: Welford's sums and the first
+        // and last value stay empty (they are not stored either).
+        assert_eq!((mean_only.mean, mean_only.m2), (FieldAcc::EMPTY.mean, FieldAcc::EMPTY.m2));
+        assert_eq!(
+            (mean_only.first_ts, mean_only.last_ts),
+            (FieldAcc::EMPTY.first_ts, FieldAcc::EMPTY.last_ts)
+        );
+        // And what it stores is what the full accumulator stores for these aggregates.
+        assert_eq!(AccV2::store(&mean_only, parts), AccV2::store(&full, parts));
+
+        let stddev = AccParts::for_aggregates(&[Aggregate::Stddev, Aggregate::First, Aggregate::Last]);
+        let mut spread = FieldAcc::EMPTY;
+        for (ts_ms, value) in values {
+            spread.add_for(ts_ms, value, stddev);
+        }
+        assert_eq!(spread.stats(), full.stats());
     }
 
     #[test]

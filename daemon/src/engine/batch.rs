@@ -29,6 +29,8 @@ pub(crate) struct MicroBatch {
     open: Option<u64>,
     /// Per sensor index, one accumulator per schema field.
     accs: Vec<Vec<FieldAcc>>,
+    /// The accumulator parts batch records read: what an add keeps up to date.
+    parts: AccParts,
     /// Whether the sensor has readings in the open batch, and the list of those sensors.
     touched: Vec<bool>,
     touched_list: Vec<usize>,
@@ -47,6 +49,7 @@ impl MicroBatch {
             floor: 0,
             open: None,
             accs: Vec::new(),
+            parts: batch_parts(),
             touched: Vec::new(),
             touched_list: Vec::new(),
             dirty: Vec::new(),
@@ -112,7 +115,7 @@ impl MicroBatch {
         let mut any = false;
         for (acc, value) in accs.iter_mut().zip(&reading.values) {
             if let Some(value) = *value {
-                acc.add(reading.ts_ms, value);
+                acc.add_for(reading.ts_ms, value, self.parts);
                 any = true;
             }
         }

@@ -448,6 +448,23 @@ pub(crate) struct AccParts {
 }
 
 impl AccParts {
+    /// Every part (tests).
+    #[cfg(test)]
+    pub(crate) const ALL: AccParts =
+        AccParts { sum: true, min: true, max: true, welford: true, first: true, last: true };
+
+    /// Whether Welford's mean and sum of squares are read (the standard deviation).
+    #[inline]
+    pub(crate) fn welford(self) -> bool {
+        self.welford
+    }
+
+    /// Whether the first or the last value is read.
+    #[inline]
+    pub(crate) fn first_or_last(self) -> bool {
+        self.first || self.last
+    }
+
     /// The parts `aggregates` read (the count is always kept).
     pub(crate) fn for_aggregates(aggregates: &[Aggregate]) -> AccParts {
         let mut parts = AccParts::default();

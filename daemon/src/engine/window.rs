@@ -471,7 +471,7 @@ impl Shape {
     fn add(&self, window: &mut OpenWindow, reading: &Reading) -> u64 {
         for (acc, &field_idx) in window.fields.iter_mut().zip(&self.fields) {
             if let Some(Some(value)) = reading.values.get(field_idx) {
-                acc.add(reading.ts_ms, *value);
+                acc.add_for(reading.ts_ms, *value, self.parts);
             }
         }
         let mut n_other = 0;
