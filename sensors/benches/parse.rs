@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p eddy-sensors --bench parse`
 //! Environment: `EDDY_BENCH_LINES` (lines per run, default 2,000,000), `EDDY_BENCH_RUNS`
-//! (default 3).
+//! (default 3), `EDDY_BENCH_ONLY` (`fast` or `serde`: that path alone, e.g. under valgrind).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ fn main() {
     let quick = !std::env::args().any(|arg| arg == "--bench");
     let n_lines = env_usize("EDDY_BENCH_LINES", if quick { 10_000 } else { 2_000_000 });
     let runs = env_usize("EDDY_BENCH_RUNS", if quick { 1 } else { 3 });
+    // `fast` or `serde` runs that one alone (for valgrind's counts of one path).
+    let only = std::env::var("EDDY_BENCH_ONLY").ok();
     let parser = LineParser::new(Format::Json, Arc::new(Schema::thermostat()), Limits::default());
     let modes = ["heat", "cool", "off", "auto"];
     let lines: Vec<String> = (0..1000u32)
@@ -39,6 +41,9 @@ fn main() {
         .collect();
     for run in 1..=runs {
         for (name, fast) in [("fast path", true), ("serde_json", false)] {
+            if only.as_deref().is_some_and(|only| only != if fast { "fast" } else { "serde" }) {
+                continue;
+            }
             let started = Instant::now();
             let mut accepted = 0usize;
             for line in lines.iter().cycle().take(n_lines) {
