@@ -1,8 +1,7 @@
 //! The architecture invariants ARCHITECTURE.md states as absences, checked on the source: the
 //! engine does no I/O and reads no clock, the daemon's modules import only the layers below
 //! them (so there is no import cycle), the library crates depend on none of ours but the
-//! leaf `eddy-common`, and the store uses no sled transaction (upstream left one of its paths
-//! unimplemented).
+//! leaf `eddy-common`, and the store commits with batches, never a sled transaction.
 
 use std::path::{Path, PathBuf};
 
@@ -165,9 +164,10 @@ fn library_crates_depend_on_no_crate_of_ours_but_common() {
     }
 }
 
-/// The vendored sled (vendor/README.md) is upstream's code, which leaves one path
-/// `unimplemented!()`: `TransactionalTree::unstage`, reached only by a sled transaction that
-/// must retry. eddy commits with batches (`apply_batch`), never with transactions.
+/// eddy commits with batches (`apply_batch`: results, state and the log position in one
+/// atomic write), never with sled transactions: they serialise on sled's global write lock and
+/// retry, and their undo path is the one part of the vendored sled that eddy patched without
+/// using it (vendor/README.md).
 #[test]
 fn the_store_uses_no_sled_transaction() {
     let storage = root().join("daemon/src/storage");
@@ -181,5 +181,8 @@ fn the_store_uses_no_sled_transaction() {
         })
         .map(|path| path.display().to_string())
         .collect();
-    assert!(offenders.is_empty(), "sled transactions reach upstream's unimplemented!(): {offenders:#?}");
+    assert!(
+        offenders.is_empty(),
+        "the store must commit with batches, not sled transactions: {offenders:#?}"
+    );
 }

@@ -348,8 +348,13 @@ impl TransactionalTree {
         self.tree.context.pagecache.generate_id_inner()
     }
 
+    // eddy's vendored copy (vendor/README.md): upstream left this a panicking stub. Nothing
+    // of an attempt reaches the tree before `commit` (writes and reads are buffered here, and
+    // `stage` only takes the global write lock, released by the caller), so undoing an attempt
+    // is dropping what it buffered.
     fn unstage(&self) {
-        unimplemented!()
+        self.writes.borrow_mut().clear();
+        self.read_cache.borrow_mut().clear();
     }
 
     const fn validate(&self) -> bool {
