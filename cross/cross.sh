@@ -278,7 +278,7 @@ case $cmd in
     t=$1; no_musl "$t"
     [ -x "$CARGO_TARGET_DIR/$t/release/eddy" ] || die "build it first: $0 build $t"
     a=$(deb_arch "$t")
-    binfmt
+    [ "$a" = amd64 ] || binfmt   # qemu-user for the ARM binaries; amd64 runs natively
     d=$CARGO_TARGET_DIR/debian/deb-test
     rm -rf "$d"; mkdir -p "$d"
     variant=()
