@@ -360,3 +360,38 @@ fn sensor_clocks_list_the_sensors_furthest_off_against_the_gateway_and_the_media
         .collect();
     assert_eq!(clocks, ["behind"]);
 }
+
+#[test]
+fn sensor_clocks_limited_lists_the_head_of_the_full_ranking_ties_by_sensor_id() {
+    let spec = engine_spec(tumbling(), IDLE_MS);
+    let mut engine = Engine::new(spec);
+    let mut out = Vec::new();
+    let ingest_ms = 1_000_000;
+    // 200 sensors in a scrambled id order, offsets in 9 steps of 10 s either way: many ties
+    // in rank, which the sensor id must break the same way however many are asked for.
+    let readings: Vec<_> = (0..200_i64)
+        .map(|n| {
+            let id = (n * 73) % 200;
+            let offset_ms = ((id * 37) % 9 - 4) * 10_000;
+            (format!("s-{id:03}"), offset_ms)
+        })
+        .collect();
+    for (sensor, offset_ms) in &readings {
+        engine.apply_chunk(ingest_ms, 0, &[reading(sensor, ingest_ms + offset_ms, Some(1.0))], &mut out);
+    }
+    let threshold = Duration::from_secs(5);
+    let all = engine.sensor_clocks(usize::MAX, threshold);
+    // Every sensor but those on time is more than 5 s off (the median is 0).
+    assert!(all.len() > 100, "{}", all.len());
+    let rank = |clock: &crate::engine::SensorClockOffset| {
+        clock.offset_ms.saturating_abs().max(clock.offset_from_median_ms.saturating_abs())
+    };
+    for pair in all.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(rank(a) > rank(b) || (rank(a) == rank(b) && a.sensor < b.sensor), "{a:?} before {b:?}");
+    }
+    for limit in [0, 1, 2, 7, 20, all.len() - 1, all.len(), all.len() + 5] {
+        let listed = engine.sensor_clocks(limit, threshold);
+        assert_eq!(listed, all[..limit.min(all.len())], "limit {limit}");
+    }
+}

@@ -715,18 +715,39 @@ impl Engine {
         let Some(median_ms) = median(offsets.iter().map(|(_, offset_ms)| *offset_ms).collect()) else {
             return Vec::new();
         };
-        let mut listed: Vec<(i64, &Arc<str>, SensorClockOffset)> = offsets
+        let names = &self.sensors.names;
+        // (rank, sensor, offset, offset from the median).
+        let mut listed: Vec<(i64, usize, i64, i64)> = offsets
             .into_iter()
             .map(|(sensor, offset_ms)| {
                 let offset_from_median_ms = offset_ms.saturating_sub(median_ms);
-                let name = &self.sensors.names[sensor];
                 let rank = offset_ms.saturating_abs().max(offset_from_median_ms.saturating_abs());
-                (rank, name, SensorClockOffset { sensor: name.clone(), offset_ms, offset_from_median_ms })
+                (rank, sensor, offset_ms, offset_from_median_ms)
             })
-            .filter(|(rank, _, _)| *rank > threshold_ms)
+            .filter(|(rank, ..)| *rank > threshold_ms)
             .collect();
-        listed.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        listed.into_iter().take(limit).map(|(_, _, offset)| offset).collect()
+        // Largest rank first, ties by sensor id: a total order (ids are unique), so selecting
+        // the first `limit` and sorting only those lists what a sort of all would. With 100,000
+        // sensors a full sort on every commit was ~5 % of eddy's CPU after a restart.
+        let order = |a: &(i64, usize, i64, i64), b: &(i64, usize, i64, i64)| {
+            b.0.cmp(&a.0).then_with(|| names[a.1].cmp(&names[b.1]))
+        };
+        if limit == 0 {
+            return Vec::new();
+        }
+        if listed.len() > limit {
+            listed.select_nth_unstable_by(limit - 1, order);
+            listed.truncate(limit);
+        }
+        listed.sort_unstable_by(order);
+        listed
+            .into_iter()
+            .map(|(_, sensor, offset_ms, offset_from_median_ms)| SensorClockOffset {
+                sensor: names[sensor].clone(),
+                offset_ms,
+                offset_from_median_ms,
+            })
+            .collect()
     }
 
     /// Makes room for a newly interned sensor.
