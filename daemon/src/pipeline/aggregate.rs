@@ -506,13 +506,28 @@ impl Aggregator {
 
     /// Encodes full pages of pending results right away: a window-close burst (every sensor's
     /// windows end together) then waits for its commit compressed, not as JSON.
+    ///
+    /// The sealed entries leave `pending` in one drain at the end: a drain per page moved all
+    /// the entries behind it each time, quadratic in a burst (135,000 results after a restart
+    /// with 125,000 sensors: 348M instructions of `memmove`, BENCHMARKS.md #18 session 11).
     fn seal_full_pages(&mut self) -> Result<(), StoreError> {
-        while self.pending.len() >= OUTBOX_PAGE_ENTRIES {
-            let page = Store::seal_outbox_page(&self.pending[..OUTBOX_PAGE_ENTRIES])?;
-            self.pending.drain(..OUTBOX_PAGE_ENTRIES);
-            self.sealed.push(page);
+        let mut n_sealed = 0;
+        let mut outcome = Ok(());
+        for entries in self.pending.chunks_exact(OUTBOX_PAGE_ENTRIES) {
+            match Store::seal_outbox_page(entries) {
+                Ok(page) => {
+                    self.sealed.push(page);
+                    n_sealed += entries.len();
+                }
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            }
         }
-        Ok(())
+        // Whether or not a page failed, each entry is either sealed or still pending: never both.
+        self.pending.drain(..n_sealed);
+        outcome
     }
 
     /// Remembers `closed` window results caused by readings received at `received`.

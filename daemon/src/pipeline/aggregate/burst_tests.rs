@@ -74,6 +74,12 @@ fn chunk(
 /// Runs an aggregator (`result_commit_delay` 0 s, an hour's checkpoint) over `inputs`, all
 /// queued before it starts; returns its commits and the results in the outbox.
 async fn run(inputs: Vec<EngineInput>) -> (u64, usize) {
+    let (commits, results) = run_reading(inputs).await;
+    (commits, results.len())
+}
+
+/// [`run`], returning the outbox's results themselves.
+async fn run_reading(inputs: Vec<EngineInput>) -> (u64, Vec<(u64, crate::storage::OutboxEntry)>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 8 << 20, vec!["v".into()], vec![]).expect("the store opens");
     let stats = Arc::new(AggregateStats::default());
@@ -93,7 +99,7 @@ async fn run(inputs: Vec<EngineInput>) -> (u64, usize) {
     drop(tx);
     aggregator.run(rx).await.expect("the aggregator runs");
     let results = store.read_lane_after(Lane::Results, 0, usize::MAX).unwrap();
-    (stats.commits_total.load(Ordering::Relaxed), results.len())
+    (stats.commits_total.load(Ordering::Relaxed), results)
 }
 
 #[tokio::test]
@@ -135,4 +141,23 @@ async fn a_closing_chunk_alone_is_committed_at_once() {
     let inputs = vec![chunk(1, 0..40, INGEST_MS, now), chunk(2, 0..20, INGEST_MS + 5_000, now)];
     let (commits, results) = run(inputs).await;
     assert_eq!((commits, results), (1, 20));
+}
+
+#[tokio::test]
+async fn a_burst_of_several_outbox_pages_keeps_every_result_once_in_order() {
+    // 1,000 windows close in one chunk: three full pages of 256 sealed as they fill, the rest
+    // pending until the commit. Every result is stored once, numbered without a gap, in
+    // sensor order (the engine's), whatever page it went into.
+    let now = tokio::time::Instant::now();
+    let inputs = vec![chunk(1, 0..1000, INGEST_MS, now), chunk(2, 0..1000, INGEST_MS + 5_000, now)];
+    let (commits, results) = run_reading(inputs).await;
+    assert_eq!((commits, results.len()), (1, 1000));
+    for (n, (seq, entry)) in results.iter().enumerate() {
+        assert_eq!(*seq, u64::try_from(n).unwrap() + 1, "numbered in order, no gap");
+        let payload = std::str::from_utf8(&entry.payload).expect("JSON");
+        assert!(
+            payload.contains(&format!("\"sensor\":\"t-{n:03}\"")),
+            "result {n} is sensor {n}'s: {payload}"
+        );
+    }
 }
