@@ -19,6 +19,8 @@
 //! envelope variant (`V2`) and the decoder keeps reading `V1`. Fields and tags are stored by
 //! name, not schema index, so a reordered schema restores correctly.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::engine::acc::FieldAcc;
@@ -279,16 +281,78 @@ pub(crate) fn decode_tombstone(bytes: &[u8]) -> Result<TombstoneV1, String> {
 
 /// One sensor's state in one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) enum WindowEnvelope {
+pub(crate) enum WindowEnvelope<'a> {
     V1(WindowSensorV1),
     /// Accumulators hold only the parts the window's aggregates read ([`AccV2`]).
     V2(WindowSensorV2),
     /// Open windows also hold the `other` bucket of capped `count_by` tags (issue #14).
-    V3(WindowSensorV3),
+    V3(#[serde(borrow)] WindowSensorV3<'a>),
 }
 
-/// Decodes a window entry of any version.
-pub(crate) fn decode_window(bytes: &[u8]) -> Result<WindowSensorV3, String> {
+/// A field, tag or tag-value name in a stored window entry, stored as a plain string. Decoded,
+/// it borrows the entry's bytes (postcard strings need no unescaping); encoded, the engine's
+/// names; owned only when converted from an older version. A restart decodes ~10 names per
+/// sensor and window, and a commit encodes as many: a `String` each was ~13 % of a restore's
+/// instructions (BENCHMARKS.md, #18 session 11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Name<'a>(pub(crate) Cow<'a, str>);
+
+impl<'a> Name<'a> {
+    pub(crate) fn borrowed(name: &'a str) -> Name<'a> {
+        Name(Cow::Borrowed(name))
+    }
+}
+
+impl From<String> for Name<'_> {
+    fn from(name: String) -> Self {
+        Name(Cow::Owned(name))
+    }
+}
+
+impl std::ops::Deref for Name<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for Name<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for NameVisitor<'a> {
+            type Value = Name<'a>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a name")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, name: &'de str) -> Result<Name<'a>, E> {
+                Ok(Name(Cow::Borrowed(name)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Name<'a>, E> {
+                Ok(Name(Cow::Owned(name.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, name: String) -> Result<Name<'a>, E> {
+                Ok(Name(Cow::Owned(name)))
+            }
+        }
+
+        deserializer.deserialize_str(NameVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Decodes a window entry of any version; a current one borrows its names from `bytes`.
+pub(crate) fn decode_window(bytes: &[u8]) -> Result<WindowSensorV3<'_>, String> {
     Ok(match decode(bytes)? {
         WindowEnvelope::V1(v1) => WindowSensorV2::from(v1).into(),
         WindowEnvelope::V2(v2) => v2.into(),
@@ -298,7 +362,7 @@ pub(crate) fn decode_window(bytes: &[u8]) -> Result<WindowSensorV3, String> {
 
 /// [`WindowSensorV2`] with [`OpenWindowV3`]s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct WindowSensorV3 {
+pub(crate) struct WindowSensorV3<'a> {
     pub(crate) length_ms: i64,
     pub(crate) slide_ms: i64,
     pub(crate) processing_time: bool,
@@ -306,24 +370,28 @@ pub(crate) struct WindowSensorV3 {
     pub(crate) floor_ms: Option<i64>,
     pub(crate) last_activity_ms: Option<i64>,
     pub(crate) late_seq: u64,
-    pub(crate) open: Vec<OpenWindowV3>,
+    #[serde(borrow)]
+    pub(crate) open: Vec<OpenWindowV3<'a>>,
 }
 
 /// [`OpenWindowV2`] with, per tag name, the readings counted in the `other` bucket (tags with
-/// none are left out).
+/// none are left out). The same bytes as `String` names ([`Name`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct OpenWindowV3 {
+pub(crate) struct OpenWindowV3<'a> {
     pub(crate) start_ms: i64,
     /// Non-empty accumulators by field name.
-    pub(crate) fields: Vec<(String, AccV2)>,
+    #[serde(borrow)]
+    pub(crate) fields: Vec<(Name<'a>, AccV2)>,
     /// Counts by tag name, then by tag value.
-    pub(crate) counts: Vec<(String, Vec<(String, u64)>)>,
+    #[serde(borrow)]
+    pub(crate) counts: Vec<(Name<'a>, Vec<(Name<'a>, u64)>)>,
     /// Readings past the tag's cap of distinct values, by tag name.
-    pub(crate) other: Vec<(String, u64)>,
+    #[serde(borrow)]
+    pub(crate) other: Vec<(Name<'a>, u64)>,
 }
 
-impl From<WindowSensorV2> for WindowSensorV3 {
-    fn from(v2: WindowSensorV2) -> WindowSensorV3 {
+impl From<WindowSensorV2> for WindowSensorV3<'_> {
+    fn from(v2: WindowSensorV2) -> Self {
         WindowSensorV3 {
             length_ms: v2.length_ms,
             slide_ms: v2.slide_ms,
@@ -337,8 +405,14 @@ impl From<WindowSensorV2> for WindowSensorV3 {
                 .into_iter()
                 .map(|window| OpenWindowV3 {
                     start_ms: window.start_ms,
-                    fields: window.fields,
-                    counts: window.counts,
+                    fields: window.fields.into_iter().map(|(name, acc)| (name.into(), acc)).collect(),
+                    counts: window
+                        .counts
+                        .into_iter()
+                        .map(|(tag, counts)| {
+                            (tag.into(), counts.into_iter().map(|(value, n)| (value.into(), n)).collect())
+                        })
+                        .collect(),
                     other: Vec::new(),
                 })
                 .collect(),
@@ -669,12 +743,16 @@ mod tests {
                 counts: vec![("mode".into(), vec![("heat".into(), 3)])],
             }],
         });
-        let decoded = decode_window(&encode(&window)).unwrap();
+        let bytes = encode(&window);
+        let decoded = decode_window(&bytes).unwrap();
         assert_eq!((decoded.length_ms, decoded.late_seq, decoded.open.len()), (10_000, 2, 1));
-        assert_eq!(decoded.open[0].counts, vec![("mode".to_owned(), vec![("heat".to_owned(), 3)])]);
+        assert_eq!(
+            decoded.open[0].counts,
+            vec![(String::from("mode").into(), vec![(String::from("heat").into(), 3)])]
+        );
         let (name, stored) = decoded.open[0].fields[0].clone();
         assert_eq!(
-            (name.as_str(), stored.load(AccParts::for_aggregates(&[Aggregate::Stddev]))),
+            (&*name, stored.load(AccParts::for_aggregates(&[Aggregate::Stddev]))),
             ("temp_c", Ok(acc))
         );
 
@@ -708,10 +786,91 @@ mod tests {
                 counts: vec![("mode".into(), vec![("heat".into(), 2)])],
             }],
         };
-        let decoded = decode_window(&encode(&WindowEnvelope::V2(v2))).unwrap();
+        let bytes = encode(&WindowEnvelope::V2(v2));
+        let decoded = decode_window(&bytes).unwrap();
         assert_eq!((decoded.max_ts_ms, decoded.late_seq, decoded.open.len()), (Some(7), 2, 1));
-        assert_eq!(decoded.open[0].counts, vec![("mode".to_owned(), vec![("heat".to_owned(), 2)])]);
+        assert_eq!(
+            decoded.open[0].counts,
+            vec![(String::from("mode").into(), vec![(String::from("heat").into(), 2)])]
+        );
         assert!(decoded.open[0].other.is_empty());
+    }
+
+    #[test]
+    fn version_3_window_entries_keep_their_bytes_and_decode_borrowing_their_names() {
+        // The layout V3 was written with before its names were [`Name`]s: owned strings.
+        #[derive(Serialize)]
+        enum OwnedEnvelope {
+            #[allow(dead_code)]
+            V1(WindowSensorV1),
+            #[allow(dead_code)]
+            V2(WindowSensorV2),
+            V3(OwnedSensor),
+        }
+        #[derive(Serialize)]
+        struct OwnedSensor {
+            length_ms: i64,
+            slide_ms: i64,
+            processing_time: bool,
+            max_ts_ms: Option<i64>,
+            floor_ms: Option<i64>,
+            last_activity_ms: Option<i64>,
+            late_seq: u64,
+            open: Vec<OwnedWindow>,
+        }
+        #[derive(Serialize)]
+        struct OwnedWindow {
+            start_ms: i64,
+            fields: Vec<(String, AccV2)>,
+            counts: Vec<(String, Vec<(String, u64)>)>,
+            other: Vec<(String, u64)>,
+        }
+        let acc = AccV2::store(&sample_acc(), AccParts::for_aggregates(&[Aggregate::Mean]));
+        let owned = OwnedEnvelope::V3(OwnedSensor {
+            length_ms: 10_000,
+            slide_ms: 5000,
+            processing_time: false,
+            max_ts_ms: Some(12_345),
+            floor_ms: Some(5000),
+            last_activity_ms: Some(99),
+            late_seq: 4,
+            open: vec![OwnedWindow {
+                start_ms: 5000,
+                fields: vec![("temp_c".into(), acc), ("humidity".into(), acc)],
+                counts: vec![("mode".into(), vec![("cool".into(), 1), ("heat ünï".into(), 7)])],
+                other: vec![("mode".into(), 3)],
+            }],
+        });
+        let name = |text: &'static str| Name::borrowed(text);
+        let borrowed = WindowEnvelope::V3(WindowSensorV3 {
+            length_ms: 10_000,
+            slide_ms: 5000,
+            processing_time: false,
+            max_ts_ms: Some(12_345),
+            floor_ms: Some(5000),
+            last_activity_ms: Some(99),
+            late_seq: 4,
+            open: vec![OpenWindowV3 {
+                start_ms: 5000,
+                fields: vec![(name("temp_c"), acc), (name("humidity"), acc)],
+                counts: vec![(name("mode"), vec![(name("cool"), 1), (name("heat ünï"), 7)])],
+                other: vec![(name("mode"), 3)],
+            }],
+        });
+        let bytes = encode(&owned);
+        assert_eq!(encode(&borrowed), bytes, "the stored bytes are those of owned strings");
+        let decoded = decode_window(&bytes).unwrap();
+        let WindowEnvelope::V3(expected) = borrowed else { unreachable!() };
+        assert_eq!(decoded, expected);
+        let names = decoded.open[0].fields.iter().map(|(name, _)| name).chain(
+            decoded.open[0]
+                .counts
+                .iter()
+                .flat_map(|(tag, values)| std::iter::once(tag).chain(values.iter().map(|(value, _)| value))),
+        );
+        for name in names {
+            assert!(matches!(name.0, Cow::Borrowed(_)), "{name:?} is borrowed from the entry, not copied");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use eddy_sensors::Reading;
 
 use crate::engine::acc::FieldAcc;
 use crate::engine::record::{LateRecord, ResultRecord, WindowCountsRecord, WindowRecord};
-use crate::engine::state::{self, AccParts, AccV2, OpenWindowV3, WindowEnvelope, WindowSensorV3};
+use crate::engine::state::{self, AccParts, AccV2, Name, OpenWindowV3, WindowEnvelope, WindowSensorV3};
 use crate::engine::{Aggregate, EngineSpec, Output, TimeDomain, WindowSpec};
 
 /// The state of one window spec: every sensor's open windows and watermark.
@@ -414,7 +414,7 @@ impl WindowSet {
     }
 
     /// Restores one sensor's stored state, unless the window changed shape since.
-    pub(crate) fn restore_sensor(&mut self, sensor: usize, stored: WindowSensorV3) -> Result<(), String> {
+    pub(crate) fn restore_sensor(&mut self, sensor: usize, stored: WindowSensorV3<'_>) -> Result<(), String> {
         let shape = &self.shape;
         if (stored.length_ms, stored.slide_ms, stored.processing_time)
             != (shape.length_ms, shape.slide_ms, shape.processing_time)
@@ -560,7 +560,8 @@ impl Shape {
         }
     }
 
-    fn store_window(&self, window: &OpenWindow) -> OpenWindowV3 {
+    /// The stored form of `window`, its names borrowed from the shape and the window.
+    fn store_window<'a>(&'a self, window: &'a OpenWindow) -> OpenWindowV3<'a> {
         OpenWindowV3 {
             start_ms: window.start_ms,
             fields: window
@@ -568,7 +569,7 @@ impl Shape {
                 .iter()
                 .zip(&self.field_names)
                 .filter(|(acc, _)| acc.count > 0)
-                .map(|(acc, name)| (name.to_string(), AccV2::store(acc, self.parts)))
+                .map(|(acc, name)| (Name::borrowed(name), AccV2::store(acc, self.parts)))
                 .collect(),
             counts: window
                 .counts
@@ -577,8 +578,8 @@ impl Shape {
                 .filter(|(counts, _)| !counts.is_empty())
                 .map(|(counts, name)| {
                     (
-                        name.to_string(),
-                        counts.iter().map(|(value, count)| (value.to_string(), *count)).collect(),
+                        Name::borrowed(name),
+                        counts.iter().map(|(value, count)| (Name::borrowed(value), *count)).collect(),
                     )
                 })
                 .collect(),
@@ -587,13 +588,17 @@ impl Shape {
                 .iter()
                 .zip(&self.tag_names)
                 .filter(|(other, _)| **other > 0)
-                .map(|(other, name)| (name.to_string(), *other))
+                .map(|(other, name)| (Name::borrowed(name), *other))
                 .collect(),
         }
     }
 
     /// Rebuilds a stored window; fields and tags no longer configured are dropped.
-    fn load_window(&self, spare: &mut Vec<OpenWindow>, stored: OpenWindowV3) -> Result<OpenWindow, String> {
+    fn load_window(
+        &self,
+        spare: &mut Vec<OpenWindow>,
+        stored: OpenWindowV3<'_>,
+    ) -> Result<OpenWindow, String> {
         let mut window = self.open_window(spare, stored.start_ms);
         for (name, acc) in stored.fields {
             if let Some(pos) = self.field_names.iter().position(|field| **field == *name) {
@@ -603,7 +608,7 @@ impl Shape {
         for (name, counts) in stored.counts {
             if let Some(pos) = self.tag_names.iter().position(|tag| **tag == *name) {
                 window.counts[pos] =
-                    counts.into_iter().map(|(value, count)| (Arc::from(value), count)).collect();
+                    counts.into_iter().map(|(value, count)| (Arc::from(&*value), count)).collect();
             }
         }
         for (name, other) in stored.other {
