@@ -584,6 +584,40 @@ fn count_by_of_a_tag_with_listed_values_has_no_cap() {
 }
 
 #[test]
+fn stored_counts_out_of_order_restore_sorted_and_a_duplicate_counts_once() {
+    use crate::engine::state::{self, Name, OpenWindowV3, WindowEnvelope, WindowSensorV3};
+    // eddy writes counts in value order, each value once; a store written otherwise (by hand,
+    // by a future version's bug) still restores to what a map of the same entries held: in
+    // order, the last count of a value kept.
+    let name = |text: &'static str| Name::borrowed(text);
+    let entry = WindowEnvelope::V3(WindowSensorV3 {
+        length_ms: 10_000,
+        slide_ms: 10_000,
+        processing_time: false,
+        max_ts_ms: Some(5),
+        floor_ms: None,
+        last_activity_ms: Some(0),
+        late_seq: 0,
+        open: vec![OpenWindowV3 {
+            start_ms: 0,
+            fields: vec![],
+            counts: vec![(name("mode"), vec![(name("heat"), 2), (name("cool"), 1), (name("heat"), 5)])],
+            other: vec![],
+        }],
+    });
+    let spec = engine_spec(vec![count_by_window("modes")], IDLE_MS);
+    let stored = vec![(state::window_key("modes", "s"), state::encode(&entry))];
+    let (mut engine, report) = Engine::restore(spec, stored);
+    assert!(report.skipped.is_empty(), "{report:?}");
+    let mut out = Vec::new();
+    // A new value after the restore goes in its place among them.
+    run_step(&mut engine, &Step::Chunk(0, vec![tagged("s", 6, 1.0, Some("dry"))]), &mut out);
+    run_step(&mut engine, &Step::Tick(FAR_MS), &mut out);
+    let lines: Vec<String> = out.iter().map(summary).filter(|line| !line.starts_with("batch ")).collect();
+    assert_eq!(lines, ["modes s mode [0,10000) cool=1,dry=1,heat=5"]);
+}
+
+#[test]
 fn count_by_other_buckets_and_their_counter_survive_a_restore_at_any_split() {
     let steps = capped_steps();
     let (uninterrupted_engine, uninterrupted) = run(capped_spec(2, false), &steps);

@@ -10,7 +10,6 @@
 //! largest event time minus the lateness, raised to the largest end an idle close emitted; that
 //! of a processing-time window is the processing clock.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use eddy_sensors::Reading;
@@ -78,8 +77,11 @@ struct OpenWindow {
     start_ms: i64,
     /// Per window field.
     fields: Vec<FieldAcc>,
-    /// Per count_by tag: readings by tag value.
-    counts: Vec<BTreeMap<Arc<str>, u64>>,
+    /// Per count_by tag: readings by tag value, sorted by value. A sorted vector, not a
+    /// `BTreeMap`: a thermostat's window counts a handful of values, which a map held in a
+    /// ~280-byte node each, allocated again for every window; the vector keeps its capacity
+    /// when the window is reused.
+    counts: Vec<Vec<(Arc<str>, u64)>>,
     /// Per count_by tag: readings whose value came past the tag's cap.
     other: Vec<u64>,
 }
@@ -459,7 +461,7 @@ impl Shape {
             None => OpenWindow {
                 start_ms,
                 fields: vec![FieldAcc::EMPTY; self.fields.len()],
-                counts: vec![BTreeMap::new(); self.tags.len()],
+                counts: vec![Vec::new(); self.tags.len()],
                 other: vec![0; self.tags.len()],
             },
         }
@@ -480,12 +482,10 @@ impl Shape {
         {
             if let Some(Some(value)) = reading.tags.get(tag_idx) {
                 let n_values = counts.len();
-                match counts.get_mut(&**value) {
-                    Some(count) => *count += 1,
-                    None if n_values < cap => {
-                        counts.insert(value.clone(), 1);
-                    }
-                    None => {
+                match counts.binary_search_by(|(counted, _)| (**counted).cmp(&**value)) {
+                    Ok(pos) => counts[pos].1 += 1,
+                    Err(pos) if n_values < cap => counts.insert(pos, (value.clone(), 1)),
+                    Err(_) => {
                         *other += 1;
                         n_other += 1;
                     }
@@ -530,7 +530,7 @@ impl Shape {
                     tag: tag.clone(),
                     start_ms,
                     end_ms,
-                    counts: counts.iter().map(|(value, count)| (value.clone(), *count)).collect(),
+                    counts: counts.clone(),
                     other: *other,
                 })));
             }
@@ -607,8 +607,19 @@ impl Shape {
         }
         for (name, counts) in stored.counts {
             if let Some(pos) = self.tag_names.iter().position(|tag| **tag == *name) {
-                window.counts[pos] =
-                    counts.into_iter().map(|(value, count)| (Arc::from(&*value), count)).collect();
+                let loaded = &mut window.counts[pos];
+                loaded.clear();
+                loaded.extend(counts.into_iter().map(|(value, count)| (Arc::from(&*value), count)));
+                // Stored in order; a stored duplicate (none is written) counts once, as the
+                // last one, which is what a map built from them kept.
+                loaded.sort_by(|a, b| a.0.cmp(&b.0));
+                loaded.dedup_by(|later, kept| {
+                    let same = later.0 == kept.0;
+                    if same {
+                        kept.1 = later.1;
+                    }
+                    same
+                });
             }
         }
         for (name, other) in stored.other {
