@@ -218,32 +218,26 @@ impl ResultRecord {
             ResultRecord::Window(record) => {
                 out.raw(r#"{"type":"window","window":"#);
                 out.string(&record.window);
-                out.raw(r#","device":"#);
-                out.string(&record.device);
-                out.raw(r#","sensor":"#);
-                out.string(&record.sensor);
-                out.raw(r#","field":"#);
-                out.string(&record.field);
-                out.raw(r#","start":"#);
-                out.int(record.start_ms);
-                out.raw(r#","end":"#);
-                out.int(record.end_ms);
+                out.subject(
+                    &record.device,
+                    &record.sensor,
+                    ("field", &record.field),
+                    record.start_ms,
+                    record.end_ms,
+                );
                 out.stats(&record.aggregates, &record.stats);
                 out.id(&[&record.device, &record.window], &record.sensor, &record.field, record.start_ms);
             }
             ResultRecord::WindowCounts(record) => {
                 out.raw(r#"{"type":"window_counts","window":"#);
                 out.string(&record.window);
-                out.raw(r#","device":"#);
-                out.string(&record.device);
-                out.raw(r#","sensor":"#);
-                out.string(&record.sensor);
-                out.raw(r#","tag":"#);
-                out.string(&record.tag);
-                out.raw(r#","start":"#);
-                out.int(record.start_ms);
-                out.raw(r#","end":"#);
-                out.int(record.end_ms);
+                out.subject(
+                    &record.device,
+                    &record.sensor,
+                    ("tag", &record.tag),
+                    record.start_ms,
+                    record.end_ms,
+                );
                 out.raw(r#","counts":{"#);
                 for (n, (value, count)) in record.counts.iter().enumerate() {
                     if n > 0 {
@@ -263,16 +257,13 @@ impl ResultRecord {
             ResultRecord::Batch(record) => {
                 out.raw(r#"{"type":"batch","batch":"#);
                 out.uint(record.batch);
-                out.raw(r#","device":"#);
-                out.string(&record.device);
-                out.raw(r#","sensor":"#);
-                out.string(&record.sensor);
-                out.raw(r#","field":"#);
-                out.string(&record.field);
-                out.raw(r#","start":"#);
-                out.int(record.start_ms);
-                out.raw(r#","end":"#);
-                out.int(record.end_ms);
+                out.subject(
+                    &record.device,
+                    &record.sensor,
+                    ("field", &record.field),
+                    record.start_ms,
+                    record.end_ms,
+                );
                 out.stats(&BATCH_AGGREGATES, &record.stats);
                 out.id(&[&record.device, "batch"], &record.sensor, &record.field, record.start_ms);
             }
@@ -328,6 +319,23 @@ impl JsonOut {
             }
             None => self.raw("null"),
         }
+    }
+
+    /// `,"device":…,"sensor":…,"<field or tag>":…,"start":…,"end":…`, the keys every result
+    /// record has after its first two.
+    fn subject(&mut self, device: &str, sensor: &str, (key, part): (&str, &str), start_ms: i64, end_ms: i64) {
+        self.raw(r#","device":"#);
+        self.string(device);
+        self.raw(r#","sensor":"#);
+        self.string(sensor);
+        self.raw(",\"");
+        self.raw(key);
+        self.raw("\":");
+        self.string(part);
+        self.raw(r#","start":"#);
+        self.int(start_ms);
+        self.raw(r#","end":"#);
+        self.int(end_ms);
     }
 
     /// `,"count":…` and the other configured aggregates, in their order.

@@ -826,23 +826,8 @@ mod tests {
             other: Vec<(String, u64)>,
         }
         let acc = AccV2::store(&sample_acc(), AccParts::for_aggregates(&[Aggregate::Mean]));
-        let owned = OwnedEnvelope::V3(OwnedSensor {
-            length_ms: 10_000,
-            slide_ms: 5000,
-            processing_time: false,
-            max_ts_ms: Some(12_345),
-            floor_ms: Some(5000),
-            last_activity_ms: Some(99),
-            late_seq: 4,
-            open: vec![OwnedWindow {
-                start_ms: 5000,
-                fields: vec![("temp_c".into(), acc), ("humidity".into(), acc)],
-                counts: vec![("mode".into(), vec![("cool".into(), 1), ("heat ünï".into(), 7)])],
-                other: vec![("mode".into(), 3)],
-            }],
-        });
         let name = |text: &'static str| Name::borrowed(text);
-        let borrowed = WindowEnvelope::V3(WindowSensorV3 {
+        let borrowed = WindowSensorV3 {
             length_ms: 10_000,
             slide_ms: 5000,
             processing_time: false,
@@ -856,7 +841,37 @@ mod tests {
                 counts: vec![(name("mode"), vec![(name("cool"), 1), (name("heat ünï"), 7)])],
                 other: vec![(name("mode"), 3)],
             }],
+        };
+        let owned_name = |name: &Name<'_>| name.to_string();
+        let owned = OwnedEnvelope::V3(OwnedSensor {
+            length_ms: borrowed.length_ms,
+            slide_ms: borrowed.slide_ms,
+            processing_time: borrowed.processing_time,
+            max_ts_ms: borrowed.max_ts_ms,
+            floor_ms: borrowed.floor_ms,
+            last_activity_ms: borrowed.last_activity_ms,
+            late_seq: borrowed.late_seq,
+            open: borrowed
+                .open
+                .iter()
+                .map(|window| OwnedWindow {
+                    start_ms: window.start_ms,
+                    fields: window.fields.iter().map(|(name, acc)| (owned_name(name), *acc)).collect(),
+                    counts: window
+                        .counts
+                        .iter()
+                        .map(|(tag, values)| {
+                            (
+                                owned_name(tag),
+                                values.iter().map(|(value, n)| (owned_name(value), *n)).collect(),
+                            )
+                        })
+                        .collect(),
+                    other: window.other.iter().map(|(tag, n)| (owned_name(tag), *n)).collect(),
+                })
+                .collect(),
         });
+        let borrowed = WindowEnvelope::V3(borrowed);
         let bytes = encode(&owned);
         assert_eq!(encode(&borrowed), bytes, "the stored bytes are those of owned strings");
         let decoded = decode_window(&bytes).unwrap();
