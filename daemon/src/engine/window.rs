@@ -19,6 +19,9 @@ use crate::engine::record::{LateRecord, ResultRecord, WindowCountsRecord, Window
 use crate::engine::state::{self, AccParts, AccV2, Name, OpenWindowV3, WindowEnvelope, WindowSensorV3};
 use crate::engine::{Aggregate, EngineSpec, Output, TimeDomain, WindowSpec};
 
+/// Tag values an emptied window keeps room for, per count_by tag, while it waits for reuse.
+const SPARE_COUNTS_KEPT: usize = 8;
+
 /// The state of one window spec: every sensor's open windows and watermark.
 #[derive(Debug)]
 pub(crate) struct WindowSet {
@@ -534,7 +537,14 @@ impl Shape {
                     other: *other,
                 })));
             }
-            counts.clear();
+            // Kept for the window's reuse, unless an unusual window grew it: an emptied window
+            // may wait in `spare` for long, and invented tag values (up to the cap) must not
+            // stay allocated there.
+            if counts.capacity() > SPARE_COUNTS_KEPT {
+                *counts = Vec::new();
+            } else {
+                counts.clear();
+            }
             *other = 0;
         }
         spare.push(window);
@@ -628,5 +638,61 @@ impl Shape {
             }
         }
         Ok(window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use eddy_sensors::Reading;
+
+    use crate::engine::tests::engine_spec;
+    use crate::engine::window::{WindowSet, SPARE_COUNTS_KEPT};
+    use crate::engine::{TimeDomain, WindowSpec};
+
+    /// Runs one 10 s tumbling window counting by mode over readings with `n_values` distinct
+    /// modes, then a reading 20 s later closing it; returns the emptied window's room for
+    /// counts while it waits for reuse.
+    fn spare_room_after(n_values: usize) -> usize {
+        let spec = WindowSpec::new(
+            "modes",
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+            TimeDomain::Event,
+            Duration::ZERO,
+            vec![],
+            vec![],
+            vec![0],
+        )
+        .expect("valid window");
+        let engine = engine_spec(vec![spec.clone()], 60_000);
+        let mut set = WindowSet::new(&engine, &spec, Arc::from("gw"), 60_000);
+        set.push_sensor();
+        let reading = |ts_ms: i64, mode: String| Reading {
+            sensor: Arc::from("s"),
+            ts_ms,
+            values: smallvec::smallvec![Some(1.0)],
+            tags: smallvec::smallvec![Some(Arc::from(mode.as_str()))],
+        };
+        let mut out = Vec::new();
+        for n in 0..n_values {
+            let ts_ms = i64::try_from(n).expect("small");
+            set.apply(0, ts_ms, ts_ms, &reading(ts_ms, format!("mode-{n:02}")), &mut out);
+        }
+        set.apply(0, 20_000, 20_000, &reading(20_000, "heat".to_owned()), &mut out);
+        assert_eq!(out.len(), 1, "the first window closed: {out:?}");
+        assert_eq!(set.spare.len(), 1, "and waits for reuse");
+        set.spare[0].counts[0].capacity()
+    }
+
+    #[test]
+    fn an_emptied_window_keeps_room_for_a_few_tag_values_not_for_many() {
+        // A thermostat's modes: the room stays, the next window counts without allocating.
+        let few = spare_room_after(2);
+        assert!((2..=SPARE_COUNTS_KEPT).contains(&few), "{few}");
+        // Invented values up to the cap: not kept while the window waits.
+        assert_eq!(spare_room_after(SPARE_COUNTS_KEPT + 5), 0);
     }
 }
