@@ -520,7 +520,8 @@ fn count_by_counts_tag_values_per_window_and_skips_absent_tags() {
     );
 }
 
-fn count_by_window(name: &str) -> WindowSpec {
+/// A 10 s tumbling event-time window named `name` that counts by the first tag, no fields.
+pub(crate) fn count_by_window(name: &str) -> WindowSpec {
     WindowSpec::new(
         name,
         Duration::from_secs(10),

@@ -644,29 +644,17 @@ impl Shape {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use eddy_sensors::Reading;
 
-    use crate::engine::tests::engine_spec;
+    use crate::engine::tests::{count_by_window, engine_spec};
     use crate::engine::window::{WindowSet, SPARE_COUNTS_KEPT};
-    use crate::engine::{TimeDomain, WindowSpec};
 
     /// Runs one 10 s tumbling window counting by mode over readings with `n_values` distinct
     /// modes, then a reading 20 s later closing it; returns the emptied window's room for
     /// counts while it waits for reuse.
     fn spare_room_after(n_values: usize) -> usize {
-        let spec = WindowSpec::new(
-            "modes",
-            Duration::from_secs(10),
-            Duration::from_secs(10),
-            TimeDomain::Event,
-            Duration::ZERO,
-            vec![],
-            vec![],
-            vec![0],
-        )
-        .expect("valid window");
+        let spec = count_by_window("modes");
         let engine = engine_spec(vec![spec.clone()], 60_000);
         let mut set = WindowSet::new(&engine, &spec, Arc::from("gw"), 60_000);
         set.push_sensor();
