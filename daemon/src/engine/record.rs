@@ -215,60 +215,57 @@ impl ResultRecord {
 
     fn write_json(&self, out: &mut JsonOut) {
         match self {
-            ResultRecord::Window(record) => {
+            ResultRecord::Window(WindowRecord { window, .. }) => {
                 out.raw(r#"{"type":"window","window":"#);
-                out.string(&record.window);
-                out.subject(
-                    &record.device,
-                    &record.sensor,
-                    ("field", &record.field),
-                    record.start_ms,
-                    record.end_ms,
-                );
-                out.stats(&record.aggregates, &record.stats);
-                out.id(&[&record.device, &record.window], &record.sensor, &record.field, record.start_ms);
+                out.string(window);
             }
-            ResultRecord::WindowCounts(record) => {
+            ResultRecord::WindowCounts(WindowCountsRecord { window, .. }) => {
                 out.raw(r#"{"type":"window_counts","window":"#);
-                out.string(&record.window);
-                out.subject(
-                    &record.device,
-                    &record.sensor,
-                    ("tag", &record.tag),
-                    record.start_ms,
-                    record.end_ms,
-                );
-                out.raw(r#","counts":{"#);
-                for (n, (value, count)) in record.counts.iter().enumerate() {
-                    if n > 0 {
-                        out.raw(",");
-                    }
-                    out.string(value);
-                    out.raw(":");
-                    out.uint(*count);
-                }
-                out.raw("}");
-                if record.other > 0 {
-                    out.raw(r#","other":"#);
-                    out.uint(record.other);
-                }
-                out.id(&[&record.device, &record.window], &record.sensor, &record.tag, record.start_ms);
+                out.string(window);
             }
             ResultRecord::Batch(record) => {
                 out.raw(r#"{"type":"batch","batch":"#);
                 out.uint(record.batch);
-                out.subject(
-                    &record.device,
-                    &record.sensor,
-                    ("field", &record.field),
-                    record.start_ms,
-                    record.end_ms,
-                );
-                out.stats(&BATCH_AGGREGATES, &record.stats);
-                out.id(&[&record.device, "batch"], &record.sensor, &record.field, record.start_ms);
             }
         }
+        let subject = self.subject();
+        out.subject(&subject);
+        match self {
+            ResultRecord::Window(record) => out.stats(&record.aggregates, &record.stats),
+            ResultRecord::WindowCounts(record) => out.counts(&record.counts, record.other),
+            ResultRecord::Batch(record) => out.stats(&BATCH_AGGREGATES, &record.stats),
+        }
+        out.id(&subject);
     }
+
+    /// What every result record names after its first two keys, and its id is made of.
+    fn subject(&self) -> Subject<'_> {
+        let (device, id_lead, sensor, part, start_ms, end_ms) = match self {
+            ResultRecord::Window(r) => {
+                (&r.device, &*r.window, &r.sensor, ("field", &*r.field), r.start_ms, r.end_ms)
+            }
+            // A window-counts record is keyed by its tag.
+            ResultRecord::WindowCounts(r) => {
+                (&r.device, &*r.window, &r.sensor, ("tag", &*r.tag), r.start_ms, r.end_ms)
+            }
+            ResultRecord::Batch(r) => {
+                (&r.device, "batch", &r.sensor, ("field", &*r.field), r.start_ms, r.end_ms)
+            }
+        };
+        Subject { device, id_lead, sensor, part, start_ms, end_ms }
+    }
+}
+
+/// A result record's device, sensor, field or tag (its key and name) and bounds, and the id's
+/// second part (the window's name, or `batch`): the id is
+/// `device/id_lead/sensor/part/start` ([`ResultRecord::id`]).
+struct Subject<'a> {
+    device: &'a str,
+    id_lead: &'a str,
+    sensor: &'a str,
+    part: (&'static str, &'a str),
+    start_ms: i64,
+    end_ms: i64,
 }
 
 /// A JSON object written by hand into bytes, escaping as serde_json does.
@@ -321,21 +318,38 @@ impl JsonOut {
         }
     }
 
-    /// `,"device":…,"sensor":…,"<field or tag>":…,"start":…,"end":…`, the keys every result
-    /// record has after its first two.
-    fn subject(&mut self, device: &str, sensor: &str, (key, part): (&str, &str), start_ms: i64, end_ms: i64) {
+    /// `,"device":…,"sensor":…,"<field or tag>":…,"start":…,"end":…`.
+    fn subject(&mut self, subject: &Subject<'_>) {
         self.raw(r#","device":"#);
-        self.string(device);
+        self.string(subject.device);
         self.raw(r#","sensor":"#);
-        self.string(sensor);
+        self.string(subject.sensor);
         self.raw(",\"");
-        self.raw(key);
+        self.raw(subject.part.0);
         self.raw("\":");
-        self.string(part);
+        self.string(subject.part.1);
         self.raw(r#","start":"#);
-        self.int(start_ms);
+        self.int(subject.start_ms);
         self.raw(r#","end":"#);
-        self.int(end_ms);
+        self.int(subject.end_ms);
+    }
+
+    /// `,"counts":{…}` in their order, then `,"other":…` unless zero.
+    fn counts(&mut self, counts: &[(Arc<str>, u64)], other: u64) {
+        self.raw(r#","counts":{"#);
+        for (n, (value, count)) in counts.iter().enumerate() {
+            if n > 0 {
+                self.raw(",");
+            }
+            self.string(value);
+            self.raw(":");
+            self.uint(*count);
+        }
+        self.raw("}");
+        if other > 0 {
+            self.raw(r#","other":"#);
+            self.uint(other);
+        }
     }
 
     /// `,"count":…` and the other configured aggregates, in their order.
@@ -357,18 +371,18 @@ impl JsonOut {
         }
     }
 
-    /// `,"id":"<lead>/…/<sensor>/<part>/<start>"}` ([`ResultRecord::id`]), closing the object.
-    fn id(&mut self, lead: &[&str], sensor: &str, part: &str, start_ms: i64) {
+    /// `,"id":"…"}` ([`ResultRecord::id`], escaped piece by piece), closing the object.
+    fn id(&mut self, subject: &Subject<'_>) {
         self.raw(r#","id":""#);
-        for text in lead {
-            self.string_contents(text);
-            self.0.push(b'/');
-        }
-        self.string_contents(&id_part(sensor));
+        self.string_contents(subject.device);
         self.0.push(b'/');
-        self.string_contents(part);
+        self.string_contents(subject.id_lead);
         self.0.push(b'/');
-        self.int(start_ms);
+        self.string_contents(&id_part(subject.sensor));
+        self.0.push(b'/');
+        self.string_contents(subject.part.1);
+        self.0.push(b'/');
+        self.int(subject.start_ms);
         self.raw("\"}");
     }
 }
@@ -598,26 +612,8 @@ struct Id<'a>(&'a ResultRecord);
 
 impl std::fmt::Display for Id<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            // A window record is keyed by its field, a window-counts record by its tag.
-            ResultRecord::Window(WindowRecord { device, window, sensor, field: part, start_ms, .. })
-            | ResultRecord::WindowCounts(WindowCountsRecord {
-                device,
-                window,
-                sensor,
-                tag: part,
-                start_ms,
-                ..
-            }) => write!(f, "{device}/{window}/{}/{part}/{start_ms}", id_part(sensor)),
-            ResultRecord::Batch(record) => write!(
-                f,
-                "{}/batch/{}/{}/{}",
-                record.device,
-                id_part(&record.sensor),
-                record.field,
-                record.start_ms
-            ),
-        }
+        let Subject { device, id_lead, sensor, part: (_, part), start_ms, .. } = self.0.subject();
+        write!(f, "{device}/{id_lead}/{}/{part}/{start_ms}", id_part(sensor))
     }
 }
 
