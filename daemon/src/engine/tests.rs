@@ -1008,3 +1008,29 @@ fn the_sensor_table_stays_in_order_across_restore_parts_of_any_size() {
         assert_eq!(names, all, "after a part of {part}");
     }
 }
+
+#[test]
+fn every_state_entry_of_a_sensor_lies_in_one_store_page() {
+    // A restart loads the page of a sensor's first reading: one page, not one per key.
+    let engine = Engine::new(engine_spec(
+        vec![
+            event("env_10m", 600_000, 300_000, 0),
+            event("five", 5_000, 5_000, 1_000),
+            count_by_window("modes"),
+        ],
+        60_000,
+    ));
+    let mut pages_used = std::collections::BTreeSet::new();
+    for idx in 0..1_000 {
+        let sensor = format!("t-{idx:05}");
+        let keys = engine.state_keys_of(&sensor);
+        assert_eq!(keys.len(), 6, "micro-batch, clock, tombstone and one per window");
+        let page = crate::storage::state_page_of(&keys[0]);
+        for key in &keys {
+            assert_eq!(crate::storage::state_page_of(key), page, "{sensor}: {key:?}");
+        }
+        pages_used.insert(page);
+    }
+    // Sensors still spread over the pages.
+    assert!(pages_used.len() > 120, "{} pages", pages_used.len());
+}

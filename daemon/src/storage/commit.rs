@@ -144,11 +144,33 @@ fn encode_pages(
     Ok(bytes_total)
 }
 
-/// The state page of an engine key: FNV-1a, which is stable across builds and platforms
-/// (std's hasher is not guaranteed to be).
+/// The state page of an engine key: FNV-1a (stable across builds and platforms, as std's hasher
+/// is not guaranteed to be) of the sensor the key names, or of the whole key if it names none.
+///
+/// Every entry of one sensor (its micro-batch, clock, tombstone and one per window) lies in one
+/// page, so that a restart loads one page for a sensor's first reading, not one per key (store
+/// format 3; format 2 hashed whole keys, and [`Store::open`] moves such a store's entries).
 pub fn state_page_of(key: &[u8]) -> u16 {
+    page_of_bytes(placement_part(key))
+}
+
+/// The part of an engine key that chooses its page: the sensor id of the keys the engine
+/// writes per sensor (`engine/state.rs`: `b`, `c` or `t` + id; `w` + the window name's length
+/// in one byte + name + id); the whole key otherwise (the engine-wide `e`, anything unknown).
+fn placement_part(key: &[u8]) -> &[u8] {
+    match key.split_first() {
+        Some((b'b' | b'c' | b't', sensor)) if !sensor.is_empty() => sensor,
+        Some((b'w', [name_len, rest @ ..])) if *name_len > 0 && rest.len() > usize::from(*name_len) => {
+            &rest[usize::from(*name_len)..]
+        }
+        _ => key,
+    }
+}
+
+/// FNV-1a of `bytes`, modulo [`STATE_PAGES`].
+pub(crate) fn page_of_bytes(bytes: &[u8]) -> u16 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key {
+    for byte in bytes {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -221,6 +243,30 @@ impl Store {
                 Ok(None)
             }
         }
+    }
+
+    /// Replaces the micro-batch pages of the stored state index by `batch_pages`, after the
+    /// entries moved to other pages ([`Store::upgrade_format`]); its commit fields are kept, so
+    /// a current index stays current and a stale one stale. An index that cannot be decoded is
+    /// left as it is: the load reports it and loads every page, as before.
+    pub(crate) fn reindex_batch_pages(
+        &self,
+        batch_pages: &[u16],
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        let Some(bytes) = self.main.get(META_STATE_INDEX).map_err(io("state index read"))? else {
+            return Ok(());
+        };
+        let Ok(mut index) = stored::decode_state_index(&bytes) else { return Ok(()) };
+        let mut bitmap = vec![0; BATCH_PAGE_BYTES];
+        for page in batch_pages {
+            set_page(&mut bitmap, *page, true);
+        }
+        index.batch_pages = bitmap;
+        let bytes = stored::encode_state_index(&index)
+            .map_err(|source| StoreError::Encode { what: "state index", source })?;
+        batch.insert(META_STATE_INDEX, bytes);
+        Ok(())
     }
 
     /// The pages holding micro-batch entries, read from every page: for a commit when the last

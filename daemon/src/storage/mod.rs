@@ -98,9 +98,12 @@ const META_STATE_INDEX: &[u8] = b"mstate_index";
 const META_FORMAT: &[u8] = b"mformat";
 
 /// The store format this build writes. 2: engine state deltas (`d` keys), which a build of
-/// format 1 (before the marker existed) would not read, starting from stale state. A store of
-/// a higher format than this is refused at open, never read wrong.
-pub const STORE_FORMAT: u64 = 2;
+/// format 1 (before the marker existed) would not read, starting from stale state. 3: a
+/// sensor's state entries in one page ([`state_page_of`]), which a build of format 2 would
+/// look for in other pages after a lazy restart. An older store is moved to this format when
+/// it is opened ([`Store::upgrade_format`]); a store of a higher format than this is refused at
+/// open, never read wrong.
+pub const STORE_FORMAT: u64 = 3;
 
 /// The two lanes of the outbox. Results (windows, batches, late readings) and raw readings
 /// have separate sequence numbers and cursors, so a sink can drain results first (`priority`)
@@ -125,7 +128,8 @@ impl Lane {
 /// Most results stored under one outbox key.
 pub const OUTBOX_PAGE_ENTRIES: usize = 256;
 
-/// Number of pages the engine state is spread over (by a stable hash of the entry's key).
+/// Number of pages the engine state is spread over (by a stable hash of the sensor an entry
+/// belongs to, see [`state_page_of`]).
 pub const STATE_PAGES: u16 = 128;
 
 /// Most readings stored under one log key. Keeps each value far below sled's blob threshold
@@ -261,7 +265,7 @@ impl Store {
         let log = db.open_tree("log").map_err(open_err)?;
         let main = db.open_tree("main").map_err(open_err)?;
         let format = main.get(META_FORMAT).map_err(open_err)?;
-        match format.as_deref().map(<[u8; 8]>::try_from) {
+        let upgrade = match format.as_deref().map(<[u8; 8]>::try_from) {
             Some(Ok(found)) if u64::from_be_bytes(found) > STORE_FORMAT => {
                 return Err(StoreError::Newer {
                     path: dir.to_path_buf(),
@@ -269,15 +273,13 @@ impl Store {
                     known: STORE_FORMAT,
                 });
             }
-            Some(Ok(found)) if u64::from_be_bytes(found) == STORE_FORMAT => {}
-            // None (a new store, or one from before the marker), older, or torn: this build's.
-            _ => {
-                main.insert(META_FORMAT, &STORE_FORMAT.to_be_bytes()).map_err(open_err)?;
-            }
-        }
-        db.flush().map_err(open_err)?;
+            Some(Ok(found)) if u64::from_be_bytes(found) == STORE_FORMAT => false,
+            // None (a new store, or one from before the marker), older, or torn: upgraded
+            // (moving entries is idempotent, so a torn marker of this format costs a rewrite).
+            _ => true,
+        };
         let durability = Durability::open(dir).map_err(|error| open_err(sled::Error::Io(error)))?;
-        Ok(Store {
+        let store = Store {
             db,
             log,
             main,
@@ -287,7 +289,40 @@ impl Store {
             budget: Arc::new(Budget::new(BudgetConfig::default(), free_space_of(dir.to_path_buf()))),
             durability: Arc::new(durability),
             pages: Arc::new(PageBook::default()),
-        })
+        };
+        if upgrade {
+            store.upgrade_format()?;
+        } else {
+            store.db.flush().map_err(open_err)?;
+        }
+        Ok(store)
+    }
+
+    /// Brings a store of an older format (or none: new, or from before the marker) to
+    /// [`STORE_FORMAT`] in one sled batch, which sled applies all-or-nothing, made durable
+    /// before the store is used: every engine state entry moved to the page of its sensor, the
+    /// state index's micro-batch pages with them, and the marker. A crash before the fsync
+    /// leaves the older format, upgraded again at the next start.
+    fn upgrade_format(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let mut batch = sled::Batch::default();
+        let (moved, batch_pages) = self.replace_state_entries(&mut batch)?;
+        self.reindex_batch_pages(&batch_pages, &mut batch)?;
+        batch.insert(META_FORMAT, &STORE_FORMAT.to_be_bytes());
+        self.main.apply_batch(batch).map_err(io("format upgrade"))?;
+        self.db.flush().map_err(io("flush"))?;
+        self.durability
+            .sync()
+            .map_err(|error| StoreError::Io { operation: "fsync", source: sled::Error::Io(error) })?;
+        if moved > 0 {
+            tracing::info!(
+                entries = moved,
+                format = STORE_FORMAT,
+                elapsed_ms = started.elapsed().as_millis(),
+                "Store upgraded: each sensor's engine state now lies in one page."
+            );
+        }
+        Ok(())
     }
 
     /// The counters.

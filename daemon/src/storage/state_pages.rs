@@ -355,6 +355,43 @@ impl Store {
         Ok(info)
     }
 
+    /// Moves every state entry to the page [`state_page_of`](crate::storage::state_page_of)
+    /// gives it now, in `batch`: every page and delta is read, removed, and the entries written
+    /// anew as whole pages (the upgrade to store format 3, which places a sensor's entries in
+    /// one page; see [`Store::upgrade_format`]). Returns how many entries it wrote and the
+    /// pages now holding micro-batch entries. An undecodable page or delta is reported and
+    /// counted as at load; what it held is lost either way, as when the engine starts without it.
+    pub(crate) fn replace_state_entries(
+        &self,
+        batch: &mut sled::Batch,
+    ) -> Result<(usize, Vec<u16>), StoreError> {
+        let mut by_page: BTreeMap<u16, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+        for page in 0..STATE_PAGES {
+            let (entries, _) = self.read_page(page, true)?;
+            batch.remove(prefixed(STATE, &page.to_be_bytes()));
+            for key in self.main.scan_prefix(delta_prefix(page)).keys() {
+                batch.remove(key.map_err(io("state read"))?);
+            }
+            for (key, value) in entries {
+                by_page.entry(crate::storage::state_page_of(&key)).or_default().insert(key, value);
+            }
+        }
+        let mut n_entries = 0;
+        let mut batch_pages = Vec::new();
+        for (page, entries) in &by_page {
+            n_entries += entries.len();
+            if entries.keys().any(|key| key.first() == Some(&BATCH_KEY_PREFIX)) {
+                batch_pages.push(*page);
+            }
+            let refs: Vec<StateEntryRef<'_>> =
+                entries.iter().map(|(key, value)| (Bytes(key), Bytes(value))).collect();
+            let bytes = stored::encode_state_page(&refs)
+                .map_err(|source| StoreError::Encode { what: "state page", source })?;
+            batch.insert(prefixed(STATE, &page.to_be_bytes()), bytes);
+        }
+        Ok((n_entries, batch_pages))
+    }
+
     /// Records what a commit's applied batch made of the pages it changed.
     pub(crate) fn pages_committed(&self, written: PagesWritten) {
         for (page, info) in written.infos {

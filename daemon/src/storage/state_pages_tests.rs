@@ -230,3 +230,114 @@ proptest! {
         }
     }
 }
+
+/// The store as a build of format 2 left it: `entries` in pages by the hash of the whole key,
+/// one page's last entries in a delta, a current state index naming those pages, and marker 2.
+fn write_format_2(store: &Store, entries: &BTreeMap<Vec<u8>, Vec<u8>>) {
+    use crate::storage::commit::page_of_bytes;
+    use crate::storage::stored::{self, Bytes, StateEntryRef};
+    commit(store, 9, entries.iter().map(|(key, value)| (key.clone(), Some(value.clone()))).collect());
+    let mut batch = sled::Batch::default();
+    for key in store.main.scan_prefix([STATE]).keys().chain(store.main.scan_prefix([STATE_DELTA]).keys()) {
+        batch.remove(key.unwrap());
+    }
+    let mut by_page: BTreeMap<u16, Vec<StateEntryRef<'_>>> = BTreeMap::new();
+    for (key, value) in entries {
+        by_page.entry(page_of_bytes(key)).or_default().push((Bytes(key), Bytes(value)));
+    }
+    let mut delta_written = false;
+    for (page, refs) in &by_page {
+        let (base, delta) = if !delta_written && refs.len() > 1 {
+            refs.split_at(refs.len() - 1)
+        } else {
+            (&refs[..], &[][..])
+        };
+        let mut page_key = vec![STATE];
+        page_key.extend_from_slice(&page.to_be_bytes());
+        batch.insert(page_key, stored::encode_state_page(base).unwrap());
+        if !delta.is_empty() {
+            delta_written = true;
+            let changes: Vec<_> = delta.iter().map(|(key, value)| (*key, Some(*value))).collect();
+            let mut delta_key = vec![STATE_DELTA];
+            delta_key.extend_from_slice(&page.to_be_bytes());
+            delta_key.extend_from_slice(&0u32.to_be_bytes());
+            batch.insert(delta_key, stored::encode_state_delta(&changes).unwrap());
+        }
+    }
+    assert!(delta_written);
+    let legacy_batch_pages: Vec<u16> =
+        entries.keys().filter(|key| key[0] == b'b').map(|key| page_of_bytes(key)).collect();
+    store.reindex_batch_pages(&legacy_batch_pages, &mut batch).unwrap();
+    batch.insert(crate::storage::META_FORMAT, &2u64.to_be_bytes());
+    store.main.apply_batch(batch).unwrap();
+    store.db.flush().unwrap();
+}
+
+#[test]
+fn a_format_2_store_is_upgraded_at_open_each_sensor_in_one_page_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = BTreeMap::new();
+    entries.insert(b"e".to_vec(), b"engine-wide".to_vec());
+    for idx in 0..300u32 {
+        let sensor = format!("t-{idx:05}");
+        for key in [
+            format!("b{sensor}").into_bytes(),
+            format!("c{sensor}").into_bytes(),
+            [b"w\x07env_10m".as_slice(), sensor.as_bytes()].concat(),
+            [b"w\x04five".as_slice(), sensor.as_bytes()].concat(),
+        ] {
+            entries.insert(key, noise(u64::from(idx), 40));
+        }
+    }
+    {
+        let store = open(dir.path());
+        write_format_2(&store, &entries);
+        // What the test wrote is the old layout: a sensor's keys on several pages.
+        let pages = |sensor: &str| {
+            (0..STATE_PAGES)
+                .filter(|page| {
+                    store
+                        .read_page(*page, false)
+                        .unwrap()
+                        .0
+                        .iter()
+                        .any(|(key, _)| key.ends_with(sensor.as_bytes()))
+                })
+                .count()
+        };
+        assert!(pages("t-00007") > 1);
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        store.main.get(crate::storage::META_FORMAT).unwrap().as_deref(),
+        Some(&crate::storage::STORE_FORMAT.to_be_bytes()[..])
+    );
+    // Every entry back, each in its sensor's page, no delta left.
+    let stored: BTreeMap<_, _> = (0..STATE_PAGES)
+        .flat_map(|page| {
+            let entries = store.read_page(page, false).unwrap().0;
+            for (key, _) in &entries {
+                assert_eq!(state_page_of(key), page, "{key:?}");
+            }
+            entries
+        })
+        .collect();
+    assert_eq!(stored, entries);
+    assert!(store.main.scan_prefix([STATE_DELTA]).next().is_none());
+    // The index is still the last commit's, with the micro-batch pages where they are now.
+    let index = store.load_engine_meta().unwrap().1.expect("a current index");
+    let mut batch_pages: Vec<u16> =
+        entries.keys().filter(|key| key[0] == b'b').map(|key| state_page_of(key)).collect();
+    batch_pages.sort_unstable();
+    batch_pages.dedup();
+    assert_eq!(index.batch_pages, batch_pages);
+    // A lazy restart's load of one sensor's page finds all of its entries.
+    let sensor_page = store.load_state_pages(&[state_page_of(b"bt-00007")]).unwrap();
+    assert_eq!(sensor_page.iter().filter(|(key, _)| key.ends_with(b"t-00007")).count(), 4);
+    assert_eq!(store.stats().corrupt_state_pages.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Opened again: nothing to move, the same entries.
+    drop(store);
+    let store = open(dir.path());
+    let loaded: BTreeMap<_, _> = store.load_engine().unwrap().entries.into_iter().collect();
+    assert_eq!(loaded, entries);
+}
