@@ -273,12 +273,11 @@ fn write_format_2(store: &Store, entries: &BTreeMap<Vec<u8>, Vec<u8>>) {
     store.db.flush().unwrap();
 }
 
-#[test]
-fn a_format_2_store_is_upgraded_at_open_each_sensor_in_one_page_nothing_lost() {
-    let dir = tempfile::tempdir().unwrap();
+/// The entries of `n` sensors as the engine keys them (micro-batch, clock, two windows), each
+/// value `value_len` bytes of noise.
+fn sensor_entries(n: u32, value_len: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut entries = BTreeMap::new();
-    entries.insert(b"e".to_vec(), b"engine-wide".to_vec());
-    for idx in 0..300u32 {
+    for idx in 0..n {
         let sensor = format!("t-{idx:05}");
         for key in [
             format!("b{sensor}").into_bytes(),
@@ -286,9 +285,17 @@ fn a_format_2_store_is_upgraded_at_open_each_sensor_in_one_page_nothing_lost() {
             [b"w\x07env_10m".as_slice(), sensor.as_bytes()].concat(),
             [b"w\x04five".as_slice(), sensor.as_bytes()].concat(),
         ] {
-            entries.insert(key, noise(u64::from(idx), 40));
+            entries.insert(key, noise(u64::from(idx), value_len));
         }
     }
+    entries
+}
+
+#[test]
+fn a_format_2_store_is_upgraded_at_open_each_sensor_in_one_page_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = sensor_entries(300, 40);
+    entries.insert(b"e".to_vec(), b"engine-wide".to_vec());
     {
         let store = open(dir.path());
         write_format_2(&store, &entries);
@@ -368,17 +375,7 @@ fn a_power_cut_during_the_format_upgrade_leaves_the_whole_state_in_one_format_or
     // cut in the middle) opens as the format-2 store, upgraded then, or as the upgraded one —
     // with every entry either way.
     let dir = tempfile::tempdir().unwrap();
-    let mut entries = BTreeMap::new();
-    for idx in 0..3_000u32 {
-        let sensor = format!("t-{idx:05}");
-        for key in [
-            format!("b{sensor}").into_bytes(),
-            format!("c{sensor}").into_bytes(),
-            [b"w\x07env_10m".as_slice(), sensor.as_bytes()].concat(),
-        ] {
-            entries.insert(key, noise(u64::from(idx), 120));
-        }
-    }
+    let entries = sensor_entries(2_500, 100);
     {
         let store = open(dir.path());
         write_format_2(&store, &entries);
