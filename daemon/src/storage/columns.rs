@@ -170,6 +170,107 @@ impl<'a> ReadingColumnsV1Ref<'a> {
     }
 }
 
+/// postcard's encoding written by hand, for [`ReadingColumnsV1Ref::write_postcard`] and the log
+/// chunk around it (`stored::encode_log_chunk`): the same bytes as `postcard::to_extend` of the
+/// derived `Serialize` (a property test compares them), without a serde call per value.
+pub(crate) mod wire {
+    /// An unsigned integer (any of postcard's `u16`..`u64` and lengths) as LEB128.
+    #[inline]
+    pub(crate) fn varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            // The low seven bits, with the continuation bit: the cast keeps exactly them.
+            #[allow(clippy::cast_possible_truncation)]
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        out.push(value as u8);
+    }
+
+    /// A signed integer, zigzag then LEB128.
+    #[inline]
+    pub(crate) fn zigzag(out: &mut Vec<u8>, value: i64) {
+        #[allow(clippy::cast_sign_loss)]
+        varint(out, ((value << 1) ^ (value >> 63)) as u64);
+    }
+
+    /// A length (`usize`).
+    #[inline]
+    pub(crate) fn len(out: &mut Vec<u8>, len: usize) {
+        varint(out, u64::try_from(len).unwrap_or(u64::MAX));
+    }
+
+    /// A string or byte string: its length, then its bytes.
+    #[inline]
+    pub(crate) fn bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+        len(out, bytes.len());
+        out.extend_from_slice(bytes);
+    }
+}
+
+impl ReadingColumnsV1Ref<'_> {
+    /// Appends the columns' postcard bytes to `out`, as the derived `Serialize` writes them.
+    pub(crate) fn write_postcard(&self, out: &mut Vec<u8>) {
+        wire::len(out, self.sensors.len());
+        for sensor in &self.sensors {
+            wire::bytes(out, sensor.as_bytes());
+        }
+        wire::len(out, self.sensor_idx.len());
+        for idx in &self.sensor_idx {
+            wire::varint(out, u64::from(*idx));
+        }
+        wire::len(out, self.ts_delta_ms.len());
+        for delta in &self.ts_delta_ms {
+            wire::zigzag(out, *delta);
+        }
+        wire::len(out, self.fields.len());
+        for column in &self.fields {
+            wire::len(out, column.len());
+            for value in column {
+                // The variant's index, then its content.
+                match *value {
+                    StoredValue::Absent => out.push(0),
+                    StoredValue::D0(mantissa) => {
+                        out.push(1);
+                        wire::zigzag(out, mantissa);
+                    }
+                    StoredValue::D1(mantissa) => {
+                        out.push(2);
+                        wire::zigzag(out, mantissa);
+                    }
+                    StoredValue::D2(mantissa) => {
+                        out.push(3);
+                        wire::zigzag(out, mantissa);
+                    }
+                    StoredValue::D3(mantissa) => {
+                        out.push(4);
+                        wire::zigzag(out, mantissa);
+                    }
+                    StoredValue::D4(mantissa) => {
+                        out.push(5);
+                        wire::zigzag(out, mantissa);
+                    }
+                    StoredValue::F64(value) => {
+                        out.push(6);
+                        out.extend_from_slice(&value.to_bits().to_le_bytes());
+                    }
+                }
+            }
+        }
+        wire::len(out, self.tag_values.len());
+        for value in &self.tag_values {
+            wire::bytes(out, value.as_bytes());
+        }
+        wire::len(out, self.tags.len());
+        for column in &self.tags {
+            wire::len(out, column.len());
+            for id in column {
+                wire::varint(out, u64::from(*id));
+            }
+        }
+    }
+}
+
 impl ReadingColumnsV1 {
     /// The readings back, in the stored (positional) form; an index out of its dictionary
     /// or a column of the wrong length is an error (a damaged value).
@@ -283,6 +384,37 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_log_chunk_written_by_hand_is_what_postcard_writes(
+            readings in prop::collection::vec(reading_strategy(), 0..300),
+            long_sensors in prop::collection::vec("[a-z]{120,140}", 0..3),
+            ingest_ms in any::<i64>(),
+            batch in any::<u64>(),
+            field_names in prop::collection::vec("[a-z_]{0,140}", 0..4),
+            tag_names in prop::collection::vec("[a-z]{0,8}", 0..3),
+            marks in prop::collection::vec((prop::collection::vec(any::<u8>(), 0..200), any::<Option<u64>>()), 0..5),
+        ) {
+            let mut readings = readings;
+            // Ids and dictionaries long enough for lengths of two varint bytes.
+            for (idx, sensor) in long_sensors.iter().enumerate() {
+                if let Some(reading) = readings.get_mut(idx * 7) {
+                    reading.sensor = Arc::from(sensor.as_str());
+                }
+            }
+            let columns = ReadingColumnsV1Ref::encode(&readings, 3, 2);
+            let chunk = LogChunkV3Ref {
+                ingest_ms,
+                batch,
+                field_names: &field_names,
+                tag_names: &tag_names,
+                readings: &columns,
+                marks: &marks,
+            };
+            let mut by_hand = Vec::new();
+            chunk.write_postcard(&mut by_hand);
+            prop_assert_eq!(by_hand, postcard::to_allocvec(&chunk).unwrap());
+        }
+
         #[test]
         fn readings_round_trip_bit_for_bit(readings in prop::collection::vec(reading_strategy(), 0..40)) {
             let columns = ReadingColumnsV1Ref::encode(&readings, 3, 2);

@@ -80,8 +80,38 @@ pub(crate) type MarkV1 = (Vec<u8>, Option<u64>);
 pub(crate) fn encode_log_chunk(chunk: &LogChunkV3Ref<'_>) -> Result<Vec<u8>, postcard::Error> {
     // A full chunk of thermostat readings is ~10 KB before compression: room for it at once
     // instead of a dozen doublings.
-    let compressed = compress(&postcard::to_extend(chunk, Vec::with_capacity(16 * 1024))?);
-    postcard::to_allocvec(&LogEnvelope::Lz4V3(compressed))
+    let mut plain = Vec::with_capacity(16 * 1024);
+    chunk.write_postcard(&mut plain);
+    postcard::to_allocvec(&LogEnvelope::Lz4V3(compress(&plain)))
+}
+
+impl LogChunkV3Ref<'_> {
+    /// Appends the chunk's postcard bytes to `out` by hand (`columns::wire`): what
+    /// `postcard::to_extend` of the derived `Serialize` writes, without a serde call per value
+    /// (a property test compares the two).
+    pub(crate) fn write_postcard(&self, out: &mut Vec<u8>) {
+        use crate::storage::columns::wire;
+        wire::zigzag(out, self.ingest_ms);
+        wire::varint(out, self.batch);
+        for names in [self.field_names, self.tag_names] {
+            wire::len(out, names.len());
+            for name in names {
+                wire::bytes(out, name.as_bytes());
+            }
+        }
+        self.readings.write_postcard(out);
+        wire::len(out, self.marks.len());
+        for (key, value) in self.marks {
+            wire::bytes(out, key);
+            match value {
+                None => out.push(0),
+                Some(value) => {
+                    out.push(1);
+                    wire::varint(out, *value);
+                }
+            }
+        }
+    }
 }
 
 /// Encodes a log chunk as eddy did before `Lz4V3` (as `Lz4V2`), for the tests that such
