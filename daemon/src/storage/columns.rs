@@ -228,32 +228,22 @@ impl ReadingColumnsV1Ref<'_> {
             wire::len(out, column.len());
             for value in column {
                 // The variant's index, then its content.
-                match *value {
-                    StoredValue::Absent => out.push(0),
-                    StoredValue::D0(mantissa) => {
-                        out.push(1);
-                        wire::zigzag(out, mantissa);
-                    }
-                    StoredValue::D1(mantissa) => {
-                        out.push(2);
-                        wire::zigzag(out, mantissa);
-                    }
-                    StoredValue::D2(mantissa) => {
-                        out.push(3);
-                        wire::zigzag(out, mantissa);
-                    }
-                    StoredValue::D3(mantissa) => {
-                        out.push(4);
-                        wire::zigzag(out, mantissa);
-                    }
-                    StoredValue::D4(mantissa) => {
-                        out.push(5);
-                        wire::zigzag(out, mantissa);
-                    }
+                let (variant, mantissa) = match *value {
+                    StoredValue::Absent => (0, None),
+                    StoredValue::D0(mantissa) => (1, Some(mantissa)),
+                    StoredValue::D1(mantissa) => (2, Some(mantissa)),
+                    StoredValue::D2(mantissa) => (3, Some(mantissa)),
+                    StoredValue::D3(mantissa) => (4, Some(mantissa)),
+                    StoredValue::D4(mantissa) => (5, Some(mantissa)),
                     StoredValue::F64(value) => {
                         out.push(6);
                         out.extend_from_slice(&value.to_bits().to_le_bytes());
+                        continue;
                     }
+                };
+                out.push(variant);
+                if let Some(mantissa) = mantissa {
+                    wire::zigzag(out, mantissa);
                 }
             }
         }
