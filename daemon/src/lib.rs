@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod storage;
+mod wire;
 
 mod delivery;
 mod ops;

@@ -14,7 +14,7 @@ use eddy_sensors::Reading;
 
 use crate::engine::acc::FieldAcc;
 use crate::engine::record::{BatchRecord, ResultRecord};
-use crate::engine::state::{self, AccParts, AccV2, BatchEnvelope, BatchSensorV2};
+use crate::engine::state::{self, AccParts, AccV2, BatchSensorV2};
 use crate::engine::Output;
 
 /// The open micro-batch and the per-sensor accumulators of all schema fields.
@@ -203,7 +203,7 @@ impl MicroBatch {
                         .filter(|(acc, _)| acc.count > 0)
                         .map(|(acc, name)| (name.to_string(), AccV2::store(acc, parts)))
                         .collect();
-                    Some(state::encode(&BatchEnvelope::V2(BatchSensorV2 { batch, fields })))
+                    Some(state::encode_batch_v2(&BatchSensorV2 { batch, fields }))
                 }
                 _ => None,
             };

@@ -16,7 +16,7 @@ use eddy_sensors::Reading;
 
 use crate::engine::acc::FieldAcc;
 use crate::engine::record::{LateRecord, ResultRecord, WindowCountsRecord, WindowRecord};
-use crate::engine::state::{self, AccParts, AccV2, Name, OpenWindowV3, WindowEnvelope, WindowSensorV3};
+use crate::engine::state::{self, AccParts, AccV2, Name, OpenWindowV3, WindowSensorV3};
 use crate::engine::{Aggregate, EngineSpec, Output, TimeDomain, WindowSpec};
 
 /// Tag values an emptied window keeps room for, per count_by tag, while it waits for reuse.
@@ -413,7 +413,7 @@ impl WindowSet {
             };
             entries.push((
                 state::window_key(&shape.name, &sensor_names[sensor]),
-                Some(state::encode(&WindowEnvelope::V3(stored))),
+                Some(state::encode_window_v3(&stored)),
             ));
         }
     }

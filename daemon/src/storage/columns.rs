@@ -13,6 +13,7 @@ use eddy_sensors::Reading;
 use serde::{Deserialize, Serialize};
 
 use crate::storage::stored::ReadingV1;
+use crate::wire;
 
 /// Decimal places tried for a value, most to least compact.
 const MAX_SCALE: usize = 4;
@@ -170,44 +171,6 @@ impl<'a> ReadingColumnsV1Ref<'a> {
     }
 }
 
-/// postcard's encoding written by hand, for [`ReadingColumnsV1Ref::write_postcard`] and the log
-/// chunk around it (`stored::encode_log_chunk`): the same bytes as `postcard::to_extend` of the
-/// derived `Serialize` (a property test compares them), without a serde call per value.
-pub(crate) mod wire {
-    /// An unsigned integer (any of postcard's `u16`..`u64` and lengths) as LEB128.
-    #[inline]
-    pub(crate) fn varint(out: &mut Vec<u8>, mut value: u64) {
-        while value >= 0x80 {
-            // The low seven bits, with the continuation bit: the cast keeps exactly them.
-            #[allow(clippy::cast_possible_truncation)]
-            out.push((value as u8) | 0x80);
-            value >>= 7;
-        }
-        #[allow(clippy::cast_possible_truncation)]
-        out.push(value as u8);
-    }
-
-    /// A signed integer, zigzag then LEB128.
-    #[inline]
-    pub(crate) fn zigzag(out: &mut Vec<u8>, value: i64) {
-        #[allow(clippy::cast_sign_loss)]
-        varint(out, ((value << 1) ^ (value >> 63)) as u64);
-    }
-
-    /// A length (`usize`).
-    #[inline]
-    pub(crate) fn len(out: &mut Vec<u8>, len: usize) {
-        varint(out, u64::try_from(len).unwrap_or(u64::MAX));
-    }
-
-    /// A string or byte string: its length, then its bytes.
-    #[inline]
-    pub(crate) fn bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-        len(out, bytes.len());
-        out.extend_from_slice(bytes);
-    }
-}
-
 impl ReadingColumnsV1Ref<'_> {
     /// Appends the columns' postcard bytes to `out`, as the derived `Serialize` writes them.
     pub(crate) fn write_postcard(&self, out: &mut Vec<u8>) {
@@ -237,7 +200,7 @@ impl ReadingColumnsV1Ref<'_> {
                     StoredValue::D4(mantissa) => (5, Some(mantissa)),
                     StoredValue::F64(value) => {
                         out.push(6);
-                        out.extend_from_slice(&value.to_bits().to_le_bytes());
+                        wire::f64(out, value);
                         continue;
                     }
                 };

@@ -86,11 +86,11 @@ pub(crate) fn encode_log_chunk(chunk: &LogChunkV3Ref<'_>) -> Result<Vec<u8>, pos
 }
 
 impl LogChunkV3Ref<'_> {
-    /// Appends the chunk's postcard bytes to `out` by hand (`columns::wire`): what
+    /// Appends the chunk's postcard bytes to `out` by hand ([`crate::wire`]): what
     /// `postcard::to_extend` of the derived `Serialize` writes, without a serde call per value
     /// (a property test compares the two).
     pub(crate) fn write_postcard(&self, out: &mut Vec<u8>) {
-        use crate::storage::columns::wire;
+        use crate::wire;
         wire::zigzag(out, self.ingest_ms);
         wire::varint(out, self.batch);
         for names in [self.field_names, self.tag_names] {
@@ -103,13 +103,7 @@ impl LogChunkV3Ref<'_> {
         wire::len(out, self.marks.len());
         for (key, value) in self.marks {
             wire::bytes(out, key);
-            match value {
-                None => out.push(0),
-                Some(value) => {
-                    out.push(1);
-                    wire::varint(out, *value);
-                }
-            }
+            wire::option(out, *value, wire::varint);
         }
     }
 }
