@@ -75,8 +75,8 @@ fn the_engine_does_no_io_and_reads_no_clock() {
 }
 
 /// The daemon's modules, lowest first: each may import (`crate::x`) only the ones before it.
-const DAEMON_LAYERS: [&str; 10] =
-    ["alloc", "engine", "storage", "stats", "config", "pipeline", "delivery", "ops", "run", "cli"];
+const DAEMON_LAYERS: [&str; 11] =
+    ["alloc", "wire", "engine", "storage", "stats", "config", "pipeline", "delivery", "ops", "run", "cli"];
 
 /// The layer of a daemon source file (by its first path part under `src/`).
 fn layer_of(path: &Path, src: &Path) -> Option<usize> {
