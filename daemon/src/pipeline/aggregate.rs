@@ -22,8 +22,8 @@ use crate::stats::{
     AggregateStats, Committed, SensorClockStatus, SENSOR_CLOCKS_LISTED, SENSOR_CLOCK_THRESHOLD,
 };
 use crate::storage::{
-    state_page_of, Commit, Lane, LogChunk, MarkChange, OutboxEntry, RawCommit, SealedPage, Store, StoreError,
-    OUTBOX_PAGE_ENTRIES, STATE_PAGES,
+    state_page_of, state_page_of_sensor, Commit, Lane, LogChunk, MarkChange, OutboxEntry, RawCommit,
+    SealedPage, Store, StoreError, OUTBOX_PAGE_ENTRIES, STATE_PAGES,
 };
 
 /// How many log chunks the replay reads per step.
@@ -236,18 +236,13 @@ impl Aggregator {
         if self.engine.needs_all_state(chunk.ingest_ms) {
             return self.load_pages(usize::MAX);
         }
+        // Every entry of a sensor lies in the page of its id (store format 3).
         let mut pages = Vec::new();
-        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for reading in &chunk.readings {
-            if !seen.insert(&reading.sensor) {
-                continue;
-            }
-            for key in self.engine.state_keys_of(&reading.sensor) {
-                let page = state_page_of(&key);
-                if self.unloaded_pages[usize::from(page)] {
-                    self.unloaded_pages[usize::from(page)] = false;
-                    pages.push(page);
-                }
+            let page = state_page_of_sensor(&reading.sensor);
+            if self.unloaded_pages[usize::from(page)] {
+                self.unloaded_pages[usize::from(page)] = false;
+                pages.push(page);
             }
         }
         self.restore_pages(&pages)

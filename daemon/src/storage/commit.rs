@@ -154,6 +154,11 @@ pub fn state_page_of(key: &[u8]) -> u16 {
     page_of_bytes(placement_part(key))
 }
 
+/// The state page of every entry of `sensor` ([`state_page_of`] of any of its keys).
+pub fn state_page_of_sensor(sensor: &str) -> u16 {
+    page_of_bytes(sensor.as_bytes())
+}
+
 /// The part of an engine key that chooses its page: the sensor id of the keys the engine
 /// writes per sensor (`engine/state.rs`: `b`, `c` or `t` + id; `w` + the window name's length
 /// in one byte + name + id); the whole key otherwise (the engine-wide `e`, anything unknown).

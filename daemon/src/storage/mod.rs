@@ -65,8 +65,8 @@ pub use crate::storage::budget::{
     Appended, BudgetConfig, DropStats, Policy, SinkDrops, DEFAULT_DOWNSAMPLE_LEVELS,
 };
 pub use crate::storage::commit::{
-    mark_changes_by_page, state_page_of, Commit, EngineSnapshot, MarkChange, MarkPageChange, RawCommit,
-    SealedPage, StateChange, StateEntry, StateIndex,
+    mark_changes_by_page, state_page_of, state_page_of_sensor, Commit, EngineSnapshot, MarkChange,
+    MarkPageChange, RawCommit, SealedPage, StateChange, StateEntry, StateIndex,
 };
 pub use crate::storage::dead_letter::{DeadLetterEntry, DEAD_LETTER_MAX_BYTES};
 pub use crate::storage::delivered::Delivered;
