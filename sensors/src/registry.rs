@@ -2,6 +2,8 @@
 //! one source inventing ids must not lock the other sources' sensors out.
 
 use std::collections::HashSet;
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -129,7 +131,9 @@ impl SensorRegistry {
 #[derive(Debug)]
 pub struct AdmittedSensors {
     registry: Arc<SensorRegistry>,
-    local: HashSet<Arc<str>>,
+    /// Looked up for every reading: foldhash (seeded per process) rather than SipHash, whose
+    /// hashing was ~2 % of the daemon's CPU at full speed; the sensor caps bound its keys.
+    local: HashSet<Arc<str>, RandomState>,
     /// The registry's generation when `local` was last emptied.
     generation: u64,
 }
@@ -138,7 +142,7 @@ impl AdmittedSensors {
     /// A cache in front of `registry`.
     pub fn new(registry: Arc<SensorRegistry>) -> AdmittedSensors {
         let generation = registry.generation();
-        AdmittedSensors { registry, local: HashSet::new(), generation }
+        AdmittedSensors { registry, local: HashSet::default(), generation }
     }
 
     /// The shared id for `sensor`, or `None` when the registry's cap is reached.

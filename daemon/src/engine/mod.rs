@@ -259,7 +259,9 @@ enum Interned {
 /// sensor is free for the next new one (its state was reset when it was forgotten).
 #[derive(Debug, Default)]
 struct SensorTable {
-    index: HashMap<Arc<str>, usize>,
+    /// Looked up for every reading: foldhash, seeded per process, not SipHash (~1 % of the
+    /// daemon's CPU); its keys are bounded by the sensor caps.
+    index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     names: Vec<Arc<str>>,
     /// Indexes in sensor id order (forgotten ones left out).
     sorted: Vec<usize>,
