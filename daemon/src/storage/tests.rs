@@ -346,6 +346,25 @@ fn torn_or_oversized_compressed_pages_are_errors_not_allocations() {
     assert_eq!(stored::decompress(&huge), Err(format!("compressed page announces {} bytes", u32::MAX)));
 }
 
+proptest::proptest! {
+    // LZ4 is encoded with lz4_flex's unsafe encoder (decoding stays safe and checked): any
+    // bytes, repetitive or not, short or past the encoder's 64 KiB table switch, come back.
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #[test]
+    fn any_bytes_compress_and_come_back(
+        runs in proptest::collection::vec((0u8..4, 1usize..2_000), 0..120),
+        noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+    ) {
+        use crate::storage::stored;
+        let mut bytes: Vec<u8> = runs.iter().flat_map(|&(byte, len)| std::iter::repeat_n(byte, len)).collect();
+        for (idx, byte) in noise.iter().enumerate() {
+            let at = idx.wrapping_mul(7919) % (bytes.len() + 1);
+            bytes.insert(at, *byte);
+        }
+        proptest::prop_assert_eq!(stored::decompress(&stored::compress(&bytes)).unwrap(), bytes);
+    }
+}
+
 #[tokio::test]
 async fn version_1_log_chunks_still_decode_and_borrowed_chunks_encode_like_owned_ones() {
     use crate::storage::stored::{LogChunkV1, LogChunkV1Ref, LogEnvelope, ReadingV1, ReadingsRef};
