@@ -201,9 +201,8 @@ impl MicroBatch {
                         .iter()
                         .zip(&self.field_names)
                         .filter(|(acc, _)| acc.count > 0)
-                        .map(|(acc, name)| (name.to_string(), AccV2::store(acc, parts)))
-                        .collect();
-                    Some(state::encode_batch_v2(&BatchSensorV2 { batch, fields }))
+                        .map(|(acc, name)| (&**name, AccV2::store(acc, parts)));
+                    Some(state::encode_batch_v2_from(batch, fields))
                 }
                 _ => None,
             };

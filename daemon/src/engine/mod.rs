@@ -516,7 +516,7 @@ impl Engine {
             let stored = self.sensor_clocks[sensor].store(&self.field_names, &self.tag_names);
             entries.push((
                 state::sensor_clock_key(&self.sensors.names[sensor]),
-                Some(state::encode(&state::SensorClockEnvelope::V1(stored))),
+                Some(state::encode_sensor_clock_v1(&stored)),
             ));
         }
         for window_set in &mut self.windows {

@@ -252,6 +252,40 @@ pub(crate) struct HeldReadingV1 {
     pub(crate) tags: Vec<(String, String)>,
 }
 
+/// `encode(&SensorClockEnvelope::V1(clock))`, written by hand ([`crate::wire`]): a commit
+/// writes one per sensor that received readings, every sensor in a close burst.
+pub(crate) fn encode_sensor_clock_v1(clock: &SensorClockV1) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    // The envelope's variant index.
+    out.push(0);
+    wire::option(&mut out, clock.reference, |out, (ts_ms, ingest_ms)| {
+        wire::zigzag(out, ts_ms);
+        wire::zigzag(out, ingest_ms);
+    });
+    wire::option(&mut out, clock.last_seen_ms, wire::zigzag);
+    wire::varint(&mut out, u64::from(clock.streak));
+    wire::zigzag(&mut out, clock.streak_last_ts_ms);
+    wire::len(&mut out, clock.held.len());
+    for held in &clock.held {
+        wire::zigzag(&mut out, held.ingest_ms);
+        wire::zigzag(&mut out, held.ts_ms);
+        wire::len(&mut out, held.values.len());
+        for (name, value) in &held.values {
+            wire::bytes(&mut out, name.as_bytes());
+            wire::f64(&mut out, *value);
+        }
+        wire::len(&mut out, held.tags.len());
+        for (name, value) in &held.tags {
+            wire::bytes(&mut out, name.as_bytes());
+            wire::bytes(&mut out, value.as_bytes());
+        }
+    }
+    wire::zigzag(&mut out, clock.offset_period);
+    wire::option(&mut out, clock.offset_current_ms, wire::zigzag);
+    wire::option(&mut out, clock.offset_previous_ms, wire::zigzag);
+    out
+}
+
 /// Decodes a sensor clock entry of any version.
 pub(crate) fn decode_sensor_clock(bytes: &[u8]) -> Result<SensorClockV1, String> {
     match decode(bytes)? {
@@ -299,6 +333,7 @@ pub(crate) enum WindowEnvelope<'a> {
 pub(crate) struct Name<'a>(pub(crate) Cow<'a, str>);
 
 impl<'a> Name<'a> {
+    #[cfg(test)]
     pub(crate) fn borrowed(name: &'a str) -> Name<'a> {
         Name(Cow::Borrowed(name))
     }
@@ -659,53 +694,118 @@ impl AccV2 {
 }
 
 /// `encode(&WindowEnvelope::V3(window))`, written by hand ([`crate::wire`]): a commit encodes
-/// one per changed sensor and window, and serde's call per value was most of the cost.
+/// one per changed sensor and window, and serde's call per value was most of the cost. The
+/// engine writes the same bytes from its windows without this struct (tests compare).
+#[cfg(test)]
 pub(crate) fn encode_window_v3(window: &WindowSensorV3<'_>) -> Vec<u8> {
+    let head = WindowHeadV3 {
+        length_ms: window.length_ms,
+        slide_ms: window.slide_ms,
+        processing_time: window.processing_time,
+        max_ts_ms: window.max_ts_ms,
+        floor_ms: window.floor_ms,
+        last_activity_ms: window.last_activity_ms,
+        late_seq: window.late_seq,
+    };
     let mut out = Vec::with_capacity(32 + window.open.len() * 128);
-    // The envelope's variant index.
-    out.push(2);
-    wire::zigzag(&mut out, window.length_ms);
-    wire::zigzag(&mut out, window.slide_ms);
-    out.push(u8::from(window.processing_time));
-    for time_ms in [window.max_ts_ms, window.floor_ms, window.last_activity_ms] {
-        wire::option(&mut out, time_ms, wire::zigzag);
-    }
-    wire::varint(&mut out, window.late_seq);
-    wire::len(&mut out, window.open.len());
+    write_window_v3_head(&mut out, &head, window.open.len());
     for open in &window.open {
-        wire::zigzag(&mut out, open.start_ms);
-        wire::len(&mut out, open.fields.len());
-        for (name, acc) in &open.fields {
-            wire::bytes(&mut out, name.as_bytes());
-            acc.write_postcard(&mut out);
-        }
-        wire::len(&mut out, open.counts.len());
-        for (tag, counts) in &open.counts {
-            wire::bytes(&mut out, tag.as_bytes());
-            write_named_counts(&mut out, counts);
-        }
-        write_named_counts(&mut out, &open.other);
+        write_open_window_v3(
+            &mut out,
+            open.start_ms,
+            open.fields.iter().map(|(name, acc)| (&**name, *acc)),
+            open.counts.iter().map(|(tag, counts)| (&**tag, counts.iter().map(|(value, n)| (&**value, *n)))),
+            open.other.iter().map(|(tag, n)| (&**tag, *n)),
+        );
     }
     out
 }
 
+/// A [`WindowSensorV3`] but its open windows: what [`write_window_v3_head`] writes.
+pub(crate) struct WindowHeadV3 {
+    pub(crate) length_ms: i64,
+    pub(crate) slide_ms: i64,
+    pub(crate) processing_time: bool,
+    pub(crate) max_ts_ms: Option<i64>,
+    pub(crate) floor_ms: Option<i64>,
+    pub(crate) last_activity_ms: Option<i64>,
+    pub(crate) late_seq: u64,
+}
+
+/// The bytes of a `WindowEnvelope::V3` entry up to its `n_open` open windows, each of which
+/// [`write_open_window_v3`] then writes. The engine writes its windows' state through these
+/// two straight from memory (`engine/window.rs`), without a [`WindowSensorV3`] in between.
+pub(crate) fn write_window_v3_head(out: &mut Vec<u8>, head: &WindowHeadV3, n_open: usize) {
+    // The envelope's variant index.
+    out.push(2);
+    wire::zigzag(out, head.length_ms);
+    wire::zigzag(out, head.slide_ms);
+    out.push(u8::from(head.processing_time));
+    for time_ms in [head.max_ts_ms, head.floor_ms, head.last_activity_ms] {
+        wire::option(out, time_ms, wire::zigzag);
+    }
+    wire::varint(out, head.late_seq);
+    wire::len(out, n_open);
+}
+
+/// One [`OpenWindowV3`]: its fields' accumulators, its counts by tag and tag value, and its
+/// `other` counts, each by name. The iterators are walked twice (their length first).
+pub(crate) fn write_open_window_v3<'a, F, C, V, O>(
+    out: &mut Vec<u8>,
+    start_ms: i64,
+    fields: F,
+    counts: C,
+    other: O,
+) where
+    F: Iterator<Item = (&'a str, AccV2)> + Clone,
+    C: Iterator<Item = (&'a str, V)> + Clone,
+    V: Iterator<Item = (&'a str, u64)> + Clone,
+    O: Iterator<Item = (&'a str, u64)> + Clone,
+{
+    wire::zigzag(out, start_ms);
+    wire::len(out, fields.clone().count());
+    for (name, acc) in fields {
+        wire::bytes(out, name.as_bytes());
+        acc.write_postcard(out);
+    }
+    wire::len(out, counts.clone().count());
+    for (tag, counts) in counts {
+        wire::bytes(out, tag.as_bytes());
+        write_named_counts(out, counts);
+    }
+    write_named_counts(out, other);
+}
+
 /// A list of (name, count) pairs.
-fn write_named_counts(out: &mut Vec<u8>, counts: &[(Name<'_>, u64)]) {
-    wire::len(out, counts.len());
+fn write_named_counts<'a>(out: &mut Vec<u8>, counts: impl Iterator<Item = (&'a str, u64)> + Clone) {
+    wire::len(out, counts.clone().count());
     for (name, n) in counts {
         wire::bytes(out, name.as_bytes());
-        wire::varint(out, *n);
+        wire::varint(out, n);
     }
 }
 
-/// `encode(&BatchEnvelope::V2(batch))`, written by hand ([`crate::wire`]).
+/// `encode(&BatchEnvelope::V2(batch))`, written by hand ([`crate::wire`]); the engine writes
+/// its accumulators through [`encode_batch_v2_from`].
+#[cfg(test)]
 pub(crate) fn encode_batch_v2(batch: &BatchSensorV2) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + batch.fields.len() * 64);
+    encode_batch_v2_from(batch.batch, batch.fields.iter().map(|(name, acc)| (name.as_str(), *acc)))
+}
+
+/// [`encode_batch_v2`] of a batch's fields given as (name, accumulator): the engine's
+/// micro-batch writes its accumulators through it without a [`BatchSensorV2`] (and a `String`
+/// per field name) in between. The iterator is walked twice (its length first).
+pub(crate) fn encode_batch_v2_from<'a>(
+    batch: u64,
+    fields: impl Iterator<Item = (&'a str, AccV2)> + Clone,
+) -> Vec<u8> {
+    let n_fields = fields.clone().count();
+    let mut out = Vec::with_capacity(16 + n_fields * 64);
     // The envelope's variant index.
     out.push(1);
-    wire::varint(&mut out, batch.batch);
-    wire::len(&mut out, batch.fields.len());
-    for (name, acc) in &batch.fields {
+    wire::varint(&mut out, batch);
+    wire::len(&mut out, n_fields);
+    for (name, acc) in fields {
         wire::bytes(&mut out, name.as_bytes());
         acc.write_postcard(&mut out);
     }
@@ -1123,6 +1223,39 @@ mod tests {
                 prop_assert_eq!(&by_hand, &encode(&WindowEnvelope::V3(window.clone())));
                 // Decoded and written again, the same bytes (NaN is not equal to itself).
                 prop_assert_eq!(encode_window_v3(&decode_window(&by_hand).unwrap()), by_hand);
+            }
+
+            #[test]
+            fn a_sensor_clock_entry_written_by_hand_is_what_postcard_writes(
+                reference in any::<Option<(i64, i64)>>(),
+                last_seen_ms in any::<Option<i64>>(),
+                streak in (any::<u32>(), any::<i64>()),
+                held in prop::collection::vec(
+                    (
+                        any::<(i64, i64)>(),
+                        prop::collection::vec(("[a-z_]{0,140}", float()), 0..3),
+                        prop::collection::vec(("[a-z_]{0,12}", ".{0,140}"), 0..3),
+                    ),
+                    0..3,
+                ),
+                offset in (any::<i64>(), any::<Option<i64>>(), any::<Option<i64>>()),
+            ) {
+                let clock = SensorClockV1 {
+                    reference,
+                    last_seen_ms,
+                    streak: streak.0,
+                    streak_last_ts_ms: streak.1,
+                    held: held
+                        .into_iter()
+                        .map(|((ingest_ms, ts_ms), values, tags)| HeldReadingV1 { ingest_ms, ts_ms, values, tags })
+                        .collect(),
+                    offset_period: offset.0,
+                    offset_current_ms: offset.1,
+                    offset_previous_ms: offset.2,
+                };
+                let by_hand = encode_sensor_clock_v1(&clock);
+                prop_assert_eq!(&by_hand, &encode(&SensorClockEnvelope::V1(clock.clone())));
+                prop_assert_eq!(encode_sensor_clock_v1(&decode_sensor_clock(&by_hand).unwrap()), by_hand);
             }
 
             #[test]

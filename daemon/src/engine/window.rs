@@ -16,7 +16,7 @@ use eddy_sensors::Reading;
 
 use crate::engine::acc::FieldAcc;
 use crate::engine::record::{LateRecord, ResultRecord, WindowCountsRecord, WindowRecord};
-use crate::engine::state::{self, AccParts, AccV2, Name, OpenWindowV3, WindowSensorV3};
+use crate::engine::state::{self, AccParts, AccV2, OpenWindowV3, WindowHeadV3, WindowSensorV3};
 use crate::engine::{Aggregate, EngineSpec, Output, TimeDomain, WindowSpec};
 
 /// Tag values an emptied window keeps room for, per count_by tag, while it waits for reuse.
@@ -401,19 +401,9 @@ impl WindowSet {
         for sensor in self.dirty_list.drain(..) {
             let state = &mut self.sensors[sensor];
             state.dirty = false;
-            let stored = WindowSensorV3 {
-                length_ms: shape.length_ms,
-                slide_ms: shape.slide_ms,
-                processing_time: shape.processing_time,
-                max_ts_ms: state.max_ts_ms,
-                floor_ms: state.floor_ms,
-                last_activity_ms: state.last_activity_ms,
-                late_seq: state.late_seq,
-                open: state.open.iter().map(|window| shape.store_window(window)).collect(),
-            };
             entries.push((
                 state::window_key(&shape.name, &sensor_names[sensor]),
-                Some(state::encode_window_v3(&stored)),
+                Some(shape.encode_sensor(state)),
             ));
         }
     }
@@ -571,6 +561,65 @@ impl Shape {
     }
 
     /// The stored form of `window`, its names borrowed from the shape and the window.
+    /// A sensor's stored entry (`WindowEnvelope::V3`), the bytes [`state::encode_window_v3`]
+    /// gives for what [`Shape::store_sensor`] makes of it, written straight from the open
+    /// windows: a close burst writes every sensor's entry, and the vectors of a
+    /// [`WindowSensorV3`] built and dropped for each were a third of the encoding.
+    fn encode_sensor(&self, state: &SensorWindows) -> Vec<u8> {
+        let head = WindowHeadV3 {
+            length_ms: self.length_ms,
+            slide_ms: self.slide_ms,
+            processing_time: self.processing_time,
+            max_ts_ms: state.max_ts_ms,
+            floor_ms: state.floor_ms,
+            last_activity_ms: state.last_activity_ms,
+            late_seq: state.late_seq,
+        };
+        let mut out = Vec::with_capacity(32 + state.open.len() * 128);
+        state::write_window_v3_head(&mut out, &head, state.open.len());
+        for window in &state.open {
+            state::write_open_window_v3(
+                &mut out,
+                window.start_ms,
+                window
+                    .fields
+                    .iter()
+                    .zip(&self.field_names)
+                    .filter(|(acc, _)| acc.count > 0)
+                    .map(|(acc, name)| (&**name, AccV2::store(acc, self.parts))),
+                window
+                    .counts
+                    .iter()
+                    .zip(&self.tag_names)
+                    .filter(|(counts, _)| !counts.is_empty())
+                    .map(|(counts, name)| (&**name, counts.iter().map(|(value, count)| (&**value, *count)))),
+                window
+                    .other
+                    .iter()
+                    .zip(&self.tag_names)
+                    .filter(|(other, _)| **other > 0)
+                    .map(|(other, name)| (&**name, *other)),
+            );
+        }
+        out
+    }
+
+    /// A sensor's state as the stored struct (tests: [`Shape::encode_sensor`] writes its bytes).
+    #[cfg(test)]
+    fn store_sensor<'a>(&'a self, state: &'a SensorWindows) -> WindowSensorV3<'a> {
+        WindowSensorV3 {
+            length_ms: self.length_ms,
+            slide_ms: self.slide_ms,
+            processing_time: self.processing_time,
+            max_ts_ms: state.max_ts_ms,
+            floor_ms: state.floor_ms,
+            last_activity_ms: state.last_activity_ms,
+            late_seq: state.late_seq,
+            open: state.open.iter().map(|window| self.store_window(window)).collect(),
+        }
+    }
+
+    #[cfg(test)]
     fn store_window<'a>(&'a self, window: &'a OpenWindow) -> OpenWindowV3<'a> {
         OpenWindowV3 {
             start_ms: window.start_ms,
@@ -579,7 +628,7 @@ impl Shape {
                 .iter()
                 .zip(&self.field_names)
                 .filter(|(acc, _)| acc.count > 0)
-                .map(|(acc, name)| (Name::borrowed(name), AccV2::store(acc, self.parts)))
+                .map(|(acc, name)| (state::Name::borrowed(name), AccV2::store(acc, self.parts)))
                 .collect(),
             counts: window
                 .counts
@@ -588,8 +637,8 @@ impl Shape {
                 .filter(|(counts, _)| !counts.is_empty())
                 .map(|(counts, name)| {
                     (
-                        Name::borrowed(name),
-                        counts.iter().map(|(value, count)| (Name::borrowed(value), *count)).collect(),
+                        state::Name::borrowed(name),
+                        counts.iter().map(|(value, count)| (state::Name::borrowed(value), *count)).collect(),
                     )
                 })
                 .collect(),
@@ -598,7 +647,7 @@ impl Shape {
                 .iter()
                 .zip(&self.tag_names)
                 .filter(|(other, _)| **other > 0)
-                .map(|(other, name)| (Name::borrowed(name), *other))
+                .map(|(other, name)| (state::Name::borrowed(name), *other))
                 .collect(),
         }
     }
@@ -644,11 +693,14 @@ impl Shape {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use eddy_sensors::Reading;
 
+    use crate::engine::state;
     use crate::engine::tests::{count_by_window, engine_spec};
     use crate::engine::window::{WindowSet, SPARE_COUNTS_KEPT};
+    use crate::engine::{Aggregate, TimeDomain, WindowSpec};
 
     /// Runs one 10 s tumbling window counting by mode over readings with `n_values` distinct
     /// modes, then a reading 20 s later closing it; returns the emptied window's room for
@@ -673,6 +725,48 @@ mod tests {
         assert_eq!(out.len(), 1, "the first window closed: {out:?}");
         assert_eq!(set.spare.len(), 1, "and waits for reuse");
         set.spare[0].counts[0].capacity()
+    }
+
+    proptest::proptest! {
+        /// The bytes a commit stores for a sensor's windows, written straight from memory, are
+        /// those of the stored struct ([`state::encode_window_v3`], itself postcard's bytes):
+        /// fields with and without readings, counts by tag value, `other` past the cap.
+        #[test]
+        fn a_sensors_entry_is_written_as_its_stored_struct_encodes(
+            readings in proptest::collection::vec(
+                (0i64..40_000, proptest::option::weighted(0.8, -20i32..40), proptest::option::weighted(0.8, 0usize..6)),
+                0..60,
+            ),
+        ) {
+            let spec = WindowSpec::new(
+                "mixed",
+                Duration::from_secs(10),
+                Duration::from_secs(5),
+                TimeDomain::Event,
+                Duration::from_secs(2),
+                vec![0],
+                Aggregate::ALL.to_vec(),
+                vec![0],
+            )
+            .unwrap();
+            let mut engine = (*engine_spec(vec![spec.clone()], 60_000)).clone();
+            engine.count_by_max_values = 3;
+            let mut set = WindowSet::new(&engine, &spec, Arc::from("gw"), 60_000);
+            set.push_sensor();
+            let mut out = Vec::new();
+            for (ts_ms, value, mode) in readings {
+                let reading = Reading {
+                    sensor: Arc::from("s"),
+                    ts_ms,
+                    values: smallvec::smallvec![value.map(f64::from)],
+                    tags: smallvec::smallvec![mode.map(|mode| Arc::from(format!("mode-{mode}").as_str()))],
+                };
+                set.apply(0, ts_ms, ts_ms, &reading, &mut out);
+                let state = &set.sensors[0];
+                let by_struct = state::encode_window_v3(&set.shape.store_sensor(state));
+                proptest::prop_assert_eq!(set.shape.encode_sensor(state), by_struct);
+            }
+        }
     }
 
     #[test]
