@@ -161,6 +161,9 @@ fn scan_flat_into<'de>(line: &'de str, schema: &Schema, collected: &mut Collecte
         return None;
     }
     pos = skip_ws(bytes, pos + 1);
+    // Senders write a schema's fields in its order: the field after the last one found is
+    // tried first.
+    let mut next_field = 0;
     if bytes.get(pos) == Some(&b'}') {
         pos += 1;
     } else {
@@ -171,10 +174,13 @@ fn scan_flat_into<'de>(line: &'de str, schema: &Schema, collected: &mut Collecte
                 return None;
             }
             let (value, next) = scan_flat_value(line, skip_ws(bytes, pos + 1))?;
-            match resolve_key(schema, key) {
+            match resolve_key(schema, key, next_field) {
                 Key::Sensor => collected.sensor = Some(value),
                 Key::Ts => collected.ts = Some(value),
-                Key::Field(field_idx) => collected.fields[field_idx] = value.into_field_slot(),
+                Key::Field(field_idx) => {
+                    collected.fields[field_idx] = value.into_field_slot();
+                    next_field = field_idx + 1;
+                }
                 Key::Tag(tag_idx) => collected.tags[tag_idx] = Some(value),
                 Key::Unknown => {}
             }
@@ -260,12 +266,20 @@ fn scan_flat_value(line: &str, pos: usize) -> Option<(Value<'_>, usize)> {
 /// A number in JSON's grammar without exponent, of at most [`FLAT_NUMBER_DIGITS`] digits.
 fn scan_flat_number(line: &str, start: usize) -> Option<(Value<'_>, usize)> {
     let bytes = line.as_bytes();
-    let digits_from = |pos: usize| {
-        bytes.get(pos..).map_or(0, |rest| rest.iter().take_while(|b| b.is_ascii_digit()).count())
+    // The digits from `pos` on, read into `significand` as they are counted (wrapping: a
+    // number of more than FLAT_NUMBER_DIGITS digits is left to serde_json below).
+    let digits_from = |mut pos: usize, significand: &mut u64| {
+        let from = pos;
+        while let Some(digit @ b'0'..=b'9') = bytes.get(pos) {
+            *significand = significand.wrapping_mul(10).wrapping_add(u64::from(digit - b'0'));
+            pos += 1;
+        }
+        pos - from
     };
     let negative = bytes[start] == b'-';
     let int_start = start + usize::from(negative);
-    let int_digits = digits_from(int_start);
+    let mut significand = 0u64;
+    let int_digits = digits_from(int_start, &mut significand);
     // JSON: at least one digit, and no leading zero before another digit.
     if int_digits == 0 || (int_digits > 1 && bytes[int_start] == b'0') {
         return None;
@@ -273,22 +287,18 @@ fn scan_flat_number(line: &str, start: usize) -> Option<(Value<'_>, usize)> {
     let mut pos = int_start + int_digits;
     let mut frac_digits = 0;
     if bytes.get(pos) == Some(&b'.') {
-        frac_digits = digits_from(pos + 1);
+        frac_digits = digits_from(pos + 1, &mut significand);
         if frac_digits == 0 {
             return None;
         }
         pos += 1 + frac_digits;
     }
-    if matches!(bytes.get(pos), Some(b'e' | b'E')) || int_digits + frac_digits > FLAT_NUMBER_DIGITS {
-        return None;
-    }
     // At most 15 digits: the significand is exact in a u64 and below 2^53, and so is the power
     // of ten it is divided by, so the quotient is the correctly rounded value (what
     // `str::parse` and serde_json give), in one division.
-    let significand = bytes[int_start..pos]
-        .iter()
-        .filter(|byte| byte.is_ascii_digit())
-        .fold(0u64, |significand, digit| significand * 10 + u64::from(digit - b'0'));
+    if matches!(bytes.get(pos), Some(b'e' | b'E')) || int_digits + frac_digits > FLAT_NUMBER_DIGITS {
+        return None;
+    }
     let value = if frac_digits > 0 {
         let magnitude = u64_to_f64(significand) / POW10[frac_digits];
         Value::Float(if negative { -magnitude } else { magnitude })
@@ -555,18 +565,22 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E>(self, key: &str) -> Result<Key, E> {
-        Ok(resolve_key(self.schema, key))
+        Ok(resolve_key(self.schema, key, usize::MAX))
     }
 }
 
-/// Which of the parser's keys `key` (unescaped) is.
-fn resolve_key(schema: &Schema, key: &str) -> Key {
+/// Which of the parser's keys `key` (unescaped) is; `likely_field` is the field tried first
+/// (lines name the fields in the schema's order; `usize::MAX`: none).
+fn resolve_key(schema: &Schema, key: &str, likely_field: usize) -> Key {
     match key {
         "sensor" => Key::Sensor,
         "ts" => Key::Ts,
-        _ => match schema.field_index(key) {
-            Some(field_idx) => Key::Field(field_idx),
-            None => schema.tag_index(key).map_or(Key::Unknown, Key::Tag),
+        _ => match schema.fields.get(likely_field) {
+            Some(field) if field.name == key => Key::Field(likely_field),
+            _ => match schema.field_index(key) {
+                Some(field_idx) => Key::Field(field_idx),
+                None => schema.tag_index(key).map_or(Key::Unknown, Key::Tag),
+            },
         },
     }
 }

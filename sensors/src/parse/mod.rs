@@ -212,7 +212,9 @@ impl LineParser {
         let line = std::str::from_utf8(line).map_err(|err| {
             Rejection::new(RejectReason::BadUtf8, format!("invalid UTF-8 at byte {}", err.valid_up_to()))
         })?;
-        if line.trim().is_empty() {
+        // A line that starts with a visible ASCII character (every JSON object, CSV row and
+        // Influx line does) is not blank: no need to trim it.
+        if !line.as_bytes().first().is_some_and(u8::is_ascii_graphic) && line.trim().is_empty() {
             return Err(Rejection::new(RejectReason::BadSyntax, "empty line"));
         }
         Ok(line)
