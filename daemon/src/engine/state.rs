@@ -399,6 +399,17 @@ pub(crate) fn decode_window(bytes: &[u8]) -> Result<WindowSensorV3<'_>, String> 
 /// [`WindowSensorV2`] with [`OpenWindowV3`]s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct WindowSensorV3<'a> {
+    /// Everything but the open windows. postcard writes a nested struct's fields in place, so
+    /// these are the bytes of the flat struct [`WindowSensorV2`] was.
+    pub(crate) head: WindowHeadV3,
+    #[serde(borrow)]
+    pub(crate) open: Vec<OpenWindowV3<'a>>,
+}
+
+/// A window entry's shape, watermark, activity and late sequence: a [`WindowSensorV3`] but its
+/// open windows, and what [`write_window_v3_head`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct WindowHeadV3 {
     pub(crate) length_ms: i64,
     pub(crate) slide_ms: i64,
     pub(crate) processing_time: bool,
@@ -406,8 +417,6 @@ pub(crate) struct WindowSensorV3<'a> {
     pub(crate) floor_ms: Option<i64>,
     pub(crate) last_activity_ms: Option<i64>,
     pub(crate) late_seq: u64,
-    #[serde(borrow)]
-    pub(crate) open: Vec<OpenWindowV3<'a>>,
 }
 
 /// [`OpenWindowV2`] with, per tag name, the readings counted in the `other` bucket (tags with
@@ -429,13 +438,15 @@ pub(crate) struct OpenWindowV3<'a> {
 impl From<WindowSensorV2> for WindowSensorV3<'_> {
     fn from(v2: WindowSensorV2) -> Self {
         WindowSensorV3 {
-            length_ms: v2.length_ms,
-            slide_ms: v2.slide_ms,
-            processing_time: v2.processing_time,
-            max_ts_ms: v2.max_ts_ms,
-            floor_ms: v2.floor_ms,
-            last_activity_ms: v2.last_activity_ms,
-            late_seq: v2.late_seq,
+            head: WindowHeadV3 {
+                length_ms: v2.length_ms,
+                slide_ms: v2.slide_ms,
+                processing_time: v2.processing_time,
+                max_ts_ms: v2.max_ts_ms,
+                floor_ms: v2.floor_ms,
+                last_activity_ms: v2.last_activity_ms,
+                late_seq: v2.late_seq,
+            },
             open: v2
                 .open
                 .into_iter()
@@ -698,17 +709,8 @@ impl AccV2 {
 /// engine writes the same bytes from its windows without this struct (tests compare).
 #[cfg(test)]
 pub(crate) fn encode_window_v3(window: &WindowSensorV3<'_>) -> Vec<u8> {
-    let head = WindowHeadV3 {
-        length_ms: window.length_ms,
-        slide_ms: window.slide_ms,
-        processing_time: window.processing_time,
-        max_ts_ms: window.max_ts_ms,
-        floor_ms: window.floor_ms,
-        last_activity_ms: window.last_activity_ms,
-        late_seq: window.late_seq,
-    };
     let mut out = Vec::with_capacity(32 + window.open.len() * 128);
-    write_window_v3_head(&mut out, &head, window.open.len());
+    write_window_v3_head(&mut out, &window.head, window.open.len());
     for open in &window.open {
         write_open_window_v3(
             &mut out,
@@ -719,17 +721,6 @@ pub(crate) fn encode_window_v3(window: &WindowSensorV3<'_>) -> Vec<u8> {
         );
     }
     out
-}
-
-/// A [`WindowSensorV3`] but its open windows: what [`write_window_v3_head`] writes.
-pub(crate) struct WindowHeadV3 {
-    pub(crate) length_ms: i64,
-    pub(crate) slide_ms: i64,
-    pub(crate) processing_time: bool,
-    pub(crate) max_ts_ms: Option<i64>,
-    pub(crate) floor_ms: Option<i64>,
-    pub(crate) last_activity_ms: Option<i64>,
-    pub(crate) late_seq: u64,
 }
 
 /// The bytes of a `WindowEnvelope::V3` entry up to its `n_open` open windows, each of which
@@ -920,7 +911,7 @@ mod tests {
         });
         let bytes = encode(&window);
         let decoded = decode_window(&bytes).unwrap();
-        assert_eq!((decoded.length_ms, decoded.late_seq, decoded.open.len()), (10_000, 2, 1));
+        assert_eq!((decoded.head.length_ms, decoded.head.late_seq, decoded.open.len()), (10_000, 2, 1));
         assert_eq!(
             decoded.open[0].counts,
             vec![(String::from("mode").into(), vec![(String::from("heat").into(), 3)])]
@@ -963,7 +954,7 @@ mod tests {
         };
         let bytes = encode(&WindowEnvelope::V2(v2));
         let decoded = decode_window(&bytes).unwrap();
-        assert_eq!((decoded.max_ts_ms, decoded.late_seq, decoded.open.len()), (Some(7), 2, 1));
+        assert_eq!((decoded.head.max_ts_ms, decoded.head.late_seq, decoded.open.len()), (Some(7), 2, 1));
         assert_eq!(
             decoded.open[0].counts,
             vec![(String::from("mode").into(), vec![(String::from("heat").into(), 2)])]
@@ -1003,13 +994,15 @@ mod tests {
         let acc = AccV2::store(&sample_acc(), AccParts::for_aggregates(&[Aggregate::Mean]));
         let name = |text: &'static str| Name::borrowed(text);
         let borrowed = WindowSensorV3 {
-            length_ms: 10_000,
-            slide_ms: 5000,
-            processing_time: false,
-            max_ts_ms: Some(12_345),
-            floor_ms: Some(5000),
-            last_activity_ms: Some(99),
-            late_seq: 4,
+            head: WindowHeadV3 {
+                length_ms: 10_000,
+                slide_ms: 5000,
+                processing_time: false,
+                max_ts_ms: Some(12_345),
+                floor_ms: Some(5000),
+                last_activity_ms: Some(99),
+                late_seq: 4,
+            },
             open: vec![OpenWindowV3 {
                 start_ms: 5000,
                 fields: vec![(name("temp_c"), acc), (name("humidity"), acc)],
@@ -1019,13 +1012,13 @@ mod tests {
         };
         let owned_name = |name: &Name<'_>| name.to_string();
         let owned = OwnedEnvelope::V3(OwnedSensor {
-            length_ms: borrowed.length_ms,
-            slide_ms: borrowed.slide_ms,
-            processing_time: borrowed.processing_time,
-            max_ts_ms: borrowed.max_ts_ms,
-            floor_ms: borrowed.floor_ms,
-            last_activity_ms: borrowed.last_activity_ms,
-            late_seq: borrowed.late_seq,
+            length_ms: borrowed.head.length_ms,
+            slide_ms: borrowed.head.slide_ms,
+            processing_time: borrowed.head.processing_time,
+            max_ts_ms: borrowed.head.max_ts_ms,
+            floor_ms: borrowed.head.floor_ms,
+            last_activity_ms: borrowed.head.last_activity_ms,
+            late_seq: borrowed.head.late_seq,
             open: borrowed
                 .open
                 .iter()
@@ -1210,13 +1203,15 @@ mod tests {
                 let (length_ms, slide_ms, processing_time) = times;
                 let (max_ts_ms, floor_ms, last_activity_ms) = clocks;
                 let window = WindowSensorV3 {
-                    length_ms,
-                    slide_ms,
-                    processing_time,
-                    max_ts_ms,
-                    floor_ms,
-                    last_activity_ms,
-                    late_seq,
+                    head: WindowHeadV3 {
+                        length_ms,
+                        slide_ms,
+                        processing_time,
+                        max_ts_ms,
+                        floor_ms,
+                        last_activity_ms,
+                        late_seq,
+                    },
                     open,
                 };
                 let by_hand = encode_window_v3(&window);

@@ -586,19 +586,21 @@ fn count_by_of_a_tag_with_listed_values_has_no_cap() {
 
 #[test]
 fn stored_counts_out_of_order_restore_sorted_and_a_duplicate_counts_once() {
-    use crate::engine::state::{self, Name, OpenWindowV3, WindowEnvelope, WindowSensorV3};
+    use crate::engine::state::{self, Name, OpenWindowV3, WindowEnvelope, WindowHeadV3, WindowSensorV3};
     // eddy writes counts in value order, each value once; a store written otherwise (by hand,
     // by a future version's bug) still restores to what a map of the same entries held: in
     // order, the last count of a value kept.
     let name = |text: &'static str| Name::borrowed(text);
     let entry = WindowEnvelope::V3(WindowSensorV3 {
-        length_ms: 10_000,
-        slide_ms: 10_000,
-        processing_time: false,
-        max_ts_ms: Some(5),
-        floor_ms: None,
-        last_activity_ms: Some(0),
-        late_seq: 0,
+        head: WindowHeadV3 {
+            length_ms: 10_000,
+            slide_ms: 10_000,
+            processing_time: false,
+            max_ts_ms: Some(5),
+            floor_ms: None,
+            last_activity_ms: Some(0),
+            late_seq: 0,
+        },
         open: vec![OpenWindowV3 {
             start_ms: 0,
             fields: vec![],

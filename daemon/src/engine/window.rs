@@ -411,15 +411,16 @@ impl WindowSet {
     /// Restores one sensor's stored state, unless the window changed shape since.
     pub(crate) fn restore_sensor(&mut self, sensor: usize, stored: WindowSensorV3<'_>) -> Result<(), String> {
         let shape = &self.shape;
-        if (stored.length_ms, stored.slide_ms, stored.processing_time)
+        let head = stored.head;
+        if (head.length_ms, head.slide_ms, head.processing_time)
             != (shape.length_ms, shape.slide_ms, shape.processing_time)
         {
             return Err(format!(
                 "window {} changed shape (stored length {} ms, slide {} ms, {} time)",
                 shape.name,
-                stored.length_ms,
-                stored.slide_ms,
-                if stored.processing_time { "processing" } else { "event" }
+                head.length_ms,
+                head.slide_ms,
+                if head.processing_time { "processing" } else { "event" }
             ));
         }
         let mut open = Vec::with_capacity(stored.open.len());
@@ -431,10 +432,10 @@ impl WindowSet {
         let state = &mut self.sensors[sensor];
         self.n_open = self.n_open - state.open.len() + open.len();
         *state = SensorWindows {
-            max_ts_ms: stored.max_ts_ms,
-            floor_ms: stored.floor_ms,
-            last_activity_ms: stored.last_activity_ms,
-            late_seq: stored.late_seq,
+            max_ts_ms: head.max_ts_ms,
+            floor_ms: head.floor_ms,
+            last_activity_ms: head.last_activity_ms,
+            late_seq: head.late_seq,
             open,
             dirty: false,
         };
@@ -566,17 +567,8 @@ impl Shape {
     /// windows: a close burst writes every sensor's entry, and the vectors of a
     /// [`WindowSensorV3`] built and dropped for each were a third of the encoding.
     fn encode_sensor(&self, state: &SensorWindows) -> Vec<u8> {
-        let head = WindowHeadV3 {
-            length_ms: self.length_ms,
-            slide_ms: self.slide_ms,
-            processing_time: self.processing_time,
-            max_ts_ms: state.max_ts_ms,
-            floor_ms: state.floor_ms,
-            last_activity_ms: state.last_activity_ms,
-            late_seq: state.late_seq,
-        };
         let mut out = Vec::with_capacity(32 + state.open.len() * 128);
-        state::write_window_v3_head(&mut out, &head, state.open.len());
+        state::write_window_v3_head(&mut out, &self.head(state), state.open.len());
         for window in &state.open {
             state::write_open_window_v3(
                 &mut out,
@@ -608,6 +600,14 @@ impl Shape {
     #[cfg(test)]
     fn store_sensor<'a>(&'a self, state: &'a SensorWindows) -> WindowSensorV3<'a> {
         WindowSensorV3 {
+            head: self.head(state),
+            open: state.open.iter().map(|window| self.store_window(window)).collect(),
+        }
+    }
+
+    /// A sensor's stored entry but its open windows.
+    fn head(&self, state: &SensorWindows) -> WindowHeadV3 {
+        WindowHeadV3 {
             length_ms: self.length_ms,
             slide_ms: self.slide_ms,
             processing_time: self.processing_time,
@@ -615,7 +615,6 @@ impl Shape {
             floor_ms: state.floor_ms,
             last_activity_ms: state.last_activity_ms,
             late_seq: state.late_seq,
-            open: state.open.iter().map(|window| self.store_window(window)).collect(),
         }
     }
 
