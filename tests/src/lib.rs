@@ -225,6 +225,11 @@ impl Eddy {
         cpu_seconds(self.pid()?)
     }
 
+    /// [`Eddy::cpu_seconds`] as user time and system (kernel) time, seconds.
+    pub fn cpu_user_system_seconds(&self) -> Option<(f64, f64)> {
+        cpu_user_system_seconds(self.pid()?)
+    }
+
     /// A `VmHWM`/`VmRSS`-style field of /proc/PID/status, in KiB.
     pub fn proc_status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
@@ -437,6 +442,11 @@ fn strip_ansi(text: &str) -> String {
 /// CPU time process `pid` has used so far (user + system, fields 14 and 15 of
 /// `/proc/PID/stat`), seconds; None once it is gone.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_user_system_seconds(pid).map(|(user, system)| user + system)
+}
+
+/// [`cpu_seconds`] as user time and system (kernel) time, seconds.
+pub fn cpu_user_system_seconds(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -444,7 +454,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     #[allow(clippy::cast_precision_loss)]
-    Some((utime + stime) as f64 / clock_ticks_per_second())
+    Some((utime as f64 / clock_ticks_per_second(), stime as f64 / clock_ticks_per_second()))
 }
 
 /// `getconf CLK_TCK`: the unit of `/proc/PID/stat` times (100 on every Linux eddy runs on).
