@@ -1,6 +1,6 @@
 //! postcard's encoding written by hand, for the stored values eddy writes most: a log chunk
-//! (`storage/columns.rs`, `storage/stored.rs`) and a sensor's window and micro-batch state
-//! (`engine/state.rs`). Each writer produces the same bytes as `postcard` over the derived
+//! (`storage/columns.rs`, `storage/stored.rs`) and a sensor's window, micro-batch and clock
+//! state (`engine/state.rs`). Each writer produces the same bytes as `postcard` over the derived
 //! `Serialize`, which stays the reference a property test compares them with, without a serde
 //! call per value.
 

@@ -2,10 +2,10 @@
 //! one source inventing ids must not lock the other sources' sensors out.
 
 use std::collections::HashSet;
-
-use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+
+use foldhash::fast::RandomState;
 
 /// The set of sensor ids seen so far, with a cap.
 ///
